@@ -1,0 +1,137 @@
+# orchestrate: one Makefile for the library, the CLI, the Lua module, the
+# tests, the benchmarks and the demo. `make help` lists the targets.
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BUILD   ?= build
+CC      ?= cc
+SAN     ?=
+
+VERSION  := 0.1.0
+SOMAJOR  := 0
+
+PKGS     := lua5.4 libuv libcurl libpq sqlite3 jansson libmicrohttpd libcrypto
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+# orch.so is loaded by a Lua interpreter that already holds Lua: no -llua.
+MOD_LIBS   := $(filter-out -llua5.4,$(PKG_LIBS))
+
+WARN := -Wall -Wextra -Werror -Wshadow -Wundef -Wwrite-strings \
+        -Wmissing-declarations -Wno-unused-parameter
+OPT  ?= -O2 -g
+ifeq ($(SAN),1)
+OPT  := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+        -fno-sanitize-recover=undefined
+LDSAN := -fsanitize=address,undefined
+endif
+
+CFLAGS_ALL  = -std=c11 -D_GNU_SOURCE -pthread -fPIC -fvisibility=hidden \
+              $(OPT) $(WARN) -MMD -MP -Iruntime $(PKG_CFLAGS) $(CFLAGS)
+LDFLAGS_ALL = -pthread $(LDSAN) $(LDFLAGS)
+
+LIB_SRCS := $(filter-out runtime/main.c runtime/luamod.c,$(wildcard runtime/*.c))
+LIB_OBJS := $(LIB_SRCS:runtime/%.c=$(BUILD)/obj/%.o)
+
+LIBA    := $(BUILD)/liborch.a
+LIBSO   := $(BUILD)/liborch.so.$(VERSION)
+BIN     := $(BUILD)/orchestrate
+LUAMOD  := $(BUILD)/orch.so
+EMBED   := $(BUILD)/embed
+CTEST   := $(BUILD)/test_c
+TEST_SRCS := $(wildcard test/test_*.c)
+TEST_OBJS := $(TEST_SRCS:test/%.c=$(BUILD)/tobj/%.o)
+
+.PHONY: all deps test test-fast bench demo install uninstall clean help
+
+all: $(LIBA) $(LIBSO) $(BIN) $(LUAMOD) $(EMBED) $(BUILD)/orch.pc
+
+help:
+	@echo "make          build liborch (.a, .so), orchestrate, orch.so, examples"
+	@echo "make deps     install the Debian packages the project uses"
+	@echo "make demo     run the main job end to end"
+	@echo "make test     build and run every test (also under ASan/UBSan)"
+	@echo "make bench    run the benchmarks, write bench/RESULTS.md"
+	@echo "make install  PREFIX=/usr/local DESTDIR="
+
+$(BUILD)/obj/%.o: runtime/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(BUILD)/tobj/%.o: test/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(LIBA): $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(LIBSO): $(LIB_OBJS)
+	$(CC) -shared -Wl,-soname,liborch.so.$(SOMAJOR) -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS) -lm
+	ln -sf liborch.so.$(VERSION) $(BUILD)/liborch.so.$(SOMAJOR)
+	ln -sf liborch.so.$(SOMAJOR) $(BUILD)/liborch.so
+
+$(BIN): $(BUILD)/obj/main.o $(LIBA)
+	$(CC) -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS) -lm
+
+$(LUAMOD): $(BUILD)/obj/luamod.o $(LIB_OBJS)
+	$(CC) -shared -o $@ $^ $(LDFLAGS_ALL) $(MOD_LIBS) -lm
+
+$(EMBED): examples/embed.c $(LIBA)
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(LIBA) $(LDFLAGS_ALL) $(PKG_LIBS) -lm
+
+$(CTEST): $(TEST_OBJS) $(LIBA)
+	$(CC) -o $@ $(TEST_OBJS) $(LIBA) $(LDFLAGS_ALL) $(PKG_LIBS) -lm
+
+$(BUILD)/orch.pc: Makefile
+	@mkdir -p $(BUILD)
+	@printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: orch\nDescription: orchestrate runtime for teams of AI agents\nVersion: %s\nRequires.private: %s\nLibs: -L$${libdir} -lorch\nCflags: -I$${includedir}\n' \
+	  '$(PREFIX)' '$(VERSION)' '$(PKGS)' > $@
+
+# ---- dependencies -----------------------------------------------------
+
+deps:
+	@sh .ci/deps.sh
+
+# Run deps first when something is missing (quiet when all is present).
+.deps-ok: .ci/deps.sh
+	@sh .ci/deps.sh && touch $@
+
+# ---- tests ------------------------------------------------------------
+
+test: .deps-ok
+	@sh test/run.sh
+
+# ---- benchmarks, demo -------------------------------------------------
+
+bench: .deps-ok all
+	@sh bench/run.sh
+
+demo: .deps-ok all
+	@sh examples/demo.sh
+
+# ---- install ----------------------------------------------------------
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \
+	  $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig \
+	  $(DESTDIR)$(PREFIX)/lib/lua/5.4 $(DESTDIR)$(PREFIX)/share/orchestrate
+	install -m 644 $(LIBA) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(LIBSO) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf liborch.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/liborch.so.$(SOMAJOR)
+	ln -sf liborch.so.$(SOMAJOR) $(DESTDIR)$(PREFIX)/lib/liborch.so
+	install -m 644 runtime/orch.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(BUILD)/orch.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	install -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/
+	install -m 755 $(LUAMOD) $(DESTDIR)$(PREFIX)/lib/lua/5.4/
+	cp -R scripts sql $(DESTDIR)$(PREFIX)/share/orchestrate/
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/lib/liborch.* $(DESTDIR)$(PREFIX)/include/orch.h \
+	  $(DESTDIR)$(PREFIX)/lib/pkgconfig/orch.pc $(DESTDIR)$(PREFIX)/bin/orchestrate \
+	  $(DESTDIR)$(PREFIX)/lib/lua/5.4/orch.so
+	rm -rf $(DESTDIR)$(PREFIX)/share/orchestrate
+
+clean:
+	rm -rf build build-asan .deps-ok
+
+-include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(BUILD)/obj/main.d $(BUILD)/obj/luamod.d

@@ -1,0 +1,205 @@
+/* orch.h: the public C API of liborch, the orchestrate runtime.
+ *
+ * A host creates a runtime (worker pool, event loop, policy engine, store),
+ * builds a graph of steps, runs it and reads each step's result. Handles are
+ * opaque; every _new has a _free that accepts NULL; every call that can fail
+ * returns an ORCH_E* code and, where it takes (err, errlen), writes a message
+ * the caller can print into the caller's buffer. */
+#ifndef ORCH_H
+#define ORCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ORCH_VERSION "0.1.0"
+
+#if defined(__GNUC__)
+#define ORCH_API __attribute__((visibility("default")))
+#else
+#define ORCH_API
+#endif
+
+/* Error codes: one list, as libuv's UV_ERRNO_MAP. */
+#define ORCH_ERRNO_MAP(X)                                   \
+  X(ENOMEM, -1, "out of memory")                            \
+  X(EINVAL, -2, "invalid argument")                         \
+  X(EPLAN, -3, "bad plan")                                  \
+  X(ECYCLE, -4, "dependency cycle")                         \
+  X(ELIMIT, -5, "limit exceeded")                           \
+  X(EIO, -6, "input/output error")                          \
+  X(ECANCELED, -7, "canceled")                              \
+  X(ETIMEDOUT, -8, "timed out")                             \
+  X(ESTEP, -9, "a step failed")                             \
+  X(ESCRIPT, -10, "script error")                           \
+  X(EHTTP, -11, "HTTP error")                               \
+  X(ESTORE, -12, "store error")                             \
+  X(ECONFIG, -13, "bad configuration")                      \
+  X(ESTATE, -14, "operation not valid in this state")       \
+  X(ENOTFOUND, -15, "not found")
+
+enum {
+  ORCH_OK = 0,
+#define ORCH__ERRNO_ENUM(name, val, msg) ORCH_##name = (val),
+  ORCH_ERRNO_MAP(ORCH__ERRNO_ENUM)
+#undef ORCH__ERRNO_ENUM
+  ORCH__ELAST = -16
+};
+
+/* Returns a static string naming the code; never NULL. */
+ORCH_API const char *orch_strerror(int code);
+ORCH_API const char *orch_version(void);
+
+/* Step status, in the order a step moves through them. */
+typedef enum orch_status {
+  ORCH_PENDING = 0,
+  ORCH_IN_PROGRESS = 1,
+  ORCH_PASSED = 2,
+  ORCH_FAILED = 3,
+  ORCH_SKIPPED = 4
+} orch_status;
+
+/* "pending", "in_progress", "passed", "failed", "skipped". */
+ORCH_API const char *orch_status_name(int status);
+
+typedef struct orch_runtime orch_runtime;
+typedef struct orch_graph orch_graph;
+typedef struct orch_step_ctx orch_step_ctx;
+
+/* ---- runtime ---------------------------------------------------------- */
+
+/* Creates a runtime. config_file: a Lua file returning a settings table, or
+ * NULL to use ORCH_CONFIG, then ./orchestrate.conf.lua if it exists, then the
+ * built-in defaults. Threads start on the first run. */
+ORCH_API int orch_runtime_new(orch_runtime **out /* OUT */,
+                              const char *config_file, char *err,
+                              size_t errlen);
+ORCH_API void orch_runtime_free(orch_runtime *rt);
+
+/* Overrides one setting by its config key ("workers", "max_parallel",
+ * "scripts_dir", ...), before the first run. The value is parsed as the
+ * key's type; a wrong key or value is ORCH_ECONFIG with a message. */
+ORCH_API int orch_runtime_set(orch_runtime *rt, const char *key,
+                              const char *value, char *err, size_t errlen);
+
+/* Progress callback, called on the thread that called orch_run at most every
+ * interval_ms and once at the end. */
+typedef void (*orch_progress_fn)(void *ud, size_t done, size_t total,
+                                 size_t running, size_t failed);
+ORCH_API void orch_runtime_on_progress(orch_runtime *rt, orch_progress_fn fn,
+                                       void *ud, unsigned interval_ms);
+
+/* ---- graph ------------------------------------------------------------ */
+
+ORCH_API int orch_graph_new(orch_graph **out /* OUT */);
+ORCH_API void orch_graph_free(orch_graph *g);
+
+/* Loads a plan file: JSON ({"steps":[...]}), Lua (a file returning the same
+ * table) or GAP text (Task N: ... | Dependencies: ...), chosen by content.
+ * rt supplies limits and the scripts (gap.lua); it may be NULL for JSON. The
+ * graph is validated; errors name the file and the problem. */
+ORCH_API int orch_graph_load(orch_runtime *rt, const char *path,
+                             orch_graph **out /* OUT */, char *err,
+                             size_t errlen);
+/* The same from memory; name is used in messages. */
+ORCH_API int orch_graph_parse(orch_runtime *rt, const char *text, size_t len,
+                              const char *name, orch_graph **out /* OUT */,
+                              char *err, size_t errlen);
+
+/* A step whose work is a C function run on a worker thread. Return ORCH_OK
+ * to pass; anything else fails the step (set a message with
+ * orch_ctx_set_error). ud is borrowed: it must outlive the run. */
+typedef int (*orch_step_fn)(orch_step_ctx *ctx, void *ud);
+
+ORCH_API int orch_graph_add_fn(orch_graph *g, const char *id, orch_step_fn fn,
+                               void *ud);
+/* The same, but run on the thread that called orch_run, one at a time, for
+ * hosts whose state is not thread-safe (an interpreter, a GUI). */
+ORCH_API int orch_graph_add_host_fn(orch_graph *g, const char *id,
+                                    orch_step_fn fn, void *ud);
+ORCH_API int orch_graph_add_shell(orch_graph *g, const char *id,
+                                  const char *command);
+ORCH_API int orch_graph_add_sleep(orch_graph *g, const char *id, double ms);
+/* Any kind, from one step object in the plan's JSON form. */
+ORCH_API int orch_graph_add_json(orch_graph *g, const char *step_json,
+                                 char *err, size_t errlen);
+/* id depends on dep (dep must finish first). Unknown ids are reported by
+ * orch_graph_validate, so steps may be added in any order. */
+ORCH_API int orch_graph_depend(orch_graph *g, const char *id,
+                               const char *dep);
+ORCH_API int orch_graph_set_cost(orch_graph *g, const char *id, double ms);
+ORCH_API int orch_graph_set_timeout(orch_graph *g, const char *id,
+                                    double ms);
+
+/* Checks ids, dependencies and cycles, then computes levels and the
+ * critical path. Must pass before a run (orch_run calls it). */
+ORCH_API int orch_graph_validate(orch_graph *g, char *err, size_t errlen);
+
+ORCH_API size_t orch_graph_size(const orch_graph *g);
+/* Index of the step with this id, or -1. */
+ORCH_API long orch_graph_find(const orch_graph *g, const char *id);
+ORCH_API size_t orch_graph_levels(const orch_graph *g);
+/* Steps on the critical path in order; returns its length, writes at most
+ * cap indices. The path's cost in ms goes to *cost when cost is not NULL. */
+ORCH_API size_t orch_graph_critical_path(const orch_graph *g, size_t *idx,
+                                         size_t cap, double *cost);
+
+/* ---- running ---------------------------------------------------------- */
+
+/* Runs the graph to completion on the runtime's pool and loop; blocks the
+ * calling thread. Returns ORCH_OK when every step passed, ORCH_ESTEP when
+ * one failed (its dependents are skipped, independent branches run on),
+ * ORCH_ECANCELED after orch_runtime_cancel. A graph runs once. */
+ORCH_API int orch_run(orch_runtime *rt, orch_graph *g, char *err,
+                      size_t errlen);
+/* Stops dispatch, kills running children, and ends the run with a true
+ * final status for every step. Safe from any thread and from a signal
+ * handler. */
+ORCH_API void orch_runtime_cancel(orch_runtime *rt);
+
+/* ---- results (valid after the step finished; indices 0..size-1) -------- */
+
+ORCH_API const char *orch_step_id(const orch_graph *g, size_t i);
+ORCH_API const char *orch_step_kind(const orch_graph *g, size_t i);
+ORCH_API size_t orch_step_ndeps(const orch_graph *g, size_t i);
+ORCH_API size_t orch_step_dep(const orch_graph *g, size_t i, size_t j);
+ORCH_API size_t orch_step_level(const orch_graph *g, size_t i);
+ORCH_API double orch_step_cost(const orch_graph *g, size_t i);
+ORCH_API int orch_step_status(const orch_graph *g, size_t i);
+/* ms since the run started; -1 when the step never started/finished. */
+ORCH_API double orch_step_started_ms(const orch_graph *g, size_t i);
+ORCH_API double orch_step_finished_ms(const orch_graph *g, size_t i);
+ORCH_API int orch_step_attempts(const orch_graph *g, size_t i);
+/* Owned by the graph; NULL when absent. */
+ORCH_API const char *orch_step_output(const orch_graph *g, size_t i);
+ORCH_API const char *orch_step_error(const orch_graph *g, size_t i);
+/* A shell step's exit status, -1 when none. */
+ORCH_API int orch_step_exit_status(const orch_graph *g, size_t i);
+/* The script generation the step ran under (0 when no script ran). */
+ORCH_API unsigned orch_step_generation(const orch_graph *g, size_t i);
+
+/* The run's makespan in ms (0 before a run). */
+ORCH_API double orch_graph_makespan_ms(const orch_graph *g);
+
+/* ---- inside a C step -------------------------------------------------- */
+
+ORCH_API const char *orch_ctx_id(const orch_step_ctx *ctx);
+/* Copies the text; the step's output. */
+ORCH_API void orch_ctx_set_output(orch_step_ctx *ctx, const char *s,
+                                  size_t len);
+ORCH_API void orch_ctx_set_error(orch_step_ctx *ctx, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+/* A dependency's output by id, NULL if none or not a dependency. */
+ORCH_API const char *orch_ctx_dep_output(const orch_step_ctx *ctx,
+                                         const char *dep_id);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ORCH_H */

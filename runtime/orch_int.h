@@ -1,0 +1,305 @@
+/* orch_int.h: private declarations shared by the files of runtime/.
+ *
+ * Nothing here is part of the public API (orch.h). Internal functions that
+ * are not static carry the orch__ prefix. Each subsystem has its section;
+ * the struct bodies of the graph and its steps live here because the graph,
+ * the scheduler and the step kinds all read them. */
+#ifndef ORCH_INT_H
+#define ORCH_INT_H
+
+#include "orch.h"
+
+#include <jansson.h>
+#include <lua.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#define ORCH__ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define ORCH__MAX_ID_BYTES 256
+
+/* ---- util.c: small helpers ------------------------------------------- */
+
+/* snprintf into an error buffer; tolerates err == NULL. Returns code. */
+int orch__err(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+char *orch__strdup(const char *s);
+char *orch__strndup(const char *s, size_t n);
+char *orch__vasprintf(const char *fmt, va_list ap);
+char *orch__asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Monotonic clock in nanoseconds. */
+int64_t orch__now_ns(void);
+/* Checks an id: 1..256 bytes, valid UTF-8, no control bytes. On failure
+ * writes why (with the byte position) and returns ORCH_EPLAN. */
+int orch__check_id(const char *id, size_t len, char *err, size_t errlen);
+/* Valid UTF-8? On failure *bad is the offset of the first bad byte. */
+bool orch__utf8_valid(const char *s, size_t len, size_t *bad);
+/* Reads a whole file, refusing more than max bytes (the limit is named). */
+int orch__read_file(const char *path, size_t max, char **out, size_t *len,
+                    char *err, size_t errlen);
+
+/* Growable byte buffer. */
+typedef struct orch__buf {
+  char *p;
+  size_t len, cap;
+} orch__buf;
+int orch__buf_add(orch__buf *b, const char *s, size_t n);
+int orch__buf_printf(orch__buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void orch__buf_deinit(orch__buf *b);
+
+/* ---- config.c: settings from a Lua file ------------------------------ */
+
+typedef struct orch__config {
+  int workers;              /* worker threads; 0 = number of cores */
+  int max_parallel;         /* steps in flight per run; 0 = unlimited */
+  char *scripts_dir;        /* where routing/, rewards/, policies/ live */
+  size_t plan_max_bytes;    /* plan files larger than this are refused */
+  int json_max_depth;       /* nesting limit for plan JSON */
+  size_t output_max_bytes;  /* captured stdout/stderr per shell step */
+  double shell_timeout_ms;  /* default shell timeout; 0 = none */
+  double dry_run_ms;        /* simulated duration of an llm step, --dry-run */
+  int lua_budget;           /* instructions per hook/step call (in 1000s) */
+  size_t lua_mem_max;       /* bytes per Lua state */
+  json_t *sections;         /* tables owned by later subsystems: "tiers",
+                               "store", "policy", ... (may be NULL) */
+  char *source;             /* the file it came from, or NULL */
+} orch__config;
+
+void orch__config_defaults(orch__config *c);
+void orch__config_deinit(orch__config *c);
+/* Loads a Lua config file on top of the defaults. Unknown key or wrong
+ * type: ORCH_ECONFIG naming the key and the file. */
+int orch__config_load(orch__config *c, const char *path, char *err,
+                      size_t errlen);
+int orch__config_set(orch__config *c, const char *key, const char *value,
+                     char *err, size_t errlen);
+
+/* ---- dag.c: steps, edges, validation, levels, critical path ---------- */
+
+struct orch__kind;
+
+typedef struct orch__step {
+  uint32_t id;         /* offset of the NUL-terminated id in g->ids */
+  uint32_t level;      /* topological level (longest path from a root) */
+  uint32_t npending;   /* dependencies not yet finished (during a run) */
+  uint32_t cause;      /* for skipped steps: the failed step's index */
+  uint8_t kind;        /* index into orch__kinds[] */
+  uint8_t status;      /* orch_status */
+  uint8_t attempts;
+  uint8_t flags;       /* ORCH__SF_* */
+  int32_t exit_status; /* shell: the exit status, -1 none */
+  uint32_t generation; /* script generation it ran under */
+  float cost;          /* estimate in ms (critical path, priority) */
+  float timeout_ms;    /* 0: kind's default */
+  double bottom;       /* longest cost path from here to an exit */
+  int64_t started_ns;  /* relative to the run start; -1 before */
+  int64_t finished_ns;
+  union {              /* kind-owned parameters */
+    struct {
+      orch_step_fn fn;
+      void *ud;
+    } c;
+    double ms;
+    void *p;
+  } u;
+  char *output; /* owned; NULL */
+  char *error;  /* owned; NULL */
+} orch__step;
+
+#define ORCH__SF_HAS_COST 1u
+#define ORCH__SF_CANCELED 2u
+
+typedef struct orch__edge {
+  uint32_t from, to; /* to depends on from */
+} orch__edge;
+
+struct orch_graph {
+  orch__step *steps;
+  size_t n, cap;
+  char *ids; /* id arena */
+  size_t ids_len, ids_cap;
+  uint32_t *hash; /* open addressing; index+1, 0 = empty */
+  size_t hash_cap;
+  /* dependencies as added, by name when the target was not known yet */
+  orch__edge *edges;
+  size_t nedges, edges_cap;
+  char **pending_names; /* (step, dep name) pairs resolved at validate */
+  uint32_t *pending_from;
+  size_t npending, pending_cap;
+  /* after validate: CSR of dependencies and dependents */
+  uint32_t *dep_off, *deps;   /* deps of i: deps[dep_off[i]..dep_off[i+1]) */
+  uint32_t *out_off, *outs;   /* dependents of i */
+  uint32_t nlevels;
+  bool validated, ran;
+  int64_t makespan_ns;
+  void *plan_meta; /* json_t of a loaded plan's top-level extras, or NULL */
+  int err_code;    /* first error of an add call, reported at validate */
+  char err_msg[512];
+};
+
+const char *orch__step_id(const orch_graph *g, uint32_t i);
+int orch__graph_add(orch_graph *g, const char *id, size_t idlen, int kind,
+                    uint32_t *idx /* OUT */, char *err, size_t errlen);
+int orch__graph_depend_idx(orch_graph *g, uint32_t idx, const char *dep,
+                           size_t deplen);
+
+/* ---- plan.c: plan files (JSON, Lua, GAP text) into graphs ------------ */
+
+/* Adds one step from its JSON object (id, kind, deps, cost_ms, timeout_ms,
+ * and the kind's own fields). */
+int orch__plan_add_step(orch_graph *g, json_t *obj, const char *where,
+                        char *err, size_t errlen);
+
+/* ---- kinds: one file per step kind (step_*.c) ------------------------ */
+
+typedef struct orch__run orch__run;
+typedef struct orch__worker orch__worker;
+
+enum { ORCH__ON_WORKER = 0, ORCH__ON_LOOP = 1, ORCH__ON_HOST = 2 };
+
+/* A step kind: the scheduler knows only this table. Worker and host kinds
+ * run to completion in run(); loop kinds start in start() and finish later
+ * by calling orch__sched_finish() on the loop thread. */
+typedef struct orch__kind {
+  const char *name;
+  int where;
+  /* Reads the kind's fields of a plan step into s->u; where names the
+   * step for messages. */
+  int (*parse)(orch_graph *g, orch__step *s, json_t *obj, const char *where,
+               char *err, size_t errlen);
+  /* Worker/host kinds: runs the step, returns ORCH_OK to pass. */
+  int (*run)(orch__run *r, uint32_t idx, orch__worker *w);
+  /* Loop kinds: starts the step; non-zero fails it at once. */
+  int (*start)(orch__run *r, uint32_t idx);
+  /* Loop kinds: stop a started step; it still calls orch__sched_finish. */
+  void (*cancel)(orch__run *r, uint32_t idx);
+  void (*free)(orch__step *s);
+  /* Default cost estimate in ms for the critical path (NULL: 1). */
+  double (*cost)(const orch__step *s);
+} orch__kind;
+
+enum {
+  ORCH__KIND_FN = 0,
+  ORCH__KIND_HOSTFN,
+  ORCH__KIND_SLEEP,
+  ORCH__KIND_SHELL,
+  ORCH__KIND_LUA,
+  ORCH__KIND_LLM,
+  ORCH__KIND_EDIT,
+  ORCH__NKINDS
+};
+extern const orch__kind *const orch__kinds[ORCH__NKINDS];
+int orch__kind_by_name(const char *name);
+
+extern const orch__kind orch__kind_fn, orch__kind_hostfn, orch__kind_sleep,
+    orch__kind_shell, orch__kind_lua, orch__kind_llm, orch__kind_edit;
+
+/* Sets a step's error text (printf); replaces an earlier one. */
+void orch__step_set_error(orch__step *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void orch__step_set_output(orch__step *s, const char *p, size_t n);
+
+/* ---- loop.c: the event-loop thread ----------------------------------- */
+
+typedef struct orch__loop orch__loop;
+typedef void (*orch__loop_fn)(void *arg);
+
+int orch__loop_new(orch__loop **out);
+void orch__loop_free(orch__loop *l); /* stops and joins the thread */
+uv_loop_t *orch__loop_uv(orch__loop *l);
+/* Runs fn(arg) on the loop thread soon; any thread. Order is kept. */
+int orch__loop_call(orch__loop *l, orch__loop_fn fn, void *arg);
+bool orch__loop_on_thread(const orch__loop *l);
+
+/* ---- pool.c: worker threads, each with its own Lua state ------------- */
+
+typedef struct orch__pool orch__pool;
+typedef void (*orch__job_fn)(orch__worker *w, void *arg, uint32_t idx);
+
+int orch__pool_new(orch__pool **out, orch_runtime *rt, int nthreads,
+                   char *err, size_t errlen);
+void orch__pool_free(orch__pool *p);
+int orch__pool_size(const orch__pool *p);
+/* Queues n jobs at once (one lock). */
+void orch__pool_post(orch__pool *p, orch__job_fn fn, void *arg,
+                     const uint32_t *idx, size_t n);
+/* The worker's sandboxed Lua state for lua steps and hooks. */
+lua_State *orch__worker_lua(orch__worker *w);
+int orch__worker_index(const orch__worker *w);
+
+/* ---- sched.c: dependency counters, ready queue, dispatch ------------- */
+
+struct orch__run {
+  orch_runtime *rt;
+  orch_graph *g;
+  int64_t t0_ns;
+  size_t done, running, failed, skipped, passed;
+  size_t max_parallel; /* 0: unlimited */
+  bool canceled, finished, dry_run;
+  /* ready steps waiting for a slot: max-heap on bottom level */
+  uint32_t *heap;
+  size_t nheap;
+  /* completions posted from other threads */
+  pthread_mutex_t mu; /* lock order: run->mu before nothing else */
+  uint32_t *fin, *fin_swap;
+  size_t nfin, fin_cap;
+  uv_async_t *wake; /* owned by the loop; wakes the scheduler */
+  /* host-thread steps queued for the orch_run caller */
+  uint32_t *host;
+  size_t nhost, host_cap;
+  pthread_cond_t cond; /* signals the orch_run caller */
+  void *kind_state[ORCH__NKINDS]; /* per-run state of loop kinds */
+};
+
+/* Marks step idx finished (its status already PASSED or FAILED). Loop
+ * thread only. */
+void orch__sched_finish(orch__run *r, uint32_t idx);
+/* Same from any other thread. */
+void orch__sched_finish_async(orch__run *r, uint32_t idx);
+int64_t orch__run_now(const orch__run *r);
+
+/* ---- runtime.c ------------------------------------------------------- */
+
+struct orch_runtime {
+  orch__config cfg;
+  orch__loop *loop;
+  orch__pool *pool;
+  struct orch__policy *policy; /* policy.c, NULL until scripts load */
+  struct orch__store *store;   /* store.c, NULL when not configured */
+  orch__run *run;              /* the run in progress */
+  atomic_int cancel_req;
+  orch_progress_fn progress;
+  void *progress_ud;
+  unsigned progress_ms;
+  pthread_mutex_t mu;
+  bool started;
+};
+
+int orch__runtime_start(orch_runtime *rt, char *err, size_t errlen);
+
+/* ---- policy.c: Lua sandbox, hooks, hot reload ------------------------ */
+
+/* Opens a fresh sandboxed state with the limits from cfg. */
+lua_State *orch__lua_new_sandbox(const orch__config *cfg, char *err,
+                                 size_t errlen);
+void orch__lua_close(lua_State *L);
+/* lua_pcall with a traceback handler and the call budget; on error writes
+ * "message" (with the chunk's file:line) to err and pops it. */
+int orch__lua_pcall(lua_State *L, int nargs, int nres, char *err,
+                    size_t errlen);
+
+/* ---- json.c: Lua values <-> jansson ---------------------------------- */
+
+/* Converts the value at idx to JSON (tables with 1..n keys are arrays).
+ * Functions, userdata and cycles are errors naming the key path. */
+json_t *orch__lua_to_json(lua_State *L, int idx, int max_depth, char *err,
+                          size_t errlen);
+/* Pushes a JSON value as a Lua value (null becomes nil in tables is
+ * avoided: it becomes json.null lightuserdata). */
+void orch__lua_push_json(lua_State *L, const json_t *v);
+
+#endif /* ORCH_INT_H */
