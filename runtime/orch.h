@@ -199,6 +199,44 @@ ORCH_API void orch_ctx_set_error(orch_step_ctx *ctx, const char *fmt, ...)
 ORCH_API const char *orch_ctx_dep_output(const orch_step_ctx *ctx,
                                          const char *dep_id);
 
+/* ---- scripts (policy.c) ------------------------------------------------ */
+
+/* Called once per problem found: file, line (0 when unknown), message. */
+typedef void (*orch_report_fn)(void *ud, const char *file, int line,
+                               const char *msg);
+/* Compiles every script under dir and runs each module's selftest() in a
+ * fresh sandbox with the runtime's limits (rt may be NULL: defaults).
+ * Returns the number of failing scripts (0: all good), or an ORCH_E* code. */
+ORCH_API int orch_scripts_check(orch_runtime *rt, const char *dir,
+                                orch_report_fn report, void *ud);
+/* The generation of the scripts serving now, and the last reload error
+ * (file:line: message) copied into buf, "" when the last reload passed. */
+ORCH_API unsigned orch_runtime_scripts(orch_runtime *rt, char *buf,
+                                       size_t buflen);
+
+/* ---- mock LLM server (mock_llm.c) -------------------------------------- */
+
+typedef struct orch_mock orch_mock;
+/* Starts the mock (OpenAI chat completions + Anthropic Messages) on
+ * host:port in background threads; port 0 picks a free one. */
+ORCH_API int orch_mock_start(orch_mock **out /* OUT */, const char *host,
+                             int port, char *err, size_t errlen);
+ORCH_API int orch_mock_port(const orch_mock *m);
+/* Requests served so far. */
+ORCH_API unsigned long orch_mock_requests(const orch_mock *m);
+ORCH_API void orch_mock_free(orch_mock *m);
+
+/* ---- store (store.c) ---------------------------------------------------- */
+
+/* Applies pending migrations to db ("postgresql://...", "postgres://...",
+ * a libpq keyword string, or "sqlite:PATH"; NULL: ORCH_DB, then
+ * sqlite:orchestrate.db). With status_only, only reports. report is called
+ * once per migration with file = its name, line = 1 applied / 0 pending,
+ * msg = "applied", "pending" or "applied now". */
+ORCH_API int orch_migrate(const char *db, int status_only,
+                          orch_report_fn report, void *ud, char *err,
+                          size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif
