@@ -328,11 +328,13 @@ typedef struct worker_batch {
   uint32_t fin[256]; /* completions for the loop */
   size_t nfin;
   size_t nfast;      /* completed here, not yet counted in done */
+  size_t nnext;      /* of those, how many handed their slot to a dependent
+                        run next here (running is not changed for them) */
 } worker_batch;
 
 static void publish(orch__run *r, worker_batch *b) {
   if (b->nfast) {
-    atomic_fetch_sub(&r->running, b->nfast);
+    atomic_fetch_sub(&r->running, b->nfast - b->nnext);
     atomic_fetch_add(&r->passed, b->nfast);
   }
   pthread_mutex_lock(&r->mu);
@@ -341,7 +343,7 @@ static void publish(orch__run *r, worker_batch *b) {
   atomic_fetch_add(&r->done, b->nfast);
   uv_async_send(&r->wake); /* under the lock: see orch__sched_finish_async */
   pthread_mutex_unlock(&r->mu);
-  b->nfin = b->nfast = 0;
+  b->nfin = b->nfast = b->nnext = 0;
 }
 
 static bool on_worker(const orch__run *r, const orch__step *s) {
@@ -367,9 +369,12 @@ static uint32_t complete_here(orch__run *r, uint32_t v, uint32_t *extra,
     orch__step *ds = &g->steps[d];
     if (!dep_done(ds) || !claim(ds, ORCH_IN_PROGRESS)) continue;
     ds->attempts++;
-    atomic_fetch_add(&r->running, 1);
-    if (next == NONE) next = d;
-    else extra[(*nextra)++] = d;
+    if (next == NONE) {
+      next = d; /* takes v's place among the running: no count change */
+    } else {
+      atomic_fetch_add(&r->running, 1);
+      extra[(*nextra)++] = d;
+    }
   }
   return next;
 }
@@ -378,7 +383,7 @@ static void run_workers(orch__worker *w, void *arg, const uint32_t *idx,
                         size_t n) {
   orch__run *r = arg;
   orch_graph *g = r->g;
-  worker_batch b = {.nfin = 0, .nfast = 0};
+  worker_batch b = {.nfin = 0, .nfast = 0, .nnext = 0};
   uint32_t *extra = NULL;
   size_t extra_cap = 0;
   int64_t t = orch__run_now(r);
@@ -428,10 +433,13 @@ static void run_workers(orch__worker *w, void *arg, const uint32_t *idx,
           if (b.nfin == ORCH__ARRAY_LEN(b.fin)) publish(r, &b);
         }
       }
-      if (b.nfast >= FAST_PUBLISH) publish(r, &b);
       /* The next step started after its last dependency finished, maybe
        * on another worker after this one's clock read: read it again. */
-      if (next != NONE) t = orch__run_now(r);
+      if (next != NONE) {
+        b.nnext++;
+        t = orch__run_now(r);
+      }
+      if (b.nfast >= FAST_PUBLISH) publish(r, &b);
       v = next;
     }
   }
