@@ -250,9 +250,12 @@ static void process(orch__run *r) {
   if (atomic_load(&r->done) == r->g->n) end_run(r);
 }
 
+/* The round runs from the wake-up, not at once: every timer due in this
+ * turn of the loop fires first, so steps finishing at the same instant all
+ * free their dependents before the free slots are filled by priority. */
 void orch__sched_finish(orch__run *r, uint32_t idx) {
   if (push_u32(&r->todo, &r->ntodo, &r->todo_cap, idx)) abort();
-  process(r);
+  uv_async_send(&r->wake);
 }
 
 void orch__sched_finish_async(orch__run *r, uint32_t idx) {
