@@ -4,11 +4,12 @@
 # runs the other areas' bench scripts (llm.sh, store.sh, policy.sh) when
 # they exist. Not part of make test.
 #   (a)-(c) throughput on empty steps, against OpenMP tasks (dag_bench.c,
-#           omp_peer.c), run alternately REPS times, medians reported;
+#           omp_peer.c): REPS processes of each, alternating, each timing
+#           the shape INNER times; the median of all those runs is reported;
 #   (d)     makespan of random sleep DAGs at 8 in flight (makespan_bench.c);
 #   (e)     the Standard Task Graph Set at 2 and 4 in flight (stg_bench.c),
 #           read from ../shared/stg beside the repository, else $ORCH_STG.
-# Knobs: BENCH_REPS (default 5), BENCH_DAGS (50), BENCH_STEPS (1000000),
+# Knobs: BENCH_REPS (default 3), BENCH_INNER (3), BENCH_DAGS (50), BENCH_STEPS (1000000),
 # BENCH_STG_GRAPHS (20), BENCH_ONLY (a space-separated subset of: throughput makespan stg other),
 # BENCH_NO_WRITE=1 (print only; leave RESULTS.md alone).
 set -eu
@@ -17,7 +18,8 @@ ROOT=$(pwd)
 B=${BUILD:-build}
 OUT=$B/bench
 mkdir -p "$OUT"
-REPS=${BENCH_REPS:-5}
+REPS=${BENCH_REPS:-3}
+INNER=${BENCH_INNER:-3}
 DAGS=${BENCH_DAGS:-50}
 STEPS=${BENCH_STEPS:-1000000}
 ONLY=${BENCH_ONLY:-throughput makespan stg other}
@@ -40,23 +42,24 @@ fmt_m() { awk -v v="$1" 'BEGIN { printf "%.2f M", v / 1e6 }'; }
 
 CPU=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')
 MACHINE="$(nproc) cores ($CPU), $(uname -sr), gcc $(gcc -dumpfullversion), libuv $(pkg-config --modversion libuv)"
+load() { cut -d' ' -f1-3 /proc/loadavg; }
 DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 SECTION=$OUT/issue2.md
 : > "$SECTION"
-echo "Machine: $MACHINE. Date: $DATE. Commit: $REV." >> "$SECTION"
+echo "Machine: $MACHINE. Date: $DATE. Commit: $REV. Load average at the start: $(load)." >> "$SECTION"
 echo >> "$SECTION"
 
 # ---- (a)-(c): throughput ----------------------------------------------
 if want throughput; then
-  echo "== (a)-(c) throughput: $STEPS steps, $REPS alternating runs per shape"
+  echo "== (a)-(c) throughput: $STEPS steps, $REPS x $INNER alternating runs per shape"
   : > "$LOG/throughput.txt"
   for shape in fan chain wave; do
     i=0
     while [ "$i" -lt "$REPS" ]; do
-      "$OUT/dag_bench" "$shape" "$STEPS" 1 | tee -a "$LOG/throughput.txt"
-      "$OUT/omp_peer" "$shape" "$STEPS" 1 | tee -a "$LOG/throughput.txt"
-      [ "$shape" = fan ] && "$OUT/omp_peer" fan_plain "$STEPS" 1 | tee -a "$LOG/throughput.txt"
+      "$OUT/dag_bench" "$shape" "$STEPS" "$INNER" | tee -a "$LOG/throughput.txt"
+      "$OUT/omp_peer" "$shape" "$STEPS" "$INNER" | tee -a "$LOG/throughput.txt"
+      [ "$shape" = fan ] && "$OUT/omp_peer" fan_plain "$STEPS" "$INNER" | tee -a "$LOG/throughput.txt"
       i=$((i + 1))
     done
   done
@@ -66,8 +69,11 @@ if want throughput; then
     echo "Graph building (string ids), validation and the run, timed together; the"
     echo "OpenMP peer (gcc -fopenmp, libgomp, $(nproc) threads) creates the same shape as"
     echo "\`#pragma omp task depend(...)\` from one thread inside a parallel region."
-    echo "Medians of $REPS runs, ours and the peer's alternating. Targets: at least"
-    echo "the peer's rate, and at least 3 M steps/s."
+    echo "$REPS processes of each program, alternating, each timing the shape $INNER"
+    echo "times (the first in a fresh process, with cold memory); medians of all"
+    echo "$((REPS * INNER)) runs. Load average after them: $(load) (this benchmark itself adds about 2; the"
+    echo "machine is shared with other work)."
+    echo "Targets: at least the peer's rate, and at least 3 M steps/s."
     echo
     echo "| shape | steps | orch steps/s | build / validate / run (s) | OpenMP steps/s | orch / OpenMP | >= OpenMP | >= 3 M/s |"
     echo "|---|---|---|---|---|---|---|---|"

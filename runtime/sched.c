@@ -396,7 +396,7 @@ static void run_workers(orch__worker *w, void *arg, const uint32_t *idx,
       orch__step *s = &g->steps[v];
       s->started_ns = t;
       if (atomic_load(&r->canceled)) {
-        s->status = ORCH_FAILED;
+        __atomic_store_n(&s->status, ORCH_FAILED, __ATOMIC_RELEASE);
         orch__step_set_error(s, "canceled before it started");
       } else {
         int rc = orch__kinds[s->kind]->run(r, v, w);
@@ -429,7 +429,7 @@ static void run_workers(orch__worker *w, void *arg, const uint32_t *idx,
           orch__pool_post(r->rt->pool, run_workers, r, extra, nextra)) {
         for (size_t k = 0; k < nextra; k++) {
           orch__step *x = &g->steps[extra[k]];
-          x->status = ORCH_FAILED;
+          __atomic_store_n(&x->status, ORCH_FAILED, __ATOMIC_RELEASE);
           orch__step_set_error(x, "worker queue overflow: step refused");
           x->started_ns = x->finished_ns = t;
           b.fin[b.nfin++] = extra[k];

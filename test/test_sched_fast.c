@@ -5,6 +5,7 @@
 #include "test.h"
 
 #include <stdatomic.h>
+#include <time.h>
 
 static atomic_long seq;
 static long order[10000];
@@ -181,6 +182,55 @@ TEST(sched_fast_mixed_kinds_pass_outputs) {
   ASSERT_STR_EQ(orch_step_output(g, (size_t)orch_graph_find(g, "d")), "hello");
   size_t s = (size_t)orch_graph_find(g, "s"), c = (size_t)orch_graph_find(g, "c");
   ASSERT(orch_step_finished_ms(g, s) <= orch_step_started_ms(g, c));
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+}
+
+static orch_runtime *cancel_rt;
+
+/* Cancels the run, then gives the loop time to act on it before the
+ * chain moves on. */
+static int cancel_at(orch_step_ctx *ctx, void *ud) {
+  (void)ctx;
+  if (ud) {
+    struct timespec ts = {0, 20 * 1000000L};
+    orch_runtime_cancel(cancel_rt);
+    nanosleep(&ts, NULL);
+  }
+  return ORCH_OK;
+}
+
+TEST(sched_fast_cancel_leaves_final_statuses) {
+  orch_runtime *rt = new_rt();
+  orch_graph *g = NULL;
+  char id[32], dep[32], err[256];
+  static int flag;
+  ASSERT(rt);
+  cancel_rt = rt;
+  ASSERT_EQ(orch_graph_new(&g), ORCH_OK);
+  /* Two chains of 20000; the first cancels the run at its step 1000. */
+  for (long k = 0; k < 20000; k++)
+    for (int c = 0; c < 2; c++) {
+      snprintf(id, sizeof id, "%c%ld", 'a' + c, k);
+      ASSERT_EQ(orch_graph_add_fn(g, id, cancel_at,
+                                  c == 0 && k == 1000 ? &flag : NULL),
+                ORCH_OK);
+      if (k) {
+        snprintf(dep, sizeof dep, "%c%ld", 'a' + c, k - 1);
+        ASSERT_EQ(orch_graph_depend(g, id, dep), ORCH_OK);
+      }
+    }
+  ASSERT_EQ(orch_run(rt, g, err, sizeof err), ORCH_ECANCELED);
+  size_t passed = 0, skipped = 0;
+  for (size_t v = 0; v < orch_graph_size(g); v++) {
+    int st = orch_step_status(g, v);
+    ASSERT(st == ORCH_PASSED || st == ORCH_FAILED || st == ORCH_SKIPPED);
+    passed += st == ORCH_PASSED;
+    skipped += st == ORCH_SKIPPED;
+    if (st == ORCH_SKIPPED) ASSERT(orch_step_error(g, v));
+  }
+  ASSERT(passed >= 1001);
+  ASSERT(skipped > 0); /* the rest of chain a */
   orch_graph_free(g);
   orch_runtime_free(rt);
 }
