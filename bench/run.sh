@@ -181,6 +181,9 @@ if want stg; then
   fi
 fi
 
+# Hand-written notes (profile, changes to the core) follow the figures.
+[ -f bench/issue2-notes.md ] && cat bench/issue2-notes.md >> "$SECTION"
+
 if [ "${BENCH_NO_WRITE:-0}" != 1 ]; then
   sh bench/section.sh issue2 "Issue 2: scheduler" < "$SECTION"
   echo "== wrote bench/RESULTS.md (section issue2)"

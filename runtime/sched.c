@@ -136,7 +136,9 @@ static void start_step(orch__run *r, uint32_t v) {
   const orch__kind *k = orch__kinds[s->kind];
   __atomic_store_n(&s->status, ORCH_IN_PROGRESS, __ATOMIC_RELEASE);
   s->attempts++;
-  s->started_ns = orch__run_now(r);
+  /* A worker step's start is stamped by the worker that runs it. */
+  if (k->where != ORCH__ON_WORKER || (r->dry_run && s->kind == ORCH__KIND_LLM))
+    s->started_ns = orch__run_now(r);
   atomic_fetch_add(&r->running, 1);
   if (r->dry_run && s->kind == ORCH__KIND_LLM) {
     double ms = (s->flags & ORCH__SF_HAS_COST) ? s->cost : r->rt->cfg.dry_run_ms;
