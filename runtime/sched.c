@@ -438,11 +438,12 @@ static void run_workers(orch__worker *w, void *arg, const uint32_t *idx,
           if (b.nfin == ORCH__ARRAY_LEN(b.fin)) publish(r, &b);
         }
       }
-      /* The next step started after its last dependency finished, maybe
-       * on another worker after this one's clock read: read it again. */
+      /* The next step starts after its last dependency finished. With v
+       * its only dependency, v's finish time serves; otherwise another one
+       * may have finished on another worker after this clock read. */
       if (next != NONE) {
         b.nnext++;
-        t = orch__run_now(r);
+        if (g->dep_off[next + 1] - g->dep_off[next] > 1) t = orch__run_now(r);
       }
       if (b.nfast >= FAST_PUBLISH) publish(r, &b);
       v = next;
