@@ -12,6 +12,7 @@ local MULTIPART = { "and then", ", then", "after that", "afterwards",
 local MAX_TASKS = 500          -- a plan with more tasks is refused
 local MAX_RESULT_BYTES = 8000  -- a result is cut to this size inside a prompt
 local MAX_QUOTE = 120          -- error messages quote at most this much of a line
+local MAX_LINE = 4096          -- a longer task line is refused
 
 local PLAN_PROMPT = [[
 You are the planner of a team of AI agents. Break the request below into a
@@ -84,8 +85,18 @@ local M = {
 
 ---------------------------------------------------------------- helpers
 
+-- Strips a trailing run of characters of class cls ("%s", "%s|;"), in
+-- linear time (a "[cls]+$" pattern is quadratic on a long run).
+local function rstrip(s, cls)
+  local last = s:find("[^" .. cls .. "][" .. cls .. "]*$")
+  if not last then return "" end
+  return s:sub(1, last)
+end
+
 local function trim(s)
-  return (s:gsub("^%s+", ""):gsub("%s+$", ""))
+  local first = s:find("%S")
+  if not first then return "" end
+  return rstrip(s:sub(first), "%s")
 end
 
 -- Fills {name} placeholders from vars in one pass (values are not rescanned).
@@ -159,7 +170,7 @@ local MAX_RANGE = 1000
 -- Reads a dependency list ("Task 1, Task 2", "1, 2", "T1 and T2", "none",
 -- "Tasks 1-3") -> {ids...} or nil, the token it could not read.
 local function parse_deps(s)
-  s = trim(s:lower()):gsub("[%.;,]+$", "")
+  s = rstrip(trim(s:lower()), "%.;,")
   if NONE[s] or s:find("^none%f[%A]") or s:find("^no dependenc")
      or s:find("^n/a%f[%A]") then
     return {}
@@ -224,8 +235,7 @@ local function split_deps(rest)
     end
   end
   if best then
-    local desc = rest:sub(1, best - 1):gsub("[%s|;,%(%[%-]+$", "")
-    return trim(desc), best_deps
+    return trim(rstrip(rest:sub(1, best - 1), "%s|;,%(%[%-")), best_deps
   end
   local pipe = low:match(".*()|")
   if pipe then
@@ -286,14 +296,26 @@ local function looks_like_task(l, strict)
   return false
 end
 
--- Parses the lines of text (regions outside the plan already blanked).
+-- Parses the lines of text, the first being line first_line of the reply.
 -- Returns tasks (maybe empty) or nil, message.
-local function parse_region(text, strict)
+local function parse_region(text, strict, first_line)
   local tasks, by_id, last = {}, {}, nil
-  local lineno = 0
+  local lineno = first_line - 1
   for raw in (text .. "\n"):gmatch("([^\n]*)\n") do
     lineno = lineno + 1
-    local line = clean(raw)
+    local line
+    if #raw > MAX_LINE then
+      line = clean(raw:sub(1, 64))
+      local l = line:lower()
+      for _, p in ipairs(TASK_PATTERNS) do
+        if l:find(p) then
+          return nil, ("line %d: a task line longer than %d bytes"):format(lineno, MAX_LINE)
+        end
+      end
+      line = ""
+    else
+      line = clean(raw)
+    end
     if line ~= "" then
       local l = line:lower()
       local id, pos
@@ -441,13 +463,15 @@ function M.parse(text)
   end
   local tasks, err
   if #regions == 0 then
-    tasks, err = parse_region(text, false)
+    tasks, err = parse_region(text, false, 1)
     if not tasks then return nil, err end
     if #tasks == 0 then return nil, "no plan found: " .. EXPECTED end
   else
+    local line, counted = 1, 1      -- line number at offset counted
     for _, r in ipairs(regions) do
-      local only = blank(text:sub(1, r[1] - 1)) .. text:sub(r[1], r[2])
-      tasks, err = parse_region(only, true)
+      line = line + select(2, text:sub(counted, r[1] - 1):gsub("\n", ""))
+      counted = r[1]
+      tasks, err = parse_region(text:sub(r[1], r[2]), true, line)
       if not tasks then return nil, err end
       if #tasks > 0 then break end
     end

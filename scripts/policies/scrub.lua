@@ -62,16 +62,19 @@ function M.scrub(text)
     end)
   end
 
-  sub("[%w%.%%%+%-_]+@[%w%-]+%.[%w%.%-]*%a", "[EMAIL]")
+  -- Frontiers make each pattern start only where a run starts, so that a
+  -- long run (a base64 blob, a big number) costs linear time, not quadratic.
+  if s:find("@", 1, true) then
+    sub("%f[%w%.%%%+%-_][%w%.%%%+%-_]+@[%w%-]+%.[%w%.%-]*%a", "[EMAIL]")
+  end
+  if not s:find("%d") then return s, n end
 
-  sub("%d+%.%d+%.%d+%.%d+", "[IP]", function(m, at)
+  sub("%f[%d]%d%d?%d?%.%d%d?%d?%.%d%d?%d?%.%d%d?%d?%f[%D]", "[IP]", function(m, at)
     local before = s:sub(at - 1, at - 1)
     local after = s:sub(at + #m, at + #m + 1)
-    if before:find("[%w%.]") or after:find("^[%w]") or after:find("^%.%d") then
-      return false
-    end
+    if before:find("[%w%.]") or after:find("^%.%d") then return false end
     for octet in m:gmatch("%d+") do
-      if #octet > 3 or tonumber(octet) > 255 then return false end
+      if tonumber(octet) > 255 then return false end
     end
     return true
   end)
