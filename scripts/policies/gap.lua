@@ -8,7 +8,7 @@ local PLAN_TIERS = { strong = true }   -- complexity tiers that are always plann
 local MIN_LIST_ITEMS = 2       -- a request listing this many items is planned
 local MULTIPART = { "and then", ", then", "after that", "afterwards",
                     "followed by", "once that is done", "then finally",
-                    "step by step", "as well as" }  -- multi-part asks: planned
+                    "step by step" }  -- multi-part asks: planned
 local MAX_TASKS = 500          -- a plan with more tasks is refused
 local MAX_RESULT_BYTES = 8000  -- a result is cut to this size inside a prompt
 local MAX_QUOTE = 120          -- error messages quote at most this much of a line
