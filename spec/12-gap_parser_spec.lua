@@ -241,6 +241,31 @@ T3: C | Dependencies: T1
 - Dependencies: T2
 </plan>]], { { "1", "A", {} }, { "2", "B", {} }, { "3", "C", { "1", "2" } } } },
 
+  { "extra columns after the dependencies and notes in parentheses", [[
+<plan>
+Task 1: Fetch user data | Dependencies: None | Tool: search
+Task 2: Fetch order history | Dependencies: Task 1 (for the user ids) | Tool: sql
+Task 3: Generate report | Dependencies: (Task 1, Task 2)
+</plan>]], { { "1", "Fetch user data", {} }, { "2", "Fetch order history", { "1" } },
+             { "3", "Generate report", { "1", "2" } } } },
+
+  { "Step ids, #ids and 'Depends on:'", [[
+<plan>
+Step 1: Fetch user data | Depends on: nothing
+Step 2: Fetch order history | Depends on: nothing
+Step 3: Generate report | Depends on: #1, #2
+</plan>]], DIAMOND },
+
+  { "Task lines with the dependencies on the next line", [[
+<plan>
+Task 1: Fetch user data
+Dependencies: none
+Task 2: Fetch order history
+Dependencies: none
+Task 3: Generate report
+Dependencies: Task 1, Task 2
+</plan>]], DIAMOND },
+
   { "prose lines inside the block", [[
 <plan>
 Phase one, in parallel:

@@ -175,6 +175,10 @@ local function parse_deps(s)
      or s:find("^n/a%f[%A]") then
     return {}
   end
+  -- A note in parentheses after the ids ("Task 1 (the user list)") is
+  -- dropped; brackets around the ids themselves ("(Task 1, Task 2)") are not.
+  local outside = s:gsub("%b()", " ")
+  if outside:find("%d") then s = outside end
   s = s:gsub("[%[%]%(%){}\"']", " ")
   if NONE[trim(s)] then return {} end
   local ids, seen = {}, {}
@@ -227,7 +231,8 @@ local function split_deps(rest)
         local colon = after:match("^%s*:()")
         local sep = low:sub(1, a - 1):find("[|%(%[;,%-]%s*$") or low:sub(1, a - 1):find("^%s*$")
         if colon then
-          best, best_deps = a, rest:sub(b + colon)
+          -- the list ends at a further "| ..." column (" | Tool: search")
+          best, best_deps = a, rest:sub(b + colon):gsub("|.*", "")
         elseif sep and parse_deps(after) then
           best, best_deps = a, rest:sub(b + 1)
         end
