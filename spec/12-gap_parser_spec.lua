@@ -266,6 +266,25 @@ Task 3: Generate report
 Dependencies: Task 1, Task 2
 </plan>]], DIAMOND },
 
+  { "a Tasks: heading, colons inside descriptions, and 'after' / 'requires' notes", [[
+<plan>
+Tasks:
+Task 1: Identify needs: budget and timeline | Dependencies: none
+Task 2: Fetch prices - after Task 1
+Task 3: Compare (requires: Task 2)
+</plan>]], { { "1", "Identify needs: budget and timeline", {} }, { "2", "Fetch prices", { "1" } },
+             { "3", "Compare", { "2" } } } },
+
+  { "a dependency line without a colon", [[
+<plan>
+T1: Fetch user data
+- Dependencies none
+T2: Fetch order history
+- Dependencies - none
+T3: Generate report
+- Dependencies T1, T2
+</plan>]], DIAMOND },
+
   { "prose lines inside the block", [[
 <plan>
 Phase one, in parallel:
@@ -304,6 +323,8 @@ local ERRORS = {
     'line 2: task 1 has no description in "Task 1: | Dependencies: none"' },
   { "a dependency line before any task", "<plan>\n- Dependencies: none\nT1: A\n</plan>",
     'line 2: dependencies before any task in "- Dependencies: none"' },
+  { "a task with a letter for an id", "<plan>\nTask A: Fetch | Dependencies: none\n</plan>",
+    'line 2: cannot read a task in "Task A: Fetch | Dependencies: none"' },
   { "a task line without an id", "<plan>\nTask: Fetch the data | Dependencies: none\n</plan>",
     'line 2: cannot read a task in "Task: Fetch the data | Dependencies: none"' },
   { "a line number counted over CRLF", "<plan>\r\nT1: A\r\n- Dependencies: none\r\nTsak 2: B\r\n</plan>",

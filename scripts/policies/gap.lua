@@ -206,10 +206,13 @@ local function parse_deps(s)
   return ids
 end
 
--- Labels that introduce dependencies on a task line or a line of their own.
+-- Labels that introduce dependencies on a task line. A strong label counts
+-- when a colon follows it; any label counts after a separator ("|", "(",
+-- "[", ";", ",", "-") when a readable dependency list follows.
 local LABELS = { "dependencies", "dependency", "depends on", "depend on",
-                 "dependent on", "depends", "deps", "requires", "prerequisites",
-                 "needs", "after" }
+                 "dependent on", "depends", "deps", "prerequisites",
+                 "requires", "needs", "after" }
+local WEAK = { requires = true, needs = true, after = true }
 
 -- Splits the rest of a task line into description and dependency text.
 -- A label counts when a colon follows it, or when a separator precedes it
@@ -230,11 +233,11 @@ local function split_deps(rest)
         local after = low:sub(b + 1)
         local colon = after:match("^%s*:()")
         local sep = low:sub(1, a - 1):find("[|%(%[;,%-]%s*$") or low:sub(1, a - 1):find("^%s*$")
-        if colon then
+        if colon and not (WEAK[label] and not sep) then
           -- the list ends at a further "| ..." column (" | Tool: search")
           best, best_deps = a, rest:sub(b + colon):gsub("|.*", "")
-        elseif sep and parse_deps(after) then
-          best, best_deps = a, rest:sub(b + 1)
+        elseif sep and parse_deps((after:gsub("^%s*:", ""))) then
+          best, best_deps = a, rest:sub(b + (colon or 1))
         end
       end
     end
@@ -291,14 +294,16 @@ end
 local function looks_like_task(l, strict)
   local word = l:match("^(%a+)")
   local marked = l:find("[:|]") ~= nil
-  if word == "task" or word == "tasks" then
-    return strict and (word == "task" or marked) or marked
+  if word == "task" then   -- in a plan: "Task: Fetch", "Task A: Fetch", ...
+    return strict or (marked and l:find("^task%s*[#%-_]?%s*%d") ~= nil)
+  end
+  if word == "tasks" then   -- "Tasks:" is a heading; "Tasks 1: ..." is not
+    return marked and l:find("^tasks%s*#?%d") ~= nil
   end
   if word and near_task(word) and l:find("^%a+%s*#?%d") then
     return strict or marked
   end
-  if strict and l:find("depend") then return true end
-  return false
+  return strict and marked and l:find("%f[%a]depend") ~= nil
 end
 
 -- Parses the lines of text, the first being line first_line of the reply.
@@ -340,6 +345,9 @@ local function parse_region(text, strict, first_line)
           dep_pos = l:match(p)
           if dep_pos then break end
         end
+        -- "- Dependencies T1, T2", without a colon: only when readable
+        local bare = not dep_pos and l:match("^dependencies%s*%-?%s*()")
+        if bare and parse_deps(l:sub(bare)) then dep_pos = bare end
       end
       if id then
         id = norm_id(id)
