@@ -37,6 +37,12 @@ describe("the retry policy", function()
     assert.same({ action = "fail", reason = "HTTP 418" }, r)
   end)
 
+  it("redacts a key echoed in the provider's message", function()
+    local r = decide({ attempt = 1, status = 401,
+      body = '{"error":{"message":"Incorrect API key provided: sk-proj-abcdefghijklmnopqrstuvwxyz0123"}}' })
+    assert.equal("HTTP 401 Unauthorized: Incorrect API key provided: [KEY]", r.reason)
+  end)
+
   it("cuts a long error body in the reason", function()
     local r = decide({ attempt = 1, status = 400, body = ("x"):rep(5000) })
     assert.is_true(#r.reason < 400)

@@ -25,20 +25,24 @@ local M = { MAX_ATTEMPTS = MAX_ATTEMPTS, BASE_DELAY_MS = BASE_DELAY_MS,
 -- The source of randomness in [0, 1); a spec may replace it.
 M.random = math.random
 
+local scrub = require "policies.scrub"
+
 local REASONS = { [400] = "Bad Request", [401] = "Unauthorized",
                   [403] = "Forbidden", [404] = "Not Found",
                   [413] = "Payload Too Large", [422] = "Unprocessable Entity" }
 local MAX_MESSAGE = 300
 
 -- The provider's message from an error body, without a JSON parser:
--- "message": "..." when there is one, else the body's start.
+-- "message": "..." when there is one, else the body's start; anything
+-- key-like, e-mail, IP or phone in it is redacted (policies/scrub.lua).
 local function message_of(body)
   if type(body) ~= "string" or body == "" then return nil end
+  body = body:sub(1, 8 * MAX_MESSAGE)
   local m = body:match('"message"%s*:%s*"(.-)"%s*[,}]')
   if not m then m = body:match('"error"%s*:%s*"(.-)"%s*[,}]') end
   m = (m or body):gsub("%s+", " ")
   if #m > MAX_MESSAGE then m = m:sub(1, MAX_MESSAGE) .. "..." end
-  return m
+  return (scrub.scrub(m))
 end
 
 local function quota_spent(body)
