@@ -275,6 +275,15 @@ Task 3: Compare (requires: Task 2)
 </plan>]], { { "1", "Identify needs: budget and timeline", {} }, { "2", "Fetch prices", { "1" } },
              { "3", "Compare", { "2" } } } },
 
+  { "dependency words inside descriptions", [[
+<plan>
+Task 1: List deps: npm packages | Dependencies: none
+Task 2: Check what the build depends on | Dependencies: Task 1
+Task 3: Summarize dependencies | Dependencies: Task 1, after Task 2
+</plan>]], { { "1", "List deps: npm packages", {} },
+             { "2", "Check what the build depends on", { "1" } },
+             { "3", "Summarize dependencies", { "1", "2" } } } },
+
   { "a dependency line without a colon", [[
 <plan>
 T1: Fetch user data

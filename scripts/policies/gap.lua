@@ -164,7 +164,7 @@ local NONE = { [""] = true, ["-"] = true, none = true, ["n/a"] = true,
                na = true, ["nil"] = true, null = true, no = true,
                nothing = true, independent = true, ["--"] = true }
 local FILLER = { task = true, tasks = true, step = true, steps = true,
-                 ["and"] = true, ["+"] = true, on = true }
+                 ["and"] = true, ["+"] = true, on = true, after = true }
 local MAX_RANGE = 1000
 
 -- Reads a dependency list ("Task 1, Task 2", "1, 2", "T1 and T2", "none",
@@ -215,12 +215,12 @@ local LABELS = { "dependencies", "dependency", "depends on", "depend on",
 local WEAK = { requires = true, needs = true, after = true }
 
 -- Splits the rest of a task line into description and dependency text.
--- A label counts when a colon follows it, or when a separator precedes it
--- and a readable dependency list follows. Returns desc, deps|nil (deps is
--- the raw text, or a parsed list when it came from a trailing "| ...").
+-- The last strong label wins ("List deps: npm | Dependencies: none"), else
+-- the last weak one. Returns desc, deps|nil (deps is the raw text, or a
+-- parsed list when it came from a bare trailing "| 1, 2").
 local function split_deps(rest)
   local low = rest:lower()
-  local best, best_deps
+  local found = {}            -- [true] = strong, [false] = weak: {pos, deps}
   for _, label in ipairs(LABELS) do
     local init = 1
     while true do
@@ -229,21 +229,27 @@ local function split_deps(rest)
       init = a + 1
       local okb = a == 1 or not low:sub(a - 1, a - 1):find("[%w_]")
       local oka = not low:sub(b + 1, b + 1):find("[%w_]")
-      if okb and oka and (not best or a < best) then
+      local strong = not WEAK[label]
+      local prev = found[strong]
+      if okb and oka and not (prev and prev[1] >= a) then
         local after = low:sub(b + 1)
         local colon = after:match("^%s*:()")
-        local sep = low:sub(1, a - 1):find("[|%(%[;,%-]%s*$") or low:sub(1, a - 1):find("^%s*$")
-        if colon and not (WEAK[label] and not sep) then
+        local before = low:sub(1, a - 1)
+        local sep = before:find("[|%(%[;,%-]%s*$") or not before:find("%S")
+        local deps
+        if colon and (strong or sep) then
           -- the list ends at a further "| ..." column (" | Tool: search")
-          best, best_deps = a, rest:sub(b + colon):gsub("|.*", "")
-        elseif sep and parse_deps((after:gsub("^%s*:", ""))) then
-          best, best_deps = a, rest:sub(b + (colon or 1))
+          deps = rest:sub(b + colon):gsub("|.*", "")
+        elseif sep and parse_deps(after) then
+          deps = rest:sub(b + 1)
         end
+        if deps then found[strong] = { a, deps } end
       end
     end
   end
+  local best = found[true] or found[false]
   if best then
-    return trim(rstrip(rest:sub(1, best - 1), "%s|;,%(%[%-")), best_deps
+    return trim(rstrip(rest:sub(1, best[1] - 1), "%s|;,%(%[%-")), best[2]
   end
   local pipe = low:match(".*()|")
   if pipe then
