@@ -626,14 +626,17 @@ done:
   return rc;
 }
 
-/* Appends the frames of a list of queue items (or one item when one is
- * set) in one write. Items that would pass the cap are not written; the
- * number written is returned, -1 when the write failed (nothing kept). */
-static long spool_append(orch__store *s, qitem *list) {
+/* Appends the frames of a list of queue items in as few writes as it can.
+ * Frames past the cap are not written. Returns how many frames (from the
+ * front of the list) are now whole in the file; *failed is set when a
+ * write failed (disk full, file too large): the file is cut back to the
+ * last whole frame. */
+static size_t spool_append(orch__store *s, qitem *list, bool *failed) {
   spool *sp = &s->sp;
-  long written = 0;
+  size_t kept = 0;
+  *failed = false;
   pthread_mutex_lock(&sp->mu);
-  uint64_t end0 = sp->end, size = 0;
+  uint64_t end0 = sp->end, size = 0, total = 0;
   size_t cnt = 0;
   for (qitem *it = list; it; it = it->next) {
     uint64_t fl = FRAME_HDR + (uint64_t)it->len;
@@ -643,54 +646,60 @@ static long spool_append(orch__store *s, qitem *list) {
     size += fl;
     cnt++;
   }
-  if (cnt == 0) goto done;
   /* gather into iovecs in slices so large batches need no big copy */
-  {
+  qitem *it = list;
+  size_t left = cnt;
+  while (left > 0) {
     struct iovec iov[64];
-    qitem *it = list;
-    size_t left = cnt;
-    while (left > 0) {
-      int niov = 0;
-      size_t bytes = 0;
-      for (; it && left > 0 && niov < 64; it = it->next, left--, niov++) {
-        iov[niov].iov_base = it->data;
-        iov[niov].iov_len = FRAME_HDR + it->len;
-        bytes += FRAME_HDR + it->len;
+    int niov = 0, first = 0;
+    size_t bytes = 0, done_b = 0;
+    for (; it && left > 0 && niov < 64; it = it->next, left--, niov++) {
+      iov[niov].iov_base = it->data;
+      iov[niov].iov_len = FRAME_HDR + it->len;
+      bytes += FRAME_HDR + it->len;
+    }
+    while (done_b < bytes) {
+      ssize_t w = writev(sp->fd, iov + first, niov - first);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        int e = w < 0 ? errno : ENOSPC;
+        /* keep the whole frames that made it, cut the partial one */
+        uint64_t keep = 0;
+        kept = 0;
+        for (qitem *q = list; q; q = q->next) {
+          uint64_t fl = FRAME_HDR + (uint64_t)q->len;
+          if (keep + fl > total) break;
+          keep += fl;
+          kept++;
+        }
+        if (ftruncate(sp->fd, (off_t)(end0 + keep)) != 0) {
+          /* the open-time scan cuts it then */
+        }
+        sp->end = end0 + keep;
+        sp->dirty = true;
+        *failed = true;
+        set_error(s, "spool %s: write failed: %s", sp->path, strerror(e));
+        goto done;
       }
-      /* writev of whole frames; a short write means the disk is full */
-      size_t done_b = 0;
-      int first = 0;
-      while (done_b < bytes) {
-        ssize_t w = writev(sp->fd, iov + first, niov - first);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-          int e = errno;
-          if (ftruncate(sp->fd, (off_t)end0) != 0) { /* keep whole frames */
-          }
-          set_error(s, "spool %s: write failed: %s", sp->path,
-                    w < 0 ? strerror(e) : "no space");
-          written = -1;
-          goto done;
-        }
-        done_b += (size_t)w;
-        size_t adv = (size_t)w;
-        while (first < niov && adv >= iov[first].iov_len) {
-          adv -= iov[first].iov_len;
-          first++;
-        }
-        if (first < niov) {
-          iov[first].iov_base = (char *)iov[first].iov_base + adv;
-          iov[first].iov_len -= adv;
-        }
+      done_b += (size_t)w;
+      total += (uint64_t)w;
+      size_t adv = (size_t)w;
+      while (first < niov && adv >= iov[first].iov_len) {
+        adv -= iov[first].iov_len;
+        first++;
+      }
+      if (first < niov) {
+        iov[first].iov_base = (char *)iov[first].iov_base + adv;
+        iov[first].iov_len -= adv;
       }
     }
   }
   sp->end = end0 + size;
-  sp->dirty = true;
-  written = (long)cnt;
+  if (cnt) sp->dirty = true;
+  kept = cnt;
 done:
   pthread_mutex_unlock(&sp->mu);
-  return written;
+  return kept;
 }
 
 static void spool_sync(orch__store *s) {
@@ -817,12 +826,12 @@ static int w_write(writer *w) {
 
 static void w_spool(writer *w, qitem *list, size_t n) {
   orch__store *s = w->s;
-  long k = spool_append(s, list);
-  size_t kept = k > 0 ? (size_t)k : 0;
+  bool failed;
+  size_t kept = spool_append(s, list, &failed);
   atomic_fetch_add(&s->spooled, kept);
   if (kept < n) {
     atomic_fetch_add(&s->dropped, n - kept);
-    if (k >= 0)
+    if (!failed)
       set_drop(s, "spool %s is full (cap %" PRIu64 " bytes): %zu records "
                 "dropped", s->sp.path, s->sp.cap, n - kept);
     else
@@ -1124,7 +1133,8 @@ int orch__store_put(orch__store *s, const orch__rec *rec) {
     pthread_mutex_unlock(&s->q_mu);
     /* Queue full: append to the spool from this thread (a file write, no
      * fsync, never the database); the writer fsyncs it on its next tick. */
-    long k = spool_append(s, it);
+    bool failed;
+    size_t k = spool_append(s, it, &failed);
     free(it);
     if (k == 1) {
       atomic_fetch_add(&s->spooled, 1);
@@ -1133,7 +1143,7 @@ int orch__store_put(orch__store *s, const orch__rec *rec) {
     }
     atomic_fetch_add(&s->dropped, 1);
     set_drop(s, "queue full (%zu records) and spool %s, record dropped",
-              s->o.queue_cap, k == 0 ? "full" : "failing");
+              s->o.queue_cap, failed ? "failing" : "full");
     return ORCH_ELIMIT;
   }
   if (s->q_tail) s->q_tail->next = it;
