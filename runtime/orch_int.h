@@ -323,7 +323,7 @@ typedef struct orch__store_opts {
                               PostgreSQL: ORCH_SPOOL_DIR (or .)/
                               orchestrate-pg-<hash of url>.spool */
   uint64_t spool_cap;      /* spool file size cap in bytes; 0: 1 GiB */
-  size_t batch;            /* records per transaction; 0: 2000 */
+  size_t batch;            /* records per transaction; 0: 5000 */
   unsigned flush_ms;       /* writer tick: spool fsync, reconnect; 0: 50 */
   unsigned backoff_max_ms; /* reconnect backoff ceiling; 0: 5000 */
   int no_migrate;          /* 1: do not apply migrations on connect */

@@ -1041,7 +1041,7 @@ int orch__store_open(orch__store **out, const char *url,
   if (!s->o.queue_cap) s->o.queue_cap = 65536;
   if (!s->o.queue_max_bytes) s->o.queue_max_bytes = 64u << 20;
   if (!s->o.spool_cap) s->o.spool_cap = (uint64_t)1 << 30;
-  if (!s->o.batch) s->o.batch = 2000;
+  if (!s->o.batch) s->o.batch = 5000;
   if (!s->o.flush_ms) s->o.flush_ms = 50;
   if (!s->o.backoff_max_ms) s->o.backoff_max_ms = 5000;
   s->read_only = o && o->read_only;

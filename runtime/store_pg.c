@@ -13,15 +13,29 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define MIGRATE_LOCK "7310594712" /* pg_advisory_xact_lock key */
 #define W_DATA 2                  /* internal: the rows are bad */
+
+/* Keys this connection has sent, as 64-bit hashes (open addressing, 0 =
+ * empty). A key not in the set is probably new: its row goes by a direct
+ * COPY into the table (PostgreSQL's fast bulk path); a key in the set goes
+ * by the upsert. A wrong guess only costs time: a direct COPY that meets
+ * an existing key fails as a whole and the batch is upserted instead. */
+#define SEEN_BITS 20
+#define SEEN_CAP ((size_t)1 << SEEN_BITS)
 
 typedef struct pgc {
   PGconn *c;
   bool prepared;
   char *copybuf;
   size_t copylen, copycap;
+  uint64_t *seen;
+  size_t nseen;
+  unsigned direct_off[ORCH__REC_NTYPES]; /* batches left without direct */
+  uint8_t *fresh;                        /* per row of the batch */
+  size_t fresh_cap;
 } pgc;
 
 static void no_notices(void *arg, const char *msg) {
@@ -42,6 +56,8 @@ static void pg_disconnect(void *conn) {
   if (!p) return;
   PQfinish(p->c);
   free(p->copybuf);
+  free(p->seen);
+  free(p->fresh);
   free(p);
 }
 
@@ -268,8 +284,9 @@ static bool cb_need(pgc *p, size_t n) {
   return true;
 }
 
-/* Appends one row in COPY text format. */
-static bool copy_row(pgc *p, const orch__row *row) {
+/* Appends one row in COPY text format; direct: times as timestamps (for
+ * the real table) rather than epoch ms (for the temporary one). */
+static bool copy_row(pgc *p, const orch__row *row, bool direct) {
   const orch__rec_desc *d = &orch__rec_descs[row->type];
   for (size_t j = 0; j < d->ncols; j++) {
     const orch__val *v = &row->v[j];
@@ -277,8 +294,19 @@ static bool copy_row(pgc *p, const orch__row *row) {
     if (j) p->copybuf[p->copylen++] = '\t';
     switch (v->tag) {
     case 1:
-      p->copylen += (size_t)snprintf(p->copybuf + p->copylen, 32, "%" PRId64,
-                                     v->i);
+      if (direct && d->cols[j].type == 'T') {
+        time_t secs = (time_t)(v->i >= 0 ? v->i / 1000 : (v->i - 999) / 1000);
+        int ms = (int)(v->i - (int64_t)secs * 1000);
+        struct tm tm;
+        gmtime_r(&secs, &tm);
+        p->copylen += strftime(p->copybuf + p->copylen, 32,
+                               "%Y-%m-%d %H:%M:%S", &tm);
+        p->copylen += (size_t)snprintf(p->copybuf + p->copylen, 16,
+                                       ".%03d+00", ms);
+      } else {
+        p->copylen += (size_t)snprintf(p->copybuf + p->copylen, 32,
+                                       "%" PRId64, v->i);
+      }
       break;
     case 2:
       if (isinf(v->f))
@@ -325,11 +353,92 @@ static int classify(pgc *p, PGresult *r, char *err, size_t errlen) {
   return ORCH__W_RETRY;
 }
 
+static uint64_t key_hash(const orch__row *row) {
+  const orch__rec_desc *d = &orch__rec_descs[row->type];
+  uint64_t h = 1469598103934665603ull ^ row->type;
+  for (size_t j = 0; j < d->ncols; j++) {
+    if (!(d->cols[j].flags & ORCH__COL_KEY)) continue;
+    const orch__val *v = &row->v[j];
+    const unsigned char *b = (const unsigned char *)&v->i;
+    size_t n = 8;
+    if (v->tag == 3) {
+      b = (const unsigned char *)v->s;
+      n = v->n;
+    }
+    for (size_t k = 0; k < n; k++) h = (h ^ b[k]) * 1099511628211ull;
+    h = (h ^ 0xff) * 1099511628211ull; /* separator */
+  }
+  return h ? h : 1;
+}
+
+/* Adds h; returns true when it was already there. */
+static bool seen_test_add(pgc *p, uint64_t h) {
+  if (!p->seen || p->nseen > SEEN_CAP / 2) { /* start over when half full */
+    if (!p->seen) p->seen = calloc(SEEN_CAP, sizeof *p->seen);
+    else memset(p->seen, 0, SEEN_CAP * sizeof *p->seen);
+    p->nseen = 0;
+    if (!p->seen) return true; /* no memory: everything by upsert */
+  }
+  size_t i = (size_t)h & (SEEN_CAP - 1);
+  while (p->seen[i]) {
+    if (p->seen[i] == h) return true;
+    i = (i + 1) & (SEEN_CAP - 1);
+  }
+  p->seen[i] = h;
+  p->nseen++;
+  return false;
+}
+
+/* Sends the buffered COPY data for the statement sql; PGRES result
+ * checked; ORCH__W_OK or a classification. */
+static int copy_send(pgc *p, const char *sql, char *err, size_t errlen) {
+  PGresult *r = PQexec(p->c, sql);
+  int rc = ORCH__W_OK;
+  if (PQresultStatus(r) != PGRES_COPY_IN) {
+    rc = classify(p, r, err, errlen);
+    PQclear(r);
+    return rc;
+  }
+  PQclear(r);
+  bool ok = true;
+  for (size_t off = 0; off < p->copylen && ok;) {
+    size_t chunk = p->copylen - off > (1u << 20) ? (1u << 20)
+                                                 : p->copylen - off;
+    ok = PQputCopyData(p->c, p->copybuf + off, (int)chunk) == 1;
+    off += chunk;
+  }
+  if (PQputCopyEnd(p->c, ok ? NULL : "client error") != 1) ok = false;
+  r = PQgetResult(p->c);
+  if (!ok || PQresultStatus(r) != PGRES_COMMAND_OK)
+    rc = classify(p, r, err, errlen);
+  PQclear(r);
+  while ((r = PQgetResult(p->c))) PQclear(r);
+  return rc;
+}
+
+static bool exec_ok(pgc *p, const char *sql) {
+  PGresult *r = PQexec(p->c, sql);
+  bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+  PQclear(r);
+  return ok;
+}
+
 /* One transaction over rows[0..n). */
 static int write_tx(pgc *p, const orch__row *rows, size_t n, char *err,
                     size_t errlen) {
-  PGresult *r = PQexec(p->c, "BEGIN");
+  PGresult *r = NULL;
   int rc = ORCH__W_OK;
+  if (n > p->fresh_cap) {
+    uint8_t *nf = realloc(p->fresh, n);
+    if (!nf) {
+      snprintf(err, errlen, "postgresql: out of memory");
+      return ORCH__W_RETRY;
+    }
+    p->fresh = nf;
+    p->fresh_cap = n;
+  }
+  for (size_t i = 0; i < n; i++) p->fresh[i] = !seen_test_add(p, key_hash(&rows[i]));
+  r = PQexec(p->c, "BEGIN");
   if (PQresultStatus(r) != PGRES_COMMAND_OK) {
     rc = classify(p, r, err, errlen);
     goto fail;
@@ -337,40 +446,55 @@ static int write_tx(pgc *p, const orch__row *rows, size_t n, char *err,
   PQclear(r);
   r = NULL;
   for (int t = 0; t < ORCH__REC_NTYPES; t++) {
+    const orch__rec_desc *d = &orch__rec_descs[t];
+    char sql[2048];
+    /* 1. probably-new keys: straight into the table */
+    bool direct = p->direct_off[t] == 0;
+    if (p->direct_off[t]) p->direct_off[t]--;
     p->copylen = 0;
-    for (size_t i = 0; i < n; i++)
-      if (rows[i].type == t && !copy_row(p, &rows[i])) {
-        snprintf(err, errlen, "postgresql: out of memory");
-        rc = ORCH__W_RETRY;
+    if (direct)
+      for (size_t i = 0; i < n; i++)
+        if (rows[i].type == t && p->fresh[i] && !copy_row(p, &rows[i], true))
+          goto oom;
+    if (p->copylen > 0) {
+      int o = snprintf(sql, sizeof sql, "COPY %s (", d->table);
+      for (size_t j = 0; j < d->ncols && o < (int)sizeof sql; j++)
+        o += snprintf(sql + o, sizeof sql - (size_t)o, "%s%s", j ? ", " : "",
+                      d->cols[j].name);
+      if (o < (int)sizeof sql) snprintf(sql + o, sizeof sql - (size_t)o, ") FROM STDIN");
+      if (!exec_ok(p, "SAVEPOINT orch_direct")) {
+        rc = classify(p, NULL, err, errlen);
         goto fail;
       }
+      rc = copy_send(p, sql, err, errlen);
+      if (rc == ORCH__W_OK) {
+        if (!exec_ok(p, "RELEASE SAVEPOINT orch_direct")) {
+          rc = classify(p, NULL, err, errlen);
+          goto fail;
+        }
+      } else {
+        if (PQstatus(p->c) != CONNECTION_OK ||
+            !exec_ok(p, "ROLLBACK TO SAVEPOINT orch_direct")) {
+          rc = ORCH__W_RETRY;
+          goto fail;
+        }
+        /* a key existed (or a row is bad): upsert them all, and upsert
+         * only for this type's next batches */
+        direct = false;
+        p->direct_off[t] = 16;
+        rc = ORCH__W_OK;
+      }
+    }
+    /* 2. the rest (or all): COPY into the temporary table, then upsert */
+    p->copylen = 0;
+    for (size_t i = 0; i < n; i++)
+      if (rows[i].type == t && !(direct && p->fresh[i]) &&
+          !copy_row(p, &rows[i], false))
+        goto oom;
     if (p->copylen == 0) continue;
-    char sql[64];
     snprintf(sql, sizeof sql, "COPY orch_tmp_%d FROM STDIN", t);
-    r = PQexec(p->c, sql);
-    if (PQresultStatus(r) != PGRES_COPY_IN) {
-      rc = classify(p, r, err, errlen);
-      goto fail;
-    }
-    PQclear(r);
-    r = NULL;
-    bool ok = true;
-    for (size_t off = 0; off < p->copylen && ok;) {
-      size_t chunk = p->copylen - off > (1u << 20) ? (1u << 20)
-                                                   : p->copylen - off;
-      ok = PQputCopyData(p->c, p->copybuf + off, (int)chunk) == 1;
-      off += chunk;
-    }
-    if (PQputCopyEnd(p->c, ok ? NULL : "client error") != 1) ok = false;
-    r = PQgetResult(p->c);
-    if (!ok || PQresultStatus(r) != PGRES_COMMAND_OK) {
-      rc = classify(p, r, err, errlen);
-      PQclear(r);
-      while ((r = PQgetResult(p->c))) PQclear(r);
-      goto fail;
-    }
-    PQclear(r);
-    while ((r = PQgetResult(p->c))) PQclear(r);
+    rc = copy_send(p, sql, err, errlen);
+    if (rc != ORCH__W_OK) goto fail;
     snprintf(sql, sizeof sql, "orch_ups_%d", t);
     r = PQexecPrepared(p->c, sql, 0, NULL, NULL, NULL, 0);
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
@@ -387,6 +511,9 @@ static int write_tx(pgc *p, const orch__row *rows, size_t n, char *err,
   }
   PQclear(r);
   return ORCH__W_OK;
+oom:
+  snprintf(err, errlen, "postgresql: out of memory");
+  rc = ORCH__W_RETRY;
 fail:
   PQclear(r);
   if (PQstatus(p->c) == CONNECTION_OK) {
