@@ -1,7 +1,9 @@
 /* store_pg.c: the PostgreSQL backend of the store, through libpq. The
- * writer's batch goes in one transaction: per record type, COPY into a
- * per-connection temporary table, then one INSERT ... SELECT DISTINCT ON
- * ... ON CONFLICT DO UPDATE (guarded by rec_seq) into the real table, so
+ * writer's batch goes in one transaction: per record type, rows whose key
+ * this connection has not sent before go by COPY straight into the table
+ * (under a savepoint; if a key existed after all, they join the others),
+ * the others by COPY into a per-connection temporary table and one INSERT
+ * ... SELECT DISTINCT ON ... ON CONFLICT DO UPDATE guarded by rec_seq, so
  * values never enter SQL text. A batch the database refuses as data is
  * retried row by row to isolate the bad rows. Queries and migrations use
  * parameterized statements. Used by store.c through orch__backend_pg. */
@@ -47,8 +49,16 @@ static void chomp_msg(char *err, size_t errlen, const char *prefix,
                       const char *msg) {
   if (!err || !errlen) return;
   snprintf(err, errlen, "postgresql: %s%s", prefix, msg ? msg : "");
-  size_t n = strlen(err);
-  while (n && (err[n - 1] == '\n' || err[n - 1] == ' ')) err[--n] = '\0';
+  /* one line: libpq's messages carry newlines and tabs */
+  size_t o = 0;
+  for (size_t i = 0; err[i]; i++) {
+    char c = err[i];
+    if (c == '\n' || c == '\t' || c == '\r') c = ' ';
+    if (c == ' ' && o > 0 && err[o - 1] == ' ') continue;
+    err[o++] = c;
+  }
+  while (o && err[o - 1] == ' ') o--;
+  err[o] = '\0';
 }
 
 static void pg_disconnect(void *conn) {
