@@ -559,6 +559,30 @@ typedef struct orch__store_today {
 int orch__store_today_counts(orch__store *s, orch__store_today *out,
                              char *err, size_t errlen);
 
+/* ---- helpers for the scheduler, resume and the CLI ---- */
+
+/* Records step idx of g as it is now (id, kind, deps, status, attempts,
+ * output, error, generation, times). Call on the loop thread right after
+ * the step's status changed (started, passed, failed, skipped): it copies
+ * what it needs and returns in microseconds. t0_wall_ms: the run's start
+ * in orch__store_wall_ms() terms. */
+int orch__store_record_step(orch__store *s, const char *session_id,
+                            const orch_graph *g, uint32_t idx,
+                            int64_t t0_wall_ms);
+/* Resume: marks every step of g that has a "passed" record in session_id
+ * as ORCH_PASSED with its recorded output, attempts and generation
+ * (g validated, before the run). *npassed: how many. Steps not in g are
+ * ignored. The scheduler must then treat PASSED steps as already done. */
+int orch__store_resume_mark(orch__store *s, const char *session_id,
+                            orch_graph *g, size_t *npassed, char *err,
+                            size_t errlen);
+/* `orchestrate status`: opens db read-only (no writer, no spool) and
+ * returns JSON text (free()) with {"backend", "active": [sessions with
+ * total/passed/failed/pending/progress_pct], "today": {counts}}, or with
+ * session_id {"backend", "session": {...}}. */
+int orch__store_status_json(const char *db, const char *session_id,
+                            char **out /* OUT */, char *err, size_t errlen);
+
 /* ---- store internals shared by store.c and the backends ---- */
 
 typedef struct orch__migration {

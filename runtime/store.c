@@ -1312,3 +1312,169 @@ ORCH_API int orch_migrate(const char *db, int status_only,
   be->disconnect(c);
   return rc;
 }
+
+/* ---- helpers for the scheduler and the CLI ------------------------------- */
+
+/* Appends s as a JSON string (quotes, escapes) to the encoder buffer. */
+static void json_str(enc *e, const char *s) {
+  static const char hex[] = "0123456789abcdef";
+  enc_byte(e, '"');
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    if (*p == '"' || *p == '\\') {
+      enc_byte(e, '\\');
+      enc_byte(e, *p);
+    } else if (*p < 0x20) {
+      const char esc[6] = {'\\', 'u', '0', '0', hex[*p >> 4], hex[*p & 15]};
+      for (int i = 0; i < 6; i++) enc_byte(e, (unsigned char)esc[i]);
+    } else {
+      enc_byte(e, *p);
+    }
+  }
+  enc_byte(e, '"');
+}
+
+int orch__store_record_step(orch__store *s, const char *session_id,
+                            const orch_graph *g, uint32_t idx,
+                            int64_t t0_wall_ms) {
+  if (!s || !g || idx >= g->n) return ORCH_EINVAL;
+  const orch__step *st = &g->steps[idx];
+  enc deps = {0};
+  enc_byte(&deps, '[');
+  if (g->dep_off)
+    for (uint32_t e = g->dep_off[idx]; e < g->dep_off[idx + 1]; e++) {
+      if (e > g->dep_off[idx]) enc_byte(&deps, ',');
+      json_str(&deps, orch__step_id(g, g->deps[e]));
+    }
+  enc_byte(&deps, ']');
+  enc_byte(&deps, 0);
+  if (deps.oom) {
+    free(deps.p);
+    return ORCH_ENOMEM;
+  }
+  orch__rec r;
+  memset(&r, 0, sizeof r);
+  r.type = ORCH__REC_STEP;
+  r.u.step.session_id = session_id;
+  r.u.step.step_id = orch__step_id(g, idx);
+  r.u.step.step_index = (int32_t)idx;
+  r.u.step.kind = st->kind < ORCH__NKINDS && orch__kinds[st->kind]
+                      ? orch__kinds[st->kind]->name
+                      : NULL;
+  r.u.step.deps_json = (const char *)deps.p;
+  r.u.step.status = orch_status_name(st->status);
+  r.u.step.attempts = st->attempts;
+  r.u.step.output = st->output;
+  r.u.step.error = st->error;
+  r.u.step.tokens_in = ORCH__NULL_I64;
+  r.u.step.tokens_out = ORCH__NULL_I64;
+  r.u.step.cost = NAN;
+  r.u.step.generation = st->generation;
+  r.u.step.started_ms =
+      st->started_ns >= 0 ? t0_wall_ms + st->started_ns / 1000000 : 0;
+  r.u.step.finished_ms =
+      st->finished_ns >= 0 && st->status >= ORCH_PASSED
+          ? t0_wall_ms + st->finished_ns / 1000000
+          : 0;
+  int rc = orch__store_put(s, &r);
+  free(deps.p);
+  return rc;
+}
+
+typedef struct resume_ctx {
+  orch_graph *g;
+  size_t passed;
+  int rc;
+} resume_ctx;
+
+static int resume_row(void *ud, const orch__step_row *row) {
+  resume_ctx *c = ud;
+  if (!row->status || strcmp(row->status, "passed") != 0) return 0;
+  long i = orch_graph_find(c->g, row->step_id);
+  if (i < 0) return 0; /* the plan changed: a step no longer there */
+  orch__step *st = &c->g->steps[i];
+  st->status = ORCH_PASSED;
+  st->attempts = (uint8_t)(row->attempts > 255 ? 255 : row->attempts);
+  st->generation = row->generation;
+  if (row->output) orch__step_set_output(st, row->output, strlen(row->output));
+  c->passed++;
+  return 0;
+}
+
+int orch__store_resume_mark(orch__store *s, const char *session_id,
+                            orch_graph *g, size_t *npassed, char *err,
+                            size_t errlen) {
+  resume_ctx c = {g, 0, 0};
+  int rc = orch__store_session_steps(s, session_id, resume_row, &c, err,
+                                     errlen);
+  if (npassed) *npassed = c.passed;
+  return rc;
+}
+
+static int active_json(void *ud, const orch__session_info *si) {
+  json_t *arr = ud;
+  json_t *o = json_pack("{s:s, s:s?, s:s?, s:s?, s:s?, s:I, s:I, s:I, s:I, "
+                        "s:f, s:s, s:s}",
+                        "session_id", si->session_id, "task_id", si->task_id,
+                        "jr_name", si->jr_name, "model_tier", si->model_tier,
+                        "status", si->status, "total", (json_int_t)si->total,
+                        "passed", (json_int_t)si->passed, "failed",
+                        (json_int_t)si->failed, "pending",
+                        (json_int_t)si->pending, "progress_pct",
+                        si->progress_pct, "created_at", si->created_at,
+                        "updated_at", si->updated_at);
+  if (o) json_array_append_new(arr, o);
+  return 0;
+}
+
+int orch__store_status_json(const char *db, const char *session_id,
+                            char **out, char *err, size_t errlen) {
+  orch__store *s = NULL;
+  json_t *doc = NULL, *arr = NULL;
+  orch__store_opts o = {0};
+  o.read_only = 1;
+  *out = NULL;
+  int rc = orch__store_open(&s, db, &o, err, errlen);
+  if (rc != ORCH_OK) return rc;
+  doc = json_object();
+  if (!doc) {
+    rc = ORCH_ENOMEM;
+    goto done;
+  }
+  json_object_set_new(doc, "backend", json_string(s->be->name));
+  if (session_id) {
+    orch__session_info si;
+    rc = orch__store_session_summary(s, session_id, &si, err, errlen);
+    if (rc != ORCH_OK) goto done;
+    json_t *one = json_array();
+    active_json(one, &si);
+    json_object_set(doc, "session", json_array_get(one, 0));
+    json_decref(one);
+    orch__session_info_deinit(&si);
+  } else {
+    arr = json_array();
+    rc = orch__store_active_sessions(s, active_json, arr, err, errlen);
+    if (rc != ORCH_OK) goto done;
+    json_object_set_new(doc, "active", arr);
+    arr = NULL;
+    orch__store_today t;
+    rc = orch__store_today_counts(s, &t, err, errlen);
+    if (rc != ORCH_OK) goto done;
+    json_object_set_new(
+        doc, "today",
+        json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "sessions",
+                  (json_int_t)t.sessions, "sessions_running",
+                  (json_int_t)t.sessions_running, "sessions_passed",
+                  (json_int_t)t.sessions_passed, "sessions_failed",
+                  (json_int_t)t.sessions_failed, "steps_total",
+                  (json_int_t)t.steps_total, "steps_passed",
+                  (json_int_t)t.steps_passed, "steps_failed",
+                  (json_int_t)t.steps_failed));
+  }
+  *out = json_dumps(doc, JSON_INDENT(2));
+  if (!*out) rc = ORCH_ENOMEM;
+done:
+  json_decref(arr);
+  json_decref(doc);
+  orch__store_close(s);
+  return rc;
+}

@@ -807,3 +807,94 @@ TEST(store_slow_pg_outage_keeps_every_record_once_and_never_blocks) {
   rm_rf(d);
   free(d);
 }
+
+/* ---- helpers for the scheduler, resume and status ------------------------- */
+
+static orch_graph *three_steps(void) {
+  orch_graph *g = NULL;
+  char err[256];
+  if (orch_graph_new(&g) != ORCH_OK) return NULL;
+  orch_graph_add_sleep(g, "a", 1);
+  orch_graph_add_sleep(g, "b \"quoted\"", 1);
+  orch_graph_add_sleep(g, "c", 1);
+  orch_graph_depend(g, "b \"quoted\"", "a");
+  orch_graph_depend(g, "c", "b \"quoted\"");
+  orch_graph_depend(g, "c", "a");
+  if (orch_graph_validate(g, err, sizeof err) != ORCH_OK) {
+    orch_graph_free(g);
+    return NULL;
+  }
+  return g;
+}
+
+static int deps_of_c(void *ud, const orch__step_row *r) {
+  if (!strcmp(r->step_id, "c")) snprintf(ud, 128, "%s", r->deps_json);
+  return 0;
+}
+
+TEST(store_records_graph_steps_and_resume_marks_what_passed) {
+  char *d = tmpdir_new();
+  char url[600];
+  snprintf(url, sizeof url, "sqlite:%s/g.db", d);
+  orch__store *s = NULL;
+  char err[512] = "";
+  ASSERT_EQ(orch__store_open(&s, url, NULL, err, sizeof err), ORCH_OK);
+  char sid[37];
+  uuid_new(sid);
+  orch_graph *g = three_steps();
+  ASSERT(g != NULL);
+  int64_t t0 = orch__store_wall_ms();
+  /* a run killed after a passed, b failed, c never started */
+  g->steps[0].status = ORCH_PASSED;
+  g->steps[0].attempts = 1;
+  g->steps[0].started_ns = 1000000;
+  g->steps[0].finished_ns = 5000000;
+  orch__step_set_output(&g->steps[0], "out of a", 8);
+  g->steps[1].status = ORCH_FAILED;
+  orch__step_set_error(&g->steps[1], "boom");
+  for (uint32_t i = 0; i < 3; i++)
+    ASSERT_EQ(orch__store_record_step(s, sid, g, i, t0), ORCH_OK);
+  orch_graph_free(g);
+
+  g = three_steps();
+  size_t n = 0;
+  ASSERT_EQ(orch__store_resume_mark(s, sid, g, &n, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(n, 1);
+  ASSERT_EQ(orch_step_status(g, 0), ORCH_PASSED);
+  ASSERT_STR_EQ(orch_step_output(g, 0), "out of a");
+  ASSERT_EQ(orch_step_status(g, 1), ORCH_PENDING);
+  ASSERT_EQ(orch_step_status(g, 2), ORCH_PENDING);
+  char deps[128] = "";
+  ASSERT_EQ(orch__store_session_steps(s, sid, deps_of_c, deps, err, sizeof err),
+            ORCH_OK);
+  ASSERT_CONTAINS(deps, "b \\\"quoted\\\"");
+  ASSERT_CONTAINS(deps, "\"a\"");
+  orch_graph_free(g);
+  char other[37];
+  uuid_new(other);
+  g = three_steps();
+  ASSERT_EQ(orch__store_resume_mark(s, other, g, &n, err, sizeof err),
+            ORCH_ENOTFOUND);
+  orch_graph_free(g);
+
+  orch__rec r;
+  memset(&r, 0, sizeof r);
+  r.type = ORCH__REC_SESSION;
+  r.u.session.session_id = sid;
+  r.u.session.task_id = "t";
+  r.u.session.status = "running";
+  ASSERT_EQ(orch__store_put(s, &r), ORCH_OK);
+  orch__store_close(s);
+
+  char *json = NULL;
+  ASSERT_EQ(orch__store_status_json(url, NULL, &json, err, sizeof err), ORCH_OK);
+  ASSERT_CONTAINS(json, sid);
+  ASSERT_CONTAINS(json, "\"today\"");
+  free(json);
+  ASSERT_EQ(orch__store_status_json(url, sid, &json, err, sizeof err), ORCH_OK);
+  ASSERT_CONTAINS(json, "\"passed\": 1");
+  ASSERT_CONTAINS(json, "\"failed\": 1");
+  free(json);
+  rm_rf(d);
+  free(d);
+}
