@@ -502,6 +502,8 @@ int orch__store_flush(orch__store *s, unsigned timeout_ms);
 void orch__store_stats_get(orch__store *s, orch__store_stats *out /* OUT */);
 /* Wall clock, ms since the Unix epoch. */
 int64_t orch__store_wall_ms(void);
+/* A fresh random (version 4) UUID for a session id, lower-case. */
+void orch__store_uuid(char out[37]);
 /* SHA-256 hex (65 bytes with NUL) of task_id:step_number:step_type:target_file. */
 void orch__store_step_hash(const char *task_id, int step_number,
                            const char *step_type, const char *target_file,

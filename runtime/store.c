@@ -1478,3 +1478,24 @@ done:
   orch__store_close(s);
   return rc;
 }
+
+void orch__store_uuid(char out[37]) {
+  unsigned char b[16];
+  if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) {
+    uint64_t x = (uint64_t)mono_ns() ^ ((uint64_t)getpid() << 40);
+    for (int i = 0; i < 16; i++) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17; /* xorshift: last resort */
+      b[i] = (unsigned char)x;
+    }
+  }
+  b[6] = (unsigned char)((b[6] & 0x0f) | 0x40); /* version 4 */
+  b[8] = (unsigned char)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+  static const char hex[] = "0123456789abcdef";
+  int o = 0;
+  for (int i = 0; i < 16; i++) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) out[o++] = '-';
+    out[o++] = hex[b[i] >> 4];
+    out[o++] = hex[b[i] & 15];
+  }
+  out[o] = '\0';
+}

@@ -161,7 +161,11 @@ TEST(store_rejects_bad_addresses_and_records) {
   orch__rec r = step_rec("not-a-uuid", "a", 0, "passed", NULL);
   ASSERT_EQ(orch__store_put(s, &r), ORCH_EINVAL);
   char sid[37];
-  uuid_new(sid);
+  orch__store_uuid(sid);
+  ASSERT_EQ(strlen(sid), 36);
+  ASSERT_EQ(sid[14], '4');
+  r = step_rec(sid, "ok", 0, "passed", NULL);
+  ASSERT_EQ(orch__store_put(s, &r), ORCH_OK);
   r = step_rec(sid, NULL, 0, "passed", NULL);
   ASSERT_EQ(orch__store_put(s, &r), ORCH_EINVAL);
   /* a second store on the same spool is refused, not corrupted */
