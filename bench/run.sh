@@ -45,13 +45,16 @@ MACHINE="$(nproc) cores ($CPU), $(uname -sr), gcc $(gcc -dumpfullversion), libuv
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+# Each part writes its own fragment under $OUT; the section is assembled
+# from the fragments, so a partial run (BENCH_ONLY) keeps the other parts'
+# latest figures. Each fragment names its machine, date and commit.
 SECTION=$OUT/issue2.md
-: > "$SECTION"
-echo "Machine: $MACHINE. Date: $DATE. Commit: $REV. Load average at the start: $(load)." >> "$SECTION"
-echo >> "$SECTION"
+stamp() { echo "Machine: $MACHINE. Date: $(date -u '+%Y-%m-%d %H:%M UTC'). Commit: $REV. Load average at the start: $(load)."; echo; }
 
 # ---- (a)-(c): throughput ----------------------------------------------
 if want throughput; then
+  SECTION=$OUT/issue2-a.md
+  stamp > "$SECTION.new"
   echo "== (a)-(c) throughput: $STEPS steps, $REPS x $INNER alternating runs per shape"
   : > "$LOG/throughput.txt"
   for shape in fan chain wave; do
@@ -66,6 +69,7 @@ if want throughput; then
   {
     echo "### (a)-(c) Throughput on empty steps"
     echo
+    cat "$SECTION.new"
     echo "Graph building (string ids), validation and the run, timed together; the"
     echo "OpenMP peer (gcc -fopenmp, libgomp, $(nproc) threads) creates the same shape as"
     echo "\`#pragma omp task depend(...)\` from one thread inside a parallel region."
@@ -77,7 +81,7 @@ if want throughput; then
     echo
     echo "| shape | steps | orch steps/s | build / validate / run (s) | OpenMP steps/s | orch / OpenMP | >= OpenMP | >= 3 M/s |"
     echo "|---|---|---|---|---|---|---|---|"
-  } >> "$SECTION"
+  } > "$SECTION"
   for shape in fan chain wave; do
     n=$(awk -v s="$shape" '$1 == "orch" && $2 == s { print $3; exit }' "$LOG/throughput.txt")
     ours=$(awk -v s="$shape" '$1 == "orch" && $2 == s { print $5 }' "$LOG/throughput.txt" | median)
@@ -105,10 +109,13 @@ if want throughput; then
     echo "graph before running it."
     echo
   } >> "$SECTION"
+  rm -f "$SECTION.new"
 fi
 
 # ---- (d): makespan of random DAGs -------------------------------------
 if want makespan; then
+  SECTION=$OUT/issue2-d.md
+  stamp > "$SECTION.new"
   echo "== (d) makespan: $DAGS random DAGs of 200 sleep steps, 8 in flight"
   "$OUT/makespan_bench" "$DAGS" 200 8 | tee "$LOG/makespan.txt"
   awk -v dags="$DAGS" '
@@ -127,6 +134,7 @@ if want makespan; then
       print "starting when its slowest step is done), (iv) the sequential sum; (ii) is"
       print "max(critical path, work / 8)."
       print ""
+      while ((getline sline < stampf) > 0) print sline
       print "| | average makespan (ms) | measured vs. it (average of per-DAG ratios) | target | met |"
       print "|---|---|---|---|---|"
       printf "| measured | %.0f | | | |\n", m / n
@@ -135,17 +143,20 @@ if want makespan; then
       printf "| (iii) level by level | %.0f | %.2f%% below | at least 20%% below | %s |\n", l / n, 100 * bl / n, (bl / n >= 0.20) ? "yes" : "**no**"
       printf "| (iv) sequential | %.0f | %.2f%% below | | |\n", q / n, 100 * (1 - m / q)
       print ""
-    }' "$LOG/makespan.txt" >> "$SECTION"
+    }' stampf="$SECTION.new" "$LOG/makespan.txt" > "$SECTION"
+  rm -f "$SECTION.new"
 fi
 
 # ---- (e): the Standard Task Graph Set ---------------------------------
 if want stg; then
+  SECTION=$OUT/issue2-e.md
+  stamp > "$SECTION.new"
   STG=""
   if [ -d "$ROOT/../shared/stg" ]; then STG=$ROOT/../shared/stg
   elif [ -n "${ORCH_STG:-}" ] && [ -d "$ORCH_STG" ]; then STG=$ORCH_STG; fi
   if [ -z "$STG" ]; then
     echo "== (e) skipped: no ../shared/stg and no ORCH_STG"
-    { echo "### (e) Standard Task Graph Set"; echo; echo "Not run: the set was not found (../shared/stg or \$ORCH_STG)."; echo; } >> "$SECTION"
+    { echo "### (e) Standard Task Graph Set"; echo; echo "Not run: the set was not found (../shared/stg or \$ORCH_STG)."; echo; } > "$SECTION"
   else
     echo "== (e) STG from $STG"
     : > "$LOG/stg.txt"
@@ -168,6 +179,7 @@ if want stg; then
         print "zero overhead, to separate the policy from the runtime. Target: within 5%"
         print "of the optimum on average."
         print ""
+        while ((getline sline < stampf) > 0) print sline
         print "| tasks | in flight | graphs | measured over optimum (avg) | worst graph | policy over optimum (avg) | not proven optimal |"
         print "|---|---|---|---|---|---|---|"
         split("50,2 50,4 100,2 100,4", keys, " ")
@@ -177,12 +189,19 @@ if want stg; then
         print ""
         printf "Target within 5%% of the optimum on average: %s.\n", (R / N <= 0.05) ? "met" : "**not met**"
         print ""
-      }' "$LOG/stg.txt" >> "$SECTION"
+      }' stampf="$SECTION.new" "$LOG/stg.txt" > "$SECTION"
   fi
+  rm -f "$SECTION.new"
 fi
 
-# Hand-written notes (profile, changes to the core) follow the figures.
-[ -f bench/issue2-notes.md ] && cat bench/issue2-notes.md >> "$SECTION"
+SECTION=$OUT/issue2.md
+{
+  for part in a d e; do
+    [ -f "$OUT/issue2-$part.md" ] && cat "$OUT/issue2-$part.md"
+  done
+  # Hand-written notes (profile, changes to the core) follow the figures.
+  [ -f bench/issue2-notes.md ] && cat bench/issue2-notes.md
+} > "$SECTION"
 
 if [ "${BENCH_NO_WRITE:-0}" != 1 ]; then
   sh bench/section.sh issue2 "Issue 2: scheduler" < "$SECTION"
@@ -196,7 +215,7 @@ if want other; then
   for s in llm store policy; do
     if [ -f "bench/$s.sh" ]; then
       echo "== bench/$s.sh"
-      sh "bench/$s.sh"
+      sh "bench/$s.sh" || echo "== bench/$s.sh failed (status $?)"
     fi
   done
 fi
