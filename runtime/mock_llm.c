@@ -1533,6 +1533,10 @@ ORCH_API int orch_mock_start(orch_mock **out /* OUT */, const char *host,
       flags, 0, NULL, NULL, handle, m, MHD_OPTION_LISTEN_SOCKET, fd,
       MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT,
       (unsigned)16384, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600,
+      /* 8 KiB per connection instead of 32: 1,000 keep-alive connections
+       * cost 24 MiB less RSS and MHD zeroes less memory per request;
+       * bodies stream through the handler, so only headers must fit. */
+      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)8192,
       MHD_OPTION_NOTIFY_COMPLETED, on_completed, m, MHD_OPTION_END);
   fd = -1; /* MHD owns (and closes) the listening socket now */
   if (!m->daemon) {

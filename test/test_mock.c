@@ -954,3 +954,23 @@ TEST(mock_free_ends_requests_in_flight) {
   }
   curl_multi_cleanup(multi);
 }
+
+TEST(mock_takes_a_one_mebibyte_prompt) {
+  orch_mock *m = start();
+  ASSERT(m);
+  size_t n = 1u << 20;
+  char *big = malloc(n + 1);
+  ASSERT(big);
+  for (size_t i = 0; i < n; i++) big[i] = i % 8 == 7 ? ' ' : 'a' + (char)(i % 7);
+  big[n] = '\0';
+  resp r;
+  ask(orch_mock_port(m), 0, "mock-echo", big, 0, NULL, 0, &r);
+  ASSERT_EQ(r.status, 200);
+  char *t = reply_text(&r, 0);
+  ASSERT(t && strcmp(t, big) == 0);
+  ASSERT_CONTAINS(r.body, "\"prompt_tokens\":131072");
+  free(t);
+  free(big);
+  resp_free(&r);
+  orch_mock_free(m);
+}
