@@ -1,0 +1,233 @@
+/* runtime.c provides the runtime handle: it reads the configuration, and on
+ * the first run starts the subsystems (the event loop, the worker pool) and
+ * wires them; orch_runtime_free stops them in the reverse order. It also
+ * holds the table of step kinds: a new kind is a new file and a line here.
+ * Uses config.c, loop.c, pool.c and sched.c. */
+#include "orch_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+const orch__kind *const orch__kinds[ORCH__NKINDS] = {
+    [ORCH__KIND_FN] = &orch__kind_fn,       [ORCH__KIND_HOSTFN] = &orch__kind_hostfn,
+    [ORCH__KIND_SLEEP] = &orch__kind_sleep, [ORCH__KIND_SHELL] = &orch__kind_shell,
+    [ORCH__KIND_LUA] = &orch__kind_lua,     [ORCH__KIND_LLM] = &orch__kind_llm,
+    [ORCH__KIND_EDIT] = &orch__kind_edit,
+};
+
+int orch__kind_by_name(const char *name) {
+  for (int i = 0; i < ORCH__NKINDS; i++)
+    if (orch__kinds[i] && orch__kinds[i]->parse &&
+        strcmp(orch__kinds[i]->name, name) == 0)
+      return i;
+  return -1;
+}
+
+int orch_runtime_new(orch_runtime **out, const char *config_file, char *err,
+                     size_t errlen) {
+  orch_runtime *rt = calloc(1, sizeof *rt);
+  if (!rt) return ORCH_ENOMEM;
+  orch__config_defaults(&rt->cfg);
+  pthread_mutex_init(&rt->mu, NULL);
+  const char *path = config_file;
+  if (!path) path = getenv("ORCH_CONFIG");
+  if (path && !*path) path = NULL;
+  if (!path && access("orchestrate.conf.lua", F_OK) == 0)
+    path = "orchestrate.conf.lua";
+  if (path) {
+    int rc = orch__config_load(&rt->cfg, path, err, errlen);
+    if (rc) {
+      orch_runtime_free(rt);
+      return rc;
+    }
+  }
+  *out = rt;
+  return ORCH_OK;
+}
+
+int orch_runtime_set(orch_runtime *rt, const char *key, const char *value,
+                     char *err, size_t errlen) {
+  if (!rt || !key || !value) return ORCH_EINVAL;
+  if (rt->started && (strcmp(key, "workers") == 0))
+    return orch__err(err, errlen, ORCH_ESTATE,
+                     "'workers' cannot change after the first run");
+  if (strcmp(key, "db_default") == 0) {
+    free(rt->db_default);
+    rt->db_default = orch__strdup(value);
+    return ORCH_OK;
+  }
+  if (strcmp(key, "db") == 0) {
+    if (rt->started)
+      return orch__err(err, errlen, ORCH_ESTATE,
+                       "'db' cannot change after the first run");
+    free(rt->db_url);
+    rt->db_url = *value ? orch__strdup(value) : NULL;
+    return ORCH_OK;
+  }
+  if (strcmp(key, "dry_run") == 0) {
+    rt->dry_run = strcmp(value, "0") != 0 && strcmp(value, "false") != 0;
+    return ORCH_OK;
+  }
+  return orch__config_set(&rt->cfg, key, value, err, errlen);
+}
+
+void orch_runtime_on_progress(orch_runtime *rt, orch_progress_fn fn, void *ud,
+                              unsigned interval_ms) {
+  if (!rt) return;
+  rt->progress = fn;
+  rt->progress_ud = ud;
+  rt->progress_ms = interval_ms;
+}
+
+static void cancel_cb(uv_async_t *a) { orch__sched_cancel(a->data); }
+
+typedef struct {
+  orch_runtime *rt;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  bool done;
+} sync_call;
+
+static void init_on_loop(void *arg) {
+  sync_call *sc = arg;
+  orch_runtime *rt = sc->rt;
+  uv_async_init(orch__loop_uv(rt->loop), &rt->cancel_async, cancel_cb);
+  rt->cancel_async.data = rt;
+  atomic_store(&rt->cancel_ready, true);
+  pthread_mutex_lock(&sc->mu);
+  sc->done = true;
+  pthread_cond_signal(&sc->cv);
+  pthread_mutex_unlock(&sc->mu);
+}
+
+static int cores(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? (int)n : 1;
+}
+
+/* The store's URL: the "db" setting, the config's store.url, ORCH_DB. */
+static const char *store_url(const orch_runtime *rt) {
+  if (rt->db_url) return rt->db_url;
+  json_t *st = rt->cfg.sections ? json_object_get(rt->cfg.sections, "store") : NULL;
+  json_t *url = st ? json_object_get(st, "url") : NULL;
+  if (json_is_string(url)) return json_string_value(url);
+  const char *env = getenv("ORCH_DB");
+  if (env && *env) return env;
+  return rt->db_default;
+}
+
+static int open_store(orch_runtime *rt, char *err, size_t errlen) {
+  const char *url = store_url(rt);
+  if (!url || rt->store || strcmp(url, "none") == 0) return ORCH_OK;
+  orch__store_opts o = {0};
+  char msg[512];
+  int rc = orch__store_open(&rt->store, url, &o, msg, sizeof msg);
+  if (rc) return orch__err(err, errlen, ORCH_ESTORE, "store: %s", msg);
+  return ORCH_OK;
+}
+
+const char *orch_runtime_session(const orch_runtime *rt) {
+  return rt ? rt->session_id : "";
+}
+
+int orch_runtime_resume(orch_runtime *rt, const char *session_id,
+                        orch_graph **out, char *err, size_t errlen) {
+  int rc;
+  orch__session_info si;
+  memset(&si, 0, sizeof si);
+  orch_graph *g = NULL;
+  char *doc = NULL;
+  char msg[1024];
+  if (!rt || !session_id || !out) return ORCH_EINVAL;
+  if ((rc = orch__runtime_start(rt, err, errlen))) return rc;
+  if (!rt->store)
+    return orch__err(err, errlen, ORCH_ESTORE,
+                     "resume needs a store (--db, store.url or ORCH_DB)");
+  /* Records of the interrupted run may still be queued: write them first. */
+  orch__store_flush(rt->store, 5000);
+  rc = orch__store_session_summary(rt->store, session_id, &si, msg, sizeof msg);
+  if (rc) {
+    orch__err(err, errlen, rc, "session %s: %s", session_id, msg);
+    goto done;
+  }
+  if (!si.steps_json || !*si.steps_json) {
+    rc = orch__err(err, errlen, ORCH_EPLAN,
+                   "session %s has no recorded plan to resume", session_id);
+    goto done;
+  }
+  doc = orch__asprintf("{\"steps\":%s}", si.steps_json);
+  if (!doc) { rc = ORCH_ENOMEM; goto done; }
+  char name[64];
+  snprintf(name, sizeof name, "session %.36s", session_id);
+  if ((rc = orch_graph_parse(rt, doc, strlen(doc), name, &g, err, errlen)))
+    goto done;
+  size_t npassed = 0;
+  if ((rc = orch__store_resume_mark(rt->store, session_id, g, &npassed, msg,
+                                    sizeof msg))) {
+    orch__err(err, errlen, rc, "session %s: %s", session_id, msg);
+    goto done;
+  }
+  snprintf(rt->resume_id, sizeof rt->resume_id, "%s", session_id);
+  *out = g;
+  g = NULL;
+done:
+  free(doc);
+  orch_graph_free(g);
+  orch__session_info_deinit(&si);
+  return rc;
+}
+
+int orch_status_json(const char *db, const char *session_id, char **out,
+                     char *err, size_t errlen) {
+  return orch__store_status_json(db, session_id, out, err, errlen);
+}
+
+void orch_free(void *p) { free(p); }
+
+int orch__runtime_start(orch_runtime *rt, char *err, size_t errlen) {
+  int rc = ORCH_OK;
+  pthread_mutex_lock(&rt->mu);
+  if (rt->started) goto done;
+  if ((rc = orch__loop_new(&rt->loop))) {
+    orch__err(err, errlen, rc, "cannot start the event loop");
+    goto done;
+  }
+  sync_call sc = {.rt = rt, .done = false};
+  pthread_mutex_init(&sc.mu, NULL);
+  pthread_cond_init(&sc.cv, NULL);
+  orch__loop_call(rt->loop, init_on_loop, &sc);
+  pthread_mutex_lock(&sc.mu);
+  while (!sc.done) pthread_cond_wait(&sc.cv, &sc.mu);
+  pthread_mutex_unlock(&sc.mu);
+  pthread_mutex_destroy(&sc.mu);
+  pthread_cond_destroy(&sc.cv);
+  if ((rc = open_store(rt, err, errlen))) goto done;
+  int n = rt->cfg.workers > 0 ? rt->cfg.workers : cores();
+  if ((rc = orch__pool_new(&rt->pool, rt, n, err, errlen))) goto done;
+  rt->started = true;
+done:
+  pthread_mutex_unlock(&rt->mu);
+  return rc;
+}
+
+static void close_on_loop(void *arg) {
+  orch_runtime *rt = arg;
+  atomic_store(&rt->cancel_ready, false);
+  uv_close((uv_handle_t *)&rt->cancel_async, NULL);
+}
+
+void orch_runtime_free(orch_runtime *rt) {
+  if (!rt) return;
+  orch__pool_free(rt->pool); /* workers first: they post to the loop */
+  if (rt->loop) {
+    orch__loop_call(rt->loop, close_on_loop, rt);
+    orch__loop_free(rt->loop);
+  }
+  orch__store_close(rt->store); /* flushes what the run recorded */
+  free(rt->db_url);
+  free(rt->db_default);
+  orch__config_deinit(&rt->cfg);
+  pthread_mutex_destroy(&rt->mu);
+  free(rt);
+}
