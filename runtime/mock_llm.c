@@ -485,8 +485,9 @@ static void content_text(json_t *c, sbuf *b) {
 /* ---- deterministic replies -------------------------------------------- */
 
 /* The request a planning prompt is about: inside <request>...</request>,
- * else the rest of a line starting with "Request:" / "Question:" /
- * "User request:" / "Goal:", else the last non-empty line. Mock markers
+ * else the rest of a line starting with "User request:", "Request:",
+ * "Question:" or "Goal:" (the next non-empty line when that rest is empty,
+ * as in gap.lua's template), else the last non-empty line. Mock markers
  * ([mock-...]) are removed; at most 60 bytes, cut at a word. */
 static char *plan_topic(const char *text) {
   sbuf b = {0};
@@ -506,6 +507,9 @@ static char *plan_topic(const char *text) {
       size_t ln = strlen(labels[i]);
       if (strncasecmp(q, labels[i], ln) == 0) {
         s = q + ln;
+        while (*s == ' ' || *s == '\t' || *s == '\r') s++;
+        if (*s == '\n') /* "Request:" alone: the next non-empty line */
+          while (isspace((unsigned char)*s)) s++;
         e = strchr(s, '\n');
         if (!e) e = s + strlen(s);
         break;
@@ -665,6 +669,84 @@ static void add_result(sbuf *b, const char *key, json_t *v, sbuf *failed) {
   sb_add(b, "\n");
 }
 
+/* The start of "Task N" when the line is one (after spaces, bullets and
+ * quotes), else NULL. */
+static const char *task_line(const char *line) {
+  const char *q = line;
+  while (*q && strchr(" \t-*\"", *q)) q++;
+  return strncasecmp(q, "task ", 5) == 0 && isdigit((unsigned char)q[5]) ? q
+                                                                         : NULL;
+}
+
+/* Results written as text, one block per "Task N" line: "Task 1: result",
+ * or gap.lua's "Task 1 (passed): description" / "Task 2 failed: ..."
+ * followed by a "Result:" or "Error:" line and the text. Appends "- Task N:
+ * <first 80 chars>" lines to out and the failed names to failed; returns
+ * the number of tasks. */
+static size_t text_results(const char *text, sbuf *out, sbuf *failed) {
+  size_t n = 0;
+  for (const char *line = text; line && *line;) {
+    const char *nl = strchr(line, '\n');
+    const char *q = task_line(line);
+    line = nl ? nl + 1 : NULL;
+    if (!q || (nl && q > nl)) continue;
+    const char *end = nl ? nl : q + strlen(q);
+    const char *name_end = q + 5;
+    while (isdigit((unsigned char)*name_end)) name_end++;
+    const char *colon = memchr(name_end, ':', (size_t)(end - name_end));
+    if (!colon) continue;
+    char *status = strndup(name_end, (size_t)(colon - name_end));
+    char *value = strndup(colon + 1, (size_t)(end - colon - 1));
+    /* a "Result:" / "Error:" line below replaces the description */
+    for (const char *l2 = line; l2 && *l2;) {
+      const char *nl2 = strchr(l2, '\n');
+      const char *e2 = nl2 ? nl2 : l2 + strlen(l2);
+      const char *p = l2;
+      while (p < e2 && isspace((unsigned char)*p)) p++;
+      if (p == e2) { /* blank */
+        l2 = nl2 ? nl2 + 1 : NULL;
+        continue;
+      }
+      size_t lab = strncasecmp(p, "result:", 7) == 0  ? 7
+                   : strncasecmp(p, "error:", 6) == 0 ? 6
+                                                      : 0;
+      if (lab) {
+        const char *v = p + lab;
+        while (v < e2 && isspace((unsigned char)*v)) v++;
+        if (v == e2 && nl2) { /* the text starts on the next line */
+          v = nl2 + 1;
+          while (*v == '\n') v++;
+          e2 = strchr(v, '\n');
+          if (!e2) e2 = v + strlen(v);
+        }
+        free(value);
+        value = strndup(v, (size_t)(e2 - v));
+      }
+      break;
+    }
+    if (status && value) {
+      const char *v = value;
+      while (isspace((unsigned char)*v)) v++;
+      bool fail = ci_find(status, "fail") || ci_find(status, "skip") ||
+                  ci_find(status, "error") || strncasecmp(v, "failed", 6) == 0;
+      const char *st = status;
+      while (isspace((unsigned char)*st)) st++;
+      bool label = fail && *st && *st != '(';
+      sb_printf(out, "- %.*s%s%s: ", (int)(name_end - q), q, label ? " " : "",
+                label ? st : "");
+      add_quoted(out, *v ? v : "(no result)");
+      sb_add(out, "\n");
+      if (fail)
+        sb_printf(failed, "%s%.*s", failed->len ? ", " : "",
+                  (int)(name_end - q), q);
+      n++;
+    }
+    free(status);
+    free(value);
+  }
+  return n;
+}
+
 /* The answer to a synthesis prompt: one line per task result (from the
  * JSON in <observation>, else from lines starting with "Task N"), then the
  * failed tasks and every prompt line mentioning "failed". */
@@ -687,23 +769,7 @@ static char *synth_reply(const char *text) {
       nres++;
     }
   } else {
-    for (const char *line = text; line && *line;) {
-      const char *nl = strchr(line, '\n');
-      size_t ln = nl ? (size_t)(nl - line) : strlen(line);
-      const char *q = line;
-      while (q < line + ln && strchr(" \t-*\"", *q)) q++;
-      if (strncasecmp(q, "task ", 5) == 0 && isdigit((unsigned char)q[5])) {
-        char *l = strndup(q, (size_t)(line + ln - q));
-        if (l) {
-          sb_add(&body, "- ");
-          add_quoted(&body, l);
-          sb_add(&body, "\n");
-          nres++;
-        }
-        free(l);
-      }
-      line = nl ? nl + 1 : NULL;
-    }
+    nres = text_results(text, &body, &failed);
   }
   json_decref(o);
   if (tags) sb_add(&b, "<answer>\n");
@@ -714,7 +780,7 @@ static char *synth_reply(const char *text) {
     const char *nl = strchr(line, '\n');
     size_t ln = nl ? (size_t)(nl - line) : strlen(line);
     char *l = strndup(line, ln);
-    if (l && ci_find(l, "failed") && !strstr(l, "{")) {
+    if (l && ci_find(l, "failed") && !strstr(l, "{") && !task_line(l)) {
       sb_add(&b, "Noted: \"");
       const char *q = l;
       while (isspace((unsigned char)*q)) q++;
@@ -733,9 +799,11 @@ static char *synth_reply(const char *text) {
 
 enum { KIND_TASK, KIND_PLAN, KIND_SYNTH };
 
-/* Synthesis: an <observation> followed by content, or "final answer" /
- * "<answer>" in a prompt without "<plan>". Planning: "<plan>" or "write a
- * plan". Anything else is a task. */
+/* In this order: synthesis when an <observation> is followed by content;
+ * planning when the text says "<plan>" or "write a plan"; a task when it
+ * says "your task" (gap.lua's task prompt, which also mentions the final
+ * answer); synthesis when it says "final answer" or "<answer>"; else a
+ * task. */
 static int classify(const char *text) {
   const char *obs = ci_find(text, "<observation>");
   if (obs) {
@@ -743,10 +811,12 @@ static int classify(const char *text) {
     while (isspace((unsigned char)*q)) q++;
     if (*q && *q != '<') return KIND_SYNTH;
   }
-  bool plan = ci_find(text, "<plan>") || ci_find(text, "write a plan");
-  if (!plan && (ci_find(text, "final answer") || ci_find(text, "<answer>")))
+  if (ci_find(text, "<plan>") || ci_find(text, "write a plan"))
+    return KIND_PLAN;
+  if (ci_find(text, "your task")) return KIND_TASK;
+  if (ci_find(text, "final answer") || ci_find(text, "<answer>"))
     return KIND_SYNTH;
-  return plan ? KIND_PLAN : KIND_TASK;
+  return KIND_TASK;
 }
 
 static char *make_reply(const char *model, const char *last_user) {
@@ -756,8 +826,9 @@ static char *make_reply(const char *model, const char *last_user) {
   switch (classify(last_user)) {
   case KIND_PLAN: return plan_reply(last_user);
   case KIND_SYNTH: return synth_reply(last_user);
-  default: {
-    char *x = excerpt(last_user, EXCERPT);
+  default: { /* quote from "Your task" on, so each task's result differs */
+    const char *from = ci_find(last_user, "your task");
+    char *x = excerpt(from ? from : last_user, EXCERPT);
     if (!x) return NULL;
     sbuf b = {0};
     sb_printf(&b, "Result for: %s", x);

@@ -573,7 +573,8 @@ TEST(mock_synthesis_names_every_result_and_the_failures) {
       0, NULL, 0, &r);
   t = reply_text(&r, 0);
   ASSERT_CONTAINS(t, "- Task 1: alpha");
-  ASSERT_CONTAINS(t, "Noted: \"Task 2: failed: timeout\"");
+  ASSERT_CONTAINS(t, "- Task 2: failed: timeout");
+  ASSERT_CONTAINS(t, "Failed tasks: Task 2.");
   free(t);
   resp_free(&r);
   orch_mock_free(m);
