@@ -24,7 +24,7 @@ describe("orchestrate mock-llm", function()
   it("prints the address it listens on and answers /health", function()
     if not need() then return end
     assert.is_true(m.port > 0)
-    assert.are.equal("ok", H.sh(("curl -s http://127.0.0.1:%d/health"):format(m.port)))
+    assert.are.equal("ok", H.sh((H.curl .. " -s -m 10 http://127.0.0.1:%d/health"):format(m.port)))
   end)
 
   it("answers an OpenAI chat completion deterministically", function()

@@ -15,6 +15,11 @@ end
 
 H.have_curl = H.sh("command -v curl") ~= ""
 
+-- curl without the ASan runtime the sanitizer run preloads into busted (a
+-- plain curl under LD_PRELOAD=libasan hangs at start).
+local CURL = "env -u LD_PRELOAD curl"
+H.curl = CURL
+
 -- Starts the mock on a free port: {pid=, port=, proc=, errfile=}, or nil and
 -- the first line it printed.
 function H.start()
@@ -52,7 +57,7 @@ function H.post(m, path, body, headers)
   f:close()
   local h = ""
   for _, v in ipairs(headers or {}) do h = h .. " -H '" .. v .. "'" end
-  local out = H.sh(("curl -s -m 10 -w '\\n%%{http_code}' -H 'Content-Type: application/json'%s --data-binary @%s http://127.0.0.1:%d%s")
+  local out = H.sh((CURL .. " -s -m 10 -w '\\n%%{http_code}' -H 'Content-Type: application/json'%s --data-binary @%s http://127.0.0.1:%d%s")
     :format(h, tmp, m.port, path))
   os.remove(tmp)
   local text, status = out:match("^(.*)\n(%d+)$")
