@@ -1326,7 +1326,7 @@ static enum MHD_Result queue_reply(req *r, struct MHD_Connection *c) {
   }
   uint64_t size = r->stream ? MHD_SIZE_UNKNOWN : (uint64_t)b->data.len;
   struct MHD_Response *resp =
-      MHD_create_response_from_callback(size, 16384, body_read, b, body_free);
+      MHD_create_response_from_callback(size, 4096, body_read, b, body_free);
   if (!resp) goto done;
   b = NULL; /* owned by resp */
   MHD_add_response_header(resp, "Content-Type",
@@ -1445,7 +1445,8 @@ static void decide(req *r, struct MHD_Connection *c, const char *hdr_fault) {
     set_error(r, 500, error_type(r->api, 500, false), "out of memory");
     goto done;
   }
-  if (json_is_integer(mt)) r->cut = cut_words(r->reply, (long)json_integer_value(mt));
+  if (json_is_integer(mt))
+    r->cut = cut_words(r->reply, (long)json_integer_value(mt));
   r->out_tok = count_words(r->reply);
 done:
   free(last.s);

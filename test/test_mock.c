@@ -915,7 +915,8 @@ TEST(mock_free_ends_requests_in_flight) {
   CURL *es[3];
   struct curl_slist *hl[3];
   const char *faults[] = {"X-Mock-Fault: latency=60000",
-                          "X-Mock-Fault: stall", "X-Mock-Fault: slow-stream=60000"};
+                          "X-Mock-Fault: stall",
+                          "X-Mock-Fault: slow-stream=60000"};
   memset(rs, 0, sizeof rs);
   for (int i = 0; i < 3; i++) {
     const char *h[] = {faults[i], NULL};
@@ -962,7 +963,8 @@ TEST(mock_takes_a_one_mebibyte_prompt) {
   size_t n = 1u << 20;
   char *big = malloc(n + 1);
   ASSERT(big);
-  for (size_t i = 0; i < n; i++) big[i] = i % 8 == 7 ? ' ' : 'a' + (char)(i % 7);
+  for (size_t i = 0; i < n; i++)
+    big[i] = i % 8 == 7 ? ' ' : (char)('a' + i % 7);
   big[n] = '\0';
   resp r;
   ask(orch_mock_port(m), 0, "mock-echo", big, 0, NULL, 0, &r);
