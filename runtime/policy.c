@@ -329,15 +329,14 @@ static int proxy_newindex(lua_State *L) {
   return luaL_error(L, "module tables are read-only outside their module");
 }
 
-/* Pushes a fresh environment: an empty proxy table whose reads go to a
- * private copy of the allow-list (library tables copied too, so one chunk
- * cannot change what another sees) and whose writes raise. [-0, +1] */
-static void push_env(lua_State *L) {
-  lua_newtable(L);                                 /* E */
-  lua_newtable(L);                                 /* E inner */
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_TEMPLATE);  /* E inner T */
+/* Pushes a new table holding a private copy of the allow-list (library
+ * tables copied too, so one chunk cannot change what another sees), whose
+ * reads of missing names raise. [-0, +1] */
+static void push_inner(lua_State *L) {
+  lua_newtable(L);                                 /* inner */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_TEMPLATE);  /* inner T */
   lua_pushnil(L);
-  while (lua_next(L, -2)) {                        /* E inner T k v */
+  while (lua_next(L, -2)) {                        /* inner T k v */
     if (lua_type(L, -1) == LUA_TTABLE) {
       lua_newtable(L);                             /* ... k v copy */
       lua_pushnil(L);
@@ -350,13 +349,20 @@ static void push_env(lua_State *L) {
     }
     lua_pushvalue(L, -2);
     lua_insert(L, -2);
-    lua_rawset(L, -5);                             /* inner[k] = v */
+    lua_rawset(L, -4);                             /* inner[k] = v */
   }
-  lua_pop(L, 1);                                   /* E inner */
-  lua_pushvalue(L, -2);
-  lua_setfield(L, -2, "_G");                       /* inner._G = E */
+  lua_pop(L, 1);                                   /* inner */
   lua_rawgetp(L, LUA_REGISTRYINDEX, &K_INNER_MT);
   lua_setmetatable(L, -2);
+}
+
+/* Pushes a fresh environment: an empty proxy whose reads go to a new inner
+ * table (push_inner) and whose writes raise. [-0, +1] */
+static void push_env(lua_State *L) {
+  lua_newtable(L);                                 /* E */
+  push_inner(L);                                   /* E inner */
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -2, "_G");                       /* inner._G = E */
   lua_createtable(L, 0, 3);                        /* E inner mt */
   lua_insert(L, -2);                               /* E mt inner */
   lua_setfield(L, -2, "__index");
@@ -752,8 +758,6 @@ static int setup_state(lua_State *L) {
   lua_setfield(L, T, "orch");
   lua_pushvalue(L, T);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &K_TEMPLATE);
-  /* The string library stays reachable through "" only: drop the rest of
-   * the host globals the base library set. */
   lua_settop(L, 0);
 
   lua_createtable(L, 0, 2);
@@ -762,6 +766,14 @@ static int setup_state(lua_State *L) {
   lua_pushboolean(L, 0);
   lua_setfield(L, -2, "__metatable");
   lua_rawsetp(L, LUA_REGISTRYINDEX, &K_INNER_MT);
+  /* The host's global table, which chunks loaded with plain
+   * luaL_loadbuffer see, becomes a sandbox table too: the allow-list only,
+   * nonexistent names raise. C may still set globals in it (the core's
+   * lua steps read it through their own environment). */
+  push_inner(L);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -2, "_G");
+  lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   lua_newtable(L);
   lua_createtable(L, 0, 1);
   lua_pushliteral(L, "k");
