@@ -312,6 +312,38 @@ static int l_rawset(lua_State *L) {
   return 1;
 }
 
+/* xpcall whose handler is skipped once the budget is spent. Lua runs a
+ * message handler before unwinding, and when the error came from a hook it
+ * runs it with hooks still disabled (lua_Debug's allowhook is restored only
+ * by the catching pcall): `xpcall(loop, function() while true do end end)`
+ * would then spin forever. With this wrapper the spent budget's message
+ * goes through unchanged. */
+static int xp_msgh(lua_State *L) {
+  if (SBX(L)->budget_tripped) return 1;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
+static int l_xpcall(lua_State *L) {
+  int n = lua_gettop(L);
+  luaL_checkany(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_pushvalue(L, 2);
+  lua_pushcclosure(L, xp_msgh, 1);   /* f h a... M */
+  lua_replace(L, 2);                 /* f M a... */
+  lua_pushboolean(L, 1);
+  lua_pushvalue(L, 1);               /* f M a... true f */
+  lua_rotate(L, 3, 2);               /* f M true f a... */
+  if (lua_pcall(L, n - 2, LUA_MULTRET, 2) != LUA_OK) {
+    lua_pushboolean(L, 0);
+    lua_pushvalue(L, -2);
+    return 2;
+  }
+  return lua_gettop(L) - 2;
+}
+
 static int env_index(lua_State *L) {
   const char *k = lua_tostring(L, 2);
   return luaL_error(L, "script attempted to access nonexistent global "
@@ -323,6 +355,25 @@ static int env_newindex(lua_State *L) {
   return luaL_error(L, "script attempted to create global variable '%s' "
                        "(keep state in locals or module tables)",
                     k ? k : luaL_typename(L, 2));
+}
+
+/* __index of the os and string tables: names what is not there. */
+static int lib_deny(lua_State *L) {
+  const char *k = lua_tostring(L, 2);
+  return luaL_error(L, "'%s.%s' is not available in the script sandbox",
+                    lua_tostring(L, lua_upvalueindex(1)),
+                    k ? k : luaL_typename(L, 2));
+}
+
+static void set_deny_mt(lua_State *L, int idx, const char *lib) {
+  idx = lua_absindex(L, idx);
+  lua_createtable(L, 0, 2);
+  lua_pushstring(L, lib);
+  lua_pushcclosure(L, lib_deny, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_setmetatable(L, idx);
 }
 
 static int proxy_newindex(lua_State *L) {
@@ -345,11 +396,12 @@ static void push_inner(lua_State *L) {
         lua_insert(L, -2);
         lua_rawset(L, -4);
       }
+      if (lua_getmetatable(L, -2)) lua_setmetatable(L, -2);
       lua_remove(L, -2);                           /* ... k copy */
     }
     lua_pushvalue(L, -2);
     lua_insert(L, -2);
-    lua_rawset(L, -4);                             /* inner[k] = v */
+    lua_rawset(L, -5);                             /* inner[k] = v */
   }
   lua_pop(L, 1);                                   /* inner */
   lua_rawgetp(L, LUA_REGISTRYINDEX, &K_INNER_MT);
@@ -707,7 +759,7 @@ static void copy_fields(lua_State *L, int from, int to,
 static int setup_state(lua_State *L) {
   static const char *const base_names[] = {
       "assert", "error", "ipairs", "next", "pairs", "pcall", "rawequal",
-      "rawget", "rawlen", "select", "tonumber", "tostring", "type", "xpcall",
+      "rawget", "rawlen", "select", "tonumber", "tostring", "type",
       "_VERSION", NULL};
   static const char *const os_names[] = {"time", "clock", "date", NULL};
   luaL_requiref(L, LUA_GNAME, luaopen_base, 1);     /* G */
@@ -727,6 +779,7 @@ static int setup_state(lua_State *L) {
   static const luaL_Reg own[] = {{"getmetatable", l_getmetatable},
                                  {"setmetatable", l_setmetatable},
                                  {"rawset", l_rawset},
+                                 {"xpcall", l_xpcall},
                                  {"print", l_log},
                                  {"load", l_load},
                                  {"require", l_require},
@@ -742,7 +795,9 @@ static int setup_state(lua_State *L) {
   lua_setfield(L, T, "utf8");
   lua_newtable(L);
   copy_fields(L, 6, lua_gettop(L), os_names);
+  set_deny_mt(L, -1, "os");
   lua_setfield(L, T, "os");
+  set_deny_mt(L, 2, "string");
   static const luaL_Reg jsonf[] = {{"encode", l_json_encode},
                                    {"decode", l_json_decode},
                                    {NULL, NULL}};
@@ -957,7 +1012,13 @@ static void report_error(orch_report_fn report, void *ud, const pmod *m,
       snprintf(file, sizeof file, "%s", m->path);
     msg += w;
     while (*msg == ' ') msg++;
-    report(ud, file, (int)line, msg);
+    char text[1024];
+    snprintf(text, sizeof text, "%s", msg);
+    size_t tl = strlen(text);
+    char *in = strstr(text, " (in ");
+    if (in && tl > 0 && text[tl - 1] == ')' && strstr(in, "()"))
+      *in = '\0'; /* the file and line say where already */
+    report(ud, file, (int)line, text);
     return;
   }
   size_t pl = strlen(path);
