@@ -145,6 +145,15 @@ typedef struct sbx {
 
 static sbx *SBX(lua_State *L) { return *(sbx **)lua_getextraspace(L); }
 
+static void *sbx_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+
+/* Is L one of ours (made by state_new)? The entry points the core calls
+ * accept other states too, without limits. */
+static bool is_sandbox(lua_State *L) {
+  void *ud;
+  return lua_getallocf(L, &ud) == sbx_alloc;
+}
+
 /* Shaped like l_alloc in lauxlib.c, with a cap: an allocation that would take
  * the state past max fails, which Lua turns into a memory error (after an
  * emergency collection). Frees and shrinks always succeed. */
@@ -1904,11 +1913,27 @@ lua_State *orch__lua_new_sandbox(const orch__config *cfg, char *err,
                    NULL, err, errlen);
 }
 
-void orch__lua_close(lua_State *L) { state_close(L); }
+void orch__lua_close(lua_State *L) {
+  if (L && !is_sandbox(L)) lua_close(L);
+  else state_close(L);
+}
 
 int orch__lua_pcall(lua_State *L, int nargs, int nres, char *err,
                     size_t errlen) {
-  return pcall_budget(L, nargs, nres, NULL, NULL, err, errlen);
+  if (is_sandbox(L)) return pcall_budget(L, nargs, nres, NULL, NULL, err,
+                                         errlen);
+  int base = lua_gettop(L) - nargs; /* a state not made here: no limits */
+  lua_pushcfunction(L, msgh);
+  lua_insert(L, base);
+  int st = lua_pcall(L, nargs, nres, base);
+  int rc = ORCH_OK;
+  if (st != LUA_OK) {
+    rc = orch__err(err, errlen, ORCH_ESCRIPT, "%s",
+                   lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+    lua_pop(L, 1);
+  }
+  lua_remove(L, base);
+  return rc;
 }
 
 typedef struct lctx {
@@ -1926,6 +1951,12 @@ int orch__lua_load(lua_State *L, const char *buf, size_t len,
                    const char *name, char *err, size_t errlen) {
   char chunk[LUA_IDSIZE + 8];
   snprintf(chunk, sizeof chunk, "@%s", name ? name : "?");
+  if (!is_sandbox(L)) {
+    if (luaL_loadbufferx(L, buf, len, chunk, "t") == LUA_OK) return ORCH_OK;
+    orch__err(err, errlen, ORCH_ESCRIPT, "%s", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return ORCH_ESCRIPT;
+  }
   lctx c = {buf, chunk, len};
   lua_pushcfunction(L, do_load);
   lua_pushlightuserdata(L, &c);
