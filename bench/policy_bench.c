@@ -167,6 +167,21 @@ static void bench_calls(orch__lstate *s, int runs, int n) {
   printf("route_call_fast_path_ns_median %.0f ns (complexity.classify: "
          "lower + 16 keyword finds)\n", pct(fast, runs, 0.5));
   printf("route_call_json_path_ns_median %.0f ns\n", pct(js, runs, 0.5));
+  /* the shipped scripts/routing/complexity.lua, when run from the tree */
+  if (orch__policy_call_fields(s, "routing.shipped", "classify", KEYS, VALS,
+                               5, tier, sizeof tier, err, sizeof err) ==
+      ORCH_OK) {
+    for (int r = 0; r < runs; r++) {
+      double t0 = now_ns();
+      for (int i = 0; i < n; i++)
+        orch__policy_call_fields(s, "routing.shipped", "classify", KEYS,
+                                 VALS, 5, tier, sizeof tier, err, sizeof err);
+      fast[r] = (now_ns() - t0) / n;
+    }
+    printf("route_call_shipped_complexity_ns_median %.0f ns "
+           "(scripts/routing/complexity.lua, fast path)\n",
+           pct(fast, runs, 0.5));
+  }
   printf("bare_lua_pcall_ns_median %.0f ns\n", pct(bare, runs, 0.5));
   luaL_unref(L, LUA_REGISTRYINDEX, empty);
   json_decref(arg);
@@ -303,6 +318,13 @@ int main(int argc, char **argv) {
   put(dir, "routing/complexity.lua", COMPLEXITY);
   put(dir, "routing/trivial.lua",
       "return {classify = function(task) return 'fast' end}\n");
+  char *shipped = NULL;
+  size_t shipped_len = 0;
+  if (orch__read_file("scripts/routing/complexity.lua", 1 << 20, &shipped,
+                      &shipped_len, err, sizeof err) == ORCH_OK) {
+    put(dir, "routing/shipped.lua", shipped);
+    free(shipped);
+  }
   orch__config c;
   orch__config_defaults(&c);
   free(c.scripts_dir);

@@ -406,6 +406,12 @@ int orch__policy_call_numbers(orch__lstate *s, const char *module,
                               const char *fn, json_t *arg,
                               json_t **out /* OUT */, char *err,
                               size_t errlen);
+/* Limits (agents.parallel_limit): a number >= 0, math.huge (unlimited)
+ * comes back as INFINITY; `nil, "message"` is ORCH_ESCRIPT with the
+ * message (the core keeps its own limit). */
+int orch__policy_call_limit(orch__lstate *s, const char *module,
+                            const char *fn, json_t *arg,
+                            double *out /* OUT */, char *err, size_t errlen);
 /* The result must be a string (routing: a tier name) shorter than outlen. */
 int orch__policy_call_string(orch__lstate *s, const char *module,
                              const char *fn, json_t *arg, char *out,

@@ -1675,6 +1675,7 @@ typedef struct cctx {
   int fields; /* 1: build the table from keys/vals */
   int to_json;
   int max_depth;
+  int nres; /* results kept (0 means 1) */
   json_t *out;
 } cctx;
 
@@ -1695,7 +1696,7 @@ static int do_call(lua_State *L) {
     orch__lua_push_json(L, c->arg);
     nargs = 1;
   }
-  lua_call(L, nargs, 1);
+  lua_call(L, nargs, c->nres ? c->nres : 1);
   if (c->to_json) {
     char e[512];
     if (lua_isnil(L, -1)) {
@@ -1705,11 +1706,11 @@ static int do_call(lua_State *L) {
       if (!c->out) return luaL_error(L, "its result is not JSON: %s", e);
     }
   }
-  return 1;
+  return c->nres ? c->nres : 1;
 }
 
 /* Runs module.fn under the limits; on success the result is on the stack
- * (the caller pops it). */
+ * (the caller pops it; two values when c->nres is 2). */
 static int hook_call(orch__lstate *s, const char *module, const char *fn,
                      cctx *c, centry **ep, char *err, size_t errlen) {
   if (!s)
@@ -1721,7 +1722,8 @@ static int hook_call(orch__lstate *s, const char *module, const char *fn,
   c->ref = e->ref;
   lua_pushcfunction(s->L, do_call);
   lua_pushlightuserdata(s->L, c);
-  return pcall_budget(s->L, 1, 1, e->m->path, e->what, err, errlen);
+  return pcall_budget(s->L, 1, c->nres ? c->nres : 1, e->m->path, e->what,
+                      err, errlen);
 }
 
 int orch__policy_call(orch__lstate *s, const char *module, const char *fn,
@@ -1770,6 +1772,35 @@ int orch__policy_call_number(orch__lstate *s, const char *module,
                           e->m->path, e->what, article(bad), bad);
   else *out = lua_tonumber(s->L, -1);
   lua_pop(s->L, 1);
+  return rc;
+}
+
+int orch__policy_call_limit(orch__lstate *s, const char *module,
+                            const char *fn, json_t *arg, double *out,
+                            char *err, size_t errlen) {
+  *out = 0;
+  centry *e;
+  cctx c = {.arg = arg, .nres = 2};
+  int rc = hook_call(s, module, fn, &c, &e, err, errlen);
+  if (rc) return rc;
+  lua_State *L = s->L;
+  if (lua_isnil(L, -2) && lua_type(L, -1) == LUA_TSTRING) {
+    rc = orch__err(err, errlen, ORCH_ESCRIPT, "%s: %s: %s", e->m->path,
+                   e->what, lua_tostring(L, -1));
+  } else if (lua_type(L, -2) != LUA_TNUMBER || isnan(lua_tonumber(L, -2)) ||
+             lua_tonumber(L, -2) < 0) {
+    const char *t = lua_type(L, -2) == LUA_TNUMBER
+                        ? (isnan(lua_tonumber(L, -2)) ? "NaN"
+                                                      : "a negative number")
+                        : (lua_isnil(L, -2) ? "nil" : luaL_typename(L, -2));
+    rc = orch__err(err, errlen, ORCH_ESCRIPT,
+                   "%s: %s returned %s%s, expected a number >= 0 or "
+                   "math.huge", e->m->path, e->what,
+                   lua_type(L, -2) == LUA_TNUMBER ? "" : article(t), t);
+  } else {
+    *out = lua_tonumber(L, -2);
+  }
+  lua_pop(L, 2);
   return rc;
 }
 

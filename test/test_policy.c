@@ -939,3 +939,76 @@ TEST(scripts_check_reports_file_line_for_each_failing_script) {
   rm_rf(dir);
   free(dir);
 }
+
+/* ---- the shipped scripts through the engine ------------------------------ */
+
+TEST(shipped_scripts_serve_through_the_engine) {
+  struct stat st;
+  if (stat("scripts/routing/complexity.lua", &st) != 0) return; /* none */
+  char err[512], tier[32];
+  orch__config c = test_cfg("scripts");
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  char last[1024];
+  orch__policy_last_error(p, last, sizeof last);
+  ASSERT_STR_EQ(last, "");
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  ASSERT(s);
+  const char *keys[] = {"title", "instructions"};
+  const char *fast[] = {"Format this simple document", "Convert to markdown"};
+  const char *strong[] = {"Architect the security system",
+                          "Design auth flow"};
+  ASSERT_EQ(orch__policy_call_fields(s, "routing.complexity", "classify",
+                                     keys, fast, 2, tier, sizeof tier, err,
+                                     sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(tier, "fast");
+  ASSERT_EQ(orch__policy_call_fields(s, "routing.complexity", "classify",
+                                     keys, strong, 2, tier, sizeof tier, err,
+                                     sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(tier, "strong");
+  json_t *arg = json_loads(
+      "{\"success\": true, \"participants\": [\"se\", \"research\"],"
+      " \"handoffs\": [{\"from\": \"se\", \"to\": \"research\","
+      " \"context\": 0.85}]}", 0, NULL);
+  json_t *out = NULL;
+  ASSERT_EQ(orch__policy_call_numbers(s, "rewards.group", "reward", arg, &out,
+                                      err, sizeof err),
+            ORCH_OK);
+  ASSERT(fabs(json_number_value(json_object_get(out, "se")) - 0.67) < 1e-9);
+  ASSERT(fabs(json_number_value(json_object_get(out, "research")) - 0.585) <
+         1e-9);
+  json_decref(out);
+  json_decref(arg);
+  arg = json_pack("{s:s}", "name", "find_users");
+  ASSERT_EQ(orch__policy_call(s, "routing.agents", "route", arg, &out, err,
+                              sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(json_string_value(json_object_get(out, "primary")),
+                "code-archaeologist");
+  json_decref(out);
+  json_decref(arg);
+  double lim = 0;
+  arg = json_string("emergency");
+  ASSERT_EQ(orch__policy_call_limit(s, "routing.agents", "parallel_limit",
+                                    arg, &lim, err, sizeof err),
+            ORCH_OK);
+  ASSERT(isinf(lim));
+  json_decref(arg);
+  arg = json_string("validation");
+  ASSERT_EQ(orch__policy_call_limit(s, "routing.agents", "parallel_limit",
+                                    arg, &lim, err, sizeof err),
+            ORCH_OK);
+  ASSERT(lim == 1);
+  json_decref(arg);
+  arg = json_string("nope");
+  ASSERT_EQ(orch__policy_call_limit(s, "routing.agents", "parallel_limit",
+                                    arg, &lim, err, sizeof err),
+            ORCH_ESCRIPT);
+  ASSERT_CONTAINS(err, "unknown phase 'nope'");
+  json_decref(arg);
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+}
