@@ -359,11 +359,21 @@ static int env_index(lua_State *L) {
                        "variable '%s'", k ? k : luaL_typename(L, 2));
 }
 
+/* Writes to a global table raise when any Lua code is running; C code of
+ * the core (lua_setglobal before a chunk runs) may still set globals. */
 static int env_newindex(lua_State *L) {
-  const char *k = lua_tostring(L, 2);
-  return luaL_error(L, "script attempted to create global variable '%s' "
-                       "(keep state in locals or module tables)",
-                    k ? k : luaL_typename(L, 2));
+  lua_Debug ar;
+  for (int lv = 1; lua_getstack(L, lv, &ar); lv++) {
+    if (lua_getinfo(L, "S", &ar) && ar.what[0] != 'C') {
+      const char *k = lua_tostring(L, 2);
+      return luaL_error(L, "script attempted to create global variable "
+                           "'%s' (keep state in locals or module tables)",
+                        k ? k : luaL_typename(L, 2));
+    }
+  }
+  lua_settop(L, 3);
+  lua_rawset(L, 1);
+  return 0;
 }
 
 /* __index of the os and string tables: names what is not there. */
@@ -830,14 +840,6 @@ static int setup_state(lua_State *L) {
   lua_pushboolean(L, 0);
   lua_setfield(L, -2, "__metatable");
   lua_rawsetp(L, LUA_REGISTRYINDEX, &K_INNER_MT);
-  /* The host's global table, which chunks loaded with plain
-   * luaL_loadbuffer see, becomes a sandbox table too: the allow-list only,
-   * nonexistent names raise. C may still set globals in it (the core's
-   * lua steps read it through their own environment). */
-  push_inner(L);
-  lua_pushvalue(L, -1);
-  lua_setfield(L, -2, "_G");
-  lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   lua_newtable(L);
   lua_createtable(L, 0, 1);
   lua_pushliteral(L, "k");
@@ -852,6 +854,12 @@ static int setup_state(lua_State *L) {
   lua_pushcfunction(L, box_gc);
   lua_setfield(L, -2, "__gc");
   lua_rawsetp(L, LUA_REGISTRYINDEX, &K_BOX_MT);
+  /* The host's global table, which chunks loaded with a plain
+   * luaL_loadbuffer see, is a sandbox environment too: the allow-list,
+   * nonexistent names raise, and writes from Lua raise (C may still set
+   * globals before a chunk runs). */
+  push_env(L);
+  lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   return 0;
 }
 

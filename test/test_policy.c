@@ -358,6 +358,19 @@ TEST(sandbox_lua_new_sandbox_state_for_plans_and_steps) {
   ASSERT_STR_EQ(out, "snippet:1: boom");
   ASSERT(run_chunk(L, "assert(false, 'no')", out, sizeof out));
   ASSERT_STR_EQ(out, "snippet:1: no");
+  /* the global table: C may set names before a chunk runs, Lua may not */
+  lua_pushinteger(L, 7);
+  lua_setglobal(L, "seven");
+  ASSERT_EQ(luaL_loadstring(L, "return seven * 6"), LUA_OK);
+  ASSERT_EQ(orch__lua_pcall(L, 0, 1, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(lua_tointeger(L, -1), 42);
+  lua_pop(L, 1);
+  ASSERT_EQ(luaL_loadstring(L, "x = 1"), LUA_OK);
+  ASSERT_EQ(orch__lua_pcall(L, 0, 0, err, sizeof err), ORCH_ESCRIPT);
+  ASSERT_CONTAINS(err, "create global variable 'x'");
+  ASSERT_EQ(luaL_loadstring(L, "table.insert(_G, 1)"), LUA_OK);
+  ASSERT_EQ(orch__lua_pcall(L, 0, 0, err, sizeof err), ORCH_ESCRIPT);
+  ASSERT_EQ(lua_gettop(L), 0);
   orch__lua_close(L);
   orch__lua_close(NULL);
   orch__config_deinit(&c);
