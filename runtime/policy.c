@@ -7,6 +7,7 @@
  * Uses Lua 5.4, libuv (file watches), jansson (via json.c) and libcrypto. */
 #include "orch_int.h"
 
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <lauxlib.h>
@@ -218,14 +219,14 @@ static void call_end(lua_State *L) {
   }
 }
 
-/* Registry keys (their addresses). */
-static const char K_TEMPLATE = 0; /* the allow-list: name -> value */
-static const char K_INNER_MT = 0; /* metatable of an env's inner table */
-static const char K_ENVS = 0;     /* weak set of env tables (for rawset) */
-static const char K_LOADED = 0;   /* module name -> module table */
-static const char K_PROXIES = 0;  /* module name -> read-only proxy */
-static const char K_LOADING = 0;  /* sentinel while a module loads */
-static const char K_BOX_MT = 0;   /* metatable of boxed C buffers */
+/* Registry keys (their addresses; not const, so never merged). */
+static char K_TEMPLATE; /* the allow-list: name -> value */
+static char K_INNER_MT; /* metatable of an env's inner table */
+static char K_ENVS;     /* weak set of env tables (for rawset) */
+static char K_LOADED;   /* module name -> module table */
+static char K_PROXIES;  /* module name -> read-only proxy */
+static char K_LOADING;  /* sentinel while a module loads */
+static char K_BOX_MT;   /* metatable of boxed C buffers */
 
 /* ---- allow-listed functions that differ from the stock ones ------------ */
 
@@ -238,11 +239,9 @@ static int l_log(lua_State *L) {
   int n = lua_gettop(L);
   luaL_buffinit(L, &b);
   for (int i = 1; i <= n; i++) {
-    size_t len;
-    const char *s = luaL_tolstring(L, i, &len);
     if (i > 1) luaL_addchar(&b, '\t');
+    luaL_tolstring(L, i, NULL);
     luaL_addvalue(&b);
-    (void)s;
   }
   luaL_pushresult(&b);
   log_line(lua_tostring(L, -1));
@@ -670,7 +669,8 @@ static void enc_value(lua_State *L, box *b, int idx, int depth) {
         if (!isfinite(d))
           luaL_error(L, "json.encode: cannot encode %s", isnan(d) ? "NaN"
                                                           : "inf");
-        snprintf(num, sizeof num, "%.17g", d);
+        snprintf(num, sizeof num, "%.15g", d); /* shortest that reads back */
+        if (strtod(num, NULL) != d) snprintf(num, sizeof num, "%.17g", d);
       }
       box_add(L, b, num, strlen(num));
       return;
@@ -1728,10 +1728,14 @@ static int hook_call(orch__lstate *s, const char *module, const char *fn,
   if (!e) return rc;
   *ep = e;
   c->ref = e->ref;
+  int top = lua_gettop(s->L), nres = c->nres ? c->nres : 1;
   lua_pushcfunction(s->L, do_call);
   lua_pushlightuserdata(s->L, c);
-  return pcall_budget(s->L, 1, c->nres ? c->nres : 1, e->m->path, e->what,
-                      err, errlen);
+  rc = pcall_budget(s->L, 1, nres, e->m->path, e->what, err, errlen);
+  /* stack: [top] on failure, [top + nres] results on success */
+  assert(lua_gettop(s->L) == top + (rc ? 0 : nres));
+  (void)top;
+  return rc;
 }
 
 int orch__policy_call(orch__lstate *s, const char *module, const char *fn,
