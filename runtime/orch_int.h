@@ -185,6 +185,9 @@ typedef struct orch__kind {
   void (*free)(orch__step *s);
   /* Default cost estimate in ms for the critical path (NULL: 1). */
   double (*cost)(const orch__step *s);
+  /* Paths the step writes (NULL: none); the scheduler never runs two steps
+   * writing one path at the same time. */
+  size_t (*writes)(const orch__step *s, const char *const **paths);
 } orch__kind;
 
 enum {
