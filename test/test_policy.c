@@ -1144,3 +1144,64 @@ TEST(runtime_lua_steps_under_reload_lose_nothing_and_never_run_broken) {
   rm_rf(dir);
   free(dir);
 }
+
+/* ---- odd modules and odd results ---------------------------------------- */
+
+TEST(policy_odd_modules_fail_cleanly_and_the_state_goes_on) {
+  char *dir = tmpdir_new(), err[512], out[64];
+  put(dir, "policies/a.lua", "local b = require 'policies.b'\nreturn {}\n");
+  put(dir, "policies/b.lua", "local a = require 'policies.a'\nreturn {}\n");
+  put(dir, "policies/notab.lua", "return 42\n");
+  put(dir, "policies/odd.lua",
+      "local M = {}\n"
+      "function M.fn() return {f = print} end\n"
+      "function M.deep() local function f() return 1 + f() end return f() "
+      "end\n"
+      "function M.errtab() error(setmetatable({}, {__tostring = function() "
+      "return 'custom' end})) end\n"
+      "function M.errloop() error(setmetatable({}, {__tostring = function() "
+      "while true do end end})) end\n"
+      "function M.nested() return json.encode(json.decode(string.rep('[', "
+      "1000) .. string.rep(']', 1000))) end\n"
+      "function M.ok() return 'ok' end\n"
+      "return M\n");
+  orch__config c = test_cfg(dir);
+  c.lua_budget = 1000;
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  char mods[256];
+  orch__policy_modules(p, mods, sizeof mods);
+  ASSERT_STR_EQ(mods, "policies.odd"); /* the cycle and 42 left out */
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  json_t *j = NULL;
+  ASSERT_EQ(orch__policy_call(s, "policies.odd", "fn", NULL, &j, err,
+                              sizeof err),
+            ORCH_ESCRIPT);
+  ASSERT_CONTAINS(err, "not JSON");
+  ASSERT(orch__policy_call_string(s, "policies.odd", "deep", NULL, out,
+                                  sizeof out, err, sizeof err) != ORCH_OK);
+  fprintf(stderr, "  deep recursion: %s\n", err);
+  ASSERT_EQ(orch__policy_call_string(s, "policies.odd", "errtab", NULL, out,
+                                     sizeof out, err, sizeof err),
+            ORCH_ESCRIPT);
+  ASSERT_CONTAINS(err, "custom");
+  ASSERT(orch__policy_call_string(s, "policies.odd", "errloop", NULL, out,
+                                  sizeof out, err, sizeof err) != ORCH_OK);
+  ASSERT_EQ(orch__policy_call_string(s, "policies.odd", "nested", NULL, out,
+                                     sizeof out, err, sizeof err),
+            ORCH_ESCRIPT);
+  ASSERT_CONTAINS(err, "nesting deeper than");
+  ASSERT_EQ(orch__policy_call_string(s, "policies.odd", "ok", NULL, out,
+                                     sizeof out, err, sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "ok");
+  /* the same through orchestrate check: each named */
+  reports r;
+  memset(&r, 0, sizeof r);
+  ASSERT_EQ(orch_scripts_check(NULL, dir, NULL, NULL), 3);
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
