@@ -242,6 +242,8 @@ int orch__pool_post(orch__pool *p, orch__job_fn fn, void *arg,
 /* The worker's sandboxed Lua state for lua steps and hooks, created on
  * first use; NULL with a message in err when it cannot be. */
 lua_State *orch__worker_lua(orch__worker *w, char *err, size_t errlen);
+/* The worker's policy state (scripts loaded), NULL without an engine. */
+struct orch__lstate *orch__worker_lstate(orch__worker *w);
 /* Jobs waiting (for status and tests). */
 size_t orch__pool_queued(orch__pool *p);
 int orch__worker_index(const orch__worker *w);
