@@ -187,6 +187,9 @@ static void start_step(orch__run *r, uint32_t v) {
   if (k->where != ORCH__ON_WORKER || r->rt->store ||
       (r->dry_run && s->kind == ORCH__KIND_LLM))
     s->started_ns = orch__run_now(r);
+  /* The generation in force as it starts; a lua step overwrites it with
+   * the one its worker's state actually ran. */
+  s->generation = r->rt->policy ? orch__policy_generation(r->rt->policy) : 0;
   atomic_fetch_add(&r->running, 1);
   record(r, v);
   if (r->dry_run && s->kind == ORCH__KIND_LLM) {
@@ -431,6 +434,8 @@ static uint32_t complete_here(orch__run *r, uint32_t v, uint32_t *extra,
     orch__step *ds = &g->steps[d];
     if (!dep_done(ds) || !claim(ds, ORCH_IN_PROGRESS)) continue;
     ds->attempts++;
+    ds->generation =
+        r->rt->policy ? orch__policy_generation(r->rt->policy) : 0;
     if (next == NONE) {
       next = d; /* takes v's place among the running: no count change */
     } else {
@@ -501,6 +506,10 @@ static void run_workers(orch__worker *w, void *arg, const uint32_t *idx,
       if (next != NONE) {
         b.nnext++;
         if (g->dep_off[next + 1] - g->dep_off[next] > 1) t = orch__run_now(r);
+        /* A step boundary, as between batches (pool.c): a lua step runs
+         * under the newest published scripts. */
+        if (g->steps[next].kind == ORCH__KIND_LUA && w)
+          orch__lstate_sync(orch__worker_lstate(w));
       }
       if (b.nfast >= FAST_PUBLISH) publish(r, &b);
       v = next;
