@@ -12,6 +12,7 @@ typedef struct timer {
   uv_timer_t t;
   orch__run *r;
   uint32_t idx;
+  uint64_t due_ns;           /* uv_hrtime() at which the sleep is over */
   struct timer *prev, *next; /* the run's active timers, for cancel */
 } timer;
 
@@ -30,6 +31,13 @@ static void closed(uv_handle_t *h) { free(h->data); }
 
 static void fire(uv_timer_t *h) {
   timer *t = h->data;
+  /* libuv compares due times with its cached millisecond clock, so a timer
+   * can fire up to 1 ms before the real due time: never end a sleep early,
+   * wait one more tick instead. */
+  if (uv_hrtime() < t->due_ns) {
+    uv_timer_start(&t->t, fire, 1, 0);
+    return;
+  }
   orch__run *r = t->r;
   uint32_t idx = t->idx;
   unlink_timer(t);
@@ -49,6 +57,7 @@ int orch__sleep_start(orch__run *r, uint32_t idx, double ms) {
   if (!t) return ORCH_ENOMEM;
   t->r = r;
   t->idx = idx;
+  t->due_ns = uv_hrtime() + (ms > 0 ? (uint64_t)(ms * 1e6) : 0);
   uv_timer_init(orch__loop_uv(r->rt->loop), &t->t);
   t->t.data = t;
   t->next = ss->head;
