@@ -1081,7 +1081,11 @@ static void on_http_done(orch__http_req *req) {
     msg = xstrdup(c->perr_msg);
   } else if (req->result != ORCH_OK) {
     code = req->result;
-    msg = xstrdup(req->error);
+    if (c->stream && ok_status && req->result != ORCH_ETIMEDOUT)
+      msg = xprintf("truncated stream at byte %zu: %s", c->sse.off,
+                    req->error);
+    else
+      msg = xstrdup(req->error);
   } else if (!ok_status) {
     code = ORCH_EHTTP;
     char *pm = provider_message(body, blen);

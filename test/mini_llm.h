@@ -5,7 +5,8 @@
  * X-Mock-Fault header, else from the model name:
  *   ok | latency=MS | 429 | 429-quota | retry-after=S | retry-after-ms=MS |
  *   500 | 529 | 400 | reset | malformed | truncate | stall | slow=MS |
- *   nousage | flaky=N (the first N requests of that model get a 500)
+ *   nousage | flaky=N (the first N requests of that model get a 500) |
+ *   flaky-ra=N (the first N get a 429 with Retry-After: 1)
  * It also counts requests and keeps the last Authorization / x-api-key. */
 #ifndef MINI_LLM_H
 #define MINI_LLM_H

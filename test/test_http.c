@@ -45,6 +45,7 @@ static void msleep(long ms) {
 static ssize_t stream_cb(void *cls, uint64_t pos, char *buf, size_t max) {
   streamer *s = cls;
   (void)pos;
+  if (s->off >= s->len) return MHD_CONTENT_READER_END_OF_STREAM;
   if (s->off >= s->cut) {
     if (!s->stall) return MHD_CONTENT_READER_END_WITH_ERROR;
     for (int i = 0; i < 1000 && !atomic_load(&s->m->stopping); i++) msleep(10);
@@ -118,6 +119,14 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c,
   if (strcmp(method, "POST") != 0)
     return reply(c, 404, "text/plain", strdup("not found"), NULL, NULL);
   bool anthropic = strcmp(url, "/v1/messages") == 0;
+  const char *av = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                               "anthropic-version");
+  if (anthropic && (!av || strcmp(av, "2023-06-01") != 0))
+    return reply(c, 400, "application/json",
+                 strdup("{\"type\":\"error\",\"error\":{\"type\":"
+                        "\"invalid_request_error\",\"message\":"
+                        "\"anthropic-version header is required\"}}"),
+                 NULL, NULL);
   if (!anthropic && strcmp(url, "/v1/chat/completions") != 0)
     return reply(c, 404, "application/json",
                  strdup("{\"error\":{\"message\":\"no such route\"}}"), NULL,
@@ -142,8 +151,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c,
   if (sscanf(fault, "latency=%ld", &lat) == 1) msleep(lat);
   if (sscanf(fault, "slow=%ld", &slow) != 1) slow = 0;
   if (strcmp(fault, "nousage") == 0) nousage = 1;
-  int flaky_n = 0;
-  if (sscanf(fault, "flaky=%d", &flaky_n) == 1) {
+  int flaky_n = 0, flaky_ra = 0;
+  if (sscanf(fault, "flaky=%d", &flaky_n) == 1 ||
+      (sscanf(fault, "flaky-ra=%d", &flaky_n) == 1 && (flaky_ra = 1))) {
     int seen = 0;
     pthread_mutex_lock(&m->mu);
     for (int i = 0; i < 16; i++) {
@@ -154,7 +164,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c,
       }
     }
     pthread_mutex_unlock(&m->mu);
-    if (seen <= flaky_n) fault = "500";
+    if (seen <= flaky_n) fault = flaky_ra ? "retry-after=1" : "500";
   }
   long ra = 0;
   if (strcmp(fault, "reset") == 0) {
@@ -267,7 +277,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c,
     if (strcmp(fault, "malformed") == 0) {
       /* break the second event's JSON */
       char *second = strstr(strstr(acc, "\n\n") + 2, "data: ");
-      second[8] = '#';
+      second[6] = '#';
     } else if (strcmp(fault, "truncate") == 0) {
       s->cut = s->len / 2;
     } else if (strcmp(fault, "stall") == 0) {
