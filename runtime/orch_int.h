@@ -153,6 +153,10 @@ int orch__graph_depend_idx(orch_graph *g, uint32_t idx, const char *dep,
  * and the kind's own fields). */
 int orch__plan_add_step(orch_graph *g, json_t *obj, const char *where,
                         char *err, size_t errlen);
+/* Parses GAP text with policies/gap.lua's parse(): *tasks is a JSON array of
+ * {id, description, deps}. The error quotes the offending line. */
+int orch__gap_parse(orch_runtime *rt, const char *text, size_t len,
+                    json_t **tasks /* OUT */, char *err, size_t errlen);
 
 /* ---- kinds: one file per step kind (step_*.c) ------------------------ */
 
@@ -218,17 +222,24 @@ bool orch__loop_on_thread(const orch__loop *l);
 /* ---- pool.c: worker threads, each with its own Lua state ------------- */
 
 typedef struct orch__pool orch__pool;
-typedef void (*orch__job_fn)(orch__worker *w, void *arg, uint32_t idx);
+/* A job runs on a worker; consecutive jobs with the same fn and arg are
+ * handed over together (idx[0..n)), so a job can batch its completions. */
+typedef void (*orch__job_fn)(orch__worker *w, void *arg, const uint32_t *idx,
+                             size_t n);
 
 int orch__pool_new(orch__pool **out, orch_runtime *rt, int nthreads,
                    char *err, size_t errlen);
 void orch__pool_free(orch__pool *p);
 int orch__pool_size(const orch__pool *p);
-/* Queues n jobs at once (one lock). */
-void orch__pool_post(orch__pool *p, orch__job_fn fn, void *arg,
+/* Queues n jobs at once (one lock). ORCH_ELIMIT when the queue is full
+ * (reported on stderr); the caller fails those jobs' steps. */
+int orch__pool_post(orch__pool *p, orch__job_fn fn, void *arg,
                      const uint32_t *idx, size_t n);
-/* The worker's sandboxed Lua state for lua steps and hooks. */
-lua_State *orch__worker_lua(orch__worker *w);
+/* The worker's sandboxed Lua state for lua steps and hooks, created on
+ * first use; NULL with a message in err when it cannot be. */
+lua_State *orch__worker_lua(orch__worker *w, char *err, size_t errlen);
+/* Jobs waiting (for status and tests). */
+size_t orch__pool_queued(orch__pool *p);
 int orch__worker_index(const orch__worker *w);
 
 /* ---- sched.c: dependency counters, ready queue, dispatch ------------- */
@@ -237,21 +248,28 @@ struct orch__run {
   orch_runtime *rt;
   orch_graph *g;
   int64_t t0_ns;
-  size_t done, running, failed, skipped, passed;
+  /* Counters: written on the loop thread, read anywhere. */
+  atomic_size_t done, running, failed, skipped, passed;
   size_t max_parallel; /* 0: unlimited */
-  bool canceled, finished, dry_run;
+  atomic_bool canceled;
+  bool finished, dry_run, in_process, closed, started, cancel_done;
   /* ready steps waiting for a slot: max-heap on bottom level */
   uint32_t *heap;
   size_t nheap;
-  /* completions posted from other threads */
-  pthread_mutex_t mu; /* lock order: run->mu before nothing else */
-  uint32_t *fin, *fin_swap;
-  size_t nfin, fin_cap;
-  uv_async_t *wake; /* owned by the loop; wakes the scheduler */
-  /* host-thread steps queued for the orch_run caller */
-  uint32_t *host;
-  size_t nhost, host_cap;
+  /* finished steps the loop still has to process (loop thread only) */
+  uint32_t *todo;
+  size_t ntodo, todo_cap;
+  /* worker steps to post at the end of a scheduling round */
+  uint32_t *post;
+  size_t npost, post_cap;
+  /* Lock order: r->mu is taken alone (never with pool->mu or loop->mu). */
+  pthread_mutex_t mu;
   pthread_cond_t cond; /* signals the orch_run caller */
+  uint32_t *fin;       /* completions posted from other threads (mu) */
+  size_t nfin, fin_cap;
+  uint32_t *host;      /* host-thread steps for the orch_run caller (mu) */
+  size_t nhost, host_cap, host_head;
+  uv_async_t wake;     /* on the loop: drains fin */
   void *kind_state[ORCH__NKINDS]; /* per-run state of loop kinds */
 };
 
@@ -260,7 +278,14 @@ struct orch__run {
 void orch__sched_finish(orch__run *r, uint32_t idx);
 /* Same from any other thread. */
 void orch__sched_finish_async(orch__run *r, uint32_t idx);
+/* Cancels the runtime's run, if any (loop thread; from cancel_async). */
+void orch__sched_cancel(orch_runtime *rt);
+/* ns since the run started. */
 int64_t orch__run_now(const orch__run *r);
+
+/* step_sleep.c: starts a timer that passes step idx after ms (also used to
+ * simulate llm steps under --dry-run). Loop thread. */
+int orch__sleep_start(orch__run *r, uint32_t idx, double ms);
 
 /* ---- runtime.c ------------------------------------------------------- */
 
@@ -270,8 +295,11 @@ struct orch_runtime {
   orch__pool *pool;
   struct orch__policy *policy; /* policy.c, NULL until scripts load */
   struct orch__store *store;   /* store.c, NULL when not configured */
-  orch__run *run;              /* the run in progress */
+  orch__run *run;              /* the run in progress (mu) */
   atomic_int cancel_req;
+  uv_async_t cancel_async;     /* on the loop; orch_runtime_cancel sends */
+  atomic_bool cancel_ready;
+  bool dry_run;                /* llm steps become sleeps (--dry-run) */
   orch_progress_fn progress;
   void *progress_ud;
   unsigned progress_ms;

@@ -1,0 +1,231 @@
+/* config.c provides the runtime's settings: built-in defaults, a Lua file
+ * returning a table (orchestrate.conf.lua, --config, ORCH_CONFIG) on top,
+ * and single overrides from the command line. Unknown keys and wrong types
+ * are errors naming the key and the file. Sections owned by later
+ * subsystems (tiers, llm, store, server) are kept as JSON for them. Uses Lua
+ * to read the file and json.c to convert it. */
+#include "orch_int.h"
+
+#include <errno.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { T_INT, T_SIZE, T_NUM, T_STR };
+
+static const struct setting {
+  const char *key;
+  int type;
+  size_t off;
+  double min;
+  const char *doc;
+} settings[] = {
+    {"workers", T_INT, offsetof(orch__config, workers), 0,
+     "worker threads (0: one per core)"},
+    {"max_parallel", T_INT, offsetof(orch__config, max_parallel), 0,
+     "steps in flight per run (0: unlimited)"},
+    {"scripts_dir", T_STR, offsetof(orch__config, scripts_dir), 0,
+     "directory of the Lua policy scripts"},
+    {"plan_max_bytes", T_SIZE, offsetof(orch__config, plan_max_bytes), 1,
+     "largest plan file accepted"},
+    {"json_max_depth", T_INT, offsetof(orch__config, json_max_depth), 1,
+     "deepest JSON nesting accepted in a plan"},
+    {"output_max_bytes", T_SIZE, offsetof(orch__config, output_max_bytes), 0,
+     "stdout/stderr kept per shell step"},
+    {"shell_timeout_ms", T_NUM, offsetof(orch__config, shell_timeout_ms), 0,
+     "default shell step timeout (0: none)"},
+    {"dry_run_ms", T_NUM, offsetof(orch__config, dry_run_ms), 0,
+     "simulated duration of an llm step under --dry-run"},
+    {"lua_budget", T_INT, offsetof(orch__config, lua_budget), 1,
+     "instructions per Lua call, in thousands"},
+    {"lua_mem_max", T_SIZE, offsetof(orch__config, lua_mem_max), 65536,
+     "bytes of memory per Lua state"},
+};
+
+/* Tables that belong to other subsystems; they check their own keys. */
+static const char *const sections[] = {"tiers", "llm", "store", "server",
+                                       "policy", "providers"};
+
+void orch__config_defaults(orch__config *c) {
+  memset(c, 0, sizeof *c);
+  c->workers = 0;
+  c->max_parallel = 0;
+  c->scripts_dir = orch__strdup("scripts");
+  c->plan_max_bytes = 16u << 20;
+  c->json_max_depth = 64;
+  c->output_max_bytes = 1u << 20;
+  c->shell_timeout_ms = 0;
+  c->dry_run_ms = 100;
+  c->lua_budget = 10000; /* 10 million instructions */
+  c->lua_mem_max = 64u << 20;
+}
+
+void orch__config_deinit(orch__config *c) {
+  free(c->scripts_dir);
+  free(c->source);
+  json_decref(c->sections);
+  memset(c, 0, sizeof *c);
+}
+
+static const struct setting *find(const char *key) {
+  for (size_t i = 0; i < ORCH__ARRAY_LEN(settings); i++)
+    if (strcmp(settings[i].key, key) == 0) return &settings[i];
+  return NULL;
+}
+
+static int is_section(const char *key) {
+  for (size_t i = 0; i < ORCH__ARRAY_LEN(sections); i++)
+    if (strcmp(sections[i], key) == 0) return 1;
+  return 0;
+}
+
+static int store_value(orch__config *c, const struct setting *s, json_t *v,
+                       const char *where, char *err, size_t errlen) {
+  char *base = (char *)c + s->off;
+  if (s->type == T_STR) {
+    if (!json_is_string(v))
+      return orch__err(err, errlen, ORCH_ECONFIG,
+                       "%s: '%s' must be a string", where, s->key);
+    char *p = orch__strdup(json_string_value(v));
+    if (!p) return ORCH_ENOMEM;
+    free(*(char **)base);
+    *(char **)base = p;
+    return ORCH_OK;
+  }
+  if (!json_is_number(v) || (s->type != T_NUM && !json_is_integer(v)))
+    return orch__err(err, errlen, ORCH_ECONFIG, "%s: '%s' must be %s", where,
+                     s->key, s->type == T_NUM ? "a number" : "an integer");
+  double d = json_number_value(v);
+  if (d < s->min)
+    return orch__err(err, errlen, ORCH_ECONFIG,
+                     "%s: '%s' must be at least %g, got %g", where, s->key,
+                     s->min, d);
+  switch (s->type) {
+  case T_INT:
+    if (d > 1e9)
+      return orch__err(err, errlen, ORCH_ECONFIG, "%s: '%s' is too large",
+                       where, s->key);
+    *(int *)base = (int)d;
+    break;
+  case T_SIZE: *(size_t *)base = (size_t)d; break;
+  default: *(double *)base = d; break;
+  }
+  return ORCH_OK;
+}
+
+static void config_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  luaL_error(L, "configuration took too long (instruction budget)");
+}
+
+int orch__config_load(orch__config *c, const char *path, char *err,
+                      size_t errlen) {
+  int rc = ORCH_OK;
+  json_t *t = NULL;
+  lua_State *L = luaL_newstate();
+  if (!L) return ORCH_ENOMEM;
+  /* A config file is data: base, string, table and math only. */
+  luaL_requiref(L, "_G", luaopen_base, 1);
+  luaL_requiref(L, "string", luaopen_string, 1);
+  luaL_requiref(L, "table", luaopen_table, 1);
+  luaL_requiref(L, "math", luaopen_math, 1);
+  lua_settop(L, 0);
+  static const char *const unsafe[] = {"dofile", "loadfile", "load",
+                                       "require", "collectgarbage"};
+  for (size_t i = 0; i < ORCH__ARRAY_LEN(unsafe); i++) {
+    lua_pushnil(L);
+    lua_setglobal(L, unsafe[i]);
+  }
+  char *text = NULL;
+  size_t len = 0;
+  rc = orch__read_file(path, 1u << 20, &text, &len, err, errlen);
+  if (rc) {
+    if (rc == ORCH_EIO) rc = ORCH_ECONFIG;
+    goto done;
+  }
+  char chunk[512];
+  snprintf(chunk, sizeof chunk, "@%s", path);
+  if (luaL_loadbufferx(L, text, len, chunk, "t") != LUA_OK) {
+    rc = orch__err(err, errlen, ORCH_ECONFIG, "%s", lua_tostring(L, -1));
+    goto done;
+  }
+  lua_sethook(L, config_hook, LUA_MASKCOUNT, 10000000);
+  if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+    rc = orch__err(err, errlen, ORCH_ECONFIG, "%s", lua_tostring(L, -1));
+    goto done;
+  }
+  if (!lua_istable(L, -1)) {
+    rc = orch__err(err, errlen, ORCH_ECONFIG,
+                   "%s: must return a table of settings, returned a %s", path,
+                   luaL_typename(L, -1));
+    goto done;
+  }
+  t = orch__lua_to_json(L, -1, 32, err, errlen);
+  if (!t) { rc = ORCH_ECONFIG; goto done; }
+  if (!json_is_object(t)) {
+    rc = orch__err(err, errlen, ORCH_ECONFIG,
+                   "%s: must return a table with named settings", path);
+    goto done;
+  }
+  const char *k;
+  json_t *v;
+  json_object_foreach(t, k, v) {
+    const struct setting *s = find(k);
+    if (s) {
+      rc = store_value(c, s, v, path, err, errlen);
+      if (rc) goto done;
+    } else if (is_section(k)) {
+      if (!json_is_object(v)) {
+        rc = orch__err(err, errlen, ORCH_ECONFIG,
+                       "%s: '%s' must be a table", path, k);
+        goto done;
+      }
+      if (!c->sections) c->sections = json_object();
+      json_object_set(c->sections, k, v);
+    } else {
+      rc = orch__err(err, errlen, ORCH_ECONFIG,
+                     "%s: unknown setting '%s'", path, k);
+      goto done;
+    }
+  }
+  free(c->source);
+  c->source = orch__strdup(path);
+done:
+  json_decref(t);
+  free(text);
+  lua_close(L);
+  return rc;
+}
+
+int orch__config_set(orch__config *c, const char *key, const char *value,
+                     char *err, size_t errlen) {
+  const struct setting *s = find(key);
+  if (!s)
+    return orch__err(err, errlen, ORCH_ECONFIG, "unknown setting '%s'", key);
+  json_t *v;
+  if (s->type == T_STR) {
+    v = json_string(value);
+  } else {
+    char *end;
+    errno = 0;
+    double d = strtod(value, &end);
+    if (errno || end == value || *end)
+      return orch__err(err, errlen, ORCH_ECONFIG,
+                       "setting '%s': '%s' is not a number", key, value);
+    v = s->type == T_NUM ? json_real(d) : json_integer((json_int_t)d);
+    if (s->type != T_NUM && d != (double)(json_int_t)d) {
+      json_decref(v);
+      return orch__err(err, errlen, ORCH_ECONFIG,
+                       "setting '%s': '%s' is not an integer", key, value);
+    }
+  }
+  if (!v)
+    return orch__err(err, errlen, ORCH_ECONFIG, "setting '%s': bad value",
+                     key);
+  int rc = store_value(c, s, v, "setting", err, errlen);
+  json_decref(v);
+  return rc;
+}

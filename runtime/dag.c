@@ -1,0 +1,496 @@
+/* dag.c provides the graph: steps with string ids, their dependencies,
+ * validation with errors that name the problem (unknown dependency,
+ * duplicate id, self-dependency, the cycle as a -> b -> a, empty graph),
+ * topological levels, bottom levels (the longest remaining path, the
+ * scheduler's priority) and the critical path. It is sized for millions of
+ * steps: ids live in one arena, lookups go through an open-addressing hash of
+ * indices, and edges end up in two compressed arrays (CSR). Uses util.c. */
+#include "orch_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NONE UINT32_MAX
+
+int orch_graph_new(orch_graph **out) {
+  orch_graph *g = calloc(1, sizeof *g);
+  if (!g) return ORCH_ENOMEM;
+  *out = g;
+  return ORCH_OK;
+}
+
+void orch_graph_free(orch_graph *g) {
+  if (!g) return;
+  for (size_t i = 0; i < g->n; i++) {
+    orch__step *s = &g->steps[i];
+    const orch__kind *k = orch__kinds[s->kind];
+    if (k && k->free) k->free(s);
+    free(s->output);
+    free(s->error);
+  }
+  for (size_t i = 0; i < g->npending; i++) free(g->pending_names[i]);
+  free(g->pending_names);
+  free(g->pending_from);
+  free(g->steps);
+  free(g->ids);
+  free(g->hash);
+  free(g->edges);
+  free(g->dep_off);
+  free(g->deps);
+  free(g->out_off);
+  free(g->outs);
+  json_decref((json_t *)g->plan_meta);
+  free(g);
+}
+
+const char *orch__step_id(const orch_graph *g, uint32_t i) {
+  return g->ids + g->steps[i].id;
+}
+
+static uint32_t hash_str(const char *s, size_t n) {
+  uint32_t h = 2166136261u;
+  for (size_t i = 0; i < n; i++) {
+    h ^= (unsigned char)s[i];
+    h *= 16777619u;
+  }
+  return h;
+}
+
+static uint32_t lookup(const orch_graph *g, const char *id, size_t len) {
+  if (!g->hash_cap) return NONE;
+  size_t mask = g->hash_cap - 1;
+  for (size_t h = hash_str(id, len) & mask;; h = (h + 1) & mask) {
+    uint32_t v = g->hash[h];
+    if (!v) return NONE;
+    const char *other = g->ids + g->steps[v - 1].id;
+    if (strncmp(other, id, len) == 0 && other[len] == '\0') return v - 1;
+  }
+}
+
+static int hash_grow(orch_graph *g) {
+  size_t ncap = g->hash_cap ? g->hash_cap * 2 : 1024;
+  uint32_t *nh = calloc(ncap, sizeof *nh);
+  if (!nh) return ORCH_ENOMEM;
+  for (size_t i = 0; i < g->n; i++) {
+    const char *id = g->ids + g->steps[i].id;
+    size_t h = hash_str(id, strlen(id)) & (ncap - 1);
+    while (nh[h]) h = (h + 1) & (ncap - 1);
+    nh[h] = (uint32_t)i + 1;
+  }
+  free(g->hash);
+  g->hash = nh;
+  g->hash_cap = ncap;
+  return ORCH_OK;
+}
+
+long orch_graph_find(const orch_graph *g, const char *id) {
+  if (!g || !id) return -1;
+  uint32_t i = lookup(g, id, strlen(id));
+  return i == NONE ? -1 : (long)i;
+}
+
+static int set_err(orch_graph *g, int code, const char *msg) {
+  if (!g->err_code) {
+    g->err_code = code;
+    snprintf(g->err_msg, sizeof g->err_msg, "%s", msg);
+  }
+  return code;
+}
+
+int orch__graph_add(orch_graph *g, const char *id, size_t idlen, int kind,
+                    uint32_t *idx, char *err, size_t errlen) {
+  char msg[400];
+  int rc = orch__check_id(id, idlen, msg, sizeof msg);
+  if (rc) {
+    orch__err(err, errlen, rc, "%s", msg);
+    return set_err(g, rc, msg);
+  }
+  if (g->validated || g->ran) {
+    return orch__err(err, errlen, ORCH_ESTATE,
+                     "graph is already validated; add steps before");
+  }
+  if (lookup(g, id, idlen) != NONE) {
+    snprintf(msg, sizeof msg, "duplicate step id '%.*s'", (int)idlen, id);
+    orch__err(err, errlen, ORCH_EPLAN, "%s", msg);
+    return set_err(g, ORCH_EPLAN, msg);
+  }
+  if (g->n >= UINT32_MAX - 1) return ORCH_ELIMIT;
+  if (g->n == g->cap) {
+    size_t ncap = g->cap ? g->cap + g->cap / 2 : 64;
+    orch__step *ns = realloc(g->steps, ncap * sizeof *ns);
+    if (!ns) return ORCH_ENOMEM;
+    g->steps = ns;
+    g->cap = ncap;
+  }
+  if (g->ids_len + idlen + 1 > g->ids_cap) {
+    size_t ncap = g->ids_cap ? g->ids_cap + g->ids_cap / 2 : 4096;
+    while (ncap < g->ids_len + idlen + 1) ncap *= 2;
+    if (ncap > UINT32_MAX) return ORCH_ELIMIT;
+    char *ni = realloc(g->ids, ncap);
+    if (!ni) return ORCH_ENOMEM;
+    g->ids = ni;
+    g->ids_cap = ncap;
+  }
+  if ((g->n + 1) * 2 > g->hash_cap && hash_grow(g)) return ORCH_ENOMEM;
+  orch__step *s = &g->steps[g->n];
+  memset(s, 0, sizeof *s);
+  s->id = (uint32_t)g->ids_len;
+  memcpy(g->ids + g->ids_len, id, idlen);
+  g->ids[g->ids_len + idlen] = '\0';
+  g->ids_len += idlen + 1;
+  s->kind = (uint8_t)kind;
+  s->status = ORCH_PENDING;
+  s->exit_status = -1;
+  s->started_ns = s->finished_ns = -1;
+  s->cause = NONE;
+  size_t mask = g->hash_cap - 1;
+  size_t h = hash_str(id, idlen) & mask;
+  while (g->hash[h]) h = (h + 1) & mask;
+  g->hash[h] = (uint32_t)g->n + 1;
+  *idx = (uint32_t)g->n++;
+  return ORCH_OK;
+}
+
+static int add_edge(orch_graph *g, uint32_t from, uint32_t to) {
+  if (g->nedges == g->edges_cap) {
+    size_t ncap = g->edges_cap ? g->edges_cap * 2 : 256;
+    orch__edge *ne = realloc(g->edges, ncap * sizeof *ne);
+    if (!ne) return ORCH_ENOMEM;
+    g->edges = ne;
+    g->edges_cap = ncap;
+  }
+  g->edges[g->nedges].from = from;
+  g->edges[g->nedges].to = to;
+  g->nedges++;
+  return ORCH_OK;
+}
+
+int orch__graph_depend_idx(orch_graph *g, uint32_t idx, const char *dep,
+                           size_t deplen) {
+  if (g->validated) return ORCH_ESTATE;
+  uint32_t d = lookup(g, dep, deplen);
+  if (d != NONE) return add_edge(g, d, idx);
+  /* Not known yet: resolve at validation, so order of adds is free. */
+  if (g->npending == g->pending_cap) {
+    size_t ncap = g->pending_cap ? g->pending_cap * 2 : 16;
+    char **nn = realloc(g->pending_names, ncap * sizeof *nn);
+    if (!nn) return ORCH_ENOMEM;
+    g->pending_names = nn;
+    uint32_t *nf = realloc(g->pending_from, ncap * sizeof *nf);
+    if (!nf) return ORCH_ENOMEM;
+    g->pending_from = nf;
+    g->pending_cap = ncap;
+  }
+  char *name = orch__strndup(dep, deplen);
+  if (!name) return ORCH_ENOMEM;
+  g->pending_names[g->npending] = name;
+  g->pending_from[g->npending] = idx;
+  g->npending++;
+  return ORCH_OK;
+}
+
+static long find_or_err(orch_graph *g, const char *id) {
+  long i = orch_graph_find(g, id);
+  if (i < 0) {
+    char msg[400];
+    snprintf(msg, sizeof msg, "no step '%.300s'", id ? id : "(null)");
+    set_err(g, ORCH_ENOTFOUND, msg);
+  }
+  return i;
+}
+
+int orch_graph_depend(orch_graph *g, const char *id, const char *dep) {
+  if (!g || !id || !dep) return ORCH_EINVAL;
+  long i = find_or_err(g, id);
+  if (i < 0) return ORCH_ENOTFOUND;
+  return orch__graph_depend_idx(g, (uint32_t)i, dep, strlen(dep));
+}
+
+int orch_graph_set_cost(orch_graph *g, const char *id, double ms) {
+  long i = g ? find_or_err(g, id) : -1;
+  if (i < 0) return g ? ORCH_ENOTFOUND : ORCH_EINVAL;
+  if (!(ms >= 0)) return ORCH_EINVAL;
+  g->steps[i].cost = (float)ms;
+  g->steps[i].flags |= ORCH__SF_HAS_COST;
+  return ORCH_OK;
+}
+
+int orch_graph_set_timeout(orch_graph *g, const char *id, double ms) {
+  long i = g ? find_or_err(g, id) : -1;
+  if (i < 0) return g ? ORCH_ENOTFOUND : ORCH_EINVAL;
+  if (!(ms >= 0)) return ORCH_EINVAL;
+  g->steps[i].timeout_ms = (float)ms;
+  return ORCH_OK;
+}
+
+static double step_cost(const orch__step *s) {
+  if (s->flags & ORCH__SF_HAS_COST) return s->cost;
+  const orch__kind *k = orch__kinds[s->kind];
+  return k && k->cost ? k->cost(s) : 1.0;
+}
+
+/* Finds a cycle among the steps Kahn's algorithm could not order (each has
+ * an unfinished dependency, so walking dependencies must loop) and writes
+ * it as "a -> b -> c -> a", each step depending on the next. */
+static void name_cycle(orch_graph *g, const uint32_t *indeg, char *err,
+                       size_t errlen) {
+  uint32_t start = NONE;
+  for (size_t i = 0; i < g->n && start == NONE; i++)
+    if (indeg[i]) start = (uint32_t)i;
+  uint32_t *pos = malloc(g->n * sizeof *pos);
+  uint32_t *path = malloc(g->n * sizeof *path);
+  if (!pos || !path) {
+    orch__err(err, errlen, ORCH_ECYCLE, "dependency cycle");
+    goto done;
+  }
+  memset(pos, 0xff, g->n * sizeof *pos);
+  size_t len = 0;
+  uint32_t v = start;
+  while (pos[v] == NONE) {
+    pos[v] = (uint32_t)len;
+    path[len++] = v;
+    uint32_t next = NONE;
+    for (uint32_t e = g->dep_off[v]; e < g->dep_off[v + 1]; e++)
+      if (indeg[g->deps[e]]) { next = g->deps[e]; break; }
+    v = next;
+  }
+  orch__buf b = {0};
+  orch__buf_printf(&b, "dependency cycle: ");
+  for (size_t i = pos[v]; i < len; i++)
+    orch__buf_printf(&b, "%s -> ", orch__step_id(g, path[i]));
+  orch__buf_printf(&b, "%s (each step depends on the next)",
+                   orch__step_id(g, v));
+  orch__err(err, errlen, ORCH_ECYCLE, "%s", b.p ? b.p : "dependency cycle");
+  orch__buf_deinit(&b);
+done:
+  free(pos);
+  free(path);
+}
+
+int orch_graph_validate(orch_graph *g, char *err, size_t errlen) {
+  int rc = ORCH_OK;
+  uint32_t *indeg = NULL, *order = NULL, *stamp = NULL;
+  if (!g) return orch__err(err, errlen, ORCH_EINVAL, "no graph");
+  if (g->validated) return ORCH_OK;
+  if (g->err_code) return orch__err(err, errlen, g->err_code, "%s", g->err_msg);
+  if (g->n == 0)
+    return orch__err(err, errlen, ORCH_EPLAN, "empty graph: no steps");
+  for (size_t i = 0; i < g->npending; i++) {
+    const char *name = g->pending_names[i];
+    uint32_t d = lookup(g, name, strlen(name));
+    if (d == NONE)
+      return orch__err(err, errlen, ORCH_EPLAN,
+                       "step '%s' depends on unknown step '%s'",
+                       orch__step_id(g, g->pending_from[i]), name);
+    if ((rc = add_edge(g, d, g->pending_from[i]))) return rc;
+  }
+  for (size_t i = 0; i < g->npending; i++) free(g->pending_names[i]);
+  g->npending = 0;
+  size_t n = g->n;
+  for (size_t e = 0; e < g->nedges; e++)
+    if (g->edges[e].from == g->edges[e].to)
+      return orch__err(err, errlen, ORCH_EPLAN, "step '%s' depends on itself",
+                       orch__step_id(g, g->edges[e].to));
+  /* CSR of dependencies, grouped by the dependent step, duplicates dropped. */
+  free(g->dep_off); free(g->deps); free(g->out_off); free(g->outs);
+  g->dep_off = calloc(n + 1, sizeof *g->dep_off);
+  g->out_off = calloc(n + 1, sizeof *g->out_off);
+  g->deps = malloc((g->nedges ? g->nedges : 1) * sizeof *g->deps);
+  g->outs = malloc((g->nedges ? g->nedges : 1) * sizeof *g->outs);
+  stamp = malloc(n * sizeof *stamp);
+  indeg = calloc(n, sizeof *indeg);
+  if (!g->dep_off || !g->out_off || !g->deps || !g->outs || !stamp || !indeg) {
+    rc = ORCH_ENOMEM;
+    goto done;
+  }
+  for (size_t e = 0; e < g->nedges; e++) g->dep_off[g->edges[e].to + 1]++;
+  for (size_t i = 0; i < n; i++) g->dep_off[i + 1] += g->dep_off[i];
+  for (size_t e = 0; e < g->nedges; e++) {
+    uint32_t to = g->edges[e].to;
+    g->deps[g->dep_off[to] + indeg[to]++] = g->edges[e].from;
+  }
+  memset(stamp, 0xff, n * sizeof *stamp);
+  size_t w = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint32_t lo = g->dep_off[i], hi = g->dep_off[i + 1];
+    g->dep_off[i] = (uint32_t)w;
+    for (uint32_t e = lo; e < hi; e++) {
+      uint32_t d = g->deps[e];
+      if (stamp[d] == i) continue;
+      stamp[d] = (uint32_t)i;
+      g->deps[w++] = d;
+    }
+  }
+  g->dep_off[n] = (uint32_t)w;
+  /* Edges are now in deps[]; the raw list is no longer needed. */
+  free(g->edges);
+  g->edges = NULL;
+  g->nedges = g->edges_cap = 0;
+  for (size_t e = 0; e < w; e++) g->out_off[g->deps[e] + 1]++;
+  for (size_t i = 0; i < n; i++) g->out_off[i + 1] += g->out_off[i];
+  memset(stamp, 0, n * sizeof *stamp);
+  for (size_t i = 0; i < n; i++)
+    for (uint32_t e = g->dep_off[i]; e < g->dep_off[i + 1]; e++) {
+      uint32_t d = g->deps[e];
+      g->outs[g->out_off[d] + stamp[d]++] = (uint32_t)i;
+    }
+  /* Kahn: topological order and levels. */
+  order = malloc(n * sizeof *order);
+  if (!order) { rc = ORCH_ENOMEM; goto done; }
+  size_t head = 0, tail = 0;
+  for (size_t i = 0; i < n; i++) {
+    indeg[i] = g->dep_off[i + 1] - g->dep_off[i];
+    g->steps[i].level = 0;
+    if (!indeg[i]) order[tail++] = (uint32_t)i;
+  }
+  while (head < tail) {
+    uint32_t v = order[head++];
+    uint32_t lv = g->steps[v].level + 1;
+    for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++) {
+      uint32_t x = g->outs[e];
+      if (g->steps[x].level < lv) g->steps[x].level = lv;
+      if (--indeg[x] == 0) order[tail++] = x;
+    }
+  }
+  if (tail < n) {
+    name_cycle(g, indeg, err, errlen);
+    rc = ORCH_ECYCLE;
+    goto done;
+  }
+  /* Bottom levels in reverse topological order. */
+  uint32_t maxlevel = 0;
+  for (size_t k = n; k-- > 0;) {
+    uint32_t v = order[k];
+    orch__step *s = &g->steps[v];
+    double best = 0;
+    for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++)
+      if (g->steps[g->outs[e]].bottom > best) best = g->steps[g->outs[e]].bottom;
+    s->bottom = step_cost(s) + best;
+    if (s->level > maxlevel) maxlevel = s->level;
+  }
+  g->nlevels = maxlevel + 1;
+  g->validated = true;
+done:
+  free(indeg);
+  free(order);
+  free(stamp);
+  return rc;
+}
+
+size_t orch_graph_size(const orch_graph *g) { return g ? g->n : 0; }
+size_t orch_graph_levels(const orch_graph *g) {
+  return g && g->validated ? g->nlevels : 0;
+}
+
+size_t orch_graph_critical_path(const orch_graph *g, size_t *idx, size_t cap,
+                                double *cost) {
+  if (cost) *cost = 0;
+  if (!g || !g->validated) return 0;
+  uint32_t v = NONE;
+  double best = -1;
+  for (size_t i = 0; i < g->n; i++)
+    if (g->dep_off[i] == g->dep_off[i + 1] && g->steps[i].bottom > best) {
+      best = g->steps[i].bottom;
+      v = (uint32_t)i;
+    }
+  if (cost) *cost = best;
+  size_t len = 0;
+  while (v != NONE) {
+    if (len < cap) idx[len] = v;
+    len++;
+    uint32_t next = NONE;
+    double nb = -1;
+    for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++)
+      if (g->steps[g->outs[e]].bottom > nb) {
+        nb = g->steps[g->outs[e]].bottom;
+        next = g->outs[e];
+      }
+    v = next;
+  }
+  return len;
+}
+
+/* ---- result accessors ---------------------------------------------------- */
+
+#define STEP(g, i) (&(g)->steps[i])
+#define CHECK(g, i, bad) \
+  if (!(g) || (i) >= (g)->n) return bad
+
+const char *orch_step_id(const orch_graph *g, size_t i) {
+  CHECK(g, i, NULL);
+  return orch__step_id(g, (uint32_t)i);
+}
+const char *orch_step_kind(const orch_graph *g, size_t i) {
+  CHECK(g, i, NULL);
+  return orch__kinds[STEP(g, i)->kind]->name;
+}
+size_t orch_step_ndeps(const orch_graph *g, size_t i) {
+  CHECK(g, i, 0);
+  if (!g->validated) return 0;
+  return g->dep_off[i + 1] - g->dep_off[i];
+}
+size_t orch_step_dep(const orch_graph *g, size_t i, size_t j) {
+  CHECK(g, i, (size_t)-1);
+  if (!g->validated || j >= orch_step_ndeps(g, i)) return (size_t)-1;
+  return g->deps[g->dep_off[i] + j];
+}
+size_t orch_step_level(const orch_graph *g, size_t i) {
+  CHECK(g, i, 0);
+  return STEP(g, i)->level;
+}
+double orch_step_cost(const orch_graph *g, size_t i) {
+  CHECK(g, i, 0);
+  return step_cost(STEP(g, i));
+}
+int orch_step_status(const orch_graph *g, size_t i) {
+  CHECK(g, i, -1);
+  return STEP(g, i)->status;
+}
+double orch_step_started_ms(const orch_graph *g, size_t i) {
+  CHECK(g, i, -1);
+  int64_t t = STEP(g, i)->started_ns;
+  return t < 0 ? -1 : (double)t / 1e6;
+}
+double orch_step_finished_ms(const orch_graph *g, size_t i) {
+  CHECK(g, i, -1);
+  int64_t t = STEP(g, i)->finished_ns;
+  return t < 0 ? -1 : (double)t / 1e6;
+}
+int orch_step_attempts(const orch_graph *g, size_t i) {
+  CHECK(g, i, 0);
+  return STEP(g, i)->attempts;
+}
+const char *orch_step_output(const orch_graph *g, size_t i) {
+  CHECK(g, i, NULL);
+  return STEP(g, i)->output;
+}
+const char *orch_step_error(const orch_graph *g, size_t i) {
+  CHECK(g, i, NULL);
+  return STEP(g, i)->error;
+}
+int orch_step_exit_status(const orch_graph *g, size_t i) {
+  CHECK(g, i, -1);
+  return STEP(g, i)->exit_status;
+}
+unsigned orch_step_generation(const orch_graph *g, size_t i) {
+  CHECK(g, i, 0);
+  return STEP(g, i)->generation;
+}
+double orch_graph_makespan_ms(const orch_graph *g) {
+  return g ? (double)g->makespan_ns / 1e6 : 0;
+}
+
+void orch__step_set_error(orch__step *s, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  char *e = orch__vasprintf(fmt, ap);
+  va_end(ap);
+  free(s->error);
+  s->error = e;
+}
+
+void orch__step_set_output(orch__step *s, const char *p, size_t n) {
+  free(s->output);
+  s->output = orch__strndup(p, n);
+}

@@ -1,0 +1,383 @@
+/* luamod.c is `require "orch"`: the runtime as a Lua module. A script
+ * builds a graph whose steps are Lua functions (run on the calling thread,
+ * one at a time, since the script's state is not thread-safe), shell
+ * commands, sleeps or any plan step, runs it on the runtime's pool and loop,
+ * and reads the results back as tables. It sees only orch.h. */
+#include "orch.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RT_MT "orch.runtime"
+#define G_MT "orch.graph"
+
+typedef struct {
+  orch_runtime *rt;
+} lrt;
+
+typedef struct {
+  orch_graph *g;
+  lua_State *L; /* the state that runs the Lua function steps */
+  int fns;      /* registry ref of {id = function} */
+} lgraph;
+
+static int push_err(lua_State *L, const char *msg) {
+  lua_pushnil(L);
+  lua_pushstring(L, msg);
+  return 2;
+}
+
+/* orch.runtime{workers=, max_parallel=, config=, dry_run=} */
+static int l_runtime(lua_State *L) {
+  const char *config = NULL;
+  if (lua_istable(L, 1)) {
+    lua_getfield(L, 1, "config");
+    config = lua_tostring(L, -1);
+    lua_pop(L, 1);
+  }
+  lrt *r = lua_newuserdatauv(L, sizeof *r, 0);
+  r->rt = NULL;
+  luaL_setmetatable(L, RT_MT);
+  char err[1024];
+  if (orch_runtime_new(&r->rt, config, err, sizeof err)) return push_err(L, err);
+  if (lua_istable(L, 1)) {
+    static const char *const keys[] = {"workers", "max_parallel", "scripts_dir",
+                                       "shell_timeout_ms", "dry_run",
+                                       "output_max_bytes", "lua_budget"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+      lua_getfield(L, 1, keys[i]);
+      if (!lua_isnil(L, -1)) {
+        const char *v = lua_isboolean(L, -1) ? (lua_toboolean(L, -1) ? "1" : "0")
+                                             : lua_tostring(L, -1);
+        if (!v) return luaL_error(L, "orch.runtime: '%s' has a bad value", keys[i]);
+        if (orch_runtime_set(r->rt, keys[i], v, err, sizeof err))
+          return push_err(L, err);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  return 1;
+}
+
+static lrt *check_rt(lua_State *L, int i) { return luaL_checkudata(L, i, RT_MT); }
+
+static int l_rt_gc(lua_State *L) {
+  lrt *r = check_rt(L, 1);
+  orch_runtime_free(r->rt);
+  r->rt = NULL;
+  return 0;
+}
+
+static int l_rt_cancel(lua_State *L) {
+  orch_runtime_cancel(check_rt(L, 1)->rt);
+  return 0;
+}
+
+static lgraph *check_g(lua_State *L, int i) {
+  lgraph *g = luaL_checkudata(L, i, G_MT);
+  if (!g->g) luaL_error(L, "graph already freed");
+  return g;
+}
+
+static int l_graph(lua_State *L) {
+  lgraph *g = lua_newuserdatauv(L, sizeof *g, 0);
+  g->g = NULL;
+  g->fns = LUA_NOREF;
+  luaL_setmetatable(L, G_MT);
+  if (orch_graph_new(&g->g)) return luaL_error(L, "out of memory");
+  lua_newtable(L);
+  g->fns = luaL_ref(L, LUA_REGISTRYINDEX);
+  g->L = L;
+  return 1;
+}
+
+/* orch.load(path [, runtime]) -> graph | nil, err */
+static int l_load(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  orch_runtime *rt = lua_isnoneornil(L, 2) ? NULL : check_rt(L, 2)->rt;
+  char err[2048];
+  orch_graph *og = NULL;
+  if (orch_graph_load(rt, path, &og, err, sizeof err)) return push_err(L, err);
+  lgraph *g = lua_newuserdatauv(L, sizeof *g, 0);
+  g->g = og;
+  g->L = L;
+  luaL_setmetatable(L, G_MT);
+  lua_newtable(L);
+  g->fns = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 1;
+}
+
+static int l_g_gc(lua_State *L) {
+  lgraph *g = luaL_checkudata(L, 1, G_MT);
+  orch_graph_free(g->g);
+  g->g = NULL;
+  if (g->fns != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, g->fns);
+  g->fns = LUA_NOREF;
+  return 0;
+}
+
+typedef struct {
+  lgraph *g;
+} fn_ud;
+
+/* A Lua-function step: called on the thread running orch_run, which is the
+ * thread of the state that built the graph. fn(deps) -> output | nil, err */
+static int run_lua_fn(orch_step_ctx *ctx, void *ud) {
+  lgraph *g = ud;
+  lua_State *L = g->L;
+  int top = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, g->fns);
+  lua_getfield(L, -1, orch_ctx_id(ctx));
+  lua_newtable(L);
+  long i = orch_graph_find(g->g, orch_ctx_id(ctx));
+  for (size_t j = 0; i >= 0 && j < orch_step_ndeps(g->g, (size_t)i); j++) {
+    size_t d = orch_step_dep(g->g, (size_t)i, j);
+    const char *out = orch_step_output(g->g, d);
+    if (out) lua_pushstring(L, out);
+    else lua_pushboolean(L, 0);
+    lua_setfield(L, -2, orch_step_id(g->g, d));
+  }
+  int rc = ORCH_OK;
+  if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
+    orch_ctx_set_error(ctx, "%s", lua_tostring(L, -1));
+    rc = ORCH_ESTEP;
+  } else if (lua_isnil(L, -2) && !lua_isnil(L, -1)) {
+    orch_ctx_set_error(ctx, "%s", luaL_tolstring(L, -1, NULL));
+    rc = ORCH_ESTEP;
+  } else if (!lua_isnil(L, -2)) {
+    size_t n;
+    const char *s = luaL_tolstring(L, -2, &n);
+    orch_ctx_set_output(ctx, s, n);
+  }
+  lua_settop(L, top);
+  return rc;
+}
+
+static void add_deps(lua_State *L, lgraph *g, const char *id, int t) {
+  lua_getfield(L, t, "deps");
+  if (lua_istable(L, -1)) {
+    lua_Integer n = luaL_len(L, -1);
+    for (lua_Integer k = 1; k <= n; k++) {
+      lua_rawgeti(L, -1, k);
+      const char *d = lua_tostring(L, -1);
+      if (!d) luaL_error(L, "step '%s': deps[%d] must be a step id", id, (int)k);
+      orch_graph_depend(g->g, id, d);
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+}
+
+/* g:add{id=, fn=function|run=cmd|ms=n|kind=..., deps={...}, cost_ms=, timeout_ms=} */
+static int l_g_add(lua_State *L) {
+  lgraph *g = check_g(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_getfield(L, 2, "id");
+  const char *id = lua_tostring(L, -1);
+  if (!id) return luaL_error(L, "a step needs an id");
+  lua_getfield(L, 2, "fn");
+  int rc;
+  char err[1024] = "";
+  if (lua_isfunction(L, -1)) {
+    rc = orch_graph_add_host_fn(g->g, id, run_lua_fn, g);
+    if (rc == ORCH_OK) {
+      lua_rawgeti(L, LUA_REGISTRYINDEX, g->fns);
+      lua_pushvalue(L, -2);
+      lua_setfield(L, -2, id);
+      lua_pop(L, 1);
+    }
+  } else {
+    /* Everything else goes through the plan's JSON form. */
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "cjson");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "encode");
+    lua_newtable(L);
+    lua_pushnil(L);
+    while (lua_next(L, 2)) {
+      const char *k = lua_tostring(L, -2);
+      if (k && strcmp(k, "deps") != 0 && strcmp(k, "fn") != 0) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_settable(L, -4);
+      } else {
+        lua_pop(L, 1);
+      }
+    }
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) return luaL_error(L, "step '%s': %s", id, lua_tostring(L, -1));
+    rc = orch_graph_add_json(g->g, lua_tostring(L, -1), err, sizeof err);
+    lua_pop(L, 2);
+  }
+  lua_pop(L, 1);
+  if (rc) return push_err(L, err[0] ? err : orch_strerror(rc));
+  lua_getfield(L, 2, "cost_ms");
+  if (lua_isnumber(L, -1)) orch_graph_set_cost(g->g, id, lua_tonumber(L, -1));
+  lua_getfield(L, 2, "timeout_ms");
+  if (lua_isnumber(L, -1)) orch_graph_set_timeout(g->g, id, lua_tonumber(L, -1));
+  lua_pop(L, 2);
+  add_deps(L, g, id, 2);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int l_g_depend(lua_State *L) {
+  lgraph *g = check_g(L, 1);
+  int rc = orch_graph_depend(g->g, luaL_checkstring(L, 2), luaL_checkstring(L, 3));
+  if (rc) return push_err(L, orch_strerror(rc));
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int l_g_validate(lua_State *L) {
+  lgraph *g = check_g(L, 1);
+  char err[1024];
+  if (orch_graph_validate(g->g, err, sizeof err)) return push_err(L, err);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static void push_step(lua_State *L, orch_graph *g, size_t i) {
+  lua_createtable(L, 0, 10);
+  lua_pushstring(L, orch_step_id(g, i));
+  lua_setfield(L, -2, "id");
+  lua_pushstring(L, orch_step_kind(g, i));
+  lua_setfield(L, -2, "kind");
+  lua_pushstring(L, orch_status_name(orch_step_status(g, i)));
+  lua_setfield(L, -2, "status");
+  lua_pushinteger(L, (lua_Integer)orch_step_level(g, i));
+  lua_setfield(L, -2, "level");
+  lua_pushnumber(L, orch_step_started_ms(g, i));
+  lua_setfield(L, -2, "started_ms");
+  lua_pushnumber(L, orch_step_finished_ms(g, i));
+  lua_setfield(L, -2, "finished_ms");
+  lua_pushinteger(L, orch_step_attempts(g, i));
+  lua_setfield(L, -2, "attempts");
+  lua_pushinteger(L, orch_step_exit_status(g, i));
+  lua_setfield(L, -2, "exit_status");
+  lua_pushinteger(L, orch_step_generation(g, i));
+  lua_setfield(L, -2, "generation");
+  if (orch_step_output(g, i)) {
+    lua_pushstring(L, orch_step_output(g, i));
+    lua_setfield(L, -2, "output");
+  }
+  if (orch_step_error(g, i)) {
+    lua_pushstring(L, orch_step_error(g, i));
+    lua_setfield(L, -2, "error");
+  }
+  lua_createtable(L, (int)orch_step_ndeps(g, i), 0);
+  for (size_t j = 0; j < orch_step_ndeps(g, i); j++) {
+    lua_pushstring(L, orch_step_id(g, orch_step_dep(g, i, j)));
+    lua_rawseti(L, -2, (lua_Integer)j + 1);
+  }
+  lua_setfield(L, -2, "deps");
+}
+
+/* g:run(runtime) -> result table {status=, steps={...}, makespan_ms=} */
+static int l_g_run(lua_State *L) {
+  lgraph *g = check_g(L, 1);
+  lrt *r = check_rt(L, 2);
+  if (g->L != L && lua_pushthread(L) == 0) { /* coroutine: fine, same thread */ }
+  lua_settop(L, 2);
+  g->L = L;
+  char err[1024] = "";
+  int rc = orch_run(r->rt, g->g, err, sizeof err);
+  if (rc != ORCH_OK && rc != ORCH_ESTEP && rc != ORCH_ECANCELED) return push_err(L, err);
+  lua_createtable(L, 0, 4);
+  lua_pushstring(L, rc == ORCH_OK ? "passed" : rc == ORCH_ECANCELED ? "canceled" : "failed");
+  lua_setfield(L, -2, "status");
+  lua_pushnumber(L, orch_graph_makespan_ms(g->g));
+  lua_setfield(L, -2, "makespan_ms");
+  size_t n = orch_graph_size(g->g);
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    push_step(L, g->g, i);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  lua_setfield(L, -2, "steps");
+  if (err[0]) {
+    lua_pushstring(L, err);
+    lua_setfield(L, -2, "error");
+  }
+  return 1;
+}
+
+static int l_g_step(lua_State *L) {
+  lgraph *g = check_g(L, 1);
+  long i = orch_graph_find(g->g, luaL_checkstring(L, 2));
+  if (i < 0) return 0;
+  push_step(L, g->g, (size_t)i);
+  return 1;
+}
+
+static int l_g_size(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)orch_graph_size(check_g(L, 1)->g));
+  return 1;
+}
+
+static int l_g_levels(lua_State *L) {
+  lgraph *g = check_g(L, 1);
+  char err[1024];
+  if (orch_graph_validate(g->g, err, sizeof err)) return push_err(L, err);
+  size_t nl = orch_graph_levels(g->g), n = orch_graph_size(g->g);
+  lua_createtable(L, (int)nl, 0);
+  for (size_t l = 0; l < nl; l++) {
+    lua_newtable(L);
+    lua_rawseti(L, -2, (lua_Integer)l + 1);
+  }
+  for (size_t i = 0; i < n; i++) {
+    lua_rawgeti(L, -1, (lua_Integer)orch_step_level(g->g, i) + 1);
+    lua_pushstring(L, orch_step_id(g->g, i));
+    lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+    lua_pop(L, 1);
+  }
+  return 1;
+}
+
+static int l_g_critical(lua_State *L) {
+  lgraph *g = check_g(L, 1);
+  char err[1024];
+  if (orch_graph_validate(g->g, err, sizeof err)) return push_err(L, err);
+  double cost;
+  size_t n = orch_graph_critical_path(g->g, NULL, 0, &cost);
+  size_t *idx = malloc((n ? n : 1) * sizeof *idx);
+  if (!idx) return luaL_error(L, "out of memory");
+  orch_graph_critical_path(g->g, idx, n, NULL);
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    lua_pushstring(L, orch_step_id(g->g, idx[i]));
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  free(idx);
+  lua_pushnumber(L, cost);
+  return 2;
+}
+
+int luaopen_orch(lua_State *L);
+__attribute__((visibility("default"))) int luaopen_orch(lua_State *L) {
+  static const luaL_Reg rt_methods[] = {{"cancel", l_rt_cancel}, {"close", l_rt_gc}, {NULL, NULL}};
+  static const luaL_Reg g_methods[] = {
+      {"add", l_g_add},       {"depend", l_g_depend},     {"validate", l_g_validate},
+      {"run", l_g_run},       {"step", l_g_step},         {"size", l_g_size},
+      {"levels", l_g_levels}, {"critical_path", l_g_critical}, {"free", l_g_gc},
+      {NULL, NULL}};
+  static const luaL_Reg funcs[] = {
+      {"runtime", l_runtime}, {"graph", l_graph}, {"load", l_load}, {NULL, NULL}};
+  luaL_newmetatable(L, RT_MT);
+  lua_pushcfunction(L, l_rt_gc);
+  lua_setfield(L, -2, "__gc");
+  luaL_newlib(L, rt_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  luaL_newmetatable(L, G_MT);
+  lua_pushcfunction(L, l_g_gc);
+  lua_setfield(L, -2, "__gc");
+  luaL_newlib(L, g_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  luaL_newlib(L, funcs);
+  lua_pushstring(L, orch_version());
+  lua_setfield(L, -2, "version");
+  return 1;
+}

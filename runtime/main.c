@@ -1,0 +1,437 @@
+/* main.c is the `orchestrate` command line: plan, run, check, mock-llm,
+ * migrate. It sees only the public API (orch.h), like any other host. Exit
+ * codes: 0 all passed, 1 a step failed, 64 usage, 65 bad plan, 70 internal,
+ * 78 configuration. */
+#include "orch.h"
+
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum { EX_OK = 0, EX_FAIL = 1, EX_USAGE = 64, EX_DATAERR = 65,
+       EX_SOFTWARE = 70, EX_CONFIG = 78 };
+
+static const char usage[] =
+    "usage: orchestrate COMMAND [options]\n"
+    "\n"
+    "commands:\n"
+    "  plan FILE [--json]             validate a plan; print levels and the critical path\n"
+    "  run FILE [options]             run a plan (JSON, Lua or GAP text)\n"
+    "      --json                     print one JSON document with the results\n"
+    "      --workers N                worker threads (default: one per core)\n"
+    "      --max-parallel N           steps in flight at most (default: unlimited)\n"
+    "      --dry-run                  simulate llm steps as sleeps\n"
+    "  check [DIR]                    compile and self-check the Lua scripts (default: scripts)\n"
+    "  mock-llm [--port N] [--host H] serve the mock LLM (OpenAI + Anthropic APIs)\n"
+    "  migrate [--db URL] [--status]  apply (or list) the database migrations\n"
+    "\n"
+    "options for every command:\n"
+    "  --config FILE                  settings file (default: ORCH_CONFIG, then\n"
+    "                                 ./orchestrate.conf.lua, then built-in defaults)\n"
+    "  -h, --help                     this text\n"
+    "  --version                      the version\n";
+
+static int usage_error(const char *fmt, const char *arg) {
+  fprintf(stderr, "orchestrate: ");
+  fprintf(stderr, fmt, arg);
+  fprintf(stderr, "\nrun 'orchestrate --help' for usage\n");
+  return EX_USAGE;
+}
+
+static int exit_for(int rc) {
+  switch (rc) {
+  case ORCH_OK: return EX_OK;
+  case ORCH_ESTEP: case ORCH_ECANCELED: return EX_FAIL;
+  case ORCH_EPLAN: case ORCH_ECYCLE: case ORCH_ELIMIT: case ORCH_EIO:
+  case ORCH_ESCRIPT: return EX_DATAERR;
+  case ORCH_ECONFIG: return EX_CONFIG;
+  default: return EX_SOFTWARE;
+  }
+}
+
+/* ---- options ------------------------------------------------------------- */
+
+typedef struct {
+  const char *file, *config, *db, *host;
+  const char *workers, *max_parallel;
+  int port;
+  int json, dry_run, status_only;
+} opts;
+
+static int parse_opts(int argc, char **argv, opts *o, const char *allowed) {
+  for (int i = 0; i < argc; i++) {
+    const char *a = argv[i];
+#define NEEDS(flag)                                                      \
+  if (!strstr(allowed, flag)) return usage_error("option %s is not for this command", a); \
+  if (i + 1 >= argc) return usage_error("option %s needs a value", a)
+    if (strcmp(a, "--json") == 0 && strstr(allowed, "json")) o->json = 1;
+    else if (strcmp(a, "--dry-run") == 0 && strstr(allowed, "dry")) o->dry_run = 1;
+    else if (strcmp(a, "--status") == 0 && strstr(allowed, "status")) o->status_only = 1;
+    else if (strcmp(a, "--config") == 0) {
+      if (i + 1 >= argc) return usage_error("option %s needs a value", a);
+      o->config = argv[++i];
+    } else if (strcmp(a, "--workers") == 0) { NEEDS("workers"); o->workers = argv[++i]; }
+    else if (strcmp(a, "--max-parallel") == 0) { NEEDS("max-parallel"); o->max_parallel = argv[++i]; }
+    else if (strcmp(a, "--db") == 0) { NEEDS("db"); o->db = argv[++i]; }
+    else if (strcmp(a, "--host") == 0) { NEEDS("host"); o->host = argv[++i]; }
+    else if (strcmp(a, "--port") == 0) {
+      NEEDS("port");
+      char *end;
+      long p = strtol(argv[++i], &end, 10);
+      if (*end || p < 0 || p > 65535) return usage_error("bad port '%s'", argv[i]);
+      o->port = (int)p;
+    } else if (a[0] == '-' && a[1]) return usage_error("unknown option %s", a);
+    else if (!o->file) o->file = a;
+    else return usage_error("unexpected argument '%s'", a);
+#undef NEEDS
+  }
+  return 0;
+}
+
+static int open_runtime(const opts *o, orch_runtime **rt) {
+  char err[1024];
+  int rc = orch_runtime_new(rt, o->config, err, sizeof err);
+  if (rc) {
+    fprintf(stderr, "orchestrate: %s\n", err);
+    return exit_for(rc);
+  }
+  const char *keys[] = {"workers", "max_parallel"};
+  const char *vals[] = {o->workers, o->max_parallel};
+  for (int i = 0; i < 2; i++) {
+    if (!vals[i]) continue;
+    if ((rc = orch_runtime_set(*rt, keys[i], vals[i], err, sizeof err))) {
+      fprintf(stderr, "orchestrate: --%s: %s\n",
+              i ? "max-parallel" : "workers", err);
+      orch_runtime_free(*rt);
+      *rt = NULL;
+      return EX_USAGE;
+    }
+  }
+  if (o->dry_run) orch_runtime_set(*rt, "dry_run", "1", NULL, 0);
+  return 0;
+}
+
+static int load_plan(orch_runtime *rt, const char *file, orch_graph **g) {
+  char err[2048];
+  int rc = orch_graph_load(rt, file, g, err, sizeof err);
+  if (rc) {
+    fprintf(stderr, "orchestrate: %s\n", err);
+    return rc == ORCH_ENOMEM ? EX_SOFTWARE : EX_DATAERR;
+  }
+  return 0;
+}
+
+/* ---- plan ---------------------------------------------------------------- */
+
+static json_t *ids_json(const orch_graph *g, const size_t *idx, size_t n) {
+  json_t *a = json_array();
+  for (size_t i = 0; i < n; i++) json_array_append_new(a, json_string(orch_step_id(g, idx[i])));
+  return a;
+}
+
+static int cmd_plan(int argc, char **argv) {
+  opts o = {0};
+  int ex = parse_opts(argc, argv, &o, "json");
+  if (ex) return ex;
+  if (!o.file) return usage_error("plan needs a FILE%s", "");
+  orch_runtime *rt = NULL;
+  orch_graph *g = NULL;
+  size_t *path = NULL;
+  if ((ex = open_runtime(&o, &rt))) return ex;
+  if ((ex = load_plan(rt, o.file, &g))) goto done;
+  size_t n = orch_graph_size(g), nl = orch_graph_levels(g);
+  double cost;
+  size_t plen = orch_graph_critical_path(g, NULL, 0, &cost);
+  path = malloc((plen ? plen : 1) * sizeof *path);
+  orch_graph_critical_path(g, path, plen, NULL);
+  if (o.json) {
+    json_t *doc = json_object(), *steps = json_array(), *levels = json_array();
+    for (size_t l = 0; l < nl; l++) json_array_append_new(levels, json_array());
+    for (size_t i = 0; i < n; i++) {
+      json_t *s = json_object(), *deps = json_array();
+      json_object_set_new(s, "id", json_string(orch_step_id(g, i)));
+      json_object_set_new(s, "kind", json_string(orch_step_kind(g, i)));
+      for (size_t j = 0; j < orch_step_ndeps(g, i); j++)
+        json_array_append_new(deps, json_string(orch_step_id(g, orch_step_dep(g, i, j))));
+      json_object_set_new(s, "deps", deps);
+      json_object_set_new(s, "level", json_integer((json_int_t)orch_step_level(g, i)));
+      json_object_set_new(s, "cost_ms", json_real(orch_step_cost(g, i)));
+      json_array_append_new(steps, s);
+      json_array_append_new(json_array_get(levels, orch_step_level(g, i)),
+                            json_string(orch_step_id(g, i)));
+    }
+    json_object_set_new(doc, "steps", steps);
+    json_object_set_new(doc, "levels", levels);
+    json_object_set_new(doc, "critical_path", ids_json(g, path, plen));
+    json_object_set_new(doc, "critical_path_ms", json_real(cost));
+    json_dumpf(doc, stdout, JSON_INDENT(2));
+    fputc('\n', stdout);
+    json_decref(doc);
+  } else {
+    printf("%s: %zu steps, %zu levels\n", o.file, n, nl);
+    for (size_t l = 0; l < nl && l < 200; l++) {
+      printf("  level %zu:", l);
+      size_t shown = 0, count = 0;
+      for (size_t i = 0; i < n; i++) {
+        if (orch_step_level(g, i) != l) continue;
+        count++;
+        if (shown < 12) { printf(" %s", orch_step_id(g, i)); shown++; }
+      }
+      if (count > shown) printf(" ... (%zu more)", count - shown);
+      printf("\n");
+    }
+    if (nl > 200) printf("  ... (%zu more levels)\n", nl - 200);
+    printf("critical path (%.0f ms):", cost);
+    for (size_t i = 0; i < plen && i < 50; i++)
+      printf("%s%s", i ? " -> " : " ", orch_step_id(g, path[i]));
+    if (plen > 50) printf(" ... (%zu steps)", plen);
+    printf("\n");
+  }
+done:
+  free(path);
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+  return ex;
+}
+
+/* ---- run ----------------------------------------------------------------- */
+
+static orch_runtime *sig_rt;
+static volatile sig_atomic_t sig_count;
+
+static void on_sigint(int sig) {
+  (void)sig;
+  if (sig_count++ == 0 && sig_rt) {
+    orch_runtime_cancel(sig_rt);
+    return;
+  }
+  signal(SIGINT, SIG_DFL);
+  raise(SIGINT);
+}
+
+static void progress(void *ud, size_t done, size_t total, size_t running,
+                     size_t failed) {
+  (void)ud;
+  int width = 30, fill = total ? (int)((double)done / (double)total * width) : width;
+  fprintf(stderr, "\r[%.*s%*s] %zu/%zu done, %zu running, %zu failed ",
+          fill, "==============================", width - fill, "", done, total,
+          running, failed);
+  if (done == total) fputc('\n', stderr);
+  fflush(stderr);
+}
+
+static double dur(const orch_graph *g, size_t i) {
+  double a = orch_step_started_ms(g, i), b = orch_step_finished_ms(g, i);
+  return a >= 0 && b >= a ? b - a : 0;
+}
+
+static int cmd_run(int argc, char **argv) {
+  opts o = {0};
+  int ex = parse_opts(argc, argv, &o, "json dry workers max-parallel");
+  if (ex) return ex;
+  if (!o.file) return usage_error("run needs a FILE%s", "");
+  orch_runtime *rt = NULL;
+  orch_graph *g = NULL;
+  double *longest = NULL;
+  if ((ex = open_runtime(&o, &rt))) return ex;
+  if ((ex = load_plan(rt, o.file, &g))) goto done;
+  if (!o.json && isatty(STDERR_FILENO)) orch_runtime_on_progress(rt, progress, NULL, 100);
+  sig_rt = rt;
+  signal(SIGINT, on_sigint);
+  char err[1024] = "";
+  int rc = orch_run(rt, g, err, sizeof err);
+  signal(SIGINT, SIG_DFL);
+  sig_rt = NULL;
+  if (rc != ORCH_OK && rc != ORCH_ESTEP && rc != ORCH_ECANCELED) {
+    fprintf(stderr, "orchestrate: %s\n", err);
+    ex = exit_for(rc);
+    goto done;
+  }
+  size_t n = orch_graph_size(g);
+  double seq = 0;
+  size_t counts[5] = {0};
+  /* Longest path over measured durations, in index order of a topological
+   * sort: dependencies are always finished before dependents start, so
+   * sorting by finish time gives such an order. */
+  longest = calloc(n ? n : 1, sizeof *longest);
+  double crit = 0;
+  for (size_t i = 0; i < n; i++) {
+    seq += dur(g, i);
+    int st = orch_step_status(g, i);
+    if (st >= 0 && st < 5) counts[st]++;
+  }
+  /* levels order is topological as well */
+  size_t nl = orch_graph_levels(g);
+  for (size_t l = 0; l < nl; l++)
+    for (size_t i = 0; i < n; i++) {
+      if (orch_step_level(g, i) != l) continue;
+      double best = 0;
+      for (size_t j = 0; j < orch_step_ndeps(g, i); j++) {
+        double d = longest[orch_step_dep(g, i, j)];
+        if (d > best) best = d;
+      }
+      longest[i] = best + dur(g, i);
+      if (longest[i] > crit) crit = longest[i];
+    }
+  long par = o.max_parallel ? strtol(o.max_parallel, NULL, 10) : 0;
+  double bound = crit;
+  if (par > 0 && seq / (double)par > bound) bound = seq / (double)par;
+  double makespan = orch_graph_makespan_ms(g);
+  const char *status = rc == ORCH_OK ? "passed" : rc == ORCH_ECANCELED ? "canceled" : "failed";
+  if (o.json) {
+    json_t *doc = json_object(), *steps = json_array();
+    json_object_set_new(doc, "status", json_string(status));
+    for (size_t i = 0; i < n; i++) {
+      json_t *s = json_object();
+      json_object_set_new(s, "id", json_string(orch_step_id(g, i)));
+      json_object_set_new(s, "kind", json_string(orch_step_kind(g, i)));
+      json_object_set_new(s, "status", json_string(orch_status_name(orch_step_status(g, i))));
+      json_object_set_new(s, "level", json_integer((json_int_t)orch_step_level(g, i)));
+      double a = orch_step_started_ms(g, i), b = orch_step_finished_ms(g, i);
+      json_object_set_new(s, "started_ms", a >= 0 ? json_real(a) : json_null());
+      json_object_set_new(s, "finished_ms", b >= 0 ? json_real(b) : json_null());
+      json_object_set_new(s, "attempts", json_integer(orch_step_attempts(g, i)));
+      if (orch_step_exit_status(g, i) >= 0)
+        json_object_set_new(s, "exit_status", json_integer(orch_step_exit_status(g, i)));
+      const char *out = orch_step_output(g, i), *e = orch_step_error(g, i);
+      if (out) json_object_set_new(s, "output", json_string(out) ? json_string(out) : json_string("(binary output)"));
+      if (e) json_object_set_new(s, "error", json_string(e));
+      json_array_append_new(steps, s);
+    }
+    json_object_set_new(doc, "steps", steps);
+    json_object_set_new(doc, "passed", json_integer((json_int_t)counts[ORCH_PASSED]));
+    json_object_set_new(doc, "failed", json_integer((json_int_t)counts[ORCH_FAILED]));
+    json_object_set_new(doc, "skipped", json_integer((json_int_t)counts[ORCH_SKIPPED]));
+    json_object_set_new(doc, "makespan_ms", json_real(makespan));
+    json_object_set_new(doc, "bound_ms", json_real(bound));
+    json_object_set_new(doc, "sequential_ms", json_real(seq));
+    json_dumpf(doc, stdout, JSON_INDENT(2));
+    fputc('\n', stdout);
+    json_decref(doc);
+  } else {
+    size_t show = n <= 60 ? n : 40;
+    for (size_t i = 0; i < show; i++) {
+      const char *e = orch_step_error(g, i);
+      printf("  %-8s %-24s %9.1f ms%s%.200s\n", orch_status_name(orch_step_status(g, i)),
+             orch_step_id(g, i), dur(g, i), e ? "  " : "", e ? e : "");
+    }
+    if (show < n) printf("  ... (%zu more steps)\n", n - show);
+    printf("%s: %zu passed, %zu failed, %zu skipped of %zu steps\n", status,
+           counts[ORCH_PASSED], counts[ORCH_FAILED], counts[ORCH_SKIPPED], n);
+    printf("makespan %.1f ms; lower bound %.1f ms; sequential %.1f ms (%.2fx)\n",
+           makespan, bound, seq, makespan > 0 ? seq / makespan : 0);
+  }
+  ex = exit_for(rc);
+done:
+  free(longest);
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+  return ex;
+}
+
+/* ---- check, mock-llm, migrate --------------------------------------------- */
+
+static void report(void *ud, const char *file, int line, const char *msg) {
+  int *count = ud;
+  (*count)++;
+  if (line > 0) fprintf(stderr, "%s:%d: %s\n", file, line, msg);
+  else fprintf(stderr, "%s: %s\n", file, msg);
+}
+
+static int cmd_check(int argc, char **argv) {
+  opts o = {0};
+  int ex = parse_opts(argc, argv, &o, "");
+  if (ex) return ex;
+  orch_runtime *rt = NULL;
+  if ((ex = open_runtime(&o, &rt))) return ex;
+  int count = 0;
+  const char *dir = o.file ? o.file : "scripts";
+  int rc = orch_scripts_check(rt, dir, report, &count);
+  orch_runtime_free(rt);
+  if (rc < 0) {
+    fprintf(stderr, "orchestrate: check %s: %s\n", dir, orch_strerror(rc));
+    return exit_for(rc);
+  }
+  if (rc > 0) {
+    fprintf(stderr, "%d script(s) failed the check\n", rc);
+    return EX_DATAERR;
+  }
+  printf("%s: all scripts compile and pass their self-checks\n", dir);
+  return EX_OK;
+}
+
+static volatile sig_atomic_t stop_serving;
+static void on_stop(int sig) { (void)sig; stop_serving = 1; }
+
+static int cmd_mock(int argc, char **argv) {
+  opts o = {0};
+  int ex = parse_opts(argc, argv, &o, "port host");
+  if (ex) return ex;
+  char err[512];
+  orch_mock *m = NULL;
+  const char *host = o.host ? o.host : "127.0.0.1";
+  int rc = orch_mock_start(&m, host, o.port, err, sizeof err);
+  if (rc) {
+    fprintf(stderr, "orchestrate: mock-llm: %s\n", err);
+    return EX_SOFTWARE;
+  }
+  printf("mock LLM listening on http://%s:%d (OpenAI: OPENAI_BASE_URL=http://%s:%d/v1, "
+         "Anthropic: ANTHROPIC_BASE_URL=http://%s:%d)\n",
+         host, orch_mock_port(m), host, orch_mock_port(m), host, orch_mock_port(m));
+  fflush(stdout);
+  signal(SIGINT, on_stop);
+  signal(SIGTERM, on_stop);
+  while (!stop_serving) pause();
+  orch_mock_free(m);
+  return EX_OK;
+}
+
+static void report_migration(void *ud, const char *name, int applied,
+                             const char *msg) {
+  (void)ud;
+  (void)applied;
+  printf("%-40s %s\n", name, msg);
+}
+
+static int cmd_migrate(int argc, char **argv) {
+  opts o = {0};
+  int ex = parse_opts(argc, argv, &o, "db status");
+  if (ex) return ex;
+  char err[1024];
+  int rc = orch_migrate(o.db, o.status_only, report_migration, NULL, err, sizeof err);
+  if (rc) {
+    fprintf(stderr, "orchestrate: migrate: %s\n", err);
+    return exit_for(rc);
+  }
+  return EX_OK;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fputs(usage, stderr);
+    return EX_USAGE;
+  }
+  const char *cmd = argv[1];
+  if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
+    fputs(usage, stdout);
+    return EX_OK;
+  }
+  if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
+    printf("orchestrate %s\n", orch_version());
+    return EX_OK;
+  }
+  for (int i = 2; i < argc; i++)
+    if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+      fputs(usage, stdout);
+      return EX_OK;
+    }
+  if (strcmp(cmd, "plan") == 0) return cmd_plan(argc - 2, argv + 2);
+  if (strcmp(cmd, "run") == 0) return cmd_run(argc - 2, argv + 2);
+  if (strcmp(cmd, "check") == 0) return cmd_check(argc - 2, argv + 2);
+  if (strcmp(cmd, "mock-llm") == 0) return cmd_mock(argc - 2, argv + 2);
+  if (strcmp(cmd, "migrate") == 0) return cmd_migrate(argc - 2, argv + 2);
+  return usage_error("unknown command '%s'", cmd);
+}

@@ -1,0 +1,412 @@
+/* plan.c turns plan files into graphs: JSON ({"steps":[...]}), Lua (a file
+ * returning the same table, run in the sandbox) and GAP text (Task N: ... |
+ * Dependencies: ..., parsed by scripts/policies/gap.lua). Hostile input is
+ * refused early: the file size limit before reading, the nesting limit
+ * before parsing, bad ids with the byte position. Uses dag.c, json.c,
+ * policy.c and jansson. */
+#include "orch_int.h"
+
+#include <ctype.h>
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Refuses JSON nested deeper than max, naming line and column, before
+ * jansson sees it. */
+static int check_depth(const char *text, size_t len, int max, const char *name,
+                       char *err, size_t errlen) {
+  int depth = 0;
+  size_t line = 1, col = 0;
+  bool in_str = false, esc = false;
+  for (size_t i = 0; i < len; i++) {
+    char c = text[i];
+    col++;
+    if (c == '\n') { line++; col = 0; }
+    if (in_str) {
+      if (esc) esc = false;
+      else if (c == '\\') esc = true;
+      else if (c == '"') in_str = false;
+      continue;
+    }
+    if (c == '"') in_str = true;
+    else if (c == '{' || c == '[') {
+      if (++depth > max)
+        return orch__err(err, errlen, ORCH_ELIMIT,
+                         "%s:%zu:%zu: JSON nested deeper than the limit of %d "
+                         "(json_max_depth)",
+                         name, line, col, max);
+    } else if (c == '}' || c == ']') depth--;
+  }
+  return ORCH_OK;
+}
+
+static const char *guess_kind(json_t *obj) {
+  if (json_object_get(obj, "run") || json_object_get(obj, "command"))
+    return "shell";
+  if (json_object_get(obj, "ms")) return "sleep";
+  if (json_object_get(obj, "code")) return "lua";
+  if (json_object_get(obj, "blocks") || json_object_get(obj, "file"))
+    return "edit";
+  if (json_object_get(obj, "prompt") || json_object_get(obj, "description"))
+    return "llm";
+  return NULL;
+}
+
+int orch__plan_add_step(orch_graph *g, json_t *obj, const char *where,
+                        char *err, size_t errlen) {
+  char at[400];
+  if (!json_is_object(obj))
+    return orch__err(err, errlen, ORCH_EPLAN, "%s: a step must be an object",
+                     where);
+  json_t *id = json_object_get(obj, "id");
+  if (!json_is_string(id))
+    return orch__err(err, errlen, ORCH_EPLAN,
+                     "%s: a step needs \"id\", a string", where);
+  const char *ids = json_string_value(id);
+  size_t idlen = json_string_length(id);
+  json_t *kj = json_object_get(obj, "kind");
+  const char *kname = json_is_string(kj) ? json_string_value(kj) : NULL;
+  if (kj && !kname)
+    return orch__err(err, errlen, ORCH_EPLAN, "%s: \"kind\" must be a string",
+                     where);
+  if (!kname) kname = guess_kind(obj);
+  if (!kname)
+    return orch__err(err, errlen, ORCH_EPLAN,
+                     "%s: step '%.256s' has no \"kind\" (shell, sleep, lua, "
+                     "llm, edit)",
+                     where, ids);
+  int kind = orch__kind_by_name(kname);
+  if (kind < 0)
+    return orch__err(err, errlen, ORCH_EPLAN,
+                     "%s: step '%.256s' has unknown kind '%s' (shell, sleep, "
+                     "lua, llm, edit)",
+                     where, ids, kname);
+  char msg[400];
+  uint32_t idx;
+  int rc = orch__graph_add(g, ids, idlen, kind, &idx, msg, sizeof msg);
+  if (rc) return orch__err(err, errlen, rc, "%s: %s", where, msg);
+  snprintf(at, sizeof at, "%s ('%.256s')", where, ids);
+  orch__step *s = &g->steps[idx];
+  rc = orch__kinds[kind]->parse(g, s, obj, at, err, errlen);
+  if (rc) return rc;
+  json_t *deps = json_object_get(obj, "deps");
+  if (!deps) deps = json_object_get(obj, "dependencies");
+  if (deps && !json_is_array(deps) && !json_is_null(deps))
+    return orch__err(err, errlen, ORCH_EPLAN,
+                     "%s: \"deps\" must be a list of step ids", at);
+  size_t i;
+  json_t *d;
+  json_array_foreach(deps, i, d) {
+    if (!json_is_string(d))
+      return orch__err(err, errlen, ORCH_EPLAN,
+                       "%s: \"deps\"[%zu] must be a step id string", at, i);
+    rc = orch__check_id(json_string_value(d), json_string_length(d), msg,
+                        sizeof msg);
+    if (rc) return orch__err(err, errlen, rc, "%s: dependency: %s", at, msg);
+    if ((rc = orch__graph_depend_idx(g, idx, json_string_value(d),
+                                     json_string_length(d))))
+      return rc;
+  }
+  json_t *cost = json_object_get(obj, "cost_ms");
+  if (cost) {
+    if (!json_is_number(cost) || json_number_value(cost) < 0)
+      return orch__err(err, errlen, ORCH_EPLAN,
+                       "%s: \"cost_ms\" must be a number >= 0", at);
+    s->cost = (float)json_number_value(cost);
+    s->flags |= ORCH__SF_HAS_COST;
+  }
+  json_t *tmo = json_object_get(obj, "timeout_ms");
+  if (tmo) {
+    if (!json_is_number(tmo) || json_number_value(tmo) < 0)
+      return orch__err(err, errlen, ORCH_EPLAN,
+                       "%s: \"timeout_ms\" must be a number >= 0", at);
+    s->timeout_ms = (float)json_number_value(tmo);
+  }
+  return ORCH_OK;
+}
+
+int orch_graph_add_json(orch_graph *g, const char *step_json, char *err,
+                        size_t errlen) {
+  if (!g || !step_json) return ORCH_EINVAL;
+  json_error_t je;
+  json_t *obj = json_loads(step_json, 0, &je);
+  if (!obj)
+    return orch__err(err, errlen, ORCH_EPLAN, "step JSON:%d:%d: %s", je.line,
+                     je.column, je.text);
+  int rc = orch__plan_add_step(g, obj, "step", err, errlen);
+  json_decref(obj);
+  return rc;
+}
+
+/* Builds a graph from {"steps": [...]} (a JSON document or a Lua table). */
+static int from_doc(json_t *doc, const char *name, orch_graph **out,
+                    char *err, size_t errlen) {
+  int rc = ORCH_OK;
+  orch_graph *g = NULL;
+  json_t *steps = json_is_array(doc) ? doc : json_object_get(doc, "steps");
+  if (!json_is_array(steps))
+    return orch__err(err, errlen, ORCH_EPLAN,
+                     "%s: a plan needs \"steps\", a list of steps", name);
+  if ((rc = orch_graph_new(&g))) return rc;
+  size_t i;
+  json_t *st;
+  json_array_foreach(steps, i, st) {
+    char where[300];
+    snprintf(where, sizeof where, "%s: step %zu", name, i + 1);
+    if ((rc = orch__plan_add_step(g, st, where, err, errlen))) goto done;
+  }
+  if (json_is_object(doc)) {
+    json_t *meta = json_deep_copy(doc);
+    json_object_del(meta, "steps");
+    g->plan_meta = meta;
+  }
+  char msg[1024];
+  if ((rc = orch_graph_validate(g, msg, sizeof msg))) {
+    orch__err(err, errlen, rc, "%s: %s", name, msg);
+    goto done;
+  }
+  *out = g;
+  g = NULL;
+done:
+  orch_graph_free(g);
+  return rc;
+}
+
+static int parse_json(orch_runtime *rt, const char *text, size_t len,
+                      const char *name, orch_graph **out, char *err,
+                      size_t errlen) {
+  int maxd = rt ? rt->cfg.json_max_depth : 64;
+  int rc = check_depth(text, len, maxd, name, err, errlen);
+  if (rc) return rc;
+  json_error_t je;
+  json_t *doc = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+  if (!doc)
+    return orch__err(err, errlen, ORCH_EPLAN, "%s:%d:%d: %s (byte %d)", name,
+                     je.line, je.column, je.text, je.position);
+  rc = from_doc(doc, name, out, err, errlen);
+  json_decref(doc);
+  return rc;
+}
+
+static int parse_lua(orch_runtime *rt, const char *text, size_t len,
+                     const char *name, orch_graph **out, char *err,
+                     size_t errlen) {
+  orch__config defaults;
+  const orch__config *cfg = rt ? &rt->cfg : NULL;
+  if (!cfg) {
+    orch__config_defaults(&defaults);
+    cfg = &defaults;
+  }
+  int rc = ORCH_OK;
+  json_t *doc = NULL;
+  char msg[1024];
+  lua_State *L = orch__lua_new_sandbox(cfg, msg, sizeof msg);
+  if (!L) {
+    rc = orch__err(err, errlen, ORCH_ENOMEM, "%s: %s", name, msg);
+    goto done;
+  }
+  char chunk[300];
+  snprintf(chunk, sizeof chunk, "@%s", name);
+  if (luaL_loadbufferx(L, text, len, chunk, "t") != LUA_OK) {
+    rc = orch__err(err, errlen, ORCH_EPLAN, "%s", lua_tostring(L, -1));
+    goto done;
+  }
+  if (orch__lua_pcall(L, 0, 1, msg, sizeof msg)) {
+    rc = orch__err(err, errlen, ORCH_EPLAN, "%s: %s", name, msg);
+    goto done;
+  }
+  if (!lua_istable(L, -1)) {
+    rc = orch__err(err, errlen, ORCH_EPLAN,
+                   "%s: a Lua plan must return a table, it returned a %s",
+                   name, luaL_typename(L, -1));
+    goto done;
+  }
+  doc = orch__lua_to_json(L, -1, cfg->json_max_depth, msg, sizeof msg);
+  if (!doc) {
+    rc = orch__err(err, errlen, ORCH_EPLAN, "%s: %s", name, msg);
+    goto done;
+  }
+  rc = from_doc(doc, name, out, err, errlen);
+done:
+  json_decref(doc);
+  orch__lua_close(L);
+  if (cfg == &defaults) orch__config_deinit(&defaults);
+  return rc;
+}
+
+static int parse_gap(orch_runtime *rt, const char *text, size_t len,
+                     const char *name, orch_graph **out, char *err,
+                     size_t errlen) {
+  char msg[1024];
+  json_t *tasks = NULL, *doc = NULL;
+  int rc = orch__gap_parse(rt, text, len, &tasks, msg, sizeof msg);
+  if (rc) return orch__err(err, errlen, rc, "%s: %s", name, msg);
+  doc = json_object();
+  json_t *steps = json_array();
+  json_object_set_new(doc, "steps", steps);
+  size_t i;
+  json_t *t;
+  json_array_foreach(tasks, i, t) {
+    json_t *st = json_object();
+    json_object_set(st, "id", json_object_get(t, "id"));
+    json_object_set_new(st, "kind", json_string("llm"));
+    json_object_set(st, "prompt", json_object_get(t, "description"));
+    json_t *deps = json_object_get(t, "deps");
+    json_object_set(st, "deps", deps ? deps : json_array());
+    json_array_append_new(steps, st);
+  }
+  json_object_set_new(doc, "format", json_string("gap"));
+  rc = from_doc(doc, name, out, err, errlen);
+  json_decref(doc);
+  json_decref(tasks);
+  return rc;
+}
+
+static bool ends_with(const char *s, const char *suffix) {
+  size_t n = strlen(s), m = strlen(suffix);
+  return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+int orch_graph_parse(orch_runtime *rt, const char *text, size_t len,
+                     const char *name, orch_graph **out, char *err,
+                     size_t errlen) {
+  if (!text || !out) return ORCH_EINVAL;
+  if (!name) name = "plan";
+  size_t max = rt ? rt->cfg.plan_max_bytes : (16u << 20);
+  if (len > max)
+    return orch__err(err, errlen, ORCH_ELIMIT,
+                     "%s: plan of %zu bytes is over the limit of %zu bytes "
+                     "(plan_max_bytes)",
+                     name, len, max);
+  size_t i = 0;
+  while (i < len && isspace((unsigned char)text[i])) i++;
+  if (i < len && (text[i] == '{' || text[i] == '['))
+    return parse_json(rt, text, len, name, out, err, errlen);
+  if (ends_with(name, ".lua") || (len - i >= 6 && strncmp(text + i, "return", 6) == 0) ||
+      (len - i >= 2 && strncmp(text + i, "--", 2) == 0))
+    return parse_lua(rt, text, len, name, out, err, errlen);
+  if (memchr(text, '\0', len))
+    return orch__err(err, errlen, ORCH_EPLAN,
+                     "%s: a NUL byte at byte %zu: not a text plan", name,
+                     (size_t)((const char *)memchr(text, '\0', len) - text));
+  size_t bad;
+  if (!orch__utf8_valid(text, len, &bad))
+    return orch__err(err, errlen, ORCH_EPLAN,
+                     "%s: not valid UTF-8 at byte %zu", name, bad);
+  return parse_gap(rt, text, len, name, out, err, errlen);
+}
+
+int orch_graph_load(orch_runtime *rt, const char *path, orch_graph **out,
+                    char *err, size_t errlen) {
+  if (!path || !out) return ORCH_EINVAL;
+  char *text = NULL;
+  size_t len = 0;
+  size_t max = rt ? rt->cfg.plan_max_bytes : (16u << 20);
+  int rc = orch__read_file(path, max, &text, &len, err, errlen);
+  if (rc) return rc;
+  rc = orch_graph_parse(rt, text, len, path, out, err, errlen);
+  free(text);
+  return rc;
+}
+
+/* A require for script modules only: "policies.gap" loads
+ * <scripts_dir>/policies/gap.lua as text, in the same sandbox. */
+static int script_require(lua_State *L) {
+  const char *mod = luaL_checkstring(L, 1);
+  lua_getfield(L, LUA_REGISTRYINDEX, "orch.loaded");
+  lua_getfield(L, -1, mod);
+  if (!lua_isnil(L, -1)) return 1;
+  lua_pop(L, 1);
+  for (const char *p = mod; *p; p++)
+    if (!(isalnum((unsigned char)*p) || *p == '_' || *p == '.'))
+      return luaL_error(L, "module '%s': only scripts modules can be required", mod);
+  lua_getfield(L, LUA_REGISTRYINDEX, "orch.scripts_dir");
+  const char *dir = lua_tostring(L, -1);
+  char path[1024];
+  int n = snprintf(path, sizeof path, "%s/", dir ? dir : "scripts");
+  for (const char *p = mod; *p && n < (int)sizeof path - 5; p++)
+    path[n++] = *p == '.' ? '/' : *p;
+  snprintf(path + n, sizeof path - (size_t)n, ".lua");
+  char *text = NULL;
+  size_t len = 0;
+  char msg[512];
+  if (orch__read_file(path, 1u << 20, &text, &len, msg, sizeof msg))
+    return luaL_error(L, "module '%s' not found: %s", mod, msg);
+  char chunk[1100];
+  snprintf(chunk, sizeof chunk, "@%s", path);
+  int st = luaL_loadbufferx(L, text, len, chunk, "t");
+  free(text);
+  if (st != LUA_OK) return lua_error(L);
+  lua_call(L, 0, 1);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushboolean(L, 1);
+  }
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -4, mod);
+  return 1;
+}
+
+int orch__gap_parse(orch_runtime *rt, const char *text, size_t len,
+                    json_t **tasks, char *err, size_t errlen) {
+  orch__config defaults;
+  const orch__config *cfg = rt ? &rt->cfg : NULL;
+  if (!cfg) {
+    orch__config_defaults(&defaults);
+    cfg = &defaults;
+  }
+  int rc = ORCH_OK;
+  char msg[1024];
+  lua_State *L = orch__lua_new_sandbox(cfg, msg, sizeof msg);
+  if (!L) {
+    rc = orch__err(err, errlen, ORCH_ENOMEM, "%s", msg);
+    goto done;
+  }
+  lua_newtable(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, "orch.loaded");
+  lua_pushstring(L, cfg->scripts_dir);
+  lua_setfield(L, LUA_REGISTRYINDEX, "orch.scripts_dir");
+  lua_pushcfunction(L, script_require);
+  lua_setglobal(L, "require");
+  lua_pushcfunction(L, script_require);
+  lua_pushstring(L, "policies.gap");
+  if (orch__lua_pcall(L, 1, 1, msg, sizeof msg)) {
+    rc = orch__err(err, errlen, ORCH_ESCRIPT, "%s", msg);
+    goto done;
+  }
+  lua_getfield(L, -1, "parse");
+  if (!lua_isfunction(L, -1)) {
+    rc = orch__err(err, errlen, ORCH_ESCRIPT,
+                   "%s/policies/gap.lua has no parse()", cfg->scripts_dir);
+    goto done;
+  }
+  lua_pushlstring(L, text, len);
+  if (orch__lua_pcall(L, 1, 2, msg, sizeof msg)) {
+    rc = orch__err(err, errlen, ORCH_ESCRIPT, "gap.parse: %s", msg);
+    goto done;
+  }
+  if (lua_isnil(L, -2)) {
+    rc = orch__err(err, errlen, ORCH_EPLAN, "%s",
+                   lua_isstring(L, -1) ? lua_tostring(L, -1) : "cannot parse the plan");
+    goto done;
+  }
+  lua_pop(L, 1);
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "tasks");
+    if (lua_isnil(L, -1)) lua_pop(L, 1); /* a bare list of tasks */
+  }
+  json_t *t = orch__lua_to_json(L, -1, 16, msg, sizeof msg);
+  if (!t || !json_is_array(t)) {
+    json_decref(t);
+    rc = orch__err(err, errlen, ORCH_ESCRIPT,
+                   "gap.parse returned no list of tasks%s%s", t ? "" : ": ",
+                   t ? "" : msg);
+    goto done;
+  }
+  *tasks = t;
+done:
+  orch__lua_close(L);
+  if (cfg == &defaults) orch__config_deinit(&defaults);
+  return rc;
+}

@@ -1,0 +1,475 @@
+/* sched.c provides the run: dependency counters, the ready queue, dispatch,
+ * failure propagation, cancellation and the in-flight limit. A step starts
+ * the moment its last dependency finishes; there are no level barriers. When
+ * the in-flight limit binds, ready steps wait in a heap ordered by their
+ * longest remaining path (critical path first). All of a run's state changes
+ * on the loop thread (libuv's work/done split): workers and the host thread
+ * only post completions. Uses dag.c, pool.c, loop.c and the step kinds'
+ * table; it knows no kind by name. */
+#include "orch_int.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define NONE UINT32_MAX
+
+int64_t orch__run_now(const orch__run *r) { return orch__now_ns() - r->t0_ns; }
+
+static int push_u32(uint32_t **a, size_t *n, size_t *cap, uint32_t v) {
+  if (*n == *cap) {
+    size_t ncap = *cap ? *cap * 2 : 256;
+    uint32_t *na = realloc(*a, ncap * sizeof *na);
+    if (!na) return ORCH_ENOMEM;
+    *a = na;
+    *cap = ncap;
+  }
+  (*a)[(*n)++] = v;
+  return ORCH_OK;
+}
+
+/* ---- the ready heap (max on bottom level, then lower index) ------------ */
+
+static bool before(const orch_graph *g, uint32_t a, uint32_t b) {
+  double x = g->steps[a].bottom, y = g->steps[b].bottom;
+  return x > y || (x == y && a < b);
+}
+
+static void heap_push(orch__run *r, uint32_t v) {
+  orch_graph *g = r->g;
+  size_t i = r->nheap++;
+  while (i > 0) {
+    size_t parent = (i - 1) / 2;
+    if (!before(g, v, r->heap[parent])) break;
+    r->heap[i] = r->heap[parent];
+    i = parent;
+  }
+  r->heap[i] = v;
+}
+
+static uint32_t heap_pop(orch__run *r) {
+  orch_graph *g = r->g;
+  uint32_t top = r->heap[0], v = r->heap[--r->nheap];
+  size_t i = 0, n = r->nheap;
+  for (;;) {
+    size_t c = 2 * i + 1;
+    if (c >= n) break;
+    if (c + 1 < n && before(g, r->heap[c + 1], r->heap[c])) c++;
+    if (!before(g, r->heap[c], v)) break;
+    r->heap[i] = r->heap[c];
+    i = c;
+  }
+  if (n) r->heap[i] = v;
+  return top;
+}
+
+/* ---- finishing ------------------------------------------------------------ */
+
+static void run_workers(orch__worker *w, void *arg, const uint32_t *idx,
+                        size_t n);
+static void process(orch__run *r);
+
+static void mark_finished(orch__run *r, orch__step *s) {
+  if (s->finished_ns < 0) s->finished_ns = orch__run_now(r);
+}
+
+/* Ends a step that will never run: status skipped with the reason. */
+static void skip(orch__run *r, uint32_t v, uint32_t cause) {
+  orch__step *s = &r->g->steps[v];
+  s->status = ORCH_SKIPPED;
+  s->cause = cause;
+  if (cause == NONE) orch__step_set_error(s, "canceled before it started");
+  else
+    orch__step_set_error(s, "skipped: dependency '%s' failed",
+                         orch__step_id(r->g, cause));
+  atomic_fetch_add(&r->skipped, 1);
+  atomic_fetch_add(&r->done, 1);
+}
+
+/* Skips v and everything downstream of it that has not started. */
+static void skip_cascade(orch__run *r, uint32_t v, uint32_t cause) {
+  orch_graph *g = r->g;
+  uint32_t *stack = NULL;
+  size_t n = 0, cap = 0;
+  if (g->steps[v].status != ORCH_PENDING) return;
+  skip(r, v, cause);
+  if (push_u32(&stack, &n, &cap, v)) goto done;
+  while (n) {
+    uint32_t x = stack[--n];
+    for (uint32_t e = g->out_off[x]; e < g->out_off[x + 1]; e++) {
+      uint32_t y = g->outs[e];
+      if (g->steps[y].status != ORCH_PENDING) continue;
+      skip(r, y, cause);
+      if (push_u32(&stack, &n, &cap, y)) goto done;
+    }
+  }
+done:
+  free(stack);
+}
+
+static void start_step(orch__run *r, uint32_t v) {
+  orch_graph *g = r->g;
+  orch__step *s = &g->steps[v];
+  const orch__kind *k = orch__kinds[s->kind];
+  s->status = ORCH_IN_PROGRESS;
+  s->attempts++;
+  s->started_ns = orch__run_now(r);
+  atomic_fetch_add(&r->running, 1);
+  if (r->dry_run && s->kind == ORCH__KIND_LLM) {
+    double ms = (s->flags & ORCH__SF_HAS_COST) ? s->cost : r->rt->cfg.dry_run_ms;
+    if (orch__sleep_start(r, v, ms)) goto fail;
+    return;
+  }
+  switch (k->where) {
+  case ORCH__ON_WORKER:
+    if (push_u32(&r->post, &r->npost, &r->post_cap, v)) {
+      orch__step_set_error(s, "out of memory queueing the step");
+      goto fail;
+    }
+    return;
+  case ORCH__ON_HOST:
+    pthread_mutex_lock(&r->mu);
+    if (push_u32(&r->host, &r->nhost, &r->host_cap, v)) {
+      pthread_mutex_unlock(&r->mu);
+      orch__step_set_error(s, "out of memory queueing the step");
+      goto fail;
+    }
+    pthread_cond_broadcast(&r->cond);
+    pthread_mutex_unlock(&r->mu);
+    return;
+  default:
+    if (k->start(r, v) == ORCH_OK) return;
+    if (!s->error) orch__step_set_error(s, "%s step could not start", k->name);
+    goto fail;
+  }
+fail:
+  s->status = ORCH_FAILED;
+  mark_finished(r, s);
+  push_u32(&r->todo, &r->ntodo, &r->todo_cap, v);
+}
+
+static bool has_slot(const orch__run *r) {
+  return !r->max_parallel || atomic_load(&r->running) < r->max_parallel;
+}
+
+static void make_ready(orch__run *r, uint32_t v) {
+  if (atomic_load(&r->canceled)) {
+    skip(r, v, NONE);
+    return;
+  }
+  if (has_slot(r) && !r->nheap) start_step(r, v);
+  else heap_push(r, v);
+}
+
+static void complete(orch__run *r, uint32_t v) {
+  orch_graph *g = r->g;
+  orch__step *s = &g->steps[v];
+  mark_finished(r, s);
+  atomic_fetch_sub(&r->running, 1);
+  atomic_fetch_add(&r->done, 1);
+  bool ok = s->status == ORCH_PASSED;
+  if (ok) atomic_fetch_add(&r->passed, 1);
+  else atomic_fetch_add(&r->failed, 1);
+  for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++) {
+    uint32_t d = g->outs[e];
+    orch__step *ds = &g->steps[d];
+    if (ds->status != ORCH_PENDING) continue;
+    if (!ok) skip_cascade(r, d, v);
+    else if (--ds->npending == 0) make_ready(r, d);
+  }
+}
+
+static void post_workers(orch__run *r) {
+  if (!r->npost) return;
+  if (orch__pool_post(r->rt->pool, run_workers, r, r->post, r->npost)) {
+    for (size_t i = 0; i < r->npost; i++) {
+      orch__step *s = &r->g->steps[r->post[i]];
+      s->status = ORCH_FAILED;
+      orch__step_set_error(s, "worker queue overflow: step refused");
+      mark_finished(r, s);
+      push_u32(&r->todo, &r->ntodo, &r->todo_cap, r->post[i]);
+    }
+  }
+  r->npost = 0;
+}
+
+static void end_run(orch__run *r) {
+  orch_graph *g = r->g;
+  int64_t last = 0;
+  for (size_t i = 0; i < g->n; i++)
+    if (g->steps[i].finished_ns > last) last = g->steps[i].finished_ns;
+  g->makespan_ns = last;
+  pthread_mutex_lock(&r->mu);
+  r->finished = true;
+  pthread_cond_broadcast(&r->cond);
+  pthread_mutex_unlock(&r->mu);
+}
+
+/* One scheduling round: finish what is done, fill free slots from the
+ * heap, post worker steps in one batch. Loop thread; not reentrant. */
+static void process(orch__run *r) {
+  if (r->in_process || r->finished) return;
+  r->in_process = true;
+  for (;;) {
+    while (r->ntodo) {
+      /* complete() may append to todo through start_step failures. */
+      uint32_t v = r->todo[--r->ntodo];
+      complete(r, v);
+    }
+    while (r->nheap && has_slot(r)) {
+      if (atomic_load(&r->canceled)) skip(r, heap_pop(r), NONE);
+      else start_step(r, heap_pop(r));
+    }
+    post_workers(r);
+    if (!r->ntodo) break;
+  }
+  r->in_process = false;
+  if (atomic_load(&r->done) == r->g->n) end_run(r);
+}
+
+void orch__sched_finish(orch__run *r, uint32_t idx) {
+  if (push_u32(&r->todo, &r->ntodo, &r->todo_cap, idx)) abort();
+  process(r);
+}
+
+void orch__sched_finish_async(orch__run *r, uint32_t idx) {
+  pthread_mutex_lock(&r->mu);
+  if (push_u32(&r->fin, &r->nfin, &r->fin_cap, idx))
+    abort(); /* cannot report a finish: nothing sane is left */
+  /* Sent under the lock: the drain that sees this entry, and so the end of
+   * the run and the free of r, cannot happen before the send is done. */
+  uv_async_send(&r->wake);
+  pthread_mutex_unlock(&r->mu);
+}
+
+/* Skips what has not started and stops what runs on the loop; steps on
+ * workers finish on their own. Loop thread, once per run. */
+static void cancel_steps(orch__run *r) {
+  orch_graph *g = r->g;
+  if (r->cancel_done || !r->started) return;
+  r->cancel_done = true;
+  while (r->nheap) skip(r, heap_pop(r), NONE);
+  for (size_t i = 0; i < g->n; i++) {
+    orch__step *s = &g->steps[i];
+    if (s->status == ORCH_PENDING) {
+      skip(r, (uint32_t)i, NONE);
+    } else if (s->status == ORCH_IN_PROGRESS) {
+      const orch__kind *k = orch__kinds[s->kind];
+      if (r->dry_run && s->kind == ORCH__KIND_LLM) k = &orch__kind_sleep;
+      if (k->where == ORCH__ON_LOOP && k->cancel) k->cancel(r, (uint32_t)i);
+    }
+  }
+}
+
+void orch__sched_cancel(orch_runtime *rt) {
+  pthread_mutex_lock(&rt->mu);
+  orch__run *r = rt->run;
+  if (r && !r->finished) {
+    atomic_store(&r->canceled, true);
+    if (r->started) {
+      cancel_steps(r);
+      process(r);
+    }
+  }
+  pthread_mutex_unlock(&rt->mu);
+}
+
+static void drain(uv_async_t *a) {
+  orch__run *r = a->data;
+  pthread_mutex_lock(&r->mu);
+  uint32_t *fin = r->fin;
+  size_t n = r->nfin, cap = r->fin_cap;
+  r->fin = NULL;
+  r->nfin = r->fin_cap = 0;
+  pthread_mutex_unlock(&r->mu);
+  for (size_t i = 0; i < n; i++)
+    push_u32(&r->todo, &r->ntodo, &r->todo_cap, fin[i]);
+  (void)cap;
+  free(fin);
+  if (atomic_load(&r->canceled)) cancel_steps(r);
+  process(r);
+}
+
+/* Worker side: runs a batch of steps, then posts their completions with
+ * one lock and one wake-up. */
+static void run_workers(orch__worker *w, void *arg, const uint32_t *idx,
+                        size_t n) {
+  orch__run *r = arg;
+  orch_graph *g = r->g;
+  for (size_t i = 0; i < n; i++) {
+    orch__step *s = &g->steps[idx[i]];
+    s->started_ns = orch__run_now(r);
+    if (atomic_load(&r->canceled)) {
+      s->status = ORCH_FAILED;
+      orch__step_set_error(s, "canceled before it started");
+    } else {
+      int rc = orch__kinds[s->kind]->run(r, idx[i], w);
+      s->status = rc == ORCH_OK ? ORCH_PASSED : ORCH_FAILED;
+    }
+    s->finished_ns = orch__run_now(r);
+  }
+  pthread_mutex_lock(&r->mu);
+  for (size_t i = 0; i < n; i++)
+    if (push_u32(&r->fin, &r->nfin, &r->fin_cap, idx[i])) abort();
+  uv_async_send(&r->wake); /* under the lock: see orch__sched_finish_async */
+  pthread_mutex_unlock(&r->mu);
+}
+
+/* ---- starting and ending a run on the loop ------------------------------- */
+
+static void run_start(void *arg) {
+  orch__run *r = arg;
+  orch_graph *g = r->g;
+  uv_async_init(orch__loop_uv(r->rt->loop), &r->wake, drain);
+  r->wake.data = r;
+  r->t0_ns = orch__now_ns();
+  size_t roots = 0;
+  for (size_t i = 0; i < g->n; i++) {
+    orch__step *s = &g->steps[i];
+    s->npending = g->dep_off[i + 1] - g->dep_off[i];
+    if (!s->npending) roots++;
+  }
+  r->heap = malloc((g->n ? g->n : 1) * sizeof *r->heap);
+  if (!r->heap) abort();
+  r->in_process = true;
+  if (r->max_parallel && roots > r->max_parallel) {
+    /* The limit binds from the start: all roots go through the heap. */
+    for (size_t i = 0; i < g->n; i++)
+      if (!g->steps[i].npending) heap_push(r, (uint32_t)i);
+  } else {
+    for (size_t i = 0; i < g->n; i++)
+      if (!g->steps[i].npending) make_ready(r, (uint32_t)i);
+  }
+  r->in_process = false;
+  r->started = true;
+  if (atomic_load(&r->canceled)) cancel_steps(r);
+  process(r);
+}
+
+static void wake_closed(uv_handle_t *h) {
+  orch__run *r = h->data;
+  pthread_mutex_lock(&r->mu);
+  r->closed = true;
+  pthread_cond_broadcast(&r->cond);
+  pthread_mutex_unlock(&r->mu);
+}
+
+static void run_close(void *arg) {
+  orch__run *r = arg;
+  uv_close((uv_handle_t *)&r->wake, wake_closed);
+}
+
+static void host_step(orch__run *r, uint32_t v) {
+  orch__step *s = &r->g->steps[v];
+  s->started_ns = orch__run_now(r);
+  if (atomic_load(&r->canceled)) {
+    s->status = ORCH_FAILED;
+    orch__step_set_error(s, "canceled before it started");
+  } else {
+    int rc = orch__kinds[s->kind]->run(r, v, NULL);
+    s->status = rc == ORCH_OK ? ORCH_PASSED : ORCH_FAILED;
+  }
+  s->finished_ns = orch__run_now(r);
+  orch__sched_finish_async(r, v);
+}
+
+static void report_progress(orch_runtime *rt, orch__run *r) {
+  if (rt->progress)
+    rt->progress(rt->progress_ud, atomic_load(&r->done), r->g->n,
+                 atomic_load(&r->running), atomic_load(&r->failed));
+}
+
+int orch_run(orch_runtime *rt, orch_graph *g, char *err, size_t errlen) {
+  if (!rt || !g) return orch__err(err, errlen, ORCH_EINVAL, "no runtime or graph");
+  if (g->ran) return orch__err(err, errlen, ORCH_ESTATE, "graph already ran");
+  int rc = orch_graph_validate(g, err, errlen);
+  if (rc) return rc;
+  if ((rc = orch__runtime_start(rt, err, errlen))) return rc;
+  orch__run *r = calloc(1, sizeof *r);
+  if (!r) return ORCH_ENOMEM;
+  pthread_mutex_lock(&rt->mu);
+  if (rt->run) {
+    pthread_mutex_unlock(&rt->mu);
+    free(r);
+    return orch__err(err, errlen, ORCH_ESTATE,
+                     "this runtime is already running a graph");
+  }
+  rt->run = r;
+  pthread_mutex_unlock(&rt->mu);
+  g->ran = true;
+  r->rt = rt;
+  r->g = g;
+  r->max_parallel = rt->cfg.max_parallel > 0 ? (size_t)rt->cfg.max_parallel : 0;
+  r->dry_run = rt->dry_run;
+  pthread_mutex_init(&r->mu, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&r->cond, &ca);
+  pthread_condattr_destroy(&ca);
+  atomic_store(&rt->cancel_req, 0);
+  orch__loop_call(rt->loop, run_start, r);
+
+  /* The calling thread serves host steps and progress until the end. */
+  unsigned iv = rt->progress_ms ? rt->progress_ms : 100;
+  pthread_mutex_lock(&r->mu);
+  while (!r->finished) {
+    if (r->host_head < r->nhost) {
+      uint32_t v = r->host[r->host_head++];
+      pthread_mutex_unlock(&r->mu);
+      host_step(r, v);
+      pthread_mutex_lock(&r->mu);
+      continue;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_nsec += (long)(iv % 1000) * 1000000L;
+    ts.tv_sec += iv / 1000 + ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    int w = pthread_cond_timedwait(&r->cond, &r->mu, &ts);
+    if (w == ETIMEDOUT && rt->progress) {
+      pthread_mutex_unlock(&r->mu);
+      report_progress(rt, r);
+      pthread_mutex_lock(&r->mu);
+    }
+  }
+  pthread_mutex_unlock(&r->mu);
+  report_progress(rt, r);
+  pthread_mutex_lock(&rt->mu);
+  rt->run = NULL;
+  pthread_mutex_unlock(&rt->mu);
+  orch__loop_call(rt->loop, run_close, r);
+  pthread_mutex_lock(&r->mu);
+  while (!r->closed) pthread_cond_wait(&r->cond, &r->mu);
+  pthread_mutex_unlock(&r->mu);
+
+  if (atomic_load(&r->canceled)) rc = ORCH_ECANCELED;
+  else if (atomic_load(&r->failed) || atomic_load(&r->skipped)) rc = ORCH_ESTEP;
+  if (rc == ORCH_ECANCELED)
+    orch__err(err, errlen, rc, "run canceled: %zu passed, %zu failed, %zu skipped",
+              atomic_load(&r->passed), atomic_load(&r->failed),
+              atomic_load(&r->skipped));
+  else if (rc == ORCH_ESTEP)
+    orch__err(err, errlen, rc, "run failed: %zu passed, %zu failed, %zu skipped",
+              atomic_load(&r->passed), atomic_load(&r->failed),
+              atomic_load(&r->skipped));
+  for (int k = 0; k < ORCH__NKINDS; k++) free(r->kind_state[k]);
+  pthread_mutex_destroy(&r->mu);
+  pthread_cond_destroy(&r->cond);
+  free(r->heap);
+  free(r->todo);
+  free(r->post);
+  free(r->fin);
+  free(r->host);
+  free(r);
+  return rc;
+}
+
+void orch_runtime_cancel(orch_runtime *rt) {
+  if (!rt) return;
+  /* Only an atomic store and uv_async_send: safe in a signal handler. The
+   * loop thread does the rest in orch__sched_cancel. */
+  atomic_store(&rt->cancel_req, 1);
+  if (atomic_load(&rt->cancel_ready)) uv_async_send(&rt->cancel_async);
+}

@@ -1,0 +1,114 @@
+/* step_lua.c provides the `lua` kind: a chunk of Lua (the step's "code")
+ * run on a worker thread in that worker's sandboxed state, under the call
+ * budget. The chunk receives one table, {id = ..., deps = {id = output}},
+ * and returns the output: a string or number as text, a table as JSON, or
+ * nil, "message" to fail. Uses pool.c for the state and policy.c for the
+ * sandbox and the protected call. */
+#include "orch_int.h"
+
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+  char *code;
+} lua_params;
+
+static int run(orch__run *r, uint32_t idx, orch__worker *w) {
+  orch_graph *g = r->g;
+  orch__step *s = &g->steps[idx];
+  lua_params *lp = s->u.p;
+  char err[1024];
+  lua_State *L = orch__worker_lua(w, err, sizeof err);
+  if (!L) {
+    orch__step_set_error(s, "no Lua state: %s", err);
+    return ORCH_ESCRIPT;
+  }
+  int top = lua_gettop(L);
+  int rc = ORCH_OK;
+  char name[300];
+  snprintf(name, sizeof name, "=step '%s'", orch__step_id(g, idx));
+  if (luaL_loadbufferx(L, lp->code, strlen(lp->code), name, "t") != LUA_OK) {
+    orch__step_set_error(s, "%s", lua_tostring(L, -1));
+    rc = ORCH_ESCRIPT;
+    goto done;
+  }
+  /* A fresh environment per step over the sandbox's globals, so one step
+   * cannot leave globals behind for the next. */
+  lua_createtable(L, 0, 0);
+  lua_createtable(L, 0, 1);
+  lua_pushglobaltable(L);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, -2);
+  if (!lua_setupvalue(L, -2, 1)) lua_pop(L, 1);
+  lua_createtable(L, 0, 2);
+  lua_pushstring(L, orch__step_id(g, idx));
+  lua_setfield(L, -2, "id");
+  uint32_t nd = g->dep_off[idx + 1] - g->dep_off[idx];
+  lua_createtable(L, 0, (int)nd);
+  for (uint32_t e = g->dep_off[idx]; e < g->dep_off[idx + 1]; e++) {
+    const orch__step *d = &g->steps[g->deps[e]];
+    if (d->output) lua_pushstring(L, d->output);
+    else lua_pushboolean(L, 0);
+    lua_setfield(L, -2, orch__step_id(g, g->deps[e]));
+  }
+  lua_setfield(L, -2, "deps");
+  if (orch__lua_pcall(L, 1, 2, err, sizeof err) != ORCH_OK) {
+    orch__step_set_error(s, "%s", err);
+    rc = ORCH_ESCRIPT;
+    goto done;
+  }
+  if (lua_isnil(L, -2) && !lua_isnil(L, -1)) {
+    orch__step_set_error(s, "%s", luaL_tolstring(L, -1, NULL));
+    rc = ORCH_ESTEP;
+    goto done;
+  }
+  lua_pop(L, 1);
+  if (lua_istable(L, -1)) {
+    json_t *j = orch__lua_to_json(L, -1, 64, err, sizeof err);
+    if (!j) {
+      orch__step_set_error(s, "result: %s", err);
+      rc = ORCH_ESCRIPT;
+      goto done;
+    }
+    char *txt = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
+    json_decref(j);
+    if (txt) orch__step_set_output(s, txt, strlen(txt));
+    free(txt);
+  } else if (!lua_isnil(L, -1)) {
+    size_t n;
+    const char *p = luaL_tolstring(L, -1, &n);
+    orch__step_set_output(s, p, n);
+  }
+done:
+  lua_settop(L, top);
+  return rc;
+}
+
+static int parse(orch_graph *g, orch__step *s, json_t *obj, const char *where,
+                 char *err, size_t errlen) {
+  (void)g;
+  json_t *code = json_object_get(obj, "code");
+  if (!json_is_string(code))
+    return orch__err(err, errlen, ORCH_EPLAN,
+                     "%s: a lua step needs \"code\", a string of Lua", where);
+  lua_params *lp = calloc(1, sizeof *lp);
+  if (!lp || !(lp->code = orch__strdup(json_string_value(code)))) {
+    free(lp);
+    return ORCH_ENOMEM;
+  }
+  s->u.p = lp;
+  return ORCH_OK;
+}
+
+static void free_params(orch__step *s) {
+  lua_params *lp = s->u.p;
+  if (lp) free(lp->code);
+  free(lp);
+  s->u.p = NULL;
+}
+
+const orch__kind orch__kind_lua = {.name = "lua", .where = ORCH__ON_WORKER,
+                                   .parse = parse, .run = run,
+                                   .free = free_params};

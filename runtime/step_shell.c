@@ -1,0 +1,363 @@
+/* step_shell.c provides the `shell` kind: `/bin/sh -c RUN` started with
+ * posix_spawn in its own process group, stdout and stderr read through
+ * pipes on the event loop (kept up to output_max_bytes each), the exit
+ * watched with a pidfd (or a short poll where pidfds are missing), and a
+ * timeout that kills the whole group. No worker thread ever waits on a
+ * child. Uses libuv and sched.c. */
+#include "orch_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+typedef struct shell_params {
+  char *run;
+  char *cwd;
+  char **writes; /* paths the step declares it writes (file locks) */
+  size_t nwrites;
+} shell_params;
+
+typedef struct child {
+  orch__run *r;
+  uint32_t idx;
+  pid_t pid;
+  int pidfd;
+  uv_poll_t exit_poll; /* on the pidfd */
+  uv_timer_t exit_timer; /* polls waitpid when there is no pidfd */
+  uv_timer_t timeout;
+  uv_pipe_t out, err;
+  orch__buf obuf, ebuf;
+  size_t max, dropped;
+  int open_handles;
+  int status;
+  bool exited, out_eof, err_eof, timed_out, canceled, done;
+  struct child *prev, *next;
+} child;
+
+typedef struct {
+  child *head;
+} shell_state;
+
+static void finish_if_done(child *c);
+
+static void handle_closed(uv_handle_t *h) {
+  child *c = h->data;
+  if (h == (uv_handle_t *)&c->exit_poll && c->pidfd >= 0) close(c->pidfd);
+  if (--c->open_handles == 0) {
+    orch__buf_deinit(&c->obuf);
+    orch__buf_deinit(&c->ebuf);
+    free(c);
+  }
+}
+
+static void close_handle(child *c, uv_handle_t *h) {
+  if (!uv_is_closing(h)) uv_close(h, handle_closed);
+  (void)c;
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  (void)h;
+  static __thread char chunk[65536];
+  (void)suggested;
+  buf->base = chunk;
+  buf->len = sizeof chunk;
+}
+
+static void keep(child *c, orch__buf *b, const char *p, size_t n) {
+  size_t room = c->max > b->len ? c->max - b->len : 0;
+  size_t take = n < room ? n : room;
+  if (take) orch__buf_add(b, p, take);
+  c->dropped += n - take;
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  child *c = s->data;
+  bool is_out = s == (uv_stream_t *)&c->out;
+  if (n > 0) {
+    keep(c, is_out ? &c->obuf : &c->ebuf, buf->base, (size_t)n);
+    return;
+  }
+  if (n == 0) return;
+  /* EOF or error: this stream is over. */
+  uv_read_stop(s);
+  if (is_out) c->out_eof = true;
+  else c->err_eof = true;
+  finish_if_done(c);
+}
+
+static void reap(child *c) {
+  int st;
+  pid_t p = waitpid(c->pid, &st, WNOHANG);
+  if (p != c->pid) return;
+  c->exited = true;
+  c->status = st;
+  if (c->pidfd >= 0) uv_poll_stop(&c->exit_poll);
+  else uv_timer_stop(&c->exit_timer);
+  /* What the shell left running in its process group would hold the pipes
+   * open and outlive the step: it goes with it. */
+  kill(-c->pid, SIGKILL);
+  finish_if_done(c);
+}
+
+static void on_exit_poll(uv_poll_t *h, int status, int events) {
+  (void)status;
+  (void)events;
+  reap(h->data);
+}
+
+static void on_exit_timer(uv_timer_t *h) { reap(h->data); }
+
+static void kill_group(child *c) {
+  if (!c->exited) kill(-c->pid, SIGKILL);
+}
+
+static void on_timeout(uv_timer_t *h) {
+  child *c = h->data;
+  c->timed_out = true;
+  kill_group(c);
+}
+
+static void unlink_child(child *c) {
+  shell_state *ss = c->r->kind_state[ORCH__KIND_SHELL];
+  if (c->prev) c->prev->next = c->next;
+  else ss->head = c->next;
+  if (c->next) c->next->prev = c->prev;
+}
+
+static const char *tail(const orch__buf *b, size_t n) {
+  if (!b->p) return "";
+  return b->len > n ? b->p + b->len - n : b->p;
+}
+
+static void finish_if_done(child *c) {
+  if (c->done || !c->exited || !c->out_eof || !c->err_eof) return;
+  c->done = true;
+  orch__run *r = c->r;
+  orch__step *s = &r->g->steps[c->idx];
+  uv_timer_stop(&c->timeout);
+  unlink_child(c);
+  int st = c->status;
+  s->exit_status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  orch__step_set_output(s, c->obuf.p ? c->obuf.p : "", c->obuf.len);
+  const char *etail = tail(&c->ebuf, 2000);
+  if (c->canceled) {
+    s->status = ORCH_FAILED;
+    orch__step_set_error(s, "canceled: process group killed");
+  } else if (c->timed_out) {
+    s->status = ORCH_FAILED;
+    orch__step_set_error(s, "timed out after %.0f ms: process group killed",
+                         (double)s->timeout_ms);
+  } else if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
+    s->status = ORCH_PASSED;
+  } else if (WIFEXITED(st)) {
+    s->status = ORCH_FAILED;
+    orch__step_set_error(s, "exit status %d%s%s", WEXITSTATUS(st),
+                         *etail ? ": " : "", etail);
+  } else {
+    s->status = ORCH_FAILED;
+    orch__step_set_error(s, "killed by signal %d%s%s", WTERMSIG(st),
+                         *etail ? ": " : "", etail);
+  }
+  if (c->dropped && s->status == ORCH_PASSED) {
+    /* Kept output is capped; say how much was not kept. */
+    char note[96];
+    int n = snprintf(note, sizeof note,
+                     "\n[orchestrate: %zu bytes of output over the limit not kept]",
+                     c->dropped);
+    orch__buf_add(&c->obuf, note, (size_t)n);
+    orch__step_set_output(s, c->obuf.p, c->obuf.len);
+  }
+  close_handle(c, (uv_handle_t *)&c->out);
+  close_handle(c, (uv_handle_t *)&c->err);
+  close_handle(c, (uv_handle_t *)&c->timeout);
+  if (c->pidfd >= 0) {
+    close_handle(c, (uv_handle_t *)&c->exit_poll);
+  } else {
+    close_handle(c, (uv_handle_t *)&c->exit_timer);
+  }
+  orch__sched_finish(r, c->idx);
+}
+
+static int start(orch__run *r, uint32_t idx) {
+  orch__step *s = &r->g->steps[idx];
+  shell_params *sp = s->u.p;
+  uv_loop_t *loop = orch__loop_uv(r->rt->loop);
+  int po[2] = {-1, -1}, pe[2] = {-1, -1};
+  int rc = ORCH_EIO;
+  posix_spawn_file_actions_t fa;
+  posix_spawnattr_t at;
+  bool fa_ok = false, at_ok = false;
+  shell_state *ss = r->kind_state[ORCH__KIND_SHELL];
+  if (!ss) {
+    ss = calloc(1, sizeof *ss);
+    if (!ss) return ORCH_ENOMEM;
+    r->kind_state[ORCH__KIND_SHELL] = ss;
+  }
+  child *c = calloc(1, sizeof *c);
+  if (!c) return ORCH_ENOMEM;
+  if (pipe2(po, O_CLOEXEC) || pipe2(pe, O_CLOEXEC)) {
+    orch__step_set_error(s, "cannot create pipes: %s", strerror(errno));
+    goto fail;
+  }
+  posix_spawn_file_actions_init(&fa);
+  fa_ok = true;
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&fa, po[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, pe[1], 2);
+  if (sp->cwd) posix_spawn_file_actions_addchdir_np(&fa, sp->cwd);
+  posix_spawnattr_init(&at);
+  at_ok = true;
+  sigset_t none, all;
+  sigemptyset(&none);
+  sigfillset(&all);
+  posix_spawnattr_setsigmask(&at, &none);
+  sigset_t def;
+  sigemptyset(&def);
+  sigaddset(&def, SIGPIPE);
+  sigaddset(&def, SIGINT);
+  sigaddset(&def, SIGTERM);
+  posix_spawnattr_setsigdefault(&at, &def);
+  posix_spawnattr_setpgroup(&at, 0);
+  posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
+                                    POSIX_SPAWN_SETSIGDEF);
+  char *argv[] = {(char *)"/bin/sh", (char *)"-c", sp->run, NULL};
+  int e = posix_spawn(&c->pid, "/bin/sh", &fa, &at, argv, environ);
+  if (e) {
+    orch__step_set_error(s, "cannot start /bin/sh: %s", strerror(e));
+    goto fail;
+  }
+  close(po[1]);
+  close(pe[1]);
+  po[1] = pe[1] = -1;
+  c->r = r;
+  c->idx = idx;
+  c->max = r->rt->cfg.output_max_bytes;
+  c->pidfd = (int)syscall(SYS_pidfd_open, c->pid, 0);
+  uv_pipe_init(loop, &c->out, 0);
+  uv_pipe_init(loop, &c->err, 0);
+  uv_pipe_open(&c->out, po[0]);
+  uv_pipe_open(&c->err, pe[0]);
+  c->out.data = c->err.data = c;
+  uv_read_start((uv_stream_t *)&c->out, alloc_cb, on_read);
+  uv_read_start((uv_stream_t *)&c->err, alloc_cb, on_read);
+  uv_timer_init(loop, &c->timeout);
+  c->timeout.data = c;
+  c->open_handles = 4;
+  if (c->pidfd >= 0) {
+    uv_poll_init(loop, &c->exit_poll, c->pidfd);
+    c->exit_poll.data = c;
+    uv_poll_start(&c->exit_poll, UV_READABLE, on_exit_poll);
+  } else {
+    uv_timer_init(loop, &c->exit_timer);
+    c->exit_timer.data = c;
+    uv_timer_start(&c->exit_timer, on_exit_timer, 5, 5);
+  }
+  double tmo = s->timeout_ms > 0 ? s->timeout_ms : r->rt->cfg.shell_timeout_ms;
+  if (tmo > 0) uv_timer_start(&c->timeout, on_timeout, (uint64_t)tmo, 0);
+  if (!(s->timeout_ms > 0)) s->timeout_ms = (float)tmo;
+  c->next = ss->head;
+  if (ss->head) ss->head->prev = c;
+  ss->head = c;
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&at);
+  return ORCH_OK;
+fail:
+  if (fa_ok) posix_spawn_file_actions_destroy(&fa);
+  if (at_ok) posix_spawnattr_destroy(&at);
+  for (int i = 0; i < 2; i++) {
+    if (po[i] >= 0) close(po[i]);
+    if (pe[i] >= 0) close(pe[i]);
+  }
+  free(c);
+  return rc;
+}
+
+static void cancel(orch__run *r, uint32_t idx) {
+  shell_state *ss = r->kind_state[ORCH__KIND_SHELL];
+  for (child *c = ss ? ss->head : NULL; c; c = c->next)
+    if (c->idx == idx) {
+      c->canceled = true;
+      kill_group(c);
+      return;
+    }
+}
+
+static void free_params(orch__step *s) {
+  shell_params *sp = s->u.p;
+  if (!sp) return;
+  free(sp->run);
+  free(sp->cwd);
+  for (size_t i = 0; i < sp->nwrites; i++) free(sp->writes[i]);
+  free(sp->writes);
+  free(sp);
+  s->u.p = NULL;
+}
+
+static shell_params *new_params(const char *run) {
+  shell_params *sp = calloc(1, sizeof *sp);
+  if (!sp) return NULL;
+  sp->run = orch__strdup(run);
+  if (!sp->run) {
+    free(sp);
+    return NULL;
+  }
+  return sp;
+}
+
+static int parse(orch_graph *g, orch__step *s, json_t *obj, const char *where,
+                 char *err, size_t errlen) {
+  (void)g;
+  json_t *run = json_object_get(obj, "run");
+  if (!run) run = json_object_get(obj, "command");
+  if (!json_is_string(run))
+    return orch__err(err, errlen, ORCH_EPLAN,
+                     "%s: a shell step needs \"run\", a command string", where);
+  shell_params *sp = new_params(json_string_value(run));
+  if (!sp) return ORCH_ENOMEM;
+  s->u.p = sp;
+  json_t *cwd = json_object_get(obj, "cwd");
+  if (cwd && !json_is_string(cwd))
+    return orch__err(err, errlen, ORCH_EPLAN, "%s: \"cwd\" must be a string",
+                     where);
+  if (cwd && !(sp->cwd = orch__strdup(json_string_value(cwd))))
+    return ORCH_ENOMEM;
+  json_t *writes = json_object_get(obj, "writes");
+  if (writes) {
+    if (!json_is_array(writes))
+      return orch__err(err, errlen, ORCH_EPLAN,
+                       "%s: \"writes\" must be a list of paths", where);
+    sp->writes = calloc(json_array_size(writes) + 1, sizeof *sp->writes);
+    if (!sp->writes) return ORCH_ENOMEM;
+    size_t i;
+    json_t *w;
+    json_array_foreach(writes, i, w) {
+      if (!json_is_string(w))
+        return orch__err(err, errlen, ORCH_EPLAN,
+                         "%s: \"writes\"[%zu] must be a path string", where, i);
+      if (!(sp->writes[sp->nwrites++] = orch__strdup(json_string_value(w))))
+        return ORCH_ENOMEM;
+    }
+  }
+  return ORCH_OK;
+}
+
+const orch__kind orch__kind_shell = {.name = "shell", .where = ORCH__ON_LOOP,
+                                     .parse = parse, .start = start,
+                                     .cancel = cancel, .free = free_params};
+
+int orch_graph_add_shell(orch_graph *g, const char *id, const char *command) {
+  if (!g || !id || !command) return ORCH_EINVAL;
+  uint32_t idx;
+  int rc = orch__graph_add(g, id, strlen(id), ORCH__KIND_SHELL, &idx, NULL, 0);
+  if (rc) return rc;
+  if (!(g->steps[idx].u.p = new_params(command))) return ORCH_ENOMEM;
+  return ORCH_OK;
+}
