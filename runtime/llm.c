@@ -668,6 +668,7 @@ struct orch__llm_call {
   orch__llm_call *prev, *next; /* in l->calls while running */
   char *tier_name, *model, *system, *prompt, *fault;
   int max_tokens, stream_req;
+  long timeout_ms;
   void (*done)(orch__llm_call *c, void *ud);
   void *ud;
   orch__llm_result res;
@@ -1182,7 +1183,7 @@ static void send_attempt(orch__llm_call *c) {
   h->post = c->body_json;
   h->post_len = strlen(c->body_json);
   h->connect_timeout_ms = l->connect_timeout_ms;
-  h->timeout_ms = l->timeout_ms;
+  h->timeout_ms = c->timeout_ms > 0 ? c->timeout_ms : l->timeout_ms;
   h->idle_timeout_ms = c->stream ? l->idle_timeout_ms : 0;
   h->on_data = c->stream ? on_data : NULL;
   h->on_done = on_http_done;
@@ -1323,6 +1324,7 @@ int orch__llm_call_start(orch__llm *l, const orch__llm_req *req,
   c->fault = req->fault ? xstrdup(req->fault) : NULL;
   c->max_tokens = req->max_tokens;
   c->stream_req = req->stream;
+  c->timeout_ms = req->timeout_ms;
   c->tin = c->tout = -1;
   orch__http_req_init(&c->http);
   c->res.tokens_in = c->res.tokens_out = -1;

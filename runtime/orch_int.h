@@ -450,6 +450,7 @@ typedef struct orch__llm_req {
   int max_tokens;           /* 0: tier / llm default */
   int stream;               /* 1 stream, 0 not, -1 config default */
   const char *fault;        /* sent as X-Mock-Fault when set (tests) */
+  long timeout_ms;          /* per attempt; 0: llm.timeout_ms */
   void (*done)(orch__llm_call *call, void *ud); /* on the loop thread */
   void *ud;
 } orch__llm_req;

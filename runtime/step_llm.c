@@ -1,46 +1,287 @@
 /* step_llm.c provides the `llm` kind: a model call whose prompt is the
- * step's own plus its dependencies' results. Until the LLM engine is wired
- * the kind parses and validates plan steps, and only --dry-run runs them
- * (as simulated sleeps, in sched.c); a real run fails the step with a clear
- * error. Uses jansson. */
+ * step's own plus its dependencies' results. It runs on the loop thread:
+ * start() submits the call to the run's LLM engine (llm.c, created on the
+ * first llm step of a run) and the call's completion finishes the step with
+ * its text, or its error, and keeps the usage, cost and every attempt on the
+ * step. Uses llm.c and jansson; --dry-run is handled by sched.c. */
 #include "orch_int.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
-typedef struct {
-  char *prompt;
+typedef struct llm_params {
+  char *prompt, *tier, *title, *instructions, *model;
+  int stream;     /* -1: config default */
+  int max_tokens; /* 0: default */
+  orch__llm_call *call; /* owned: the result lives here after the run */
+  orch__run *run;       /* while running */
+  uint32_t idx;
 } llm_params;
+
+typedef struct llm_run { /* r->kind_state[ORCH__KIND_LLM] */
+  orch__llm *llm;
+  size_t inflight; /* calls started, not yet done */
+  int rc; /* the engine could not be made: every llm step fails with err */
+  char err[512];
+} llm_run;
+
+static int get_str(json_t *obj, const char *key, const char *where,
+                   char **out, char *err, size_t errlen) {
+  json_t *v = json_object_get(obj, key);
+  if (!v || json_is_null(v)) return ORCH_OK;
+  if (!json_is_string(v))
+    return orch__err(err, errlen, ORCH_EPLAN, "%s: \"%s\" must be a string",
+                     where, key);
+  if (!(*out = orch__strdup(json_string_value(v)))) return ORCH_ENOMEM;
+  return ORCH_OK;
+}
+
+static void params_free(llm_params *p) {
+  if (!p) return;
+  orch__llm_call_free(p->call);
+  free(p->prompt);
+  free(p->tier);
+  free(p->title);
+  free(p->instructions);
+  free(p->model);
+  free(p);
+}
 
 static int parse(orch_graph *g, orch__step *s, json_t *obj, const char *where,
                  char *err, size_t errlen) {
   (void)g;
-  json_t *p = json_object_get(obj, "prompt");
-  if (!p) p = json_object_get(obj, "description");
-  if (!json_is_string(p))
-    return orch__err(err, errlen, ORCH_EPLAN,
-                     "%s: an llm step needs \"prompt\", a string", where);
-  llm_params *lp = calloc(1, sizeof *lp);
-  if (!lp || !(lp->prompt = orch__strdup(json_string_value(p)))) {
-    free(lp);
-    return ORCH_ENOMEM;
+  int rc = ORCH_OK;
+  llm_params *p = calloc(1, sizeof *p);
+  if (!p) return ORCH_ENOMEM;
+  p->stream = -1;
+  json_t *pr = json_object_get(obj, "prompt");
+  if (!pr) pr = json_object_get(obj, "description"); /* GAP tasks */
+  if (!json_is_string(pr)) {
+    rc = orch__err(err, errlen, ORCH_EPLAN,
+                   "%s: an llm step needs \"prompt\", a string", where);
+    goto done;
   }
-  s->u.p = lp;
-  return ORCH_OK;
+  if (!(p->prompt = orch__strdup(json_string_value(pr)))) {
+    rc = ORCH_ENOMEM;
+    goto done;
+  }
+  if ((rc = get_str(obj, "tier", where, &p->tier, err, errlen)) ||
+      (rc = get_str(obj, "title", where, &p->title, err, errlen)) ||
+      (rc = get_str(obj, "instructions", where, &p->instructions, err,
+                    errlen)) ||
+      (rc = get_str(obj, "model", where, &p->model, err, errlen)))
+    goto done;
+  json_t *st = json_object_get(obj, "stream");
+  if (st && !json_is_null(st)) {
+    if (!json_is_boolean(st)) {
+      rc = orch__err(err, errlen, ORCH_EPLAN,
+                     "%s: \"stream\" must be true or false", where);
+      goto done;
+    }
+    p->stream = json_is_true(st);
+  }
+  json_t *mt = json_object_get(obj, "max_tokens");
+  if (mt && !json_is_null(mt)) {
+    if (!json_is_integer(mt) || json_integer_value(mt) < 1 ||
+        json_integer_value(mt) > 100000000) {
+      rc = orch__err(err, errlen, ORCH_EPLAN,
+                     "%s: \"max_tokens\" must be a positive integer", where);
+      goto done;
+    }
+    p->max_tokens = (int)json_integer_value(mt);
+  }
+  s->u.p = p;
+  p = NULL;
+done:
+  params_free(p);
+  return rc;
+}
+
+/* The tier for a step without one. The routing hook (scripts/routing through
+ * the policy engine) goes here when it exists; until then the configured
+ * default tier (llm.default_tier, else "local") serves: NULL means that. */
+static const char *pick_tier(orch__run *r, uint32_t idx, const llm_params *p) {
+  (void)r;
+  (void)idx;
+  (void)p;
+  return NULL;
+}
+
+/* The prompt: title, the step's text, then each dependency's result. */
+static char *build_prompt(orch__run *r, uint32_t idx, const llm_params *p) {
+  orch_graph *g = r->g;
+  orch__buf b = {0};
+  int rc = ORCH_OK;
+  if (p->title && *p->title) rc |= orch__buf_printf(&b, "# %s\n\n", p->title);
+  rc |= orch__buf_add(&b, p->prompt, strlen(p->prompt));
+  bool header = false;
+  for (uint32_t e = g->dep_off[idx]; e < g->dep_off[idx + 1]; e++) {
+    uint32_t d = g->deps[e];
+    const orch__step *ds = &g->steps[d];
+    if (!ds->output) continue;
+    if (!header) {
+      rc |= orch__buf_printf(&b, "\n\n## Results of the steps this one "
+                                 "depends on\n");
+      header = true;
+    }
+    rc |= orch__buf_printf(&b, "\n### %s\n", orch__step_id(g, d));
+    rc |= orch__buf_add(&b, ds->output, strlen(ds->output));
+    rc |= orch__buf_add(&b, "\n", 1);
+  }
+  if (rc || !b.p) {
+    orch__buf_deinit(&b);
+    return NULL;
+  }
+  return b.p;
+}
+
+static void engine_free(void *arg) {
+  llm_run *lr = arg;
+  orch__llm_free(lr->llm);
+  free(lr);
+}
+
+/* When no llm step of the run can start any more, the engine goes (on a
+ * later loop turn: we are inside its callback). orch__llm_run_end does the
+ * same at the end of a run for the cases this cannot see (the last llm
+ * steps skipped because a step of another kind failed). */
+static void maybe_release(orch__run *r) {
+  llm_run *lr = r->kind_state[ORCH__KIND_LLM];
+  if (!lr || lr->inflight) return;
+  orch_graph *g = r->g;
+  for (size_t i = 0; i < g->n; i++) {
+    const orch__step *s = &g->steps[i];
+    if (s->kind == ORCH__KIND_LLM &&
+        (s->status == ORCH_PENDING || s->status == ORCH_IN_PROGRESS))
+      return;
+  }
+  r->kind_state[ORCH__KIND_LLM] = NULL;
+  if (orch__loop_call(r->rt->loop, engine_free, lr)) engine_free(lr);
+}
+
+static void call_done(orch__llm_call *call, void *ud) {
+  llm_params *p = ud;
+  orch__run *r = p->run;
+  orch__step *s = &r->g->steps[p->idx];
+  const orch__llm_result *res = orch__llm_call_result(call);
+  p->run = NULL;
+  if (res && res->code == ORCH_OK) {
+    orch__step_set_output(s, res->text, res->text_len);
+    s->status = ORCH_PASSED;
+  } else {
+    orch__step_set_error(s, "%s", res && res->error ? res->error : "failed");
+    s->status = ORCH_FAILED;
+  }
+  if (res) s->attempts = (uint8_t)(res->nattempts > 255 ? 255 : res->nattempts);
+  s->finished_ns = orch__run_now(r);
+  llm_run *lr = r->kind_state[ORCH__KIND_LLM];
+  if (lr) lr->inflight--;
+  orch__sched_finish(r, p->idx);
+  maybe_release(r); /* r lives until the loop runs run_close: after us */
+}
+
+static llm_run *run_state(orch__run *r) {
+  llm_run *lr = r->kind_state[ORCH__KIND_LLM];
+  if (lr) return lr;
+  lr = calloc(1, sizeof *lr);
+  if (!lr) return NULL;
+  lr->rc = orch__llm_new(&lr->llm, &r->rt->cfg, orch__loop_uv(r->rt->loop),
+                         lr->err, sizeof lr->err);
+  r->kind_state[ORCH__KIND_LLM] = lr;
+  return lr;
 }
 
 static int start(orch__run *r, uint32_t idx) {
-  orch__step_set_error(&r->g->steps[idx],
-                       "no LLM provider is configured (use --dry-run)");
-  return ORCH_ECONFIG;
+  orch__step *s = &r->g->steps[idx];
+  llm_params *p = s->u.p;
+  llm_run *lr = run_state(r);
+  if (!lr) {
+    orch__step_set_error(s, "out of memory");
+    return ORCH_ENOMEM;
+  }
+  if (lr->rc) {
+    orch__step_set_error(s, "%s", lr->err);
+    return lr->rc;
+  }
+  char *prompt = build_prompt(r, idx, p);
+  if (!prompt) {
+    orch__step_set_error(s, "out of memory building the prompt");
+    return ORCH_ENOMEM;
+  }
+  orch__llm_call_free(p->call);
+  p->call = NULL;
+  p->run = r;
+  p->idx = idx;
+  orch__llm_req rq = {
+      .tier = p->tier ? p->tier : pick_tier(r, idx, p),
+      .model = p->model,
+      .system = p->instructions,
+      .prompt = prompt,
+      .max_tokens = p->max_tokens,
+      .stream = p->stream,
+      .timeout_ms = s->timeout_ms > 0 ? (long)s->timeout_ms : 0,
+      .done = call_done,
+      .ud = p,
+  };
+  int rc = orch__llm_call_start(lr->llm, &rq, &p->call);
+  free(prompt);
+  if (rc == ORCH_OK) lr->inflight++;
+  if (rc) {
+    p->run = NULL;
+    orch__step_set_error(s, "cannot start the model call: %s",
+                         orch_strerror(rc));
+  }
+  return rc;
+}
+
+static void cancel(orch__run *r, uint32_t idx) {
+  llm_params *p = r->g->steps[idx].u.p;
+  if (p && p->call && p->run) orch__llm_call_cancel(p->call);
 }
 
 static void free_params(orch__step *s) {
-  llm_params *lp = s->u.p;
-  if (lp) free(lp->prompt);
-  free(lp);
+  params_free(s->u.p);
   s->u.p = NULL;
+}
+
+static double cost(const orch__step *s) {
+  (void)s;
+  return 2000; /* a model call takes seconds: weigh it on the critical path */
 }
 
 const orch__kind orch__kind_llm = {.name = "llm", .where = ORCH__ON_LOOP,
                                    .parse = parse, .start = start,
-                                   .free = free_params};
+                                   .cancel = cancel, .free = free_params,
+                                   .cost = cost};
+
+const orch__llm_result *orch__llm_step_result(const orch__step *s) {
+  if (!s || s->kind != ORCH__KIND_LLM || !s->u.p) return NULL;
+  const llm_params *p = s->u.p;
+  return orch__llm_call_result(p->call);
+}
+
+void orch__llm_graph_totals(const orch_graph *g, orch__llm_totals *t) {
+  memset(t, 0, sizeof *t);
+  for (size_t i = 0; g && i < g->n; i++) {
+    const orch__llm_result *r = orch__llm_step_result(&g->steps[i]);
+    if (!r) continue;
+    t->calls++;
+    t->attempts += r->nattempts;
+    if (r->tokens_in >= 0 && r->tokens_out >= 0) {
+      t->tokens_in += r->tokens_in;
+      t->tokens_out += r->tokens_out;
+    } else if (r->code == ORCH_OK) {
+      t->unknown_usage++;
+    }
+    if (r->cost > 0) t->cost += r->cost;
+  }
+}
+
+void orch__llm_run_end(orch__run *r) {
+  llm_run *lr = r->kind_state[ORCH__KIND_LLM];
+  if (!lr) return;
+  orch__llm_free(lr->llm);
+  free(lr);
+  r->kind_state[ORCH__KIND_LLM] = NULL;
+}

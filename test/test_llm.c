@@ -7,6 +7,8 @@
 #include "mini_llm.h"
 
 #include <math.h>
+#include <stdio.h>
+#include <unistd.h>
 #include <time.h>
 
 #define KEY "sk-test-SECRET-123456"
@@ -588,4 +590,162 @@ TEST(llm_1000_concurrent_calls_pair_answers_with_callers) {
   free(calls);
   ASSERT_EQ(ok, N);
   ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+/* ---- the llm step kind, end to end through orch_run ---------------- */
+
+static orch_runtime *rt_with_mini(mini_llm *m, const char *extra) {
+  char path[] = "/tmp/orch-llm-conf-XXXXXX";
+  int fd = mkstemp(path);
+  if (fd < 0) return NULL;
+  FILE *f = fdopen(fd, "w");
+  int port = mini_llm_port(m);
+  fprintf(f,
+          "return {\n"
+          "  workers = 2,\n"
+          "  llm = { max_attempts = 2, backoff_base_ms = 5, "
+          "cooldown = { failures = 0 } },\n"
+          "  tiers = {\n"
+          "    [\"local\"] = { base_url = 'http://127.0.0.1:%d/v1', model = 'ok',"
+          " price_in = 1, price_out = 2, api_key = '" KEY "' },\n"
+          "    an = { provider = 'anthropic', base_url = "
+          "'http://127.0.0.1:%d', model = 'ok', api_key = '" KEY "' },\n"
+          "    broken = { base_url = 'http://127.0.0.1:%d/v1', model = "
+          "'400', api_key = '" KEY "' },\n"
+          "    slow = { base_url = 'http://127.0.0.1:%d/v1', model = "
+          "'latency=800' },\n"
+          "  },\n%s}\n",
+          port, port, port, port, extra ? extra : "");
+  fclose(f);
+  orch_runtime *rt = NULL;
+  char err[512];
+  int rc = orch_runtime_new(&rt, path, err, sizeof err);
+  unlink(path);
+  if (rc) fprintf(stderr, "orch_runtime_new: %s\n", err);
+  return rc ? NULL : rt;
+}
+
+TEST(llm_kind_runs_a_graph_with_dependency_context) {
+  mini_llm *m = mini_llm_start();
+  ASSERT(m);
+  orch_runtime *rt = rt_with_mini(m, NULL);
+  ASSERT(rt);
+  static const char plan[] =
+      "{\"steps\":["
+      "{\"id\":\"a\",\"kind\":\"llm\",\"prompt\":\"alpha\"},"
+      "{\"id\":\"b\",\"kind\":\"llm\",\"prompt\":\"beta\",\"tier\":\"an\","
+      "\"stream\":true,\"title\":\"Second\",\"instructions\":\"be brief\","
+      "\"deps\":[\"a\"]},"
+      "{\"id\":\"c\",\"kind\":\"llm\",\"prompt\":\"gamma\",\"deps\":[\"a\","
+      "\"b\"]}]}";
+  orch_graph *g = NULL;
+  char err[512];
+  ASSERT_EQ(orch_graph_parse(rt, plan, sizeof plan - 1, "plan", &g, err,
+                             sizeof err),
+            0);
+  int rc = orch_run(rt, g, err, sizeof err);
+  if (rc) fprintf(stderr, "run: %s\n", err);
+  ASSERT_EQ(rc, 0);
+  long a = orch_graph_find(g, "a"), b = orch_graph_find(g, "b"),
+       c = orch_graph_find(g, "c");
+  ASSERT_STR_EQ(orch_step_output(g, (size_t)a), "echo: alpha");
+  const char *bo = orch_step_output(g, (size_t)b);
+  ASSERT_CONTAINS(bo, "echo: # Second\n\nbeta");
+  ASSERT_CONTAINS(bo, "### a\necho: alpha");
+  const char *co = orch_step_output(g, (size_t)c);
+  ASSERT_CONTAINS(co, "### a\necho: alpha");
+  ASSERT_CONTAINS(co, "### b\necho: # Second");
+  const orch__llm_result *ra = orch__llm_step_result(&g->steps[a]);
+  ASSERT(ra);
+  ASSERT_EQ(ra->tokens_in, 11);
+  ASSERT_STR_EQ(ra->tier, "local");
+  const orch__llm_result *rb = orch__llm_step_result(&g->steps[b]);
+  ASSERT_STR_EQ(rb->provider, "anthropic");
+  orch__llm_totals t;
+  orch__llm_graph_totals(g, &t);
+  ASSERT_EQ(t.calls, 3);
+  ASSERT_EQ(t.tokens_in, 33);
+  ASSERT_EQ(t.tokens_out, 21);
+  ASSERT(t.cost > 0);
+  ASSERT_EQ(orch_step_attempts(g, (size_t)a), 1);
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+  mini_llm_stop(m);
+}
+
+TEST(llm_kind_fails_a_step_with_the_provider_message_and_skips_dependents) {
+  mini_llm *m = mini_llm_start();
+  ASSERT(m);
+  orch_runtime *rt = rt_with_mini(m, NULL);
+  ASSERT(rt);
+  static const char plan[] =
+      "{\"steps\":["
+      "{\"id\":\"a\",\"kind\":\"llm\",\"prompt\":\"x\",\"tier\":\"broken\"},"
+      "{\"id\":\"b\",\"kind\":\"llm\",\"prompt\":\"y\",\"deps\":[\"a\"]},"
+      "{\"id\":\"c\",\"kind\":\"llm\",\"prompt\":\"z\",\"tier\":\"nope\"},"
+      "{\"id\":\"d\",\"kind\":\"llm\",\"prompt\":\"w\"}]}";
+  orch_graph *g = NULL;
+  char err[512];
+  ASSERT_EQ(orch_graph_parse(rt, plan, sizeof plan - 1, "plan", &g, err,
+                             sizeof err),
+            0);
+  ASSERT_EQ(orch_run(rt, g, err, sizeof err), ORCH_ESTEP);
+  size_t a = (size_t)orch_graph_find(g, "a"), b = (size_t)orch_graph_find(g, "b"),
+         c = (size_t)orch_graph_find(g, "c"), d = (size_t)orch_graph_find(g, "d");
+  ASSERT_EQ(orch_step_status(g, a), ORCH_FAILED);
+  ASSERT_CONTAINS(orch_step_error(g, a), "HTTP 400");
+  ASSERT(!strstr(orch_step_error(g, a), "SECRET"));
+  ASSERT_EQ(orch_step_status(g, b), ORCH_SKIPPED);
+  ASSERT_EQ(orch_step_status(g, c), ORCH_FAILED);
+  ASSERT_CONTAINS(orch_step_error(g, c), "unknown tier 'nope'");
+  ASSERT_EQ(orch_step_status(g, d), ORCH_PASSED);
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+  mini_llm_stop(m);
+}
+
+static void *cancel_later(void *arg) {
+  struct timespec ts = {0, 200 * 1000000L};
+  nanosleep(&ts, NULL);
+  orch_runtime_cancel(arg);
+  return NULL;
+}
+
+TEST(llm_kind_cancel_stops_calls_in_flight) {
+  mini_llm *m = mini_llm_start();
+  ASSERT(m);
+  orch_runtime *rt = rt_with_mini(m, NULL);
+  ASSERT(rt);
+  static const char plan[] =
+      "{\"steps\":["
+      "{\"id\":\"a\",\"kind\":\"llm\",\"prompt\":\"x\",\"tier\":\"slow\"},"
+      "{\"id\":\"b\",\"kind\":\"llm\",\"prompt\":\"y\",\"tier\":\"slow\"}]}";
+  orch_graph *g = NULL;
+  char err[512];
+  ASSERT_EQ(orch_graph_parse(rt, plan, sizeof plan - 1, "plan", &g, err,
+                             sizeof err),
+            0);
+  pthread_t th;
+  pthread_create(&th, NULL, cancel_later, rt);
+  int64_t t0 = tnow();
+  ASSERT_EQ(orch_run(rt, g, err, sizeof err), ORCH_ECANCELED);
+  pthread_join(th, NULL);
+  ASSERT((double)(tnow() - t0) / 1e6 < 2000);
+  ASSERT_EQ(orch_step_status(g, 0), ORCH_FAILED);
+  ASSERT_CONTAINS(orch_step_error(g, 0), "canceled");
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+  mini_llm_stop(m);
+}
+
+TEST(llm_kind_rejects_bad_fields_in_a_plan) {
+  orch_graph *g = NULL;
+  char err[512];
+  static const char plan[] =
+      "{\"steps\":[{\"id\":\"a\",\"kind\":\"llm\",\"prompt\":\"x\","
+      "\"max_tokens\":\"many\"}]}";
+  ASSERT(orch_graph_parse(NULL, plan, sizeof plan - 1, "plan", &g, err,
+                          sizeof err) != 0);
+  ASSERT_CONTAINS(err, "max_tokens");
+  orch_graph_free(g);
 }
