@@ -524,6 +524,7 @@ int orch__http_new(orch__http **out, uv_loop_t *loop,
   h->sweep.data = h;
   uv_async_init(loop, &h->async, on_async);
   h->async.data = h;
+  uv_unref((uv_handle_t *)&h->async); /* an idle engine keeps no loop alive */
   h->nhandles = 3;
   *out = h;
   return ORCH_OK;
