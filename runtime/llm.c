@@ -141,6 +141,8 @@ struct orch__llm {
   int cd_failures;
   long cd_window_ms, cd_cooldown_ms;
   orch__llm_call *calls; /* calls in flight */
+  orch__llm_decide_fn decider; /* NULL: orch__llm_decide */
+  void *decider_ud;
 };
 
 /* Checks one number field: present -> number within [lo, hi]. */
@@ -447,9 +449,10 @@ int orch__llm_new_json(orch__llm **out, json_t *sections, uv_loop_t *loop,
   l->idle_timeout_ms = (long)jnum(lc, "idle_timeout_ms", 60000);
   l->max_tokens = (int)jnum(lc, "max_tokens", 1024);
   l->stream = json_is_true(json_object_get(lc, "stream"));
-  l->retry.max_attempts = (int)jnum(lc, "max_attempts", 3);
+  /* defaults as in scripts/policies/retry.lua */
+  l->retry.max_attempts = (int)jnum(lc, "max_attempts", 4);
   l->retry.base_ms = jnum(lc, "backoff_base_ms", 500);
-  l->retry.max_ms = jnum(lc, "backoff_max_ms", 20000);
+  l->retry.max_ms = jnum(lc, "backoff_max_ms", 30000);
   l->retry.retry_after_cap_ms = jnum(lc, "retry_after_cap_ms", 60000);
   json_t *cd = json_object_get(lc, "cooldown");
   l->cd_failures = (int)jnum(cd, "failures", 5);
@@ -613,7 +616,7 @@ void orch__llm_decide(const orch__llm_retry_opts *o, int attempt, int status,
     return;
   }
   bool retryable = status == 0 || status == 408 || status == 409 ||
-                   status == 429 || status >= 500 ||
+                   status == 429 || (status >= 500 && status < 600) ||
                    (status >= 200 && status < 300); /* malformed/truncated */
   if (!retryable) {
     d->action = ORCH__LLM_FAIL;
@@ -636,8 +639,7 @@ void orch__llm_decide(const orch__llm_retry_opts *o, int attempt, int status,
     }
     /* never earlier than asked; a small spread so a crowd told the same
      * instant does not come back in one burst */
-    double spread = (double)retry_after_ms / 5 + 50;
-    if (spread > 1000) spread = 1000;
+    double spread = (double)retry_after_ms / 10; /* retry.lua: + [0, 10%] */
     d->action = ORCH__LLM_RETRY;
     d->delay_ms = (double)retry_after_ms + rand_unit() * spread;
     snprintf(d->reason, sizeof d->reason, "Retry-After %ld ms",
@@ -650,6 +652,11 @@ void orch__llm_decide(const orch__llm_retry_opts *o, int attempt, int status,
   d->delay_ms = rand_unit() * cap; /* full jitter */
   snprintf(d->reason, sizeof d->reason, "backoff (full jitter over %.0f ms)",
            cap);
+}
+
+void orch__llm_set_decider(orch__llm *l, orch__llm_decide_fn fn, void *ud) {
+  l->decider = fn;
+  l->decider_ud = ud;
 }
 
 /* ---- calls ------------------------------------------------------------ */
@@ -1134,8 +1141,12 @@ static void on_http_done(orch__http_req *req) {
   orch__llm_decision d;
   int dstatus = code == ORCH_EHTTP ? st : (ok_status ? st : 0);
   if (code == ORCH_EHTTP && ok_status) dstatus = 500; /* error event */
-  orch__llm_decide(&l->retry, c->attempt, dstatus, msg, req->retry_after_ms,
-                   body, &d);
+  if (l->decider)
+    l->decider(l->decider_ud, &l->retry, c->attempt, dstatus, msg,
+               req->retry_after_ms, body, &d);
+  else
+    orch__llm_decide(&l->retry, c->attempt, dstatus, msg, req->retry_after_ms,
+                     body, &d);
   if (d.action == ORCH__LLM_RETRY) {
     if (a) {
       a->action = "retry";

@@ -493,13 +493,21 @@ typedef struct orch__llm_decision {
   char reason[160];
 } orch__llm_decision;
 typedef struct orch__llm_retry_opts {
-  int max_attempts;         /* per tier, default 3 */
+  int max_attempts;         /* per tier, default 4 */
   double base_ms, max_ms;   /* backoff: full jitter over base*2^(n-1) */
   double retry_after_cap_ms; /* default 60000 */
 } orch__llm_retry_opts;
 void orch__llm_decide(const orch__llm_retry_opts *o, int attempt,
                       int status, const char *error, long retry_after_ms,
                       const char *body, orch__llm_decision *d);
+/* Replaces the built-in decision for engine l (fn NULL: back to it). fn
+ * runs on the loop thread, synchronously; status 0 is a transport error,
+ * 2xx a malformed or truncated answer; retry_after_ms -1 when none. */
+typedef void (*orch__llm_decide_fn)(void *ud, const orch__llm_retry_opts *o,
+                                    int attempt, int status,
+                                    const char *error, long retry_after_ms,
+                                    const char *body, orch__llm_decision *d);
+void orch__llm_set_decider(orch__llm *l, orch__llm_decide_fn fn, void *ud);
 
 /* ---- step_llm.c: the `llm` step kind ---------------------------------- */
 
