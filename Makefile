@@ -31,6 +31,9 @@ LDFLAGS_ALL = -pthread $(LDSAN) $(LDFLAGS)
 
 LIB_SRCS := $(filter-out runtime/main.c runtime/luamod.c,$(wildcard runtime/*.c))
 LIB_OBJS := $(LIB_SRCS:runtime/%.c=$(BUILD)/obj/%.o)
+# The SQL migrations, embedded into the library (store helper: sql/embed.awk).
+SQL_SRCS := $(sort $(wildcard sql/*/*.sql))
+LIB_OBJS += $(BUILD)/obj/store_sql.o
 
 LIBA    := $(BUILD)/liborch.a
 LIBSO   := $(BUILD)/liborch.so.$(VERSION)
@@ -54,6 +57,14 @@ help:
 	@echo "make install  PREFIX=/usr/local DESTDIR="
 
 $(BUILD)/obj/%.o: runtime/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(BUILD)/gen/store_sql.c: $(SQL_SRCS) sql/embed.awk
+	@mkdir -p $(dir $@)
+	LC_ALL=C awk -f sql/embed.awk $(SQL_SRCS) > $@
+
+$(BUILD)/obj/store_sql.o: $(BUILD)/gen/store_sql.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 

@@ -114,7 +114,7 @@ static int run(const char *base, int n, int c, int latency) {
   snprintf(conf, sizeof conf,
            "{\"llm\":{\"max_attempts\":1,\"cooldown\":{\"failures\":0}},"
            "\"tiers\":{\"bench\":{\"base_url\":\"%s/v1\",\"model\":"
-           "\"latency=%d\"}}}",
+           "\"bench+fault=latency=%d\"}}}",
            base, latency);
   json_t *sec = json_loads(conf, 0, NULL);
   bench b = {.n = n, .c = c, .loop = &loop};

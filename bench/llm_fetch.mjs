@@ -6,7 +6,7 @@ const [base, nArg, cArg, latArg] = process.argv.slice(2);
 const N = Number(nArg), C = Number(cArg), LAT = Number(latArg);
 const url = `${base}/v1/chat/completions`;
 const body = JSON.stringify({
-  model: `latency=${LAT}`,
+  model: `bench+fault=latency=${LAT}`,
   max_tokens: 1024,
   messages: [{ role: "user", content: "benchmark request" }],
 });

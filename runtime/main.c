@@ -297,7 +297,10 @@ static int cmd_run(int argc, char **argv) {
       if (orch_step_exit_status(g, i) >= 0)
         json_object_set_new(s, "exit_status", json_integer(orch_step_exit_status(g, i)));
       const char *out = orch_step_output(g, i), *e = orch_step_error(g, i);
-      if (out) json_object_set_new(s, "output", json_string(out) ? json_string(out) : json_string("(binary output)"));
+      if (out) {
+        json_t *jo = json_string(out); /* NULL when not UTF-8 */
+        json_object_set_new(s, "output", jo ? jo : json_string("(output is not UTF-8)"));
+      }
       if (e) json_object_set_new(s, "error", json_string(e));
       json_array_append_new(steps, s);
     }

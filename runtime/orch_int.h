@@ -330,6 +330,348 @@ json_t *orch__lua_to_json(lua_State *L, int idx, int max_depth, char *err,
  * avoided: it becomes json.null lightuserdata). */
 void orch__lua_push_json(lua_State *L, const json_t *v);
 
+/* ---- store.c, store_pg.c, store_sqlite.c: the record store ----------
+ * (section owned by the store; see docs/store.md)
+ *
+ * The core hands records to orch__store_put(): it encodes them into one
+ * frame, pushes it on a bounded queue and returns (never touches the
+ * database, never blocks on it). One writer thread batches frames into the
+ * database; while the database is unreachable it appends them to a
+ * crash-safe spool file and replays it when the database is back. Every
+ * upsert carries rec_seq, so replays are idempotent and order-independent.
+ * Queries (resume, status) open their own connection on the caller's
+ * thread. All functions are thread-safe unless noted. */
+
+typedef struct orch__store orch__store;
+
+typedef struct orch__store_opts {
+  size_t queue_cap;        /* records held in memory; 0: 65536 */
+  size_t queue_max_bytes;  /* bytes held in memory; 0: 64 MiB */
+  const char *spool_path;  /* NULL: ORCH_SPOOL env, else sqlite: PATH.spool,
+                              PostgreSQL: ORCH_SPOOL_DIR (or .)/
+                              orchestrate-pg-<hash of url>.spool */
+  uint64_t spool_cap;      /* spool file size cap in bytes; 0: 1 GiB */
+  size_t batch;            /* records per transaction; 0: 5000 */
+  unsigned flush_ms;       /* writer tick: spool fsync, reconnect; 0: 50 */
+  unsigned backoff_max_ms; /* reconnect backoff ceiling; 0: 5000 */
+  int no_migrate;          /* 1: do not apply migrations on connect */
+  int read_only;           /* 1: queries only: no writer, no spool (status) */
+} orch__store_opts;
+
+/* Record types, one per table. */
+typedef enum orch__rec_type {
+  ORCH__REC_SESSION = 0,   /* jr_execution_sessions */
+  ORCH__REC_STEP,          /* orch_run_steps */
+  ORCH__REC_REWARD,        /* jr_step_rewards */
+  ORCH__REC_LLM_CALL,      /* orch_llm_calls */
+  ORCH__REC_EXPLORATION,   /* jr_exploration_log (append-only) */
+  ORCH__REC_PARTICIPATION, /* magrpo_task_participation */
+  ORCH__REC_COOPERATION,   /* magrpo_cooperation_metrics */
+  ORCH__REC_NTYPES
+} orch__rec_type;
+
+/* "Unknown" for nullable integer fields (tokens, times, ...); NAN is
+ * "unknown" for doubles; NULL for strings. Times are wall-clock ms since
+ * the Unix epoch (orch__store_wall_ms()); 0 is also "none". */
+#define ORCH__NULL_I64 INT64_MIN
+
+/* Every record is a full row: a later record for the same key replaces the
+ * earlier one (upsert), so send the whole current state each time. */
+typedef struct orch__rec_session {
+  const char *session_id; /* a UUID (8-4-4-4-12 hex), required */
+  const char *task_id, *jr_name, *model_tier;
+  const char *status;     /* NULL: "pending"; "running", "passed", ... */
+  const char *steps_json; /* JSON (the plan's steps array); NULL: [] */
+  int64_t total_tokens;
+} orch__rec_session;
+
+typedef struct orch__rec_step {
+  const char *session_id;  /* UUID, required */
+  const char *step_id;     /* required */
+  int32_t step_index;      /* position in the graph */
+  const char *kind;        /* "shell", "llm", ... */
+  const char *deps_json;   /* JSON array of dependency ids; NULL: [] */
+  const char *params_json; /* the step's plan object (orch_graph_add_json
+                              form) so resume can rebuild it; NULL */
+  const char *status;      /* orch_status_name(); required */
+  int32_t attempts;
+  const char *output, *error; /* NULL: none */
+  int64_t tokens_in, tokens_out; /* ORCH__NULL_I64: unknown */
+  double cost;                   /* NAN: unknown */
+  uint32_t generation;           /* script generation */
+  int64_t started_ms, finished_ms; /* epoch ms; 0 or ORCH__NULL_I64: none */
+} orch__rec_step;
+
+/* jr_step_rewards; step_content_hash is computed by the store:
+ * SHA-256 hex of "task_id:step_number:step_type:target_file" (NULL = ""). */
+typedef struct orch__rec_reward {
+  const char *task_id; /* required */
+  int32_t step_number;
+  const char *step_type, *target_file;
+  const char *execution_result; /* NULL: "pending" */
+  double implicit_reward, verified_outcome; /* NAN: unknown */
+  const char *retry_decision;
+  int64_t execution_time_ms; /* ORCH__NULL_I64: unknown */
+  const char *error_detail;
+} orch__rec_reward;
+
+/* orch_llm_calls: one row per attempt. */
+typedef struct orch__rec_llm_call {
+  const char *session_id, *step_id; /* required ("" allowed) */
+  int32_t attempt;
+  const char *provider, *model;
+  int32_t http_status;            /* 0: none */
+  const char *outcome;            /* "ok", "error", "timeout", "retry" */
+  int64_t tokens_in, tokens_out;  /* ORCH__NULL_I64: unknown */
+  double cost, latency_ms;        /* NAN: unknown */
+  const char *error;
+  int64_t started_ms;
+} orch__rec_llm_call;
+
+typedef struct orch__rec_exploration {
+  const char *jr_type, *task_type;
+  double novelty_score, curiosity_bonus;
+  const char *task_outcome;
+} orch__rec_exploration;
+
+typedef struct orch__rec_participation {
+  const char *task_id, *jr_type; /* required */
+  int64_t joined_ms;             /* required (0: now) */
+  double contribution_score;
+  const char *handoff_from, *handoff_to;
+  double context_preserved_score;
+} orch__rec_participation;
+
+typedef struct orch__rec_cooperation {
+  const char *jr_type;             /* required */
+  int64_t period_start_ms, period_end_ms;
+  int32_t tasks_participated, handoffs_sent, handoffs_received;
+  double avg_context_preservation, cooperation_score, group_reward_total;
+} orch__rec_cooperation;
+
+typedef struct orch__rec {
+  orch__rec_type type;
+  union {
+    orch__rec_session session;
+    orch__rec_step step;
+    orch__rec_reward reward;
+    orch__rec_llm_call llm_call;
+    orch__rec_exploration exploration;
+    orch__rec_participation participation;
+    orch__rec_cooperation cooperation;
+  } u;
+} orch__rec;
+
+typedef struct orch__store_stats {
+  uint64_t queued;    /* records in the memory queue now */
+  uint64_t accepted;  /* orch__store_put calls that returned ORCH_OK */
+  uint64_t written;   /* records committed to the database */
+  uint64_t spooled;   /* records appended to the spool */
+  uint64_t replayed;  /* spooled records committed on replay */
+  uint64_t rejected;  /* records the database refused (bad data) */
+  uint64_t records_dropped_total; /* every record not kept: queue and spool
+                                     full, spool write failure, rejected */
+  uint64_t spool_bytes;    /* spool bytes not yet replayed */
+  uint64_t spool_cut_bytes; /* torn tail cut when the spool was opened */
+  int connected;           /* 1 when the writer holds a connection */
+  char backend[12];        /* "postgresql" or "sqlite" */
+  char last_error[256];    /* the latest problem, "" when none */
+  char last_drop[256];     /* why records were last dropped, "" never */
+} orch__store_stats;
+
+/* Opens the store at url (NULL: ORCH_DB, then "sqlite:orchestrate.db"),
+ * opens (and recovers) the spool and starts the writer thread, which
+ * connects, applies pending migrations and replays the spool. Returns
+ * ORCH_OK even when the database is down (records spool until it is up);
+ * a bad url, an unusable spool or a spool locked by another process fail.
+ * o may be NULL (defaults). */
+int orch__store_open(orch__store **out /* OUT */, const char *url,
+                     const orch__store_opts *o, char *err, size_t errlen);
+/* Writes what is queued (or spools it if the database is down), stops the
+ * writer and frees. Accepts NULL. */
+void orch__store_close(orch__store *s);
+
+/* Copies the record into the queue and returns at once; any thread.
+ * ORCH_EINVAL: a required field is missing or session_id is not a UUID.
+ * ORCH_ELIMIT: queue full and the record could not be spooled either (the
+ * record is counted in records_dropped_total and logged). */
+int orch__store_put(orch__store *s, const orch__rec *rec);
+/* Waits until the queue is empty and the spool replayed, or timeout_ms.
+ * ORCH_OK, or ORCH_ETIMEDOUT (e.g. the database is down). */
+int orch__store_flush(orch__store *s, unsigned timeout_ms);
+void orch__store_stats_get(orch__store *s, orch__store_stats *out /* OUT */);
+/* Wall clock, ms since the Unix epoch. */
+int64_t orch__store_wall_ms(void);
+/* A fresh random (version 4) UUID for a session id, lower-case. */
+void orch__store_uuid(char out[37]);
+/* SHA-256 hex (65 bytes with NUL) of task_id:step_number:step_type:target_file. */
+void orch__store_step_hash(const char *task_id, int step_number,
+                           const char *step_type, const char *target_file,
+                           char out[65]);
+
+/* ---- store queries (caller's thread, own connection) ---- */
+
+/* One recorded step of a session; strings are valid during the callback
+ * only (NULL when the column is NULL). */
+typedef struct orch__step_row {
+  const char *step_id, *kind, *status, *deps_json, *params_json, *output,
+      *error;
+  int32_t step_index, attempts;
+  uint32_t generation;
+  int64_t tokens_in, tokens_out; /* ORCH__NULL_I64: unknown */
+  double cost;                   /* NAN: unknown */
+} orch__step_row;
+/* Returns non-zero to stop the iteration (that value is returned). */
+typedef int (*orch__step_row_fn)(void *ud, const orch__step_row *row);
+
+/* Calls fn for every recorded step of session_id, in step_index order.
+ * Flushes the writer first (up to 10 s) so it sees this process's records.
+ * ORCH_ENOTFOUND when the session has neither a session row nor steps. */
+int orch__store_session_steps(orch__store *s, const char *session_id,
+                              orch__step_row_fn fn, void *ud, char *err,
+                              size_t errlen);
+
+typedef struct orch__session_info {
+  char session_id[40];
+  char *task_id, *jr_name, *model_tier, *status; /* owned; may be NULL */
+  char *steps_json;                               /* owned; may be NULL */
+  int64_t total_tokens;
+  long total, passed, failed, pending, running, skipped; /* from steps */
+  double progress_pct; /* (passed + failed + skipped) / total * 100 */
+  char created_at[32], updated_at[32];
+} orch__session_info;
+void orch__session_info_deinit(orch__session_info *si);
+
+/* One session with its step counts. ORCH_ENOTFOUND when unknown. */
+int orch__store_session_summary(orch__store *s, const char *session_id,
+                                orch__session_info *out /* OUT */,
+                                char *err, size_t errlen);
+/* Sessions whose status is pending or running (v_jr_active_sessions),
+ * newest first; the info is valid during the callback only. */
+int orch__store_active_sessions(orch__store *s,
+                                int (*fn)(void *ud,
+                                          const orch__session_info *si),
+                                void *ud, char *err, size_t errlen);
+
+typedef struct orch__store_today {
+  long sessions, sessions_running, sessions_passed, sessions_failed;
+  long steps_passed, steps_failed, steps_total;
+} orch__store_today;
+/* Counts since local midnight (UTC for SQLite). */
+int orch__store_today_counts(orch__store *s, orch__store_today *out,
+                             char *err, size_t errlen);
+
+/* ---- helpers for the scheduler, resume and the CLI ---- */
+
+/* Records step idx of g as it is now (id, kind, deps, status, attempts,
+ * output, error, generation, times). Call on the loop thread right after
+ * the step's status changed (started, passed, failed, skipped): it copies
+ * what it needs and returns in microseconds. t0_wall_ms: the run's start
+ * in orch__store_wall_ms() terms. */
+int orch__store_record_step(orch__store *s, const char *session_id,
+                            const orch_graph *g, uint32_t idx,
+                            int64_t t0_wall_ms);
+/* Resume: marks every step of g that has a "passed" record in session_id
+ * as ORCH_PASSED with its recorded output, attempts and generation
+ * (g validated, before the run). *npassed: how many. Steps not in g are
+ * ignored. The scheduler must then treat PASSED steps as already done. */
+int orch__store_resume_mark(orch__store *s, const char *session_id,
+                            orch_graph *g, size_t *npassed, char *err,
+                            size_t errlen);
+/* `orchestrate status`: opens db read-only (no writer, no spool) and
+ * returns JSON text (free()) with {"backend", "active": [sessions with
+ * total/passed/failed/pending/progress_pct], "today": {counts}}, or with
+ * session_id {"backend", "session": {...}}. */
+int orch__store_status_json(const char *db, const char *session_id,
+                            char **out /* OUT */, char *err, size_t errlen);
+
+/* ---- store internals shared by store.c and the backends ---- */
+
+typedef struct orch__migration {
+  int version;
+  const char *name;  /* "001_init" */
+  char dialect;      /* 'p' PostgreSQL, 's' SQLite */
+  const char *sql;
+} orch__migration;
+extern const orch__migration orch__migrations[]; /* generated */
+extern const size_t orch__nmigrations;
+
+/* Column types: 'u' uuid, 't' text, 'j' JSON, 'i' integer, 'f' double,
+ * 'T' time (epoch ms). flags: 1 key column, 2 set on insert only. */
+typedef struct orch__col {
+  const char *name;
+  char type;
+  uint8_t flags;
+} orch__col;
+#define ORCH__COL_KEY 1u
+#define ORCH__COL_INSERT_ONLY 2u
+
+typedef struct orch__rec_desc {
+  const char *table;
+  const orch__col *cols;
+  size_t ncols;
+  int append_only; /* ON CONFLICT DO NOTHING (no rec_seq) */
+} orch__rec_desc;
+extern const orch__rec_desc orch__rec_descs[ORCH__REC_NTYPES];
+
+/* A decoded value: tag 0 NULL, 1 integer, 2 double, 3 text (s, n; not
+ * NUL-terminated). */
+typedef struct orch__val {
+  uint8_t tag;
+  uint32_t n;
+  int64_t i;
+  double f;
+  const char *s;
+} orch__val;
+
+typedef struct orch__row {
+  uint8_t type;      /* orch__rec_type */
+  const orch__val *v; /* orch__rec_descs[type].ncols values */
+} orch__row;
+
+/* The outcome of a backend write. */
+enum {
+  ORCH__W_OK = 0,    /* committed (rows the database refused are reported
+                        through reject and left out) */
+  ORCH__W_RETRY = 1  /* the database is unavailable: nothing committed;
+                        the writer spools the batch and reconnects */
+};
+typedef void (*orch__reject_fn)(void *ud, size_t row, const char *msg);
+
+typedef struct orch__backend {
+  const char *name;
+  int (*connect)(void **conn, const char *url, char *err, size_t errlen);
+  void (*disconnect)(void *conn);
+  /* Applies pending migrations (or only reports, status_only). */
+  int (*migrate)(void *conn, int status_only, orch_report_fn report,
+                 void *ud, char *err, size_t errlen);
+  int (*write)(void *conn, const orch__row *rows, size_t n,
+               orch__reject_fn reject, void *ud, char *err, size_t errlen);
+  int (*session_steps)(void *conn, const char *session_id,
+                       orch__step_row_fn fn, void *ud, char *err,
+                       size_t errlen);
+  int (*session_summary)(void *conn, const char *session_id,
+                         orch__session_info *out, char *err, size_t errlen);
+  int (*active_sessions)(void *conn,
+                         int (*fn)(void *ud, const orch__session_info *si),
+                         void *ud, char *err, size_t errlen);
+  int (*today_counts)(void *conn, orch__store_today *out, char *err,
+                      size_t errlen);
+} orch__backend;
+extern const orch__backend orch__backend_pg, orch__backend_sqlite;
+
+/* Picks the backend for url and the string to hand to its connect (the
+ * path for sqlite:, the url itself for PostgreSQL). */
+int orch__store_backend_for(const char *url, const orch__backend **be,
+                            const char **conninfo, char *err, size_t errlen);
+/* For the backends: counts n steps of a status into si, then derives
+ * pending and progress_pct (json_total: the length of the steps JSON). */
+void orch__session_info_tally(orch__session_info *si, const char *status,
+                              long n);
+void orch__session_info_finish(orch__session_info *si, long json_total);
+/* The highest migration version of dialect d ('p' or 's'). */
+int orch__migrations_latest(char dialect);
+
 
 /* ==== http.c, llm.c, step_llm.c: LLM I/O (owner: llm helper) ========== */
 

@@ -23,9 +23,3 @@ int orch_mock_start(orch_mock **out, const char *host, int port, char *err,
 int orch_mock_port(const orch_mock *m) { (void)m; return 0; }
 unsigned long orch_mock_requests(const orch_mock *m) { (void)m; return 0; }
 void orch_mock_free(orch_mock *m) { (void)m; }
-
-int orch_migrate(const char *db, int status_only, orch_report_fn report,
-                 void *ud, char *err, size_t errlen) {
-  (void)db; (void)status_only; (void)report; (void)ud;
-  return orch__err(err, errlen, ORCH_ESTATE, "the store is not built yet");
-}

@@ -145,6 +145,11 @@ static int from_doc(json_t *doc, const char *name, orch_graph **out,
   int rc = ORCH_OK;
   orch_graph *g = NULL;
   json_t *steps = json_is_array(doc) ? doc : json_object_get(doc, "steps");
+  /* An empty Lua table encodes as {}: the same empty list. */
+  if (json_is_object(steps) && json_object_size(steps) == 0) steps = NULL;
+  if (!steps && json_is_object(doc) && json_object_get(doc, "steps"))
+    return orch__err(err, errlen, ORCH_EPLAN, "%s: empty graph: no steps",
+                     name);
   if (!json_is_array(steps))
     return orch__err(err, errlen, ORCH_EPLAN,
                      "%s: a plan needs \"steps\", a list of steps", name);
@@ -182,8 +187,11 @@ static int parse_json(orch_runtime *rt, const char *text, size_t len,
   json_error_t je;
   json_t *doc = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
   if (!doc)
-    return orch__err(err, errlen, ORCH_EPLAN, "%s:%d:%d: %s (byte %d)", name,
-                     je.line, je.column, je.text, je.position);
+    return orch__err(err, errlen, ORCH_EPLAN, "%s:%d:%d: %s (byte %d)%s", name,
+                     je.line, je.column, je.text, je.position,
+                     strstr(je.text, "unable to decode byte")
+                         ? ": invalid UTF-8"
+                         : "");
   rc = from_doc(doc, name, out, err, errlen);
   json_decref(doc);
   return rc;

@@ -79,6 +79,7 @@ if make -s BUILD=build-asan SAN=1 all build-asan/test_c >"$LOG/build-asan.log" 2
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   export LSAN_OPTIONS=suppressions=$ROOT/test/lsan.supp:print_suppressions=0
+  export ORCH_SKIP_SLOW=1
   run_ctest c-tests-asan ./build-asan/test_c
   LD_PRELOAD=$ASAN_LIB run_busted specs-asan build-asan --exclude-tags=slow,nosan
 else

@@ -1,0 +1,141 @@
+/* test_dag.c: the graph at scale and its validation, through the C API. */
+#include "test.h"
+
+#include "orch.h"
+
+#include <malloc.h>
+#include <stdint.h>
+#include <time.h>
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int noop(orch_step_ctx *ctx, void *ud) {
+  (void)ctx;
+  (void)ud;
+  return ORCH_OK;
+}
+
+static size_t heap_in_use(void) {
+  struct mallinfo2 mi = mallinfo2();
+  return mi.uordblks + mi.hblkhd;
+}
+
+TEST(dag_million_steps_build_and_validate_fast_and_small) {
+  const char *skip = getenv("ORCH_SKIP_SLOW");
+  size_t n = skip && *skip == '1' ? 100000 : 1000000;
+  size_t before = heap_in_use();
+  double t0 = now_s();
+  orch_graph *g = NULL;
+  ASSERT_EQ(orch_graph_new(&g), ORCH_OK);
+  char id[32];
+  for (size_t i = 0; i < n; i++) {
+    snprintf(id, sizeof id, "step-%zu", i);
+    ASSERT_EQ(orch_graph_add_fn(g, id, noop, NULL), ORCH_OK);
+    if (i) {
+      char dep[32];
+      snprintf(dep, sizeof dep, "step-%zu", i - 1);
+      ASSERT_EQ(orch_graph_depend(g, id, dep), ORCH_OK);
+    }
+  }
+  char err[256];
+  ASSERT_EQ(orch_graph_validate(g, err, sizeof err), ORCH_OK);
+  double dt = now_s() - t0;
+  size_t bytes = heap_in_use() - before;
+  /* n-1 edges of 8 bytes (CSR both ways) are "plus its edges". */
+  double per_step = (double)(bytes - (n - 1) * 8) / (double)n;
+  size_t levels = orch_graph_levels(g);
+  double cost;
+  size_t plen = orch_graph_critical_path(g, NULL, 0, &cost);
+  orch_graph_free(g);
+  ASSERT_EQ(levels, n);
+  ASSERT_EQ(plen, n);
+  if (skip) return; /* under the sanitizers: neither time nor heap is real */
+  printf("  %zu-step chain: built and validated in %.3f s, %.0f bytes/step\n", n, dt, per_step);
+  ASSERT(dt < 1.0);
+  ASSERT(per_step <= 200);
+}
+
+TEST(dag_cycle_is_named) {
+  orch_graph *g = NULL;
+  orch_graph_new(&g);
+  orch_graph_add_fn(g, "a", noop, NULL);
+  orch_graph_add_fn(g, "b", noop, NULL);
+  orch_graph_add_fn(g, "c", noop, NULL);
+  orch_graph_depend(g, "b", "a");
+  orch_graph_depend(g, "c", "b");
+  orch_graph_depend(g, "a", "c");
+  char err[256];
+  ASSERT_EQ(orch_graph_validate(g, err, sizeof err), ORCH_ECYCLE);
+  ASSERT_CONTAINS(err, "dependency cycle: ");
+  ASSERT(strstr(err, "a -> c -> b -> a") || strstr(err, "b -> a -> c -> b") ||
+         strstr(err, "c -> b -> a -> c"));
+  orch_graph_free(g);
+}
+
+TEST(dag_duplicate_and_unknown_and_empty) {
+  orch_graph *g = NULL;
+  char err[256];
+  orch_graph_new(&g);
+  ASSERT_EQ(orch_graph_validate(g, err, sizeof err), ORCH_EPLAN);
+  ASSERT_CONTAINS(err, "empty graph");
+  ASSERT_EQ(orch_graph_add_fn(g, "a", noop, NULL), ORCH_OK);
+  ASSERT_EQ(orch_graph_add_fn(g, "a", noop, NULL), ORCH_EPLAN);
+  orch_graph_free(g);
+  orch_graph_new(&g);
+  orch_graph_add_fn(g, "a", noop, NULL);
+  ASSERT_EQ(orch_graph_depend(g, "a", "later"), ORCH_OK);
+  ASSERT_EQ(orch_graph_validate(g, err, sizeof err), ORCH_EPLAN);
+  ASSERT_CONTAINS(err, "step 'a' depends on unknown step 'later'");
+  orch_graph_free(g);
+}
+
+TEST(dag_bad_ids_refused) {
+  orch_graph *g = NULL;
+  orch_graph_new(&g);
+  char big[300];
+  memset(big, 'x', sizeof big - 1);
+  big[sizeof big - 1] = '\0';
+  ASSERT_EQ(orch_graph_add_fn(g, big, noop, NULL), ORCH_EPLAN);
+  ASSERT_EQ(orch_graph_add_fn(g, "bad\xff", noop, NULL), ORCH_EPLAN);
+  ASSERT_EQ(orch_graph_add_fn(g, "", noop, NULL), ORCH_EPLAN);
+  char err[256];
+  ASSERT_EQ(orch_graph_validate(g, err, sizeof err), ORCH_EPLAN);
+  ASSERT_CONTAINS(err, "over the limit of 256 bytes");
+  orch_graph_free(g);
+}
+
+static int count_fn(orch_step_ctx *ctx, void *ud) {
+  (void)ctx;
+  __atomic_fetch_add((long *)ud, 1, __ATOMIC_RELAXED);
+  return ORCH_OK;
+}
+
+TEST(run_many_fn_steps_each_once) {
+  orch_runtime *rt = NULL;
+  orch_graph *g = NULL;
+  char err[256];
+  ASSERT_EQ(orch_runtime_new(&rt, NULL, err, sizeof err), ORCH_OK);
+  orch_graph_new(&g);
+  long count = 0;
+  char id[32];
+  for (int i = 0; i < 20000; i++) {
+    snprintf(id, sizeof id, "n%d", i);
+    orch_graph_add_fn(g, id, count_fn, &count);
+    if (i >= 100) {
+      char dep[32];
+      snprintf(dep, sizeof dep, "n%d", i - 100);
+      orch_graph_depend(g, id, dep);
+    }
+  }
+  ASSERT_EQ(orch_run(rt, g, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(count, 20000);
+  for (size_t i = 0; i < orch_graph_size(g); i++)
+    ASSERT_EQ(orch_step_status(g, i), ORCH_PASSED);
+  ASSERT_EQ(orch_run(rt, g, err, sizeof err), ORCH_ESTATE);
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+}
