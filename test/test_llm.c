@@ -387,6 +387,32 @@ TEST(llm_cancel_ends_a_call_in_flight_and_in_backoff) {
   ASSERT_EQ(lctx_deinit(&c), 0);
 }
 
+static int decider_calls;
+static void fail_fast(void *ud, const orch__llm_retry_opts *o, int attempt,
+                      int status, const char *error, long retry_after_ms,
+                      const char *body, orch__llm_decision *d) {
+  (void)ud; (void)o; (void)attempt; (void)error; (void)retry_after_ms;
+  (void)body;
+  decider_calls++;
+  memset(d, 0, sizeof *d);
+  d->action = ORCH__LLM_FAIL;
+  snprintf(d->reason, sizeof d->reason, "policy says no (%d)", status);
+}
+
+TEST(llm_a_set_decider_replaces_the_built_in_policy) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  orch__llm_set_decider(c.l, fail_fast, NULL);
+  orch__llm_call *call = call1(&c, "e500", "x", 0);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT(r->code != ORCH_OK);
+  ASSERT_EQ(r->nattempts, 1); /* no retry, no fallback */
+  ASSERT_EQ(decider_calls, 1);
+  ASSERT_STR_EQ(r->attempts[0].action, "fail");
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
 static const char conf_cooldown[] =
     "{\"llm\":{\"max_attempts\":1,\"cooldown\":{\"failures\":2,"
     "\"window_ms\":10000,\"cooldown_ms\":5000}},\"tiers\":{"
