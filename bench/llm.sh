@@ -54,12 +54,12 @@ TABLE=$(lua5.4 -e '
   local cjson = require "cjson"
   local rows = {}
   for i = 1, 2 do if arg[i] and arg[i] ~= "" then rows[#rows + 1] = cjson.decode(arg[i]) end end
-  print("| client | requests | concurrency | throughput (req/s) | of ideal | added p50 (ms) | added p99 (ms) | peak RSS / in flight (KiB) | failed |")
-  print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+  print("| client | requests | concurrency | throughput (req/s) | of ideal | added p50 (ms) | added p99 (ms) | peak RSS / in flight (KiB) | CPU / request (us) | failed |")
+  print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
   for _, t in ipairs(rows) do
-    print(string.format("| %s | %d | %d | %d | %.1f%% | %.2f | %.2f | %.1f | %d |",
+    print(string.format("| %s | %d | %d | %d | %.1f%% | %.2f | %.2f | %.1f | %.1f | %d |",
       t.client, t.requests, t.concurrency, t.throughput, t.ratio * 100,
-      t.added_p50_ms, t.added_p99_ms, t.kib_per_inflight, t.failed))
+      t.added_p50_ms, t.added_p99_ms, t.kib_per_inflight, t.cpu_us_per_req or 0, t.failed))
   end' "$C_BEST" "$N_BEST")
 echo "$TABLE"
 if [ -n "$MD" ]; then

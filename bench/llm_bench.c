@@ -9,6 +9,7 @@
 #include "orch_int.h"
 
 #include <math.h>
+#include <sys/resource.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +37,13 @@ static long proc_kib(const char *field) {
     }
   fclose(f);
   return v;
+}
+
+static double cpu_s(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
+         (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 }
 
 static volatile sig_atomic_t stop;
@@ -129,12 +137,14 @@ static int run(const char *base, int n, int c, int latency) {
   b.slots = calloc((size_t)c, sizeof *b.slots);
   long rss0 = proc_kib("VmRSS");
   int64_t t0 = now_ns();
+  double cpu0 = cpu_s();
   for (int i = 0; i < c && i < n; i++) {
     b.slots[i].b = &b;
     start_one(&b.slots[i]);
   }
   uv_run(&loop, UV_RUN_DEFAULT);
   double wall = (double)(now_ns() - t0) / 1e9;
+  double cpu = cpu_s() - cpu0;
   long hwm = proc_kib("VmHWM");
   orch__llm_free(b.l);
   uv_run(&loop, UV_RUN_DEFAULT);
@@ -148,9 +158,9 @@ static int run(const char *base, int n, int c, int latency) {
          "\"wall_s\":%.3f,\"throughput\":%.0f,\"ideal\":%.0f,"
          "\"ratio\":%.3f,\"added_p50_ms\":%.3f,\"added_p99_ms\":%.3f,"
          "\"rss_base_kib\":%ld,\"rss_peak_kib\":%ld,"
-         "\"kib_per_inflight\":%.1f%s%s%s}\n",
+         "\"kib_per_inflight\":%.1f,\"cpu_us_per_req\":%.1f%s%s%s}\n",
          n, c, latency, b.failed, wall, tput, ideal, tput / ideal, p50, p99,
-         rss0, hwm, kib_per, b.failed ? ",\"first_error\":\"" : "",
+         rss0, hwm, kib_per, cpu * 1e6 / n, b.failed ? ",\"first_error\":\"" : "",
          b.failed ? b.first_error : "", b.failed ? "\"" : "");
   free(b.lat_ms);
   free(b.slots);

@@ -42,8 +42,10 @@ async function worker() {
 }
 
 const t0 = performance.now();
+const cpu0 = process.cpuUsage();
 await Promise.all(Array.from({ length: Math.min(C, N) }, worker));
 const wall = (performance.now() - t0) / 1000;
+const cpu = process.cpuUsage(cpu0);
 clearInterval(sampler);
 const maxrss = process.resourceUsage().maxRSS * 1024; // bytes
 if (maxrss > peak) peak = maxrss;
@@ -58,6 +60,7 @@ const out = {
   added_p99_ms: +(lat[Math.floor(N * 0.99)] - LAT).toFixed(3),
   rss_base_kib: Math.round(rss0 / 1024), rss_peak_kib: Math.round(peak / 1024),
   kib_per_inflight: +((peak - rss0) / 1024 / Math.min(C, N)).toFixed(1),
+  cpu_us_per_req: +((cpu.user + cpu.system) / N).toFixed(1),
 };
 if (firstError) out.first_error = firstError;
 console.log(JSON.stringify(out));
