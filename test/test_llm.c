@@ -127,7 +127,9 @@ static const char conf_basic[] = BASE_CONF
     "\"racap\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":"
     "\"retry-after=120\",\"fallback\":\"oa\"},"
     "\"slow\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":"
-    "\"latency=1000\"}"
+    "\"latency=1000\"},"
+    "\"trickle\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":"
+    "\"slow=150\"}"
     "}}";
 
 TEST(llm_openai_whole_answer_has_text_usage_and_cost) {
@@ -249,6 +251,20 @@ TEST(llm_stalled_stream_stops_at_the_idle_timeout_without_leaks) {
   ASSERT_EQ(r->nattempts, 2);
   ASSERT(ms >= 590 && ms < 3000); /* two attempts of 300 ms */
   ASSERT_EQ(orch__http_active(orch__llm_http(c.l)), 0);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(llm_slow_stream_under_the_idle_timeout_completes) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  orch__llm_call *call = call1(&c, "trickle", "slowly now", 1);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_OK);
+  ASSERT_STR_EQ(r->text, "echo: slowly now");
+  ASSERT_EQ(r->nattempts, 1);
+  ASSERT(r->latency_ms > 500); /* 5 events, 150 ms apart, idle 300 ms */
+  ASSERT(r->ttft_ms < r->latency_ms);
   orch__llm_call_free(call);
   ASSERT_EQ(lctx_deinit(&c), 0);
 }
