@@ -38,29 +38,33 @@ while [ $r -lt "$ROUNDS" ]; do
 done
 
 # best round of each by throughput, then a table
-best() { lua5.4 -e '
-  local cjson = require "cjson"
-  local best
-  for line in io.lines(arg[1]) do
+cat >"$OUT/table.lua" <<'LUA'
+local cjson = require "cjson"
+local function best(path)
+  local b
+  local f = io.open(path)
+  if not f then return nil end
+  for line in f:lines() do
     local ok, t = pcall(cjson.decode, line)
-    if ok and (not best or t.throughput > best.throughput) then best = t end
+    if ok and type(t) == "table" and (not b or t.throughput > b.throughput) then b = t end
   end
-  if best then print(cjson.encode(best)) end' "$1"; }
-C_BEST=$(best "$OUT/c.jsonl")
-N_BEST=$(best "$OUT/node.jsonl")
-echo "$C_BEST"
-echo "$N_BEST"
-TABLE=$(lua5.4 -e '
-  local cjson = require "cjson"
-  local rows = {}
-  for i = 1, 2 do if arg[i] and arg[i] ~= "" then rows[#rows + 1] = cjson.decode(arg[i]) end end
-  print("| client | requests | concurrency | throughput (req/s) | of ideal | added p50 (ms) | added p99 (ms) | peak RSS / in flight (KiB) | CPU / request (us) | failed |")
-  print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-  for _, t in ipairs(rows) do
-    print(string.format("| %s | %d | %d | %d | %.1f%% | %.2f | %.2f | %.1f | %.1f | %d |",
-      t.client, t.requests, t.concurrency, t.throughput, t.ratio * 100,
-      t.added_p50_ms, t.added_p99_ms, t.kib_per_inflight, t.cpu_us_per_req or 0, t.failed))
-  end' "$C_BEST" "$N_BEST")
+  f:close()
+  return b
+end
+local rows = {}
+for i = 1, #arg do
+  local t = best(arg[i])
+  if t then rows[#rows + 1] = t; io.stderr:write(cjson.encode(t), "\n") end
+end
+print("| client | requests | concurrency | throughput (req/s) | of ideal | added p50 (ms) | added p99 (ms) | peak RSS / in flight (KiB) | CPU / request (us) | failed |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+for _, t in ipairs(rows) do
+  print(string.format("| %s | %d | %d | %d | %.1f%% | %.2f | %.2f | %.1f | %.1f | %d |",
+    t.client, t.requests, t.concurrency, t.throughput, t.ratio * 100,
+    t.added_p50_ms, t.added_p99_ms, t.kib_per_inflight, t.cpu_us_per_req or 0, t.failed))
+end
+LUA
+TABLE=$(lua5.4 "$OUT/table.lua" "$OUT/c.jsonl" "$OUT/node.jsonl")
 echo "$TABLE"
 if [ -n "$MD" ]; then
   {

@@ -208,13 +208,20 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
   return len;
 }
 
+/* An easy handle with the options every request shares; the cache keeps
+ * them (no curl_easy_reset: start_req sets the rest each time). */
 static CURL *easy_get(orch__http *h) {
-  if (h->ncache) {
-    CURL *e = h->cache[--h->ncache];
-    curl_easy_reset(e);
-    return e;
-  }
-  return curl_easy_init();
+  if (h->ncache) return h->cache[--h->ncache];
+  CURL *e = curl_easy_init();
+  if (!e) return NULL;
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+  curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  return e;
 }
 
 static void easy_put(orch__http *h, CURL *e) {
@@ -242,28 +249,23 @@ static void start_req(orch__http *h, orch__http_req *req) {
   curl_easy_setopt(e, CURLOPT_URL, req->url);
   curl_easy_setopt(e, CURLOPT_PRIVATE, req);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, req->priv_errbuf);
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, req);
-  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, req);
-  curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-  if (strncmp(req->url, "https:", 6) == 0)
-    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L); /* multiplex over h2 */
-  curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-  curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  if (req->connect_timeout_ms > 0)
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms);
-  if (req->timeout_ms > 0)
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms);
-  if (req->headers) curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->headers);
+  /* over TLS, wait for a connection that may multiplex (h2) */
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT,
+                   strncmp(req->url, "https:", 6) == 0 ? 1L : 0L);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                   req->connect_timeout_ms > 0 ? req->connect_timeout_ms : 0L);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
+                   req->timeout_ms > 0 ? req->timeout_ms : 0L);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->headers);
   if (req->post) {
     curl_easy_setopt(e, CURLOPT_POST, 1L);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
                      (curl_off_t)req->post_len);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, req->post);
+  } else {
+    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
   }
   active_link(h, req);
   h->stats.started++;
