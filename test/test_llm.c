@@ -23,6 +23,7 @@ typedef struct lctx {
   uv_loop_t loop;
   uv_timer_t tick;
   mini_llm *m;
+  orch_mock *mock; /* the project's mock instead of mini_llm */
   orch__llm *l;
   int done;
   char err[512];
@@ -30,16 +31,26 @@ typedef struct lctx {
 
 static void tick(uv_timer_t *t) { (void)t; }
 
-/* Config JSON with @PORT@ replaced by the mini server's port. */
-static int lctx_init(lctx *c, const char *conf) {
+/* Config JSON with @PORT@ replaced by the server's port: mini_llm, or the
+ * project's mock (orch_mock) when use_mock. */
+static int lctx_start(lctx *c, const char *conf, bool use_mock) {
   memset(c, 0, sizeof *c);
   uv_loop_init(&c->loop);
   uv_timer_init(&c->loop, &c->tick);
   uv_timer_start(&c->tick, tick, 20, 20);
-  c->m = mini_llm_start();
-  if (!c->m) return -1;
   char port[16], buf[4096];
-  snprintf(port, sizeof port, "%d", mini_llm_port(c->m));
+  if (use_mock) {
+    char err[256];
+    if (orch_mock_start(&c->mock, "127.0.0.1", 0, err, sizeof err)) {
+      fprintf(stderr, "orch_mock_start: %s\n", err);
+      return -1;
+    }
+    snprintf(port, sizeof port, "%d", orch_mock_port(c->mock));
+  } else {
+    c->m = mini_llm_start();
+    if (!c->m) return -1;
+    snprintf(port, sizeof port, "%d", mini_llm_port(c->m));
+  }
   size_t o = 0;
   for (const char *p = conf; *p && o < sizeof buf - 16;) {
     if (strncmp(p, "@PORT@", 6) == 0) {
@@ -60,12 +71,17 @@ static int lctx_init(lctx *c, const char *conf) {
   return rc;
 }
 
+static int lctx_init(lctx *c, const char *conf) {
+  return lctx_start(c, conf, false);
+}
+
 static int lctx_deinit(lctx *c) {
   orch__llm_free(c->l);
   uv_close((uv_handle_t *)&c->tick, NULL);
   uv_run(&c->loop, UV_RUN_DEFAULT);
   int rc = uv_loop_close(&c->loop);
-  mini_llm_stop(c->m);
+  if (c->m) mini_llm_stop(c->m);
+  orch_mock_free(c->mock);
   return rc;
 }
 
@@ -790,4 +806,169 @@ TEST(llm_kind_rejects_bad_fields_in_a_plan) {
                           sizeof err) != 0);
   ASSERT_CONTAINS(err, "max_tokens");
   orch_graph_free(g);
+}
+
+/* ---- the same against the project's mock (runtime/mock_llm.c) ------- */
+
+#define MOCK_TIER(name, prov, path, model, extra)                        \
+  "\"" name "\":{\"provider\":\"" prov "\",\"base_url\":"               \
+  "\"http://127.0.0.1:@PORT@" path "\",\"model\":\"" model "\"" extra "}"
+
+static const char conf_mock[] =
+    "{\"llm\":{\"max_attempts\":2,\"backoff_base_ms\":5,\"backoff_max_ms\":20,"
+    "\"idle_timeout_ms\":300,\"cooldown\":{\"failures\":0}},\"tiers\":{"
+    MOCK_TIER("oa", "openai", "/v1", "mock-echo", ",\"api_key\":\"" KEY "\"") ","
+    MOCK_TIER("an", "anthropic", "", "mock-echo", ",\"api_key\":\"" KEY "\"") ","
+    MOCK_TIER("oa_malformed", "openai", "/v1", "mock-echo+fault=malformed", "") ","
+    MOCK_TIER("an_malformed", "anthropic", "", "mock-echo+fault=malformed", "") ","
+    MOCK_TIER("oa_truncated", "openai", "/v1", "mock-echo+fault=truncated", "") ","
+    MOCK_TIER("an_truncated", "anthropic", "", "mock-echo+fault=truncated", "") ","
+    MOCK_TIER("stall", "openai", "/v1", "mock-echo+fault=stall=5000", "") ","
+    MOCK_TIER("reset", "openai", "/v1", "mock-echo+fault=reset", "") ","
+    MOCK_TIER("e500", "openai", "/v1", "mock-echo+fault=500", ",\"fallback\":\"an\"") ","
+    MOCK_TIER("e529", "anthropic", "", "mock-echo+fault=529", ",\"fallback\":\"oa\"") ","
+    MOCK_TIER("quota", "openai", "/v1", "mock-echo+fault=429-quota", ",\"fallback\":\"an\"") ","
+    MOCK_TIER("ra", "openai", "/v1",
+              "mock-echo+fault=fail-first=1;status=429;key=ra-test", "") ","
+    MOCK_TIER("e401", "openai", "/v1", "mock-echo+fault=401", ",\"api_key\":\"" KEY "\"")
+    "}}";
+
+TEST(mock_both_apis_stream_and_not_give_the_same_answer) {
+  lctx c;
+  ASSERT_EQ(lctx_start(&c, conf_mock, true), 0);
+  const char *tiers[] = {"oa", "an"};
+  for (int t = 0; t < 2; t++)
+    for (int stream = 0; stream < 2; stream++) {
+      orch__llm_call *call = call1(&c, tiers[t], "say the magic word", stream);
+      const orch__llm_result *r = orch__llm_call_result(call);
+      ASSERT_EQ(r->code, ORCH_OK);
+      ASSERT_STR_EQ(r->text, "say the magic word");
+      ASSERT(r->tokens_in > 0 && r->tokens_out > 0);
+      ASSERT(r->ttft_ms >= 0);
+      orch__llm_call_free(call);
+    }
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(mock_malformed_and_truncated_answers_name_the_byte_and_retry) {
+  lctx c;
+  ASSERT_EQ(lctx_start(&c, conf_mock, true), 0);
+  struct { const char *tier; int stream; } cases[] = {
+      {"oa_malformed", 0}, {"oa_malformed", 1}, {"an_malformed", 0},
+      {"an_malformed", 1}, {"oa_truncated", 0}, {"oa_truncated", 1},
+      {"an_truncated", 1}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    orch__llm_call *call = call1(&c, cases[i].tier, "x y z", cases[i].stream);
+    const orch__llm_result *r = orch__llm_call_result(call);
+    ASSERT(r->code != ORCH_OK);
+    if (!strstr(r->attempts[0].error, "byte"))
+      fprintf(stderr, "  %s stream=%d: %s\n", cases[i].tier, cases[i].stream,
+              r->attempts[0].error);
+    ASSERT_CONTAINS(r->attempts[0].error, "byte");
+    ASSERT_STR_EQ(r->attempts[0].action, "retry");
+    ASSERT_EQ(r->nattempts, 2);
+    orch__llm_call_free(call);
+  }
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(mock_stalled_stream_is_cut_at_the_idle_timeout) {
+  lctx c;
+  ASSERT_EQ(lctx_start(&c, conf_mock, true), 0);
+  int64_t t0 = tnow();
+  orch__llm_call *call = call1(&c, "stall", "x", 1);
+  double ms = (double)(tnow() - t0) / 1e6;
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_ETIMEDOUT);
+  ASSERT_CONTAINS(r->error, "idle timeout");
+  ASSERT(ms >= 590 && ms < 3000);
+  ASSERT_EQ(orch__http_active(orch__llm_http(c.l)), 0);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0); /* and no uv handle left open */
+}
+
+TEST(mock_reset_500_529_and_quota_fall_back) {
+  lctx c;
+  ASSERT_EQ(lctx_start(&c, conf_mock, true), 0);
+  orch__llm_call *call = call1(&c, "reset", "x", 0);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT(r->code != ORCH_OK);
+  ASSERT_EQ(r->nattempts, 2);
+  orch__llm_call_free(call);
+  const char *tiers[] = {"e500", "e529", "quota"};
+  const char *to[] = {"an", "oa", "an"};
+  int attempts[] = {3, 3, 2};
+  for (int i = 0; i < 3; i++) {
+    call = call1(&c, tiers[i], "fallback please", i == 1);
+    r = orch__llm_call_result(call);
+    ASSERT_EQ(r->code, ORCH_OK);
+    ASSERT_STR_EQ(r->tier, to[i]);
+    ASSERT_STR_EQ(r->text, "fallback please");
+    ASSERT_EQ(r->nattempts, attempts[i]);
+    orch__llm_call_free(call);
+  }
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(mock_retry_after_is_honoured_timed) {
+  lctx c;
+  ASSERT_EQ(lctx_start(&c, conf_mock, true), 0);
+  int64_t t0 = tnow();
+  orch__llm_call *call = call1(&c, "ra", "x", 0);
+  double ms = (double)(tnow() - t0) / 1e6;
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_OK);
+  ASSERT_EQ(r->nattempts, 2);
+  ASSERT_EQ(r->attempts[0].http_status, 429);
+  ASSERT(ms >= 1000 && ms < 1600);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(mock_errors_carry_the_provider_message_never_the_key) {
+  lctx c;
+  ASSERT_EQ(lctx_start(&c, conf_mock, true), 0);
+  orch__llm_call *call = call1(&c, "e401", "x", 0);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_EHTTP);
+  ASSERT_EQ(r->nattempts, 1);
+  ASSERT_CONTAINS(r->error, "HTTP 401");
+  ASSERT(!strstr(r->error, "SECRET"));
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(mock_1000_concurrent_calls_pair_answers_with_callers) {
+  lctx c;
+  ASSERT_EQ(lctx_start(&c, "{\"tiers\":{\"t\":{\"base_url\":"
+                           "\"http://127.0.0.1:@PORT@/v1\",\"model\":"
+                           "\"mock-echo+fault=latency=20\"},\"a\":{"
+                           "\"provider\":\"anthropic\",\"base_url\":"
+                           "\"http://127.0.0.1:@PORT@\",\"model\":"
+                           "\"mock-echo+fault=latency=20\"}}}",
+                       true),
+            0);
+  enum { N = 1000 };
+  orch__llm_call **calls = calloc(N, sizeof *calls);
+  char prompt[64];
+  for (int i = 0; i < N; i++) {
+    snprintf(prompt, sizeof prompt, "step-%d", i);
+    orch__llm_req rq = {.tier = i % 3 ? "t" : "a", .prompt = prompt,
+                        .stream = i % 2, .done = call_done, .ud = &c};
+    ASSERT_EQ(orch__llm_call_start(c.l, &rq, &calls[i]), 0);
+  }
+  lrun(&c, N, 60000);
+  ASSERT_EQ(c.done, N);
+  int ok = 0;
+  for (int i = 0; i < N; i++) {
+    const orch__llm_result *r = orch__llm_call_result(calls[i]);
+    char want[64];
+    snprintf(want, sizeof want, "step-%d", i);
+    if (r && r->code == ORCH_OK && strcmp(r->text, want) == 0) ok++;
+    else if (r && ok == i) fprintf(stderr, "  call %d: %s\n", i, r->error);
+    orch__llm_call_free(calls[i]);
+  }
+  free(calls);
+  ASSERT_EQ(ok, N);
+  ASSERT_EQ(lctx_deinit(&c), 0);
 }
