@@ -625,8 +625,8 @@ void orch__llm_decide(const orch__llm_retry_opts *o, int attempt, int status,
   }
   if (attempt >= o->max_attempts) {
     d->action = ORCH__LLM_FALLBACK;
-    snprintf(d->reason, sizeof d->reason, "gave up after %d attempts%s%s",
-             attempt, error ? ": " : "", error ? error : "");
+    snprintf(d->reason, sizeof d->reason, "gave up after %d attempt%s",
+             attempt, attempt == 1 ? "" : "s");
     return;
   }
   if (retry_after_ms >= 0) {
@@ -1089,8 +1089,10 @@ static void on_http_done(orch__http_req *req) {
     msg = xstrdup(c->perr_msg);
   } else if (req->result != ORCH_OK) {
     code = req->result;
-    if (c->stream && ok_status && req->result != ORCH_ETIMEDOUT)
-      msg = xprintf("truncated stream at byte %zu: %s", c->sse.off,
+    if (ok_status && req->result != ORCH_ETIMEDOUT &&
+        req->result != ORCH_ECANCELED)
+      msg = xprintf("truncated %s at byte %zu: %s",
+                    c->stream ? "stream" : "response", req->bytes_in,
                     req->error);
     else
       msg = xstrdup(req->error);
@@ -1236,10 +1238,9 @@ static void begin_tier(orch__llm_call *c, int idx, const char *why) {
   orch__llm *l = c->l;
   if (idx < 0 || (c->visited & (1ull << idx))) {
     const char *last = c->last_error ? c->last_error : "failed";
-    char *m = xprintf("%s (tier '%s', %s)%s%s", last, l->tiers[c->tier].name,
-                      idx < 0 ? "no fallback tier" : "fallback tiers exhausted",
-                      why && !strstr(last, why) ? "; " : "",
-                      why && !strstr(last, why) ? why : "");
+    char *m = xprintf("%s (tier '%s'%s%s; %s)", last, l->tiers[c->tier].name,
+                      why ? ": " : "", why ? why : "",
+                      idx < 0 ? "no fallback tier" : "fallback tiers exhausted");
     finish(c, c->last_code ? c->last_code : ORCH_EHTTP, m);
     free(m);
     return;
