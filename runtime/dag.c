@@ -41,6 +41,7 @@ void orch_graph_free(orch_graph *g) {
   free(g->out_off);
   free(g->outs);
   json_decref((json_t *)g->plan_meta);
+  json_decref((json_t *)g->plan_steps);
   free(g);
 }
 

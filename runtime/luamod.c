@@ -43,7 +43,7 @@ static int l_runtime(lua_State *L) {
   char err[1024];
   if (orch_runtime_new(&r->rt, config, err, sizeof err)) return push_err(L, err);
   if (lua_istable(L, 1)) {
-    static const char *const keys[] = {"workers", "max_parallel", "scripts_dir",
+    static const char *const keys[] = {"workers", "max_parallel", "scripts_dir", "db",
                                        "shell_timeout_ms", "dry_run",
                                        "output_max_bytes", "lua_budget"};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
@@ -275,6 +275,11 @@ static void push_step(lua_State *L, orch_graph *g, size_t i) {
 }
 
 /* g:run(runtime) -> result table {status=, steps={...}, makespan_ms=} */
+static int l_rt_session(lua_State *L) {
+  lua_pushstring(L, orch_runtime_session(check_rt(L, 1)->rt));
+  return 1;
+}
+
 static int l_g_run(lua_State *L) {
   lgraph *g = check_g(L, 1);
   lrt *r = check_rt(L, 2);
@@ -289,6 +294,8 @@ static int l_g_run(lua_State *L) {
   lua_setfield(L, -2, "status");
   lua_pushnumber(L, orch_graph_makespan_ms(g->g));
   lua_setfield(L, -2, "makespan_ms");
+  lua_pushstring(L, orch_runtime_session(r->rt));
+  lua_setfield(L, -2, "session");
   size_t n = orch_graph_size(g->g);
   lua_createtable(L, (int)n, 0);
   for (size_t i = 0; i < n; i++) {
@@ -354,16 +361,37 @@ static int l_g_critical(lua_State *L) {
   return 2;
 }
 
+/* orch.status([db [, session]]) -> table (as `orchestrate status --json`) */
+static int l_status(lua_State *L) {
+  const char *db = luaL_optstring(L, 1, NULL);
+  const char *sid = luaL_optstring(L, 2, NULL);
+  if (!db) db = getenv("ORCH_DB");
+  if (!db || !*db) db = "sqlite:orchestrate.db";
+  char err[1024];
+  char *txt = NULL;
+  if (orch_status_json(db, sid, &txt, err, sizeof err)) return push_err(L, err);
+  lua_getglobal(L, "require");
+  lua_pushstring(L, "cjson");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "decode");
+  lua_pushstring(L, txt);
+  orch_free(txt);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
 int luaopen_orch(lua_State *L);
 __attribute__((visibility("default"))) int luaopen_orch(lua_State *L) {
-  static const luaL_Reg rt_methods[] = {{"cancel", l_rt_cancel}, {"close", l_rt_gc}, {NULL, NULL}};
+  static const luaL_Reg rt_methods[] = {{"cancel", l_rt_cancel}, {"close", l_rt_gc},
+                                        {"session", l_rt_session}, {NULL, NULL}};
   static const luaL_Reg g_methods[] = {
       {"add", l_g_add},       {"depend", l_g_depend},     {"validate", l_g_validate},
       {"run", l_g_run},       {"step", l_g_step},         {"size", l_g_size},
       {"levels", l_g_levels}, {"critical_path", l_g_critical}, {"free", l_g_gc},
       {NULL, NULL}};
   static const luaL_Reg funcs[] = {
-      {"runtime", l_runtime}, {"graph", l_graph}, {"load", l_load}, {NULL, NULL}};
+      {"runtime", l_runtime}, {"graph", l_graph}, {"load", l_load},
+      {"status", l_status},   {NULL, NULL}};
   luaL_newmetatable(L, RT_MT);
   lua_pushcfunction(L, l_rt_gc);
   lua_setfield(L, -2, "__gc");

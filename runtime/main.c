@@ -26,6 +26,11 @@ static const char usage[] =
     "      --dry-run                  simulate llm steps as sleeps\n"
     "  check [DIR]                    compile and self-check the Lua scripts (default: scripts)\n"
     "  mock-llm [--port N] [--host H] serve the mock LLM (OpenAI + Anthropic APIs)\n"
+    "      --db URL                   record into URL (postgresql://..., sqlite:PATH,\n"
+    "                                 none); default: ORCH_DB, else sqlite:orchestrate.db\n"
+    "      --resume SESSION           run what a recorded session has not passed yet\n"
+    "  status [SESSION] [--json]      sessions: the active ones and today's counts,\n"
+    "                                 or one session's progress\n"
     "  migrate [--db URL] [--status]  apply (or list) the database migrations\n"
     "\n"
     "options for every command:\n"
@@ -55,7 +60,7 @@ static int exit_for(int rc) {
 /* ---- options ------------------------------------------------------------- */
 
 typedef struct {
-  const char *file, *config, *db, *host;
+  const char *file, *config, *db, *host, *resume;
   const char *workers, *max_parallel;
   int port;
   int json, dry_run, status_only;
@@ -76,6 +81,7 @@ static int parse_opts(int argc, char **argv, opts *o, const char *allowed) {
     } else if (strcmp(a, "--workers") == 0) { NEEDS("workers"); o->workers = argv[++i]; }
     else if (strcmp(a, "--max-parallel") == 0) { NEEDS("max-parallel"); o->max_parallel = argv[++i]; }
     else if (strcmp(a, "--db") == 0) { NEEDS("db"); o->db = argv[++i]; }
+    else if (strcmp(a, "--resume") == 0) { NEEDS("resume"); o->resume = argv[++i]; }
     else if (strcmp(a, "--host") == 0) { NEEDS("host"); o->host = argv[++i]; }
     else if (strcmp(a, "--port") == 0) {
       NEEDS("port");
@@ -111,6 +117,10 @@ static int open_runtime(const opts *o, orch_runtime **rt) {
     }
   }
   if (o->dry_run) orch_runtime_set(*rt, "dry_run", "1", NULL, 0);
+  /* The CLI records every run: --db, else the config or ORCH_DB, else an
+   * SQLite file in the working directory. */
+  if (o->db) orch_runtime_set(*rt, "db", o->db, NULL, 0);
+  orch_runtime_set(*rt, "db_default", "sqlite:orchestrate.db", NULL, 0);
   return 0;
 }
 
@@ -230,14 +240,23 @@ static double dur(const orch_graph *g, size_t i) {
 
 static int cmd_run(int argc, char **argv) {
   opts o = {0};
-  int ex = parse_opts(argc, argv, &o, "json dry workers max-parallel");
+  int ex = parse_opts(argc, argv, &o, "json dry workers max-parallel db resume");
   if (ex) return ex;
-  if (!o.file) return usage_error("run needs a FILE%s", "");
+  if (!o.file && !o.resume) return usage_error("run needs a FILE or --resume SESSION%s", "");
+  if (o.file && o.resume) return usage_error("run takes a FILE or --resume SESSION, not both%s", "");
   orch_runtime *rt = NULL;
   orch_graph *g = NULL;
   double *longest = NULL;
   if ((ex = open_runtime(&o, &rt))) return ex;
-  if ((ex = load_plan(rt, o.file, &g))) goto done;
+  if (o.resume) {
+    char rerr[1024];
+    int rrc = orch_runtime_resume(rt, o.resume, &g, rerr, sizeof rerr);
+    if (rrc) {
+      fprintf(stderr, "orchestrate: --resume: %s\n", rerr);
+      ex = exit_for(rrc);
+      goto done;
+    }
+  } else if ((ex = load_plan(rt, o.file, &g))) goto done;
   if (!o.json && isatty(STDERR_FILENO)) orch_runtime_on_progress(rt, progress, NULL, 100);
   sig_rt = rt;
   signal(SIGINT, on_sigint);
@@ -284,6 +303,7 @@ static int cmd_run(int argc, char **argv) {
   if (o.json) {
     json_t *doc = json_object(), *steps = json_array();
     json_object_set_new(doc, "status", json_string(status));
+    json_object_set_new(doc, "session", json_string(orch_runtime_session(rt)));
     for (size_t i = 0; i < n; i++) {
       json_t *s = json_object();
       json_object_set_new(s, "id", json_string(orch_step_id(g, i)));
@@ -326,6 +346,7 @@ static int cmd_run(int argc, char **argv) {
            counts[ORCH_PASSED], counts[ORCH_FAILED], counts[ORCH_SKIPPED], n);
     printf("makespan %.1f ms; lower bound %.1f ms; sequential %.1f ms (%.2fx)\n",
            makespan, bound, seq, makespan > 0 ? seq / makespan : 0);
+    if (*orch_runtime_session(rt)) printf("session %s\n", orch_runtime_session(rt));
   }
   ex = exit_for(rc);
 done:
@@ -412,6 +433,62 @@ static int cmd_migrate(int argc, char **argv) {
   return EX_OK;
 }
 
+static int cmd_status(int argc, char **argv) {
+  opts o = {0};
+  int ex = parse_opts(argc, argv, &o, "json db");
+  if (ex) return ex;
+  const char *db = o.db ? o.db : getenv("ORCH_DB");
+  if (!db || !*db) db = "sqlite:orchestrate.db";
+  char err[1024];
+  char *txt = NULL;
+  int rc = orch_status_json(db, o.file, &txt, err, sizeof err);
+  if (rc) {
+    fprintf(stderr, "orchestrate: status: %s\n", err);
+    return rc == ORCH_ENOTFOUND ? EX_DATAERR : exit_for(rc);
+  }
+  if (o.json) {
+    printf("%s\n", txt);
+    orch_free(txt);
+    return EX_OK;
+  }
+  json_error_t je;
+  json_t *doc = json_loads(txt, 0, &je);
+  orch_free(txt);
+  if (!doc) return EX_SOFTWARE;
+  json_t *one = json_object_get(doc, "session");
+  json_t *list = json_object_get(doc, "active");
+  size_t i;
+  json_t *s;
+  if (one) {
+    list = json_array();
+    json_array_append(list, one);
+  } else {
+    json_incref(list);
+    printf("active sessions: %zu\n", json_array_size(list));
+  }
+  json_array_foreach(list, i, s) {
+    printf("%s  %-9s %3.0f%%  total %lld, passed %lld, failed %lld, pending %lld\n",
+           json_string_value(json_object_get(s, "session_id")),
+           json_string_value(json_object_get(s, "status")),
+           json_number_value(json_object_get(s, "progress_pct")),
+           (long long)json_integer_value(json_object_get(s, "total")),
+           (long long)json_integer_value(json_object_get(s, "passed")),
+           (long long)json_integer_value(json_object_get(s, "failed")),
+           (long long)json_integer_value(json_object_get(s, "pending")));
+  }
+  json_decref(list);
+  json_t *today = json_object_get(doc, "today");
+  if (today) {
+    const char *k;
+    json_t *v;
+    printf("today:");
+    json_object_foreach(today, k, v) printf(" %s %lld", k, (long long)json_integer_value(v));
+    printf("\n");
+  }
+  json_decref(doc);
+  return EX_OK;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fputs(usage, stderr);
@@ -436,5 +513,6 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "check") == 0) return cmd_check(argc - 2, argv + 2);
   if (strcmp(cmd, "mock-llm") == 0) return cmd_mock(argc - 2, argv + 2);
   if (strcmp(cmd, "migrate") == 0) return cmd_migrate(argc - 2, argv + 2);
+  if (strcmp(cmd, "status") == 0) return cmd_status(argc - 2, argv + 2);
   return usage_error("unknown command '%s'", cmd);
 }

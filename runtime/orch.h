@@ -85,6 +85,25 @@ ORCH_API void orch_runtime_free(orch_runtime *rt);
 ORCH_API int orch_runtime_set(orch_runtime *rt, const char *key,
                               const char *value, char *err, size_t errlen);
 
+/* The session id of the current or last run ("" before the first run with
+ * a store). Runs are recorded when the runtime has a store: the "db"
+ * setting (orch_runtime_set), the config's store.url, or ORCH_DB. */
+ORCH_API const char *orch_runtime_session(const orch_runtime *rt);
+
+/* Rebuilds the graph of a recorded session from the store, marking the
+ * steps that already passed; orch_run then runs only the others, recording
+ * into the same session. */
+ORCH_API int orch_runtime_resume(orch_runtime *rt, const char *session_id,
+                                 orch_graph **out /* OUT */, char *err,
+                                 size_t errlen);
+
+/* Sessions as JSON text (free it with orch_free): with session_id NULL the
+ * active ones and today's counts, else that session's progress summary
+ * (total, passed, failed, pending, progress_pct, status). Read-only. */
+ORCH_API int orch_status_json(const char *db, const char *session_id,
+                              char **out /* OUT */, char *err, size_t errlen);
+ORCH_API void orch_free(void *p);
+
 /* Progress callback, called on the thread that called orch_run at most every
  * interval_ms and once at the end. */
 typedef void (*orch_progress_fn)(void *ud, size_t done, size_t total,

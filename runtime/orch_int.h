@@ -136,7 +136,8 @@ struct orch_graph {
   uint32_t nlevels;
   bool validated, ran;
   int64_t makespan_ns;
-  void *plan_meta; /* json_t of a loaded plan's top-level extras, or NULL */
+  void *plan_meta;  /* json_t of a loaded plan's top-level extras, or NULL */
+  void *plan_steps; /* json_t array of the plan's steps as loaded, or NULL */
   int err_code;    /* first error of an add call, reported at validate */
   char err_msg[512];
 };
@@ -184,6 +185,9 @@ typedef struct orch__kind {
   void (*free)(orch__step *s);
   /* Default cost estimate in ms for the critical path (NULL: 1). */
   double (*cost)(const orch__step *s);
+  /* Paths the step writes (NULL: none); the scheduler never runs two steps
+   * writing one path at the same time. */
+  size_t (*writes)(const orch__step *s, const char *const **paths);
 } orch__kind;
 
 enum {
@@ -271,6 +275,7 @@ struct orch__run {
   size_t nhost, host_cap, host_head;
   uv_async_t wake;     /* on the loop: drains fin */
   void *kind_state[ORCH__NKINDS]; /* per-run state of loop kinds */
+  char *steps_txt; /* the plan's steps as JSON, for the session record */
 };
 
 /* Marks step idx finished (its status already PASSED or FAILED). Loop
@@ -300,6 +305,11 @@ struct orch_runtime {
   uv_async_t cancel_async;     /* on the loop; orch_runtime_cancel sends */
   atomic_bool cancel_ready;
   bool dry_run;                /* llm steps become sleeps (--dry-run) */
+  char *db_url;                /* the store's URL, NULL: config, ORCH_DB */
+  char *db_default;            /* used when none of those is set (CLI) */
+  char session_id[40];         /* of the current or last run */
+  char resume_id[40];          /* set by orch_runtime_resume for one run */
+  int64_t t0_wall_ms;          /* the run's start, wall clock */
   orch_progress_fn progress;
   void *progress_ud;
   unsigned progress_ms;

@@ -92,6 +92,8 @@ int orch__plan_add_step(orch_graph *g, json_t *obj, const char *where,
   if (rc) return rc;
   json_t *deps = json_object_get(obj, "deps");
   if (!deps) deps = json_object_get(obj, "dependencies");
+  if (json_is_object(deps) && json_object_size(deps) == 0)
+    deps = NULL; /* an empty Lua table encodes as {} */
   if (deps && !json_is_array(deps) && !json_is_null(deps))
     return orch__err(err, errlen, ORCH_EPLAN,
                      "%s: \"deps\" must be a list of step ids", at);
@@ -161,6 +163,7 @@ static int from_doc(json_t *doc, const char *name, orch_graph **out,
     snprintf(where, sizeof where, "%s: step %zu", name, i + 1);
     if ((rc = orch__plan_add_step(g, st, where, err, errlen))) goto done;
   }
+  g->plan_steps = json_incref(steps);
   if (json_is_object(doc)) {
     json_t *meta = json_deep_copy(doc);
     json_object_del(meta, "steps");
@@ -261,7 +264,8 @@ static int parse_gap(orch_runtime *rt, const char *text, size_t len,
     json_object_set_new(st, "kind", json_string("llm"));
     json_object_set(st, "prompt", json_object_get(t, "description"));
     json_t *deps = json_object_get(t, "deps");
-    json_object_set(st, "deps", deps ? deps : json_array());
+    if (json_is_array(deps)) json_object_set(st, "deps", deps);
+    else json_object_set_new(st, "deps", json_array()); /* {} from Lua */
     json_array_append_new(steps, st);
   }
   json_object_set_new(doc, "format", json_string("gap"));

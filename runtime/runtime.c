@@ -52,6 +52,19 @@ int orch_runtime_set(orch_runtime *rt, const char *key, const char *value,
   if (rt->started && (strcmp(key, "workers") == 0))
     return orch__err(err, errlen, ORCH_ESTATE,
                      "'workers' cannot change after the first run");
+  if (strcmp(key, "db_default") == 0) {
+    free(rt->db_default);
+    rt->db_default = orch__strdup(value);
+    return ORCH_OK;
+  }
+  if (strcmp(key, "db") == 0) {
+    if (rt->started)
+      return orch__err(err, errlen, ORCH_ESTATE,
+                       "'db' cannot change after the first run");
+    free(rt->db_url);
+    rt->db_url = *value ? orch__strdup(value) : NULL;
+    return ORCH_OK;
+  }
   if (strcmp(key, "dry_run") == 0) {
     rt->dry_run = strcmp(value, "0") != 0 && strcmp(value, "false") != 0;
     return ORCH_OK;
@@ -93,6 +106,85 @@ static int cores(void) {
   return n > 0 ? (int)n : 1;
 }
 
+/* The store's URL: the "db" setting, the config's store.url, ORCH_DB. */
+static const char *store_url(const orch_runtime *rt) {
+  if (rt->db_url) return rt->db_url;
+  json_t *st = rt->cfg.sections ? json_object_get(rt->cfg.sections, "store") : NULL;
+  json_t *url = st ? json_object_get(st, "url") : NULL;
+  if (json_is_string(url)) return json_string_value(url);
+  const char *env = getenv("ORCH_DB");
+  if (env && *env) return env;
+  return rt->db_default;
+}
+
+static int open_store(orch_runtime *rt, char *err, size_t errlen) {
+  const char *url = store_url(rt);
+  if (!url || rt->store || strcmp(url, "none") == 0) return ORCH_OK;
+  orch__store_opts o = {0};
+  char msg[512];
+  int rc = orch__store_open(&rt->store, url, &o, msg, sizeof msg);
+  if (rc) return orch__err(err, errlen, ORCH_ESTORE, "store: %s", msg);
+  return ORCH_OK;
+}
+
+const char *orch_runtime_session(const orch_runtime *rt) {
+  return rt ? rt->session_id : "";
+}
+
+int orch_runtime_resume(orch_runtime *rt, const char *session_id,
+                        orch_graph **out, char *err, size_t errlen) {
+  int rc;
+  orch__session_info si;
+  memset(&si, 0, sizeof si);
+  orch_graph *g = NULL;
+  char *doc = NULL;
+  char msg[1024];
+  if (!rt || !session_id || !out) return ORCH_EINVAL;
+  if ((rc = orch__runtime_start(rt, err, errlen))) return rc;
+  if (!rt->store)
+    return orch__err(err, errlen, ORCH_ESTORE,
+                     "resume needs a store (--db, store.url or ORCH_DB)");
+  /* Records of the interrupted run may still be queued: write them first. */
+  orch__store_flush(rt->store, 5000);
+  rc = orch__store_session_summary(rt->store, session_id, &si, msg, sizeof msg);
+  if (rc) {
+    orch__err(err, errlen, rc, "session %s: %s", session_id, msg);
+    goto done;
+  }
+  if (!si.steps_json || !*si.steps_json) {
+    rc = orch__err(err, errlen, ORCH_EPLAN,
+                   "session %s has no recorded plan to resume", session_id);
+    goto done;
+  }
+  doc = orch__asprintf("{\"steps\":%s}", si.steps_json);
+  if (!doc) { rc = ORCH_ENOMEM; goto done; }
+  char name[64];
+  snprintf(name, sizeof name, "session %.36s", session_id);
+  if ((rc = orch_graph_parse(rt, doc, strlen(doc), name, &g, err, errlen)))
+    goto done;
+  size_t npassed = 0;
+  if ((rc = orch__store_resume_mark(rt->store, session_id, g, &npassed, msg,
+                                    sizeof msg))) {
+    orch__err(err, errlen, rc, "session %s: %s", session_id, msg);
+    goto done;
+  }
+  snprintf(rt->resume_id, sizeof rt->resume_id, "%s", session_id);
+  *out = g;
+  g = NULL;
+done:
+  free(doc);
+  orch_graph_free(g);
+  orch__session_info_deinit(&si);
+  return rc;
+}
+
+int orch_status_json(const char *db, const char *session_id, char **out,
+                     char *err, size_t errlen) {
+  return orch__store_status_json(db, session_id, out, err, errlen);
+}
+
+void orch_free(void *p) { free(p); }
+
 int orch__runtime_start(orch_runtime *rt, char *err, size_t errlen) {
   int rc = ORCH_OK;
   pthread_mutex_lock(&rt->mu);
@@ -110,6 +202,7 @@ int orch__runtime_start(orch_runtime *rt, char *err, size_t errlen) {
   pthread_mutex_unlock(&sc.mu);
   pthread_mutex_destroy(&sc.mu);
   pthread_cond_destroy(&sc.cv);
+  if ((rc = open_store(rt, err, errlen))) goto done;
   int n = rt->cfg.workers > 0 ? rt->cfg.workers : cores();
   if ((rc = orch__pool_new(&rt->pool, rt, n, err, errlen))) goto done;
   rt->started = true;
@@ -131,6 +224,9 @@ void orch_runtime_free(orch_runtime *rt) {
     orch__loop_call(rt->loop, close_on_loop, rt);
     orch__loop_free(rt->loop);
   }
+  orch__store_close(rt->store); /* flushes what the run recorded */
+  free(rt->db_url);
+  free(rt->db_default);
   orch__config_deinit(&rt->cfg);
   pthread_mutex_destroy(&rt->mu);
   free(rt);

@@ -64,6 +64,51 @@ static uint32_t heap_pop(orch__run *r) {
   return top;
 }
 
+/* ---- recording ------------------------------------------------------------ */
+
+/* Hands the step's current state to the store's queue; never waits. */
+static void record(orch__run *r, uint32_t v) {
+  orch_runtime *rt = r->rt;
+  if (rt->store)
+    orch__store_record_step(rt->store, rt->session_id, r->g, v, rt->t0_wall_ms);
+}
+
+static char *steps_json(const orch_graph *g) {
+  if (g->plan_steps) return json_dumps((json_t *)g->plan_steps, JSON_COMPACT);
+  json_t *a = json_array();
+  for (size_t i = 0; i < g->n; i++) {
+    json_t *s = json_object(), *deps = json_array();
+    json_object_set_new(s, "id", json_string(orch__step_id(g, (uint32_t)i)));
+    json_object_set_new(s, "kind", json_string(orch__kinds[g->steps[i].kind]->name));
+    for (uint32_t e = g->dep_off[i]; e < g->dep_off[i + 1]; e++)
+      json_array_append_new(deps, json_string(orch__step_id(g, g->deps[e])));
+    json_object_set_new(s, "deps", deps);
+    json_array_append_new(a, s);
+  }
+  char *txt = json_dumps(a, JSON_COMPACT);
+  json_decref(a);
+  return txt;
+}
+
+static void record_session(orch__run *r, const char *status, char *steps) {
+  orch_runtime *rt = r->rt;
+  if (!rt->store) return;
+  orch__rec rec;
+  memset(&rec, 0, sizeof rec);
+  rec.type = ORCH__REC_SESSION;
+  rec.u.session.session_id = rt->session_id;
+  json_t *meta = r->g->plan_meta;
+  json_t *task = meta ? json_object_get(meta, "task_id") : NULL;
+  rec.u.session.task_id = json_is_string(task) ? json_string_value(task) : rt->session_id;
+  json_t *agent = meta ? json_object_get(meta, "agent") : NULL;
+  rec.u.session.jr_name = json_is_string(agent) ? json_string_value(agent) : "orchestrate";
+  json_t *tier = meta ? json_object_get(meta, "tier") : NULL;
+  rec.u.session.model_tier = json_is_string(tier) ? json_string_value(tier) : NULL;
+  rec.u.session.status = status;
+  rec.u.session.steps_json = steps;
+  orch__store_put(rt->store, &rec);
+}
+
 /* ---- finishing ------------------------------------------------------------ */
 
 static void run_workers(orch__worker *w, void *arg, const uint32_t *idx,
@@ -85,6 +130,7 @@ static void skip(orch__run *r, uint32_t v, uint32_t cause) {
                          orch__step_id(r->g, cause));
   atomic_fetch_add(&r->skipped, 1);
   atomic_fetch_add(&r->done, 1);
+  record(r, v);
 }
 
 /* Skips v and everything downstream of it that has not started. */
@@ -116,6 +162,7 @@ static void start_step(orch__run *r, uint32_t v) {
   s->attempts++;
   s->started_ns = orch__run_now(r);
   atomic_fetch_add(&r->running, 1);
+  record(r, v);
   if (r->dry_run && s->kind == ORCH__KIND_LLM) {
     double ms = (s->flags & ORCH__SF_HAS_COST) ? s->cost : r->rt->cfg.dry_run_ms;
     if (orch__sleep_start(r, v, ms)) goto fail;
@@ -171,6 +218,7 @@ static void complete(orch__run *r, uint32_t v) {
   bool ok = s->status == ORCH_PASSED;
   if (ok) atomic_fetch_add(&r->passed, 1);
   else atomic_fetch_add(&r->failed, 1);
+  record(r, v);
   for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++) {
     uint32_t d = g->outs[e];
     orch__step *ds = &g->steps[d];
@@ -200,6 +248,11 @@ static void end_run(orch__run *r) {
   for (size_t i = 0; i < g->n; i++)
     if (g->steps[i].finished_ns > last) last = g->steps[i].finished_ns;
   g->makespan_ns = last;
+  record_session(r, atomic_load(&r->canceled) ? "canceled"
+                    : atomic_load(&r->failed) || atomic_load(&r->skipped)
+                        ? "failed"
+                        : "completed",
+                 r->steps_txt);
   pthread_mutex_lock(&r->mu);
   r->finished = true;
   pthread_cond_broadcast(&r->cond);
@@ -324,22 +377,43 @@ static void run_start(void *arg) {
   uv_async_init(orch__loop_uv(r->rt->loop), &r->wake, drain);
   r->wake.data = r;
   r->t0_ns = orch__now_ns();
+  orch_runtime *rt = r->rt;
+  if (rt->store) {
+    if (rt->resume_id[0]) snprintf(rt->session_id, sizeof rt->session_id, "%s", rt->resume_id);
+    else orch__store_uuid(rt->session_id);
+    rt->t0_wall_ms = orch__store_wall_ms();
+    r->steps_txt = steps_json(g);
+    record_session(r, "running", r->steps_txt);
+  }
+  rt->resume_id[0] = '\0';
   size_t roots = 0;
   for (size_t i = 0; i < g->n; i++) {
     orch__step *s = &g->steps[i];
     s->npending = g->dep_off[i + 1] - g->dep_off[i];
-    if (!s->npending) roots++;
   }
+  /* Steps that passed in an earlier run of the session (resume) are done:
+   * they count, and release their dependents, without running again. */
+  for (size_t i = 0; i < g->n; i++) {
+    if (g->steps[i].status != ORCH_PASSED) continue;
+    atomic_fetch_add(&r->done, 1);
+    atomic_fetch_add(&r->passed, 1);
+    for (uint32_t e = g->out_off[i]; e < g->out_off[i + 1]; e++)
+      g->steps[g->outs[e]].npending--;
+  }
+  for (size_t i = 0; i < g->n; i++)
+    if (!g->steps[i].npending && g->steps[i].status == ORCH_PENDING) roots++;
   r->heap = malloc((g->n ? g->n : 1) * sizeof *r->heap);
   if (!r->heap) abort();
   r->in_process = true;
   if (r->max_parallel && roots > r->max_parallel) {
     /* The limit binds from the start: all roots go through the heap. */
     for (size_t i = 0; i < g->n; i++)
-      if (!g->steps[i].npending) heap_push(r, (uint32_t)i);
+      if (!g->steps[i].npending && g->steps[i].status == ORCH_PENDING)
+        heap_push(r, (uint32_t)i);
   } else {
     for (size_t i = 0; i < g->n; i++)
-      if (!g->steps[i].npending) make_ready(r, (uint32_t)i);
+      if (!g->steps[i].npending && g->steps[i].status == ORCH_PENDING)
+        make_ready(r, (uint32_t)i);
   }
   r->in_process = false;
   r->started = true;
@@ -457,6 +531,7 @@ int orch_run(orch_runtime *rt, orch_graph *g, char *err, size_t errlen) {
   for (int k = 0; k < ORCH__NKINDS; k++) free(r->kind_state[k]);
   pthread_mutex_destroy(&r->mu);
   pthread_cond_destroy(&r->cond);
+  free(r->steps_txt);
   free(r->heap);
   free(r->todo);
   free(r->post);

@@ -349,9 +349,17 @@ static int parse(orch_graph *g, orch__step *s, json_t *obj, const char *where,
   return ORCH_OK;
 }
 
+static size_t writes(const orch__step *s, const char *const **paths) {
+  shell_params *sp = s->u.p;
+  if (!sp || !sp->nwrites) return 0;
+  *paths = (const char *const *)sp->writes;
+  return sp->nwrites;
+}
+
 const orch__kind orch__kind_shell = {.name = "shell", .where = ORCH__ON_LOOP,
                                      .parse = parse, .start = start,
-                                     .cancel = cancel, .free = free_params};
+                                     .cancel = cancel, .free = free_params,
+                                     .writes = writes};
 
 int orch_graph_add_shell(orch_graph *g, const char *id, const char *command) {
   if (!g || !id || !command) return ORCH_EINVAL;

@@ -715,7 +715,7 @@ static int pg_today_counts(void *conn, orch__store_today *out, char *err,
   PGresult *r = query(
       p,
       "SELECT count(*), count(*) FILTER (WHERE status = 'running'), "
-      "count(*) FILTER (WHERE status = 'passed'), "
+      "count(*) FILTER (WHERE status IN ('passed', 'completed')), "
       "count(*) FILTER (WHERE status = 'failed') FROM jr_execution_sessions "
       "WHERE created_at >= date_trunc('day', now())",
       NULL, err, errlen);

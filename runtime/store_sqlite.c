@@ -450,7 +450,7 @@ static int sq_today_counts(void *conn, orch__store_today *out, char *err,
   if (sqlite3_prepare_v2(
           c->db,
           "SELECT count(*), coalesce(sum(status = 'running'), 0), "
-          "coalesce(sum(status = 'passed'), 0), "
+          "coalesce(sum(status IN ('passed', 'completed')), 0), "
           "coalesce(sum(status = 'failed'), 0) FROM jr_execution_sessions "
           "WHERE created_at >= strftime('%Y-%m-%d', 'now')",
           -1, &st, NULL) != SQLITE_OK)

@@ -29,7 +29,7 @@ run_busted() {
   out="$LOG/$name.log"
   ORCH_BUILD="$ROOT/$bdir" ORCH_BIN="$ROOT/$bdir/orchestrate" \
   LUA_CPATH="$ROOT/$bdir/?.so;;" LUA_PATH="$ROOT/scripts/?.lua;$ROOT/spec/?.lua;;" \
-    busted --lua=lua5.4 -o utfTerminal "$@" spec >"$out" 2>&1
+    env ${PRELOAD:+LD_PRELOAD=$PRELOAD} busted --lua=lua5.4 -o utfTerminal "$@" spec >"$out" 2>&1
   line=$(grep -E '[0-9]+ success' "$out" | tail -n 1 | sed 's/\x1b\[[0-9;]*m//g')
   s=$(echo "$line" | grep -oE '[0-9]+ success' | grep -oE '[0-9]+')
   f=$(echo "$line" | grep -oE '[0-9]+ failure' | grep -oE '[0-9]+')
@@ -81,7 +81,7 @@ if make -s BUILD=build-asan SAN=1 all build-asan/test_c >"$LOG/build-asan.log" 2
   export LSAN_OPTIONS=suppressions=$ROOT/test/lsan.supp:print_suppressions=0
   export ORCH_SKIP_SLOW=1
   run_ctest c-tests-asan ./build-asan/test_c
-  LD_PRELOAD=$ASAN_LIB run_busted specs-asan build-asan --exclude-tags=slow,nosan
+  PRELOAD=$ASAN_LIB run_busted specs-asan build-asan --exclude-tags=slow,nosan
 else
   tail -n 60 "$LOG/build-asan.log"; count build-asan 0 1
 fi

@@ -1,0 +1,124 @@
+-- Runs recorded as sessions: status, and resume after a crash.
+local h = require("helpers")
+
+local function tmpdir()
+  local p = io.popen("mktemp -d")
+  local d = p:read("l")
+  p:close()
+  return d
+end
+
+local function count_lines(path)
+  local f = io.open(path)
+  if not f then return 0 end
+  local n = 0
+  for _ in f:lines() do n = n + 1 end
+  f:close()
+  return n
+end
+
+describe("a run with the embedded store", function()
+  it("is a session whose progress orchestrate status reports", function()
+    local dir = tmpdir()
+    local db = "sqlite:" .. dir .. "/o.db"
+    local code, out = h.cli("run --json --db " .. db .. " " .. h.plan({
+      { id = "a", kind = "shell", run = "echo a" },
+      { id = "b", kind = "shell", run = "exit 1", deps = { "a" } },
+      { id = "c", kind = "sleep", ms = 1, deps = { "b" } },
+    }))
+    assert.are.equal(1, code)
+    local sid = h.json().decode(out).session
+    assert.matches("^%x+%-%x+%-%x+%-%x+%-%x+$", sid)
+    local scode, sout = h.cli("status --json --db " .. db .. " " .. sid)
+    assert.are.equal(0, scode)
+    local s = h.json().decode(sout).session
+    assert.are.equal(3, s.total)
+    assert.are.equal(1, s.passed)
+    assert.are.equal(1, s.failed)
+    assert.are.equal("failed", s.status)
+    assert.are.equal(100, s.progress_pct)
+    local acode, aout = h.cli("status --db " .. db)
+    assert.are.equal(0, acode)
+    assert.matches("today:", aout)
+  end)
+
+  it("an unknown session is a clear error", function()
+    local dir = tmpdir()
+    local db = "sqlite:" .. dir .. "/o.db"
+    h.cli("migrate --db " .. db)
+    local code, _, err = h.cli("status --db " .. db .. " 00000000-0000-4000-8000-000000000000")
+    assert.are.equal(65, code)
+    assert.matches("00000000%-0000%-4000%-8000%-000000000000", err)
+  end)
+end)
+
+describe("after kill -9 mid-run, --resume", function()
+  it("never runs a recorded success twice and ends every step with one record #slow", function()
+    local dir = tmpdir()
+    local db = "sqlite:" .. dir .. "/o.db"
+    local steps = {}
+    for i = 1, 12 do
+      local deps = i > 1 and { "s" .. (i - 1) } or {}
+      steps[i] = { id = "s" .. i, kind = "shell", deps = deps,
+        run = "echo run >> " .. dir .. "/s" .. i .. ".count; sleep 0.15" }
+    end
+    local plan = h.plan(steps)
+    local outf = dir .. "/first.json"
+    local p = io.popen(h.bin .. " run --json --db " .. db .. " " .. plan .. " > " .. outf .. " 2>&1 & echo $!")
+    local pid = p:read("l")
+    p:close()
+    os.execute("sleep 1.0; kill -9 " .. pid)
+    -- the session id: the only session in the database
+    local _, st, serr = h.cli("status --json --db " .. db)
+    assert.is_true(#st > 0, serr)
+    local doc = h.json().decode(st)
+    local sid = doc.active[1] and doc.active[1].session_id
+    assert.is_not_nil(sid, st)
+    local code, out = h.cli("run --json --db " .. db .. " --resume " .. sid)
+    assert.are.equal(0, code, out)
+    local res = h.json().decode(out)
+    assert.are.equal(sid, res.session)
+    local skipped_ahead = 0
+    for _, s in ipairs(res.steps) do
+      assert.are.equal("passed", s.status)
+      local n = count_lines(dir .. "/" .. s.id .. ".count")
+      if s.started_ms == h.json().null then
+        -- recorded as passed before the crash: not run again
+        skipped_ahead = skipped_ahead + 1
+        assert.are.equal(1, n, s.id .. " ran twice")
+      else
+        assert.is_true(n >= 1 and n <= 2, s.id .. " ran " .. n .. " times")
+      end
+    end
+    assert.is_true(skipped_ahead >= 3, "only " .. skipped_ahead .. " steps were recorded before the kill")
+    local _, sout = h.cli("status --json --db " .. db .. " " .. sid)
+    local s = h.json().decode(sout).session
+    assert.are.equal(12, s.total)
+    assert.are.equal(12, s.passed)
+    assert.are.equal("completed", s.status)
+  end)
+end)
+
+describe("the Lua module", function()
+  it("records a run as a session and reads its progress summary", function()
+    local orch = require("orch")
+    local p = io.popen("mktemp -d")
+    local dir = p:read("l")
+    p:close()
+    local db = "sqlite:" .. dir .. "/lua.db"
+    local rt = orch.runtime({ db = db })
+    local g = orch.graph()
+    g:add({ id = "a", fn = function() return "x" end })
+    g:add({ id = "b", kind = "shell", run = "exit 2", deps = { "a" } })
+    g:add({ id = "c", kind = "sleep", ms = 1, deps = { "b" } })
+    local res = g:run(rt)
+    assert.are.equal("failed", res.status)
+    assert.are.equal(rt:session(), res.session)
+    rt:close()
+    local st = orch.status(db, res.session)
+    assert.are.equal(3, st.session.total)
+    assert.are.equal(1, st.session.passed)
+    assert.are.equal(1, st.session.failed)
+    assert.are.equal("failed", st.session.status)
+  end)
+end)
