@@ -550,6 +550,46 @@ json_t *orch__llm_describe(const orch__llm *l) {
   return o;
 }
 
+/* ---- results as JSON -------------------------------------------------- */
+
+static json_t *jtok(long v) { return v >= 0 ? json_integer(v) : json_null(); }
+static json_t *jms(double v) { return v >= 0 ? json_real(v) : json_null(); }
+static json_t *jstr_or_null(const char *s) {
+  return s ? json_string(s) : json_null();
+}
+
+json_t *orch__llm_result_json(const orch__llm_result *r) {
+  if (!r) return NULL;
+  json_t *o = json_object(), *as = json_array();
+  json_object_set_new(o, "tier", jstr_or_null(r->tier));
+  json_object_set_new(o, "model", jstr_or_null(r->model));
+  json_object_set_new(o, "provider", jstr_or_null(r->provider));
+  json_object_set_new(o, "finish_reason", jstr_or_null(r->finish_reason));
+  json_object_set_new(o, "tokens_in", jtok(r->tokens_in));
+  json_object_set_new(o, "tokens_out", jtok(r->tokens_out));
+  json_object_set_new(o, "cost", r->cost >= 0 ? json_real(r->cost) : json_null());
+  json_object_set_new(o, "ttft_ms", jms(r->ttft_ms));
+  json_object_set_new(o, "latency_ms", jms(r->latency_ms));
+  for (size_t i = 0; i < r->nattempts; i++) {
+    const orch__llm_attempt *a = &r->attempts[i];
+    json_t *j = json_object();
+    json_object_set_new(j, "tier", jstr_or_null(a->tier));
+    json_object_set_new(j, "model", jstr_or_null(a->model));
+    json_object_set_new(j, "provider", jstr_or_null(a->provider));
+    json_object_set_new(j, "action", jstr_or_null(a->action));
+    json_object_set_new(j, "status", json_integer(a->http_status));
+    json_object_set_new(j, "error", jstr_or_null(a->error));
+    json_object_set_new(j, "latency_ms", jms(a->latency_ms));
+    json_object_set_new(j, "ttft_ms", jms(a->ttft_ms));
+    json_object_set_new(j, "tokens_in", jtok(a->tokens_in));
+    json_object_set_new(j, "tokens_out", jtok(a->tokens_out));
+    json_object_set_new(j, "delay_ms", json_real(a->delay_ms));
+    json_array_append_new(as, j);
+  }
+  json_object_set_new(o, "attempts", as);
+  return o;
+}
+
 /* ---- redaction -------------------------------------------------------- */
 
 static void redact_in(const orch__llm *l, sbuf *b) {

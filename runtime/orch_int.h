@@ -829,6 +829,12 @@ int orch__llm_call_start(orch__llm *l, const orch__llm_req *req,
 void orch__llm_call_cancel(orch__llm_call *c);
 const orch__llm_result *orch__llm_call_result(const orch__llm_call *c);
 void orch__llm_call_free(orch__llm_call *c);
+/* The result as JSON for --json, the store and the API: {tier, model,
+ * provider, finish_reason, tokens_in, tokens_out, cost (null when unknown),
+ * ttft_ms, latency_ms, attempts: [{tier, model, provider, action, status,
+ * error, latency_ms, ttft_ms, tokens_in, tokens_out, delay_ms}]}. Holds no
+ * key (errors were redacted when made). NULL when r is NULL. */
+json_t *orch__llm_result_json(const orch__llm_result *r);
 /* Replaces *s with a copy in which API keys known to l read "[redacted]". */
 void orch__llm_redact(const orch__llm *l, char **s);
 /* Tier names, model, provider and redacted base URL, for `status`. */

@@ -98,13 +98,28 @@ done:
   return rc;
 }
 
-/* The tier for a step without one. The routing hook (scripts/routing through
- * the policy engine) goes here when it exists; until then the configured
- * default tier (llm.default_tier, else "local") serves: NULL means that. */
-static const char *pick_tier(orch__run *r, uint32_t idx, const llm_params *p) {
+/* The tier for a step without one: the routing hook's answer, written into
+ * buf, or NULL for the configured default (llm.default_tier, else "local").
+ * Until the policy engine is wired this returns NULL. Wiring (the loop
+ * thread needs its own orch__lstate, synced at each step start):
+ *
+ *   const char *keys[] = {"title", "instructions"};
+ *   const char *vals[] = {p->title ? p->title : orch__step_id(r->g, idx),
+ *                         p->instructions ? p->instructions : p->prompt};
+ *   char err[256];
+ *   if (ls && orch__policy_call_fields(ls, "routing.complexity", "classify",
+ *                                      keys, vals, 2, buf, buflen, err,
+ *                                      sizeof err) == ORCH_OK)
+ *     return buf;
+ *   return NULL; (on any error: the default tier; log err once)
+ */
+static const char *pick_tier(orch__run *r, uint32_t idx, const llm_params *p,
+                             char *buf, size_t buflen) {
   (void)r;
   (void)idx;
   (void)p;
+  (void)buf;
+  (void)buflen;
   return NULL;
 }
 
@@ -213,8 +228,9 @@ static int start(orch__run *r, uint32_t idx) {
   p->call = NULL;
   p->run = r;
   p->idx = idx;
+  char routed[64];
   orch__llm_req rq = {
-      .tier = p->tier ? p->tier : pick_tier(r, idx, p),
+      .tier = p->tier ? p->tier : pick_tier(r, idx, p, routed, sizeof routed),
       .model = p->model,
       .system = p->instructions,
       .prompt = prompt,

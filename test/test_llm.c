@@ -166,6 +166,16 @@ TEST(llm_openai_whole_answer_has_text_usage_and_cost) {
   ASSERT_STR_EQ(r->attempts[0].action, "ok");
   ASSERT_EQ(r->attempts[0].http_status, 200);
   ASSERT(r->ttft_ms >= 0);
+  json_t *j = orch__llm_result_json(r);
+  ASSERT_EQ(json_integer_value(json_object_get(j, "tokens_in")), 11);
+  ASSERT_STR_EQ(json_string_value(json_object_get(
+                    json_array_get(json_object_get(j, "attempts"), 0),
+                    "action")),
+                "ok");
+  char *js = json_dumps(j, 0);
+  ASSERT(!strstr(js, "SECRET"));
+  free(js);
+  json_decref(j);
   orch__llm_call_free(call);
   ASSERT_EQ(lctx_deinit(&c), 0);
 }
@@ -213,6 +223,10 @@ TEST(llm_missing_usage_is_unknown_not_zero) {
     ASSERT_EQ(r->tokens_in, -1);
     ASSERT_EQ(r->tokens_out, -1);
     ASSERT(r->cost < 0);
+    json_t *j = orch__llm_result_json(r);
+    ASSERT(json_is_null(json_object_get(j, "tokens_in")));
+    ASSERT(json_is_null(json_object_get(j, "cost")));
+    json_decref(j);
     orch__llm_call_free(call);
   }
   ASSERT_EQ(lctx_deinit(&c), 0);
