@@ -579,6 +579,7 @@ json_t *orch__llm_result_json(const orch__llm_result *r) {
     json_object_set_new(j, "action", jstr_or_null(a->action));
     json_object_set_new(j, "status", json_integer(a->http_status));
     json_object_set_new(j, "error", jstr_or_null(a->error));
+    json_object_set_new(j, "start_ms", jms(a->start_ms));
     json_object_set_new(j, "latency_ms", jms(a->latency_ms));
     json_object_set_new(j, "ttft_ms", jms(a->ttft_ms));
     json_object_set_new(j, "tokens_in", jtok(a->tokens_in));
@@ -1161,6 +1162,7 @@ static void on_http_done(orch__http_req *req) {
     a->http_status = (int)req->status;
     a->error = code ? xstrdup(msg) : NULL;
     a->latency_ms = ms_between(req->t_start_ns, req->t_end_ns);
+    a->start_ms = ms_between(c->t0_ns, req->t_start_ns);
     int64_t ft = c->stream ? c->t_first_token_ns : req->t_first_byte_ns;
     a->ttft_ms = ft ? ms_between(req->t_start_ns, ft) : -1;
     a->tokens_in = c->tin;

@@ -772,6 +772,7 @@ typedef struct orch__llm_attempt {
   int code;             /* ORCH_OK or ORCH_E* */
   int http_status;      /* 0: no response */
   char *error;          /* NULL on success; never holds a key */
+  double start_ms;      /* since the call started */
   double latency_ms;    /* submit to last byte */
   double ttft_ms;       /* time to first token, -1 when none */
   long tokens_in, tokens_out; /* -1: unknown */

@@ -986,3 +986,45 @@ TEST(mock_1000_concurrent_calls_pair_answers_with_callers) {
   ASSERT_EQ(ok, N);
   ASSERT_EQ(lctx_deinit(&c), 0);
 }
+
+TEST(mock_1000_calls_hit_by_429_at_once_retry_spread_out) {
+  lctx c;
+  ASSERT_EQ(lctx_start(&c, "{\"llm\":{\"max_attempts\":2,"
+                           "\"backoff_base_ms\":1000,\"cooldown\":{"
+                           "\"failures\":0}},\"tiers\":{\"t\":{\"base_url\":"
+                           "\"http://127.0.0.1:@PORT@/v1\",\"model\":"
+                           "\"mock-echo+fault=429;retry-after=none;"
+                           "retry-after-ms=none\"}}}",
+                       true),
+            0);
+  enum { N = 1000 };
+  orch__llm_call **calls = calloc(N, sizeof *calls);
+  for (int i = 0; i < N; i++) {
+    orch__llm_req rq = {.tier = "t", .prompt = "x", .done = call_done,
+                        .ud = &c};
+    ASSERT_EQ(orch__llm_call_start(c.l, &rq, &calls[i]), 0);
+  }
+  lrun(&c, N, 60000);
+  ASSERT_EQ(c.done, N);
+  int buckets[10] = {0}, retried = 0;
+  for (int i = 0; i < N; i++) {
+    const orch__llm_result *r = orch__llm_call_result(calls[i]);
+    if (r->nattempts == 2 && r->attempts[0].http_status == 429) {
+      retried++;
+      /* when the retry went out, from the moment the 429 came back */
+      double wait = r->attempts[1].start_ms -
+                    (r->attempts[0].start_ms + r->attempts[0].latency_ms);
+      int b = (int)(wait / 100);
+      if (b >= 0 && b < 10) buckets[b]++;
+    }
+    orch__llm_call_free(calls[i]);
+  }
+  free(calls);
+  ASSERT_EQ(retried, N);
+  for (int b = 0; b < 10; b++) {
+    if (buckets[b] < 50 || buckets[b] > 160)
+      fprintf(stderr, "  bucket %d: %d\n", b, buckets[b]);
+    ASSERT(buckets[b] >= 50 && buckets[b] <= 160); /* ~100 each: no burst */
+  }
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
