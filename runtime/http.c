@@ -43,6 +43,7 @@ typedef struct http_sock {
   uv_poll_t poll;
   curl_socket_t fd;
   orch__http *h;
+  int events; /* what uv_poll watches now */
   struct http_sock *prev, *next;
 } http_sock;
 
@@ -423,7 +424,10 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud,
   int ev = 0;
   if (what & CURL_POLL_IN) ev |= UV_READABLE;
   if (what & CURL_POLL_OUT) ev |= UV_WRITABLE;
-  uv_poll_start(&s->poll, ev, on_poll);
+  if (ev != s->events || !uv_is_active((uv_handle_t *)&s->poll)) {
+    s->events = ev; /* unchanged interest: no epoll_ctl */
+    uv_poll_start(&s->poll, ev, on_poll);
+  }
   return 0;
 }
 
