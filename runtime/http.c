@@ -49,6 +49,7 @@ typedef struct http_sock {
 
 static void check_done(orch__http *h);
 static void on_sweep(uv_timer_t *t);
+static CURLSH *global_share;
 
 /* ---- small helpers --------------------------------------------------- */
 
@@ -222,6 +223,7 @@ static CURL *easy_get(orch__http *h) {
   curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  if (global_share) curl_easy_setopt(e, CURLOPT_SHARE, global_share);
   return e;
 }
 
@@ -488,8 +490,37 @@ static void on_async(uv_async_t *a) {
 
 /* ---- the engine ------------------------------------------------------ */
 
+/* One share for the process: DNS answers and TLS sessions outlive an
+ * engine (each run makes its own) and serve every loop. Locked per kind of
+ * data; the locks are leaves. */
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
-static void global_init(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
+static pthread_mutex_t share_mu[CURL_LOCK_DATA_LAST];
+
+static void share_lock(CURL *e, curl_lock_data d, curl_lock_access a,
+                       void *ud) {
+  (void)e;
+  (void)a;
+  (void)ud;
+  pthread_mutex_lock(&share_mu[d]);
+}
+
+static void share_unlock(CURL *e, curl_lock_data d, void *ud) {
+  (void)e;
+  (void)ud;
+  pthread_mutex_unlock(&share_mu[d]);
+}
+
+static void global_init(void) {
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+    pthread_mutex_init(&share_mu[i], NULL);
+  global_share = curl_share_init();
+  if (!global_share) return;
+  curl_share_setopt(global_share, CURLSHOPT_LOCKFUNC, share_lock);
+  curl_share_setopt(global_share, CURLSHOPT_UNLOCKFUNC, share_unlock);
+  curl_share_setopt(global_share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+  curl_share_setopt(global_share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+}
 
 int orch__http_new(orch__http **out, uv_loop_t *loop,
                    const orch__http_opts *opts, char *err, size_t errlen) {

@@ -476,7 +476,16 @@ TEST(http_reports_a_refused_connection) {
   orch__http_req r;
   char url[256];
   openai_req(&c, &r, url, sizeof url, "ok", 0, "x");
-  snprintf(url, sizeof url, "http://127.0.0.1:1/v1/chat/completions");
+  /* a port nobody listens on: bind one, note it, close it */
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t sl = sizeof sa;
+  ASSERT(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+  ASSERT(getsockname(fd, (struct sockaddr *)&sa, &sl) == 0);
+  close(fd);
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/chat/completions",
+           ntohs(sa.sin_port));
   r.connect_timeout_ms = 2000;
   orch__http_submit(c.h, &r);
   run_until(&c, 1, 5000);
