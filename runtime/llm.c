@@ -1324,8 +1324,7 @@ static void finish(orch__llm_call *c, int code, const char *msg) {
     c->finish_reason = NULL;
     r->tokens_in = c->tin;
     r->tokens_out = c->tout;
-    orch__llm_attempt *a = &r->attempts[r->nattempts - 1];
-    r->ttft_ms = a->ttft_ms;
+    r->ttft_ms = r->nattempts ? r->attempts[r->nattempts - 1].ttft_ms : -1;
   } else {
     r->tokens_in = r->tokens_out = -1;
     r->ttft_ms = -1;
