@@ -50,6 +50,7 @@ typedef struct http_sock {
 static void check_done(orch__http *h);
 static void on_sweep(uv_timer_t *t);
 static CURLSH *global_share;
+static char *global_cainfo; /* libcurl's built-in CA bundle, or NULL */
 
 /* ---- small helpers --------------------------------------------------- */
 
@@ -113,6 +114,8 @@ void orch__http_req_reset(orch__http_req *req) {
   req->t_start_ns = req->t_first_byte_ns = req->t_end_ns = 0;
   req->t_last_byte_ns = 0;
   req->bytes_in = 0;
+  req->http_version = 0;
+  req->connects = 0;
 }
 
 int orch__http_req_header(orch__http_req *req, const char *line) {
@@ -262,6 +265,10 @@ static void start_req(orch__http *h, orch__http_req *req) {
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
                    req->timeout_ms > 0 ? req->timeout_ms : 0L);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->headers);
+  /* recycled handles: always say which CA bundle (the built-in default
+   * when the request names none) */
+  curl_easy_setopt(e, CURLOPT_CAINFO,
+                   req->ca_file ? req->ca_file : global_cainfo);
   if (req->post) {
     curl_easy_setopt(e, CURLOPT_POST, 1L);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
@@ -303,9 +310,16 @@ static void finish_req(orch__http *h, orch__http_req *req, CURLcode cc) {
   curl_multi_remove_handle(h->multi, e);
   active_unlink(h, req);
   req->t_end_ns = now_ns();
-  long code = 0;
+  long code = 0, ver = 0, nc = 0;
   curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
   if (code) req->status = code;
+  curl_easy_getinfo(e, CURLINFO_HTTP_VERSION, &ver);
+  req->http_version = ver == CURL_HTTP_VERSION_2_0   ? 20
+                      : ver == CURL_HTTP_VERSION_1_1 ? 11
+                      : ver == CURL_HTTP_VERSION_1_0 ? 10
+                                                     : 0;
+  curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &nc);
+  req->connects = nc;
   if (req->result == ORCH_OK) {
     if (cc == CURLE_OK) {
       /* fine: req->status says what the server said */
@@ -514,6 +528,11 @@ static void global_init(void) {
   curl_global_init(CURL_GLOBAL_DEFAULT);
   for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
     pthread_mutex_init(&share_mu[i], NULL);
+  CURL *probe = curl_easy_init();
+  char *ca = NULL;
+  if (probe && curl_easy_getinfo(probe, CURLINFO_CAINFO, &ca) == CURLE_OK && ca)
+    global_cainfo = strdup(ca);
+  curl_easy_cleanup(probe);
   global_share = curl_share_init();
   if (!global_share) return;
   curl_share_setopt(global_share, CURLSHOPT_LOCKFUNC, share_lock);

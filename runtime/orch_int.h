@@ -713,6 +713,7 @@ struct orch__http_req {
   long connect_timeout_ms, timeout_ms; /* 0: none */
   long idle_timeout_ms; /* abort when no byte arrives for this long */
   size_t max_body;      /* response cap when buffering (default 64 MiB) */
+  const char *ca_file;  /* PEM bundle to verify TLS peers; NULL: system */
   /* Streaming: called for each received chunk instead of buffering;
    * return non-zero to abort (set req->error/result first). */
   int (*on_data)(orch__http_req *req, const char *p, size_t n);
@@ -730,6 +731,8 @@ struct orch__http_req {
   char *body;       /* owned: the buffered response, NUL-terminated */
   size_t body_len, body_cap;
   size_t bytes_in;
+  int http_version;     /* 10, 11, 20 (0 none): what the answer came over */
+  long connects;        /* new connections this request made (0: reused) */
   int64_t t_start_ns, t_first_byte_ns, t_last_byte_ns, t_end_ns;
   /* private to http.c */
   void *priv_easy;

@@ -9,6 +9,7 @@
 #include <microhttpd.h>
 #include <stdatomic.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* ---- the mini server ------------------------------------------------- */
@@ -625,4 +626,113 @@ TEST(http_keeps_1000_requests_in_flight_and_pairs_answers) {
   free(bodies);
   ASSERT_EQ(ok, N);
   ASSERT_EQ(ctx_deinit(&c), 0);
+}
+
+/* ---- HTTP/2 over TLS, multiplexed (a Node.js http2 server) ----------- */
+
+static const char h2_server_js[] =
+    "const http2 = require('http2'), fs = require('fs');\n"
+    "const dir = process.argv[2];\n"
+    "const s = http2.createSecureServer({key: fs.readFileSync(dir + "
+    "'/key.pem'), cert: fs.readFileSync(dir + '/cert.pem'), allowHTTP1: "
+    "true});\n"
+    "s.on('request', (req, res) => { let b = ''; req.on('data', d => b += "
+    "d); req.on('end', () => setTimeout(() => { res.setHeader("
+    "'content-type', 'application/json'); res.end(JSON.stringify({echo: b, "
+    "v: req.httpVersion})); }, 50)); });\n"
+    "s.listen(0, '127.0.0.1', () => console.log(s.address().port));\n"
+    "process.stdin.on('end', () => process.exit(0)); process.stdin.resume();\n";
+
+TEST(http_multiplexes_over_http2_when_the_server_offers_it) {
+  char dir[] = "/tmp/orch-h2-XXXXXX";
+  if (!mkdtemp(dir)) return;
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd,
+           "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 "
+           "-nodes -keyout %s/key.pem -out %s/cert.pem -days 1 -subj "
+           "/CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 >/dev/null 2>&1",
+           dir, dir);
+  if (system(cmd) != 0 || system("node --version >/dev/null 2>&1") != 0) {
+    printf("  (no openssl or node: HTTP/2 test skipped)\n");
+    return;
+  }
+  char js[512];
+  snprintf(js, sizeof js, "%s/h2.js", dir);
+  FILE *f = fopen(js, "w");
+  fputs(h2_server_js, f);
+  fclose(f);
+  /* stdin of node is our pipe: closing it ends the server */
+  int to_node[2], from_node[2];
+  ASSERT(pipe(to_node) == 0 && pipe(from_node) == 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(to_node[0], 0);
+    dup2(from_node[1], 1);
+    close(to_node[1]);
+    close(from_node[0]);
+    execlp("node", "node", js, dir, (char *)NULL);
+    _exit(127);
+  }
+  close(to_node[0]);
+  close(from_node[1]);
+  char line[32] = "";
+  ssize_t n = read(from_node[0], line, sizeof line - 1);
+  int port = n > 0 ? atoi(line) : 0;
+  ASSERT(port > 0);
+
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  orch__http *h;
+  char err[256];
+  ASSERT_EQ(orch__http_new(&h, &loop, NULL, err, sizeof err), 0);
+  enum { N = 200 };
+  orch__http_req *r = calloc(N, sizeof *r);
+  char(*bodies)[32] = calloc(N, 32);
+  char url[128], ca[512];
+  snprintf(url, sizeof url, "https://127.0.0.1:%d/", port);
+  snprintf(ca, sizeof ca, "%s/cert.pem", dir);
+  ctx c = {0};
+  for (int i = 0; i < N; i++) {
+    snprintf(bodies[i], 32, "req-%d", i);
+    orch__http_req_init(&r[i]);
+    r[i].url = url;
+    r[i].ca_file = ca;
+    r[i].post = bodies[i];
+    r[i].post_len = strlen(bodies[i]);
+    r[i].on_done = req_done;
+    r[i].ud = &c;
+    orch__http_submit(h, &r[i]);
+  }
+  int64_t end = now_ns_t() + 20000000000LL;
+  while (c.done < N && now_ns_t() < end) uv_run(&loop, UV_RUN_ONCE);
+  int ok = 0, h2 = 0;
+  long connects = 0;
+  for (int i = 0; i < N; i++) {
+    char want[48];
+    snprintf(want, sizeof want, "\"echo\":\"req-%d\"", i);
+    if (r[i].result == ORCH_OK && r[i].status == 200 && r[i].body &&
+        strstr(r[i].body, want))
+      ok++;
+    else if (!ok)
+      fprintf(stderr, "  h2 request %d: %d %ld %s\n", i, r[i].result,
+              r[i].status, r[i].error);
+    if (r[i].http_version == 20) h2++;
+    connects += r[i].connects;
+    orch__http_req_deinit(&r[i]);
+  }
+  free(r);
+  free(bodies);
+  orch__http_free(h);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  int lc = uv_loop_close(&loop);
+  close(to_node[1]);
+  close(from_node[0]);
+  waitpid(pid, NULL, 0);
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  if (system(cmd) != 0) fprintf(stderr, "  cannot remove %s\n", dir);
+  ASSERT_EQ(c.done, N);
+  ASSERT_EQ(ok, N);
+  ASSERT_EQ(h2, N);
+  ASSERT(connects <= 2); /* one connection carries them all */
+  ASSERT_EQ(lc, 0);
 }
