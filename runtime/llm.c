@@ -118,6 +118,7 @@ typedef struct llm_tier {
   char *name;
   int provider;
   char *base_url, *url, *model, *api_key;
+  char *ca_file;  /* PEM bundle for TLS, or NULL: the system's */
   char *fallback; /* tier name or NULL */
   int fallback_idx;
   double price_in, price_out; /* USD per million tokens */
@@ -199,7 +200,8 @@ static int check_str(json_t *o, const char *key, const char *path, char *err,
 int orch__llm_config_check(json_t *sections, char *err, size_t errlen) {
   static const char *const tier_keys[] = {
       "provider", "base_url", "model",     "api_key",    "api_key_env",
-      "price_in", "price_out", "fallback", "max_tokens", "stream", NULL};
+      "price_in", "price_out", "fallback", "max_tokens", "stream", "ca_file",
+      NULL};
   static const char *const llm_keys[] = {
       "connect_timeout_ms", "timeout_ms",   "idle_timeout_ms",
       "max_attempts",       "backoff_base_ms", "backoff_max_ms",
@@ -229,7 +231,8 @@ int orch__llm_config_check(json_t *sections, char *err, size_t errlen) {
                       path);
       if ((rc = check_keys(t, path, tier_keys, err, errlen))) return rc;
       static const char *const strs[] = {"provider", "base_url", "model",
-                                         "api_key", "api_key_env", "fallback"};
+                                         "api_key", "api_key_env", "fallback",
+                                         "ca_file"};
       for (size_t i = 0; i < ORCH__ARRAY_LEN(strs); i++)
         if ((rc = check_str(t, strs[i], path, err, errlen))) return rc;
       json_t *p = json_object_get(t, "provider");
@@ -315,6 +318,7 @@ static void tier_deinit(llm_tier *t) {
     free(t->api_key);
   }
   free(t->fallback);
+  free(t->ca_file);
   memset(t, 0, sizeof *t);
 }
 
@@ -488,11 +492,16 @@ int orch__llm_new_json(orch__llm **out, json_t *sections, uv_loop_t *loop,
       key = env_nonempty(prov == PROV_OPENAI ? "OPENAI_API_KEY"
                                              : "ANTHROPIC_API_KEY");
     json_t *st = json_object_get(t, "stream");
+    const char *caf = jstr(t, "ca_file");
     if ((rc = tier_set(l, name, prov, base, model, key, jstr(t, "fallback"),
                        jnum(t, "price_in", 0), jnum(t, "price_out", 0),
                        (int)jnum(t, "max_tokens", 0),
                        st ? json_is_true(st) : -1))) {
       seterr(err, errlen, rc, "tiers.%s: cannot set the tier", name);
+      goto fail;
+    }
+    if (caf && !(tier_find(l, name)->ca_file = xstrdup(caf))) {
+      rc = seterr(err, errlen, ORCH_ENOMEM, "out of memory");
       goto fail;
     }
   }
@@ -1235,6 +1244,7 @@ static void send_attempt(orch__llm_call *c) {
   attempt_reset(c);
   orch__http_req *h = &c->http;
   h->url = t->url;
+  h->ca_file = t->ca_file;
   h->post = c->body_json;
   h->post_len = strlen(c->body_json);
   h->connect_timeout_ms = l->connect_timeout_ms;
