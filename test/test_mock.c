@@ -573,7 +573,8 @@ TEST(mock_synthesis_names_every_result_and_the_failures) {
       0, NULL, 0, &r);
   t = reply_text(&r, 0);
   ASSERT_CONTAINS(t, "- Task 1: alpha");
-  ASSERT_CONTAINS(t, "Noted: \"Task 2: failed: timeout\"");
+  ASSERT_CONTAINS(t, "- Task 2: failed: timeout");
+  ASSERT_CONTAINS(t, "Failed tasks: Task 2.");
   free(t);
   resp_free(&r);
   orch_mock_free(m);
@@ -914,7 +915,8 @@ TEST(mock_free_ends_requests_in_flight) {
   CURL *es[3];
   struct curl_slist *hl[3];
   const char *faults[] = {"X-Mock-Fault: latency=60000",
-                          "X-Mock-Fault: stall", "X-Mock-Fault: slow-stream=60000"};
+                          "X-Mock-Fault: stall",
+                          "X-Mock-Fault: slow-stream=60000"};
   memset(rs, 0, sizeof rs);
   for (int i = 0; i < 3; i++) {
     const char *h[] = {faults[i], NULL};
@@ -953,4 +955,25 @@ TEST(mock_free_ends_requests_in_flight) {
     resp_free(&rs[i]);
   }
   curl_multi_cleanup(multi);
+}
+
+TEST(mock_takes_a_one_mebibyte_prompt) {
+  orch_mock *m = start();
+  ASSERT(m);
+  size_t n = 1u << 20;
+  char *big = malloc(n + 1);
+  ASSERT(big);
+  for (size_t i = 0; i < n; i++)
+    big[i] = i % 8 == 7 ? ' ' : (char)('a' + i % 7);
+  big[n] = '\0';
+  resp r;
+  ask(orch_mock_port(m), 0, "mock-echo", big, 0, NULL, 0, &r);
+  ASSERT_EQ(r.status, 200);
+  char *t = reply_text(&r, 0);
+  ASSERT(t && strcmp(t, big) == 0);
+  ASSERT_CONTAINS(r.body, "\"prompt_tokens\":131072");
+  free(t);
+  free(big);
+  resp_free(&r);
+  orch_mock_free(m);
 }
