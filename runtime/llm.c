@@ -541,6 +541,12 @@ int orch__llm_new(orch__llm **out, const orch__config *cfg, uv_loop_t *loop,
 
 orch__http *orch__llm_http(orch__llm *l) { return l->http; }
 
+bool orch__llm_has_tier(const orch__llm *l, const char *name) {
+  for (size_t i = 0; name && i < l->ntiers; i++)
+    if (strcmp(l->tiers[i].name, name) == 0) return true;
+  return false;
+}
+
 json_t *orch__llm_describe(const orch__llm *l) {
   json_t *o = json_object();
   for (size_t i = 0; i < l->ntiers; i++) {
@@ -1215,7 +1221,9 @@ static void on_http_done(orch__http_req *req) {
     begin_tier(c, t->fallback_idx, d.reason);
   } else {
     if (a) a->action = "fail";
-    finish(c, code, msg);
+    char *m = xprintf("%s (tier '%s')", msg ? msg : "failed", t->name);
+    finish(c, code, m ? m : msg);
+    free(m);
   }
 }
 

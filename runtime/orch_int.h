@@ -918,6 +918,7 @@ int orch__llm_new_json(orch__llm **out /* OUT */, json_t *sections,
 /* Cancels calls in flight (their done runs), frees; loop thread. */
 void orch__llm_free(orch__llm *l);
 orch__http *orch__llm_http(orch__llm *l);
+bool orch__llm_has_tier(const orch__llm *l, const char *name);
 /* Starts a call on the loop thread. The call is owned by the caller from
  * done() on: free it with orch__llm_call_free (any thread). A call that
  * fails to start still calls done (deferred to the next loop turn). */
@@ -977,8 +978,10 @@ typedef struct orch__llm_totals {
   double cost;                /* USD over known costs */
 } orch__llm_totals;
 void orch__llm_graph_totals(const orch_graph *g, orch__llm_totals *t);
-/* Frees the run's LLM engine (r->kind_state[ORCH__KIND_LLM]); call on the
- * loop thread once the run's steps are all finished. */
+/* Frees the run's LLM engine and its loop-thread script state
+ * (r->kind_state[ORCH__KIND_LLM]); loop thread, once the run's steps are
+ * all finished. Optional: the kind frees them itself when no llm step of
+ * the run can start any more (see step_llm.c). */
 void orch__llm_run_end(orch__run *r);
 
 #endif /* ORCH_INT_H */

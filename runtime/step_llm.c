@@ -3,7 +3,11 @@
  * start() submits the call to the run's LLM engine (llm.c, created on the
  * first llm step of a run) and the call's completion finishes the step with
  * its text, or its error, and keeps the usage, cost and every attempt on the
- * step. Uses llm.c and jansson; --dry-run is handled by sched.c. */
+ * step. With the policy engine, a loop-thread script state answers the
+ * routing hook (routing/complexity.lua: the tier of a step without one) and
+ * the retry hook (policies/retry.lua: retry, fall back or fail); without it,
+ * or when a hook fails, the configured default tier and llm.c's built-in
+ * policy serve. Uses llm.c, policy.c and jansson; --dry-run is sched.c's. */
 #include "orch_int.h"
 
 #include <stdio.h>
@@ -21,6 +25,8 @@ typedef struct llm_params {
 
 typedef struct llm_run { /* r->kind_state[ORCH__KIND_LLM] */
   orch__llm *llm;
+  orch__lstate *ls; /* scripts, for the hooks; loop thread only; or NULL */
+  bool hook_error_logged;
   size_t inflight; /* calls started, not yet done */
   int rc; /* the engine could not be made: every llm step fails with err */
   char err[512];
@@ -98,29 +104,78 @@ done:
   return rc;
 }
 
-/* The tier for a step without one: the routing hook's answer, written into
- * buf, or NULL for the configured default (llm.default_tier, else "local").
- * Until the policy engine is wired this returns NULL. Wiring (the loop
- * thread needs its own orch__lstate, synced at each step start):
- *
- *   const char *keys[] = {"title", "instructions"};
- *   const char *vals[] = {p->title ? p->title : orch__step_id(r->g, idx),
- *                         p->instructions ? p->instructions : p->prompt};
- *   char err[256];
- *   if (ls && orch__policy_call_fields(ls, "routing.complexity", "classify",
- *                                      keys, vals, 2, buf, buflen, err,
- *                                      sizeof err) == ORCH_OK)
- *     return buf;
- *   return NULL; (on any error: the default tier; log err once)
- */
+/* The tier for a step without one: routing/complexity.lua's classify{title,
+ * instructions} when the scripts are there and name a configured tier,
+ * written into buf; else NULL: the configured default (llm.default_tier,
+ * else "local"). */
 static const char *pick_tier(orch__run *r, uint32_t idx, const llm_params *p,
                              char *buf, size_t buflen) {
-  (void)r;
-  (void)idx;
-  (void)p;
-  (void)buf;
-  (void)buflen;
+  llm_run *lr = r->kind_state[ORCH__KIND_LLM];
+  if (!lr || !lr->ls) return NULL;
+  const char *keys[] = {"title", "instructions"};
+  const char *vals[] = {p->title ? p->title : orch__step_id(r->g, idx),
+                        p->instructions && *p->instructions ? p->instructions
+                                                            : p->prompt};
+  char err[256];
+  int rc = orch__policy_call_fields(lr->ls, "routing.complexity", "classify",
+                                    keys, vals, 2, buf, buflen, err,
+                                    sizeof err);
+  if (rc == ORCH_OK && orch__llm_has_tier(lr->llm, buf)) return buf;
+  if (rc != ORCH_ENOTFOUND && !lr->hook_error_logged) {
+    lr->hook_error_logged = true;
+    fprintf(stderr, "orchestrate: routing: %s; using the default tier\n",
+            rc == ORCH_OK ? "classify() named no configured tier" : err);
+  }
   return NULL;
+}
+
+/* The retry hook: policies/retry.lua's decide{attempt, status, error,
+ * retry_after_ms, body}; on any failure of the script, llm.c's built-in
+ * policy (the same rules with the config's numbers). */
+static void lua_decide(void *ud, const orch__llm_retry_opts *o, int attempt,
+                       int status, const char *error, long retry_after_ms,
+                       const char *body, orch__llm_decision *d) {
+  llm_run *lr = ud;
+  json_t *arg = json_pack("{s:i,s:i}", "attempt", attempt, "status", status);
+  json_t *out = NULL;
+  char err[256] = "";
+  int rc = ORCH_ENOMEM;
+  if (arg) {
+    if (error) json_object_set_new(arg, "error", json_string_nocheck(error));
+    if (retry_after_ms >= 0)
+      json_object_set_new(arg, "retry_after_ms", json_integer(retry_after_ms));
+    if (body) /* the script reads the start of it only */
+      json_object_set_new(arg, "body", json_stringn_nocheck(
+                                           body, strnlen(body, 8192)));
+    rc = orch__policy_call(lr->ls, "policies.retry", "decide", arg, &out, err,
+                           sizeof err);
+  }
+  json_decref(arg);
+  const char *action = json_string_value(json_object_get(out, "action"));
+  json_t *delay = json_object_get(out, "delay_ms");
+  const char *reason = json_string_value(json_object_get(out, "reason"));
+  memset(d, 0, sizeof *d);
+  if (rc == ORCH_OK && action && !strcmp(action, "retry") &&
+      json_is_number(delay) && json_number_value(delay) >= 0) {
+    d->action = ORCH__LLM_RETRY;
+    d->delay_ms = json_number_value(delay);
+    snprintf(d->reason, sizeof d->reason, "retry.lua: retry in %.0f ms",
+             d->delay_ms);
+  } else if (rc == ORCH_OK && action &&
+             (!strcmp(action, "fallback") || !strcmp(action, "fail"))) {
+    d->action = !strcmp(action, "fallback") ? ORCH__LLM_FALLBACK
+                                            : ORCH__LLM_FAIL;
+    snprintf(d->reason, sizeof d->reason, "%s", reason ? reason : action);
+  } else {
+    if (rc != ORCH_ENOTFOUND && !lr->hook_error_logged) {
+      lr->hook_error_logged = true;
+      fprintf(stderr, "orchestrate: retry hook: %s; using the built-in "
+                      "policy\n",
+              rc ? err : "decide() returned no valid action");
+    }
+    orch__llm_decide(o, attempt, status, error, retry_after_ms, body, d);
+  }
+  json_decref(out);
 }
 
 /* The prompt: title, the step's text, then each dependency's result. */
@@ -154,6 +209,7 @@ static char *build_prompt(orch__run *r, uint32_t idx, const llm_params *p) {
 static void engine_free(void *arg) {
   llm_run *lr = arg;
   orch__llm_free(lr->llm);
+  orch__lstate_free(lr->ls);
   free(lr);
 }
 
@@ -203,6 +259,12 @@ static llm_run *run_state(orch__run *r) {
   if (!lr) return NULL;
   lr->rc = orch__llm_new(&lr->llm, &r->rt->cfg, orch__loop_uv(r->rt->loop),
                          lr->err, sizeof lr->err);
+  if (!lr->rc && r->rt->policy) {
+    char err[256];
+    lr->ls = orch__lstate_new(r->rt->policy, err, sizeof err);
+    if (lr->ls) orch__llm_set_decider(lr->llm, lua_decide, lr);
+    else fprintf(stderr, "orchestrate: llm hooks off: %s\n", err);
+  }
   r->kind_state[ORCH__KIND_LLM] = lr;
   return lr;
 }
@@ -219,6 +281,7 @@ static int start(orch__run *r, uint32_t idx) {
     orch__step_set_error(s, "%s", lr->err);
     return lr->rc;
   }
+  if (lr->ls) orch__lstate_sync(lr->ls); /* a step boundary: new scripts */
   char *prompt = build_prompt(r, idx, p);
   if (!prompt) {
     orch__step_set_error(s, "out of memory building the prompt");
@@ -297,7 +360,6 @@ void orch__llm_graph_totals(const orch_graph *g, orch__llm_totals *t) {
 void orch__llm_run_end(orch__run *r) {
   llm_run *lr = r->kind_state[ORCH__KIND_LLM];
   if (!lr) return;
-  orch__llm_free(lr->llm);
-  free(lr);
   r->kind_state[ORCH__KIND_LLM] = NULL;
+  engine_free(lr);
 }

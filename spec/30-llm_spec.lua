@@ -80,12 +80,50 @@ describe("an llm step", function()
     assert.truthy(#b.output > 0)
   end)
 
-  it("falls back to the next tier when one keeps failing", function()
+  it("falls back to the next tier when one keeps failing, as retry.lua says", function()
+    -- a scripts dir whose retry policy retries once at once, then falls back
+    local dir = os.tmpname()
+    os.remove(dir)
+    os.execute("mkdir -p " .. dir .. "/policies")
+    local f = assert(io.open(dir .. "/policies/retry.lua", "w"))
+    f:write([[
+local M = {}
+function M.decide(a)
+  if a.status >= 400 and a.status < 500 and a.status ~= 429 then
+    return { action = "fail", reason = "client error" }
+  end
+  if a.attempt < 2 then return { action = "retry", delay_ms = 1 } end
+  return { action = "fallback", reason = "two strikes" }
+end
+return M
+]])
+    f:close()
     local plan = h.plan({ { id = "a", kind = "llm", prompt = "x", tier = "flaky" } })
-    local code, doc, out, err = run(plan, config(base))
+    local conf = config(base, "scripts_dir = '" .. dir .. "',")
+    local code, doc, out, err = run(plan, conf)
+    os.execute("rm -rf " .. dir)
     assert.are.equal(0, code, err .. out)
     assert.are.equal("passed", step(doc, "a").status)
-    assert.are.equal(3, step(doc, "a").attempts)
+    assert.are.equal(3, step(doc, "a").attempts) -- 2 on flaky, 1 on claude
+  end)
+
+  it("goes to the tier routing/complexity.lua names when the step names none", function()
+    local conf = h.write(([[
+return {
+  tiers = {
+    ["local"] = { base_url = "%s/v1", model = "mock-echo+fault=401" },
+    strong = { provider = "anthropic", base_url = "%s", model = "mock-echo" },
+  },
+}]]):format(base, base), ".lua")
+    local plan = h.plan({
+      { id = "hard", kind = "llm", prompt = "review the security architecture" },
+      { id = "easy", kind = "llm", prompt = "name a colour" },
+    })
+    local code, doc, out, err = run(plan, conf)
+    assert.are_not.equal(0, code)
+    assert.are.equal("passed", step(doc, "hard").status, err .. out)
+    assert.are.equal("failed", step(doc, "easy").status)
+    assert.matches("tier 'local'", step(doc, "easy").error, 1, true)
   end)
 
   it("fails with the provider's message and never shows the key", function()
