@@ -18,6 +18,9 @@ static const char usage[] =
     "usage: orchestrate COMMAND [options]\n"
     "\n"
     "commands:\n"
+    "  ask \"REQUEST\" [options]        plan the request with a model, run the plan, answer\n"
+    "      --plan / --no-plan         force planning, or one model call\n"
+    "      --json                     print one JSON document (plan, steps, answer)\n"
     "  plan FILE [--json]             validate a plan; print levels and the critical path\n"
     "  run FILE [options]             run a plan (JSON, Lua or GAP text)\n"
     "      --json                     print one JSON document with the results\n"
@@ -63,7 +66,7 @@ typedef struct {
   const char *file, *config, *db, *host, *resume;
   const char *workers, *max_parallel;
   int port;
-  int json, dry_run, status_only;
+  int json, dry_run, status_only, plan;
 } opts;
 
 static int parse_opts(int argc, char **argv, opts *o, const char *allowed) {
@@ -75,6 +78,8 @@ static int parse_opts(int argc, char **argv, opts *o, const char *allowed) {
     if (strcmp(a, "--json") == 0 && strstr(allowed, "json")) o->json = 1;
     else if (strcmp(a, "--dry-run") == 0 && strstr(allowed, "dry")) o->dry_run = 1;
     else if (strcmp(a, "--status") == 0 && strstr(allowed, "status")) o->status_only = 1;
+    else if (strcmp(a, "--plan") == 0 && strstr(allowed, "plan")) o->plan = 1;
+    else if (strcmp(a, "--no-plan") == 0 && strstr(allowed, "plan")) o->plan = 0;
     else if (strcmp(a, "--config") == 0) {
       if (i + 1 >= argc) return usage_error("option %s needs a value", a);
       o->config = argv[++i];
@@ -433,6 +438,66 @@ static int cmd_migrate(int argc, char **argv) {
   return EX_OK;
 }
 
+static void print_levels(void *ud, const orch_graph *g) {
+  (void)ud;
+  size_t n = orch_graph_size(g), nl = orch_graph_levels(g);
+  printf("plan: %zu tasks and the answer, %zu levels\n", n - 1, nl);
+  for (size_t l = 0; l < nl; l++) {
+    printf("  level %zu:", l);
+    for (size_t i = 0; i < n; i++)
+      if (orch_step_level(g, i) == l) printf(" %s", orch_step_id(g, i));
+    printf("\n");
+  }
+  fflush(stdout);
+}
+
+static int cmd_ask(int argc, char **argv) {
+  opts o = {0};
+  o.plan = -1;
+  int ex = parse_opts(argc, argv, &o, "json plan workers max-parallel db");
+  if (ex) return ex;
+  if (!o.file) return usage_error("ask needs a REQUEST (in quotes)%s", "");
+  orch_runtime *rt = NULL;
+  if ((ex = open_runtime(&o, &rt))) return ex;
+  if (!o.json && isatty(STDERR_FILENO)) orch_runtime_on_progress(rt, progress, NULL, 100);
+  sig_rt = rt;
+  signal(SIGINT, on_sigint);
+  char err[2048] = "";
+  char *txt = NULL;
+  int rc = orch_ask(rt, o.file, o.plan, o.json ? NULL : print_levels, NULL, &txt, err, sizeof err);
+  signal(SIGINT, SIG_DFL);
+  sig_rt = NULL;
+  json_error_t je;
+  json_t *doc = txt ? json_loads(txt, 0, &je) : NULL;
+  if (o.json && txt) printf("%s\n", txt);
+  else if (doc) {
+    json_t *obs = json_object_get(doc, "observation");
+    const char *answer = json_string_value(json_object_get(doc, "answer"));
+    if (json_is_true(json_object_get(doc, "planned")) && obs) {
+      char *o_txt = json_dumps(obs, JSON_COMPACT | JSON_ENSURE_ASCII * 0);
+      printf("<observation>%s</observation>\n", o_txt ? o_txt : "{}");
+      free(o_txt);
+    }
+    if (answer && *answer) printf("<answer>%s</answer>\n", answer);
+    double mk = json_number_value(json_object_get(doc, "makespan_ms"));
+    double sq = json_number_value(json_object_get(doc, "sequential_ms"));
+    if (mk > 0)
+      printf("tasks took %.0f ms in parallel against %.0f ms one after another (%.2fx)\n",
+             mk, sq, sq / mk);
+    printf("tokens %lld in, %lld out%s; cost $%.6f; session %s\n",
+           (long long)json_integer_value(json_object_get(doc, "tokens_in")),
+           (long long)json_integer_value(json_object_get(doc, "tokens_out")),
+           json_is_true(json_object_get(doc, "tokens_unknown")) ? " (some unknown)" : "",
+           json_number_value(json_object_get(doc, "cost")),
+           json_string_value(json_object_get(doc, "session")));
+  }
+  if (rc) fprintf(stderr, "orchestrate: ask: %s\n", err);
+  json_decref(doc);
+  orch_free(txt);
+  orch_runtime_free(rt);
+  return exit_for(rc);
+}
+
 static int cmd_status(int argc, char **argv) {
   opts o = {0};
   int ex = parse_opts(argc, argv, &o, "json db");
@@ -514,5 +579,6 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "mock-llm") == 0) return cmd_mock(argc - 2, argv + 2);
   if (strcmp(cmd, "migrate") == 0) return cmd_migrate(argc - 2, argv + 2);
   if (strcmp(cmd, "status") == 0) return cmd_status(argc - 2, argv + 2);
+  if (strcmp(cmd, "ask") == 0) return cmd_ask(argc - 2, argv + 2);
   return usage_error("unknown command '%s'", cmd);
 }

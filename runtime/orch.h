@@ -179,6 +179,20 @@ ORCH_API int orch_run(orch_runtime *rt, orch_graph *g, char *err,
  * handler. */
 ORCH_API void orch_runtime_cancel(orch_runtime *rt);
 
+/* ---- the main job ------------------------------------------------------- */
+
+/* Called once the plan is a validated graph, before it runs. */
+typedef void (*orch_plan_fn)(void *ud, const orch_graph *g);
+/* Answers a request: one model call, or (plan = 1, or -1 and gap.lua's
+ * should_plan says so) a plan written by a model, run as a graph of llm
+ * steps, and a synthesis. *out: a JSON document (free with orch_free) with
+ * the plan, its levels, each step (status, tier, model, tokens, cost,
+ * timings), the observation, the answer, the session. ORCH_ESTEP when
+ * tasks failed but the answer was written from the others. */
+ORCH_API int orch_ask(orch_runtime *rt, const char *request, int plan,
+                      orch_plan_fn on_plan, void *ud, char **out /* OUT */,
+                      char *err, size_t errlen);
+
 /* ---- results (valid after the step finished; indices 0..size-1) -------- */
 
 ORCH_API const char *orch_step_id(const orch_graph *g, size_t i);

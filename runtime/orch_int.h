@@ -404,6 +404,12 @@ lua_State *orch__lstate_L(orch__lstate *s);
 int orch__policy_call(orch__lstate *s, const char *module, const char *fn,
                       json_t *arg, json_t **out /* OUT */, char *err,
                       size_t errlen);
+/* The same, for hooks that fail as `nil, "message"` (gap.parse): that is
+ * ORCH_EPLAN with the message as the hook wrote it. */
+int orch__policy_call_result(orch__lstate *s, const char *module,
+                             const char *fn, json_t *arg,
+                             json_t **out /* OUT */, char *err,
+                             size_t errlen);
 /* Rewards: the result must be a finite number; nil, NaN, inf, -inf, a
  * string... is ORCH_ESCRIPT "file: group.reward() returned NaN, expected a
  * finite number". */

@@ -16,6 +16,8 @@
 
 typedef struct llm_params {
   char *prompt, *tier, *title, *instructions, *model;
+  char *request; /* the user's request, for GAP tasks and the synthesis */
+  char *role;    /* "task" or "synthesis": prompt rendered by gap.lua */
   int stream;     /* -1: config default */
   int max_tokens; /* 0: default */
   orch__llm_call *call; /* owned: the result lives here after the run */
@@ -47,6 +49,8 @@ static void params_free(llm_params *p) {
   if (!p) return;
   orch__llm_call_free(p->call);
   free(p->prompt);
+  free(p->request);
+  free(p->role);
   free(p->tier);
   free(p->title);
   free(p->instructions);
@@ -76,8 +80,16 @@ static int parse(orch_graph *g, orch__step *s, json_t *obj, const char *where,
       (rc = get_str(obj, "title", where, &p->title, err, errlen)) ||
       (rc = get_str(obj, "instructions", where, &p->instructions, err,
                     errlen)) ||
-      (rc = get_str(obj, "model", where, &p->model, err, errlen)))
+      (rc = get_str(obj, "model", where, &p->model, err, errlen)) ||
+      (rc = get_str(obj, "request", where, &p->request, err, errlen)) ||
+      (rc = get_str(obj, "role", where, &p->role, err, errlen)))
     goto done;
+  if (p->role && strcmp(p->role, "task") != 0 &&
+      strcmp(p->role, "synthesis") != 0) {
+    rc = orch__err(err, errlen, ORCH_EPLAN,
+                   "%s: \"role\" must be \"task\" or \"synthesis\"", where);
+    goto done;
+  }
   json_t *st = json_object_get(obj, "stream");
   if (st && !json_is_null(st)) {
     if (!json_is_boolean(st)) {
@@ -178,18 +190,74 @@ static void lua_decide(void *ud, const orch__llm_retry_opts *o, int attempt,
   json_decref(out);
 }
 
-/* The prompt: title, the step's text, then each dependency's result. */
+/* A GAP task or the synthesis: gap.lua's task_prompt / synthesis_prompt
+ * render the prompt from the request, the step's text and each
+ * dependency's description, status and result. NULL: use the plain form. */
+static char *gap_prompt(orch__run *r, uint32_t idx, const llm_params *p,
+                        orch__lstate *ls) {
+  if (!p->role || !ls) return NULL;
+  orch_graph *g = r->g;
+  bool synth = strcmp(p->role, "synthesis") == 0;
+  json_t *arg = json_object(), *list = json_array();
+  json_object_set_new(arg, "request", json_string(p->request ? p->request : p->prompt));
+  for (uint32_t e = g->dep_off[idx]; e < g->dep_off[idx + 1]; e++) {
+    uint32_t d = g->deps[e];
+    const orch__step *ds = &g->steps[d];
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(orch__step_id(g, d)));
+    const llm_params *dp = ds->kind == ORCH__KIND_LLM ? ds->u.p : NULL;
+    json_object_set_new(o, "description",
+                        json_string(dp && dp->prompt ? dp->prompt : orch__step_id(g, d)));
+    json_object_set_new(o, "status", json_string(orch_status_name(ds->status)));
+    if (ds->output) json_object_set_new(o, "result", json_stringn(ds->output, strlen(ds->output)));
+    if (ds->status != ORCH_PASSED && ds->error)
+      json_object_set_new(o, "error", json_string(ds->error));
+    json_array_append_new(list, o);
+  }
+  if (synth) {
+    json_object_set_new(arg, "results", list);
+  } else {
+    json_t *task = json_object();
+    json_object_set_new(task, "id", json_string(orch__step_id(g, idx)));
+    json_object_set_new(task, "description", json_string(p->prompt));
+    json_object_set_new(arg, "task", task);
+    json_object_set_new(arg, "deps", list);
+  }
+  json_t *out = NULL;
+  char err[512];
+  char *text = NULL;
+  int rc = orch__policy_call(ls, "policies.gap", synth ? "synthesis_prompt" : "task_prompt",
+                             arg, &out, err, sizeof err);
+  if (rc == ORCH_OK && json_is_string(out)) text = orch__strdup(json_string_value(out));
+  else fprintf(stderr, "orchestrate: gap.%s failed, using the plain prompt: %s\n",
+               synth ? "synthesis_prompt" : "task_prompt", rc ? err : "not a string");
+  json_decref(out);
+  json_decref(arg);
+  return text;
+}
+
+/* The prompt: title, the step's text, then each dependency's result (and,
+ * for a synthesis without scripts, the failures by name). */
 static char *build_prompt(orch__run *r, uint32_t idx, const llm_params *p) {
   orch_graph *g = r->g;
   orch__buf b = {0};
   int rc = ORCH_OK;
+  llm_run *lr = r->kind_state[ORCH__KIND_LLM];
+  char *gp = gap_prompt(r, idx, p, lr ? lr->ls : NULL);
+  if (gp) return gp;
   if (p->title && *p->title) rc |= orch__buf_printf(&b, "# %s\n\n", p->title);
   rc |= orch__buf_add(&b, p->prompt, strlen(p->prompt));
   bool header = false;
   for (uint32_t e = g->dep_off[idx]; e < g->dep_off[idx + 1]; e++) {
     uint32_t d = g->deps[e];
     const orch__step *ds = &g->steps[d];
-    if (!ds->output) continue;
+    if (!ds->output && ds->status == ORCH_PASSED) continue;
+    if (!ds->output) {
+      rc |= orch__buf_printf(&b, "\n\n(%s %s: %s)", orch__step_id(g, d),
+                             orch_status_name(ds->status),
+                             ds->error ? ds->error : "no result");
+      continue;
+    }
     if (!header) {
       rc |= orch__buf_printf(&b, "\n\n## Results of the steps this one "
                                  "depends on\n");
