@@ -189,6 +189,9 @@ typedef struct orch__kind {
   /* Paths the step writes (NULL: none); the scheduler never runs two steps
    * writing one path at the same time. */
   size_t (*writes)(const orch__step *s, const char *const **paths);
+  /* Loop thread, when every step of the run has ended: frees the kind's
+   * per-run state (NULL: none). */
+  void (*run_end)(orch__run *r);
 } orch__kind;
 
 enum {

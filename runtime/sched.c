@@ -383,6 +383,8 @@ static void end_run(orch__run *r) {
   for (size_t i = 0; i < g->n; i++)
     if (g->steps[i].finished_ns > last) last = g->steps[i].finished_ns;
   g->makespan_ns = last;
+  for (int k = 0; k < ORCH__NKINDS; k++)
+    if (orch__kinds[k] && orch__kinds[k]->run_end) orch__kinds[k]->run_end(r);
   record_session(r, atomic_load(&r->canceled) ? "canceled"
                     : atomic_load(&r->failed) || atomic_load(&r->skipped)
                         ? "failed"

@@ -400,7 +400,7 @@ static double cost(const orch__step *s) {
 const orch__kind orch__kind_llm = {.name = "llm", .where = ORCH__ON_LOOP,
                                    .parse = parse, .start = start,
                                    .cancel = cancel, .free = free_params,
-                                   .cost = cost};
+                                   .cost = cost, .run_end = orch__llm_run_end};
 
 const orch__llm_result *orch__llm_step_result(const orch__step *s) {
   if (!s || s->kind != ORCH__KIND_LLM || !s->u.p) return NULL;
