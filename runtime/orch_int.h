@@ -192,6 +192,9 @@ typedef struct orch__kind {
   /* Loop thread, when every step of the run has ended: frees the kind's
    * per-run state (NULL: none). */
   void (*run_end)(orch__run *r);
+  /* Tokens and cost of a finished step (NULL: none); -1 / NAN unknown. */
+  void (*usage)(const orch__step *s, int64_t *tokens_in, int64_t *tokens_out,
+                double *cost);
 } orch__kind;
 
 enum {
@@ -321,6 +324,7 @@ struct orch_runtime {
   char session_id[40];         /* of the current or last run */
   char resume_id[40];          /* set by orch_runtime_resume for one run */
   int64_t t0_wall_ms;          /* the run's start, wall clock */
+  struct orch__lstate *loop_ls; /* the loop thread's scripts (rewards) */
   orch_progress_fn progress;
   void *progress_ud;
   unsigned progress_ms;

@@ -229,6 +229,7 @@ void orch_runtime_free(orch_runtime *rt) {
     orch__loop_call(rt->loop, close_on_loop, rt);
     orch__loop_free(rt->loop);
   }
+  orch__lstate_free(rt->loop_ls); /* the loop is gone: no one uses it */
   orch__policy_free(rt->policy); /* after the loop: unwatched there */
   orch__store_close(rt->store); /* flushes what the run recorded */
   free(rt->db_url);

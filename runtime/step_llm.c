@@ -10,6 +10,7 @@
  * policy serve. Uses llm.c, policy.c and jansson; --dry-run is sched.c's. */
 #include "orch_int.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -299,6 +300,32 @@ static void maybe_release(orch__run *r) {
   if (orch__loop_call(r->rt->loop, engine_free, lr)) engine_free(lr);
 }
 
+/* Every attempt of the call into orch_llm_calls (the store's queue; it
+ * never waits). */
+static void record_attempts(orch__run *r, uint32_t idx,
+                            const orch__llm_result *res) {
+  for (size_t i = 0; i < res->nattempts; i++) {
+    const orch__llm_attempt *a = &res->attempts[i];
+    orch__rec rec;
+    memset(&rec, 0, sizeof rec);
+    rec.type = ORCH__REC_LLM_CALL;
+    rec.u.llm_call.session_id = r->rt->session_id;
+    rec.u.llm_call.step_id = orch__step_id(r->g, idx);
+    rec.u.llm_call.attempt = (int32_t)i + 1;
+    rec.u.llm_call.provider = a->provider;
+    rec.u.llm_call.model = a->model;
+    rec.u.llm_call.http_status = a->http_status;
+    rec.u.llm_call.outcome = a->action;
+    rec.u.llm_call.tokens_in = a->tokens_in >= 0 ? a->tokens_in : ORCH__NULL_I64;
+    rec.u.llm_call.tokens_out = a->tokens_out >= 0 ? a->tokens_out : ORCH__NULL_I64;
+    rec.u.llm_call.cost = NAN;
+    rec.u.llm_call.latency_ms = a->latency_ms;
+    rec.u.llm_call.error = a->error;
+    rec.u.llm_call.started_ms = orch__store_wall_ms() - (int64_t)(res->latency_ms - a->start_ms);
+    orch__store_put(r->rt->store, &rec);
+  }
+}
+
 static void call_done(orch__llm_call *call, void *ud) {
   llm_params *p = ud;
   orch__run *r = p->run;
@@ -313,6 +340,7 @@ static void call_done(orch__llm_call *call, void *ud) {
     s->status = ORCH_FAILED;
   }
   if (res) s->attempts = (uint8_t)(res->nattempts > 255 ? 255 : res->nattempts);
+  if (res && r->rt->store) record_attempts(r, p->idx, res);
   s->finished_ns = orch__run_now(r);
   llm_run *lr = r->kind_state[ORCH__KIND_LLM];
   if (lr) lr->inflight--;
@@ -397,7 +425,16 @@ static double cost(const orch__step *s) {
   return 2000; /* a model call takes seconds: weigh it on the critical path */
 }
 
-const orch__kind orch__kind_llm = {.name = "llm", .where = ORCH__ON_LOOP,
+static void usage(const orch__step *s, int64_t *tin, int64_t *tout,
+                  double *cost) {
+  const orch__llm_result *res = orch__llm_step_result(s);
+  if (!res) return;
+  *tin = res->tokens_in;
+  *tout = res->tokens_out;
+  *cost = res->cost;
+}
+
+const orch__kind orch__kind_llm = {.usage = usage, .name = "llm", .where = ORCH__ON_LOOP,
                                    .parse = parse, .start = start,
                                    .cancel = cancel, .free = free_params,
                                    .cost = cost, .run_end = orch__llm_run_end};
