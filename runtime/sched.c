@@ -158,6 +158,8 @@ static bool skip(orch__run *r, uint32_t v, uint32_t cause) {
 }
 
 /* Skips v and everything downstream of it that has not started. */
+static void make_ready(orch__run *r, uint32_t v);
+
 static void skip_cascade(orch__run *r, uint32_t v, uint32_t cause) {
   orch_graph *g = r->g;
   uint32_t *stack = NULL;
@@ -168,6 +170,12 @@ static void skip_cascade(orch__run *r, uint32_t v, uint32_t cause) {
     uint32_t x = stack[--n];
     for (uint32_t e = g->out_off[x]; e < g->out_off[x + 1]; e++) {
       uint32_t y = g->outs[e];
+      if (g->steps[y].flags & ORCH__SF_ALWAYS) {
+        /* It runs once its dependencies end, however they ended. */
+        if (status_of(&g->steps[y]) == ORCH_PENDING && dep_done(&g->steps[y]))
+          make_ready(r, y);
+        continue;
+      }
       if (!skip(r, y, cause)) continue;
       if (push_u32(&stack, &n, &cap, y)) goto done;
     }
@@ -176,10 +184,107 @@ done:
   free(stack);
 }
 
+/* ---- per-file write locks ----------------------------------------------- */
+
+/* Two steps that write one file (edit steps, shell steps declaring
+ * "writes") never run at the same time: a step takes all its paths at once
+ * or none, and waits parked (not holding a slot) until they are free. Paths
+ * compare by their real path when they exist. Loop thread only. */
+typedef struct orch__flock {
+  char *path;
+  uint32_t holder;
+} orch__flock;
+
+static size_t step_writes(const orch__step *s, const char *const **paths) {
+  const orch__kind *k = orch__kinds[s->kind];
+  return k->writes ? k->writes(s, paths) : 0;
+}
+
+static char *norm_path(const char *p) {
+  char *real = realpath(p, NULL);
+  if (real) return real;
+  /* Not there yet: its directory's real path and its name. */
+  const char *slash = strrchr(p, '/');
+  char *dir = slash ? orch__strndup(p, (size_t)(slash - p)) : orch__strdup(".");
+  char *rdir = dir ? realpath(*dir ? dir : "/", NULL) : NULL;
+  char *out = rdir ? orch__asprintf("%s/%s", rdir, slash ? slash + 1 : p)
+                   : orch__strdup(p);
+  free(dir);
+  free(rdir);
+  return out;
+}
+
+static bool held(const orch__run *r, const char *path) {
+  for (size_t i = 0; i < r->nlocks; i++)
+    if (strcmp(r->locks[i].path, path) == 0) return true;
+  return false;
+}
+
+/* Takes every path step v writes, or none; false when one is held. */
+static bool lock_files(orch__run *r, uint32_t v) {
+  const char *const *paths;
+  size_t n = step_writes(&r->g->steps[v], &paths);
+  if (!n) return true;
+  char **norm = calloc(n, sizeof *norm);
+  if (!norm) return true; /* no memory: run unlocked rather than hang */
+  bool free_all = true;
+  for (size_t i = 0; i < n; i++) {
+    norm[i] = norm_path(paths[i]);
+    if (!norm[i] || held(r, norm[i])) free_all = false;
+  }
+  if (free_all && r->nlocks + n > r->locks_cap) {
+    size_t ncap = (r->nlocks + n) * 2;
+    orch__flock *nl = realloc(r->locks, ncap * sizeof *nl);
+    if (nl) {
+      r->locks = nl;
+      r->locks_cap = ncap;
+    } else {
+      free_all = false;
+    }
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (free_all) {
+      r->locks[r->nlocks].path = norm[i];
+      r->locks[r->nlocks].holder = v;
+      r->nlocks++;
+    } else {
+      free(norm[i]);
+    }
+  }
+  free(norm);
+  return free_all;
+}
+
+/* Releases v's paths and gives the parked steps another try. */
+static void unlock_files(orch__run *r, uint32_t v) {
+  bool any = false;
+  for (size_t i = 0; i < r->nlocks;) {
+    if (r->locks[i].holder == v) {
+      free(r->locks[i].path);
+      r->locks[i] = r->locks[--r->nlocks];
+      any = true;
+    } else {
+      i++;
+    }
+  }
+  if (!any || !r->nparked) return;
+  uint32_t *parked = r->parked;
+  size_t n = r->nparked;
+  r->parked = NULL;
+  r->nparked = r->parked_cap = 0;
+  for (size_t i = 0; i < n; i++)
+    if (status_of(&r->g->steps[parked[i]]) == ORCH_PENDING)
+      make_ready(r, parked[i]);
+  free(parked);
+}
+
 static void start_step(orch__run *r, uint32_t v) {
   orch_graph *g = r->g;
   orch__step *s = &g->steps[v];
   const orch__kind *k = orch__kinds[s->kind];
+  if (!lock_files(r, v)) {
+    if (push_u32(&r->parked, &r->nparked, &r->parked_cap, v) == ORCH_OK) return;
+  }
   __atomic_store_n(&s->status, ORCH_IN_PROGRESS, __ATOMIC_RELEASE);
   s->attempts++;
   /* A worker step's start is stamped by the worker that runs it, unless
@@ -252,9 +357,10 @@ static void complete(orch__run *r, uint32_t v) {
     uint32_t d = g->outs[e];
     orch__step *ds = &g->steps[d];
     if (status_of(ds) != ORCH_PENDING) continue;
-    if (!ok) skip_cascade(r, d, v);
+    if (!ok && !(ds->flags & ORCH__SF_ALWAYS)) skip_cascade(r, d, v);
     else if (dep_done(ds)) make_ready(r, d);
   }
+  unlock_files(r, v);
 }
 
 static void post_workers(orch__run *r) {
@@ -411,6 +517,8 @@ static void publish(orch__run *r, worker_batch *b) {
 
 static bool on_worker(const orch__run *r, const orch__step *s) {
   if (r->dry_run && s->kind == ORCH__KIND_LLM) return false;
+  const char *const *paths;
+  if (step_writes(s, &paths)) return false; /* file locks live on the loop */
   return orch__kinds[s->kind]->where == ORCH__ON_WORKER;
 }
 
@@ -424,8 +532,8 @@ static uint32_t complete_here(orch__run *r, uint32_t v, uint32_t *extra,
   /* Not with an in-flight limit (the heap orders starts), nor when a store
    * records every start and finish (on the loop thread). */
   if (r->max_parallel || r->rt->store || atomic_load(&r->canceled) ||
-      status_of(s) != ORCH_PASSED)
-    return v;
+      status_of(s) != ORCH_PASSED || !on_worker(r, s))
+    return v; /* (a step holding file locks releases them on the loop) */
   for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++)
     if (!on_worker(r, &g->steps[g->outs[e]])) return v;
   uint32_t next = NONE;
@@ -685,6 +793,9 @@ int orch_run(orch_runtime *rt, orch_graph *g, char *err, size_t errlen) {
   pthread_mutex_destroy(&r->mu);
   pthread_cond_destroy(&r->cond);
   free(r->steps_txt);
+  for (size_t i = 0; i < r->nlocks; i++) free(r->locks[i].path);
+  free(r->locks);
+  free(r->parked);
   free(r->heap);
   free(r->todo);
   free(r->post);
