@@ -378,7 +378,7 @@ static int cmd_check(int argc, char **argv) {
   if ((ex = open_runtime(&o, &rt))) return ex;
   int count = 0;
   const char *dir = o.file ? o.file : "scripts";
-  int rc = orch_scripts_check(rt, dir, report, &count);
+  int rc = orch_scripts_check(rt, o.file, report, &count);
   orch_runtime_free(rt);
   if (rc < 0) {
     fprintf(stderr, "orchestrate: check %s: %s\n", dir, orch_strerror(rc));
