@@ -37,6 +37,11 @@ int orch_runtime_new(orch_runtime **out, const char *config_file, char *err,
     path = "orchestrate.conf.lua";
   if (path) {
     int rc = orch__config_load(&rt->cfg, path, err, errlen);
+    char msg[512];
+    /* The model tiers are checked now, not at the first llm step. */
+    if (!rc && rt->cfg.sections &&
+        orch__llm_config_check(rt->cfg.sections, msg, sizeof msg))
+      rc = orch__err(err, errlen, ORCH_ECONFIG, "%s: %s", path, msg);
     if (rc) {
       orch_runtime_free(rt);
       return rc;
