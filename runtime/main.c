@@ -327,6 +327,12 @@ static int cmd_run(int argc, char **argv) {
         json_object_set_new(s, "output", jo ? jo : json_string("(output is not UTF-8)"));
       }
       if (e) json_object_set_new(s, "error", json_string(e));
+      char *det = orch_step_details(g, i);
+      if (det) {
+        json_t *d = json_loads(det, 0, NULL);
+        if (d) json_object_set_new(s, "llm", d);
+        orch_free(det);
+      }
       json_array_append_new(steps, s);
     }
     json_object_set_new(doc, "steps", steps);
@@ -542,6 +548,17 @@ static int cmd_status(int argc, char **argv) {
            (long long)json_integer_value(json_object_get(s, "pending")));
   }
   json_decref(list);
+  if (!one) {
+    /* What a reload of the scripts would say now. */
+    orch_runtime *rt = NULL;
+    if (orch_runtime_new(&rt, o.config, NULL, 0) == ORCH_OK) {
+      int bad = 0;
+      int rc2 = orch_scripts_check(rt, NULL, report, &bad);
+      if (rc2 == 0) printf("scripts: all compile and pass their self-checks\n");
+      else if (rc2 > 0) printf("scripts: %d failing (above); a running runtime keeps their last good version\n", rc2);
+      orch_runtime_free(rt);
+    }
+  }
   json_t *today = json_object_get(doc, "today");
   if (today) {
     const char *k;

@@ -214,6 +214,11 @@ ORCH_API int orch_step_exit_status(const orch_graph *g, size_t i);
 /* The script generation the step ran under (0 when no script ran). */
 ORCH_API unsigned orch_step_generation(const orch_graph *g, size_t i);
 
+/* Kind-specific details of a finished step as JSON text (free with
+ * orch_free), NULL when none: for llm steps {tier, model, provider,
+ * tokens_in, tokens_out (-1 unknown), cost, ttft_ms, latency_ms, attempts}. */
+ORCH_API char *orch_step_details(const orch_graph *g, size_t i);
+
 /* The run's makespan in ms (0 before a run). */
 ORCH_API double orch_graph_makespan_ms(const orch_graph *g);
 

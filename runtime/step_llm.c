@@ -468,3 +468,13 @@ void orch__llm_run_end(orch__run *r) {
   r->kind_state[ORCH__KIND_LLM] = NULL;
   engine_free(lr);
 }
+
+char *orch_step_details(const orch_graph *g, size_t i) {
+  if (!g || i >= g->n) return NULL;
+  const orch__llm_result *r = orch__llm_step_result(&g->steps[i]);
+  if (!r) return NULL;
+  json_t *j = orch__llm_result_json(r);
+  char *txt = j ? json_dumps(j, JSON_COMPACT) : NULL;
+  json_decref(j);
+  return txt;
+}

@@ -112,6 +112,22 @@ describe("orchestrate ask", function()
     assert.is_string(doc.answer)
   end)
 
+  it("runs a hand-written plan of llm steps, recording tier, model and tokens", function()
+    local plan = h.plan({
+      { id = "a", kind = "llm", prompt = "Summarize the release notes", tier = "fast" },
+      { id = "b", kind = "llm", prompt = "List the risks", deps = { "a" } },
+    })
+    local code, out = h.cli("run --json --db none " .. plan, { env = env })
+    assert.are.equal(0, code)
+    local doc = h.json().decode(out)
+    local a, b = doc.steps[1], doc.steps[2]
+    assert.are.equal("fast", a.llm.tier)
+    assert.is_string(b.llm.tier)
+    assert.is_true(a.llm.tokens_in > 0 and a.llm.tokens_out > 0)
+    assert.is_true(b.started_ms >= a.finished_ms)
+    assert.not_matches("sk%-test%-secret", out)
+  end)
+
   it("fails clearly when no model is reachable", function()
     local code, _, err = h.cli("ask --db none --no-plan 'hello'",
       { env = "OPENAI_BASE_URL=http://127.0.0.1:1/v1" })
