@@ -3,12 +3,7 @@
 local h = require("helpers")
 local mock = require("mock_llm_helper")
 
-local function tmpdir()
-  local p = io.popen("mktemp -d")
-  local d = p:read("l")
-  p:close()
-  return d
-end
+local tmpdir = h.tmpdir
 
 describe("orchestrate ask", function()
   local m, env, dir
