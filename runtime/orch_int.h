@@ -20,6 +20,7 @@
 
 #define ORCH__ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define ORCH__MAX_ID_BYTES 256
+#define ORCH__NKINDS_MAX 16
 
 /* ---- util.c: small helpers ------------------------------------------- */
 
@@ -139,6 +140,7 @@ struct orch_graph {
   int64_t makespan_ns;
   void *plan_meta;  /* json_t of a loaded plan's top-level extras, or NULL */
   void *plan_steps; /* json_t array of the plan's steps as loaded, or NULL */
+  uint32_t nkind[ORCH__NKINDS_MAX]; /* steps of each kind */
   int err_code;    /* first error of an add call, reported at validate */
   char err_msg[512];
 };
@@ -192,6 +194,9 @@ typedef struct orch__kind {
   /* Loop thread, when every step of the run has ended: frees the kind's
    * per-run state (NULL: none). */
   void (*run_end)(orch__run *r);
+  /* Loop thread, as a run starts with steps of this kind (NULL: none):
+   * sets up the kind's per-run state before the first step needs it. */
+  void (*run_begin)(orch__run *r);
   /* Tokens and cost of a finished step (NULL: none); -1 / NAN unknown. */
   void (*usage)(const orch__step *s, int64_t *tokens_in, int64_t *tokens_out,
                 double *cost);
@@ -207,6 +212,7 @@ enum {
   ORCH__KIND_EDIT,
   ORCH__NKINDS
 };
+_Static_assert(ORCH__NKINDS <= ORCH__NKINDS_MAX, "raise ORCH__NKINDS_MAX");
 extern const orch__kind *const orch__kinds[ORCH__NKINDS];
 int orch__kind_by_name(const char *name);
 

@@ -692,6 +692,10 @@ static void run_start(void *arg) {
     record_session(r, "running", r->steps_txt);
   }
   rt->resume_id[0] = '\0';
+  for (int k = 0; k < ORCH__NKINDS; k++)
+    if (g->nkind[k] && orch__kinds[k] && orch__kinds[k]->run_begin &&
+        !(r->dry_run && k == ORCH__KIND_LLM))
+      orch__kinds[k]->run_begin(r);
   size_t roots = 0;
   for (size_t i = 0; i < g->n; i++) {
     orch__step *s = &g->steps[i];

@@ -434,7 +434,12 @@ static void usage(const orch__step *s, int64_t *tin, int64_t *tout,
   *cost = res->cost;
 }
 
-const orch__kind orch__kind_llm = {.usage = usage, .name = "llm", .where = ORCH__ON_LOOP,
+/* The engine (curl multi, script state) is made as the run starts, so the
+ * first wave of calls does not wait for it. */
+static void run_begin(orch__run *r) { (void)run_state(r); }
+
+const orch__kind orch__kind_llm = {.run_begin = run_begin, .usage = usage,
+                                   .name = "llm", .where = ORCH__ON_LOOP,
                                    .parse = parse, .start = start,
                                    .cancel = cancel, .free = free_params,
                                    .cost = cost, .run_end = orch__llm_run_end};
