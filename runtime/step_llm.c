@@ -18,6 +18,11 @@
 typedef struct llm_params {
   char *prompt, *tier, *title, *instructions, *model;
   char *request; /* the user's request, for GAP tasks and the synthesis */
+  char *name;    /* a task name for routing/agents.lua (find_*, fix_*...) */
+  char *agent, *backup; /* who answers, and who takes over on a timeout */
+  bool on_backup;       /* the backup agent has taken over */
+  int attempt_base;     /* the primary's attempts, before the backup's */
+  orch__llm_call *old_call; /* the primary's call, kept for its record */
   char *role;    /* "task" or "synthesis": prompt rendered by gap.lua */
   int stream;     /* -1: config default */
   int max_tokens; /* 0: default */
@@ -52,6 +57,10 @@ static void params_free(llm_params *p) {
   free(p->prompt);
   free(p->request);
   free(p->role);
+  free(p->name);
+  free(p->agent);
+  free(p->backup);
+  orch__llm_call_free(p->old_call);
   free(p->tier);
   free(p->title);
   free(p->instructions);
@@ -83,7 +92,10 @@ static int parse(orch_graph *g, orch__step *s, json_t *obj, const char *where,
                     errlen)) ||
       (rc = get_str(obj, "model", where, &p->model, err, errlen)) ||
       (rc = get_str(obj, "request", where, &p->request, err, errlen)) ||
-      (rc = get_str(obj, "role", where, &p->role, err, errlen)))
+      (rc = get_str(obj, "role", where, &p->role, err, errlen)) ||
+      (rc = get_str(obj, "name", where, &p->name, err, errlen)) ||
+      (rc = get_str(obj, "agent", where, &p->agent, err, errlen)) ||
+      (rc = get_str(obj, "backup_agent", where, &p->backup, err, errlen)))
     goto done;
   if (p->role && strcmp(p->role, "task") != 0 &&
       strcmp(p->role, "synthesis") != 0) {
@@ -303,7 +315,7 @@ static void maybe_release(orch__run *r) {
 /* Every attempt of the call into orch_llm_calls (the store's queue; it
  * never waits). */
 static void record_attempts(orch__run *r, uint32_t idx,
-                            const orch__llm_result *res) {
+                            const orch__llm_result *res, int base) {
   for (size_t i = 0; i < res->nattempts; i++) {
     const orch__llm_attempt *a = &res->attempts[i];
     orch__rec rec;
@@ -311,7 +323,7 @@ static void record_attempts(orch__run *r, uint32_t idx,
     rec.type = ORCH__REC_LLM_CALL;
     rec.u.llm_call.session_id = r->rt->session_id;
     rec.u.llm_call.step_id = orch__step_id(r->g, idx);
-    rec.u.llm_call.attempt = (int32_t)i + 1;
+    rec.u.llm_call.attempt = base + (int32_t)i + 1;
     rec.u.llm_call.provider = a->provider;
     rec.u.llm_call.model = a->model;
     rec.u.llm_call.http_status = a->http_status;
@@ -326,12 +338,30 @@ static void record_attempts(orch__run *r, uint32_t idx,
   }
 }
 
+static int start(orch__run *r, uint32_t idx);
+
 static void call_done(orch__llm_call *call, void *ud) {
   llm_params *p = ud;
   orch__run *r = p->run;
   orch__step *s = &r->g->steps[p->idx];
   const orch__llm_result *res = orch__llm_call_result(call);
   p->run = NULL;
+  llm_run *lr0 = r->kind_state[ORCH__KIND_LLM];
+  if (res && res->code == ORCH_ETIMEDOUT && p->backup && !p->on_backup &&
+      !atomic_load(&r->canceled)) {
+    /* The primary agent timed out: its backup takes the step over. */
+    if (r->rt->store) record_attempts(r, p->idx, res, 0);
+    p->attempt_base = (int)res->nattempts;
+    fprintf(stderr, "orchestrate: step '%s': %s timed out; %s takes over\n",
+            orch__step_id(r->g, p->idx), p->agent ? p->agent : "the agent",
+            p->backup);
+    free(p->agent);
+    p->agent = orch__strdup(p->backup);
+    p->on_backup = true;
+    if (lr0) lr0->inflight--;
+    if (start(r, p->idx) == ORCH_OK) return;
+    if (lr0) lr0->inflight++; /* balanced below */
+  }
   if (res && res->code == ORCH_OK) {
     orch__step_set_output(s, res->text, res->text_len);
     s->status = ORCH_PASSED;
@@ -339,13 +369,33 @@ static void call_done(orch__llm_call *call, void *ud) {
     orch__step_set_error(s, "%s", res && res->error ? res->error : "failed");
     s->status = ORCH_FAILED;
   }
-  if (res) s->attempts = (uint8_t)(res->nattempts > 255 ? 255 : res->nattempts);
-  if (res && r->rt->store) record_attempts(r, p->idx, res);
+  if (res) {
+    size_t n = res->nattempts + (size_t)p->attempt_base;
+    s->attempts = (uint8_t)(n > 255 ? 255 : n);
+  }
+  if (res && r->rt->store) record_attempts(r, p->idx, res, p->attempt_base);
   s->finished_ns = orch__run_now(r);
   llm_run *lr = r->kind_state[ORCH__KIND_LLM];
   if (lr) lr->inflight--;
   orch__sched_finish(r, p->idx);
   maybe_release(r); /* r lives until the loop runs run_close: after us */
+}
+
+/* routing/agents.lua's route{name}: the primary and the backup agent of a
+ * task name. Without the script the step simply has no agent. */
+static void route_agents(llm_run *lr, llm_params *p) {
+  if (!lr->ls) return;
+  json_t *arg = json_pack("{s:s}", "name", p->name), *out = NULL;
+  char err[256];
+  if (orch__policy_call(lr->ls, "routing.agents", "route", arg, &out, err,
+                        sizeof err) == ORCH_OK) {
+    const char *pri = json_string_value(json_object_get(out, "primary"));
+    const char *bak = json_string_value(json_object_get(out, "backup"));
+    if (pri) p->agent = orch__strdup(pri);
+    if (bak && !p->backup) p->backup = orch__strdup(bak);
+  }
+  json_decref(arg);
+  json_decref(out);
 }
 
 static llm_run *run_state(orch__run *r) {
@@ -383,15 +433,26 @@ static int start(orch__run *r, uint32_t idx) {
     orch__step_set_error(s, "out of memory building the prompt");
     return ORCH_ENOMEM;
   }
-  orch__llm_call_free(p->call);
+  if (p->name && !p->agent) route_agents(lr, p);
+  /* A call the primary agent left (timed out) is kept for the record. */
+  if (p->call && p->on_backup) {
+    orch__llm_call_free(p->old_call);
+    p->old_call = p->call;
+  } else {
+    orch__llm_call_free(p->call);
+  }
   p->call = NULL;
   p->run = r;
   p->idx = idx;
+  char *system = p->agent ? orch__asprintf("You are %s, one agent of a team.%s%s",
+                                           p->agent, p->instructions ? "\n\n" : "",
+                                           p->instructions ? p->instructions : "")
+                          : NULL;
   char routed[64];
   orch__llm_req rq = {
       .tier = p->tier ? p->tier : pick_tier(r, idx, p, routed, sizeof routed),
       .model = p->model,
-      .system = p->instructions,
+      .system = system ? system : p->instructions,
       .prompt = prompt,
       .max_tokens = p->max_tokens,
       .stream = p->stream,
@@ -401,6 +462,7 @@ static int start(orch__run *r, uint32_t idx) {
   };
   int rc = orch__llm_call_start(lr->llm, &rq, &p->call);
   free(prompt);
+  free(system);
   if (rc == ORCH_OK) lr->inflight++;
   if (rc) {
     p->run = NULL;
@@ -479,6 +541,9 @@ char *orch_step_details(const orch_graph *g, size_t i) {
   const orch__llm_result *r = orch__llm_step_result(&g->steps[i]);
   if (!r) return NULL;
   json_t *j = orch__llm_result_json(r);
+  const llm_params *p = g->steps[i].u.p;
+  if (j && p && p->agent) json_object_set_new(j, "agent", json_string(p->agent));
+  if (j && p && p->on_backup) json_object_set_new(j, "backup_took_over", json_true());
   char *txt = j ? json_dumps(j, JSON_COMPACT) : NULL;
   json_decref(j);
   return txt;

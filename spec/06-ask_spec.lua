@@ -123,6 +123,22 @@ describe("orchestrate ask", function()
     assert.not_matches("sk%-test%-secret", out)
   end)
 
+  it("hands a step to its backup agent when the primary times out", function()
+    -- fast has no fallback tier here, so the primary agent's last attempt
+    -- ends in a timeout; the mock answers the first 4 calls of this key late
+    local conf = h.write('return { tiers = { fast = { provider = "openai" } } }', ".lua")
+    local key = "agent-" .. os.time() .. "-" .. math.random(1e6)
+    local plan = h.plan({ { id = "find", kind = "llm", tier = "fast", name = "find_users",
+      timeout_ms = 300, prompt = "Find the users [mock-fault:fail-first=4;slow=3000;key=" .. key .. "]" } })
+    local code, out, err = h.cli("run --json --db none --config " .. conf .. " " .. plan, { env = env })
+    assert.are.equal(0, code, err)
+    local s = h.json().decode(out).steps[1]
+    assert.are.equal("passed", s.status)
+    assert.are.equal("project-analyst", s.llm.agent)
+    assert.is_true(s.llm.backup_took_over)
+    assert.matches("code%-archaeologist timed out; project%-analyst takes over", err)
+  end)
+
   it("fails clearly when no model is reachable", function()
     local code, _, err = h.cli("ask --db none --no-plan 'hello'",
       { env = "OPENAI_BASE_URL=http://127.0.0.1:1/v1" })
