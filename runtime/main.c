@@ -238,6 +238,27 @@ static void progress(void *ud, size_t done, size_t total, size_t running,
   fflush(stderr);
 }
 
+/* Says on stderr when records were spooled or dropped: never silently. */
+static void report_stats(orch_runtime *rt) {
+  char *txt = orch_runtime_stats(rt);
+  json_t *doc = txt ? json_loads(txt, 0, NULL) : NULL;
+  orch_free(txt);
+  json_t *st = json_object_get(doc, "store");
+  if (st) {
+    json_int_t dropped = json_integer_value(json_object_get(st, "records_dropped_total"));
+    json_int_t spooled = json_integer_value(json_object_get(st, "spooled"));
+    json_int_t replayed = json_integer_value(json_object_get(st, "replayed"));
+    if (dropped)
+      fprintf(stderr, "orchestrate: store: %lld records dropped (%s)\n", (long long)dropped,
+              json_string_value(json_object_get(st, "last_drop")));
+    json_int_t queued = json_integer_value(json_object_get(st, "queued"));
+    if (!json_is_true(json_object_get(st, "connected")) && (spooled > replayed || queued))
+      fprintf(stderr, "orchestrate: store: %lld records go to the spool and are replayed "
+              "when the database is back\n", (long long)(spooled - replayed + queued));
+  }
+  json_decref(doc);
+}
+
 static double dur(const orch_graph *g, size_t i) {
   double a = orch_step_started_ms(g, i), b = orch_step_finished_ms(g, i);
   return a >= 0 && b >= a ? b - a : 0;
@@ -359,6 +380,7 @@ static int cmd_run(int argc, char **argv) {
            makespan, bound, seq, makespan > 0 ? seq / makespan : 0);
     if (*orch_runtime_session(rt)) printf("session %s\n", orch_runtime_session(rt));
   }
+  report_stats(rt);
   ex = exit_for(rc);
 done:
   free(longest);

@@ -97,6 +97,12 @@ ORCH_API int orch_runtime_resume(orch_runtime *rt, const char *session_id,
                                  orch_graph **out /* OUT */, char *err,
                                  size_t errlen);
 
+/* The runtime's counters as JSON text (free with orch_free): the store's
+ * writer (backend, connected, written, spooled, replayed,
+ * records_dropped_total, last_error, last_drop) and the scripts
+ * (generation, last reload error). */
+ORCH_API char *orch_runtime_stats(orch_runtime *rt);
+
 /* Sessions as JSON text (free it with orch_free): with session_id NULL the
  * active ones and today's counts, else that session's progress summary
  * (total, passed, failed, pending, progress_pct, status). Read-only. */
