@@ -13,6 +13,7 @@
 #include "orch_int.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -95,6 +96,48 @@ static void record(orch__run *r, uint32_t v) {
     orch__store_record_step(rt->store, rt->session_id, r->g, v, rt->t0_wall_ms);
 }
 
+/* rewards/step.lua scores a finished step; the score (or the script's
+ * error, never a made-up number) goes to jr_step_rewards. Loop thread. */
+static void reward(orch__run *r, uint32_t v) {
+  orch_runtime *rt = r->rt;
+  if (!rt->store || !rt->policy) return;
+  if (!rt->loop_ls) {
+    rt->loop_ls = orch__lstate_new(rt->policy, NULL, 0);
+    if (!rt->loop_ls) return;
+  }
+  orch__lstate_sync(rt->loop_ls);
+  const orch__step *s = &r->g->steps[v];
+  double ms = s->finished_ns > s->started_ns && s->started_ns >= 0
+                  ? (double)(s->finished_ns - s->started_ns) / 1e6
+                  : 0;
+  json_t *arg = json_pack("{s:s, s:f, s:i}", "status", orch_status_name(s->status),
+                          "duration_ms", ms, "attempts", (int)s->attempts);
+  double value = NAN;
+  char err[512] = "";
+  int rc = orch__policy_call_number(rt->loop_ls, "rewards.step", "reward", arg,
+                                    &value, err, sizeof err);
+  json_decref(arg);
+  if (rc == ORCH_ENOTFOUND) return; /* no reward script: nothing to score */
+  const char *const *paths = NULL;
+  const orch__kind *k = orch__kinds[s->kind];
+  size_t nw = k->writes ? k->writes(s, &paths) : 0;
+  char *detail = rc ? orch__asprintf("reward: %s", err) : NULL;
+  orch__rec rec;
+  memset(&rec, 0, sizeof rec);
+  rec.type = ORCH__REC_REWARD;
+  rec.u.reward.task_id = rt->session_id;
+  rec.u.reward.step_number = (int32_t)v;
+  rec.u.reward.step_type = k->name;
+  rec.u.reward.target_file = nw ? paths[0] : NULL;
+  rec.u.reward.execution_result = orch_status_name(s->status);
+  rec.u.reward.implicit_reward = rc ? NAN : value;
+  rec.u.reward.verified_outcome = NAN;
+  rec.u.reward.execution_time_ms = (int64_t)ms;
+  rec.u.reward.error_detail = detail ? detail : s->error;
+  orch__store_put(rt->store, &rec);
+  free(detail);
+}
+
 static char *steps_json(const orch_graph *g) {
   if (g->plan_steps) return json_dumps((json_t *)g->plan_steps, JSON_COMPACT);
   json_t *a = json_array();
@@ -158,6 +201,8 @@ static bool skip(orch__run *r, uint32_t v, uint32_t cause) {
 }
 
 /* Skips v and everything downstream of it that has not started. */
+static void make_ready(orch__run *r, uint32_t v);
+
 static void skip_cascade(orch__run *r, uint32_t v, uint32_t cause) {
   orch_graph *g = r->g;
   uint32_t *stack = NULL;
@@ -168,6 +213,12 @@ static void skip_cascade(orch__run *r, uint32_t v, uint32_t cause) {
     uint32_t x = stack[--n];
     for (uint32_t e = g->out_off[x]; e < g->out_off[x + 1]; e++) {
       uint32_t y = g->outs[e];
+      if (g->steps[y].flags & ORCH__SF_ALWAYS) {
+        /* It runs once its dependencies end, however they ended. */
+        if (status_of(&g->steps[y]) == ORCH_PENDING && dep_done(&g->steps[y]))
+          make_ready(r, y);
+        continue;
+      }
       if (!skip(r, y, cause)) continue;
       if (push_u32(&stack, &n, &cap, y)) goto done;
     }
@@ -176,10 +227,107 @@ done:
   free(stack);
 }
 
+/* ---- per-file write locks ----------------------------------------------- */
+
+/* Two steps that write one file (edit steps, shell steps declaring
+ * "writes") never run at the same time: a step takes all its paths at once
+ * or none, and waits parked (not holding a slot) until they are free. Paths
+ * compare by their real path when they exist. Loop thread only. */
+typedef struct orch__flock {
+  char *path;
+  uint32_t holder;
+} orch__flock;
+
+static size_t step_writes(const orch__step *s, const char *const **paths) {
+  const orch__kind *k = orch__kinds[s->kind];
+  return k->writes ? k->writes(s, paths) : 0;
+}
+
+static char *norm_path(const char *p) {
+  char *real = realpath(p, NULL);
+  if (real) return real;
+  /* Not there yet: its directory's real path and its name. */
+  const char *slash = strrchr(p, '/');
+  char *dir = slash ? orch__strndup(p, (size_t)(slash - p)) : orch__strdup(".");
+  char *rdir = dir ? realpath(*dir ? dir : "/", NULL) : NULL;
+  char *out = rdir ? orch__asprintf("%s/%s", rdir, slash ? slash + 1 : p)
+                   : orch__strdup(p);
+  free(dir);
+  free(rdir);
+  return out;
+}
+
+static bool held(const orch__run *r, const char *path) {
+  for (size_t i = 0; i < r->nlocks; i++)
+    if (strcmp(r->locks[i].path, path) == 0) return true;
+  return false;
+}
+
+/* Takes every path step v writes, or none; false when one is held. */
+static bool lock_files(orch__run *r, uint32_t v) {
+  const char *const *paths;
+  size_t n = step_writes(&r->g->steps[v], &paths);
+  if (!n) return true;
+  char **norm = calloc(n, sizeof *norm);
+  if (!norm) return true; /* no memory: run unlocked rather than hang */
+  bool free_all = true;
+  for (size_t i = 0; i < n; i++) {
+    norm[i] = norm_path(paths[i]);
+    if (!norm[i] || held(r, norm[i])) free_all = false;
+  }
+  if (free_all && r->nlocks + n > r->locks_cap) {
+    size_t ncap = (r->nlocks + n) * 2;
+    orch__flock *nl = realloc(r->locks, ncap * sizeof *nl);
+    if (nl) {
+      r->locks = nl;
+      r->locks_cap = ncap;
+    } else {
+      free_all = false;
+    }
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (free_all) {
+      r->locks[r->nlocks].path = norm[i];
+      r->locks[r->nlocks].holder = v;
+      r->nlocks++;
+    } else {
+      free(norm[i]);
+    }
+  }
+  free(norm);
+  return free_all;
+}
+
+/* Releases v's paths and gives the parked steps another try. */
+static void unlock_files(orch__run *r, uint32_t v) {
+  bool any = false;
+  for (size_t i = 0; i < r->nlocks;) {
+    if (r->locks[i].holder == v) {
+      free(r->locks[i].path);
+      r->locks[i] = r->locks[--r->nlocks];
+      any = true;
+    } else {
+      i++;
+    }
+  }
+  if (!any || !r->nparked) return;
+  uint32_t *parked = r->parked;
+  size_t n = r->nparked;
+  r->parked = NULL;
+  r->nparked = r->parked_cap = 0;
+  for (size_t i = 0; i < n; i++)
+    if (status_of(&r->g->steps[parked[i]]) == ORCH_PENDING)
+      make_ready(r, parked[i]);
+  free(parked);
+}
+
 static void start_step(orch__run *r, uint32_t v) {
   orch_graph *g = r->g;
   orch__step *s = &g->steps[v];
   const orch__kind *k = orch__kinds[s->kind];
+  if (!lock_files(r, v)) {
+    if (push_u32(&r->parked, &r->nparked, &r->parked_cap, v) == ORCH_OK) return;
+  }
   __atomic_store_n(&s->status, ORCH_IN_PROGRESS, __ATOMIC_RELEASE);
   s->attempts++;
   /* A worker step's start is stamped by the worker that runs it, unless
@@ -248,13 +396,15 @@ static void complete(orch__run *r, uint32_t v) {
   if (ok) atomic_fetch_add(&r->passed, 1);
   else atomic_fetch_add(&r->failed, 1);
   record(r, v);
+  reward(r, v);
   for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++) {
     uint32_t d = g->outs[e];
     orch__step *ds = &g->steps[d];
     if (status_of(ds) != ORCH_PENDING) continue;
-    if (!ok) skip_cascade(r, d, v);
+    if (!ok && !(ds->flags & ORCH__SF_ALWAYS)) skip_cascade(r, d, v);
     else if (dep_done(ds)) make_ready(r, d);
   }
+  unlock_files(r, v);
 }
 
 static void post_workers(orch__run *r) {
@@ -277,6 +427,8 @@ static void end_run(orch__run *r) {
   for (size_t i = 0; i < g->n; i++)
     if (g->steps[i].finished_ns > last) last = g->steps[i].finished_ns;
   g->makespan_ns = last;
+  for (int k = 0; k < ORCH__NKINDS; k++)
+    if (orch__kinds[k] && orch__kinds[k]->run_end) orch__kinds[k]->run_end(r);
   record_session(r, atomic_load(&r->canceled) ? "canceled"
                     : atomic_load(&r->failed) || atomic_load(&r->skipped)
                         ? "failed"
@@ -411,6 +563,8 @@ static void publish(orch__run *r, worker_batch *b) {
 
 static bool on_worker(const orch__run *r, const orch__step *s) {
   if (r->dry_run && s->kind == ORCH__KIND_LLM) return false;
+  const char *const *paths;
+  if (step_writes(s, &paths)) return false; /* file locks live on the loop */
   return orch__kinds[s->kind]->where == ORCH__ON_WORKER;
 }
 
@@ -424,8 +578,8 @@ static uint32_t complete_here(orch__run *r, uint32_t v, uint32_t *extra,
   /* Not with an in-flight limit (the heap orders starts), nor when a store
    * records every start and finish (on the loop thread). */
   if (r->max_parallel || r->rt->store || atomic_load(&r->canceled) ||
-      status_of(s) != ORCH_PASSED)
-    return v;
+      status_of(s) != ORCH_PASSED || !on_worker(r, s))
+    return v; /* (a step holding file locks releases them on the loop) */
   for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++)
     if (!on_worker(r, &g->steps[g->outs[e]])) return v;
   uint32_t next = NONE;
@@ -538,6 +692,10 @@ static void run_start(void *arg) {
     record_session(r, "running", r->steps_txt);
   }
   rt->resume_id[0] = '\0';
+  for (int k = 0; k < ORCH__NKINDS; k++)
+    if (g->nkind[k] && orch__kinds[k] && orch__kinds[k]->run_begin &&
+        !(r->dry_run && k == ORCH__KIND_LLM))
+      orch__kinds[k]->run_begin(r);
   size_t roots = 0;
   for (size_t i = 0; i < g->n; i++) {
     orch__step *s = &g->steps[i];
@@ -685,6 +843,9 @@ int orch_run(orch_runtime *rt, orch_graph *g, char *err, size_t errlen) {
   pthread_mutex_destroy(&r->mu);
   pthread_cond_destroy(&r->cond);
   free(r->steps_txt);
+  for (size_t i = 0; i < r->nlocks; i++) free(r->locks[i].path);
+  free(r->locks);
+  free(r->parked);
   free(r->heap);
   free(r->todo);
   free(r->post);
