@@ -1028,3 +1028,57 @@ TEST(mock_1000_calls_hit_by_429_at_once_retry_spread_out) {
   }
   ASSERT_EQ(lctx_deinit(&c), 0);
 }
+
+TEST(llm_kind_1000_steps_at_once_each_get_their_own_answer) {
+  orch_mock *m = NULL;
+  char err[512];
+  ASSERT_EQ(orch_mock_start(&m, "127.0.0.1", 0, err, sizeof err), 0);
+  char path[] = "/tmp/orch-llm-conf-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT(fd >= 0);
+  FILE *f = fdopen(fd, "w");
+  fprintf(f,
+          "return { workers = 2, tiers = {\n"
+          "  [\"local\"] = { base_url = 'http://127.0.0.1:%d/v1', model = "
+          "'mock-echo+fault=latency=20' },\n"
+          "  strong = { provider = 'anthropic', base_url = "
+          "'http://127.0.0.1:%d', model = 'mock-echo+fault=latency=20' } } }\n",
+          orch_mock_port(m), orch_mock_port(m));
+  fclose(f);
+  orch_runtime *rt = NULL;
+  int rc = orch_runtime_new(&rt, path, err, sizeof err);
+  unlink(path);
+  ASSERT_EQ(rc, 0);
+  enum { N = 1000 };
+  orch_graph *g = NULL;
+  ASSERT_EQ(orch_graph_new(&g), 0);
+  for (int i = 0; i < N; i++) {
+    char step[200];
+    snprintf(step, sizeof step,
+             "{\"id\":\"s%d\",\"kind\":\"llm\",\"prompt\":\"step-%d\","
+             "\"tier\":\"%s\",\"stream\":%s}",
+             i, i, i % 2 ? "local" : "strong", i % 3 ? "false" : "true");
+    ASSERT_EQ(orch_graph_add_json(g, step, err, sizeof err), 0);
+  }
+  int64_t t0 = tnow();
+  rc = orch_run(rt, g, err, sizeof err);
+  double ms = (double)(tnow() - t0) / 1e6;
+  if (rc) fprintf(stderr, "  run: %s\n", err);
+  ASSERT_EQ(rc, 0);
+  int ok = 0;
+  for (int i = 0; i < N; i++) {
+    char want[32];
+    snprintf(want, sizeof want, "step-%d", i);
+    const char *out = orch_step_output(g, (size_t)i);
+    if (out && strcmp(out, want) == 0) ok++;
+  }
+  ASSERT_EQ(ok, N);
+  orch__llm_totals t;
+  orch__llm_graph_totals(g, &t);
+  ASSERT_EQ(t.calls, N);
+  ASSERT_EQ(t.attempts, N);
+  ASSERT(ms < 10000);
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+  orch_mock_free(m);
+}
