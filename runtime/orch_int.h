@@ -112,6 +112,7 @@ typedef struct orch__step {
 
 #define ORCH__SF_HAS_COST 1u
 #define ORCH__SF_CANCELED 2u
+#define ORCH__SF_ALWAYS 4u /* runs when its dependencies end, even failed */
 
 typedef struct orch__edge {
   uint32_t from, to; /* to depends on from */
@@ -278,6 +279,11 @@ struct orch__run {
   uv_async_t wake;     /* on the loop: drains fin */
   void *kind_state[ORCH__NKINDS]; /* per-run state of loop kinds */
   char *steps_txt; /* the plan's steps as JSON, for the session record */
+  /* per-file write locks: paths held by running steps (loop thread) */
+  struct orch__flock *locks;
+  size_t nlocks, locks_cap;
+  uint32_t *parked; /* ready steps waiting for a lock */
+  size_t nparked, parked_cap;
 };
 
 /* Marks step idx finished (its status already PASSED or FAILED). Loop

@@ -118,6 +118,13 @@ int orch__plan_add_step(orch_graph *g, json_t *obj, const char *where,
     s->cost = (float)json_number_value(cost);
     s->flags |= ORCH__SF_HAS_COST;
   }
+  json_t *always = json_object_get(obj, "always");
+  if (always) {
+    if (!json_is_boolean(always))
+      return orch__err(err, errlen, ORCH_EPLAN,
+                       "%s: \"always\" must be true or false", at);
+    if (json_is_true(always)) s->flags |= ORCH__SF_ALWAYS;
+  }
   json_t *tmo = json_object_get(obj, "timeout_ms");
   if (tmo) {
     if (!json_is_number(tmo) || json_number_value(tmo) < 0)

@@ -91,3 +91,56 @@ describe("an edit step", function()
     assert.are.equal("750", mode)
   end)
 end)
+
+describe("two steps that edit the same file", function()
+  it("never run at the same time, though the plan lets them", function()
+    local file = h.write("one\ntwo\nthree\n", ".txt")
+    local log = os.tmpname()
+    local steps = {
+      { id = "e1", kind = "edit", file = file, blocks = "<<<<<<< SEARCH\none\n=======\nONE\n>>>>>>> REPLACE\n" },
+      { id = "e2", kind = "edit", file = file, blocks = "<<<<<<< SEARCH\ntwo\n=======\nTWO\n>>>>>>> REPLACE\n" },
+      { id = "w1", kind = "shell", writes = { file }, run = "echo start >> " .. log .. "; sleep 0.2; echo end >> " .. log },
+      { id = "w2", kind = "shell", writes = { file }, run = "echo start >> " .. log .. "; sleep 0.2; echo end >> " .. log },
+      { id = "free", kind = "shell", run = "sleep 0.2" },
+    }
+    local code, out = h.cli("run --json --db none " .. h.plan(steps))
+    assert.are.equal(0, code, out)
+    local doc = h.json().decode(out)
+    local by = {}
+    for _, s in ipairs(doc.steps) do by[s.id] = s end
+    local f = io.open(file)
+    assert.are.equal("ONE\nTWO\nthree\n", f:read("a"))
+    f:close()
+    -- the writers of one file never overlap in time
+    local writers = { by.e1, by.e2, by.w1, by.w2 }
+    for i = 1, #writers do
+      for j = i + 1, #writers do
+        local a, b = writers[i], writers[j]
+        assert.is_true(a.finished_ms <= b.started_ms or b.finished_ms <= a.started_ms,
+          a.id .. " and " .. b.id .. " overlapped")
+      end
+    end
+    local lf = io.open(log)
+    assert.are.equal("start\nend\nstart\nend\n", lf:read("a"))
+    lf:close()
+    -- an unrelated step was not held back
+    assert.is_true(by.free.started_ms < 100)
+  end)
+end)
+
+describe("a step marked always", function()
+  it("runs after its dependencies end, even when one failed", function()
+    local code, out = h.cli("run --json --db none " .. h.plan({
+      { id = "ok", kind = "shell", run = "echo fine" },
+      { id = "bad", kind = "shell", run = "exit 1" },
+      { id = "mid", kind = "shell", run = "true", deps = { "bad" } },
+      { id = "sum", kind = "shell", run = "echo summary", deps = { "ok", "mid" }, always = true },
+    }))
+    assert.are.equal(1, code)
+    local by = {}
+    for _, s in ipairs(h.json().decode(out).steps) do by[s.id] = s end
+    assert.are.equal("skipped", by.mid.status)
+    assert.are.equal("passed", by.sum.status)
+    assert.are.equal("summary\n", by.sum.output)
+  end)
+end)
