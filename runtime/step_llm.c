@@ -28,6 +28,9 @@ typedef struct llm_run { /* r->kind_state[ORCH__KIND_LLM] */
   orch__lstate *ls; /* scripts, for the hooks; loop thread only; or NULL */
   bool hook_error_logged;
   size_t inflight; /* calls started, not yet done */
+  orch__run *r;
+  uv_check_t *check; /* armed while no call is in flight: see on_check */
+  bool scan;         /* look for llm steps still to come at the next check */
   int rc; /* the engine could not be made: every llm step fails with err */
   char err[512];
 } llm_run;
@@ -206,29 +209,64 @@ static char *build_prompt(orch__run *r, uint32_t idx, const llm_params *p) {
   return b.p;
 }
 
-static void engine_free(void *arg) {
-  llm_run *lr = arg;
+static void check_closed(uv_handle_t *h) { free(h); }
+
+/* Frees the run's engine, its script state and its check handle; loop
+ * thread, with no call in flight. */
+static void release(orch__run *r) {
+  llm_run *lr = r->kind_state[ORCH__KIND_LLM];
+  if (!lr) return;
+  r->kind_state[ORCH__KIND_LLM] = NULL;
+  if (lr->check) {
+    uv_check_stop(lr->check);
+    uv_close((uv_handle_t *)lr->check, check_closed);
+  }
   orch__llm_free(lr->llm);
   orch__lstate_free(lr->ls);
   free(lr);
 }
 
-/* When no llm step of the run can start any more, the engine goes (on a
- * later loop turn: we are inside its callback). orch__llm_run_end does the
- * same at the end of a run for the cases this cannot see (the last llm
- * steps skipped because a step of another kind failed). */
-static void maybe_release(orch__run *r) {
-  llm_run *lr = r->kind_state[ORCH__KIND_LLM];
-  if (!lr || lr->inflight) return;
-  orch_graph *g = r->g;
+static bool llm_steps_left(const orch__run *r) {
+  const orch_graph *g = r->g;
   for (size_t i = 0; i < g->n; i++) {
     const orch__step *s = &g->steps[i];
     if (s->kind == ORCH__KIND_LLM &&
         (s->status == ORCH_PENDING || s->status == ORCH_IN_PROGRESS))
-      return;
+      return true;
   }
-  r->kind_state[ORCH__KIND_LLM] = NULL;
-  if (orch__loop_call(r->rt->loop, engine_free, lr)) engine_free(lr);
+  return false;
+}
+
+/* The engine goes when no llm step of the run can start any more, or at the
+ * latest when the run has finished. This runs in libuv's check phase, after
+ * the poll phase in which the scheduler processes completions and ends the
+ * run, and before the closing phase after which the run may be freed: so r
+ * is alive here whenever r->finished can be seen. (orch__llm_run_end does
+ * the same from the scheduler, when wired.) */
+static void on_check(uv_check_t *h) {
+  llm_run *lr = h->data;
+  if (lr->inflight) {
+    uv_check_stop(h);
+    return;
+  }
+  orch__run *r = lr->r;
+  if (r->finished || (lr->scan && !llm_steps_left(r))) {
+    release(r);
+    return;
+  }
+  lr->scan = false;
+}
+
+static void arm_check(orch__run *r, llm_run *lr) {
+  if (!lr->check) {
+    lr->check = malloc(sizeof *lr->check);
+    if (!lr->check) return; /* then orch__llm_run_end must free it */
+    uv_check_init(orch__loop_uv(r->rt->loop), lr->check);
+    lr->check->data = lr;
+    uv_unref((uv_handle_t *)lr->check); /* never keeps the loop running */
+  }
+  lr->scan = true;
+  uv_check_start(lr->check, on_check);
 }
 
 static void call_done(orch__llm_call *call, void *ud) {
@@ -247,9 +285,8 @@ static void call_done(orch__llm_call *call, void *ud) {
   if (res) s->attempts = (uint8_t)(res->nattempts > 255 ? 255 : res->nattempts);
   s->finished_ns = orch__run_now(r);
   llm_run *lr = r->kind_state[ORCH__KIND_LLM];
-  if (lr) lr->inflight--;
   orch__sched_finish(r, p->idx);
-  maybe_release(r); /* r lives until the loop runs run_close: after us */
+  if (lr && --lr->inflight == 0) arm_check(r, lr);
 }
 
 static llm_run *run_state(orch__run *r) {
@@ -257,6 +294,7 @@ static llm_run *run_state(orch__run *r) {
   if (lr) return lr;
   lr = calloc(1, sizeof *lr);
   if (!lr) return NULL;
+  lr->r = r;
   lr->rc = orch__llm_new(&lr->llm, &r->rt->cfg, orch__loop_uv(r->rt->loop),
                          lr->err, sizeof lr->err);
   if (!lr->rc && r->rt->policy) {
@@ -357,9 +395,4 @@ void orch__llm_graph_totals(const orch_graph *g, orch__llm_totals *t) {
   }
 }
 
-void orch__llm_run_end(orch__run *r) {
-  llm_run *lr = r->kind_state[ORCH__KIND_LLM];
-  if (!lr) return;
-  r->kind_state[ORCH__KIND_LLM] = NULL;
-  engine_free(lr);
-}
+void orch__llm_run_end(orch__run *r) { release(r); }
