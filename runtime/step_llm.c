@@ -10,6 +10,7 @@
  * policy serve. Uses llm.c, policy.c and jansson; --dry-run is sched.c's. */
 #include "orch_int.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,7 @@ typedef struct llm_params {
   orch__llm_call *call; /* owned: the result lives here after the run */
   orch__run *run;       /* while running */
   uint32_t idx;
+  int64_t t0_wall_ms;   /* when the call started, for the store */
 } llm_params;
 
 typedef struct llm_run { /* r->kind_state[ORCH__KIND_LLM] */
@@ -269,6 +271,37 @@ static void arm_check(orch__run *r, llm_run *lr) {
   uv_check_start(lr->check, on_check);
 }
 
+/* One orch_llm_calls row per attempt, when the runtime has a store. */
+static void record_attempts(orch__run *r, const llm_params *p,
+                            const orch__llm_result *res) {
+  orch_runtime *rt = r->rt;
+  if (!rt->store || !res) return;
+  for (size_t i = 0; i < res->nattempts; i++) {
+    const orch__llm_attempt *a = &res->attempts[i];
+    orch__rec rec;
+    memset(&rec, 0, sizeof rec);
+    rec.type = ORCH__REC_LLM_CALL;
+    orch__rec_llm_call *c = &rec.u.llm_call;
+    c->session_id = rt->session_id;
+    c->step_id = orch__step_id(r->g, p->idx);
+    c->attempt = (int32_t)(i + 1);
+    c->provider = a->provider;
+    c->model = a->model;
+    c->http_status = a->http_status;
+    c->outcome = a->code == ORCH_OK               ? "ok"
+                 : !strcmp(a->action, "retry")     ? "retry"
+                 : a->code == ORCH_ETIMEDOUT       ? "timeout"
+                                                   : "error";
+    c->tokens_in = a->tokens_in >= 0 ? a->tokens_in : ORCH__NULL_I64;
+    c->tokens_out = a->tokens_out >= 0 ? a->tokens_out : ORCH__NULL_I64;
+    c->cost = a->cost >= 0 ? a->cost : NAN;
+    c->latency_ms = a->latency_ms;
+    c->error = a->error;
+    c->started_ms = p->t0_wall_ms + (int64_t)a->start_ms;
+    orch__store_put(rt->store, &rec);
+  }
+}
+
 static void call_done(orch__llm_call *call, void *ud) {
   llm_params *p = ud;
   orch__run *r = p->run;
@@ -283,6 +316,7 @@ static void call_done(orch__llm_call *call, void *ud) {
     s->status = ORCH_FAILED;
   }
   if (res) s->attempts = (uint8_t)(res->nattempts > 255 ? 255 : res->nattempts);
+  record_attempts(r, p, res);
   s->finished_ns = orch__run_now(r);
   llm_run *lr = r->kind_state[ORCH__KIND_LLM];
   orch__sched_finish(r, p->idx);
@@ -329,6 +363,7 @@ static int start(orch__run *r, uint32_t idx) {
   p->call = NULL;
   p->run = r;
   p->idx = idx;
+  p->t0_wall_ms = orch__store_wall_ms();
   char routed[64];
   orch__llm_req rq = {
       .tier = p->tier ? p->tier : pick_tier(r, idx, p, routed, sizeof routed),

@@ -7,6 +7,7 @@
 #include "mini_llm.h"
 
 #include <math.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <unistd.h>
 #include <time.h>
@@ -1081,4 +1082,68 @@ TEST(llm_kind_1000_steps_at_once_each_get_their_own_answer) {
   orch_graph_free(g);
   orch_runtime_free(rt);
   orch_mock_free(m);
+}
+
+TEST(llm_kind_records_each_attempt_in_the_store) {
+  mini_llm *m = mini_llm_start();
+  ASSERT(m);
+  char db[] = "/tmp/orch-llm-db-XXXXXX";
+  int fd = mkstemp(db);
+  ASSERT(fd >= 0);
+  close(fd);
+  unlink(db);
+  char extra[256];
+  snprintf(extra, sizeof extra, "  store = { url = 'sqlite:%s' },\n", db);
+  orch_runtime *rt = rt_with_mini(m, extra);
+  ASSERT(rt);
+  static const char plan[] =
+      "{\"steps\":["
+      "{\"id\":\"good\",\"kind\":\"llm\",\"prompt\":\"x\",\"tier\":\"local\"},"
+      "{\"id\":\"bad\",\"kind\":\"llm\",\"prompt\":\"y\",\"tier\":\"broken\"}]}";
+  orch_graph *g = NULL;
+  char err[512];
+  ASSERT_EQ(orch_graph_parse(rt, plan, sizeof plan - 1, "plan", &g, err,
+                             sizeof err),
+            0);
+  orch_run(rt, g, err, sizeof err);
+  char session[64];
+  snprintf(session, sizeof session, "%s", orch_runtime_session(rt));
+  orch_graph_free(g);
+  orch_runtime_free(rt); /* flushes the writer */
+  mini_llm_stop(m);
+  sqlite3 *s = NULL;
+  ASSERT_EQ(sqlite3_open(db, &s), SQLITE_OK);
+  sqlite3_stmt *q = NULL;
+  ASSERT_EQ(sqlite3_prepare_v2(s,
+                               "SELECT step_id, attempt, provider, "
+                               "http_status, outcome, tokens_in, error "
+                               "FROM orch_llm_calls WHERE session_id = ? "
+                               "ORDER BY step_id",
+                               -1, &q, NULL),
+            SQLITE_OK);
+  sqlite3_bind_text(q, 1, session, -1, SQLITE_TRANSIENT);
+  int rows = 0, good = 0, bad = 0;
+  while (sqlite3_step(q) == SQLITE_ROW) {
+    rows++;
+    const char *step = (const char *)sqlite3_column_text(q, 0);
+    const char *outcome = (const char *)sqlite3_column_text(q, 4);
+    const char *e = (const char *)sqlite3_column_text(q, 6);
+    if (!strcmp(step, "good") && sqlite3_column_int(q, 3) == 200 &&
+        !strcmp(outcome, "ok") && sqlite3_column_int(q, 5) == 11)
+      good++;
+    if (!strcmp(step, "bad") && sqlite3_column_int(q, 3) == 400 &&
+        !strcmp(outcome, "error") && e && !strstr(e, "SECRET"))
+      bad++;
+  }
+  sqlite3_finalize(q);
+  sqlite3_close(s);
+  unlink(db);
+  char side[300];
+  snprintf(side, sizeof side, "%s-wal", db);
+  unlink(side);
+  snprintf(side, sizeof side, "%s-shm", db);
+  unlink(side);
+  ASSERT_EQ(rows, 2);
+  ASSERT_EQ(good, 1);
+  ASSERT_EQ(bad, 1);
 }
