@@ -26,6 +26,7 @@ LDSAN := -fsanitize=address,undefined
 endif
 
 CFLAGS_ALL  = -std=c11 -D_GNU_SOURCE -pthread -fPIC -fvisibility=hidden \
+              -I$(BUILD)/gen \
               $(OPT) $(WARN) -MMD -MP -Iruntime $(PKG_CFLAGS) $(CFLAGS)
 LDFLAGS_ALL = -pthread $(LDSAN) $(LDFLAGS)
 
@@ -44,7 +45,8 @@ CTEST   := $(BUILD)/test_c
 TEST_SRCS := $(wildcard test/test_*.c)
 TEST_OBJS := $(TEST_SRCS:test/%.c=$(BUILD)/tobj/%.o)
 
-.PHONY: all deps test test-fast bench demo install uninstall clean help
+.PHONY: all deps test test-fast bench demo install uninstall clean help FORCE
+FORCE:
 
 all: $(LIBA) $(LIBSO) $(BIN) $(LUAMOD) $(EMBED) $(BUILD)/orch.pc
 
@@ -59,6 +61,13 @@ help:
 $(BUILD)/obj/%.o: runtime/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+# Where the installed scripts live; rewritten only when PREFIX changes.
+$(BUILD)/gen/orch_paths.h: FORCE
+	@mkdir -p $(dir $@)
+	@printf '#define ORCH_DATADIR "%s/share/orchestrate"\n' '$(PREFIX)' > $@.tmp
+	@cmp -s $@.tmp $@ && rm -f $@.tmp || mv $@.tmp $@
+$(BUILD)/obj/config.o: $(BUILD)/gen/orch_paths.h
 
 $(BUILD)/gen/store_sql.c: $(SQL_SRCS) sql/embed.awk
 	@mkdir -p $(dir $@)
@@ -93,10 +102,11 @@ $(EMBED): examples/embed.c $(LIBA)
 $(CTEST): $(TEST_OBJS) $(LIBA)
 	$(CC) -o $@ $(TEST_OBJS) $(LIBA) $(LDFLAGS_ALL) $(PKG_LIBS) -lm
 
-$(BUILD)/orch.pc: Makefile
+$(BUILD)/orch.pc: Makefile FORCE
 	@mkdir -p $(BUILD)
 	@printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: orch\nDescription: orchestrate runtime for teams of AI agents\nVersion: %s\nRequires.private: %s\nLibs: -L$${libdir} -lorch\nCflags: -I$${includedir}\n' \
-	  '$(PREFIX)' '$(VERSION)' '$(PKGS)' > $@
+	  '$(PREFIX)' '$(VERSION)' '$(PKGS)' > $@.tmp
+	@cmp -s $@.tmp $@ && rm -f $@.tmp || mv $@.tmp $@
 
 # ---- dependencies -----------------------------------------------------
 

@@ -2,8 +2,11 @@
  *
  *  1. a C -> Lua routing call with a 5-field task table, ns per call
  *     (median of runs): the fast path (orch__policy_call_fields, no JSON),
- *     the JSON path (orch__policy_call_string with a json_t argument), and
- *     a bare lua_pcall of an empty function for scale;
+ *     the JSON path (orch__policy_call_string with a json_t argument), each
+ *     for an inline keyword classifier, the shipped
+ *     scripts/routing/complexity.lua and a trivial hook returning at once
+ *     (the engine's own cost), and a bare lua_pcall of an empty function
+ *     for scale;
  *  2. reload latency: file written (renamed into place) -> every worker
  *     state on the new generation, median and p99 over 100 reloads, with 2
  *     worker threads syncing at "step boundaries" every 100 us; and the
@@ -102,6 +105,51 @@ static const char *VALS[5] = {
     "Format this simple document",
     "Convert the meeting notes to markdown and keep the headings",
     "format_notes", "implementation", "documentation-specialist"};
+
+/* Median ns per call of MODULE.classify over RUNS runs of N calls: the
+ * fast path (fields from C strings) when ARG is NULL, else the JSON path
+ * with ARG. Exits when a call fails. */
+static double time_calls(orch__lstate *s, const char *module, json_t *arg,
+                         int runs, int n) {
+  char err[256], tier[32];
+  double *v = calloc((size_t)runs, sizeof *v), med;
+  for (int r = 0; r < runs; r++) {
+    double t0 = now_ns();
+    for (int i = 0; i < n; i++) {
+      int rc = arg ? orch__policy_call_string(s, module, "classify", arg, tier,
+                                              sizeof tier, err, sizeof err)
+                   : orch__policy_call_fields(s, module, "classify", KEYS,
+                                              VALS, 5, tier, sizeof tier, err,
+                                              sizeof err);
+      if (rc != ORCH_OK) {
+        fprintf(stderr, "%s.classify failed: %s\n", module, err);
+        exit(1);
+      }
+    }
+    v[r] = (now_ns() - t0) / n;
+  }
+  med = pct(v, (size_t)runs, 0.5);
+  free(v);
+  return med;
+}
+
+/* The JSON path for the trivial hook and the shipped script (the fast
+ * path of both is timed in bench_overhead and bench_calls). */
+static void bench_json_paths(orch__lstate *s, int runs, int n) {
+  char err[256], tier[32];
+  json_t *arg = json_object();
+  for (int i = 0; i < 5; i++)
+    json_object_set_new(arg, KEYS[i], json_string(VALS[i]));
+  printf("route_call_trivial_json_ns_median %.0f ns (trivial hook, JSON "
+         "path)\n", time_calls(s, "routing.trivial", arg, runs, n));
+  if (orch__policy_call_fields(s, "routing.shipped", "classify", KEYS, VALS,
+                               5, tier, sizeof tier, err, sizeof err) ==
+      ORCH_OK)
+    printf("route_call_shipped_json_ns_median %.0f ns "
+           "(scripts/routing/complexity.lua, JSON path)\n",
+           time_calls(s, "routing.shipped", arg, runs, n));
+  json_decref(arg);
+}
 
 /* The engine's own cost: a hook that returns at once. */
 static void bench_overhead(orch__lstate *s, int runs, int n) {
@@ -341,6 +389,7 @@ int main(int argc, char **argv) {
   }
   bench_overhead(s, quick ? 3 : 11, quick ? 20000 : 200000);
   bench_calls(s, quick ? 3 : 11, quick ? 20000 : 200000);
+  bench_json_paths(s, quick ? 3 : 11, quick ? 20000 : 200000);
   orch__lstate_free(s);
   bench_reload(p, dir, quick ? 20 : 100);
   orch__policy_free(p);

@@ -1,8 +1,8 @@
 #!/bin/sh
 # bench/run.sh (make bench): builds the benchmark programs, runs the issue-2
 # scheduler benchmarks and writes their section of bench/RESULTS.md, then
-# runs the other areas' bench scripts (llm.sh, store.sh, policy.sh) when
-# they exist. Not part of make test.
+# runs the other areas' bench scripts (llm.sh, store.sh, policy.sh,
+# gap_bench.sh) when they exist. Not part of make test.
 #   (a)-(c) throughput on empty steps, against OpenMP tasks (dag_bench.c,
 #           omp_peer.c): REPS processes of each, alternating, each timing
 #           the shape INNER times; the median of all those runs is reported;
@@ -212,7 +212,7 @@ fi
 
 # ---- the other areas' bench scripts -----------------------------------
 if want other; then
-  for s in llm store policy; do
+  for s in llm store policy gap_bench; do
     if [ -f "bench/$s.sh" ]; then
       echo "== bench/$s.sh"
       sh "bench/$s.sh" || echo "== bench/$s.sh failed (status $?)"

@@ -6,6 +6,8 @@
  * to read the file and json.c to convert it. */
 #include "orch_int.h"
 
+#include "orch_paths.h" /* ORCH_DATADIR, generated from PREFIX */
+
 #include <errno.h>
 #include <lauxlib.h>
 #include <lualib.h>
@@ -13,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 enum { T_INT, T_SIZE, T_NUM, T_STR };
 
@@ -53,7 +56,10 @@ void orch__config_defaults(orch__config *c) {
   memset(c, 0, sizeof *c);
   c->workers = 0;
   c->max_parallel = 0;
-  c->scripts_dir = orch__strdup("scripts");
+  /* ./scripts when there is one (a checkout), else the installed scripts */
+  c->scripts_dir = orch__strdup(access("scripts", F_OK) == 0
+                                    ? "scripts"
+                                    : ORCH_DATADIR "/scripts");
   c->plan_max_bytes = 16u << 20;
   c->json_max_depth = 64;
   c->output_max_bytes = 1u << 20;

@@ -163,6 +163,7 @@ int orch__graph_add(orch_graph *g, const char *id, size_t idlen, int kind,
   g->ids[g->ids_len + idlen] = '\0';
   g->ids_len += idlen + 1;
   s->kind = (uint8_t)kind;
+  g->nkind[kind]++;
   s->status = ORCH_PENDING;
   s->exit_status = -1;
   s->started_ns = s->finished_ns = -1;

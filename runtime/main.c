@@ -18,6 +18,9 @@ static const char usage[] =
     "usage: orchestrate COMMAND [options]\n"
     "\n"
     "commands:\n"
+    "  ask \"REQUEST\" [options]        plan the request with a model, run the plan, answer\n"
+    "      --plan / --no-plan         force planning, or one model call\n"
+    "      --json                     print one JSON document (plan, steps, answer)\n"
     "  plan FILE [--json]             validate a plan; print levels and the critical path\n"
     "  run FILE [options]             run a plan (JSON, Lua or GAP text)\n"
     "      --json                     print one JSON document with the results\n"
@@ -63,7 +66,7 @@ typedef struct {
   const char *file, *config, *db, *host, *resume;
   const char *workers, *max_parallel;
   int port;
-  int json, dry_run, status_only;
+  int json, dry_run, status_only, plan;
 } opts;
 
 static int parse_opts(int argc, char **argv, opts *o, const char *allowed) {
@@ -75,6 +78,8 @@ static int parse_opts(int argc, char **argv, opts *o, const char *allowed) {
     if (strcmp(a, "--json") == 0 && strstr(allowed, "json")) o->json = 1;
     else if (strcmp(a, "--dry-run") == 0 && strstr(allowed, "dry")) o->dry_run = 1;
     else if (strcmp(a, "--status") == 0 && strstr(allowed, "status")) o->status_only = 1;
+    else if (strcmp(a, "--plan") == 0 && strstr(allowed, "plan")) o->plan = 1;
+    else if (strcmp(a, "--no-plan") == 0 && strstr(allowed, "plan")) o->plan = 0;
     else if (strcmp(a, "--config") == 0) {
       if (i + 1 >= argc) return usage_error("option %s needs a value", a);
       o->config = argv[++i];
@@ -233,6 +238,27 @@ static void progress(void *ud, size_t done, size_t total, size_t running,
   fflush(stderr);
 }
 
+/* Says on stderr when records were spooled or dropped: never silently. */
+static void report_stats(orch_runtime *rt) {
+  char *txt = orch_runtime_stats(rt);
+  json_t *doc = txt ? json_loads(txt, 0, NULL) : NULL;
+  orch_free(txt);
+  json_t *st = json_object_get(doc, "store");
+  if (st) {
+    json_int_t dropped = json_integer_value(json_object_get(st, "records_dropped_total"));
+    json_int_t spooled = json_integer_value(json_object_get(st, "spooled"));
+    json_int_t replayed = json_integer_value(json_object_get(st, "replayed"));
+    if (dropped)
+      fprintf(stderr, "orchestrate: store: %lld records dropped (%s)\n", (long long)dropped,
+              json_string_value(json_object_get(st, "last_drop")));
+    json_int_t queued = json_integer_value(json_object_get(st, "queued"));
+    if (!json_is_true(json_object_get(st, "connected")) && (spooled > replayed || queued))
+      fprintf(stderr, "orchestrate: store: %lld records go to the spool and are replayed "
+              "when the database is back\n", (long long)(spooled - replayed + queued));
+  }
+  json_decref(doc);
+}
+
 static double dur(const orch_graph *g, size_t i) {
   double a = orch_step_started_ms(g, i), b = orch_step_finished_ms(g, i);
   return a >= 0 && b >= a ? b - a : 0;
@@ -322,6 +348,12 @@ static int cmd_run(int argc, char **argv) {
         json_object_set_new(s, "output", jo ? jo : json_string("(output is not UTF-8)"));
       }
       if (e) json_object_set_new(s, "error", json_string(e));
+      char *det = orch_step_details(g, i);
+      if (det) {
+        json_t *d = json_loads(det, 0, NULL);
+        if (d) json_object_set_new(s, "llm", d);
+        orch_free(det);
+      }
       json_array_append_new(steps, s);
     }
     json_object_set_new(doc, "steps", steps);
@@ -348,6 +380,7 @@ static int cmd_run(int argc, char **argv) {
            makespan, bound, seq, makespan > 0 ? seq / makespan : 0);
     if (*orch_runtime_session(rt)) printf("session %s\n", orch_runtime_session(rt));
   }
+  report_stats(rt);
   ex = exit_for(rc);
 done:
   free(longest);
@@ -373,7 +406,7 @@ static int cmd_check(int argc, char **argv) {
   if ((ex = open_runtime(&o, &rt))) return ex;
   int count = 0;
   const char *dir = o.file ? o.file : "scripts";
-  int rc = orch_scripts_check(rt, dir, report, &count);
+  int rc = orch_scripts_check(rt, o.file, report, &count);
   orch_runtime_free(rt);
   if (rc < 0) {
     fprintf(stderr, "orchestrate: check %s: %s\n", dir, orch_strerror(rc));
@@ -433,6 +466,66 @@ static int cmd_migrate(int argc, char **argv) {
   return EX_OK;
 }
 
+static void print_levels(void *ud, const orch_graph *g) {
+  (void)ud;
+  size_t n = orch_graph_size(g), nl = orch_graph_levels(g);
+  printf("plan: %zu tasks and the answer, %zu levels\n", n - 1, nl);
+  for (size_t l = 0; l < nl; l++) {
+    printf("  level %zu:", l);
+    for (size_t i = 0; i < n; i++)
+      if (orch_step_level(g, i) == l) printf(" %s", orch_step_id(g, i));
+    printf("\n");
+  }
+  fflush(stdout);
+}
+
+static int cmd_ask(int argc, char **argv) {
+  opts o = {0};
+  o.plan = -1;
+  int ex = parse_opts(argc, argv, &o, "json plan workers max-parallel db");
+  if (ex) return ex;
+  if (!o.file) return usage_error("ask needs a REQUEST (in quotes)%s", "");
+  orch_runtime *rt = NULL;
+  if ((ex = open_runtime(&o, &rt))) return ex;
+  if (!o.json && isatty(STDERR_FILENO)) orch_runtime_on_progress(rt, progress, NULL, 100);
+  sig_rt = rt;
+  signal(SIGINT, on_sigint);
+  char err[2048] = "";
+  char *txt = NULL;
+  int rc = orch_ask(rt, o.file, o.plan, o.json ? NULL : print_levels, NULL, &txt, err, sizeof err);
+  signal(SIGINT, SIG_DFL);
+  sig_rt = NULL;
+  json_error_t je;
+  json_t *doc = txt ? json_loads(txt, 0, &je) : NULL;
+  if (o.json && txt) printf("%s\n", txt);
+  else if (doc) {
+    json_t *obs = json_object_get(doc, "observation");
+    const char *answer = json_string_value(json_object_get(doc, "answer"));
+    if (json_is_true(json_object_get(doc, "planned")) && obs) {
+      char *o_txt = json_dumps(obs, JSON_COMPACT | JSON_ENSURE_ASCII * 0);
+      printf("<observation>%s</observation>\n", o_txt ? o_txt : "{}");
+      free(o_txt);
+    }
+    if (answer && *answer) printf("<answer>%s</answer>\n", answer);
+    double mk = json_number_value(json_object_get(doc, "makespan_ms"));
+    double sq = json_number_value(json_object_get(doc, "sequential_ms"));
+    if (mk > 0)
+      printf("tasks took %.0f ms in parallel against %.0f ms one after another (%.2fx)\n",
+             mk, sq, sq / mk);
+    printf("tokens %lld in, %lld out%s; cost $%.6f; session %s\n",
+           (long long)json_integer_value(json_object_get(doc, "tokens_in")),
+           (long long)json_integer_value(json_object_get(doc, "tokens_out")),
+           json_is_true(json_object_get(doc, "tokens_unknown")) ? " (some unknown)" : "",
+           json_number_value(json_object_get(doc, "cost")),
+           json_string_value(json_object_get(doc, "session")));
+  }
+  if (rc) fprintf(stderr, "orchestrate: ask: %s\n", err);
+  json_decref(doc);
+  orch_free(txt);
+  orch_runtime_free(rt);
+  return exit_for(rc);
+}
+
 static int cmd_status(int argc, char **argv) {
   opts o = {0};
   int ex = parse_opts(argc, argv, &o, "json db");
@@ -477,6 +570,17 @@ static int cmd_status(int argc, char **argv) {
            (long long)json_integer_value(json_object_get(s, "pending")));
   }
   json_decref(list);
+  if (!one) {
+    /* What a reload of the scripts would say now. */
+    orch_runtime *rt = NULL;
+    if (orch_runtime_new(&rt, o.config, NULL, 0) == ORCH_OK) {
+      int bad = 0;
+      int rc2 = orch_scripts_check(rt, NULL, report, &bad);
+      if (rc2 == 0) printf("scripts: all compile and pass their self-checks\n");
+      else if (rc2 > 0) printf("scripts: %d failing (above); a running runtime keeps their last good version\n", rc2);
+      orch_runtime_free(rt);
+    }
+  }
   json_t *today = json_object_get(doc, "today");
   if (today) {
     const char *k;
@@ -514,5 +618,6 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "mock-llm") == 0) return cmd_mock(argc - 2, argv + 2);
   if (strcmp(cmd, "migrate") == 0) return cmd_migrate(argc - 2, argv + 2);
   if (strcmp(cmd, "status") == 0) return cmd_status(argc - 2, argv + 2);
+  if (strcmp(cmd, "ask") == 0) return cmd_ask(argc - 2, argv + 2);
   return usage_error("unknown command '%s'", cmd);
 }

@@ -342,6 +342,7 @@ typedef struct {
   bool reset, malformed, truncated;
   int slow_ms, stall_ms;
   int fail_first, ff_status;
+  int ff_slow_ms; /* fail-first;slow=MS: the first N are slow, not failed */
   char ff_key[128];
   bool ff_key_set;
 } fault;
@@ -437,6 +438,8 @@ static bool parse_item(fault *f, const char *s, size_t n, char *err,
         goto badparam;
     } else if (is_ff && is_word(k, kn, "status")) {
       if (!parse_int(pv, pvn, 400, 599, &f->ff_status)) goto badparam;
+    } else if (is_ff && is_word(k, kn, "slow")) {
+      if (!parse_int(pv, pvn, 0, MAX_WAIT_MS, &f->ff_slow_ms)) goto badparam;
     } else if (is_ff && is_word(k, kn, "key")) {
       if (pvn >= sizeof f->ff_key) goto badparam;
       memcpy(f->ff_key, pv, pvn);
@@ -1454,7 +1457,10 @@ static void decide(req *r, struct MHD_Connection *c, const char *hdr_fault) {
     const char *key = r->f.ff_key_set ? r->f.ff_key : NULL;
     if (!key) key = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                                 "X-Mock-Key");
-    if (ff_count(m, key ? key : "") <= (unsigned long)r->f.fail_first) {
+    bool first = ff_count(m, key ? key : "") <= (unsigned long)r->f.fail_first;
+    if (first && r->f.ff_slow_ms) {
+      r->f.latency_ms += r->f.ff_slow_ms; /* slow, then a normal answer */
+    } else if (first) {
       set_error(r, r->f.ff_status,
                 error_type(r->api, r->f.ff_status, false),
                 "failing the first requests of this key (mock fault)");

@@ -97,6 +97,12 @@ ORCH_API int orch_runtime_resume(orch_runtime *rt, const char *session_id,
                                  orch_graph **out /* OUT */, char *err,
                                  size_t errlen);
 
+/* The runtime's counters as JSON text (free with orch_free): the store's
+ * writer (backend, connected, written, spooled, replayed,
+ * records_dropped_total, last_error, last_drop) and the scripts
+ * (generation, last reload error). */
+ORCH_API char *orch_runtime_stats(orch_runtime *rt);
+
 /* Sessions as JSON text (free it with orch_free): with session_id NULL the
  * active ones and today's counts, else that session's progress summary
  * (total, passed, failed, pending, progress_pct, status). Read-only. */
@@ -179,6 +185,20 @@ ORCH_API int orch_run(orch_runtime *rt, orch_graph *g, char *err,
  * handler. */
 ORCH_API void orch_runtime_cancel(orch_runtime *rt);
 
+/* ---- the main job ------------------------------------------------------- */
+
+/* Called once the plan is a validated graph, before it runs. */
+typedef void (*orch_plan_fn)(void *ud, const orch_graph *g);
+/* Answers a request: one model call, or (plan = 1, or -1 and gap.lua's
+ * should_plan says so) a plan written by a model, run as a graph of llm
+ * steps, and a synthesis. *out: a JSON document (free with orch_free) with
+ * the plan, its levels, each step (status, tier, model, tokens, cost,
+ * timings), the observation, the answer, the session. ORCH_ESTEP when
+ * tasks failed but the answer was written from the others. */
+ORCH_API int orch_ask(orch_runtime *rt, const char *request, int plan,
+                      orch_plan_fn on_plan, void *ud, char **out /* OUT */,
+                      char *err, size_t errlen);
+
 /* ---- results (valid after the step finished; indices 0..size-1) -------- */
 
 ORCH_API const char *orch_step_id(const orch_graph *g, size_t i);
@@ -199,6 +219,11 @@ ORCH_API const char *orch_step_error(const orch_graph *g, size_t i);
 ORCH_API int orch_step_exit_status(const orch_graph *g, size_t i);
 /* The script generation the step ran under (0 when no script ran). */
 ORCH_API unsigned orch_step_generation(const orch_graph *g, size_t i);
+
+/* Kind-specific details of a finished step as JSON text (free with
+ * orch_free), NULL when none: for llm steps {tier, model, provider,
+ * tokens_in, tokens_out (-1 unknown), cost, ttft_ms, latency_ms, attempts}. */
+ORCH_API char *orch_step_details(const orch_graph *g, size_t i);
 
 /* The run's makespan in ms (0 before a run). */
 ORCH_API double orch_graph_makespan_ms(const orch_graph *g);

@@ -20,6 +20,7 @@
 
 #define ORCH__ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define ORCH__MAX_ID_BYTES 256
+#define ORCH__NKINDS_MAX 16
 
 /* ---- util.c: small helpers ------------------------------------------- */
 
@@ -139,6 +140,7 @@ struct orch_graph {
   int64_t makespan_ns;
   void *plan_meta;  /* json_t of a loaded plan's top-level extras, or NULL */
   void *plan_steps; /* json_t array of the plan's steps as loaded, or NULL */
+  uint32_t nkind[ORCH__NKINDS_MAX]; /* steps of each kind */
   int err_code;    /* first error of an add call, reported at validate */
   char err_msg[512];
 };
@@ -189,6 +191,15 @@ typedef struct orch__kind {
   /* Paths the step writes (NULL: none); the scheduler never runs two steps
    * writing one path at the same time. */
   size_t (*writes)(const orch__step *s, const char *const **paths);
+  /* Loop thread, when every step of the run has ended: frees the kind's
+   * per-run state (NULL: none). */
+  void (*run_end)(orch__run *r);
+  /* Loop thread, as a run starts with steps of this kind (NULL: none):
+   * sets up the kind's per-run state before the first step needs it. */
+  void (*run_begin)(orch__run *r);
+  /* Tokens and cost of a finished step (NULL: none); -1 / NAN unknown. */
+  void (*usage)(const orch__step *s, int64_t *tokens_in, int64_t *tokens_out,
+                double *cost);
 } orch__kind;
 
 enum {
@@ -201,6 +212,7 @@ enum {
   ORCH__KIND_EDIT,
   ORCH__NKINDS
 };
+_Static_assert(ORCH__NKINDS <= ORCH__NKINDS_MAX, "raise ORCH__NKINDS_MAX");
 extern const orch__kind *const orch__kinds[ORCH__NKINDS];
 int orch__kind_by_name(const char *name);
 
@@ -318,6 +330,7 @@ struct orch_runtime {
   char session_id[40];         /* of the current or last run */
   char resume_id[40];          /* set by orch_runtime_resume for one run */
   int64_t t0_wall_ms;          /* the run's start, wall clock */
+  struct orch__lstate *loop_ls; /* the loop thread's scripts (rewards) */
   orch_progress_fn progress;
   void *progress_ud;
   unsigned progress_ms;
@@ -404,6 +417,12 @@ lua_State *orch__lstate_L(orch__lstate *s);
 int orch__policy_call(orch__lstate *s, const char *module, const char *fn,
                       json_t *arg, json_t **out /* OUT */, char *err,
                       size_t errlen);
+/* The same, for hooks that fail as `nil, "message"` (gap.parse): that is
+ * ORCH_EPLAN with the message as the hook wrote it. */
+int orch__policy_call_result(orch__lstate *s, const char *module,
+                             const char *fn, json_t *arg,
+                             json_t **out /* OUT */, char *err,
+                             size_t errlen);
 /* Rewards: the result must be a finite number; nil, NaN, inf, -inf, a
  * string... is ORCH_ESCRIPT "file: group.reward() returned NaN, expected a
  * finite number". */

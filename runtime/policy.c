@@ -1707,10 +1707,11 @@ static int do_call(lua_State *L) {
   lua_call(L, nargs, c->nres ? c->nres : 1);
   if (c->to_json) {
     char e[512];
-    if (lua_isnil(L, -1)) {
+    int first = -(c->nres ? c->nres : 1); /* the first result */
+    if (lua_isnil(L, first)) {
       c->out = json_null();
     } else {
-      c->out = orch__lua_to_json(L, -1, c->max_depth, e, sizeof e);
+      c->out = orch__lua_to_json(L, first, c->max_depth, e, sizeof e);
       if (!c->out) return luaL_error(L, "its result is not JSON: %s", e);
     }
   }
@@ -1752,6 +1753,29 @@ int orch__policy_call(orch__lstate *s, const char *module, const char *fn,
   lua_pop(s->L, 1);
   *out = c.out;
   return ORCH_OK;
+}
+
+int orch__policy_call_result(orch__lstate *s, const char *module,
+                             const char *fn, json_t *arg, json_t **out,
+                             char *err, size_t errlen) {
+  *out = NULL;
+  centry *e;
+  cctx c = {.arg = arg, .to_json = 1, .nres = 2,
+            .max_depth = s ? s->p->json_depth : 64};
+  int rc = hook_call(s, module, fn, &c, &e, err, errlen);
+  if (rc) {
+    json_decref(c.out);
+    return rc;
+  }
+  if (json_is_null(c.out) && lua_type(s->L, -1) == LUA_TSTRING) {
+    /* nil, "message": an expected failure, reported in the hook's words */
+    rc = orch__err(err, errlen, ORCH_EPLAN, "%s", lua_tostring(s->L, -1));
+    json_decref(c.out);
+    c.out = NULL;
+  }
+  lua_pop(s->L, 2);
+  *out = c.out;
+  return rc;
 }
 
 static const char *num_problem(lua_State *L, int idx) {

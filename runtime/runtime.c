@@ -37,6 +37,11 @@ int orch_runtime_new(orch_runtime **out, const char *config_file, char *err,
     path = "orchestrate.conf.lua";
   if (path) {
     int rc = orch__config_load(&rt->cfg, path, err, errlen);
+    char msg[512];
+    /* The model tiers are checked now, not at the first llm step. */
+    if (!rc && rt->cfg.sections &&
+        orch__llm_config_check(rt->cfg.sections, msg, sizeof msg))
+      rc = orch__err(err, errlen, ORCH_ECONFIG, "%s: %s", path, msg);
     if (rc) {
       orch_runtime_free(rt);
       return rc;
@@ -188,6 +193,31 @@ int orch_status_json(const char *db, const char *session_id, char **out,
 
 void orch_free(void *p) { free(p); }
 
+char *orch_runtime_stats(orch_runtime *rt) {
+  if (!rt) return NULL;
+  json_t *doc = json_object();
+  if (rt->store) {
+    orch__store_stats st;
+    orch__store_stats_get(rt->store, &st);
+    json_object_set_new(doc, "store", json_pack(
+        "{s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:s}",
+        "backend", st.backend, "connected", st.connected,
+        "queued", (json_int_t)st.queued, "written", (json_int_t)st.written,
+        "spooled", (json_int_t)st.spooled, "replayed", (json_int_t)st.replayed,
+        "rejected", (json_int_t)st.rejected,
+        "records_dropped_total", (json_int_t)st.records_dropped_total,
+        "spool_bytes", (json_int_t)st.spool_bytes, "last_error", st.last_error,
+        "last_drop", st.last_drop));
+  }
+  char err[512] = "";
+  unsigned gen = rt->policy ? orch_runtime_scripts(rt, err, sizeof err) : 0;
+  json_object_set_new(doc, "scripts", json_pack("{s:i, s:s}", "generation", (int)gen,
+                                                "last_error", err));
+  char *txt = json_dumps(doc, JSON_COMPACT);
+  json_decref(doc);
+  return txt;
+}
+
 int orch__runtime_start(orch_runtime *rt, char *err, size_t errlen) {
   int rc = ORCH_OK;
   pthread_mutex_lock(&rt->mu);
@@ -229,6 +259,7 @@ void orch_runtime_free(orch_runtime *rt) {
     orch__loop_call(rt->loop, close_on_loop, rt);
     orch__loop_free(rt->loop);
   }
+  orch__lstate_free(rt->loop_ls); /* the loop is gone: no one uses it */
   orch__policy_free(rt->policy); /* after the loop: unwatched there */
   orch__store_close(rt->store); /* flushes what the run recorded */
   free(rt->db_url);

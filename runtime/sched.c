@@ -13,6 +13,7 @@
 #include "orch_int.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -93,6 +94,48 @@ static void record(orch__run *r, uint32_t v) {
   orch_runtime *rt = r->rt;
   if (rt->store)
     orch__store_record_step(rt->store, rt->session_id, r->g, v, rt->t0_wall_ms);
+}
+
+/* rewards/step.lua scores a finished step; the score (or the script's
+ * error, never a made-up number) goes to jr_step_rewards. Loop thread. */
+static void reward(orch__run *r, uint32_t v) {
+  orch_runtime *rt = r->rt;
+  if (!rt->store || !rt->policy) return;
+  if (!rt->loop_ls) {
+    rt->loop_ls = orch__lstate_new(rt->policy, NULL, 0);
+    if (!rt->loop_ls) return;
+  }
+  orch__lstate_sync(rt->loop_ls);
+  const orch__step *s = &r->g->steps[v];
+  double ms = s->finished_ns > s->started_ns && s->started_ns >= 0
+                  ? (double)(s->finished_ns - s->started_ns) / 1e6
+                  : 0;
+  json_t *arg = json_pack("{s:s, s:f, s:i}", "status", orch_status_name(s->status),
+                          "duration_ms", ms, "attempts", (int)s->attempts);
+  double value = NAN;
+  char err[512] = "";
+  int rc = orch__policy_call_number(rt->loop_ls, "rewards.step", "reward", arg,
+                                    &value, err, sizeof err);
+  json_decref(arg);
+  if (rc == ORCH_ENOTFOUND) return; /* no reward script: nothing to score */
+  const char *const *paths = NULL;
+  const orch__kind *k = orch__kinds[s->kind];
+  size_t nw = k->writes ? k->writes(s, &paths) : 0;
+  char *detail = rc ? orch__asprintf("reward: %s", err) : NULL;
+  orch__rec rec;
+  memset(&rec, 0, sizeof rec);
+  rec.type = ORCH__REC_REWARD;
+  rec.u.reward.task_id = rt->session_id;
+  rec.u.reward.step_number = (int32_t)v;
+  rec.u.reward.step_type = k->name;
+  rec.u.reward.target_file = nw ? paths[0] : NULL;
+  rec.u.reward.execution_result = orch_status_name(s->status);
+  rec.u.reward.implicit_reward = rc ? NAN : value;
+  rec.u.reward.verified_outcome = NAN;
+  rec.u.reward.execution_time_ms = (int64_t)ms;
+  rec.u.reward.error_detail = detail ? detail : s->error;
+  orch__store_put(rt->store, &rec);
+  free(detail);
 }
 
 static char *steps_json(const orch_graph *g) {
@@ -353,6 +396,7 @@ static void complete(orch__run *r, uint32_t v) {
   if (ok) atomic_fetch_add(&r->passed, 1);
   else atomic_fetch_add(&r->failed, 1);
   record(r, v);
+  reward(r, v);
   for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++) {
     uint32_t d = g->outs[e];
     orch__step *ds = &g->steps[d];
@@ -383,6 +427,8 @@ static void end_run(orch__run *r) {
   for (size_t i = 0; i < g->n; i++)
     if (g->steps[i].finished_ns > last) last = g->steps[i].finished_ns;
   g->makespan_ns = last;
+  for (int k = 0; k < ORCH__NKINDS; k++)
+    if (orch__kinds[k] && orch__kinds[k]->run_end) orch__kinds[k]->run_end(r);
   record_session(r, atomic_load(&r->canceled) ? "canceled"
                     : atomic_load(&r->failed) || atomic_load(&r->skipped)
                         ? "failed"
@@ -646,6 +692,10 @@ static void run_start(void *arg) {
     record_session(r, "running", r->steps_txt);
   }
   rt->resume_id[0] = '\0';
+  for (int k = 0; k < ORCH__NKINDS; k++)
+    if (g->nkind[k] && orch__kinds[k] && orch__kinds[k]->run_begin &&
+        !(r->dry_run && k == ORCH__KIND_LLM))
+      orch__kinds[k]->run_begin(r);
   size_t roots = 0;
   for (size_t i = 0; i < g->n; i++) {
     orch__step *s = &g->steps[i];

@@ -17,12 +17,18 @@
 
 typedef struct llm_params {
   char *prompt, *tier, *title, *instructions, *model;
+  char *request; /* the user's request, for GAP tasks and the synthesis */
+  char *name;    /* a task name for routing/agents.lua (find_*, fix_*...) */
+  char *agent, *backup; /* who answers, and who takes over on a timeout */
+  bool on_backup;       /* the backup agent has taken over */
+  int attempt_base;     /* the primary's attempts, before the backup's */
+  orch__llm_call *old_call; /* the primary's call, kept for its record */
+  char *role;    /* "task" or "synthesis": prompt rendered by gap.lua */
   int stream;     /* -1: config default */
   int max_tokens; /* 0: default */
   orch__llm_call *call; /* owned: the result lives here after the run */
   orch__run *run;       /* while running */
   uint32_t idx;
-  int64_t t0_wall_ms;   /* when the call started, for the store */
 } llm_params;
 
 typedef struct llm_run { /* r->kind_state[ORCH__KIND_LLM] */
@@ -30,9 +36,6 @@ typedef struct llm_run { /* r->kind_state[ORCH__KIND_LLM] */
   orch__lstate *ls; /* scripts, for the hooks; loop thread only; or NULL */
   bool hook_error_logged;
   size_t inflight; /* calls started, not yet done */
-  orch__run *r;
-  uv_check_t *check; /* armed while no call is in flight: see on_check */
-  bool scan;         /* look for llm steps still to come at the next check */
   int rc; /* the engine could not be made: every llm step fails with err */
   char err[512];
 } llm_run;
@@ -52,6 +55,12 @@ static void params_free(llm_params *p) {
   if (!p) return;
   orch__llm_call_free(p->call);
   free(p->prompt);
+  free(p->request);
+  free(p->role);
+  free(p->name);
+  free(p->agent);
+  free(p->backup);
+  orch__llm_call_free(p->old_call);
   free(p->tier);
   free(p->title);
   free(p->instructions);
@@ -81,8 +90,19 @@ static int parse(orch_graph *g, orch__step *s, json_t *obj, const char *where,
       (rc = get_str(obj, "title", where, &p->title, err, errlen)) ||
       (rc = get_str(obj, "instructions", where, &p->instructions, err,
                     errlen)) ||
-      (rc = get_str(obj, "model", where, &p->model, err, errlen)))
+      (rc = get_str(obj, "model", where, &p->model, err, errlen)) ||
+      (rc = get_str(obj, "request", where, &p->request, err, errlen)) ||
+      (rc = get_str(obj, "role", where, &p->role, err, errlen)) ||
+      (rc = get_str(obj, "name", where, &p->name, err, errlen)) ||
+      (rc = get_str(obj, "agent", where, &p->agent, err, errlen)) ||
+      (rc = get_str(obj, "backup_agent", where, &p->backup, err, errlen)))
     goto done;
+  if (p->role && strcmp(p->role, "task") != 0 &&
+      strcmp(p->role, "synthesis") != 0) {
+    rc = orch__err(err, errlen, ORCH_EPLAN,
+                   "%s: \"role\" must be \"task\" or \"synthesis\"", where);
+    goto done;
+  }
   json_t *st = json_object_get(obj, "stream");
   if (st && !json_is_null(st)) {
     if (!json_is_boolean(st)) {
@@ -183,18 +203,74 @@ static void lua_decide(void *ud, const orch__llm_retry_opts *o, int attempt,
   json_decref(out);
 }
 
-/* The prompt: title, the step's text, then each dependency's result. */
+/* A GAP task or the synthesis: gap.lua's task_prompt / synthesis_prompt
+ * render the prompt from the request, the step's text and each
+ * dependency's description, status and result. NULL: use the plain form. */
+static char *gap_prompt(orch__run *r, uint32_t idx, const llm_params *p,
+                        orch__lstate *ls) {
+  if (!p->role || !ls) return NULL;
+  orch_graph *g = r->g;
+  bool synth = strcmp(p->role, "synthesis") == 0;
+  json_t *arg = json_object(), *list = json_array();
+  json_object_set_new(arg, "request", json_string(p->request ? p->request : p->prompt));
+  for (uint32_t e = g->dep_off[idx]; e < g->dep_off[idx + 1]; e++) {
+    uint32_t d = g->deps[e];
+    const orch__step *ds = &g->steps[d];
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(orch__step_id(g, d)));
+    const llm_params *dp = ds->kind == ORCH__KIND_LLM ? ds->u.p : NULL;
+    json_object_set_new(o, "description",
+                        json_string(dp && dp->prompt ? dp->prompt : orch__step_id(g, d)));
+    json_object_set_new(o, "status", json_string(orch_status_name(ds->status)));
+    if (ds->output) json_object_set_new(o, "result", json_stringn(ds->output, strlen(ds->output)));
+    if (ds->status != ORCH_PASSED && ds->error)
+      json_object_set_new(o, "error", json_string(ds->error));
+    json_array_append_new(list, o);
+  }
+  if (synth) {
+    json_object_set_new(arg, "results", list);
+  } else {
+    json_t *task = json_object();
+    json_object_set_new(task, "id", json_string(orch__step_id(g, idx)));
+    json_object_set_new(task, "description", json_string(p->prompt));
+    json_object_set_new(arg, "task", task);
+    json_object_set_new(arg, "deps", list);
+  }
+  json_t *out = NULL;
+  char err[512];
+  char *text = NULL;
+  int rc = orch__policy_call(ls, "policies.gap", synth ? "synthesis_prompt" : "task_prompt",
+                             arg, &out, err, sizeof err);
+  if (rc == ORCH_OK && json_is_string(out)) text = orch__strdup(json_string_value(out));
+  else fprintf(stderr, "orchestrate: gap.%s failed, using the plain prompt: %s\n",
+               synth ? "synthesis_prompt" : "task_prompt", rc ? err : "not a string");
+  json_decref(out);
+  json_decref(arg);
+  return text;
+}
+
+/* The prompt: title, the step's text, then each dependency's result (and,
+ * for a synthesis without scripts, the failures by name). */
 static char *build_prompt(orch__run *r, uint32_t idx, const llm_params *p) {
   orch_graph *g = r->g;
   orch__buf b = {0};
   int rc = ORCH_OK;
+  llm_run *lr = r->kind_state[ORCH__KIND_LLM];
+  char *gp = gap_prompt(r, idx, p, lr ? lr->ls : NULL);
+  if (gp) return gp;
   if (p->title && *p->title) rc |= orch__buf_printf(&b, "# %s\n\n", p->title);
   rc |= orch__buf_add(&b, p->prompt, strlen(p->prompt));
   bool header = false;
   for (uint32_t e = g->dep_off[idx]; e < g->dep_off[idx + 1]; e++) {
     uint32_t d = g->deps[e];
     const orch__step *ds = &g->steps[d];
-    if (!ds->output) continue;
+    if (!ds->output && ds->status == ORCH_PASSED) continue;
+    if (!ds->output) {
+      rc |= orch__buf_printf(&b, "\n\n(%s %s: %s)", orch__step_id(g, d),
+                             orch_status_name(ds->status),
+                             ds->error ? ds->error : "no result");
+      continue;
+    }
     if (!header) {
       rc |= orch__buf_printf(&b, "\n\n## Results of the steps this one "
                                  "depends on\n");
@@ -211,96 +287,58 @@ static char *build_prompt(orch__run *r, uint32_t idx, const llm_params *p) {
   return b.p;
 }
 
-static void check_closed(uv_handle_t *h) { free(h); }
-
-/* Frees the run's engine, its script state and its check handle; loop
- * thread, with no call in flight. */
-static void release(orch__run *r) {
-  llm_run *lr = r->kind_state[ORCH__KIND_LLM];
-  if (!lr) return;
-  r->kind_state[ORCH__KIND_LLM] = NULL;
-  if (lr->check) {
-    uv_check_stop(lr->check);
-    uv_close((uv_handle_t *)lr->check, check_closed);
-  }
+static void engine_free(void *arg) {
+  llm_run *lr = arg;
   orch__llm_free(lr->llm);
   orch__lstate_free(lr->ls);
   free(lr);
 }
 
-static bool llm_steps_left(const orch__run *r) {
-  const orch_graph *g = r->g;
+/* When no llm step of the run can start any more, the engine goes (on a
+ * later loop turn: we are inside its callback). orch__llm_run_end does the
+ * same at the end of a run for the cases this cannot see (the last llm
+ * steps skipped because a step of another kind failed). */
+static void maybe_release(orch__run *r) {
+  llm_run *lr = r->kind_state[ORCH__KIND_LLM];
+  if (!lr || lr->inflight) return;
+  orch_graph *g = r->g;
   for (size_t i = 0; i < g->n; i++) {
     const orch__step *s = &g->steps[i];
     if (s->kind == ORCH__KIND_LLM &&
         (s->status == ORCH_PENDING || s->status == ORCH_IN_PROGRESS))
-      return true;
+      return;
   }
-  return false;
+  r->kind_state[ORCH__KIND_LLM] = NULL;
+  if (orch__loop_call(r->rt->loop, engine_free, lr)) engine_free(lr);
 }
 
-/* The engine goes when no llm step of the run can start any more, or at the
- * latest when the run has finished. This runs in libuv's check phase, after
- * the poll phase in which the scheduler processes completions and ends the
- * run, and before the closing phase after which the run may be freed: so r
- * is alive here whenever r->finished can be seen. (orch__llm_run_end does
- * the same from the scheduler, when wired.) */
-static void on_check(uv_check_t *h) {
-  llm_run *lr = h->data;
-  if (lr->inflight) {
-    uv_check_stop(h);
-    return;
-  }
-  orch__run *r = lr->r;
-  if (r->finished || (lr->scan && !llm_steps_left(r))) {
-    release(r);
-    return;
-  }
-  lr->scan = false;
-}
-
-static void arm_check(orch__run *r, llm_run *lr) {
-  if (!lr->check) {
-    lr->check = malloc(sizeof *lr->check);
-    if (!lr->check) return; /* then orch__llm_run_end must free it */
-    uv_check_init(orch__loop_uv(r->rt->loop), lr->check);
-    lr->check->data = lr;
-    uv_unref((uv_handle_t *)lr->check); /* never keeps the loop running */
-  }
-  lr->scan = true;
-  uv_check_start(lr->check, on_check);
-}
-
-/* One orch_llm_calls row per attempt, when the runtime has a store. */
-static void record_attempts(orch__run *r, const llm_params *p,
-                            const orch__llm_result *res) {
-  orch_runtime *rt = r->rt;
-  if (!rt->store || !res) return;
+/* Every attempt of the call into orch_llm_calls (the store's queue; it
+ * never waits). */
+static void record_attempts(orch__run *r, uint32_t idx,
+                            const orch__llm_result *res, int base) {
   for (size_t i = 0; i < res->nattempts; i++) {
     const orch__llm_attempt *a = &res->attempts[i];
     orch__rec rec;
     memset(&rec, 0, sizeof rec);
     rec.type = ORCH__REC_LLM_CALL;
-    orch__rec_llm_call *c = &rec.u.llm_call;
-    c->session_id = rt->session_id;
-    c->step_id = orch__step_id(r->g, p->idx);
-    c->attempt = (int32_t)(i + 1);
-    c->provider = a->provider;
-    c->model = a->model;
-    c->http_status = a->http_status;
-    c->outcome = a->code == ORCH_OK               ? "ok"
-                 : !strcmp(a->action, "retry")     ? "retry"
-                 : a->code == ORCH_ETIMEDOUT       ? "timeout"
-                                                   : "error";
-    c->tokens_in = a->tokens_in >= 0 ? a->tokens_in : ORCH__NULL_I64;
-    c->tokens_out = a->tokens_out >= 0 ? a->tokens_out : ORCH__NULL_I64;
-    c->cost = a->cost >= 0 ? a->cost : NAN;
-    c->latency_ms = a->latency_ms;
-    c->error = a->error;
-    c->started_ms = p->t0_wall_ms + (int64_t)a->start_ms;
-    orch__store_put(rt->store, &rec);
+    rec.u.llm_call.session_id = r->rt->session_id;
+    rec.u.llm_call.step_id = orch__step_id(r->g, idx);
+    rec.u.llm_call.attempt = base + (int32_t)i + 1;
+    rec.u.llm_call.provider = a->provider;
+    rec.u.llm_call.model = a->model;
+    rec.u.llm_call.http_status = a->http_status;
+    rec.u.llm_call.outcome = a->action;
+    rec.u.llm_call.tokens_in = a->tokens_in >= 0 ? a->tokens_in : ORCH__NULL_I64;
+    rec.u.llm_call.tokens_out = a->tokens_out >= 0 ? a->tokens_out : ORCH__NULL_I64;
+    rec.u.llm_call.cost = a->cost >= 0 ? a->cost : NAN;
+    rec.u.llm_call.latency_ms = a->latency_ms;
+    rec.u.llm_call.error = a->error;
+    rec.u.llm_call.started_ms = orch__store_wall_ms() - (int64_t)(res->latency_ms - a->start_ms);
+    orch__store_put(r->rt->store, &rec);
   }
 }
+
+static int start(orch__run *r, uint32_t idx);
 
 static void call_done(orch__llm_call *call, void *ud) {
   llm_params *p = ud;
@@ -308,6 +346,22 @@ static void call_done(orch__llm_call *call, void *ud) {
   orch__step *s = &r->g->steps[p->idx];
   const orch__llm_result *res = orch__llm_call_result(call);
   p->run = NULL;
+  llm_run *lr0 = r->kind_state[ORCH__KIND_LLM];
+  if (res && res->code == ORCH_ETIMEDOUT && p->backup && !p->on_backup &&
+      !atomic_load(&r->canceled)) {
+    /* The primary agent timed out: its backup takes the step over. */
+    if (r->rt->store) record_attempts(r, p->idx, res, 0);
+    p->attempt_base = (int)res->nattempts;
+    fprintf(stderr, "orchestrate: step '%s': %s timed out; %s takes over\n",
+            orch__step_id(r->g, p->idx), p->agent ? p->agent : "the agent",
+            p->backup);
+    free(p->agent);
+    p->agent = orch__strdup(p->backup);
+    p->on_backup = true;
+    if (lr0) lr0->inflight--;
+    if (start(r, p->idx) == ORCH_OK) return;
+    if (lr0) lr0->inflight++; /* balanced below */
+  }
   if (res && res->code == ORCH_OK) {
     orch__step_set_output(s, res->text, res->text_len);
     s->status = ORCH_PASSED;
@@ -315,12 +369,33 @@ static void call_done(orch__llm_call *call, void *ud) {
     orch__step_set_error(s, "%s", res && res->error ? res->error : "failed");
     s->status = ORCH_FAILED;
   }
-  if (res) s->attempts = (uint8_t)(res->nattempts > 255 ? 255 : res->nattempts);
-  record_attempts(r, p, res);
+  if (res) {
+    size_t n = res->nattempts + (size_t)p->attempt_base;
+    s->attempts = (uint8_t)(n > 255 ? 255 : n);
+  }
+  if (res && r->rt->store) record_attempts(r, p->idx, res, p->attempt_base);
   s->finished_ns = orch__run_now(r);
   llm_run *lr = r->kind_state[ORCH__KIND_LLM];
+  if (lr) lr->inflight--;
   orch__sched_finish(r, p->idx);
-  if (lr && --lr->inflight == 0) arm_check(r, lr);
+  maybe_release(r); /* r lives until the loop runs run_close: after us */
+}
+
+/* routing/agents.lua's route{name}: the primary and the backup agent of a
+ * task name. Without the script the step simply has no agent. */
+static void route_agents(llm_run *lr, llm_params *p) {
+  if (!lr->ls) return;
+  json_t *arg = json_pack("{s:s}", "name", p->name), *out = NULL;
+  char err[256];
+  if (orch__policy_call(lr->ls, "routing.agents", "route", arg, &out, err,
+                        sizeof err) == ORCH_OK) {
+    const char *pri = json_string_value(json_object_get(out, "primary"));
+    const char *bak = json_string_value(json_object_get(out, "backup"));
+    if (pri) p->agent = orch__strdup(pri);
+    if (bak && !p->backup) p->backup = orch__strdup(bak);
+  }
+  json_decref(arg);
+  json_decref(out);
 }
 
 static llm_run *run_state(orch__run *r) {
@@ -328,7 +403,6 @@ static llm_run *run_state(orch__run *r) {
   if (lr) return lr;
   lr = calloc(1, sizeof *lr);
   if (!lr) return NULL;
-  lr->r = r;
   lr->rc = orch__llm_new(&lr->llm, &r->rt->cfg, orch__loop_uv(r->rt->loop),
                          lr->err, sizeof lr->err);
   if (!lr->rc && r->rt->policy) {
@@ -359,16 +433,26 @@ static int start(orch__run *r, uint32_t idx) {
     orch__step_set_error(s, "out of memory building the prompt");
     return ORCH_ENOMEM;
   }
-  orch__llm_call_free(p->call);
+  if (p->name && !p->agent) route_agents(lr, p);
+  /* A call the primary agent left (timed out) is kept for the record. */
+  if (p->call && p->on_backup) {
+    orch__llm_call_free(p->old_call);
+    p->old_call = p->call;
+  } else {
+    orch__llm_call_free(p->call);
+  }
   p->call = NULL;
   p->run = r;
   p->idx = idx;
-  p->t0_wall_ms = orch__store_wall_ms();
+  char *system = p->agent ? orch__asprintf("You are %s, one agent of a team.%s%s",
+                                           p->agent, p->instructions ? "\n\n" : "",
+                                           p->instructions ? p->instructions : "")
+                          : NULL;
   char routed[64];
   orch__llm_req rq = {
       .tier = p->tier ? p->tier : pick_tier(r, idx, p, routed, sizeof routed),
       .model = p->model,
-      .system = p->instructions,
+      .system = system ? system : p->instructions,
       .prompt = prompt,
       .max_tokens = p->max_tokens,
       .stream = p->stream,
@@ -378,6 +462,7 @@ static int start(orch__run *r, uint32_t idx) {
   };
   int rc = orch__llm_call_start(lr->llm, &rq, &p->call);
   free(prompt);
+  free(system);
   if (rc == ORCH_OK) lr->inflight++;
   if (rc) {
     p->run = NULL;
@@ -402,10 +487,24 @@ static double cost(const orch__step *s) {
   return 2000; /* a model call takes seconds: weigh it on the critical path */
 }
 
-const orch__kind orch__kind_llm = {.name = "llm", .where = ORCH__ON_LOOP,
+static void usage(const orch__step *s, int64_t *tin, int64_t *tout,
+                  double *cost) {
+  const orch__llm_result *res = orch__llm_step_result(s);
+  if (!res) return;
+  *tin = res->tokens_in;
+  *tout = res->tokens_out;
+  *cost = res->cost;
+}
+
+/* The engine (curl multi, script state) is made as the run starts, so the
+ * first wave of calls does not wait for it. */
+static void run_begin(orch__run *r) { (void)run_state(r); }
+
+const orch__kind orch__kind_llm = {.run_begin = run_begin, .usage = usage,
+                                   .name = "llm", .where = ORCH__ON_LOOP,
                                    .parse = parse, .start = start,
                                    .cancel = cancel, .free = free_params,
-                                   .cost = cost};
+                                   .cost = cost, .run_end = orch__llm_run_end};
 
 const orch__llm_result *orch__llm_step_result(const orch__step *s) {
   if (!s || s->kind != ORCH__KIND_LLM || !s->u.p) return NULL;
@@ -430,4 +529,22 @@ void orch__llm_graph_totals(const orch_graph *g, orch__llm_totals *t) {
   }
 }
 
-void orch__llm_run_end(orch__run *r) { release(r); }
+void orch__llm_run_end(orch__run *r) {
+  llm_run *lr = r->kind_state[ORCH__KIND_LLM];
+  if (!lr) return;
+  r->kind_state[ORCH__KIND_LLM] = NULL;
+  engine_free(lr);
+}
+
+char *orch_step_details(const orch_graph *g, size_t i) {
+  if (!g || i >= g->n) return NULL;
+  const orch__llm_result *r = orch__llm_step_result(&g->steps[i]);
+  if (!r) return NULL;
+  json_t *j = orch__llm_result_json(r);
+  const llm_params *p = g->steps[i].u.p;
+  if (j && p && p->agent) json_object_set_new(j, "agent", json_string(p->agent));
+  if (j && p && p->on_backup) json_object_set_new(j, "backup_took_over", json_true());
+  char *txt = j ? json_dumps(j, JSON_COMPACT) : NULL;
+  json_decref(j);
+  return txt;
+}

@@ -1368,6 +1368,15 @@ int orch__store_record_step(orch__store *s, const char *session_id,
   r.u.step.tokens_in = ORCH__NULL_I64;
   r.u.step.tokens_out = ORCH__NULL_I64;
   r.u.step.cost = NAN;
+  const orch__kind *kind = st->kind < ORCH__NKINDS ? orch__kinds[st->kind] : NULL;
+  if (kind && kind->usage && st->status >= ORCH_PASSED) {
+    int64_t tin = -1, tout = -1;
+    double cost = NAN;
+    kind->usage(st, &tin, &tout, &cost);
+    if (tin >= 0) r.u.step.tokens_in = tin;
+    if (tout >= 0) r.u.step.tokens_out = tout;
+    if (cost >= 0) r.u.step.cost = cost;
+  }
   r.u.step.generation = st->generation;
   r.u.step.started_ms =
       st->started_ns >= 0 ? t0_wall_ms + st->started_ns / 1000000 : 0;

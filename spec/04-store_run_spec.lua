@@ -1,12 +1,7 @@
 -- Runs recorded as sessions: status, and resume after a crash.
 local h = require("helpers")
 
-local function tmpdir()
-  local p = io.popen("mktemp -d")
-  local d = p:read("l")
-  p:close()
-  return d
-end
+local tmpdir = h.tmpdir
 
 local function count_lines(path)
   local f = io.open(path)
@@ -102,9 +97,7 @@ end)
 describe("the Lua module", function()
   it("records a run as a session and reads its progress summary", function()
     local orch = require("orch")
-    local p = io.popen("mktemp -d")
-    local dir = p:read("l")
-    p:close()
+    local dir = h.tmpdir()
     local db = "sqlite:" .. dir .. "/lua.db"
     local rt = orch.runtime({ db = db })
     local g = orch.graph()

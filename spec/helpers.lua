@@ -24,6 +24,14 @@ function M.cli(args, opts)
   return code, out, err
 end
 
+-- A fresh temporary directory.
+function M.tmpdir()
+  local p = io.popen("mktemp -d")
+  local d = p:read("l")
+  p:close()
+  return d
+end
+
 function M.write(content, suffix)
   local path = os.tmpname() .. (suffix or "")
   local f = assert(io.open(path, "wb"))

@@ -1116,13 +1116,15 @@ TEST(llm_kind_records_each_attempt_in_the_store) {
   sqlite3_stmt *q = NULL;
   ASSERT_EQ(sqlite3_prepare_v2(s,
                                "SELECT step_id, attempt, provider, "
-                               "http_status, outcome, tokens_in, error "
+                               "http_status, outcome, tokens_in, error, "
+                               "cost "
                                "FROM orch_llm_calls WHERE session_id = ? "
                                "ORDER BY step_id",
                                -1, &q, NULL),
             SQLITE_OK);
   sqlite3_bind_text(q, 1, session, -1, SQLITE_TRANSIENT);
   int rows = 0, good = 0, bad = 0;
+  double cost = 0;
   while (sqlite3_step(q) == SQLITE_ROW) {
     rows++;
     const char *step = (const char *)sqlite3_column_text(q, 0);
@@ -1131,8 +1133,10 @@ TEST(llm_kind_records_each_attempt_in_the_store) {
     if (!strcmp(step, "good") && sqlite3_column_int(q, 3) == 200 &&
         !strcmp(outcome, "ok") && sqlite3_column_int(q, 5) == 11)
       good++;
+    if (!strcmp(step, "good")) cost = sqlite3_column_double(q, 7);
     if (!strcmp(step, "bad") && sqlite3_column_int(q, 3) == 400 &&
-        !strcmp(outcome, "error") && e && !strstr(e, "SECRET"))
+        (!strcmp(outcome, "fail") || !strcmp(outcome, "error")) && e &&
+        !strstr(e, "SECRET"))
       bad++;
   }
   sqlite3_finalize(q);
@@ -1146,4 +1150,5 @@ TEST(llm_kind_records_each_attempt_in_the_store) {
   ASSERT_EQ(rows, 2);
   ASSERT_EQ(good, 1);
   ASSERT_EQ(bad, 1);
+  ASSERT(fabs(cost - (11 * 1.0 + 7 * 2.0) / 1e6) < 1e-12); /* its prices */
 }

@@ -59,11 +59,14 @@ local SYNTHESIS_PROMPT = [[
 You are writing the final answer to this request:
 {request}
 
-A team of agents worked on it in these tasks:
+A team of agents worked on it in these tasks; their results are the
+observation:
 
+<observation>
 {results}
-{failures}Write the final answer to the request from these results. Answer the
-request directly; do not describe the tasks.
+</observation>
+{failures}Write the final answer to the request from these results, inside
+<answer></answer>. Answer the request directly; do not describe the tasks.
 ]]
 
 local FAILURES = [[
