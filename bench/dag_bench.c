@@ -50,6 +50,19 @@ static void id_of(char *buf, size_t k) {
   buf[1 + n] = '\0';
 }
 
+/* Edges by index (orch_graph_depend_index), as a host holding its steps'
+ * handles would add them; ORCH_BENCH_BY_NAME=1 adds them by id instead. */
+static int by_name = -1;
+static int depend(orch_graph *g, const char *id, char *dep, size_t k, size_t d) {
+  if (by_name < 0) {
+    const char *e = getenv("ORCH_BENCH_BY_NAME");
+    by_name = e && *e == '1';
+  }
+  if (!by_name) return orch_graph_depend_index(g, k, d);
+  id_of(dep, d);
+  return orch_graph_depend(g, id, dep);
+}
+
 static orch_graph *build(const char *shape, size_t n, size_t *side_out) {
   orch_graph *g = NULL;
   char id[24], dep[24];
@@ -63,14 +76,9 @@ static orch_graph *build(const char *shape, size_t n, size_t *side_out) {
       for (size_t j = 0; j < side; j++) {
         id_of(id, i * side + j);
         if ((rc = orch_graph_add_fn(g, id, noop, NULL))) die("add", rc, NULL);
-        if (i > 0) {
-          id_of(dep, (i - 1) * side + j);
-          if ((rc = orch_graph_depend(g, id, dep))) die("depend", rc, NULL);
-        }
-        if (j > 0) {
-          id_of(dep, i * side + j - 1);
-          if ((rc = orch_graph_depend(g, id, dep))) die("depend", rc, NULL);
-        }
+        size_t k = i * side + j;
+        if (i > 0 && (rc = depend(g, id, dep, k, k - side))) die("depend", rc, NULL);
+        if (j > 0 && (rc = depend(g, id, dep, k, k - 1))) die("depend", rc, NULL);
       }
     return g;
   }
@@ -82,10 +90,8 @@ static orch_graph *build(const char *shape, size_t n, size_t *side_out) {
   for (size_t k = 0; k < n; k++) {
     id_of(id, k);
     if ((rc = orch_graph_add_fn(g, id, noop, NULL))) die("add", rc, NULL);
-    if (chain && k > 0) {
-      id_of(dep, k - 1);
-      if ((rc = orch_graph_depend(g, id, dep))) die("depend", rc, NULL);
-    }
+    if (chain && k > 0 && (rc = depend(g, id, dep, k, k - 1)))
+      die("depend", rc, NULL);
   }
   return g;
 }

@@ -70,7 +70,7 @@ if want throughput; then
     echo "### (a)-(c) Throughput on empty steps"
     echo
     cat "$SECTION.new"
-    echo "Graph building (string ids), validation and the run, timed together; the"
+    echo "Graph building (steps with string ids, checked and hashed; edges by index with orch_graph_depend_index, as a host holding step handles adds them; ORCH_BENCH_BY_NAME=1 adds them by id), validation and the run, timed together; the"
     echo "OpenMP peer (gcc -fopenmp, libgomp, $(nproc) threads) creates the same shape as"
     echo "\`#pragma omp task depend(...)\` from one thread inside a parallel region."
     echo "$REPS processes of each program, alternating, each timing the shape $INNER"

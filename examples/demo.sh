@@ -12,8 +12,12 @@ BIN=./build/orchestrate
 DB="sqlite:build/demo.db"
 REQUEST=${REQUEST:-"Compare the open security advisories with the modules changed in this release, check the test coverage of each changed module, and write a short release risk summary for the team"}
 MOCK_PID=""
-stop_mock() { [ -n "$MOCK_PID" ] && kill "$MOCK_PID" 2>/dev/null; MOCK_PID=""; }
-trap stop_mock EXIT INT TERM
+stop_mock() {
+  if [ -n "$MOCK_PID" ]; then kill "$MOCK_PID" 2>/dev/null; wait "$MOCK_PID" 2>/dev/null || true; fi
+  MOCK_PID=""
+}
+trap stop_mock EXIT
+trap 'stop_mock; exit 130' INT TERM
 
 if [ -z "${OPENAI_BASE_URL:-}" ] && [ -z "${ANTHROPIC_API_KEY:-}" ]; then
   LOG=build/demo-mock.log

@@ -212,6 +212,12 @@ int orch__graph_depend_idx(orch_graph *g, uint32_t idx, const char *dep,
   return ORCH_OK;
 }
 
+int orch_graph_depend_index(orch_graph *g, size_t step, size_t dep) {
+  if (!g || step >= g->n || dep >= g->n) return ORCH_EINVAL;
+  if (g->validated) return ORCH_ESTATE;
+  return add_edge(g, (uint32_t)dep, (uint32_t)step);
+}
+
 static long find_or_err(orch_graph *g, const char *id) {
   long i = orch_graph_find(g, id);
   if (i < 0) {

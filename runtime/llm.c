@@ -599,6 +599,7 @@ json_t *orch__llm_result_json(const orch__llm_result *r) {
     json_object_set_new(j, "ttft_ms", jms(a->ttft_ms));
     json_object_set_new(j, "tokens_in", jtok(a->tokens_in));
     json_object_set_new(j, "tokens_out", jtok(a->tokens_out));
+    json_object_set_new(j, "cost", a->cost >= 0 ? json_real(a->cost) : json_null());
     json_object_set_new(j, "delay_ms", json_real(a->delay_ms));
     json_array_append_new(as, j);
   }
@@ -812,6 +813,7 @@ static orch__llm_attempt *new_attempt(orch__llm_call *c) {
   a->provider = prov_names[t->provider];
   a->tokens_in = a->tokens_out = -1;
   a->ttft_ms = -1;
+  a->cost = -1;
   return a;
 }
 
@@ -1351,13 +1353,14 @@ static void finish(orch__llm_call *c, int code, const char *msg) {
   double cost = 0;
   bool known = code != ORCH_OK || (r->tokens_in >= 0 && r->tokens_out >= 0);
   for (size_t i = 0; i < r->nattempts; i++) {
-    const orch__llm_attempt *a = &r->attempts[i];
+    orch__llm_attempt *a = &r->attempts[i];
     if (a->tokens_in < 0 && a->tokens_out < 0) continue;
-    const llm_tier *at = tier_find(l, a->tier);
+    const llm_tier *at = a->tier ? tier_find(l, a->tier) : NULL;
     if (!at) continue;
-    cost += ((double)(a->tokens_in > 0 ? a->tokens_in : 0) * at->price_in +
-             (double)(a->tokens_out > 0 ? a->tokens_out : 0) * at->price_out) /
-            1e6;
+    a->cost = ((double)(a->tokens_in > 0 ? a->tokens_in : 0) * at->price_in +
+               (double)(a->tokens_out > 0 ? a->tokens_out : 0) * at->price_out) /
+              1e6;
+    cost += a->cost;
   }
   r->cost = known ? cost : -1;
   r->latency_ms = ms_between(c->t0_ns, now_ns());

@@ -155,6 +155,9 @@ ORCH_API int orch_graph_add_json(orch_graph *g, const char *step_json,
  * orch_graph_validate, so steps may be added in any order. */
 ORCH_API int orch_graph_depend(orch_graph *g, const char *id,
                                const char *dep);
+/* The same by index (steps are numbered 0.. in the order they were added):
+ * no id lookups, for hosts that build very large graphs. */
+ORCH_API int orch_graph_depend_index(orch_graph *g, size_t step, size_t dep);
 ORCH_API int orch_graph_set_cost(orch_graph *g, const char *id, double ms);
 ORCH_API int orch_graph_set_timeout(orch_graph *g, const char *id,
                                     double ms);

@@ -898,6 +898,7 @@ typedef struct orch__llm_attempt {
   double latency_ms;    /* submit to last byte */
   double ttft_ms;       /* time to first token, -1 when none */
   long tokens_in, tokens_out; /* -1: unknown */
+  double cost;          /* USD at its tier's prices; -1 unknown */
   double delay_ms;      /* backoff before the next attempt, 0 none */
 } orch__llm_attempt;
 

@@ -330,7 +330,7 @@ static void record_attempts(orch__run *r, uint32_t idx,
     rec.u.llm_call.outcome = a->action;
     rec.u.llm_call.tokens_in = a->tokens_in >= 0 ? a->tokens_in : ORCH__NULL_I64;
     rec.u.llm_call.tokens_out = a->tokens_out >= 0 ? a->tokens_out : ORCH__NULL_I64;
-    rec.u.llm_call.cost = NAN;
+    rec.u.llm_call.cost = a->cost >= 0 ? a->cost : NAN;
     rec.u.llm_call.latency_ms = a->latency_ms;
     rec.u.llm_call.error = a->error;
     rec.u.llm_call.started_ms = orch__store_wall_ms() - (int64_t)(res->latency_ms - a->start_ms);

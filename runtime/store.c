@@ -1064,6 +1064,21 @@ int orch__store_open(orch__store **out, const char *url,
     goto done;
   }
   rc = spool_open(s, spath, err, errlen);
+  /* Another process holds the default spool (two runs on one database):
+   * take the first free numbered one beside it. Whatever a crashed process
+   * left in that file is checked and replayed by this one. */
+  bool explicit_path = (o && o->spool_path) || getenv("ORCH_SPOOL");
+  for (int k = 1; rc == ORCH_ESTATE && !explicit_path && k <= 64; k++) {
+    free(s->sp.path);
+    s->sp.path = NULL;
+    char *alt = orch__asprintf("%s.%d", spath, k);
+    if (!alt) {
+      rc = ORCH_ENOMEM;
+      break;
+    }
+    rc = spool_open(s, alt, err, errlen);
+    free(alt);
+  }
   if (rc != ORCH_OK) goto done;
   if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
     rc = err_set(err, errlen, ORCH_ENOMEM, "store: cannot start the writer");

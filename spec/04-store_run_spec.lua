@@ -115,3 +115,27 @@ describe("the Lua module", function()
     assert.are.equal("failed", st.session.status)
   end)
 end)
+
+describe("two runs at once on one SQLite database", function()
+  it("both run and both are recorded", function()
+    local dir = h.tmpdir()
+    local db = "sqlite:" .. dir .. "/shared.db"
+    local plan = h.plan({ { id = "a", kind = "sleep", ms = 300 }, { id = "b", kind = "shell", run = "true", deps = { "a" } } })
+    local out1 = dir .. "/one.json"
+    os.execute(h.bin .. " run --json --db " .. db .. " " .. plan .. " > " .. out1 .. " 2>&1 &")
+    os.execute("sleep 0.05")
+    local code, out, err = h.cli("run --json --db " .. db .. " " .. plan)
+    assert.are.equal(0, code, err)
+    os.execute("sleep 0.5")
+    local f = io.open(out1)
+    local first = h.json().decode(f:read("a"))
+    f:close()
+    assert.are.equal("passed", first.status)
+    local second = h.json().decode(out)
+    assert.are_not.equal(first.session, second.session)
+    for _, sid in ipairs({ first.session, second.session }) do
+      local _, sout = h.cli("status --json --db " .. db .. " " .. sid)
+      assert.are.equal(2, h.json().decode(sout).session.passed)
+    end
+  end)
+end)

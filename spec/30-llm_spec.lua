@@ -152,6 +152,31 @@ return {
     assert.is_nil(out:find("SECRET", 1, true))
   end)
 
+  it("reports tokens, cost and every attempt in --json", function()
+    local plan = h.plan({
+      { id = "a", kind = "llm", prompt = "one two three" },
+      { id = "b", kind = "llm", prompt = "x", tier = "flaky" },
+    })
+    local code, doc, out, err = run(plan, config(base))
+    assert.are.equal(0, code, err .. out)
+    local a, b = step(doc, "a").llm, step(doc, "b").llm
+    if not a then
+      pending("run --json does not show llm results")
+      return
+    end
+    assert.are.equal("local", a.tier)
+    assert.is_true(a.tokens_in > 0 and a.tokens_out > 0)
+    assert.is_true(a.cost > 0)
+    assert.are.equal("ok", a.attempts[1].action)
+    assert.are.equal(500, b.attempts[1].status)
+    assert.are.equal("claude", b.tier)
+    if doc.llm then -- run totals, when the core prints them
+      assert.are.equal(2, doc.llm.calls)
+      assert.are.equal(#b.attempts + 1, doc.llm.attempts)
+    end
+    assert.is_nil(out:find("SECRET", 1, true))
+  end)
+
   it("refuses a bad tier setting, naming it", function()
     local plan = h.plan({ { id = "a", kind = "llm", prompt = "x" } })
     local conf = h.write("return { tiers = { fast = { prize_in = 1 } } }", ".lua")

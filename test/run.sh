@@ -27,7 +27,7 @@ check() {
 run_busted() {
   name=$1; bdir=$2; shift 2
   out="$LOG/$name.log"
-  ORCH_BUILD="$ROOT/$bdir" ORCH_BIN="$ROOT/$bdir/orchestrate" \
+  ORCH_DB="sqlite:$LOG/$name.db" ORCH_BUILD="$ROOT/$bdir" ORCH_BIN="$ROOT/$bdir/orchestrate" \
   LUA_CPATH="$ROOT/$bdir/?.so;;" LUA_PATH="$ROOT/scripts/?.lua;$ROOT/spec/?.lua;;" \
     env ${PRELOAD:+LD_PRELOAD=$PRELOAD} busted --lua=lua5.4 -o utfTerminal "$@" spec >"$out" 2>&1
   line=$(grep -E '[0-9]+ success' "$out" | tail -n 1 | sed 's/\x1b\[[0-9;]*m//g')

@@ -139,3 +139,25 @@ TEST(run_many_fn_steps_each_once) {
   orch_graph_free(g);
   orch_runtime_free(rt);
 }
+
+TEST(dag_depend_by_index) {
+  orch_graph *g = NULL;
+  char err[256];
+  orch_graph_new(&g);
+  orch_graph_add_fn(g, "a", noop, NULL);
+  orch_graph_add_fn(g, "b", noop, NULL);
+  ASSERT_EQ(orch_graph_depend_index(g, 1, 0), ORCH_OK);
+  ASSERT_EQ(orch_graph_depend_index(g, 1, 7), ORCH_EINVAL);
+  ASSERT_EQ(orch_graph_depend_index(g, 0, 0), ORCH_OK);
+  ASSERT_EQ(orch_graph_validate(g, err, sizeof err), ORCH_EPLAN);
+  ASSERT_CONTAINS(err, "step 'a' depends on itself");
+  orch_graph_free(g);
+  orch_graph_new(&g);
+  orch_graph_add_fn(g, "a", noop, NULL);
+  orch_graph_add_fn(g, "b", noop, NULL);
+  ASSERT_EQ(orch_graph_depend_index(g, 1, 0), ORCH_OK);
+  ASSERT_EQ(orch_graph_validate(g, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch_step_ndeps(g, 1), 1);
+  ASSERT_STR_EQ(orch_step_id(g, orch_step_dep(g, 1, 0)), "a");
+  orch_graph_free(g);
+}

@@ -644,6 +644,7 @@ static const char h2_server_js[] =
     "process.stdin.on('end', () => process.exit(0)); process.stdin.resume();\n";
 
 TEST(http_multiplexes_over_http2_when_the_server_offers_it) {
+  /* 90 requests at once over one TLS connection */
   char dir[] = "/tmp/orch-h2-XXXXXX";
   if (!mkdtemp(dir)) return;
   char cmd[1024];
@@ -685,7 +686,9 @@ TEST(http_multiplexes_over_http2_when_the_server_offers_it) {
   orch__http *h;
   char err[256];
   ASSERT_EQ(orch__http_new(&h, &loop, NULL, err, sizeof err), 0);
-  enum { N = 200 };
+  /* below Node's 100 streams per connection: past that, libcurl 7.88
+   * opens a connection per extra transfer */
+  enum { N = 90 };
   orch__http_req *r = calloc(N, sizeof *r);
   char(*bodies)[32] = calloc(N, 32);
   char url[128], ca[512];
@@ -733,6 +736,7 @@ TEST(http_multiplexes_over_http2_when_the_server_offers_it) {
   ASSERT_EQ(c.done, N);
   ASSERT_EQ(ok, N);
   ASSERT_EQ(h2, N);
+  if (connects > 2) fprintf(stderr, "  %ld connections for %d requests\n", connects, N);
   ASSERT(connects <= 2); /* one connection carries them all */
   ASSERT_EQ(lc, 0);
 }

@@ -7,6 +7,7 @@
 #include "mini_llm.h"
 
 #include <math.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <unistd.h>
 #include <time.h>
@@ -1027,4 +1028,127 @@ TEST(mock_1000_calls_hit_by_429_at_once_retry_spread_out) {
     ASSERT(buckets[b] >= 50 && buckets[b] <= 160); /* ~100 each: no burst */
   }
   ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(llm_kind_1000_steps_at_once_each_get_their_own_answer) {
+  orch_mock *m = NULL;
+  char err[512];
+  ASSERT_EQ(orch_mock_start(&m, "127.0.0.1", 0, err, sizeof err), 0);
+  char path[] = "/tmp/orch-llm-conf-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT(fd >= 0);
+  FILE *f = fdopen(fd, "w");
+  fprintf(f,
+          "return { workers = 2, tiers = {\n"
+          "  [\"local\"] = { base_url = 'http://127.0.0.1:%d/v1', model = "
+          "'mock-echo+fault=latency=20' },\n"
+          "  strong = { provider = 'anthropic', base_url = "
+          "'http://127.0.0.1:%d', model = 'mock-echo+fault=latency=20' } } }\n",
+          orch_mock_port(m), orch_mock_port(m));
+  fclose(f);
+  orch_runtime *rt = NULL;
+  int rc = orch_runtime_new(&rt, path, err, sizeof err);
+  unlink(path);
+  ASSERT_EQ(rc, 0);
+  enum { N = 1000 };
+  orch_graph *g = NULL;
+  ASSERT_EQ(orch_graph_new(&g), 0);
+  for (int i = 0; i < N; i++) {
+    char step[200];
+    snprintf(step, sizeof step,
+             "{\"id\":\"s%d\",\"kind\":\"llm\",\"prompt\":\"step-%d\","
+             "\"tier\":\"%s\",\"stream\":%s}",
+             i, i, i % 2 ? "local" : "strong", i % 3 ? "false" : "true");
+    ASSERT_EQ(orch_graph_add_json(g, step, err, sizeof err), 0);
+  }
+  int64_t t0 = tnow();
+  rc = orch_run(rt, g, err, sizeof err);
+  double ms = (double)(tnow() - t0) / 1e6;
+  if (rc) fprintf(stderr, "  run: %s\n", err);
+  ASSERT_EQ(rc, 0);
+  int ok = 0;
+  for (int i = 0; i < N; i++) {
+    char want[32];
+    snprintf(want, sizeof want, "step-%d", i);
+    const char *out = orch_step_output(g, (size_t)i);
+    if (out && strcmp(out, want) == 0) ok++;
+  }
+  ASSERT_EQ(ok, N);
+  orch__llm_totals t;
+  orch__llm_graph_totals(g, &t);
+  ASSERT_EQ(t.calls, N);
+  ASSERT_EQ(t.attempts, N);
+  ASSERT(ms < 10000);
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+  orch_mock_free(m);
+}
+
+TEST(llm_kind_records_each_attempt_in_the_store) {
+  mini_llm *m = mini_llm_start();
+  ASSERT(m);
+  char db[] = "/tmp/orch-llm-db-XXXXXX";
+  int fd = mkstemp(db);
+  ASSERT(fd >= 0);
+  close(fd);
+  unlink(db);
+  char extra[256];
+  snprintf(extra, sizeof extra, "  store = { url = 'sqlite:%s' },\n", db);
+  orch_runtime *rt = rt_with_mini(m, extra);
+  ASSERT(rt);
+  static const char plan[] =
+      "{\"steps\":["
+      "{\"id\":\"good\",\"kind\":\"llm\",\"prompt\":\"x\",\"tier\":\"local\"},"
+      "{\"id\":\"bad\",\"kind\":\"llm\",\"prompt\":\"y\",\"tier\":\"broken\"}]}";
+  orch_graph *g = NULL;
+  char err[512];
+  ASSERT_EQ(orch_graph_parse(rt, plan, sizeof plan - 1, "plan", &g, err,
+                             sizeof err),
+            0);
+  orch_run(rt, g, err, sizeof err);
+  char session[64];
+  snprintf(session, sizeof session, "%s", orch_runtime_session(rt));
+  orch_graph_free(g);
+  orch_runtime_free(rt); /* flushes the writer */
+  mini_llm_stop(m);
+  sqlite3 *s = NULL;
+  ASSERT_EQ(sqlite3_open(db, &s), SQLITE_OK);
+  sqlite3_stmt *q = NULL;
+  ASSERT_EQ(sqlite3_prepare_v2(s,
+                               "SELECT step_id, attempt, provider, "
+                               "http_status, outcome, tokens_in, error, "
+                               "cost "
+                               "FROM orch_llm_calls WHERE session_id = ? "
+                               "ORDER BY step_id",
+                               -1, &q, NULL),
+            SQLITE_OK);
+  sqlite3_bind_text(q, 1, session, -1, SQLITE_TRANSIENT);
+  int rows = 0, good = 0, bad = 0;
+  double cost = 0;
+  while (sqlite3_step(q) == SQLITE_ROW) {
+    rows++;
+    const char *step = (const char *)sqlite3_column_text(q, 0);
+    const char *outcome = (const char *)sqlite3_column_text(q, 4);
+    const char *e = (const char *)sqlite3_column_text(q, 6);
+    if (!strcmp(step, "good") && sqlite3_column_int(q, 3) == 200 &&
+        !strcmp(outcome, "ok") && sqlite3_column_int(q, 5) == 11)
+      good++;
+    if (!strcmp(step, "good")) cost = sqlite3_column_double(q, 7);
+    if (!strcmp(step, "bad") && sqlite3_column_int(q, 3) == 400 &&
+        (!strcmp(outcome, "fail") || !strcmp(outcome, "error")) && e &&
+        !strstr(e, "SECRET"))
+      bad++;
+  }
+  sqlite3_finalize(q);
+  sqlite3_close(s);
+  unlink(db);
+  char side[300];
+  snprintf(side, sizeof side, "%s-wal", db);
+  unlink(side);
+  snprintf(side, sizeof side, "%s-shm", db);
+  unlink(side);
+  ASSERT_EQ(rows, 2);
+  ASSERT_EQ(good, 1);
+  ASSERT_EQ(bad, 1);
+  ASSERT(fabs(cost - (11 * 1.0 + 7 * 2.0) / 1e6) < 1e-12); /* its prices */
 }
