@@ -26,6 +26,7 @@ typedef struct {
   const char *request;
   char tier[64];
   char session[40];
+  uint32_t next_base; /* step numbers already used in the session */
   json_t *doc;  /* the result document */
   json_t *llm;  /* all steps' llm details, in order */
 } ask;
@@ -72,7 +73,10 @@ static json_t *step_json(const orch_graph *g, uint32_t i) {
 static int run_in_session(ask *a, orch_graph *g, char *err, size_t errlen) {
   if (a->session[0])
     snprintf(a->rt->resume_id, sizeof a->rt->resume_id, "%s", a->session);
+  a->rt->step_base = a->next_base; /* rewards of earlier runs stay */
+  a->next_base += (uint32_t)g->n;
   int rc = orch_run(a->rt, g, err, errlen);
+  a->rt->step_base = 0;
   if (!a->session[0])
     snprintf(a->session, sizeof a->session, "%s", a->rt->session_id);
   for (size_t i = 0; i < g->n; i++)

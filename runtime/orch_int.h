@@ -331,6 +331,8 @@ struct orch_runtime {
   char resume_id[40];          /* set by orch_runtime_resume for one run */
   int64_t t0_wall_ms;          /* the run's start, wall clock */
   struct orch__lstate *loop_ls; /* the loop thread's scripts (rewards) */
+  uint32_t step_base;          /* step numbers of this run start here (a
+                                  session made of several runs: ask) */
   orch_progress_fn progress;
   void *progress_ud;
   unsigned progress_ms;

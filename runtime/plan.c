@@ -329,44 +329,6 @@ int orch_graph_load(orch_runtime *rt, const char *path, orch_graph **out,
   return rc;
 }
 
-/* A require for script modules only: "policies.gap" loads
- * <scripts_dir>/policies/gap.lua as text, in the same sandbox. */
-static int script_require(lua_State *L) {
-  const char *mod = luaL_checkstring(L, 1);
-  lua_getfield(L, LUA_REGISTRYINDEX, "orch.loaded");
-  lua_getfield(L, -1, mod);
-  if (!lua_isnil(L, -1)) return 1;
-  lua_pop(L, 1);
-  for (const char *p = mod; *p; p++)
-    if (!(isalnum((unsigned char)*p) || *p == '_' || *p == '.'))
-      return luaL_error(L, "module '%s': only scripts modules can be required", mod);
-  lua_getfield(L, LUA_REGISTRYINDEX, "orch.scripts_dir");
-  const char *dir = lua_tostring(L, -1);
-  char path[1024];
-  int n = snprintf(path, sizeof path, "%s/", dir ? dir : "scripts");
-  for (const char *p = mod; *p && n < (int)sizeof path - 5; p++)
-    path[n++] = *p == '.' ? '/' : *p;
-  snprintf(path + n, sizeof path - (size_t)n, ".lua");
-  char *text = NULL;
-  size_t len = 0;
-  char msg[512];
-  if (orch__read_file(path, 1u << 20, &text, &len, msg, sizeof msg))
-    return luaL_error(L, "module '%s' not found: %s", mod, msg);
-  char chunk[1100];
-  snprintf(chunk, sizeof chunk, "@%s", path);
-  int st = luaL_loadbufferx(L, text, len, chunk, "t");
-  free(text);
-  if (st != LUA_OK) return lua_error(L);
-  lua_call(L, 0, 1);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    lua_pushboolean(L, 1);
-  }
-  lua_pushvalue(L, -1);
-  lua_setfield(L, -4, mod);
-  return 1;
-}
-
 int orch__gap_parse(orch_runtime *rt, const char *text, size_t len,
                     json_t **tasks, char *err, size_t errlen) {
   orch__config defaults;
@@ -377,55 +339,38 @@ int orch__gap_parse(orch_runtime *rt, const char *text, size_t len,
   }
   int rc = ORCH_OK;
   char msg[1024];
-  lua_State *L = orch__lua_new_sandbox(cfg, msg, sizeof msg);
-  if (!L) {
-    rc = orch__err(err, errlen, ORCH_ENOMEM, "%s", msg);
+  json_t *arg = NULL, *out = NULL;
+  orch__lstate *ls = NULL;
+  /* The runtime's engine when it runs, else one for this parse: the same
+   * sandbox and the same scripts either way. */
+  orch__policy *own = NULL, *p = rt ? rt->policy : NULL;
+  if (!p && (rc = orch__policy_new(&own, cfg, msg, sizeof msg))) {
+    orch__err(err, errlen, rc, "%s", msg);
     goto done;
   }
-  lua_newtable(L);
-  lua_setfield(L, LUA_REGISTRYINDEX, "orch.loaded");
-  lua_pushstring(L, cfg->scripts_dir);
-  lua_setfield(L, LUA_REGISTRYINDEX, "orch.scripts_dir");
-  lua_pushcfunction(L, script_require);
-  lua_setglobal(L, "require");
-  lua_pushcfunction(L, script_require);
-  lua_pushstring(L, "policies.gap");
-  if (orch__lua_pcall(L, 1, 1, msg, sizeof msg)) {
+  if (!p) p = own;
+  if (!(ls = orch__lstate_new(p, msg, sizeof msg))) {
     rc = orch__err(err, errlen, ORCH_ESCRIPT, "%s", msg);
     goto done;
   }
-  lua_getfield(L, -1, "parse");
-  if (!lua_isfunction(L, -1)) {
-    rc = orch__err(err, errlen, ORCH_ESCRIPT,
-                   "%s/policies/gap.lua has no parse()", cfg->scripts_dir);
+  arg = json_stringn(text, len);
+  rc = orch__policy_call_result(ls, "policies.gap", "parse", arg, &out, msg,
+                                sizeof msg);
+  if (rc) {
+    orch__err(err, errlen, rc, "%s", msg);
     goto done;
   }
-  lua_pushlstring(L, text, len);
-  if (orch__lua_pcall(L, 1, 2, msg, sizeof msg)) {
-    rc = orch__err(err, errlen, ORCH_ESCRIPT, "gap.parse: %s", msg);
+  json_t *t = json_is_object(out) ? json_object_get(out, "tasks") : out;
+  if (!json_is_array(t)) {
+    rc = orch__err(err, errlen, ORCH_ESCRIPT, "gap.parse returned no list of tasks");
     goto done;
   }
-  if (lua_isnil(L, -2)) {
-    rc = orch__err(err, errlen, ORCH_EPLAN, "%s",
-                   lua_isstring(L, -1) ? lua_tostring(L, -1) : "cannot parse the plan");
-    goto done;
-  }
-  lua_pop(L, 1);
-  if (lua_istable(L, -1)) {
-    lua_getfield(L, -1, "tasks");
-    if (lua_isnil(L, -1)) lua_pop(L, 1); /* a bare list of tasks */
-  }
-  json_t *t = orch__lua_to_json(L, -1, 16, msg, sizeof msg);
-  if (!t || !json_is_array(t)) {
-    json_decref(t);
-    rc = orch__err(err, errlen, ORCH_ESCRIPT,
-                   "gap.parse returned no list of tasks%s%s", t ? "" : ": ",
-                   t ? "" : msg);
-    goto done;
-  }
-  *tasks = t;
+  *tasks = json_incref(t);
 done:
-  orch__lua_close(L);
+  json_decref(arg);
+  json_decref(out);
+  orch__lstate_free(ls);
+  orch__policy_free(own);
   if (cfg == &defaults) orch__config_deinit(&defaults);
   return rc;
 }

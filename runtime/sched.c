@@ -126,7 +126,7 @@ static void reward(orch__run *r, uint32_t v) {
   memset(&rec, 0, sizeof rec);
   rec.type = ORCH__REC_REWARD;
   rec.u.reward.task_id = rt->session_id;
-  rec.u.reward.step_number = (int32_t)v;
+  rec.u.reward.step_number = (int32_t)(rt->step_base + v);
   rec.u.reward.step_type = k->name;
   rec.u.reward.target_file = nw ? paths[0] : NULL;
   rec.u.reward.execution_result = orch_status_name(s->status);
@@ -171,6 +171,22 @@ static void record_session(orch__run *r, const char *status, char *steps) {
   rec.u.session.model_tier = json_is_string(tier) ? json_string_value(tier) : NULL;
   rec.u.session.status = status;
   rec.u.session.steps_json = steps;
+  /* Tokens over the steps that report usage (llm steps). */
+  int64_t total = 0;
+  for (int k = 0; k < ORCH__NKINDS; k++) {
+    const orch__kind *kd = orch__kinds[k];
+    if (!kd || !kd->usage || !r->g->nkind[k]) continue;
+    for (size_t i = 0; i < r->g->n; i++) {
+      const orch__step *st = &r->g->steps[i];
+      if (st->kind != k || st->status < ORCH_PASSED) continue;
+      int64_t tin = -1, tout = -1;
+      double cost = -1;
+      kd->usage(st, &tin, &tout, &cost);
+      if (tin > 0) total += tin;
+      if (tout > 0) total += tout;
+    }
+  }
+  rec.u.session.total_tokens = total;
   orch__store_put(rt->store, &rec);
 }
 

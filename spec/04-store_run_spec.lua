@@ -139,3 +139,45 @@ describe("two runs at once on one SQLite database", function()
     end
   end)
 end)
+
+describe("every finished step", function()
+  local function sql(path, q)
+    local p = io.popen("sqlite3 " .. path .. " " .. h.sh_quote(q))
+    local out = p:read("a")
+    p:close()
+    return out
+  end
+
+  it("gets a reward from rewards/step.lua, with its content hash", function()
+    local dir = h.tmpdir()
+    local code = h.cli("run --db sqlite:" .. dir .. "/r.db " .. h.plan({
+      { id = "ok", kind = "shell", run = "true" },
+      { id = "bad", kind = "shell", run = "exit 4" },
+    }))
+    assert.are.equal(1, code)
+    local rows = sql(dir .. "/r.db",
+      "select execution_result, implicit_reward, length(step_content_hash) from jr_step_rewards order by step_number")
+    local lines = {}
+    for l in rows:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.are.equal(2, #lines)
+    local r1, v1, h1 = lines[1]:match("^(%w+)|([%-%d%.e]+)|(%d+)$")
+    local r2, v2 = lines[2]:match("^(%w+)|([%-%d%.e]+)|")
+    assert.are.equal("passed", r1)
+    assert.are.equal("failed", r2)
+    assert.is_true(tonumber(v1) > tonumber(v2))
+    assert.are.equal("64", h1)
+  end)
+
+  it("that failed its reward script has the error recorded, not a number", function()
+    local dir = h.tmpdir()
+    os.execute("cp -r scripts " .. dir .. "/scripts")
+    local f = io.open(dir .. "/scripts/rewards/step.lua", "w")
+    f:write("local M = {}\nfunction M.reward(s) return 0/0 end\nreturn M\n")
+    f:close()
+    local conf = h.write('return { scripts_dir = "' .. dir .. '/scripts" }', ".lua")
+    h.cli("run --config " .. conf .. " --db sqlite:" .. dir .. "/r.db " .. h.plan({
+      { id = "ok", kind = "shell", run = "true" } }))
+    local out = sql(dir .. "/r.db", "select coalesce(implicit_reward, 'null'), error_detail from jr_step_rewards")
+    assert.matches("^null|reward: .*step.lua.*NaN", out)
+  end)
+end)

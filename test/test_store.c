@@ -168,11 +168,21 @@ TEST(store_rejects_bad_addresses_and_records) {
   ASSERT_EQ(orch__store_put(s, &r), ORCH_OK);
   r = step_rec(sid, NULL, 0, "passed", NULL);
   ASSERT_EQ(orch__store_put(s, &r), ORCH_EINVAL);
-  /* a second store on the same spool is refused, not corrupted */
-  orch__store *s2 = NULL;
-  ASSERT_EQ(orch__store_open(&s2, url, NULL, err, sizeof err), ORCH_ESTATE);
-  ASSERT_CONTAINS(err, "in use");
+  /* a second store on the same database takes a spool of its own... */
+  orch__store *s2 = NULL, *s3 = NULL;
+  int rc2 = orch__store_open(&s2, url, NULL, err, sizeof err);
+  /* ...but a spool named explicitly and in use is refused, not corrupted */
+  char spool[600];
+  snprintf(spool, sizeof spool, "%s/r.db.spool", d);
+  orch__store_opts o = {0};
+  o.spool_path = spool;
+  int rc3 = orch__store_open(&s3, url, &o, err, sizeof err);
+  orch__store_close(s3);
+  orch__store_close(s2);
   orch__store_close(s);
+  ASSERT_EQ(rc2, ORCH_OK);
+  ASSERT_EQ(rc3, ORCH_ESTATE);
+  ASSERT_CONTAINS(err, "in use");
   rm_rf(d);
   free(d);
 }
