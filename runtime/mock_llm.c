@@ -1569,7 +1569,7 @@ ORCH_API int orch_mock_start(orch_mock **out /* OUT */, const char *host,
   if (!out) return ORCH_EINVAL;
   *out = NULL;
   if (port < 0 || port > 65535) {
-    set_err(err, errlen, "mock-llm: port %d out of range", port);
+    set_err(err, errlen, "port %d out of range", port);
     return ORCH_EINVAL;
   }
   if (!host || !*host || strcmp(host, "localhost") == 0) host = "127.0.0.1";
@@ -1586,7 +1586,7 @@ ORCH_API int orch_mock_start(orch_mock **out /* OUT */, const char *host,
     sl = sizeof *a6;
   } else {
     set_err(err, errlen,
-            "mock-llm: host '%s' is not an IP address (or localhost)", host);
+            "host '%s' is not an IP address (or localhost)", host);
     return ORCH_EINVAL;
   }
   m = calloc(1, sizeof *m);
@@ -1601,7 +1601,7 @@ ORCH_API int orch_mock_start(orch_mock **out /* OUT */, const char *host,
   if (fd < 0 ||
       setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
       bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 4096) != 0) {
-    set_err(err, errlen, "mock-llm: cannot listen on %s:%d: %s", host, port,
+    set_err(err, errlen, "cannot listen on %s:%d: %s", host, port,
             strerror(errno));
     rc = ORCH_EIO;
     goto done;
@@ -1625,7 +1625,7 @@ ORCH_API int orch_mock_start(orch_mock **out /* OUT */, const char *host,
     int lfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (lp->wake_fd < 0 || lfd < 0) {
       if (lfd >= 0) close(lfd);
-      set_err(err, errlen, "mock-llm: %s", strerror(errno));
+      set_err(err, errlen, "%s", strerror(errno));
       rc = ORCH_EIO;
       goto done;
     }
@@ -1639,17 +1639,18 @@ ORCH_API int orch_mock_start(orch_mock **out /* OUT */, const char *host,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)8192,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, m, MHD_OPTION_END);
     if (!lp->daemon) {
-      set_err(err, errlen, "mock-llm: cannot start the HTTP server on %s:%d",
+      set_err(err, errlen, "cannot start the HTTP server on %s:%d",
               host, m->port);
       rc = ORCH_EIO;
       goto done;
     }
     if (pthread_create(&lp->thread, NULL, loop_main, lp) != 0) {
-      set_err(err, errlen, "mock-llm: cannot start a server thread");
+      set_err(err, errlen, "cannot start a server thread");
       rc = ORCH_ENOMEM;
       goto done;
     }
     lp->started = true;
+    pthread_setname_np(lp->thread, "orch-mock");
   }
   *out = m;
   m = NULL;
