@@ -389,7 +389,7 @@ static bool parse_item(fault *f, const char *s, size_t n, char *err,
   trim(&name, &nn);
   if (val) trim(&val, &vn);
   int v = 0;
-  bool is_429 = false, is_ff = false;
+  bool is_status = false, is_ff = false;
   if (is_word(name, nn, "latency")) {
     if (!val || !parse_int(val, vn, 0, MAX_WAIT_MS, &f->latency_ms)) goto bad;
   } else if (is_word(name, nn, "slow-stream")) {
@@ -409,10 +409,11 @@ static bool parse_item(fault *f, const char *s, size_t n, char *err,
   } else if (is_word(name, nn, "429-quota") && !val) {
     f->status = 429;
     f->quota = true;
+    is_status = true;
   } else if (!val && parse_int(name, nn, 400, 599, &v)) {
     f->status = v;
     f->quota = false;
-    is_429 = v == 429;
+    is_status = true;
   } else {
     goto bad;
   }
@@ -428,10 +429,10 @@ static bool parse_item(fault *f, const char *s, size_t n, char *err,
     size_t kn = (size_t)(peq - p), pvn = pn - kn - 1;
     trim(&k, &kn);
     trim(&pv, &pvn);
-    if (is_429 && is_word(k, kn, "retry-after")) {
+    if (is_status && is_word(k, kn, "retry-after")) {
       if (is_word(pv, pvn, "none")) f->retry_after_s = -2;
       else if (!parse_int(pv, pvn, 0, 86400, &f->retry_after_s)) goto badparam;
-    } else if (is_429 && is_word(k, kn, "retry-after-ms")) {
+    } else if (is_status && is_word(k, kn, "retry-after-ms")) {
       if (is_word(pv, pvn, "none")) f->retry_after_ms = -2;
       else if (!parse_int(pv, pvn, 0, 86400000, &f->retry_after_ms))
         goto badparam;
@@ -1116,7 +1117,10 @@ static enum MHD_Result queue_buf(struct MHD_Connection *c, int status,
     return MHD_NO;
   }
   MHD_add_response_header(resp, "Content-Type", ctype);
-  if (f && status == 429 && !f->quota) {
+  /* retry headers: by default on a 429 that is not about the quota; on
+   * any error status whose fault item set them */
+  bool given = f && (f->retry_after_s >= 0 || f->retry_after_ms >= 0);
+  if (f && status >= 400 && ((status == 429 && !f->quota) || given)) {
     char v[32];
     int s = f->retry_after_s, ms = f->retry_after_ms;
     if (s == -1) s = ms >= 0 ? (ms + 999) / 1000 : 1;

@@ -977,3 +977,19 @@ TEST(mock_takes_a_one_mebibyte_prompt) {
   resp_free(&r);
   orch_mock_free(m);
 }
+
+TEST(mock_sends_retry_headers_on_other_statuses_when_asked) {
+  orch_mock *m = start();
+  ASSERT(m);
+  resp r;
+  ask(orch_mock_port(m), 0, "gpt-x", "hi", 0, "503;retry-after=2", 0, &r);
+  ASSERT_EQ(r.status, 503);
+  ASSERT(has_header(&r, "Retry-After: 2\r\n"));
+  ASSERT(has_header(&r, "retry-after-ms: 2000\r\n"));
+  resp_free(&r);
+  ask(orch_mock_port(m), 1, "claude-x", "hi", 0, "529", 0, &r);
+  ASSERT_EQ(r.status, 529);
+  ASSERT(!has_header(&r, "retry-after"));
+  resp_free(&r);
+  orch_mock_free(m);
+}
