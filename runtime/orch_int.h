@@ -242,6 +242,8 @@ int orch__pool_post(orch__pool *p, orch__job_fn fn, void *arg,
 /* The worker's sandboxed Lua state for lua steps and hooks, created on
  * first use; NULL with a message in err when it cannot be. */
 lua_State *orch__worker_lua(orch__worker *w, char *err, size_t errlen);
+/* The worker's policy state (scripts loaded), NULL without an engine. */
+struct orch__lstate *orch__worker_lstate(orch__worker *w);
 /* Jobs waiting (for status and tests). */
 size_t orch__pool_queued(orch__pool *p);
 int orch__worker_index(const orch__worker *w);
@@ -339,6 +341,98 @@ json_t *orch__lua_to_json(lua_State *L, int idx, int max_depth, char *err,
 /* Pushes a JSON value as a Lua value (null becomes nil in tables is
  * avoided: it becomes json.null lightuserdata). */
 void orch__lua_push_json(lua_State *L, const json_t *v);
+
+/* ---- policy.c: the engine (scripts, per-worker states, reload) ------- */
+
+/* The engine owns the published scripts: an immutable snapshot of
+ * {module name -> source} and its generation (1 after the first load, +1 on
+ * every reload that passed its check). Module names come from the files:
+ * scripts_dir/routing/complexity.lua is "routing.complexity". */
+typedef struct orch__policy orch__policy;
+/* One worker's Lua state with the scripts loaded. Owned and used by one
+ * thread at a time; nothing in it crosses threads. */
+typedef struct orch__lstate orch__lstate;
+
+/* Loads and checks every module under cfg->scripts_dir (generation 1). A
+ * missing directory is not an error: no modules, every call falls back. A
+ * module that fails its check is left out, logged and kept as last error. */
+int orch__policy_new(orch__policy **out /* OUT */, const orch__config *cfg,
+                     char *err, size_t errlen);
+/* Call orch__policy_unwatch first when watched. */
+void orch__policy_free(orch__policy *p);
+/* Loop thread: watches the directory and its subdirectories; a change is
+ * checked on the engine's own checker thread ~20 ms later and published
+ * when it passes. Missing directory: ORCH_OK, nothing watched. */
+int orch__policy_watch(orch__policy *p, uv_loop_t *loop);
+/* Loop thread, before the loop stops: closes the watches (their close
+ * callbacks run on the loop's next iteration) and joins the checker. */
+void orch__policy_unwatch(orch__policy *p);
+/* Rescans now, synchronously (any thread): a reload without the watch. */
+int orch__policy_rescan(orch__policy *p);
+unsigned orch__policy_generation(const orch__policy *p);
+/* Copies the standing reload error ("file:line: message", "" when every
+ * file on disk is serving) into buf; returns the serving generation. */
+unsigned orch__policy_last_error(orch__policy *p, char *buf, size_t buflen);
+/* Space-separated names of the serving modules; returns their count. */
+size_t orch__policy_modules(orch__policy *p, char *buf, size_t buflen);
+
+orch__lstate *orch__lstate_new(orch__policy *p, char *err, size_t errlen);
+void orch__lstate_free(orch__lstate *s);
+/* At a step boundary (never mid-step): when a new generation was
+ * published, drops this state's modules and loads the new ones. Returns
+ * true when it switched. The lua_State normally stays the same, but re-read
+ * orch__lstate_L() after a sync (it is replaced if the old one could not
+ * even allocate two tables). */
+bool orch__lstate_sync(orch__lstate *s);
+unsigned orch__lstate_generation(const orch__lstate *s);
+/* The state for lua steps: same sandbox; require() sees the scripts. */
+lua_State *orch__lstate_L(orch__lstate *s);
+
+/* Calls module.fn(arg as a table) under the instruction budget and memory
+ * cap. Errors (the state stays usable): ORCH_ENOTFOUND (no such module or
+ * function: use the documented fallback), ORCH_ELIMIT ("file:line:
+ * instruction budget exceeded (N instructions) in group.reward()",
+ * "file: memory cap exceeded (N bytes) in ..."), ORCH_ESCRIPT (the script's
+ * "file:line: message (in group.reward())"). *out is a new reference; a nil
+ * result is json null. arg may be NULL (no argument). */
+int orch__policy_call(orch__lstate *s, const char *module, const char *fn,
+                      json_t *arg, json_t **out /* OUT */, char *err,
+                      size_t errlen);
+/* Rewards: the result must be a finite number; nil, NaN, inf, -inf, a
+ * string... is ORCH_ESCRIPT "file: group.reward() returned NaN, expected a
+ * finite number". */
+int orch__policy_call_number(orch__lstate *s, const char *module,
+                             const char *fn, json_t *arg,
+                             double *out /* OUT */, char *err,
+                             size_t errlen);
+/* A finite number or a table of them ({se=0.67} or {0.1, -0.2}) as JSON;
+ * any other value is ORCH_ESCRIPT naming the key. */
+int orch__policy_call_numbers(orch__lstate *s, const char *module,
+                              const char *fn, json_t *arg,
+                              json_t **out /* OUT */, char *err,
+                              size_t errlen);
+/* Limits (agents.parallel_limit): a number >= 0, math.huge (unlimited)
+ * comes back as INFINITY; `nil, "message"` is ORCH_ESCRIPT with the
+ * message (the core keeps its own limit). */
+int orch__policy_call_limit(orch__lstate *s, const char *module,
+                            const char *fn, json_t *arg,
+                            double *out /* OUT */, char *err, size_t errlen);
+/* The result must be a string (routing: a tier name) shorter than outlen. */
+int orch__policy_call_string(orch__lstate *s, const char *module,
+                             const char *fn, json_t *arg, char *out,
+                             size_t outlen, char *err, size_t errlen);
+/* Fast path (no JSON): calls module.fn{keys[i] = vals[i]} (NULL values are
+ * left out) and takes a string result, as orch__policy_call_string. The
+ * function is resolved once per generation and cached. */
+int orch__policy_call_fields(orch__lstate *s, const char *module,
+                             const char *fn, const char *const *keys,
+                             const char *const *vals, size_t n, char *out,
+                             size_t outlen, char *err, size_t errlen);
+/* Loads a text chunk into a state from orch__lua_new_sandbox or an lstate
+ * with a fresh sandbox environment as _ENV; pushes the function (run it
+ * with orch__lua_pcall). Messages name the chunk as "name:line:". */
+int orch__lua_load(lua_State *L, const char *buf, size_t len,
+                   const char *name, char *err, size_t errlen);
 
 /* ---- store.c, store_pg.c, store_sqlite.c: the record store ----------
  * (section owned by the store; see docs/store.md)

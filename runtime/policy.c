@@ -1,125 +1,2230 @@
-/* policy.c provides the Lua sandbox the core runs scripts in: a state with
- * an allow-list of libraries, a capped allocator, and a protected call with
- * a traceback and an instruction budget. (The full policy engine, with
- * hooks and hot reload, grows here.) Uses Lua 5.4. */
+/* policy.c: the Lua policy engine. It loads the operator's scripts
+ * (scripts/routing, rewards, policies) into sandboxed Lua states, calls their
+ * hooks under an instruction budget and a memory cap, and reloads them while
+ * the runtime runs: a changed file is compiled and self-checked in a fresh
+ * state on a checker thread, and only a version that passed is published as a
+ * new generation, which each worker state picks up at its next step boundary.
+ * Uses Lua 5.4, libuv (file watches), jansson (via json.c) and libcrypto. */
 #include "orch_int.h"
 
+#include <assert.h>
+#include <dirent.h>
+#include <errno.h>
 #include <lauxlib.h>
 #include <lualib.h>
+#include <math.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 
-typedef struct {
-  size_t used, max;
-  long budget; /* instructions per call */
-} sandbox_info;
+#define DEFAULT_BUDGET_K 10000            /* 10M instructions per call */
+#define DEFAULT_MEM_MAX (64u * 1024 * 1024)
+#define SCRIPT_MAX_BYTES (1u << 20)       /* one script file */
+#define JSON_MAX_DEPTH 64                 /* json.encode nesting */
+#define RELOAD_DEBOUNCE_MS 20
+#define FN_CACHE_MAX 16
 
-static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-  sandbox_info *si = ud;
-  if (!ptr) osize = 0;
+/* ---- snapshots: an immutable, refcounted set of module sources --------- */
+
+typedef struct pmod {
+  char *name;  /* "routing.complexity" */
+  char *path;  /* as shown to operators: "scripts/routing/complexity.lua" */
+  char *chunk; /* "@..." chunk name, short enough for Lua's LUA_IDSIZE */
+  char *short_name; /* "complexity": names the hook in messages */
+  char *src;
+  size_t len;
+} pmod;
+
+typedef struct psnap {
+  atomic_int refs;
+  unsigned gen;
+  size_t n;
+  pmod *mods; /* sorted by name */
+} psnap;
+
+static void pmod_deinit(pmod *m) {
+  free(m->name);
+  free(m->path);
+  free(m->chunk);
+  free(m->short_name);
+  free(m->src);
+}
+
+static int pmod_copy(pmod *dst, const pmod *src) {
+  memset(dst, 0, sizeof *dst);
+  dst->name = strdup(src->name);
+  dst->path = strdup(src->path);
+  dst->chunk = strdup(src->chunk);
+  dst->short_name = strdup(src->short_name);
+  dst->src = malloc(src->len + 1);
+  if (!dst->name || !dst->path || !dst->chunk || !dst->short_name ||
+      !dst->src) {
+    pmod_deinit(dst);
+    return ORCH_ENOMEM;
+  }
+  memcpy(dst->src, src->src, src->len + 1);
+  dst->len = src->len;
+  return ORCH_OK;
+}
+
+static void snap_unref(psnap *s) {
+  if (!s || atomic_fetch_sub(&s->refs, 1) != 1) return;
+  for (size_t i = 0; i < s->n; i++) pmod_deinit(&s->mods[i]);
+  free(s->mods);
+  free(s);
+}
+
+static psnap *snap_ref(psnap *s) {
+  if (s) atomic_fetch_add(&s->refs, 1);
+  return s;
+}
+
+static psnap *snap_empty(void) {
+  psnap *s = calloc(1, sizeof *s);
+  if (s) atomic_init(&s->refs, 1);
+  return s;
+}
+
+static const pmod *snap_find(const psnap *s, const char *name) {
+  if (!s) return NULL;
+  size_t lo = 0, hi = s->n;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    int c = strcmp(name, s->mods[mid].name);
+    if (c == 0) return &s->mods[mid];
+    if (c < 0) hi = mid;
+    else lo = mid + 1;
+  }
+  return NULL;
+}
+
+/* A copy of base where module `name` is replaced by m (added when absent),
+ * or removed when m is NULL. NULL on allocation failure. */
+static psnap *snap_with(const psnap *base, const char *name, const pmod *m) {
+  psnap *s = snap_empty();
+  if (!s) return NULL;
+  s->mods = calloc(base->n + 1, sizeof *s->mods);
+  if (!s->mods) goto fail;
+  bool placed = false;
+  for (size_t i = 0; i <= base->n; i++) {
+    const pmod *b = i < base->n ? &base->mods[i] : NULL;
+    int c = b ? strcmp(name, b->name) : -1;
+    if (!placed && c <= 0) {
+      placed = true;
+      if (m && pmod_copy(&s->mods[s->n++], m)) { s->n--; goto fail; }
+      if (c == 0) continue; /* replaced (or removed) */
+    }
+    if (b && pmod_copy(&s->mods[s->n++], b)) { s->n--; goto fail; }
+  }
+  return s;
+fail:
+  snap_unref(s);
+  return NULL;
+}
+
+static bool pmod_same(const pmod *a, const pmod *b) {
+  if (!a || !b) return a == b;
+  return a->len == b->len && memcmp(a->src, b->src, a->len) == 0;
+}
+
+/* ---- the sandbox: per-state limits, allocator, budget hook ------------- */
+
+/* Lives in the state's extra space. The allocator and the hook read it. */
+typedef struct sbx {
+  size_t used, max;     /* bytes allocated by Lua / the cap */
+  bool mem_tripped;     /* an allocation was refused since the call began */
+  int budget;           /* instructions per call */
+  int depth;            /* nested protected calls; the budget arms at 0 */
+  bool budget_tripped;
+  int trip_line;
+  char trip_src[LUA_IDSIZE];
+  const psnap *snap;    /* modules `require` can load (borrowed; may be NULL) */
+} sbx;
+
+static sbx *SBX(lua_State *L) { return *(sbx **)lua_getextraspace(L); }
+
+static void *sbx_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+
+/* Is L one of ours (made by state_new)? The entry points the core calls
+ * accept other states too, without limits. */
+static bool is_sandbox(lua_State *L) {
+  void *ud;
+  return lua_getallocf(L, &ud) == sbx_alloc;
+}
+
+/* Shaped like l_alloc in lauxlib.c, with a cap: an allocation that would take
+ * the state past max fails, which Lua turns into a memory error (after an
+ * emergency collection). Frees and shrinks always succeed. */
+static void *sbx_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  sbx *x = ud;
+  if (!ptr) osize = 0; /* osize then encodes the object type */
   if (nsize == 0) {
     free(ptr);
-    si->used -= osize;
+    x->used -= osize;
     return NULL;
   }
-  if (nsize > osize && si->used + (nsize - osize) > si->max) return NULL;
-  void *p = realloc(ptr, nsize);
-  if (p) si->used = si->used - osize + nsize;
-  return p;
-}
-
-static sandbox_info *info_of(lua_State *L) {
-  void *ud;
-  lua_getallocf(L, &ud);
-  return ud;
-}
-
-lua_State *orch__lua_new_sandbox(const orch__config *cfg, char *err,
-                                 size_t errlen) {
-  sandbox_info *si = calloc(1, sizeof *si);
-  if (!si) return NULL;
-  si->max = cfg->lua_mem_max;
-  si->budget = (long)cfg->lua_budget * 1000;
-  lua_State *L = lua_newstate(capped_alloc, si);
-  if (!L) {
-    free(si);
-    orch__err(err, errlen, ORCH_ENOMEM, "cannot create a Lua state");
+  if (nsize > osize && nsize - osize > x->max - x->used) {
+    x->mem_tripped = true;
     return NULL;
   }
-  luaL_requiref(L, "_G", luaopen_base, 1);
-  luaL_requiref(L, "string", luaopen_string, 1);
-  luaL_requiref(L, "table", luaopen_table, 1);
-  luaL_requiref(L, "math", luaopen_math, 1);
-  luaL_requiref(L, "utf8", luaopen_utf8, 1);
-  luaL_requiref(L, "os", luaopen_os, 0);
-  lua_settop(L, 0);
-  /* os: only the clock functions. */
-  lua_createtable(L, 0, 3);
-  static const char *const osok[] = {"time", "clock", "date"};
-  lua_getglobal(L, "_G");
-  lua_pop(L, 1);
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_getfield(L, -1, "os");
-  for (size_t i = 0; i < ORCH__ARRAY_LEN(osok); i++) {
-    lua_getfield(L, -1, osok[i]);
-    lua_setfield(L, 1, osok[i]);
+  void *np = realloc(ptr, nsize);
+  if (np) x->used = x->used - osize + nsize;
+  else if (nsize > osize) x->mem_tripped = true;
+  return np;
+}
+
+static int sbx_panic(lua_State *L) {
+  const char *m = lua_tostring(L, -1);
+  fprintf(stderr, "orchestrate: unprotected Lua error: %s\n",
+          m ? m : "(not a string)");
+  return 0; /* Lua aborts */
+}
+
+/* Once the budget is spent, the hook re-arms itself on every instruction and
+ * line, so a pcall inside the script cannot swallow the stop (as Redis does):
+ * every instruction the handler runs raises again until the error leaves the
+ * script. */
+static void budget_hook(lua_State *L, lua_Debug *ar) {
+  sbx *x = SBX(L);
+  if (!x->budget_tripped) {
+    x->budget_tripped = true;
+    x->trip_line = -1;
+    x->trip_src[0] = '\0';
+    if (lua_getinfo(L, "Sl", ar)) {
+      x->trip_line = ar->currentline;
+      snprintf(x->trip_src, sizeof x->trip_src, "%s", ar->short_src);
+    }
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
   }
-  lua_pop(L, 2);
-  lua_setglobal(L, "os");
-  static const char *const unsafe[] = {"dofile", "loadfile", "require",
-                                       "collectgarbage", "load"};
-  for (size_t i = 0; i < ORCH__ARRAY_LEN(unsafe); i++) {
+  luaL_error(L, "instruction budget exceeded (%d instructions)", x->budget);
+}
+
+static void call_begin(lua_State *L) {
+  sbx *x = SBX(L);
+  if (x->depth++ == 0) {
+    x->budget_tripped = false;
+    x->mem_tripped = false;
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, x->budget);
+  }
+}
+
+static void call_end(lua_State *L) {
+  sbx *x = SBX(L);
+  if (--x->depth == 0) {
+    lua_sethook(L, NULL, 0, 0);
+    x->budget_tripped = false;
+  }
+}
+
+/* Registry keys (their addresses; not const, so never merged). */
+static char K_TEMPLATE; /* the allow-list: name -> value */
+static char K_INNER_MT; /* metatable of an env's inner table */
+static char K_ENVS;     /* weak set of env tables (for rawset) */
+static char K_LOADED;   /* module name -> module table */
+static char K_PROXIES;  /* module name -> read-only proxy */
+static char K_LOADING;  /* sentinel while a module loads */
+static char K_BOX_MT;   /* metatable of boxed C buffers */
+
+/* ---- allow-listed functions that differ from the stock ones ------------ */
+
+static void log_line(const char *msg) {
+  fprintf(stderr, "orchestrate: script: %s\n", msg);
+}
+
+static int l_log(lua_State *L) {
+  luaL_Buffer b;
+  int n = lua_gettop(L);
+  luaL_buffinit(L, &b);
+  for (int i = 1; i <= n; i++) {
+    if (i > 1) luaL_addchar(&b, '\t');
+    luaL_tolstring(L, i, NULL);
+    luaL_addvalue(&b);
+  }
+  luaL_pushresult(&b);
+  log_line(lua_tostring(L, -1));
+  return 0;
+}
+
+static int l_now_ms(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  lua_pushinteger(L, (lua_Integer)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+  return 1;
+}
+
+static int l_sha256(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int mdlen = 0;
+  if (!EVP_Digest(s, n, md, &mdlen, EVP_sha256(), NULL))
+    return luaL_error(L, "orch.sha256: digest failed");
+  char hex[2 * EVP_MAX_MD_SIZE + 1];
+  for (unsigned i = 0; i < mdlen; i++)
+    snprintf(hex + 2 * i, 3, "%02x", md[i]);
+  lua_pushlstring(L, hex, 2 * (size_t)mdlen);
+  return 1;
+}
+
+/* getmetatable on tables only: no way to the string metatable. */
+static int l_getmetatable(lua_State *L) {
+  luaL_checkany(L, 1);
+  if (lua_type(L, 1) != LUA_TTABLE || !lua_getmetatable(L, 1)) {
     lua_pushnil(L);
-    lua_setglobal(L, unsafe[i]);
+    return 1;
   }
-  lua_getglobal(L, "string");
-  lua_pushnil(L);
-  lua_setfield(L, -2, "dump");
+  if (lua_getfield(L, -1, "__metatable") != LUA_TNIL) return 1;
   lua_pop(L, 1);
+  return 1;
+}
+
+/* setmetatable without __gc: a finalizer would run outside any budget. */
+static int l_setmetatable(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  int t = lua_type(L, 2);
+  luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
+  if (t == LUA_TTABLE && lua_getfield(L, 2, "__gc") != LUA_TNIL)
+    return luaL_error(L, "setmetatable: __gc metamethods are not allowed "
+                         "in scripts");
+  lua_settop(L, 2);
+  if (lua_getmetatable(L, 1)) {
+    if (lua_getfield(L, -1, "__metatable") != LUA_TNIL)
+      return luaL_error(L, "cannot change a protected metatable");
+    lua_pop(L, 2);
+  }
+  lua_setmetatable(L, 1);
+  return 1;
+}
+
+static bool is_env(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_ENVS);
+  lua_pushvalue(L, idx);
+  bool r = lua_rawget(L, -2) != LUA_TNIL;
+  lua_pop(L, 2);
+  return r;
+}
+
+static int l_rawset(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checkany(L, 2);
+  luaL_checkany(L, 3);
+  if (is_env(L, 1))
+    return luaL_error(L, "script attempted to write the global table "
+                         "(keep state in locals or module tables)");
+  lua_settop(L, 3);
+  lua_rawset(L, 1);
+  return 1;
+}
+
+/* xpcall whose handler is skipped once the budget is spent. Lua runs a
+ * message handler before unwinding, and when the error came from a hook it
+ * runs it with hooks still disabled (lua_Debug's allowhook is restored only
+ * by the catching pcall): `xpcall(loop, function() while true do end end)`
+ * would then spin forever. With this wrapper the spent budget's message
+ * goes through unchanged. */
+static int xp_msgh(lua_State *L) {
+  if (SBX(L)->budget_tripped) return 1;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
+static int l_xpcall(lua_State *L) {
+  int n = lua_gettop(L);
+  luaL_checkany(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_pushvalue(L, 2);
+  lua_pushcclosure(L, xp_msgh, 1);   /* f h a... M */
+  lua_replace(L, 2);                 /* f M a... */
+  lua_pushboolean(L, 1);
+  lua_pushvalue(L, 1);               /* f M a... true f */
+  lua_rotate(L, 3, 2);               /* f M true f a... */
+  if (lua_pcall(L, n - 2, LUA_MULTRET, 2) != LUA_OK) {
+    lua_pushboolean(L, 0);
+    lua_pushvalue(L, -2);
+    return 2;
+  }
+  return lua_gettop(L) - 2;
+}
+
+static int env_index(lua_State *L) {
+  const char *k = lua_tostring(L, 2);
+  return luaL_error(L, "script attempted to access nonexistent global "
+                       "variable '%s'", k ? k : luaL_typename(L, 2));
+}
+
+/* Writes to a global table raise when any Lua code is running; C code of
+ * the core (lua_setglobal before a chunk runs) may still set globals. */
+static int env_newindex(lua_State *L) {
+  lua_Debug ar;
+  for (int lv = 1; lua_getstack(L, lv, &ar); lv++) {
+    if (lua_getinfo(L, "S", &ar) && ar.what[0] != 'C') {
+      const char *k = lua_tostring(L, 2);
+      return luaL_error(L, "script attempted to create global variable "
+                           "'%s' (keep state in locals or module tables)",
+                        k ? k : luaL_typename(L, 2));
+    }
+  }
+  lua_settop(L, 3);
+  lua_rawset(L, 1);
+  return 0;
+}
+
+/* __index of the os and string tables: names what is not there. */
+static int lib_deny(lua_State *L) {
+  const char *k = lua_tostring(L, 2);
+  return luaL_error(L, "'%s.%s' is not available in the script sandbox",
+                    lua_tostring(L, lua_upvalueindex(1)),
+                    k ? k : luaL_typename(L, 2));
+}
+
+static void set_deny_mt(lua_State *L, int idx, const char *lib) {
+  idx = lua_absindex(L, idx);
+  lua_createtable(L, 0, 2);
+  lua_pushstring(L, lib);
+  lua_pushcclosure(L, lib_deny, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_setmetatable(L, idx);
+}
+
+static int proxy_newindex(lua_State *L) {
+  return luaL_error(L, "module tables are read-only outside their module");
+}
+
+/* Pushes a new table holding a private copy of the allow-list (library
+ * tables copied too, so one chunk cannot change what another sees), whose
+ * reads of missing names raise. [-0, +1] */
+static void push_inner(lua_State *L) {
+  lua_newtable(L);                                 /* inner */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_TEMPLATE);  /* inner T */
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {                        /* inner T k v */
+    if (lua_type(L, -1) == LUA_TTABLE) {
+      lua_newtable(L);                             /* ... k v copy */
+      lua_pushnil(L);
+      while (lua_next(L, -3)) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, -4);
+      }
+      if (lua_getmetatable(L, -2)) lua_setmetatable(L, -2);
+      lua_remove(L, -2);                           /* ... k copy */
+    }
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, -5);                             /* inner[k] = v */
+  }
+  lua_pop(L, 1);                                   /* inner */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_INNER_MT);
+  lua_setmetatable(L, -2);
+}
+
+/* Pushes a fresh environment: an empty proxy whose reads go to a new inner
+ * table (push_inner) and whose writes raise. [-0, +1] */
+static void push_env(lua_State *L) {
+  lua_newtable(L);                                 /* E */
+  push_inner(L);                                   /* E inner */
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -2, "_G");                       /* inner._G = E */
+  lua_createtable(L, 0, 3);                        /* E inner mt */
+  lua_insert(L, -2);                               /* E mt inner */
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, env_newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_setmetatable(L, -2);                         /* E */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_ENVS);
+  lua_pushvalue(L, -2);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+/* Loads a text chunk with a fresh environment as its _ENV. [-0, +1] on
+ * success; on failure raises. */
+static void load_chunk(lua_State *L, const char *src, size_t len,
+                       const char *chunkname) {
+  if (len > 0 && src[0] == LUA_SIGNATURE[0])
+    luaL_error(L, "%s: binary chunks are not allowed in scripts",
+               chunkname[0] == '@' || chunkname[0] == '=' ? chunkname + 1
+                                                          : chunkname);
+  if (luaL_loadbufferx(L, src, len, chunkname, "t") != LUA_OK)
+    lua_error(L);
+  push_env(L);
+  if (!lua_setupvalue(L, -2, 1)) lua_pop(L, 1);
+}
+
+/* load(chunk [, name [, mode [, env]]]): text only; without env the chunk
+ * gets a fresh sandbox environment, never the host's globals. */
+static int l_load(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  const char *name = luaL_optstring(L, 2, "=(load)");
+  const char *mode = luaL_optstring(L, 3, "t");
+  if (strchr(mode, 'b') || (len > 0 && s[0] == LUA_SIGNATURE[0])) {
+    luaL_pushfail(L);
+    lua_pushstring(L, "load: binary chunks are not allowed in scripts");
+    return 2;
+  }
+  if (luaL_loadbufferx(L, s, len, name, "t") != LUA_OK) {
+    luaL_pushfail(L);
+    lua_insert(L, -2);
+    return 2;
+  }
+  if (!lua_isnoneornil(L, 4)) {
+    luaL_checktype(L, 4, LUA_TTABLE);
+    lua_pushvalue(L, 4);
+  } else {
+    push_env(L);
+  }
+  if (!lua_setupvalue(L, -2, 1)) lua_pop(L, 1);
+  return 1;
+}
+
+/* Pushes the read-only proxy of the module table at the top (replacing it):
+ * code that requires a module can call it but not rewrite it. */
+static int proxy_next(lua_State *L) {
+  lua_settop(L, 2);
+  if (lua_next(L, 1)) return 2;
+  lua_pushnil(L);
+  return 1;
+}
+
+static int proxy_pairs_fn(lua_State *L) {
+  lua_getmetatable(L, 1);
+  lua_pushcfunction(L, proxy_next);
+  lua_getfield(L, -2, "__index");
+  lua_pushnil(L);
+  return 3;
+}
+
+static int proxy_len(lua_State *L) {
+  lua_getmetatable(L, 1);
+  lua_getfield(L, -1, "__index");
+  lua_pushinteger(L, (lua_Integer)luaL_len(L, -1));
+  return 1;
+}
+
+static int require_module(lua_State *L, const char *name);
+
+static int l_require(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  if (!strcmp(name, "cjson") || !strcmp(name, "json")) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &K_TEMPLATE);
+    lua_getfield(L, -1, "json");
+    return 1;
+  }
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_PROXIES);
+  if (lua_getfield(L, -1, name) == LUA_TTABLE) return 1;
+  lua_pop(L, 2);
+  require_module(L, name);                  /* module */
+  lua_newtable(L);                          /* module proxy */
+  lua_createtable(L, 0, 5);                 /* module proxy mt */
+  lua_pushvalue(L, -3);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, proxy_newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushcfunction(L, proxy_pairs_fn);
+  lua_setfield(L, -2, "__pairs");
+  lua_pushcfunction(L, proxy_len);
+  lua_setfield(L, -2, "__len");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_setmetatable(L, -2);                  /* module proxy */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_PROXIES);
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -2, name);
+  lua_pop(L, 1);
+  return 1;
+}
+
+/* Pushes module `name`'s table, loading it from the state's snapshot (never
+ * from the file system) on first use. Raises on any failure. [-0, +1] */
+static int require_module(lua_State *L, const char *name) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_LOADED);
+  int t = lua_getfield(L, -1, name);
+  if (t == LUA_TTABLE) {
+    lua_remove(L, -2);
+    return 1;
+  }
+  if (t == LUA_TLIGHTUSERDATA)
+    return luaL_error(L, "require: module '%s' requires itself (a cycle)",
+                      name);
+  lua_pop(L, 1);
+  const pmod *m = snap_find(SBX(L)->snap, name);
+  if (!m)
+    return luaL_error(L, "require: no module '%s' (scripts may require only "
+                         "modules under the scripts directory, such as "
+                         "'routing.complexity')", name);
+  lua_pushlightuserdata(L, (void *)&K_LOADING);
+  lua_setfield(L, -2, name);
+  load_chunk(L, m->src, m->len, m->chunk);  /* loaded fn */
+  lua_pushstring(L, name);
+  int st = lua_pcall(L, 1, 1, 0);
+  if (st != LUA_OK || !lua_istable(L, -1)) {
+    lua_pushnil(L);
+    lua_setfield(L, -3, name);
+    if (st != LUA_OK) return lua_error(L);
+    return luaL_error(L, "%s: the module returned %s, not a table", m->path,
+                      luaL_typename(L, -1));
+  }
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, name);                /* loaded module */
+  lua_remove(L, -2);
+  return 1;
+}
+
+/* ---- json: encode into a capped buffer, decode through jansson --------- */
+
+typedef struct box {
+  char *p;
+  size_t len, cap;
+  json_t *j;
+} box;
+
+static int box_gc(lua_State *L) {
+  box *b = lua_touserdata(L, 1);
+  void *ud;
+  lua_Alloc f = lua_getallocf(L, &ud);
+  if (b->p) f(ud, b->p, b->cap, 0);
+  b->p = NULL;
+  if (b->j) json_decref(b->j);
+  b->j = NULL;
+  return 0;
+}
+
+static box *push_box(lua_State *L) {
+  box *b = lua_newuserdatauv(L, sizeof *b, 0);
+  memset(b, 0, sizeof *b);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_BOX_MT);
+  lua_setmetatable(L, -2);
+  return b;
+}
+
+/* Grows through the state's own allocator, so the cap covers it. */
+static void box_add(lua_State *L, box *b, const char *s, size_t n) {
+  if (b->cap - b->len < n) {
+    size_t nc = b->cap ? b->cap : 256;
+    while (nc - b->len < n) nc *= 2;
+    void *ud;
+    lua_Alloc f = lua_getallocf(L, &ud);
+    char *np = f(ud, b->p, b->p ? b->cap : 0, nc);
+    if (!np) luaL_error(L, "json.encode: not enough memory (memory cap)");
+    b->p = np;
+    b->cap = nc;
+  }
+  memcpy(b->p + b->len, s, n);
+  b->len += n;
+}
+
+static void enc_string(lua_State *L, box *b, const char *s, size_t n) {
+  box_add(L, b, "\"", 1);
+  size_t run = 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    box_add(L, b, s + run, i - run);
+    char esc[8];
+    switch (c) {
+      case '"': box_add(L, b, "\\\"", 2); break;
+      case '\\': box_add(L, b, "\\\\", 2); break;
+      case '\n': box_add(L, b, "\\n", 2); break;
+      case '\r': box_add(L, b, "\\r", 2); break;
+      case '\t': box_add(L, b, "\\t", 2); break;
+      default:
+        snprintf(esc, sizeof esc, "\\u%04x", c);
+        box_add(L, b, esc, 6);
+    }
+    run = i + 1;
+  }
+  box_add(L, b, s + run, n - run);
+  box_add(L, b, "\"", 1);
+}
+
+static void enc_value(lua_State *L, box *b, int idx, int depth) {
+  char num[64];
+  idx = lua_absindex(L, idx);
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL: box_add(L, b, "null", 4); return;
+    case LUA_TBOOLEAN:
+      if (lua_toboolean(L, idx)) box_add(L, b, "true", 4);
+      else box_add(L, b, "false", 5);
+      return;
+    case LUA_TLIGHTUSERDATA:
+      if (lua_touserdata(L, idx) == NULL) { box_add(L, b, "null", 4); return; }
+      break;
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, idx)) {
+        snprintf(num, sizeof num, "%lld", (long long)lua_tointeger(L, idx));
+      } else {
+        double d = lua_tonumber(L, idx);
+        if (!isfinite(d))
+          luaL_error(L, "json.encode: cannot encode %s", isnan(d) ? "NaN"
+                                                          : "inf");
+        snprintf(num, sizeof num, "%.15g", d); /* shortest that reads back */
+        if (strtod(num, NULL) != d) snprintf(num, sizeof num, "%.17g", d);
+      }
+      box_add(L, b, num, strlen(num));
+      return;
+    case LUA_TSTRING: {
+      size_t n;
+      const char *s = lua_tolstring(L, idx, &n);
+      enc_string(L, b, s, n);
+      return;
+    }
+    case LUA_TTABLE: {
+      if (depth >= JSON_MAX_DEPTH)
+        luaL_error(L, "json.encode: nesting deeper than %d (a cycle?)",
+                   JSON_MAX_DEPTH);
+      luaL_checkstack(L, 4, "json.encode");
+      lua_Integer count = 0, maxk = 0;
+      bool array = true;
+      lua_pushnil(L);
+      while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        count++;
+        if (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 1) {
+          lua_Integer k = lua_tointeger(L, -1);
+          if (k > maxk) maxk = k;
+        } else {
+          array = false;
+        }
+      }
+      if (array && count > 0 && maxk == count) {
+        box_add(L, b, "[", 1);
+        for (lua_Integer i = 1; i <= count; i++) {
+          if (i > 1) box_add(L, b, ",", 1);
+          lua_rawgeti(L, idx, i);
+          enc_value(L, b, -1, depth + 1);
+          lua_pop(L, 1);
+        }
+        box_add(L, b, "]", 1);
+        return;
+      }
+      box_add(L, b, "{", 1);
+      bool first = true;
+      lua_pushnil(L);
+      while (lua_next(L, idx)) {
+        if (!first) box_add(L, b, ",", 1);
+        first = false;
+        if (lua_type(L, -2) == LUA_TSTRING) {
+          size_t n;
+          const char *k = lua_tolstring(L, -2, &n);
+          enc_string(L, b, k, n);
+        } else if (lua_isinteger(L, -2)) {
+          snprintf(num, sizeof num, "\"%lld\"",
+                   (long long)lua_tointeger(L, -2));
+          box_add(L, b, num, strlen(num));
+        } else {
+          luaL_error(L, "json.encode: cannot encode a %s key",
+                     luaL_typename(L, -2));
+        }
+        box_add(L, b, ":", 1);
+        enc_value(L, b, -1, depth + 1);
+        lua_pop(L, 1);
+      }
+      box_add(L, b, "}", 1);
+      return;
+    }
+    default: break;
+  }
+  luaL_error(L, "json.encode: cannot encode a %s", luaL_typename(L, idx));
+}
+
+static int l_json_encode(lua_State *L) {
+  luaL_checkany(L, 1);
+  lua_settop(L, 1);
+  box *b = push_box(L);
+  enc_value(L, b, 1, 0);
+  lua_pushlstring(L, b->p ? b->p : "", b->len);
+  return 1;
+}
+
+static int l_json_decode(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  box *b = push_box(L);
+  json_error_t e;
+  b->j = json_loadb(s, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
+  if (!b->j)
+    return luaL_error(L, "json.decode: %s (line %d, column %d)", e.text,
+                      e.line, e.column);
+  orch__lua_push_json(L, b->j);
+  json_decref(b->j);
+  b->j = NULL;
+  return 1;
+}
+
+/* ---- building a state -------------------------------------------------- */
+
+static void copy_fields(lua_State *L, int from, int to,
+                        const char *const *names) {
+  for (; *names; names++) {
+    lua_getfield(L, from, *names);
+    lua_setfield(L, to, *names);
+  }
+}
+
+/* Runs protected: opens the libraries the allow-list takes from and builds
+ * the template, the metatables and the module tables. */
+static int setup_state(lua_State *L) {
+  static const char *const base_names[] = {
+      "assert", "error", "ipairs", "next", "pairs", "pcall", "rawequal",
+      "rawget", "rawlen", "select", "tonumber", "tostring", "type",
+      "_VERSION", NULL};
+  static const char *const os_names[] = {"time", "clock", "date", NULL};
+  luaL_requiref(L, LUA_GNAME, luaopen_base, 1);     /* G */
+  luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 0);
+  luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 0);
+  luaL_requiref(L, LUA_MATHLIBNAME, luaopen_math, 0);
+  luaL_requiref(L, LUA_UTF8LIBNAME, luaopen_utf8, 0);
+  luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 0);   /* G s t m u os */
+  /* The real string table is the string metatable's __index: without dump
+   * there, ("").dump is nil too. */
+  lua_pushnil(L);
+  lua_setfield(L, -6, "dump");
+
+  lua_newtable(L);                                  /* ... T */
+  int T = lua_gettop(L);
+  copy_fields(L, 1, T, base_names);
+  static const luaL_Reg own[] = {{"getmetatable", l_getmetatable},
+                                 {"setmetatable", l_setmetatable},
+                                 {"rawset", l_rawset},
+                                 {"xpcall", l_xpcall},
+                                 {"print", l_log},
+                                 {"load", l_load},
+                                 {"require", l_require},
+                                 {NULL, NULL}};
+  luaL_setfuncs(L, own, 0);
+  lua_pushvalue(L, 2);
+  lua_setfield(L, T, "string");
+  lua_pushvalue(L, 3);
+  lua_setfield(L, T, "table");
+  lua_pushvalue(L, 4);
+  lua_setfield(L, T, "math");
+  lua_pushvalue(L, 5);
+  lua_setfield(L, T, "utf8");
+  lua_newtable(L);
+  copy_fields(L, 6, lua_gettop(L), os_names);
+  set_deny_mt(L, -1, "os");
+  lua_setfield(L, T, "os");
+  set_deny_mt(L, 2, "string");
+  static const luaL_Reg jsonf[] = {{"encode", l_json_encode},
+                                   {"decode", l_json_decode},
+                                   {NULL, NULL}};
+  luaL_newlib(L, jsonf);
+  lua_pushlightuserdata(L, NULL);
+  lua_setfield(L, -2, "null");
+  lua_setfield(L, T, "json");
+  static const luaL_Reg orchf[] = {{"log", l_log},
+                                   {"now_ms", l_now_ms},
+                                   {"sha256", l_sha256},
+                                   {NULL, NULL}};
+  luaL_newlib(L, orchf);
+  lua_setfield(L, T, "orch");
+  lua_pushvalue(L, T);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &K_TEMPLATE);
+  lua_settop(L, 0);
+
+  lua_createtable(L, 0, 2);
+  lua_pushcfunction(L, env_index);
+  lua_setfield(L, -2, "__index");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &K_INNER_MT);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &K_ENVS);
+  lua_newtable(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &K_LOADED);
+  lua_newtable(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &K_PROXIES);
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, box_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &K_BOX_MT);
+  /* The host's global table, which chunks loaded with a plain
+   * luaL_loadbuffer see, is a sandbox environment too: the allow-list,
+   * nonexistent names raise, and writes from Lua raise (C may still set
+   * globals before a chunk runs). */
+  push_env(L);
+  lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  return 0;
+}
+
+static int limits_budget(int budget_k) {
+  long long b = budget_k > 0 ? (long long)budget_k * 1000
+                             : (long long)DEFAULT_BUDGET_K * 1000;
+  return b > 0x7fffffff ? 0x7fffffff : (int)b;
+}
+
+static lua_State *state_new(int budget_k, size_t mem_max, const psnap *snap,
+                            char *err, size_t errlen) {
+  sbx *x = calloc(1, sizeof *x);
+  if (!x) {
+    orch__err(err, errlen, ORCH_ENOMEM, "out of memory");
+    return NULL;
+  }
+  x->max = mem_max ? mem_max : DEFAULT_MEM_MAX;
+  x->budget = limits_budget(budget_k);
+  x->snap = snap;
+  lua_State *L = lua_newstate(sbx_alloc, x);
+  if (!L) {
+    orch__err(err, errlen, ORCH_ENOMEM,
+              "cannot create a Lua state (memory cap %zu bytes)", x->max);
+    free(x);
+    return NULL;
+  }
+  *(sbx **)lua_getextraspace(L) = x;
+  lua_atpanic(L, sbx_panic);
+  lua_pushcfunction(L, setup_state);
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+    orch__err(err, errlen, ORCH_ENOMEM, "cannot set up the Lua sandbox: %s",
+              lua_tostring(L, -1));
+    lua_close(L);
+    free(x);
+    return NULL;
+  }
   return L;
 }
 
-void orch__lua_close(lua_State *L) {
+static void state_close(lua_State *L) {
   if (!L) return;
-  sandbox_info *si = info_of(L);
+  sbx *x = SBX(L);
   lua_close(L);
-  free(si);
+  free(x);
 }
 
-static void budget_hook(lua_State *L, lua_Debug *ar) {
-  (void)ar;
-  /* Re-arm on every instruction so a pcall in the script cannot swallow
-   * the stop. */
-  lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-  luaL_error(L, "instruction budget exceeded");
+/* ---- protected calls --------------------------------------------------- */
+
+/* Length of a leading "file:line:" in s, 0 when there is none. */
+static size_t where_len(const char *s, long *line) {
+  for (const char *c = s; *c && *c != '\n'; c++) {
+    if (*c != ':' || c == s || c[1] < '0' || c[1] > '9') continue;
+    const char *d = c + 1;
+    long n = 0;
+    while (*d >= '0' && *d <= '9') n = n * 10 + (*d++ - '0');
+    if (*d == ':') {
+      if (line) *line = n;
+      return (size_t)(d - s) + 1;
+    }
+  }
+  return 0;
 }
 
-static int traceback(lua_State *L) {
-  const char *msg = lua_tostring(L, 1);
-  if (!msg) msg = luaL_typename(L, 1);
-  luaL_traceback(L, L, msg, 1);
+/* Message handler: a string message, with the position of the innermost
+ * script line added when the error came without one (assert, error with
+ * level 0, errors raised by C functions). */
+static int msgh(lua_State *L) {
+  if (lua_type(L, 1) != LUA_TSTRING) {
+    if (!(luaL_callmeta(L, 1, "__tostring") &&
+          lua_type(L, -1) == LUA_TSTRING))
+      lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    lua_replace(L, 1);
+  }
+  const char *m = lua_tostring(L, 1);
+  if (where_len(m, NULL)) return 1;
+  lua_Debug ar;
+  for (int lv = 0; lua_getstack(L, lv, &ar); lv++) {
+    if (!lua_getinfo(L, "Sl", &ar)) break;
+    if (ar.currentline > 0) {
+      lua_pushfstring(L, "%s:%d: %s", ar.short_src, ar.currentline, m);
+      return 1;
+    }
+  }
   return 1;
+}
+
+/* Describes a failed call: "<src>:<line>: instruction budget exceeded (N
+ * instructions)", "<file>: memory cap exceeded (N bytes)", or the Lua
+ * message; what (may be NULL) names the hook: " in what" / " (in what)".
+ * Pops the error object and collects the failed call's garbage, so the
+ * state is usable again. */
+static int call_error(lua_State *L, int st, bool budget, bool mem,
+                      const char *file, const char *what, char *err,
+                      size_t errlen) {
+  sbx *x = SBX(L);
+  const char *msg = lua_tostring(L, -1);
+  char in[200] = "";
+  int rc;
+  if (budget) {
+    if (what) snprintf(in, sizeof in, " in %s", what);
+    if (x->trip_line > 0)
+      rc = orch__err(err, errlen, ORCH_ELIMIT,
+                     "%s:%d: instruction budget exceeded (%d instructions)%s",
+                     x->trip_src, x->trip_line, x->budget, in);
+    else
+      rc = orch__err(err, errlen, ORCH_ELIMIT,
+                     "%s: instruction budget exceeded (%d instructions)%s",
+                     file ? file : x->trip_src, x->budget, in);
+  } else if (st == LUA_ERRMEM ||
+             (mem && msg && strstr(msg, "not enough memory"))) {
+    if (what) snprintf(in, sizeof in, " in %s", what);
+    rc = orch__err(err, errlen, ORCH_ELIMIT,
+                   "%s: memory cap exceeded (%zu bytes)%s",
+                   file ? file : "script", x->max, in);
+  } else {
+    if (what) snprintf(in, sizeof in, " (in %s)", what);
+    rc = orch__err(err, errlen, ORCH_ESCRIPT, "%s%s",
+                   msg ? msg : "(error object is not a string)", in);
+  }
+  lua_pop(L, 1);
+  lua_gc(L, LUA_GCCOLLECT);
+  x->mem_tripped = false;
+  return rc;
+}
+
+/* Calls the function below nargs arguments under the budget, through msgh.
+ * [-(nargs+1), +nres] on success, [-(nargs+1), +0] on failure. */
+static int pcall_budget(lua_State *L, int nargs, int nres, const char *file,
+                        const char *what, char *err, size_t errlen) {
+  if (!lua_checkstack(L, 2))
+    return orch__err(err, errlen, ORCH_ELIMIT, "Lua stack overflow");
+  sbx *x = SBX(L);
+  int base = lua_gettop(L) - nargs;
+  lua_pushcfunction(L, msgh);
+  lua_insert(L, base);
+  call_begin(L);
+  int st = lua_pcall(L, nargs, nres, base);
+  bool budget = x->budget_tripped, mem = x->mem_tripped;
+  call_end(L);
+  int rc = ORCH_OK;
+  if (st != LUA_OK) rc = call_error(L, st, budget, mem, file, what, err, errlen);
+  lua_remove(L, base);
+  return rc;
+}
+
+/* ---- messages ---------------------------------------------------------- */
+
+/* Splits "file:line: message" for a report; a file that is the (possibly
+ * shortened) chunk name of m is replaced by m's full path. */
+static void report_error(orch_report_fn report, void *ud, const pmod *m,
+                         const char *path, const char *msg) {
+  long line = 0;
+  size_t w = where_len(msg, &line);
+  char file[1024];
+  if (w) {
+    const char *colon = msg;
+    size_t flen = 0;
+    /* the file part ends at the ':' before the line number */
+    for (size_t i = w - 1; i > 0; i--)
+      if (msg[i - 1] == ':') { flen = i - 1; break; }
+    snprintf(file, sizeof file, "%.*s", (int)flen, colon);
+    if (m && (strcmp(file, m->chunk + 1) == 0 ||
+              (strncmp(file, "...", 3) == 0 &&
+               strlen(m->path) >= strlen(file + 3) &&
+               strcmp(m->path + strlen(m->path) - strlen(file + 3),
+                      file + 3) == 0)))
+      snprintf(file, sizeof file, "%s", m->path);
+    msg += w;
+    while (*msg == ' ') msg++;
+    char text[1024];
+    snprintf(text, sizeof text, "%s", msg);
+    size_t tl = strlen(text);
+    char *in = strstr(text, " (in ");
+    if (in && tl > 0 && text[tl - 1] == ')' && strstr(in, "()"))
+      *in = '\0'; /* the file and line say where already */
+    report(ud, file, (int)line, text);
+    return;
+  }
+  size_t pl = strlen(path);
+  if (strncmp(msg, path, pl) == 0 && msg[pl] == ':' && msg[pl + 1] == ' ')
+    msg += pl + 2;
+  report(ud, path, 0, msg);
+}
+
+/* ---- scanning the scripts directory ------------------------------------ */
+
+static bool ident(const char *s, size_t n) {
+  if (n == 0) return false;
+  for (size_t i = 0; i < n; i++) {
+    char c = s[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+          (c >= '0' && c <= '9') || c == '_' || c == '-'))
+      return false;
+  }
+  return true;
+}
+
+static int pmod_make(pmod *m, const char *dir, const char *sub,
+                     const char *stem, char *src, size_t len) {
+  memset(m, 0, sizeof *m);
+  const char *sep = dir[0] && dir[strlen(dir) - 1] == '/' ? "" : "/";
+  if (sub) {
+    m->name = orch__asprintf("%s.%s", sub, stem);
+    m->path = orch__asprintf("%s%s%s/%s.lua", dir, sep, sub, stem);
+  } else {
+    m->name = orch__strdup(stem);
+    m->path = orch__asprintf("%s%s%s.lua", dir, sep, stem);
+  }
+  m->short_name = orch__strdup(stem);
+  if (!m->name || !m->path || !m->short_name) goto fail;
+  if (strlen(m->path) < LUA_IDSIZE - 1) {
+    m->chunk = orch__asprintf("@%s", m->path);
+  } else {
+    const char *rel = m->path + strlen(dir) + strlen(sep);
+    const char *b = dir + strlen(dir);
+    while (b > dir && b[-1] == '/') b--;
+    const char *e = b;
+    while (b > dir && b[-1] != '/') b--;
+    m->chunk = orch__asprintf("@%.*s/%s", (int)(e - b), b, rel);
+    if (m->chunk && strlen(m->chunk) >= LUA_IDSIZE) {
+      free(m->chunk);
+      m->chunk = orch__asprintf("@%s", rel);
+    }
+  }
+  if (!m->chunk) goto fail;
+  m->src = src;
+  m->len = len;
+  return ORCH_OK;
+fail:
+  pmod_deinit(m);
+  free(src);
+  memset(m, 0, sizeof *m);
+  return ORCH_ENOMEM;
+}
+
+static int cmp_pmod(const void *a, const void *b) {
+  return strcmp(((const pmod *)a)->name, ((const pmod *)b)->name);
+}
+
+/* Adds dir[/sub]/NAME.lua files to s; unreadable ones go to report. */
+static int scan_one(psnap *s, size_t *cap, const char *dir, const char *sub,
+                    orch_report_fn report, void *ud, int *problems) {
+  char *path = sub ? orch__asprintf("%s/%s", dir, sub) : orch__strdup(dir);
+  if (!path) return ORCH_ENOMEM;
+  DIR *d = opendir(path);
+  int rc = ORCH_OK;
+  if (!d) {
+    rc = sub ? ORCH_OK : ORCH_ENOTFOUND;
+    goto done;
+  }
+  struct dirent *de;
+  while ((de = readdir(d))) {
+    const char *n = de->d_name;
+    size_t nl = strlen(n);
+    if (n[0] == '.') continue;
+    char *fp = orch__asprintf("%s/%s", path, n);
+    if (!fp) { rc = ORCH_ENOMEM; break; }
+    struct stat st;
+    bool isdir = stat(fp, &st) == 0 && S_ISDIR(st.st_mode);
+    if (isdir && !sub && ident(n, nl)) {
+      free(fp);
+      rc = scan_one(s, cap, dir, n, report, ud, problems);
+      if (rc) break;
+      continue;
+    }
+    if (isdir || nl < 5 || strcmp(n + nl - 4, ".lua") != 0 ||
+        !ident(n, nl - 4)) {
+      free(fp);
+      continue;
+    }
+    char *src = NULL, e[256];
+    size_t len = 0;
+    int frc = orch__read_file(fp, SCRIPT_MAX_BYTES, &src, &len, e, sizeof e);
+    if (frc) {
+      if (report) report(ud, fp, 0, e);
+      if (problems) (*problems)++;
+      free(fp);
+      continue;
+    }
+    free(fp);
+    if (s->n == *cap) {
+      size_t nc = *cap ? *cap * 2 : 16;
+      pmod *nm = realloc(s->mods, nc * sizeof *nm);
+      if (!nm) { free(src); rc = ORCH_ENOMEM; break; }
+      s->mods = nm;
+      *cap = nc;
+    }
+    char stem[256];
+    snprintf(stem, sizeof stem, "%.*s", (int)(nl - 4), n);
+    rc = pmod_make(&s->mods[s->n], dir, sub, stem, src, len);
+    if (rc) break;
+    s->n++;
+  }
+  closedir(d);
+done:
+  free(path);
+  return rc;
+}
+
+/* Reads every module under dir into a new snapshot (gen 0). A missing dir
+ * is ORCH_ENOTFOUND with *out NULL. */
+static int scan_dir(const char *dir, psnap **out, orch_report_fn report,
+                    void *ud, int *problems) {
+  *out = NULL;
+  psnap *s = snap_empty();
+  if (!s) return ORCH_ENOMEM;
+  size_t cap = 0;
+  int rc = scan_one(s, &cap, dir, NULL, report, ud, problems);
+  if (rc) {
+    snap_unref(s);
+    return rc;
+  }
+  qsort(s->mods, s->n, sizeof *s->mods, cmp_pmod);
+  *out = s;
+  return ORCH_OK;
+}
+
+/* ---- checking: load + selftest in a fresh state ------------------------ */
+
+static int do_require(lua_State *L) {
+  require_module(L, lua_tostring(L, 1));
+  return 0;
+}
+
+/* selftest() passes unless it raises or returns false (then its second
+ * result is the message). */
+static int do_selftest(lua_State *L) {
+  const char *name = lua_tostring(L, 1);
+  require_module(L, name);
+  if (lua_getfield(L, -1, "selftest") != LUA_TFUNCTION) return 0;
+  lua_call(L, 0, 2);
+  if (lua_type(L, -2) == LUA_TBOOLEAN && !lua_toboolean(L, -2)) {
+    const pmod *m = snap_find(SBX(L)->snap, name);
+    const char *why = lua_tostring(L, -1);
+    return luaL_error(L, "%s: selftest() failed: %s", m ? m->path : name,
+                      why ? why : "it returned false");
+  }
+  return 0;
+}
+
+/* Loads module m in L and runs its selftest, each under its own budget. */
+static int check_module(lua_State *L, const pmod *m, char *err,
+                        size_t errlen) {
+  char what[160];
+  lua_pushcfunction(L, do_require);
+  lua_pushstring(L, m->name);
+  int rc = pcall_budget(L, 1, 0, m->path, NULL, err, errlen);
+  if (rc) return rc;
+  snprintf(what, sizeof what, "%s.selftest()", m->short_name);
+  lua_pushcfunction(L, do_selftest);
+  lua_pushstring(L, m->name);
+  return pcall_budget(L, 1, 0, m->path, what, err, errlen);
+}
+
+/* Every module of snap in one fresh state. On failure *bad is the module
+ * that failed. */
+static int check_snap(int budget_k, size_t mem_max, const psnap *snap,
+                      const pmod **bad, char *err, size_t errlen) {
+  if (bad) *bad = NULL;
+  lua_State *L = state_new(budget_k, mem_max, snap, err, errlen);
+  if (!L) return ORCH_ENOMEM;
+  int rc = ORCH_OK;
+  for (size_t i = 0; i < snap->n && !rc; i++) {
+    rc = check_module(L, &snap->mods[i], err, errlen);
+    if (rc && bad) *bad = &snap->mods[i];
+  }
+  state_close(L);
+  return rc;
+}
+
+/* ---- the policy: current snapshot, generation, reload ------------------ */
+
+typedef struct rejected {
+  char *name;
+  pmod *mod; /* the refused content; NULL: its removal was refused */
+} rejected;
+
+typedef struct pwatch pwatch;
+
+/* Lock order: scan_mu before mu. mu guards cur, last_err and the rejected
+ * list's readers; scan_mu makes scans one at a time. */
+struct orch__policy {
+  char *dir;
+  int budget_k;
+  size_t mem_max;
+  int json_depth;
+  pthread_mutex_t mu, scan_mu;
+  psnap *cur;
+  atomic_uint gen;
+  char last_err[1024];
+  rejected *rej;
+  size_t nrej;
+  pwatch *watch;
+  atomic_ulong reloads, refusals;
+};
+
+static void log_refusal(const char *msg) {
+  fprintf(stderr, "orchestrate: script reload refused, the previous version "
+                  "keeps serving: %s\n", msg);
+}
+
+static rejected *rej_find(orch__policy *p, const char *name) {
+  for (size_t i = 0; i < p->nrej; i++)
+    if (!strcmp(p->rej[i].name, name)) return &p->rej[i];
+  return NULL;
+}
+
+static void rej_drop(orch__policy *p, const char *name) {
+  rejected *r = rej_find(p, name);
+  if (!r) return;
+  free(r->name);
+  if (r->mod) { pmod_deinit(r->mod); free(r->mod); }
+  *r = p->rej[--p->nrej];
+}
+
+static void rej_set(orch__policy *p, const char *name, const pmod *m) {
+  rej_drop(p, name);
+  rejected *nr = realloc(p->rej, (p->nrej + 1) * sizeof *nr);
+  if (!nr) return;
+  p->rej = nr;
+  rejected *r = &p->rej[p->nrej];
+  r->name = orch__strdup(name);
+  r->mod = NULL;
+  if (!r->name) return;
+  if (m) {
+    r->mod = malloc(sizeof *r->mod);
+    if (!r->mod || pmod_copy(r->mod, m)) {
+      free(r->mod);
+      free(r->name);
+      return;
+    }
+  }
+  p->nrej++;
+}
+
+/* Applies the change of module name (disk's version, or its removal). */
+static psnap *apply(const psnap *base, const psnap *disk, const char *name) {
+  return snap_with(base, name, snap_find(disk, name));
+}
+
+/* Rescans the directory, checks what changed, publishes what passed. */
+static int rescan(orch__policy *p, bool initial) {
+  psnap *disk = NULL, *cur = NULL, *working = NULL;
+  char **pending = NULL;
+  bool *done = NULL;
+  char (*errs)[1024] = NULL;
+  size_t npend = 0;
+  int rc = ORCH_OK;
+  char err[1024];
+  pthread_mutex_lock(&p->scan_mu);
+  rc = scan_dir(p->dir, &disk, NULL, NULL, NULL);
+  if (rc == ORCH_ENOTFOUND) {
+    rc = ORCH_OK;
+    if (!initial) goto done; /* a vanished dir unloads nothing */
+    disk = snap_empty();
+    if (!disk) rc = ORCH_ENOMEM;
+  }
+  if (rc) goto done;
+  pthread_mutex_lock(&p->mu);
+  cur = snap_ref(p->cur);
+  pthread_mutex_unlock(&p->mu);
+  working = snap_ref(cur);
+
+  /* the changed names, less contents refused before */
+  pending = calloc(disk->n + cur->n + 1, sizeof *pending);
+  done = calloc(disk->n + cur->n + 1, sizeof *done);
+  if (!pending || !done) { rc = ORCH_ENOMEM; goto done; }
+  for (int side = 0; side < 2; side++) {
+    const psnap *s = side ? cur : disk;
+    for (size_t i = 0; i < s->n; i++) {
+      const char *name = s->mods[i].name;
+      if (side && snap_find(disk, name)) continue; /* seen */
+      const pmod *d = snap_find(disk, name), *c = snap_find(cur, name);
+      if (pmod_same(d, c)) { rej_drop(p, name); continue; }
+      rejected *r = rej_find(p, name);
+      if (r && pmod_same(r->mod, d)) continue;
+      pending[npend++] = (char *)name;
+    }
+  }
+  if (npend) {
+    /* all at once first; then one by one (twice, so a change that needs
+     * another change checked after it gets its turn) */
+    psnap *cand = snap_ref(working);
+    for (size_t i = 0; i < npend && cand; i++) {
+      psnap *next = apply(cand, disk, pending[i]);
+      snap_unref(cand);
+      cand = next;
+    }
+    if (!cand) { rc = ORCH_ENOMEM; goto done; }
+    if (check_snap(p->budget_k, p->mem_max, cand, NULL, err, sizeof err) ==
+        ORCH_OK) {
+      snap_unref(working);
+      working = cand;
+      for (size_t i = 0; i < npend; i++) {
+        done[i] = true;
+        rej_drop(p, pending[i]);
+      }
+    } else {
+      snap_unref(cand);
+      errs = calloc(npend, sizeof *errs);
+      if (!errs) { rc = ORCH_ENOMEM; goto done; }
+      for (int pass = 0; pass < 2; pass++) {
+        bool progress = false;
+        for (size_t i = 0; i < npend; i++) {
+          if (done[i]) continue;
+          cand = apply(working, disk, pending[i]);
+          if (!cand) { rc = ORCH_ENOMEM; goto done; }
+          if (check_snap(p->budget_k, p->mem_max, cand, NULL, errs[i],
+                         sizeof errs[i]) == ORCH_OK) {
+            snap_unref(working);
+            working = cand;
+            done[i] = progress = true;
+            rej_drop(p, pending[i]);
+          } else {
+            snap_unref(cand);
+          }
+        }
+        if (!progress) break;
+      }
+      for (size_t i = 0; i < npend; i++) {
+        if (done[i]) continue;
+        rej_set(p, pending[i], snap_find(disk, pending[i]));
+        log_refusal(errs[i]);
+        atomic_fetch_add(&p->refusals, 1);
+        pthread_mutex_lock(&p->mu);
+        snprintf(p->last_err, sizeof p->last_err, "%s", errs[i]);
+        pthread_mutex_unlock(&p->mu);
+      }
+    }
+  }
+  if (working != cur || initial) {
+    working->gen = initial ? 1 : cur->gen + 1;
+    pthread_mutex_lock(&p->mu);
+    psnap *old = p->cur;
+    p->cur = snap_ref(working);
+    atomic_store(&p->gen, working->gen);
+    pthread_mutex_unlock(&p->mu);
+    snap_unref(old);
+    if (!initial) atomic_fetch_add(&p->reloads, 1);
+  }
+  /* the error stands while a refused content is still what is on disk */
+  bool standing = false;
+  for (size_t i = 0; i < p->nrej; i++) {
+    rejected *r = &p->rej[i];
+    if (pmod_same(r->mod, snap_find(disk, r->name))) standing = true;
+  }
+  if (!standing) {
+    pthread_mutex_lock(&p->mu);
+    p->last_err[0] = '\0';
+    pthread_mutex_unlock(&p->mu);
+  }
+done:
+  free(errs);
+  free(pending);
+  free(done);
+  snap_unref(working);
+  snap_unref(cur);
+  snap_unref(disk);
+  pthread_mutex_unlock(&p->scan_mu);
+  return rc;
+}
+
+int orch__policy_new(orch__policy **out, const orch__config *cfg, char *err,
+                     size_t errlen) {
+  *out = NULL;
+  orch__policy *p = calloc(1, sizeof *p);
+  if (!p) return orch__err(err, errlen, ORCH_ENOMEM, "out of memory");
+  p->dir = orch__strdup(cfg && cfg->scripts_dir ? cfg->scripts_dir
+                                                : "scripts");
+  p->budget_k = cfg ? cfg->lua_budget : 0;
+  p->mem_max = cfg ? cfg->lua_mem_max : 0;
+  p->json_depth = cfg && cfg->json_max_depth > 0 ? cfg->json_max_depth : 64;
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_mutex_init(&p->scan_mu, NULL);
+  p->cur = snap_empty();
+  if (!p->dir || !p->cur) {
+    orch__policy_free(p);
+    return orch__err(err, errlen, ORCH_ENOMEM, "out of memory");
+  }
+  int rc = rescan(p, true);
+  if (rc) {
+    orch__policy_free(p);
+    return orch__err(err, errlen, rc, "loading scripts from %s: %s",
+                     cfg && cfg->scripts_dir ? cfg->scripts_dir : "scripts",
+                     orch_strerror(rc));
+  }
+  *out = p;
+  return ORCH_OK;
+}
+
+int orch__policy_rescan(orch__policy *p) { return p ? rescan(p, false) : 0; }
+
+unsigned orch__policy_generation(const orch__policy *p) {
+  return p ? atomic_load(&((orch__policy *)p)->gen) : 0;
+}
+
+unsigned orch__policy_last_error(orch__policy *p, char *buf, size_t buflen) {
+  if (buflen) buf[0] = '\0';
+  if (!p) return 0;
+  pthread_mutex_lock(&p->mu);
+  if (buflen) snprintf(buf, buflen, "%s", p->last_err);
+  unsigned g = p->cur ? p->cur->gen : 0;
+  pthread_mutex_unlock(&p->mu);
+  return g;
+}
+
+size_t orch__policy_modules(orch__policy *p, char *buf, size_t buflen) {
+  size_t n = 0, off = 0;
+  if (buflen) buf[0] = '\0';
+  if (!p) return 0;
+  pthread_mutex_lock(&p->mu);
+  for (size_t i = 0; i < p->cur->n; i++, n++) {
+    int w = snprintf(buf + off, buflen > off ? buflen - off : 0, "%s%s",
+                     i ? " " : "", p->cur->mods[i].name);
+    if (w > 0) off += (size_t)w;
+  }
+  pthread_mutex_unlock(&p->mu);
+  return n;
+}
+
+static void unwatch_now(orch__policy *p);
+
+void orch__policy_free(orch__policy *p) {
+  if (!p) return;
+  if (p->watch) unwatch_now(p);
+  snap_unref(p->cur);
+  while (p->nrej) rej_drop(p, p->rej[0].name);
+  free(p->rej);
+  pthread_mutex_destroy(&p->mu);
+  pthread_mutex_destroy(&p->scan_mu);
+  free(p->dir);
+  free(p);
+}
+
+/* ---- per-worker states -------------------------------------------------- */
+
+typedef struct centry {
+  char module[96], fn[64];
+  int ref;           /* the function, in the registry */
+  const pmod *m;     /* in s->snap */
+  char what[176];    /* "complexity.classify()" */
+} centry;
+
+struct orch__lstate {
+  orch__policy *p;
+  lua_State *L;
+  psnap *snap; /* the generation this state serves (a reference) */
+  unsigned gen;
+  int ncache;
+  centry cache[FN_CACHE_MAX];
+};
+
+static int do_reset_modules(lua_State *L) {
+  lua_newtable(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &K_LOADED);
+  lua_newtable(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &K_PROXIES);
+  return 0;
+}
+
+static void cache_clear(orch__lstate *s) {
+  for (int i = 0; i < s->ncache; i++)
+    luaL_unref(s->L, LUA_REGISTRYINDEX, s->cache[i].ref);
+  s->ncache = 0;
+}
+
+/* Serves snapshot snap (taking the caller's reference): drops the modules
+ * of the previous generation and loads the new ones. */
+static int lstate_switch(orch__lstate *s, psnap *snap, char *err,
+                         size_t errlen) {
+  cache_clear(s);
+  lua_pushcfunction(s->L, do_reset_modules);
+  if (lua_pcall(s->L, 0, 0, 0) != LUA_OK) {
+    /* cannot even make two tables: start over with a new state */
+    lua_pop(s->L, 1);
+    state_close(s->L);
+    s->L = state_new(s->p->budget_k, s->p->mem_max, snap, err, errlen);
+    if (!s->L) {
+      snap_unref(snap);
+      return ORCH_ENOMEM;
+    }
+  }
+  SBX(s->L)->snap = snap;
+  snap_unref(s->snap);
+  s->snap = snap;
+  s->gen = snap->gen;
+  /* preload, so the first call does not compile; a module that fails here
+   * is tried again (and its error reported) by the call that needs it */
+  for (size_t i = 0; i < snap->n; i++) {
+    lua_pushcfunction(s->L, do_require);
+    lua_pushstring(s->L, snap->mods[i].name);
+    pcall_budget(s->L, 1, 0, snap->mods[i].path, NULL, NULL, 0);
+  }
+  return ORCH_OK;
+}
+
+orch__lstate *orch__lstate_new(orch__policy *p, char *err, size_t errlen) {
+  if (!p) {
+    orch__err(err, errlen, ORCH_EINVAL, "no policy engine");
+    return NULL;
+  }
+  orch__lstate *s = calloc(1, sizeof *s);
+  if (!s) {
+    orch__err(err, errlen, ORCH_ENOMEM, "out of memory");
+    return NULL;
+  }
+  s->p = p;
+  pthread_mutex_lock(&p->mu);
+  psnap *snap = snap_ref(p->cur);
+  pthread_mutex_unlock(&p->mu);
+  s->L = state_new(p->budget_k, p->mem_max, snap, err, errlen);
+  if (!s->L || lstate_switch(s, snap, err, errlen)) {
+    if (!s->L) snap_unref(snap);
+    orch__lstate_free(s);
+    return NULL;
+  }
+  return s;
+}
+
+void orch__lstate_free(orch__lstate *s) {
+  if (!s) return;
+  if (s->L) {
+    cache_clear(s);
+    state_close(s->L);
+  }
+  snap_unref(s->snap);
+  free(s);
+}
+
+bool orch__lstate_sync(orch__lstate *s) {
+  if (!s || atomic_load_explicit(&s->p->gen, memory_order_acquire) == s->gen)
+    return false;
+  pthread_mutex_lock(&s->p->mu);
+  psnap *snap = snap_ref(s->p->cur);
+  pthread_mutex_unlock(&s->p->mu);
+  if (snap == s->snap) {
+    snap_unref(snap);
+    return false;
+  }
+  lstate_switch(s, snap, NULL, 0);
+  return true;
+}
+
+unsigned orch__lstate_generation(const orch__lstate *s) {
+  return s ? s->gen : 0;
+}
+
+lua_State *orch__lstate_L(orch__lstate *s) { return s ? s->L : NULL; }
+
+/* ---- calling hooks ------------------------------------------------------ */
+
+typedef struct rctx {
+  const char *module, *fn;
+} rctx;
+
+/* Resolves module.fn and leaves it on the stack. */
+static int do_resolve(lua_State *L) {
+  rctx *c = lua_touserdata(L, 1);
+  require_module(L, c->module);
+  if (lua_getfield(L, -1, c->fn) != LUA_TFUNCTION) {
+    const pmod *m = snap_find(SBX(L)->snap, c->module);
+    return luaL_error(L, "%s: module %s has no function '%s'",
+                      m ? m->path : c->module, c->module, c->fn);
+  }
+  return 1;
+}
+
+/* The cache entry of module.fn, resolving it on first use. */
+static centry *resolve(orch__lstate *s, const char *module, const char *fn,
+                       int *rc, char *err, size_t errlen) {
+  for (int i = 0; i < s->ncache; i++) {
+    centry *e = &s->cache[i];
+    if (!strcmp(e->fn, fn) && !strcmp(e->module, module)) return e;
+  }
+  if (strlen(module) >= sizeof s->cache[0].module ||
+      strlen(fn) >= sizeof s->cache[0].fn) {
+    *rc = orch__err(err, errlen, ORCH_EINVAL, "hook name too long: %s.%s",
+                    module, fn);
+    return NULL;
+  }
+  const pmod *m = snap_find(s->snap, module);
+  if (!m) {
+    *rc = orch__err(err, errlen, ORCH_ENOTFOUND,
+                    "no script module '%s' under %s", module, s->p->dir);
+    return NULL;
+  }
+  rctx c = {module, fn};
+  lua_State *L = s->L;
+  lua_pushcfunction(L, do_resolve);
+  lua_pushlightuserdata(L, &c);
+  *rc = pcall_budget(L, 1, 1, m->path, NULL, err, errlen);
+  if (*rc) {
+    if (err && strstr(err, "has no function")) *rc = ORCH_ENOTFOUND;
+    return NULL;
+  }
+  if (s->ncache == FN_CACHE_MAX) { /* full: the newest entry makes room */
+    s->ncache--;
+    luaL_unref(L, LUA_REGISTRYINDEX, s->cache[s->ncache].ref);
+  }
+  centry *e = &s->cache[s->ncache];
+  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (ref == LUA_REFNIL || ref == LUA_NOREF) {
+    *rc = orch__err(err, errlen, ORCH_ENOMEM, "cannot reference %s.%s",
+                    module, fn);
+    return NULL;
+  }
+  snprintf(e->module, sizeof e->module, "%s", module);
+  snprintf(e->fn, sizeof e->fn, "%s", fn);
+  snprintf(e->what, sizeof e->what, "%s.%s()", m->short_name, fn);
+  e->ref = ref;
+  e->m = m;
+  s->ncache++;
+  return e;
+}
+
+typedef struct cctx {
+  int ref;
+  const json_t *arg;
+  const char *const *keys, *const *vals;
+  size_t n;
+  int fields; /* 1: build the table from keys/vals */
+  int to_json;
+  int max_depth;
+  int nres; /* results kept (0 means 1) */
+  json_t *out;
+} cctx;
+
+/* Calls the function with its argument and leaves one result. */
+static int do_call(lua_State *L) {
+  cctx *c = lua_touserdata(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
+  int nargs = 0;
+  if (c->fields) {
+    lua_createtable(L, 0, (int)c->n);
+    for (size_t i = 0; i < c->n; i++) {
+      if (!c->vals[i]) continue;
+      lua_pushstring(L, c->vals[i]);
+      lua_setfield(L, -2, c->keys[i]);
+    }
+    nargs = 1;
+  } else if (c->arg) {
+    orch__lua_push_json(L, c->arg);
+    nargs = 1;
+  }
+  lua_call(L, nargs, c->nres ? c->nres : 1);
+  if (c->to_json) {
+    char e[512];
+    if (lua_isnil(L, -1)) {
+      c->out = json_null();
+    } else {
+      c->out = orch__lua_to_json(L, -1, c->max_depth, e, sizeof e);
+      if (!c->out) return luaL_error(L, "its result is not JSON: %s", e);
+    }
+  }
+  return c->nres ? c->nres : 1;
+}
+
+/* Runs module.fn under the limits; on success the result is on the stack
+ * (the caller pops it; two values when c->nres is 2). */
+static int hook_call(orch__lstate *s, const char *module, const char *fn,
+                     cctx *c, centry **ep, char *err, size_t errlen) {
+  if (!s)
+    return orch__err(err, errlen, ORCH_ENOTFOUND, "no scripts loaded");
+  int rc = ORCH_OK;
+  centry *e = resolve(s, module, fn, &rc, err, errlen);
+  if (!e) return rc;
+  *ep = e;
+  c->ref = e->ref;
+  int top = lua_gettop(s->L), nres = c->nres ? c->nres : 1;
+  lua_pushcfunction(s->L, do_call);
+  lua_pushlightuserdata(s->L, c);
+  rc = pcall_budget(s->L, 1, nres, e->m->path, e->what, err, errlen);
+  /* stack: [top] on failure, [top + nres] results on success */
+  assert(lua_gettop(s->L) == top + (rc ? 0 : nres));
+  (void)top;
+  return rc;
+}
+
+int orch__policy_call(orch__lstate *s, const char *module, const char *fn,
+                      json_t *arg, json_t **out, char *err, size_t errlen) {
+  *out = NULL;
+  centry *e;
+  cctx c = {.arg = arg, .to_json = 1,
+            .max_depth = s ? s->p->json_depth : 64};
+  int rc = hook_call(s, module, fn, &c, &e, err, errlen);
+  if (rc) {
+    json_decref(c.out);
+    return rc;
+  }
+  lua_pop(s->L, 1);
+  *out = c.out;
+  return ORCH_OK;
+}
+
+static const char *num_problem(lua_State *L, int idx) {
+  if (lua_type(L, idx) != LUA_TNUMBER)
+    return lua_isnil(L, idx) ? "nil" : luaL_typename(L, idx);
+  double d = lua_tonumber(L, idx);
+  if (isnan(d)) return "NaN";
+  if (isinf(d)) return d > 0 ? "inf" : "-inf";
+  return NULL;
+}
+
+static const char *article(const char *t) {
+  return !strcmp(t, "nil") || !strcmp(t, "NaN") || !strcmp(t, "inf") ||
+                 !strcmp(t, "-inf")
+             ? ""
+             : (t[0] == 'a' || t[0] == 'u' ? "an " : "a ");
+}
+
+int orch__policy_call_number(orch__lstate *s, const char *module,
+                             const char *fn, json_t *arg, double *out,
+                             char *err, size_t errlen) {
+  *out = 0;
+  centry *e;
+  cctx c = {.arg = arg};
+  int rc = hook_call(s, module, fn, &c, &e, err, errlen);
+  if (rc) return rc;
+  const char *bad = num_problem(s->L, -1);
+  if (bad) rc = orch__err(err, errlen, ORCH_ESCRIPT,
+                          "%s: %s returned %s%s, expected a finite number",
+                          e->m->path, e->what, article(bad), bad);
+  else *out = lua_tonumber(s->L, -1);
+  lua_pop(s->L, 1);
+  return rc;
+}
+
+int orch__policy_call_limit(orch__lstate *s, const char *module,
+                            const char *fn, json_t *arg, double *out,
+                            char *err, size_t errlen) {
+  *out = 0;
+  centry *e;
+  cctx c = {.arg = arg, .nres = 2};
+  int rc = hook_call(s, module, fn, &c, &e, err, errlen);
+  if (rc) return rc;
+  lua_State *L = s->L;
+  if (lua_isnil(L, -2) && lua_type(L, -1) == LUA_TSTRING) {
+    rc = orch__err(err, errlen, ORCH_ESCRIPT, "%s: %s: %s", e->m->path,
+                   e->what, lua_tostring(L, -1));
+  } else if (lua_type(L, -2) != LUA_TNUMBER || isnan(lua_tonumber(L, -2)) ||
+             lua_tonumber(L, -2) < 0) {
+    const char *t = lua_type(L, -2) == LUA_TNUMBER
+                        ? (isnan(lua_tonumber(L, -2)) ? "NaN"
+                                                      : "a negative number")
+                        : (lua_isnil(L, -2) ? "nil" : luaL_typename(L, -2));
+    rc = orch__err(err, errlen, ORCH_ESCRIPT,
+                   "%s: %s returned %s%s, expected a number >= 0 or "
+                   "math.huge", e->m->path, e->what,
+                   lua_type(L, -2) == LUA_TNUMBER ? "" : article(t), t);
+  } else {
+    *out = lua_tonumber(L, -2);
+  }
+  lua_pop(L, 2);
+  return rc;
+}
+
+/* The result at the top as JSON when it is a finite number or a table of
+ * finite numbers (an array, or string/integer keys). No Lua allocation. */
+static int numbers_to_json(lua_State *L, const centry *e, json_t **out,
+                           char *err, size_t errlen) {
+  const char *bad;
+  if (lua_type(L, -1) != LUA_TTABLE) {
+    if ((bad = num_problem(L, -1)))
+      return orch__err(err, errlen, ORCH_ESCRIPT,
+                       "%s: %s returned %s%s, expected a finite number or a "
+                       "table of them", e->m->path, e->what, article(bad),
+                       bad);
+    *out = json_real(lua_tonumber(L, -1));
+    return *out ? ORCH_OK : ORCH_ENOMEM;
+  }
+  size_t n = lua_rawlen(L, -1), count = 0;
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    count++;
+    lua_pop(L, 1);
+  }
+  bool array = n > 0 && count == n;
+  json_t *j = array ? json_array() : json_object();
+  if (!j) return ORCH_ENOMEM;
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    char key[64];
+    const char *k;
+    if (lua_type(L, -2) == LUA_TSTRING) {
+      k = lua_tostring(L, -2);
+    } else if (lua_isinteger(L, -2)) {
+      snprintf(key, sizeof key, "%lld", (long long)lua_tointeger(L, -2));
+      k = key;
+    } else {
+      lua_pop(L, 2);
+      json_decref(j);
+      return orch__err(err, errlen, ORCH_ESCRIPT,
+                       "%s: %s returned a table with a %s key, expected "
+                       "names or indices", e->m->path, e->what,
+                       luaL_typename(L, -2));
+    }
+    if ((bad = num_problem(L, -1))) {
+      int rc = orch__err(err, errlen, ORCH_ESCRIPT,
+                         "%s: %s returned %s%s for '%s', expected a finite "
+                         "number", e->m->path, e->what, article(bad), bad, k);
+      lua_pop(L, 2);
+      json_decref(j);
+      return rc;
+    }
+    lua_pop(L, 1);
+  }
+  if (array) {
+    for (size_t i = 1; i <= n; i++) {
+      lua_rawgeti(L, -1, (lua_Integer)i);
+      json_array_append_new(j, json_real(lua_tonumber(L, -1)));
+      lua_pop(L, 1);
+    }
+  } else {
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      char key[64];
+      const char *k;
+      if (lua_type(L, -2) == LUA_TSTRING) {
+        k = lua_tostring(L, -2);
+      } else {
+        snprintf(key, sizeof key, "%lld", (long long)lua_tointeger(L, -2));
+        k = key;
+      }
+      json_object_set_new(j, k, json_real(lua_tonumber(L, -1)));
+      lua_pop(L, 1);
+    }
+  }
+  *out = j;
+  return ORCH_OK;
+}
+
+int orch__policy_call_numbers(orch__lstate *s, const char *module,
+                              const char *fn, json_t *arg, json_t **out,
+                              char *err, size_t errlen) {
+  *out = NULL;
+  centry *e;
+  cctx c = {.arg = arg};
+  int rc = hook_call(s, module, fn, &c, &e, err, errlen);
+  if (rc) return rc;
+  rc = numbers_to_json(s->L, e, out, err, errlen);
+  lua_pop(s->L, 1);
+  return rc;
+}
+
+static int take_string(lua_State *L, const centry *e, char *out,
+                       size_t outlen, char *err, size_t errlen) {
+  int rc = ORCH_OK;
+  if (lua_type(L, -1) != LUA_TSTRING) {
+    const char *t = lua_isnil(L, -1) ? "nil" : luaL_typename(L, -1);
+    rc = orch__err(err, errlen, ORCH_ESCRIPT,
+                   "%s: %s returned %s%s, expected a string", e->m->path,
+                   e->what, article(t), t);
+  } else {
+    size_t n;
+    const char *v = lua_tolstring(L, -1, &n);
+    if (n >= outlen)
+      rc = orch__err(err, errlen, ORCH_ELIMIT,
+                     "%s: %s returned %zu bytes, more than %zu", e->m->path,
+                     e->what, n, outlen ? outlen - 1 : 0);
+    else memcpy(out, v, n + 1);
+  }
+  lua_pop(L, 1);
+  return rc;
+}
+
+int orch__policy_call_string(orch__lstate *s, const char *module,
+                             const char *fn, json_t *arg, char *out,
+                             size_t outlen, char *err, size_t errlen) {
+  if (outlen) out[0] = '\0';
+  centry *e;
+  cctx c = {.arg = arg};
+  int rc = hook_call(s, module, fn, &c, &e, err, errlen);
+  if (rc) return rc;
+  return take_string(s->L, e, out, outlen, err, errlen);
+}
+
+int orch__policy_call_fields(orch__lstate *s, const char *module,
+                             const char *fn, const char *const *keys,
+                             const char *const *vals, size_t n, char *out,
+                             size_t outlen, char *err, size_t errlen) {
+  if (outlen) out[0] = '\0';
+  centry *e;
+  cctx c = {.keys = keys, .vals = vals, .n = n, .fields = 1};
+  int rc = hook_call(s, module, fn, &c, &e, err, errlen);
+  if (rc) return rc;
+  return take_string(s->L, e, out, outlen, err, errlen);
+}
+
+/* ---- the state API the core uses for lua steps and Lua plan files ------- */
+
+lua_State *orch__lua_new_sandbox(const orch__config *cfg, char *err,
+                                 size_t errlen) {
+  return state_new(cfg ? cfg->lua_budget : 0, cfg ? cfg->lua_mem_max : 0,
+                   NULL, err, errlen);
+}
+
+void orch__lua_close(lua_State *L) {
+  if (L && !is_sandbox(L)) lua_close(L);
+  else state_close(L);
 }
 
 int orch__lua_pcall(lua_State *L, int nargs, int nres, char *err,
                     size_t errlen) {
-  sandbox_info *si = info_of(L);
-  int base = lua_gettop(L) - nargs;
-  lua_pushcfunction(L, traceback);
+  if (is_sandbox(L)) return pcall_budget(L, nargs, nres, NULL, NULL, err,
+                                         errlen);
+  int base = lua_gettop(L) - nargs; /* a state not made here: no limits */
+  lua_pushcfunction(L, msgh);
   lua_insert(L, base);
-  if (si && si->budget > 0) lua_sethook(L, budget_hook, LUA_MASKCOUNT, (int)si->budget);
   int st = lua_pcall(L, nargs, nres, base);
-  lua_sethook(L, NULL, 0, 0);
+  int rc = ORCH_OK;
+  if (st != LUA_OK) {
+    rc = orch__err(err, errlen, ORCH_ESCRIPT, "%s",
+                   lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+    lua_pop(L, 1);
+  }
   lua_remove(L, base);
-  if (st == LUA_OK) return ORCH_OK;
-  const char *m = st == LUA_ERRMEM ? "not enough memory (Lua memory cap)"
-                                   : lua_tostring(L, -1);
-  /* First line only: the message, not the whole traceback. */
-  const char *nl = m ? strchr(m, '\n') : NULL;
-  orch__err(err, errlen, ORCH_ESCRIPT, "%.*s", nl ? (int)(nl - m) : (int)strlen(m ? m : ""),
-            m ? m : "error");
-  lua_pop(L, 1);
-  lua_gc(L, LUA_GCCOLLECT, 0);
-  return ORCH_ESCRIPT;
+  return rc;
+}
+
+typedef struct lctx {
+  const char *buf, *name;
+  size_t len;
+} lctx;
+
+static int do_load(lua_State *L) {
+  lctx *c = lua_touserdata(L, 1);
+  load_chunk(L, c->buf, c->len, c->name);
+  return 1;
+}
+
+int orch__lua_load(lua_State *L, const char *buf, size_t len,
+                   const char *name, char *err, size_t errlen) {
+  char chunk[LUA_IDSIZE + 8];
+  snprintf(chunk, sizeof chunk, "@%s", name ? name : "?");
+  if (!is_sandbox(L)) {
+    if (luaL_loadbufferx(L, buf, len, chunk, "t") == LUA_OK) return ORCH_OK;
+    orch__err(err, errlen, ORCH_ESCRIPT, "%s", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return ORCH_ESCRIPT;
+  }
+  lctx c = {buf, chunk, len};
+  lua_pushcfunction(L, do_load);
+  lua_pushlightuserdata(L, &c);
+  int rc = pcall_budget(L, 1, 1, name, NULL, err, errlen);
+  return rc;
+}
+
+/* ---- orchestrate check, status ----------------------------------------- */
+
+typedef struct creport {
+  orch_report_fn fn;
+  void *ud;
+} creport;
+
+int orch_scripts_check(orch_runtime *rt, const char *dir,
+                       orch_report_fn report, void *ud) {
+  const orch__config *cfg = rt ? &rt->cfg : NULL;
+  if (!dir) dir = cfg && cfg->scripts_dir ? cfg->scripts_dir : "scripts";
+  psnap *snap = NULL;
+  int problems = 0;
+  int rc = scan_dir(dir, &snap, report, ud, &problems);
+  if (rc == ORCH_ENOTFOUND) {
+    if (report) report(ud, dir, 0, "cannot open the scripts directory");
+    return ORCH_ENOTFOUND;
+  }
+  if (rc) return rc;
+  for (size_t i = 0; i < snap->n; i++) {
+    char err[1024];
+    const pmod *m = &snap->mods[i];
+    lua_State *L = state_new(cfg ? cfg->lua_budget : 0,
+                             cfg ? cfg->lua_mem_max : 0, snap, err,
+                             sizeof err);
+    rc = L ? check_module(L, m, err, sizeof err) : ORCH_ENOMEM;
+    state_close(L);
+    if (rc) {
+      problems++;
+      if (report) report_error(report, ud, m, m->path, err);
+    }
+  }
+  snap_unref(snap);
+  return problems;
+}
+
+unsigned orch_runtime_scripts(orch_runtime *rt, char *buf, size_t buflen) {
+  if (buflen) buf[0] = '\0';
+  if (!rt || !rt->policy) return 0;
+  return orch__policy_last_error(rt->policy, buf, buflen);
+}
+
+/* ---- hot reload: file watches on the loop, checks on a thread ----------- */
+
+struct pwatch {
+  orch__policy *p;
+  uv_loop_t *loop;
+  uv_fs_event_t **h;
+  char **hdir;
+  size_t nh, caph;
+  pthread_t thr;
+  pthread_mutex_t mu; /* guards dirty and stop; never held with p's locks */
+  pthread_cond_t cv;
+  bool dirty, stop, running;
+};
+
+static void handle_free_cb(uv_handle_t *h) { free(h); }
+
+static void fs_cb(uv_fs_event_t *h, const char *filename, int events,
+                  int status);
+
+/* Loop thread: starts (or restarts) the watch of dir. */
+static void watch_dir(pwatch *w, const char *dir) {
+  for (size_t i = 0; i < w->nh; i++) {
+    if (strcmp(w->hdir[i], dir) == 0) {
+      /* the directory may have been replaced: watch it afresh */
+      uv_fs_event_stop(w->h[i]);
+      uv_fs_event_start(w->h[i], fs_cb, dir, 0);
+      return;
+    }
+  }
+  if (w->nh == w->caph) {
+    size_t nc = w->caph ? w->caph * 2 : 8;
+    uv_fs_event_t **nh = realloc(w->h, nc * sizeof *nh);
+    if (!nh) return;
+    w->h = nh;
+    char **nd = realloc(w->hdir, nc * sizeof *nd);
+    if (!nd) return;
+    w->hdir = nd;
+    w->caph = nc;
+  }
+  uv_fs_event_t *h = malloc(sizeof *h);
+  char *d = orch__strdup(dir);
+  if (!h || !d || uv_fs_event_init(w->loop, h)) {
+    free(h);
+    free(d);
+    return;
+  }
+  h->data = w;
+  if (uv_fs_event_start(h, fs_cb, dir, 0)) {
+    uv_close((uv_handle_t *)h, handle_free_cb);
+    free(d);
+    return;
+  }
+  w->h[w->nh] = h;
+  w->hdir[w->nh++] = d;
+}
+
+static void fs_cb(uv_fs_event_t *h, const char *filename, int events,
+                  int status) {
+  pwatch *w = h->data;
+  if (filename && h == w->h[0] && filename[0] != '.') {
+    /* a directory appearing in the root gets its own watch */
+    char *sub = orch__asprintf("%s/%s", w->p->dir, filename);
+    struct stat st;
+    if (sub && stat(sub, &st) == 0 && S_ISDIR(st.st_mode)) watch_dir(w, sub);
+    free(sub);
+  }
+  pthread_mutex_lock(&w->mu);
+  w->dirty = true;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* The checker thread: after a change, waits RELOAD_DEBOUNCE_MS for the
+ * editor to finish (rename, write, chmod arrive as several events), then
+ * rescans. Compiles and selftests run here, never on the loop or workers. */
+static void *checker_main(void *arg) {
+  pwatch *w = arg;
+  pthread_mutex_lock(&w->mu);
+  for (;;) {
+    while (!w->dirty && !w->stop) pthread_cond_wait(&w->cv, &w->mu);
+    if (w->stop) break;
+    struct timespec dl;
+    clock_gettime(CLOCK_MONOTONIC, &dl);
+    dl.tv_nsec += RELOAD_DEBOUNCE_MS * 1000000L;
+    if (dl.tv_nsec >= 1000000000L) {
+      dl.tv_sec++;
+      dl.tv_nsec -= 1000000000L;
+    }
+    while (!w->stop &&
+           pthread_cond_timedwait(&w->cv, &w->mu, &dl) != ETIMEDOUT) {
+    }
+    if (w->stop) break;
+    w->dirty = false;
+    pthread_mutex_unlock(&w->mu);
+    rescan(w->p, false);
+    pthread_mutex_lock(&w->mu);
+  }
+  pthread_mutex_unlock(&w->mu);
+  return NULL;
+}
+
+int orch__policy_watch(orch__policy *p, uv_loop_t *loop) {
+  if (!p || p->watch) return ORCH_OK;
+  struct stat st;
+  if (stat(p->dir, &st) != 0 || !S_ISDIR(st.st_mode))
+    return ORCH_OK; /* nothing to watch: no scripts, fallbacks serve */
+  pwatch *w = calloc(1, sizeof *w);
+  if (!w) return ORCH_ENOMEM;
+  w->p = p;
+  w->loop = loop;
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&w->cv, &ca);
+  pthread_condattr_destroy(&ca);
+  watch_dir(w, p->dir);
+  if (w->nh == 0) {
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    free(w);
+    return ORCH_EIO;
+  }
+  DIR *d = opendir(p->dir);
+  if (d) {
+    struct dirent *de;
+    while ((de = readdir(d))) {
+      if (de->d_name[0] == '.') continue;
+      char *sub = orch__asprintf("%s/%s", p->dir, de->d_name);
+      if (sub && stat(sub, &st) == 0 && S_ISDIR(st.st_mode))
+        watch_dir(w, sub);
+      free(sub);
+    }
+    closedir(d);
+  }
+  if (pthread_create(&w->thr, NULL, checker_main, w)) {
+    p->watch = w;
+    orch__policy_unwatch(p);
+    return ORCH_ENOMEM;
+  }
+  w->running = true;
+  p->watch = w;
+  /* a change between the initial load and this watch is not missed */
+  pthread_mutex_lock(&w->mu);
+  w->dirty = true;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+  return ORCH_OK;
+}
+
+/* Stops the checker thread (waiting for a scan in progress). */
+static void unwatch_now(orch__policy *p) {
+  pwatch *w = p->watch;
+  if (!w) return;
+  pthread_mutex_lock(&w->mu);
+  bool started = !w->stop;
+  w->stop = true;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+  if (started && w->running) pthread_join(w->thr, NULL);
+  w->running = false;
+}
+
+void orch__policy_unwatch(orch__policy *p) {
+  if (!p || !p->watch) return;
+  pwatch *w = p->watch;
+  unwatch_now(p);
+  for (size_t i = 0; i < w->nh; i++) {
+    uv_fs_event_stop(w->h[i]);
+    uv_close((uv_handle_t *)w->h[i], handle_free_cb);
+    free(w->hdir[i]);
+  }
+  free(w->h);
+  free(w->hdir);
+  pthread_cond_destroy(&w->cv);
+  pthread_mutex_destroy(&w->mu);
+  free(w);
+  p->watch = NULL;
 }

@@ -27,7 +27,8 @@ struct orch__worker {
   orch__pool *pool;
   pthread_t thread;
   int index;
-  lua_State *L;
+  lua_State *L;      /* without a policy engine */
+  orch__lstate *ls;  /* with one: the scripts loaded, synced per batch */
 };
 
 struct orch__pool {
@@ -73,12 +74,16 @@ static void *worker_main(void *arg) {
         idx[j - i] = batch[j].idx;
         j++;
       }
+      /* a step boundary: take a newly published script generation */
+      if (w->ls) orch__lstate_sync(w->ls);
       batch[i].fn(w, batch[i].arg, idx, j - i);
       i = j;
     }
   }
   if (w->L) orch__lua_close(w->L);
   w->L = NULL;
+  orch__lstate_free(w->ls);
+  w->ls = NULL;
   return NULL;
 }
 
@@ -182,8 +187,19 @@ int orch__pool_post(orch__pool *p, orch__job_fn fn, void *arg,
 }
 
 lua_State *orch__worker_lua(orch__worker *w, char *err, size_t errlen) {
-  if (!w->L) w->L = orch__lua_new_sandbox(&w->pool->rt->cfg, err, errlen);
+  orch_runtime *rt = w->pool->rt;
+  if (rt->policy) {
+    if (!w->ls) w->ls = orch__lstate_new(rt->policy, err, errlen);
+    return orch__lstate_L(w->ls);
+  }
+  if (!w->L) w->L = orch__lua_new_sandbox(&rt->cfg, err, errlen);
   return w->L;
+}
+
+orch__lstate *orch__worker_lstate(orch__worker *w) {
+  orch_runtime *rt = w->pool->rt;
+  if (rt->policy && !w->ls) w->ls = orch__lstate_new(rt->policy, NULL, 0);
+  return w->ls;
 }
 
 int orch__worker_index(const orch__worker *w) { return w->index; }

@@ -95,6 +95,9 @@ static void init_on_loop(void *arg) {
   uv_async_init(orch__loop_uv(rt->loop), &rt->cancel_async, cancel_cb);
   rt->cancel_async.data = rt;
   atomic_store(&rt->cancel_ready, true);
+  /* hot reload of the scripts: watches on this loop, checks on the
+   * engine's own thread */
+  orch__policy_watch(rt->policy, orch__loop_uv(rt->loop));
   pthread_mutex_lock(&sc->mu);
   sc->done = true;
   pthread_cond_signal(&sc->cv);
@@ -193,6 +196,7 @@ int orch__runtime_start(orch_runtime *rt, char *err, size_t errlen) {
     orch__err(err, errlen, rc, "cannot start the event loop");
     goto done;
   }
+  if ((rc = orch__policy_new(&rt->policy, &rt->cfg, err, errlen))) goto done;
   sync_call sc = {.rt = rt, .done = false};
   pthread_mutex_init(&sc.mu, NULL);
   pthread_cond_init(&sc.cv, NULL);
@@ -215,6 +219,7 @@ static void close_on_loop(void *arg) {
   orch_runtime *rt = arg;
   atomic_store(&rt->cancel_ready, false);
   uv_close((uv_handle_t *)&rt->cancel_async, NULL);
+  orch__policy_unwatch(rt->policy);
 }
 
 void orch_runtime_free(orch_runtime *rt) {
@@ -224,6 +229,7 @@ void orch_runtime_free(orch_runtime *rt) {
     orch__loop_call(rt->loop, close_on_loop, rt);
     orch__loop_free(rt->loop);
   }
+  orch__policy_free(rt->policy); /* after the loop: unwatched there */
   orch__store_close(rt->store); /* flushes what the run recorded */
   free(rt->db_url);
   free(rt->db_default);

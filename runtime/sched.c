@@ -161,6 +161,9 @@ static void start_step(orch__run *r, uint32_t v) {
   s->status = ORCH_IN_PROGRESS;
   s->attempts++;
   s->started_ns = orch__run_now(r);
+  /* The generation in force as it starts; a lua step overwrites it with
+   * the one its worker's state actually ran. */
+  s->generation = r->rt->policy ? orch__policy_generation(r->rt->policy) : 0;
   atomic_fetch_add(&r->running, 1);
   record(r, v);
   if (r->dry_run && s->kind == ORCH__KIND_LLM) {

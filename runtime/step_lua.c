@@ -20,6 +20,10 @@ static int run(orch__run *r, uint32_t idx, orch__worker *w) {
   orch__step *s = &g->steps[idx];
   lua_params *lp = s->u.p;
   char err[1024];
+  /* the step boundary: take a newly published script generation first */
+  orch__lstate *ls = orch__worker_lstate(w);
+  if (ls) orch__lstate_sync(ls);
+  s->generation = orch__lstate_generation(ls);
   lua_State *L = orch__worker_lua(w, err, sizeof err);
   if (!L) {
     orch__step_set_error(s, "no Lua state: %s", err);

@@ -200,7 +200,7 @@ describe("the run summary", function()
     })
     assert.are.equal(0, code)
     assert.are.equal("passed", doc.status)
-    assert.is_true(doc.makespan_ms >= 100 and doc.makespan_ms < 400)
+    assert.is_true(doc.makespan_ms >= 100 and doc.makespan_ms < 1000, doc.makespan_ms)
     assert.is_true(doc.sequential_ms >= 150)
     assert.is_true(doc.bound_ms >= 100 and doc.bound_ms <= doc.makespan_ms + 1)
     for _, s in ipairs(doc.steps) do

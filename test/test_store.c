@@ -586,9 +586,14 @@ static void fill_spool(const char *dir, uint64_t cap, bool expect_write_error) {
     int rc = orch__store_put(s, &r);
     ASSERT(rc == ORCH_OK || rc == ORCH_ELIMIT);
   }
-  orch__store_flush(s, 500);
+  /* The writer spools (and drops) in its own time: wait until all 400 are
+   * accounted for, up to 10 s. */
   orch__store_stats st;
-  orch__store_stats_get(s, &st);
+  for (int waited = 0; waited < 10000; waited += 50) {
+    orch__store_flush(s, 50);
+    orch__store_stats_get(s, &st);
+    if (st.spooled + st.records_dropped_total >= 400) break;
+  }
   orch__store_close(s);
   ASSERT(st.records_dropped_total > 0);
   ASSERT(st.spooled > 0);

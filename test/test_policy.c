@@ -1,0 +1,1207 @@
+/* test_policy.c: the Lua policy engine (policy.c): sandbox escapes, limits,
+ * typed hook results, hot reload (with and without the file watch), reload
+ * under load, and `orchestrate check`. Each test writes its scripts into a
+ * fresh temporary directory. */
+#include "orch_int.h"
+#include "test.h"
+
+#include <dirent.h>
+#include <lauxlib.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+#ifndef UNDER_ASAN
+#define UNDER_ASAN 0
+#endif
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static char *tmpdir_new(void) {
+  char tmpl[] = "/tmp/orch-policy-XXXXXX";
+  char *d = mkdtemp(tmpl);
+  return d ? strdup(d) : NULL;
+}
+
+static void rm_rf(const char *path) {
+  DIR *d = opendir(path);
+  if (d) {
+    struct dirent *de;
+    while ((de = readdir(d))) {
+      if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+      char *p = orch__asprintf("%s/%s", path, de->d_name);
+      rm_rf(p);
+      free(p);
+    }
+    closedir(d);
+    rmdir(path);
+  } else {
+    unlink(path);
+  }
+}
+
+/* Writes dir/rel the way editors do: a temporary file renamed over it. */
+static int put(const char *dir, const char *rel, const char *text) {
+  char *path = orch__asprintf("%s/%s", dir, rel);
+  char *tmp = orch__asprintf("%s/.%s.tmp", dir, strchr(rel, '/') ? "x" : rel);
+  char *slash = strrchr(path, '/');
+  *slash = '\0';
+  mkdir(path, 0755);
+  *slash = '/';
+  FILE *f = fopen(tmp, "w");
+  int rc = -1;
+  if (f) {
+    fputs(text, f);
+    fclose(f);
+    rc = rename(tmp, path);
+  }
+  free(path);
+  free(tmp);
+  return rc;
+}
+
+static orch__config test_cfg(const char *dir) {
+  orch__config c;
+  orch__config_defaults(&c);
+  free(c.scripts_dir);
+  c.scripts_dir = orch__strdup(dir);
+  return c;
+}
+
+static double now_ms(void) { return (double)orch__now_ns() / 1e6; }
+
+static long rss_kb(void) {
+  FILE *f = fopen("/proc/self/statm", "r");
+  long size = 0, res = 0;
+  if (f) {
+    if (fscanf(f, "%ld %ld", &size, &res) != 2) res = 0;
+    fclose(f);
+  }
+  return res * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+/* Runs code as a chunk in s's state; returns the orch code, the first
+ * result (tostring'd) or the error in out. */
+static int run_chunk(lua_State *L, const char *code, char *out, size_t n) {
+  char err[1024];
+  out[0] = '\0';
+  int rc = orch__lua_load(L, code, strlen(code), "snippet", err, sizeof err);
+  if (rc) {
+    snprintf(out, n, "%s", err);
+    return rc;
+  }
+  rc = orch__lua_pcall(L, 0, 1, err, sizeof err);
+  if (rc) {
+    snprintf(out, n, "%s", err);
+    return rc;
+  }
+  const char *v = lua_tostring(L, -1);
+  snprintf(out, n, "%s", v ? v : luaL_typename(L, -1));
+  lua_pop(L, 1);
+  return ORCH_OK;
+}
+
+static const char *COMPLEXITY =
+    "local M = {}\n"
+    "local complex = {'architect', 'security', 'refactor'}\n"
+    "local simple = {'format', 'simple', 'convert', 'summarize'}\n"
+    "function M.classify(task)\n"
+    "  local text = ((task.title or '') .. ' ' .. (task.instructions or ''))"
+    ":lower()\n"
+    "  for _, k in ipairs(complex) do\n"
+    "    if text:find(k, 1, true) then return 'strong' end\n"
+    "  end\n"
+    "  local n = 0\n"
+    "  for _, k in ipairs(simple) do\n"
+    "    if text:find(k, 1, true) then n = n + 1 end\n"
+    "  end\n"
+    "  return n >= 2 and 'fast' or 'local'\n"
+    "end\n"
+    "function M.selftest()\n"
+    "  assert(M.classify{title='Format this simple document'} == 'fast')\n"
+    "end\n"
+    "return M\n";
+
+/* ---- loading and calling ------------------------------------------------ */
+
+TEST(policy_calls_routing_hook_fast_path_and_json) {
+  char *dir = tmpdir_new(), err[512], tier[32];
+  ASSERT(dir);
+  put(dir, "routing/complexity.lua", COMPLEXITY);
+  orch__config c = test_cfg(dir);
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch__policy_generation(p), 1);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  ASSERT(s);
+  ASSERT_EQ(orch__lstate_generation(s), 1);
+  const char *keys[] = {"title", "instructions", "name", "phase", "agent"};
+  const char *vals[] = {"Format this simple document", "Convert to markdown",
+                        "format_doc", "implementation", NULL};
+  ASSERT_EQ(orch__policy_call_fields(s, "routing.complexity", "classify",
+                                     keys, vals, 5, tier, sizeof tier, err,
+                                     sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(tier, "fast");
+  json_t *arg = json_pack("{s:s, s:s}", "title", "Architect the security "
+                          "system", "instructions", "Design auth flow");
+  ASSERT_EQ(orch__policy_call_string(s, "routing.complexity", "classify", arg,
+                                     tier, sizeof tier, err, sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(tier, "strong");
+  json_t *out = NULL;
+  ASSERT_EQ(orch__policy_call(s, "routing.complexity", "classify", arg, &out,
+                              err, sizeof err),
+            ORCH_OK);
+  ASSERT(json_is_string(out));
+  ASSERT_STR_EQ(json_string_value(out), "strong");
+  json_decref(out);
+  json_decref(arg);
+  /* missing module and function: ENOTFOUND, the caller's fallback */
+  ASSERT_EQ(orch__policy_call_string(s, "routing.nope", "classify", NULL,
+                                     tier, sizeof tier, err, sizeof err),
+            ORCH_ENOTFOUND);
+  ASSERT_CONTAINS(err, "routing.nope");
+  ASSERT_EQ(orch__policy_call_string(s, "routing.complexity", "nofn", NULL,
+                                     tier, sizeof tier, err, sizeof err),
+            ORCH_ENOTFOUND);
+  ASSERT_CONTAINS(err, "has no function 'nofn'");
+  char mods[256];
+  ASSERT_EQ(orch__policy_modules(p, mods, sizeof mods), 1);
+  ASSERT_STR_EQ(mods, "routing.complexity");
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
+
+TEST(policy_without_scripts_dir_falls_back) {
+  char err[512], tier[32];
+  orch__config c = test_cfg("/nonexistent/orch-scripts");
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch__policy_generation(p), 1);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  ASSERT(s);
+  ASSERT_EQ(orch__policy_call_string(s, "routing.complexity", "classify",
+                                     NULL, tier, sizeof tier, err,
+                                     sizeof err),
+            ORCH_ENOTFOUND);
+  ASSERT_EQ(orch__policy_rescan(p), ORCH_OK);
+  ASSERT_EQ(orch__policy_generation(p), 1);
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+}
+
+TEST(policy_runtime_error_names_file_line_and_hook) {
+  char *dir = tmpdir_new(), err[512];
+  put(dir, "rewards/group.lua",
+      "local M = {}\n"
+      "function M.reward(t)\n"
+      "  return t.missing.field\n"
+      "end\n"
+      "return M\n");
+  orch__config c = test_cfg(dir);
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  json_t *arg = json_object(), *out = NULL;
+  ASSERT_EQ(orch__policy_call(s, "rewards.group", "reward", arg, &out, err,
+                              sizeof err),
+            ORCH_ESCRIPT);
+  ASSERT_CONTAINS(err, "rewards/group.lua:3:");
+  ASSERT_CONTAINS(err, "(in group.reward())");
+  json_decref(arg);
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
+
+/* ---- the sandbox -------------------------------------------------------- */
+
+TEST(sandbox_refuses_every_escape_with_a_clear_error) {
+  static const struct {
+    const char *code, *want;
+  } cases[] = {
+      {"return io.open('/etc/passwd')",
+       "nonexistent global variable 'io'"},
+      {"return os.execute('true')",
+       "'os.execute' is not available in the script sandbox"},
+      {"return os.remove('/tmp/x')", "'os.remove' is not available"},
+      {"return os.exit(1)", "'os.exit' is not available"},
+      {"return os.getenv('HOME')", "'os.getenv' is not available"},
+      {"return require 'os'", "require: no module 'os'"},
+      {"return require 'io'", "require: no module 'io'"},
+      {"return require '../../etc/passwd'", "require: no module"},
+      {"return assert(load('\\27LuaT\\0\\25\\147\\r\\n\\26\\n'))",
+       "binary chunks are not allowed"},
+      {"return load(string.dump(function() end))",
+       "'string.dump' is not available"},
+      {"return ('').dump", "'string.dump' is not available"},
+      {"return debug.getinfo(1)", "nonexistent global variable 'debug'"},
+      {"return debug.sethook()", "nonexistent global variable 'debug'"},
+      {"_G.x = 1", "create global variable 'x'"},
+      {"x = 1", "create global variable 'x'"},
+      {"rawset(_G, 'x', 1)", "write the global table"},
+      {"rawset(_ENV, 'y', 1)", "write the global table"},
+      {"return dofile('/etc/passwd')",
+       "nonexistent global variable 'dofile'"},
+      {"return loadfile('/etc/passwd')",
+       "nonexistent global variable 'loadfile'"},
+      {"return collectgarbage('count')",
+       "nonexistent global variable 'collectgarbage'"},
+      {"return package.loaded", "nonexistent global variable 'package'"},
+      {"return coroutine.create(print)",
+       "nonexistent global variable 'coroutine'"},
+      {"return load('return io')()", "nonexistent global variable 'io'"},
+      {"return getmetatable('').__index",
+       "attempt to index a nil value"},
+      {"return getmetatable(_G).__index", "attempt to index a boolean"},
+      {"setmetatable(_G, nil)", "cannot change a protected metatable"},
+      {"setmetatable({}, {__gc = function() end})",
+       "__gc metamethods are not allowed"},
+      {"return string.rep('x', 1 << 30)", "memory cap exceeded"},
+      {"pcall(function() while true do end end) return 'escaped'",
+       "instruction budget exceeded"},
+  };
+  char *dir = tmpdir_new(), err[512], out[1024];
+  put(dir, "routing/complexity.lua", COMPLEXITY);
+  orch__config c = test_cfg(dir);
+  c.lua_budget = 1000;
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  lua_State *L = orch__lstate_L(s);
+  for (size_t i = 0; i < ORCH__ARRAY_LEN(cases); i++) {
+    int rc = run_chunk(L, cases[i].code, out, sizeof out);
+    if (rc == ORCH_OK || !strstr(out, cases[i].want)) {
+      orch_test_fail(__FILE__, __LINE__, "%s: want error '%s', got %s '%s'",
+                     cases[i].code, cases[i].want, rc ? "error" : "result",
+                     out);
+    }
+  }
+  /* a module required by a step is read-only */
+  ASSERT(run_chunk(L, "require('routing.complexity').classify = nil", out,
+                   sizeof out) != ORCH_OK);
+  ASSERT_CONTAINS(out, "module tables are read-only");
+  ASSERT(run_chunk(L, "return getmetatable(require('routing.complexity'))",
+                   out, sizeof out) == ORCH_OK);
+  ASSERT_STR_EQ(out, "boolean");
+  /* what is allowed works */
+  ASSERT_EQ(run_chunk(L,
+                      "local t = json.decode(json.encode({a = {1, 2, 3}, b "
+                      "= 'x\"y'}))\n"
+                      "return t.a[3] .. t.b .. #orch.sha256('abc') .. "
+                      "orch.sha256('abc'):sub(1, 8) .. "
+                      "tostring(orch.now_ms() > 0) .. "
+                      "tostring(os.time() > 0) .. math.floor(2.5) .. "
+                      "utf8.char(72) .. table.concat({'a', 'b'}, ',') .. "
+                      "select('#', 1, 2) .. string.format('%d', 7) .. "
+                      "require('routing.complexity').classify{title = "
+                      "'quick simple convert'}",
+                      out, sizeof out),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "3x\"y64ba7816bftruetrue2Ha,b27fast");
+  ASSERT_EQ(run_chunk(L, "return json.encode(json.null) .. "
+                         "json.encode(json.decode('[1,null,2]'))",
+                      out, sizeof out),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "null[1,null,2]");
+  ASSERT(run_chunk(L, "return json.encode(0/0)", out, sizeof out));
+  ASSERT_CONTAINS(out, "cannot encode NaN");
+  ASSERT(run_chunk(L, "local t = {} t.t = t return json.encode(t)", out,
+                   sizeof out));
+  ASSERT_CONTAINS(out, "nesting deeper than");
+  /* the host globals a plain luaL_loadbuffer chunk sees are sandboxed */
+  ASSERT_EQ(luaL_loadstring(L, "return io"), LUA_OK);
+  ASSERT(orch__lua_pcall(L, 0, 1, err, sizeof err) != ORCH_OK);
+  ASSERT_CONTAINS(err, "nonexistent global variable 'io'");
+  ASSERT_EQ(luaL_loadstring(L, "return type(dofile)"), LUA_OK);
+  ASSERT(orch__lua_pcall(L, 0, 1, err, sizeof err) != ORCH_OK);
+  ASSERT_CONTAINS(err, "'dofile'");
+  /* still usable */
+  ASSERT_EQ(run_chunk(L, "return 1 + 1", out, sizeof out), ORCH_OK);
+  ASSERT_STR_EQ(out, "2");
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
+
+TEST(sandbox_lua_new_sandbox_state_for_plans_and_steps) {
+  char err[512], out[512];
+  orch__config c;
+  orch__config_defaults(&c);
+  lua_State *L = orch__lua_new_sandbox(&c, err, sizeof err);
+  ASSERT(L);
+  ASSERT_EQ(run_chunk(L, "return #string.rep('ab', 3)", out, sizeof out),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "6");
+  ASSERT(run_chunk(L, "return require 'routing.complexity'", out,
+                   sizeof out) != ORCH_OK);
+  ASSERT_CONTAINS(out, "no module 'routing.complexity'");
+  ASSERT(run_chunk(L, "error('boom')", out, sizeof out) == ORCH_ESCRIPT);
+  ASSERT_STR_EQ(out, "snippet:1: boom");
+  ASSERT(run_chunk(L, "assert(false, 'no')", out, sizeof out));
+  ASSERT_STR_EQ(out, "snippet:1: no");
+  /* the global table: C may set names before a chunk runs, Lua may not */
+  lua_pushinteger(L, 7);
+  lua_setglobal(L, "seven");
+  ASSERT_EQ(luaL_loadstring(L, "return seven * 6"), LUA_OK);
+  ASSERT_EQ(orch__lua_pcall(L, 0, 1, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(lua_tointeger(L, -1), 42);
+  lua_pop(L, 1);
+  ASSERT_EQ(luaL_loadstring(L, "x = 1"), LUA_OK);
+  ASSERT_EQ(orch__lua_pcall(L, 0, 0, err, sizeof err), ORCH_ESCRIPT);
+  ASSERT_CONTAINS(err, "create global variable 'x'");
+  ASSERT_EQ(luaL_loadstring(L, "table.insert(_G, 1)"), LUA_OK);
+  ASSERT_EQ(orch__lua_pcall(L, 0, 0, err, sizeof err), ORCH_ESCRIPT);
+  ASSERT_EQ(lua_gettop(L), 0);
+  orch__lua_close(L);
+  orch__lua_close(NULL);
+  orch__config_deinit(&c);
+}
+
+TEST(sandbox_memory_bomb_stops_at_the_cap) {
+  char err[512], out[1024];
+  orch__config c;
+  orch__config_defaults(&c);
+  c.lua_mem_max = 16u << 20;
+  lua_State *L = orch__lua_new_sandbox(&c, err, sizeof err);
+  ASSERT(L);
+  long before = rss_kb();
+  /* one huge string */
+  ASSERT_EQ(run_chunk(L, "return #string.rep('x', 1e9)", out, sizeof out),
+            ORCH_ELIMIT);
+  ASSERT_CONTAINS(out, "memory cap exceeded (16777216 bytes)");
+  /* doubling, inside pcall */
+  ASSERT_EQ(run_chunk(L,
+                      "local s = 'x' pcall(function() while true do s = s "
+                      ".. s end end) return #s",
+                      out, sizeof out),
+            ORCH_OK);
+  /* many live strings, so the cap is really reached by live data */
+  ASSERT_EQ(run_chunk(L,
+                      "local t = {} for i = 1, 1e8 do t[i] = "
+                      "string.rep('y', 1000) .. i end",
+                      out, sizeof out),
+            ORCH_ELIMIT);
+  ASSERT_CONTAINS(out, "memory cap exceeded");
+  ASSERT_EQ(run_chunk(L, "return table.concat({string.rep('z', 1e6), "
+                         "string.rep('z', 1e6)}) .. string.rep('w', 5e7)",
+                      out, sizeof out),
+            ORCH_ELIMIT);
+  long grew_kb = rss_kb() - before;
+  if (!UNDER_ASAN) {
+    /* the process grew by no more than the cap (plus malloc slack) */
+    if (grew_kb > (16 << 10) + (4 << 10))
+      orch_test_fail(__FILE__, __LINE__, "RSS grew by %ld kB", grew_kb);
+  }
+  ASSERT_EQ(run_chunk(L, "return 40 + 2", out, sizeof out), ORCH_OK);
+  ASSERT_STR_EQ(out, "42");
+  orch__lua_close(L);
+  orch__config_deinit(&c);
+}
+
+TEST(sandbox_budget_stops_infinite_loops_even_inside_pcall) {
+  char *dir = tmpdir_new(), err[512], out[64];
+  put(dir, "routing/loop.lua",
+      "local M = {}\n"
+      "function M.spin() while true do end end\n"
+      "function M.sneaky()\n"
+      "  for i = 1, 100 do\n"
+      "    pcall(function() while true do end end)\n"
+      "  end\n"
+      "  return 'escaped'\n"
+      "end\n"
+      "function M.xp()\n"
+      "  local ok = xpcall(function() while true do end end,\n"
+      "                    function(m) while true do end end)\n"
+      "  return 'escaped'\n"
+      "end\n"
+      "function M.ok() return 'fine' end\n"
+      "return M\n");
+  orch__config c = test_cfg(dir);
+  c.lua_budget = 2000; /* 2M instructions */
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  const char *fns[] = {"spin", "sneaky", "xp"};
+  for (size_t i = 0; i < 3; i++) {
+    double t0 = now_ms();
+    ASSERT_EQ(orch__policy_call_string(s, "routing.loop", fns[i], NULL, out,
+                                       sizeof out, err, sizeof err),
+              ORCH_ELIMIT);
+    ASSERT(now_ms() - t0 < 1000);
+    ASSERT_CONTAINS(err, "routing/loop.lua:");
+    ASSERT_CONTAINS(err, "instruction budget exceeded (2000000 "
+                         "instructions) in loop.");
+  }
+  ASSERT_EQ(orch__policy_call_string(s, "routing.loop", "ok", NULL, out,
+                                     sizeof out, err, sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "fine");
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
+
+/* ---- typed rewards ------------------------------------------------------ */
+
+TEST(reward_hook_results_are_typed) {
+  char *dir = tmpdir_new(), err[512];
+  put(dir, "rewards/bad.lua",
+      "local M = {}\n"
+      "function M.none() end\n"
+      "function M.nan() return 0/0 end\n"
+      "function M.inf() return 1/0 end\n"
+      "function M.ninf() return -1/0 end\n"
+      "function M.str() return '0.5' end\n"
+      "function M.tbl() return {} end\n"
+      "function M.good() return 0.25 end\n"
+      "function M.group() return {se = 0.67, research = 0.585} end\n"
+      "function M.group_nan() return {se = 0.67, research = 0/0} end\n"
+      "function M.group_str() return {se = '1'} end\n"
+      "function M.adv() return {0.5, -0.5} end\n"
+      "return M\n");
+  orch__config c = test_cfg(dir);
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  static const struct {
+    const char *fn, *want;
+  } cases[] = {{"none", "bad.none() returned nil, expected a finite number"},
+               {"nan", "bad.nan() returned NaN"},
+               {"inf", "bad.inf() returned inf"},
+               {"ninf", "bad.ninf() returned -inf"},
+               {"str", "bad.str() returned a string"},
+               {"tbl", "bad.tbl() returned a table"}};
+  for (size_t i = 0; i < ORCH__ARRAY_LEN(cases); i++) {
+    double v = 123;
+    int rc = orch__policy_call_number(s, "rewards.bad", cases[i].fn, NULL,
+                                      &v, err, sizeof err);
+    if (rc != ORCH_ESCRIPT || !strstr(err, cases[i].want) ||
+        !strstr(err, "rewards/bad.lua: ") || v != 0)
+      orch_test_fail(__FILE__, __LINE__, "%s: rc %d v %g '%s'", cases[i].fn,
+                     rc, v, err);
+  }
+  double v = 0;
+  ASSERT_EQ(orch__policy_call_number(s, "rewards.bad", "good", NULL, &v, err,
+                                     sizeof err),
+            ORCH_OK);
+  ASSERT(v == 0.25);
+  json_t *out = NULL;
+  ASSERT_EQ(orch__policy_call_numbers(s, "rewards.bad", "group", NULL, &out,
+                                      err, sizeof err),
+            ORCH_OK);
+  ASSERT(fabs(json_real_value(json_object_get(out, "se")) - 0.67) < 1e-9);
+  ASSERT(fabs(json_real_value(json_object_get(out, "research")) - 0.585) <
+         1e-9);
+  json_decref(out);
+  ASSERT_EQ(orch__policy_call_numbers(s, "rewards.bad", "adv", NULL, &out,
+                                      err, sizeof err),
+            ORCH_OK);
+  ASSERT_EQ(json_array_size(out), 2);
+  json_decref(out);
+  ASSERT_EQ(orch__policy_call_numbers(s, "rewards.bad", "group_nan", NULL,
+                                      &out, err, sizeof err),
+            ORCH_ESCRIPT);
+  ASSERT(out == NULL);
+  ASSERT_CONTAINS(err, "bad.group_nan() returned NaN for 'research'");
+  ASSERT_EQ(orch__policy_call_numbers(s, "rewards.bad", "group_str", NULL,
+                                      &out, err, sizeof err),
+            ORCH_ESCRIPT);
+  ASSERT_CONTAINS(err, "returned a string for 'se'");
+  ASSERT_EQ(orch__policy_call_numbers(s, "rewards.bad", "none", NULL, &out,
+                                      err, sizeof err),
+            ORCH_ESCRIPT);
+  ASSERT_CONTAINS(err, "returned nil");
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
+
+/* ---- reload ------------------------------------------------------------- */
+
+static const char *version_src(int v, int broken) {
+  static char buf[512];
+  if (broken == 1) /* does not compile */
+    snprintf(buf, sizeof buf,
+             "local M = {}\nfunction M.classify(t)\n  return 'v%d'\n"
+             "end end\nreturn M\n", v);
+  else if (broken == 2) /* compiles, fails its selftest */
+    snprintf(buf, sizeof buf,
+             "local M = {}\nfunction M.classify(t) return 'broken' end\n"
+             "function M.selftest()\n  assert(M.classify{} ~= 'broken', "
+             "'serves broken')\nend\nreturn M\n");
+  else
+    snprintf(buf, sizeof buf,
+             "local M = {}\nfunction M.classify(t) return 'v%d' end\n"
+             "function M.selftest() assert(M.classify{} == 'v%d') end\n"
+             "return M\n", v, v);
+  return buf;
+}
+
+TEST(reload_picks_up_rewrites_and_refuses_broken_ones) {
+  char *dir = tmpdir_new(), err[512], out[64], last[1024];
+  put(dir, "routing/complexity.lua", version_src(1, 0));
+  orch__config c = test_cfg(dir);
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  ASSERT_EQ(orch__policy_call_string(s, "routing.complexity", "classify",
+                                     NULL, out, sizeof out, err, sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "v1");
+  ASSERT(!orch__lstate_sync(s));
+  /* a good rewrite: a new generation, seen after the step boundary */
+  put(dir, "routing/complexity.lua", version_src(2, 0));
+  ASSERT_EQ(orch__policy_rescan(p), ORCH_OK);
+  ASSERT_EQ(orch__policy_generation(p), 2);
+  ASSERT_EQ(orch__policy_call_string(s, "routing.complexity", "classify",
+                                     NULL, out, sizeof out, err, sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "v1"); /* not mid-step */
+  ASSERT(orch__lstate_sync(s));
+  ASSERT_EQ(orch__lstate_generation(s), 2);
+  ASSERT_EQ(orch__policy_call_string(s, "routing.complexity", "classify",
+                                     NULL, out, sizeof out, err, sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "v2");
+  /* a syntax error: refused with file:line, v2 keeps serving */
+  put(dir, "routing/complexity.lua", version_src(3, 1));
+  ASSERT_EQ(orch__policy_rescan(p), ORCH_OK);
+  ASSERT_EQ(orch__policy_last_error(p, last, sizeof last), 2);
+  ASSERT_CONTAINS(last, "routing/complexity.lua:4:");
+  ASSERT_CONTAINS(last, "<eof> expected near 'end'");
+  ASSERT(!orch__lstate_sync(s));
+  ASSERT_EQ(orch__policy_call_string(s, "routing.complexity", "classify",
+                                     NULL, out, sizeof out, err, sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "v2");
+  /* a failing selftest: refused too */
+  put(dir, "routing/complexity.lua", version_src(4, 2));
+  ASSERT_EQ(orch__policy_rescan(p), ORCH_OK);
+  ASSERT_EQ(orch__policy_last_error(p, last, sizeof last), 2);
+  ASSERT_CONTAINS(last, "routing/complexity.lua:4: serves broken");
+  ASSERT_CONTAINS(last, "complexity.selftest()");
+  /* fixed: published, error cleared */
+  put(dir, "routing/complexity.lua", version_src(5, 0));
+  ASSERT_EQ(orch__policy_rescan(p), ORCH_OK);
+  ASSERT_EQ(orch__policy_last_error(p, last, sizeof last), 3);
+  ASSERT_STR_EQ(last, "");
+  ASSERT(orch__lstate_sync(s));
+  ASSERT_EQ(orch__policy_call_string(s, "routing.complexity", "classify",
+                                     NULL, out, sizeof out, err, sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "v5");
+  /* a new module appears; a removed one goes */
+  put(dir, "rewards/step.lua", "return {reward = function() return 1 end}");
+  ASSERT_EQ(orch__policy_rescan(p), ORCH_OK);
+  ASSERT_EQ(orch__policy_generation(p), 4);
+  orch__lstate_sync(s);
+  double v;
+  ASSERT_EQ(orch__policy_call_number(s, "rewards.step", "reward", NULL, &v,
+                                     err, sizeof err),
+            ORCH_OK);
+  char *path = orch__asprintf("%s/rewards/step.lua", dir);
+  unlink(path);
+  free(path);
+  ASSERT_EQ(orch__policy_rescan(p), ORCH_OK);
+  ASSERT_EQ(orch__policy_generation(p), 5);
+  orch__lstate_sync(s);
+  ASSERT_EQ(orch__policy_call_number(s, "rewards.step", "reward", NULL, &v,
+                                     err, sizeof err),
+            ORCH_ENOTFOUND);
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
+
+TEST(reload_rejects_selftest_that_loops_forever_within_100ms) {
+  char *dir = tmpdir_new(), err[512], out[64], last[1024];
+  put(dir, "routing/complexity.lua", version_src(1, 0));
+  orch__config c = test_cfg(dir); /* the default budget */
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  put(dir, "routing/complexity.lua",
+      "local M = {}\nfunction M.classify() return 'hang' end\n"
+      "function M.selftest()\n  while true do end\nend\nreturn M\n");
+  /* The check runs on this thread: its CPU time is what the budget bounds
+   * (wall time also counts other processes on a shared machine). */
+  struct timespec c0, c1;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
+  double t0 = now_ms();
+  ASSERT_EQ(orch__policy_rescan(p), ORCH_OK);
+  double took = now_ms() - t0;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+  double cpu = (double)(c1.tv_sec - c0.tv_sec) * 1e3 +
+               (double)(c1.tv_nsec - c0.tv_nsec) / 1e6;
+  if (!UNDER_ASAN && (cpu > 100 || took > 1000))
+    orch_test_fail(__FILE__, __LINE__, "rejected after %.1f ms (%.1f ms "
+                   "CPU)", took, cpu);
+  ASSERT_EQ(orch__policy_last_error(p, last, sizeof last), 1);
+  ASSERT_CONTAINS(last, "routing/complexity.lua:4: instruction budget "
+                        "exceeded (10000000 instructions) in "
+                        "complexity.selftest()");
+  ASSERT_EQ(orch__policy_call_string(s, "routing.complexity", "classify",
+                                     NULL, out, sizeof out, err, sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "v1");
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
+
+TEST(startup_leaves_out_a_broken_module_and_reports_it) {
+  char *dir = tmpdir_new(), err[512], last[1024], mods[256];
+  put(dir, "routing/complexity.lua", COMPLEXITY);
+  put(dir, "rewards/group.lua", "return {reward = function( end}\n");
+  orch__config c = test_cfg(dir);
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch__policy_last_error(p, last, sizeof last), 1);
+  ASSERT_CONTAINS(last, "rewards/group.lua:1:");
+  ASSERT_EQ(orch__policy_modules(p, mods, sizeof mods), 1);
+  ASSERT_STR_EQ(mods, "routing.complexity");
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
+
+/* ---- the watch: a loop on a thread of the test's own -------------------- */
+
+typedef struct looper {
+  uv_loop_t loop;
+  uv_async_t stop;
+  orch__policy *p;
+  pthread_t thr;
+} looper;
+
+static void stop_cb(uv_async_t *a) {
+  looper *l = a->data;
+  orch__policy_unwatch(l->p);
+  uv_close((uv_handle_t *)a, NULL);
+}
+
+static void *loop_main(void *arg) {
+  looper *l = arg;
+  uv_run(&l->loop, UV_RUN_DEFAULT);
+  return NULL;
+}
+
+static int looper_start(looper *l, orch__policy *p) {
+  l->p = p;
+  if (uv_loop_init(&l->loop)) return -1;
+  uv_async_init(&l->loop, &l->stop, stop_cb);
+  l->stop.data = l;
+  /* the loop is not running yet: this thread may act as its thread */
+  if (orch__policy_watch(p, &l->loop)) return -1;
+  return pthread_create(&l->thr, NULL, loop_main, l);
+}
+
+static void looper_stop(looper *l) {
+  uv_async_send(&l->stop);
+  pthread_join(l->thr, NULL);
+  uv_loop_close(&l->loop);
+}
+
+/* Waits until s serves the wanted tier (syncing like a worker between
+ * steps); returns the ms it took, or -1. */
+static double wait_for(orch__lstate *s, const char *want, double limit_ms) {
+  double t0 = now_ms();
+  char out[64], err[256];
+  while (now_ms() - t0 < limit_ms) {
+    orch__lstate_sync(s);
+    if (orch__policy_call_string(s, "routing.complexity", "classify", NULL,
+                                 out, sizeof out, err, sizeof err) ==
+            ORCH_OK &&
+        !strcmp(out, want))
+      return now_ms() - t0;
+    usleep(500);
+  }
+  return -1;
+}
+
+TEST(watch_reloads_a_rewrite_within_a_fraction_of_a_second) {
+  char *dir = tmpdir_new(), err[512], last[1024];
+  put(dir, "routing/complexity.lua", version_src(1, 0));
+  orch__config c = test_cfg(dir);
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  looper l;
+  ASSERT_EQ(looper_start(&l, p), 0);
+  usleep(50 * 1000);
+  put(dir, "routing/complexity.lua", version_src(2, 0));
+  double ms = wait_for(s, "v2", 2000);
+  ASSERT(ms >= 0);
+  if (!UNDER_ASAN && ms > 250)
+    orch_test_fail(__FILE__, __LINE__, "reload took %.1f ms", ms);
+  /* broken: refused, v2 serves */
+  put(dir, "routing/complexity.lua", version_src(3, 1));
+  double t0 = now_ms();
+  while (now_ms() - t0 < 2000) {
+    orch__policy_last_error(p, last, sizeof last);
+    if (last[0]) break;
+    usleep(1000);
+  }
+  ASSERT_CONTAINS(last, "routing/complexity.lua:4:");
+  ASSERT(wait_for(s, "v2", 10) >= 0);
+  /* a new subdirectory is watched too */
+  put(dir, "policies/retry.lua", "return {max = function() return 3 end}");
+  t0 = now_ms();
+  while (now_ms() - t0 < 2000) {
+    char mods[256];
+    if (orch__policy_modules(p, mods, sizeof mods) == 2) break;
+    usleep(1000);
+  }
+  char mods[256];
+  ASSERT_EQ(orch__policy_modules(p, mods, sizeof mods), 2);
+  looper_stop(&l);
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
+
+/* 20,000 calls from two threads while complexity.lua is rewritten 50
+ * times, some rewrites broken: no call fails, no call sees a broken
+ * version, every generation a call ran under is one that was published
+ * after its check, and each generation means one version. */
+#define LOAD_CALLS 10000
+#define MAX_GEN 128
+
+typedef struct loadw {
+  orch__policy *p;
+  atomic_bool *writer_done;
+  long calls, failures, broken;
+  int gen_version[MAX_GEN]; /* generation -> version it served */
+  bool conflict;
+  char first_err[256];
+} loadw;
+
+static void *load_main(void *arg) {
+  loadw *w = arg;
+  char err[256], out[64];
+  orch__lstate *s = orch__lstate_new(w->p, err, sizeof err);
+  if (!s) {
+    w->failures++;
+    return NULL;
+  }
+  const char *keys[] = {"title", "instructions"};
+  const char *vals[] = {"t", "i"};
+  while (w->calls < LOAD_CALLS || !atomic_load(w->writer_done)) {
+    orch__lstate_sync(s); /* the step boundary */
+    unsigned g = orch__lstate_generation(s);
+    int rc = orch__policy_call_fields(s, "routing.complexity", "classify",
+                                      keys, vals, 2, out, sizeof out, err,
+                                      sizeof err);
+    w->calls++;
+    if (rc) {
+      if (!w->failures) snprintf(w->first_err, sizeof w->first_err, "%s", err);
+      w->failures++;
+      continue;
+    }
+    if (!strcmp(out, "broken")) {
+      w->broken++;
+      continue;
+    }
+    int v = atoi(out + 1);
+    if (g < MAX_GEN) {
+      if (w->gen_version[g] && w->gen_version[g] != v) w->conflict = true;
+      w->gen_version[g] = v;
+    }
+    if (w->calls % 8 == 0) usleep(20);
+  }
+  orch__lstate_free(s);
+  return NULL;
+}
+
+TEST(reload_under_load_loses_no_call_and_never_serves_broken) {
+  char *dir = tmpdir_new(), err[512], last[1024];
+  put(dir, "routing/complexity.lua", version_src(0, 0));
+  orch__config c = test_cfg(dir);
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  looper l;
+  ASSERT_EQ(looper_start(&l, p), 0);
+  atomic_bool done;
+  atomic_init(&done, false);
+  loadw w[2];
+  pthread_t t[2];
+  memset(w, 0, sizeof w);
+  for (int i = 0; i < 2; i++) {
+    w[i].p = p;
+    w[i].writer_done = &done;
+    pthread_create(&t[i], NULL, load_main, &w[i]);
+  }
+  /* 50 rewrites; every 5th broken (alternately syntax, selftest). The
+   * writer waits for each to be decided so none is coalesced away. */
+  int published[MAX_GEN] = {0}; /* generation -> version */
+  published[1] = 0;
+  int good = 0, bad = 0;
+  for (int v = 1; v <= 50; v++) {
+    int broken = v % 5 == 0 ? (v % 10 == 0 ? 2 : 1) : 0;
+    unsigned g0 = orch__policy_generation(p);
+    put(dir, "routing/complexity.lua", version_src(v, broken));
+    double t0 = now_ms();
+    for (;;) {
+      unsigned g = orch__policy_generation(p);
+      orch__policy_last_error(p, last, sizeof last);
+      if (!broken && g != g0) {
+        if (g < MAX_GEN) published[g] = v;
+        good++;
+        break;
+      }
+      if (broken && last[0]) {
+        bad++;
+        ASSERT_EQ(orch__policy_generation(p), g0);
+        break;
+      }
+      if (now_ms() - t0 > 3000) {
+        orch_test_fail(__FILE__, __LINE__, "rewrite %d undecided", v);
+        break;
+      }
+      usleep(500);
+    }
+  }
+  atomic_store(&done, true);
+  for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+  looper_stop(&l);
+  ASSERT_EQ(good, 40);
+  ASSERT_EQ(bad, 10);
+  ASSERT_EQ(orch__policy_generation(p), 41);
+  for (int i = 0; i < 2; i++) {
+    if (w[i].failures)
+      orch_test_fail(__FILE__, __LINE__, "thread %d: %ld failed calls: %s",
+                     i, w[i].failures, w[i].first_err);
+    ASSERT(w[i].calls >= LOAD_CALLS);
+    ASSERT_EQ(w[i].broken, 0);
+    ASSERT(!w[i].conflict);
+    for (int g = 1; g < MAX_GEN; g++) {
+      if (!w[i].gen_version[g]) continue;
+      /* each generation served is one published, with its version */
+      if (g > 41 || w[i].gen_version[g] != published[g])
+        orch_test_fail(__FILE__, __LINE__, "gen %d served v%d, published "
+                       "v%d", g, w[i].gen_version[g], published[g]);
+    }
+  }
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
+
+/* ---- orchestrate check ---------------------------------------------------- */
+
+typedef struct reports {
+  int n;
+  char text[8][512];
+} reports;
+
+static void on_report(void *ud, const char *file, int line,
+                      const char *msg) {
+  reports *r = ud;
+  if (r->n < 8)
+    snprintf(r->text[r->n++], sizeof r->text[0], "%s:%d: %s", file, line,
+             msg);
+}
+
+TEST(scripts_check_reports_file_line_for_each_failing_script) {
+  char *dir = tmpdir_new();
+  put(dir, "routing/complexity.lua", COMPLEXITY);
+  put(dir, "rewards/group.lua", "local M = {}\nfunction M.reward(\nreturn M\n");
+  put(dir, "policies/retry.lua",
+      "local M = {}\nfunction M.selftest()\n  assert(1 == 2, 'one is not "
+      "two')\nend\nreturn M\n");
+  put(dir, "policies/uses.lua",
+      "local c = require 'routing.complexity'\nlocal M = {}\n"
+      "function M.selftest() return c.classify{title='architect'} == "
+      "'strong' end\nreturn M\n");
+  reports r;
+  memset(&r, 0, sizeof r);
+  ASSERT_EQ(orch_scripts_check(NULL, dir, on_report, &r), 2);
+  ASSERT_EQ(r.n, 2);
+  char want[600];
+  snprintf(want, sizeof want, "%s/policies/retry.lua:3: one is not two", dir);
+  ASSERT_STR_EQ(r.text[0], want);
+  snprintf(want, sizeof want, "%s/rewards/group.lua:3:", dir);
+  ASSERT_CONTAINS(r.text[1], want);
+  memset(&r, 0, sizeof r);
+  ASSERT_EQ(orch_scripts_check(NULL, "/nonexistent/dir", on_report, &r),
+            ORCH_ENOTFOUND);
+  ASSERT_EQ(r.n, 1);
+  rm_rf(dir);
+  free(dir);
+}
+
+/* ---- the shipped scripts through the engine ------------------------------ */
+
+TEST(shipped_scripts_serve_through_the_engine) {
+  struct stat st;
+  if (stat("scripts/routing/complexity.lua", &st) != 0) return; /* none */
+  char err[512], tier[32];
+  orch__config c = test_cfg("scripts");
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  char last[1024];
+  orch__policy_last_error(p, last, sizeof last);
+  ASSERT_STR_EQ(last, "");
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  ASSERT(s);
+  const char *keys[] = {"title", "instructions"};
+  const char *fast[] = {"Format this simple document", "Convert to markdown"};
+  const char *strong[] = {"Architect the security system",
+                          "Design auth flow"};
+  ASSERT_EQ(orch__policy_call_fields(s, "routing.complexity", "classify",
+                                     keys, fast, 2, tier, sizeof tier, err,
+                                     sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(tier, "fast");
+  ASSERT_EQ(orch__policy_call_fields(s, "routing.complexity", "classify",
+                                     keys, strong, 2, tier, sizeof tier, err,
+                                     sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(tier, "strong");
+  json_t *arg = json_loads(
+      "{\"success\": true, \"participants\": [\"se\", \"research\"],"
+      " \"handoffs\": [{\"from\": \"se\", \"to\": \"research\","
+      " \"context\": 0.85}]}", 0, NULL);
+  json_t *out = NULL;
+  ASSERT_EQ(orch__policy_call_numbers(s, "rewards.group", "reward", arg, &out,
+                                      err, sizeof err),
+            ORCH_OK);
+  ASSERT(fabs(json_number_value(json_object_get(out, "se")) - 0.67) < 1e-9);
+  ASSERT(fabs(json_number_value(json_object_get(out, "research")) - 0.585) <
+         1e-9);
+  json_decref(out);
+  json_decref(arg);
+  arg = json_pack("{s:s}", "name", "find_users");
+  ASSERT_EQ(orch__policy_call(s, "routing.agents", "route", arg, &out, err,
+                              sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(json_string_value(json_object_get(out, "primary")),
+                "code-archaeologist");
+  json_decref(out);
+  json_decref(arg);
+  double lim = 0;
+  arg = json_string("emergency");
+  ASSERT_EQ(orch__policy_call_limit(s, "routing.agents", "parallel_limit",
+                                    arg, &lim, err, sizeof err),
+            ORCH_OK);
+  ASSERT(isinf(lim));
+  json_decref(arg);
+  arg = json_string("validation");
+  ASSERT_EQ(orch__policy_call_limit(s, "routing.agents", "parallel_limit",
+                                    arg, &lim, err, sizeof err),
+            ORCH_OK);
+  ASSERT(lim == 1);
+  json_decref(arg);
+  arg = json_string("nope");
+  ASSERT_EQ(orch__policy_call_limit(s, "routing.agents", "parallel_limit",
+                                    arg, &lim, err, sizeof err),
+            ORCH_ESCRIPT);
+  ASSERT_CONTAINS(err, "unknown phase 'nope'");
+  json_decref(arg);
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+}
+
+/* ---- through the runtime: lua steps while the scripts are rewritten -------- */
+
+typedef struct rewriter {
+  const char *dir;
+  orch_runtime *rt;
+  atomic_bool *stop;
+  int published[MAX_GEN]; /* generation -> version */
+  int good, bad;
+} rewriter;
+
+static void *rewrite_main(void *arg) {
+  rewriter *r = arg;
+  char last[1024];
+  for (int v = 1; v <= 50 && !atomic_load(r->stop); v++) {
+    int broken = v % 5 == 0 ? (v % 10 == 0 ? 2 : 1) : 0;
+    unsigned g0 = orch_runtime_scripts(r->rt, last, sizeof last);
+    put(r->dir, "routing/complexity.lua", version_src(v, broken));
+    double t0 = now_ms();
+    while (now_ms() - t0 < 3000) {
+      unsigned g = orch_runtime_scripts(r->rt, last, sizeof last);
+      if (!broken && g != g0) {
+        if (g < MAX_GEN) r->published[g] = v;
+        r->good++;
+        break;
+      }
+      if (broken && last[0]) {
+        r->bad++;
+        break;
+      }
+      usleep(500);
+    }
+  }
+  return NULL;
+}
+
+TEST(runtime_lua_steps_under_reload_lose_nothing_and_never_run_broken) {
+  char *dir = tmpdir_new(), err[512];
+  put(dir, "routing/complexity.lua", version_src(0, 0));
+  orch_runtime *rt = NULL;
+  ASSERT_EQ(orch_runtime_new(&rt, NULL, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch_runtime_set(rt, "scripts_dir", dir, err, sizeof err),
+            ORCH_OK);
+  ASSERT_EQ(orch_runtime_set(rt, "workers", "2", err, sizeof err), ORCH_OK);
+  orch_graph *g = NULL;
+  ASSERT_EQ(orch_graph_new(&g), ORCH_OK);
+  enum { N = 20000 };
+  for (int i = 0; i < N; i++) {
+    char step[256];
+    snprintf(step, sizeof step,
+             "{\"id\": \"s%d\", \"kind\": \"lua\", \"code\": \"for i = 1, "
+             "30000 do end return require('routing.complexity')."
+             "classify{}\"}", i);
+    ASSERT_EQ(orch_graph_add_json(g, step, err, sizeof err), ORCH_OK);
+  }
+  /* the first run starts the runtime (and the engine); a tiny warm-up */
+  orch_graph *warm = NULL;
+  orch_graph_new(&warm);
+  orch_graph_add_sleep(warm, "w", 1);
+  ASSERT_EQ(orch_run(rt, warm, err, sizeof err), ORCH_OK);
+  orch_graph_free(warm);
+  if (orch_runtime_scripts(rt, NULL, 0) == 0) {
+    /* the core has not wired the engine in (docs/policy.md) */
+    fprintf(stderr, "  skipped: the runtime does not create the policy "
+                    "engine yet (docs/policy-wiring.patch)\n");
+    orch_graph_free(g);
+    orch_runtime_free(rt);
+    rm_rf(dir);
+    free(dir);
+    return;
+  }
+  atomic_bool stop;
+  atomic_init(&stop, false);
+  rewriter r;
+  memset(&r, 0, sizeof r);
+  r.dir = dir;
+  r.rt = rt;
+  r.stop = &stop;
+  pthread_t t;
+  pthread_create(&t, NULL, rewrite_main, &r);
+  int rc = orch_run(rt, g, err, sizeof err);
+  atomic_store(&stop, true);
+  pthread_join(t, NULL);
+  ASSERT_EQ(rc, ORCH_OK);
+  int seen[MAX_GEN] = {0}, ngens = 0;
+  for (size_t i = 0; i < N; i++) {
+    ASSERT_EQ(orch_step_status(g, i), ORCH_PASSED);
+    const char *out = orch_step_output(g, i);
+    unsigned gen = orch_step_generation(g, i);
+    ASSERT(out && out[0] == 'v');
+    ASSERT(gen >= 1 && gen < MAX_GEN);
+    int v = atoi(out + 1);
+    if (!seen[gen]) ngens++;
+    seen[gen] = 1;
+    /* the generation recorded is the one whose version ran */
+    if (gen > 1 && r.published[gen] && r.published[gen] != v)
+      orch_test_fail(__FILE__, __LINE__, "step %zu: gen %u ran v%d, "
+                     "published v%d", i, gen, v, r.published[gen]);
+    if (gen == 1 && v != 0)
+      orch_test_fail(__FILE__, __LINE__, "gen 1 ran v%d", v);
+    if (v % 5 == 0 && v != 0)
+      orch_test_fail(__FILE__, __LINE__, "a broken version (v%d) ran", v);
+  }
+  ASSERT(ngens > 1); /* reloads really happened during the run */
+  fprintf(stderr, "  %d steps ran under %d generations; %d rewrites "
+          "published, %d refused\n", N, ngens, r.good, r.bad);
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+  rm_rf(dir);
+  free(dir);
+}
+
+/* ---- odd modules and odd results ---------------------------------------- */
+
+TEST(policy_odd_modules_fail_cleanly_and_the_state_goes_on) {
+  char *dir = tmpdir_new(), err[512], out[64];
+  put(dir, "policies/a.lua", "local b = require 'policies.b'\nreturn {}\n");
+  put(dir, "policies/b.lua", "local a = require 'policies.a'\nreturn {}\n");
+  put(dir, "policies/notab.lua", "return 42\n");
+  put(dir, "policies/odd.lua",
+      "local M = {}\n"
+      "function M.fn() return {f = print} end\n"
+      "function M.deep() local function f() return 1 + f() end return f() "
+      "end\n"
+      "function M.errtab() error(setmetatable({}, {__tostring = function() "
+      "return 'custom' end})) end\n"
+      "function M.errloop() error(setmetatable({}, {__tostring = function() "
+      "while true do end end})) end\n"
+      "function M.nested() return json.encode(json.decode(string.rep('[', "
+      "1000) .. string.rep(']', 1000))) end\n"
+      "function M.ok() return 'ok' end\n"
+      "return M\n");
+  orch__config c = test_cfg(dir);
+  c.lua_budget = 1000;
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  char mods[256];
+  orch__policy_modules(p, mods, sizeof mods);
+  ASSERT_STR_EQ(mods, "policies.odd"); /* the cycle and 42 left out */
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  json_t *j = NULL;
+  ASSERT_EQ(orch__policy_call(s, "policies.odd", "fn", NULL, &j, err,
+                              sizeof err),
+            ORCH_ESCRIPT);
+  ASSERT_CONTAINS(err, "not JSON");
+  ASSERT(orch__policy_call_string(s, "policies.odd", "deep", NULL, out,
+                                  sizeof out, err, sizeof err) != ORCH_OK);
+  fprintf(stderr, "  deep recursion: %s\n", err);
+  ASSERT_EQ(orch__policy_call_string(s, "policies.odd", "errtab", NULL, out,
+                                     sizeof out, err, sizeof err),
+            ORCH_ESCRIPT);
+  ASSERT_CONTAINS(err, "custom");
+  ASSERT(orch__policy_call_string(s, "policies.odd", "errloop", NULL, out,
+                                  sizeof out, err, sizeof err) != ORCH_OK);
+  ASSERT_EQ(orch__policy_call_string(s, "policies.odd", "nested", NULL, out,
+                                     sizeof out, err, sizeof err),
+            ORCH_ESCRIPT);
+  ASSERT_CONTAINS(err, "nesting deeper than");
+  ASSERT_EQ(orch__policy_call_string(s, "policies.odd", "ok", NULL, out,
+                                     sizeof out, err, sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "ok");
+  /* the same through orchestrate check: each named */
+  reports r;
+  memset(&r, 0, sizeof r);
+  ASSERT_EQ(orch_scripts_check(NULL, dir, NULL, NULL), 3);
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
