@@ -6,6 +6,7 @@
 
 #include <curl/curl.h>
 #include <jansson.h>
+#include <sys/resource.h>
 #include <time.h>
 
 typedef struct {
@@ -903,6 +904,29 @@ TEST(mock_answers_200_concurrent_requests_each_its_own) {
   /* sleeping requests overlap: far less than 200 x 200 ms */
   ASSERT(ms < 3000);
   ASSERT_EQ(orch_mock_requests(m), 200);
+  orch_mock_free(m);
+}
+
+TEST(mock_holds_1000_concurrent_keepalive_connections) {
+  struct rlimit rl;
+  getrlimit(RLIMIT_NOFILE, &rl);
+  if (rl.rlim_cur < 2200 && rl.rlim_max >= 2200) {
+    rl.rlim_cur = 2200;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  if (rl.rlim_cur < 2200) {
+    printf("  (skipped: RLIMIT_NOFILE %lu < 2200)\n",
+           (unsigned long)rl.rlim_cur);
+    return;
+  }
+  orch_mock *m = start();
+  ASSERT(m);
+  int ok = 0;
+  double ms = 0;
+  run_concurrent(orch_mock_port(m), 1000, "latency=300", &ok, &ms);
+  ASSERT_EQ(ok, 1000);
+  ASSERT(ms < 10000);
+  ASSERT_EQ(orch_mock_requests(m), 1000);
   orch_mock_free(m);
 }
 
