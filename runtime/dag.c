@@ -58,26 +58,46 @@ static uint32_t hash_str(const char *s, size_t n) {
   return h;
 }
 
-static uint32_t lookup(const orch_graph *g, const char *id, size_t len) {
-  if (!g->hash_cap) return NONE;
+/* The hash has hash_cap slots of two words: [2h] the step's index + 1 (0:
+ * empty), [2h+1] the id's full hash. Probes compare the stored hash first,
+ * so a collision costs no string compare and no visit to the step, and
+ * growing never rehashes a string. Returns the slot holding id, or the
+ * empty slot where it would go (*found says which). */
+static size_t probe(const orch_graph *g, const char *id, size_t len,
+                    uint32_t hv, uint32_t *found) {
   size_t mask = g->hash_cap - 1;
-  for (size_t h = hash_str(id, len) & mask;; h = (h + 1) & mask) {
-    uint32_t v = g->hash[h];
-    if (!v) return NONE;
+  for (size_t h = hv & mask;; h = (h + 1) & mask) {
+    uint32_t v = g->hash[2 * h];
+    if (!v) {
+      *found = NONE;
+      return h;
+    }
+    if (g->hash[2 * h + 1] != hv) continue;
     const char *other = g->ids + g->steps[v - 1].id;
-    if (strncmp(other, id, len) == 0 && other[len] == '\0') return v - 1;
+    if (strncmp(other, id, len) == 0 && other[len] == '\0') {
+      *found = v - 1;
+      return h;
+    }
   }
+}
+
+static uint32_t lookup(const orch_graph *g, const char *id, size_t len) {
+  uint32_t found = NONE;
+  if (g->hash_cap) probe(g, id, len, hash_str(id, len), &found);
+  return found;
 }
 
 static int hash_grow(orch_graph *g) {
   size_t ncap = g->hash_cap ? g->hash_cap * 2 : 1024;
-  uint32_t *nh = calloc(ncap, sizeof *nh);
+  uint32_t *nh = calloc(2 * ncap, sizeof *nh);
   if (!nh) return ORCH_ENOMEM;
-  for (size_t i = 0; i < g->n; i++) {
-    const char *id = g->ids + g->steps[i].id;
-    size_t h = hash_str(id, strlen(id)) & (ncap - 1);
-    while (nh[h]) h = (h + 1) & (ncap - 1);
-    nh[h] = (uint32_t)i + 1;
+  for (size_t k = 0; k < g->hash_cap; k++) {
+    if (!g->hash[2 * k]) continue;
+    uint32_t hv = g->hash[2 * k + 1];
+    size_t h = hv & (ncap - 1);
+    while (nh[2 * h]) h = (h + 1) & (ncap - 1);
+    nh[2 * h] = g->hash[2 * k];
+    nh[2 * h + 1] = hv;
   }
   free(g->hash);
   g->hash = nh;
@@ -111,7 +131,10 @@ int orch__graph_add(orch_graph *g, const char *id, size_t idlen, int kind,
     return orch__err(err, errlen, ORCH_ESTATE,
                      "graph is already validated; add steps before");
   }
-  if (lookup(g, id, idlen) != NONE) {
+  if ((g->n + 1) * 2 > g->hash_cap && hash_grow(g)) return ORCH_ENOMEM;
+  uint32_t hv = hash_str(id, idlen), found;
+  size_t slot = probe(g, id, idlen, hv, &found);
+  if (found != NONE) {
     snprintf(msg, sizeof msg, "duplicate step id '%.*s'", (int)idlen, id);
     orch__err(err, errlen, ORCH_EPLAN, "%s", msg);
     return set_err(g, ORCH_EPLAN, msg);
@@ -133,7 +156,6 @@ int orch__graph_add(orch_graph *g, const char *id, size_t idlen, int kind,
     g->ids = ni;
     g->ids_cap = ncap;
   }
-  if ((g->n + 1) * 2 > g->hash_cap && hash_grow(g)) return ORCH_ENOMEM;
   orch__step *s = &g->steps[g->n];
   memset(s, 0, sizeof *s);
   s->id = (uint32_t)g->ids_len;
@@ -145,10 +167,8 @@ int orch__graph_add(orch_graph *g, const char *id, size_t idlen, int kind,
   s->exit_status = -1;
   s->started_ns = s->finished_ns = -1;
   s->cause = NONE;
-  size_t mask = g->hash_cap - 1;
-  size_t h = hash_str(id, idlen) & mask;
-  while (g->hash[h]) h = (h + 1) & mask;
-  g->hash[h] = (uint32_t)g->n + 1;
+  g->hash[2 * slot] = (uint32_t)g->n + 1;
+  g->hash[2 * slot + 1] = hv;
   *idx = (uint32_t)g->n++;
   return ORCH_OK;
 }
@@ -203,6 +223,10 @@ static long find_or_err(orch_graph *g, const char *id) {
 
 int orch_graph_depend(orch_graph *g, const char *id, const char *dep) {
   if (!g || !id || !dep) return ORCH_EINVAL;
+  /* Hosts usually add a step and then its dependencies: try the last step
+   * before hashing. */
+  if (g->n && strcmp(orch__step_id(g, (uint32_t)(g->n - 1)), id) == 0)
+    return orch__graph_depend_idx(g, (uint32_t)(g->n - 1), dep, strlen(dep));
   long i = find_or_err(g, id);
   if (i < 0) return ORCH_ENOTFOUND;
   return orch__graph_depend_idx(g, (uint32_t)i, dep, strlen(dep));

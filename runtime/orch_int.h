@@ -777,4 +777,211 @@ void orch__session_info_finish(orch__session_info *si, long json_total);
 int orch__migrations_latest(char dialect);
 
 
+/* ==== http.c, llm.c, step_llm.c: LLM I/O (owner: llm helper) ========== */
+
+/* ---- http.c: libcurl multi engine on a uv loop ----------------------- */
+
+typedef struct orch__http orch__http;
+typedef struct orch__http_req orch__http_req;
+struct curl_slist;
+
+typedef struct orch__http_opts {
+  long max_connections;      /* total open connections; 0 = unlimited */
+  long max_host_connections; /* per host; 0 = unlimited */
+  long connection_cache;     /* idle connections kept; 0 = 2048 */
+} orch__http_opts;
+
+typedef struct orch__http_stats {
+  size_t started, completed, failed, canceled, idle_timeouts, active;
+} orch__http_stats;
+
+/* One request. The caller owns the struct: orch__http_req_init() it, set
+ * the inputs, submit, and keep it alive until on_done ran. It can be
+ * submitted again after on_done (outputs are reset at each start). */
+struct orch__http_req {
+  /* inputs */
+  const char *url;           /* borrowed until on_done */
+  const char *post;          /* request body (POST when set); borrowed */
+  size_t post_len;
+  struct curl_slist *headers; /* owned; add with orch__http_req_header */
+  long connect_timeout_ms, timeout_ms; /* 0: none */
+  long idle_timeout_ms; /* abort when no byte arrives for this long */
+  size_t max_body;      /* response cap when buffering (default 64 MiB) */
+  const char *ca_file;  /* PEM bundle to verify TLS peers; NULL: system */
+  /* Streaming: called for each received chunk instead of buffering;
+   * return non-zero to abort (set req->error/result first). */
+  int (*on_data)(orch__http_req *req, const char *p, size_t n);
+  /* Called once on the loop thread when the request ends, however it
+   * ends (also for cancel: synchronously inside orch__http_cancel). */
+  void (*on_done)(orch__http_req *req);
+  void *ud;
+  /* outputs */
+  int result;       /* ORCH_OK when an HTTP response arrived complete;
+                       ORCH_ETIMEDOUT, ORCH_EIO, ORCH_ECANCELED, ... */
+  long status;      /* HTTP status, 0 when none */
+  int curl_code;    /* CURLcode, for diagnostics */
+  char error[256];  /* message when result != ORCH_OK */
+  long retry_after_ms; /* Retry-After / retry-after-ms, -1 when absent */
+  char *body;       /* owned: the buffered response, NUL-terminated */
+  size_t body_len, body_cap;
+  size_t bytes_in;
+  int http_version;     /* 10, 11, 20 (0 none): what the answer came over */
+  long connects;        /* new connections this request made (0: reused) */
+  int64_t t_start_ns, t_first_byte_ns, t_last_byte_ns, t_end_ns;
+  /* private to http.c */
+  void *priv_easy;
+  orch__http *priv_h;
+  orch__http_req *priv_prev, *priv_next;
+  int priv_aborted, priv_idle_expired;
+  char priv_errbuf[256]; /* CURL_ERROR_SIZE */
+};
+
+/* Creates the engine for loop; every other call below runs on the thread
+ * that runs loop, except orch__http_post. opts may be NULL. */
+int orch__http_new(orch__http **out /* OUT */, uv_loop_t *loop,
+                   const orch__http_opts *opts, char *err, size_t errlen);
+/* Cancels what is in flight (on_done with ORCH_ECANCELED), closes its uv
+ * handles; the memory goes when the loop has run their close callbacks. */
+void orch__http_free(orch__http *h);
+void orch__http_submit(orch__http *h, orch__http_req *req);
+/* Same from any thread (queued, started on the loop thread). */
+int orch__http_post(orch__http *h, orch__http_req *req);
+/* Aborts a running request: on_done runs before this returns. */
+void orch__http_cancel(orch__http *h, orch__http_req *req);
+size_t orch__http_active(const orch__http *h);
+void orch__http_get_stats(const orch__http *h, orch__http_stats *st);
+void orch__http_req_init(orch__http_req *req);
+void orch__http_req_deinit(orch__http_req *req); /* frees headers, body */
+void orch__http_req_reset(orch__http_req *req);  /* clears the outputs */
+int orch__http_req_header(orch__http_req *req, const char *line);
+
+/* ---- llm.c: providers, retries, fallback, cooldown, usage and cost ---- */
+
+typedef struct orch__llm orch__llm;
+typedef struct orch__llm_call orch__llm_call;
+
+/* One HTTP attempt of a call, in order. Strings owned by the call. */
+typedef struct orch__llm_attempt {
+  char *tier, *model;
+  const char *provider; /* static: "openai" or "anthropic" */
+  const char *action;   /* static: what followed: "ok", "retry",
+                           "fallback", "fail", "canceled", "cooldown" */
+  int code;             /* ORCH_OK or ORCH_E* */
+  int http_status;      /* 0: no response */
+  char *error;          /* NULL on success; never holds a key */
+  double start_ms;      /* since the call started */
+  double latency_ms;    /* submit to last byte */
+  double ttft_ms;       /* time to first token, -1 when none */
+  long tokens_in, tokens_out; /* -1: unknown */
+  double delay_ms;      /* backoff before the next attempt, 0 none */
+} orch__llm_attempt;
+
+typedef struct orch__llm_result {
+  int code;             /* ORCH_OK, or the last attempt's error code */
+  char *error;          /* owned; NULL when passed */
+  char *text;           /* owned; the answer */
+  size_t text_len;
+  char *tier, *model;   /* of the attempt that answered (or the last) */
+  const char *provider;
+  char *finish_reason;  /* "stop", "end_turn", "length", ... or NULL */
+  long tokens_in, tokens_out; /* of the answer; -1 unknown (not 0) */
+  double cost;          /* USD over all attempts with usage; -1 unknown */
+  double ttft_ms;       /* of the answer, -1 when none */
+  double latency_ms;    /* call start to end, backoff included */
+  orch__llm_attempt *attempts;
+  size_t nattempts;
+} orch__llm_result;
+
+typedef struct orch__llm_req {
+  const char *tier;         /* NULL: llm.default_tier, else "local" */
+  const char *model;        /* NULL: the tier's model */
+  const char *system;       /* instructions; may be NULL */
+  const char *prompt;       /* the user message */
+  int max_tokens;           /* 0: tier / llm default */
+  int stream;               /* 1 stream, 0 not, -1 config default */
+  const char *fault;        /* sent as X-Mock-Fault when set (tests) */
+  long timeout_ms;          /* per attempt; 0: llm.timeout_ms */
+  void (*done)(orch__llm_call *call, void *ud); /* on the loop thread */
+  void *ud;
+} orch__llm_req;
+
+/* Checks the "tiers" and "llm" sections; names the bad key. */
+int orch__llm_config_check(json_t *sections, char *err, size_t errlen);
+/* Builds tiers from cfg->sections (may be NULL) and the environment
+ * (OPENAI_BASE_URL, OPENAI_API_KEY, OPENAI_MODEL, ANTHROPIC_BASE_URL,
+ * ANTHROPIC_API_KEY) and an HTTP engine on loop (loop thread only). */
+int orch__llm_new(orch__llm **out /* OUT */, const orch__config *cfg,
+                  uv_loop_t *loop, char *err, size_t errlen);
+/* The same from the sections alone (tests, tools). */
+int orch__llm_new_json(orch__llm **out /* OUT */, json_t *sections,
+                       uv_loop_t *loop, char *err, size_t errlen);
+/* Cancels calls in flight (their done runs), frees; loop thread. */
+void orch__llm_free(orch__llm *l);
+orch__http *orch__llm_http(orch__llm *l);
+bool orch__llm_has_tier(const orch__llm *l, const char *name);
+/* Starts a call on the loop thread. The call is owned by the caller from
+ * done() on: free it with orch__llm_call_free (any thread). A call that
+ * fails to start still calls done (deferred to the next loop turn). */
+int orch__llm_call_start(orch__llm *l, const orch__llm_req *req,
+                         orch__llm_call **out /* OUT */);
+/* Stops a call; its done runs on a later loop turn with ORCH_ECANCELED. */
+void orch__llm_call_cancel(orch__llm_call *c);
+const orch__llm_result *orch__llm_call_result(const orch__llm_call *c);
+void orch__llm_call_free(orch__llm_call *c);
+/* The result as JSON for --json, the store and the API: {tier, model,
+ * provider, finish_reason, tokens_in, tokens_out, cost (null when unknown),
+ * ttft_ms, latency_ms, attempts: [{tier, model, provider, action, status,
+ * error, latency_ms, ttft_ms, tokens_in, tokens_out, delay_ms}]}. Holds no
+ * key (errors were redacted when made). NULL when r is NULL. */
+json_t *orch__llm_result_json(const orch__llm_result *r);
+/* Replaces *s with a copy in which API keys known to l read "[redacted]". */
+void orch__llm_redact(const orch__llm *l, char **s);
+/* Tier names, model, provider and redacted base URL, for `status`. */
+json_t *orch__llm_describe(const orch__llm *l);
+
+/* The built-in retry policy, the same as scripts/policies/retry.lua
+ * decide{attempt=, status=, error=, retry_after_ms=, body=}. The lead may
+ * route orch__llm_decide through the Lua hook (see docs/llm.md). */
+typedef enum { ORCH__LLM_RETRY, ORCH__LLM_FALLBACK, ORCH__LLM_FAIL }
+    orch__llm_action;
+typedef struct orch__llm_decision {
+  orch__llm_action action;
+  double delay_ms;
+  char reason[160];
+} orch__llm_decision;
+typedef struct orch__llm_retry_opts {
+  int max_attempts;         /* per tier, default 4 */
+  double base_ms, max_ms;   /* backoff: full jitter over base*2^(n-1) */
+  double retry_after_cap_ms; /* default 60000 */
+} orch__llm_retry_opts;
+void orch__llm_decide(const orch__llm_retry_opts *o, int attempt,
+                      int status, const char *error, long retry_after_ms,
+                      const char *body, orch__llm_decision *d);
+/* Replaces the built-in decision for engine l (fn NULL: back to it). fn
+ * runs on the loop thread, synchronously; status 0 is a transport error,
+ * 2xx a malformed or truncated answer; retry_after_ms -1 when none. */
+typedef void (*orch__llm_decide_fn)(void *ud, const orch__llm_retry_opts *o,
+                                    int attempt, int status,
+                                    const char *error, long retry_after_ms,
+                                    const char *body, orch__llm_decision *d);
+void orch__llm_set_decider(orch__llm *l, orch__llm_decide_fn fn, void *ud);
+
+/* ---- step_llm.c: the `llm` step kind ---------------------------------- */
+
+/* The llm result of step s (NULL when s is not an llm step or never ran).
+ * Valid while the graph lives. */
+const orch__llm_result *orch__llm_step_result(const orch__step *s);
+typedef struct orch__llm_totals {
+  size_t calls, attempts;
+  long tokens_in, tokens_out; /* over calls that reported usage */
+  size_t unknown_usage;       /* calls without usage */
+  double cost;                /* USD over known costs */
+} orch__llm_totals;
+void orch__llm_graph_totals(const orch_graph *g, orch__llm_totals *t);
+/* Frees the run's LLM engine and its loop-thread script state
+ * (r->kind_state[ORCH__KIND_LLM]); loop thread, once the run's steps are
+ * all finished. Optional: the kind frees them itself when no llm step of
+ * the run can start any more (see step_llm.c). */
+void orch__llm_run_end(orch__run *r);
+
 #endif /* ORCH_INT_H */

@@ -4,8 +4,12 @@
  * the in-flight limit binds, ready steps wait in a heap ordered by their
  * longest remaining path (critical path first). All of a run's state changes
  * on the loop thread (libuv's work/done split): workers and the host thread
- * only post completions. Uses dag.c, pool.c, loop.c and the step kinds'
- * table; it knows no kind by name. */
+ * only post completions, with one exception for speed: a worker step that
+ * passed and whose dependents all run on workers is completed by the worker
+ * itself (see run_workers), so a chain of C steps needs no round trip
+ * through the loop. Step status and dependency counters are therefore
+ * changed with atomic operations. Uses dag.c, pool.c, loop.c and the step
+ * kinds' table; it knows no kind by name. */
 #include "orch_int.h"
 
 #include <errno.h>
@@ -27,6 +31,24 @@ static int push_u32(uint32_t **a, size_t *n, size_t *cap, uint32_t v) {
   }
   (*a)[(*n)++] = v;
   return ORCH_OK;
+}
+
+/* Status and dependency counters are shared with workers that complete
+ * steps themselves (run_workers): read and change them atomically. */
+static uint8_t status_of(const orch__step *s) {
+  return __atomic_load_n(&s->status, __ATOMIC_ACQUIRE);
+}
+
+/* PENDING -> to, if nobody else moved the step first. */
+static bool claim(orch__step *s, uint8_t to) {
+  uint8_t expect = ORCH_PENDING;
+  return __atomic_compare_exchange_n(&s->status, &expect, to, false,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+/* One dependency of s finished; true when it was the last. */
+static bool dep_done(orch__step *s) {
+  return __atomic_sub_fetch(&s->npending, 1, __ATOMIC_ACQ_REL) == 0;
 }
 
 /* ---- the ready heap (max on bottom level, then lower index) ------------ */
@@ -119,10 +141,11 @@ static void mark_finished(orch__run *r, orch__step *s) {
   if (s->finished_ns < 0) s->finished_ns = orch__run_now(r);
 }
 
-/* Ends a step that will never run: status skipped with the reason. */
-static void skip(orch__run *r, uint32_t v, uint32_t cause) {
+/* Ends a step that will never run: status skipped with the reason. False
+ * when the step is no longer pending (a worker claimed it first). */
+static bool skip(orch__run *r, uint32_t v, uint32_t cause) {
   orch__step *s = &r->g->steps[v];
-  s->status = ORCH_SKIPPED;
+  if (!claim(s, ORCH_SKIPPED)) return false;
   s->cause = cause;
   if (cause == NONE) orch__step_set_error(s, "canceled before it started");
   else
@@ -131,6 +154,7 @@ static void skip(orch__run *r, uint32_t v, uint32_t cause) {
   atomic_fetch_add(&r->skipped, 1);
   atomic_fetch_add(&r->done, 1);
   record(r, v);
+  return true;
 }
 
 /* Skips v and everything downstream of it that has not started. */
@@ -138,15 +162,13 @@ static void skip_cascade(orch__run *r, uint32_t v, uint32_t cause) {
   orch_graph *g = r->g;
   uint32_t *stack = NULL;
   size_t n = 0, cap = 0;
-  if (g->steps[v].status != ORCH_PENDING) return;
-  skip(r, v, cause);
+  if (!skip(r, v, cause)) return;
   if (push_u32(&stack, &n, &cap, v)) goto done;
   while (n) {
     uint32_t x = stack[--n];
     for (uint32_t e = g->out_off[x]; e < g->out_off[x + 1]; e++) {
       uint32_t y = g->outs[e];
-      if (g->steps[y].status != ORCH_PENDING) continue;
-      skip(r, y, cause);
+      if (!skip(r, y, cause)) continue;
       if (push_u32(&stack, &n, &cap, y)) goto done;
     }
   }
@@ -158,9 +180,13 @@ static void start_step(orch__run *r, uint32_t v) {
   orch_graph *g = r->g;
   orch__step *s = &g->steps[v];
   const orch__kind *k = orch__kinds[s->kind];
-  s->status = ORCH_IN_PROGRESS;
+  __atomic_store_n(&s->status, ORCH_IN_PROGRESS, __ATOMIC_RELEASE);
   s->attempts++;
-  s->started_ns = orch__run_now(r);
+  /* A worker step's start is stamped by the worker that runs it, unless
+   * the start is recorded now. */
+  if (k->where != ORCH__ON_WORKER || r->rt->store ||
+      (r->dry_run && s->kind == ORCH__KIND_LLM))
+    s->started_ns = orch__run_now(r);
   /* The generation in force as it starts; a lua step overwrites it with
    * the one its worker's state actually ran. */
   s->generation = r->rt->policy ? orch__policy_generation(r->rt->policy) : 0;
@@ -225,9 +251,9 @@ static void complete(orch__run *r, uint32_t v) {
   for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++) {
     uint32_t d = g->outs[e];
     orch__step *ds = &g->steps[d];
-    if (ds->status != ORCH_PENDING) continue;
+    if (status_of(ds) != ORCH_PENDING) continue;
     if (!ok) skip_cascade(r, d, v);
-    else if (--ds->npending == 0) make_ready(r, d);
+    else if (dep_done(ds)) make_ready(r, d);
   }
 }
 
@@ -284,9 +310,12 @@ static void process(orch__run *r) {
   if (atomic_load(&r->done) == r->g->n) end_run(r);
 }
 
+/* The round runs from the wake-up, not at once: every timer due in this
+ * turn of the loop fires first, so steps finishing at the same instant all
+ * free their dependents before the free slots are filled by priority. */
 void orch__sched_finish(orch__run *r, uint32_t idx) {
   if (push_u32(&r->todo, &r->ntodo, &r->todo_cap, idx)) abort();
-  process(r);
+  uv_async_send(&r->wake);
 }
 
 void orch__sched_finish_async(orch__run *r, uint32_t idx) {
@@ -308,9 +337,10 @@ static void cancel_steps(orch__run *r) {
   while (r->nheap) skip(r, heap_pop(r), NONE);
   for (size_t i = 0; i < g->n; i++) {
     orch__step *s = &g->steps[i];
-    if (s->status == ORCH_PENDING) {
+    uint8_t st = status_of(s);
+    if (st == ORCH_PENDING) {
       skip(r, (uint32_t)i, NONE);
-    } else if (s->status == ORCH_IN_PROGRESS) {
+    } else if (st == ORCH_IN_PROGRESS) {
       const orch__kind *k = orch__kinds[s->kind];
       if (r->dry_run && s->kind == ORCH__KIND_LLM) k = &orch__kind_sleep;
       if (k->where == ORCH__ON_LOOP && k->cancel) k->cancel(r, (uint32_t)i);
@@ -347,29 +377,148 @@ static void drain(uv_async_t *a) {
   process(r);
 }
 
-/* Worker side: runs a batch of steps, then posts their completions with
- * one lock and one wake-up. */
+/* Worker side. Completions normally go back to the loop (one lock and one
+ * wake-up per batch). The fast path: when no in-flight limit is set, a step
+ * that passed and whose dependents all run on workers is completed here:
+ * its dependents' counters drop, the first one that becomes ready runs next
+ * on this worker (a chain never leaves the thread), the others go to the
+ * pool queue. Such completions are counted in `done` under r->mu together
+ * with the wake-up, so the loop cannot end the run (and free r) while this
+ * worker still touches it. */
+#define FAST_PUBLISH 4096
+
+typedef struct worker_batch {
+  uint32_t fin[256]; /* completions for the loop */
+  size_t nfin;
+  size_t nfast;      /* completed here, not yet counted in done */
+  size_t nnext;      /* of those, how many handed their slot to a dependent
+                        run next here (running is not changed for them) */
+} worker_batch;
+
+static void publish(orch__run *r, worker_batch *b) {
+  if (b->nfast) {
+    atomic_fetch_sub(&r->running, b->nfast - b->nnext);
+    atomic_fetch_add(&r->passed, b->nfast);
+  }
+  pthread_mutex_lock(&r->mu);
+  for (size_t i = 0; i < b->nfin; i++)
+    if (push_u32(&r->fin, &r->nfin, &r->fin_cap, b->fin[i])) abort();
+  atomic_fetch_add(&r->done, b->nfast);
+  uv_async_send(&r->wake); /* under the lock: see orch__sched_finish_async */
+  pthread_mutex_unlock(&r->mu);
+  b->nfin = b->nfast = b->nnext = 0;
+}
+
+static bool on_worker(const orch__run *r, const orch__step *s) {
+  if (r->dry_run && s->kind == ORCH__KIND_LLM) return false;
+  return orch__kinds[s->kind]->where == ORCH__ON_WORKER;
+}
+
+/* Completes v here if the fast path applies; returns the dependent to run
+ * next on this worker (NONE when there is none), or v itself when v must
+ * go to the loop. */
+static uint32_t complete_here(orch__run *r, uint32_t v, uint32_t *extra,
+                              size_t *nextra) {
+  orch_graph *g = r->g;
+  orch__step *s = &g->steps[v];
+  /* Not with an in-flight limit (the heap orders starts), nor when a store
+   * records every start and finish (on the loop thread). */
+  if (r->max_parallel || r->rt->store || atomic_load(&r->canceled) ||
+      status_of(s) != ORCH_PASSED)
+    return v;
+  for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++)
+    if (!on_worker(r, &g->steps[g->outs[e]])) return v;
+  uint32_t next = NONE;
+  for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++) {
+    uint32_t d = g->outs[e];
+    orch__step *ds = &g->steps[d];
+    if (!dep_done(ds) || !claim(ds, ORCH_IN_PROGRESS)) continue;
+    ds->attempts++;
+    ds->generation =
+        r->rt->policy ? orch__policy_generation(r->rt->policy) : 0;
+    if (next == NONE) {
+      next = d; /* takes v's place among the running: no count change */
+    } else {
+      atomic_fetch_add(&r->running, 1);
+      extra[(*nextra)++] = d;
+    }
+  }
+  return next;
+}
+
 static void run_workers(orch__worker *w, void *arg, const uint32_t *idx,
                         size_t n) {
   orch__run *r = arg;
   orch_graph *g = r->g;
+  worker_batch b = {.nfin = 0, .nfast = 0, .nnext = 0};
+  uint32_t *extra = NULL;
+  size_t extra_cap = 0;
+  int64_t t = orch__run_now(r);
   for (size_t i = 0; i < n; i++) {
-    orch__step *s = &g->steps[idx[i]];
-    s->started_ns = orch__run_now(r);
-    if (atomic_load(&r->canceled)) {
-      s->status = ORCH_FAILED;
-      orch__step_set_error(s, "canceled before it started");
-    } else {
-      int rc = orch__kinds[s->kind]->run(r, idx[i], w);
-      s->status = rc == ORCH_OK ? ORCH_PASSED : ORCH_FAILED;
+    uint32_t v = idx[i];
+    while (v != NONE) {
+      orch__step *s = &g->steps[v];
+      s->started_ns = t;
+      if (atomic_load(&r->canceled)) {
+        __atomic_store_n(&s->status, ORCH_FAILED, __ATOMIC_RELEASE);
+        orch__step_set_error(s, "canceled before it started");
+      } else {
+        int rc = orch__kinds[s->kind]->run(r, v, w);
+        __atomic_store_n(&s->status, rc == ORCH_OK ? ORCH_PASSED : ORCH_FAILED,
+                         __ATOMIC_RELEASE);
+      }
+      /* One clock read serves as this step's finish and, within a batch,
+       * the next step's start. */
+      s->finished_ns = t = orch__run_now(r);
+      size_t nout = g->out_off[v + 1] - g->out_off[v], nextra = 0;
+      if (nout > extra_cap) {
+        uint32_t *ne = realloc(extra, nout * sizeof *ne);
+        if (!ne) {
+          /* No room to hand dependents over: let the loop do it. */
+          b.fin[b.nfin++] = v;
+          if (b.nfin == ORCH__ARRAY_LEN(b.fin)) publish(r, &b);
+          break;
+        }
+        extra = ne;
+        extra_cap = nout;
+      }
+      uint32_t next = complete_here(r, v, extra, &nextra);
+      if (next == v) {
+        b.fin[b.nfin++] = v;
+        if (b.nfin == ORCH__ARRAY_LEN(b.fin)) publish(r, &b);
+        break;
+      }
+      b.nfast++;
+      if (nextra &&
+          orch__pool_post(r->rt->pool, run_workers, r, extra, nextra)) {
+        for (size_t k = 0; k < nextra; k++) {
+          orch__step *x = &g->steps[extra[k]];
+          __atomic_store_n(&x->status, ORCH_FAILED, __ATOMIC_RELEASE);
+          orch__step_set_error(x, "worker queue overflow: step refused");
+          x->started_ns = x->finished_ns = t;
+          b.fin[b.nfin++] = extra[k];
+          if (b.nfin == ORCH__ARRAY_LEN(b.fin)) publish(r, &b);
+        }
+      }
+      /* The next step starts after its last dependency finished. With v
+       * its only dependency, v's finish time serves; otherwise another one
+       * may have finished on another worker after this clock read. */
+      if (next != NONE) {
+        b.nnext++;
+        if (g->dep_off[next + 1] - g->dep_off[next] > 1) t = orch__run_now(r);
+        /* A step boundary, as between batches (pool.c): a lua step runs
+         * under the newest published scripts. */
+        if (g->steps[next].kind == ORCH__KIND_LUA && w)
+          orch__lstate_sync(orch__worker_lstate(w));
+      }
+      if (b.nfast >= FAST_PUBLISH) publish(r, &b);
+      v = next;
     }
-    s->finished_ns = orch__run_now(r);
   }
-  pthread_mutex_lock(&r->mu);
-  for (size_t i = 0; i < n; i++)
-    if (push_u32(&r->fin, &r->nfin, &r->fin_cap, idx[i])) abort();
-  uv_async_send(&r->wake); /* under the lock: see orch__sched_finish_async */
-  pthread_mutex_unlock(&r->mu);
+  free(extra);
+  /* The last touch of r. Nothing left to report means an earlier publish
+   * may have ended the run: r must not be touched then. */
+  if (b.nfin || b.nfast) publish(r, &b);
 }
 
 /* ---- starting and ending a run on the loop ------------------------------- */
@@ -441,11 +590,12 @@ static void host_step(orch__run *r, uint32_t v) {
   orch__step *s = &r->g->steps[v];
   s->started_ns = orch__run_now(r);
   if (atomic_load(&r->canceled)) {
-    s->status = ORCH_FAILED;
+    __atomic_store_n(&s->status, ORCH_FAILED, __ATOMIC_RELEASE);
     orch__step_set_error(s, "canceled before it started");
   } else {
     int rc = orch__kinds[s->kind]->run(r, v, NULL);
-    s->status = rc == ORCH_OK ? ORCH_PASSED : ORCH_FAILED;
+    __atomic_store_n(&s->status, rc == ORCH_OK ? ORCH_PASSED : ORCH_FAILED,
+                     __ATOMIC_RELEASE);
   }
   s->finished_ns = orch__run_now(r);
   orch__sched_finish_async(r, v);

@@ -1,46 +1,365 @@
 /* step_llm.c provides the `llm` kind: a model call whose prompt is the
- * step's own plus its dependencies' results. Until the LLM engine is wired
- * the kind parses and validates plan steps, and only --dry-run runs them
- * (as simulated sleeps, in sched.c); a real run fails the step with a clear
- * error. Uses jansson. */
+ * step's own plus its dependencies' results. It runs on the loop thread:
+ * start() submits the call to the run's LLM engine (llm.c, created on the
+ * first llm step of a run) and the call's completion finishes the step with
+ * its text, or its error, and keeps the usage, cost and every attempt on the
+ * step. With the policy engine, a loop-thread script state answers the
+ * routing hook (routing/complexity.lua: the tier of a step without one) and
+ * the retry hook (policies/retry.lua: retry, fall back or fail); without it,
+ * or when a hook fails, the configured default tier and llm.c's built-in
+ * policy serve. Uses llm.c, policy.c and jansson; --dry-run is sched.c's. */
 #include "orch_int.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
-typedef struct {
-  char *prompt;
+typedef struct llm_params {
+  char *prompt, *tier, *title, *instructions, *model;
+  int stream;     /* -1: config default */
+  int max_tokens; /* 0: default */
+  orch__llm_call *call; /* owned: the result lives here after the run */
+  orch__run *run;       /* while running */
+  uint32_t idx;
 } llm_params;
+
+typedef struct llm_run { /* r->kind_state[ORCH__KIND_LLM] */
+  orch__llm *llm;
+  orch__lstate *ls; /* scripts, for the hooks; loop thread only; or NULL */
+  bool hook_error_logged;
+  size_t inflight; /* calls started, not yet done */
+  int rc; /* the engine could not be made: every llm step fails with err */
+  char err[512];
+} llm_run;
+
+static int get_str(json_t *obj, const char *key, const char *where,
+                   char **out, char *err, size_t errlen) {
+  json_t *v = json_object_get(obj, key);
+  if (!v || json_is_null(v)) return ORCH_OK;
+  if (!json_is_string(v))
+    return orch__err(err, errlen, ORCH_EPLAN, "%s: \"%s\" must be a string",
+                     where, key);
+  if (!(*out = orch__strdup(json_string_value(v)))) return ORCH_ENOMEM;
+  return ORCH_OK;
+}
+
+static void params_free(llm_params *p) {
+  if (!p) return;
+  orch__llm_call_free(p->call);
+  free(p->prompt);
+  free(p->tier);
+  free(p->title);
+  free(p->instructions);
+  free(p->model);
+  free(p);
+}
 
 static int parse(orch_graph *g, orch__step *s, json_t *obj, const char *where,
                  char *err, size_t errlen) {
   (void)g;
-  json_t *p = json_object_get(obj, "prompt");
-  if (!p) p = json_object_get(obj, "description");
-  if (!json_is_string(p))
-    return orch__err(err, errlen, ORCH_EPLAN,
-                     "%s: an llm step needs \"prompt\", a string", where);
-  llm_params *lp = calloc(1, sizeof *lp);
-  if (!lp || !(lp->prompt = orch__strdup(json_string_value(p)))) {
-    free(lp);
-    return ORCH_ENOMEM;
+  int rc = ORCH_OK;
+  llm_params *p = calloc(1, sizeof *p);
+  if (!p) return ORCH_ENOMEM;
+  p->stream = -1;
+  json_t *pr = json_object_get(obj, "prompt");
+  if (!pr) pr = json_object_get(obj, "description"); /* GAP tasks */
+  if (!json_is_string(pr)) {
+    rc = orch__err(err, errlen, ORCH_EPLAN,
+                   "%s: an llm step needs \"prompt\", a string", where);
+    goto done;
   }
-  s->u.p = lp;
-  return ORCH_OK;
+  if (!(p->prompt = orch__strdup(json_string_value(pr)))) {
+    rc = ORCH_ENOMEM;
+    goto done;
+  }
+  if ((rc = get_str(obj, "tier", where, &p->tier, err, errlen)) ||
+      (rc = get_str(obj, "title", where, &p->title, err, errlen)) ||
+      (rc = get_str(obj, "instructions", where, &p->instructions, err,
+                    errlen)) ||
+      (rc = get_str(obj, "model", where, &p->model, err, errlen)))
+    goto done;
+  json_t *st = json_object_get(obj, "stream");
+  if (st && !json_is_null(st)) {
+    if (!json_is_boolean(st)) {
+      rc = orch__err(err, errlen, ORCH_EPLAN,
+                     "%s: \"stream\" must be true or false", where);
+      goto done;
+    }
+    p->stream = json_is_true(st);
+  }
+  json_t *mt = json_object_get(obj, "max_tokens");
+  if (mt && !json_is_null(mt)) {
+    if (!json_is_integer(mt) || json_integer_value(mt) < 1 ||
+        json_integer_value(mt) > 100000000) {
+      rc = orch__err(err, errlen, ORCH_EPLAN,
+                     "%s: \"max_tokens\" must be a positive integer", where);
+      goto done;
+    }
+    p->max_tokens = (int)json_integer_value(mt);
+  }
+  s->u.p = p;
+  p = NULL;
+done:
+  params_free(p);
+  return rc;
+}
+
+/* The tier for a step without one: routing/complexity.lua's classify{title,
+ * instructions} when the scripts are there and name a configured tier,
+ * written into buf; else NULL: the configured default (llm.default_tier,
+ * else "local"). */
+static const char *pick_tier(orch__run *r, uint32_t idx, const llm_params *p,
+                             char *buf, size_t buflen) {
+  llm_run *lr = r->kind_state[ORCH__KIND_LLM];
+  if (!lr || !lr->ls) return NULL;
+  const char *keys[] = {"title", "instructions"};
+  const char *vals[] = {p->title ? p->title : orch__step_id(r->g, idx),
+                        p->instructions && *p->instructions ? p->instructions
+                                                            : p->prompt};
+  char err[256];
+  int rc = orch__policy_call_fields(lr->ls, "routing.complexity", "classify",
+                                    keys, vals, 2, buf, buflen, err,
+                                    sizeof err);
+  if (rc == ORCH_OK && orch__llm_has_tier(lr->llm, buf)) return buf;
+  if (rc != ORCH_ENOTFOUND && !lr->hook_error_logged) {
+    lr->hook_error_logged = true;
+    fprintf(stderr, "orchestrate: routing: %s; using the default tier\n",
+            rc == ORCH_OK ? "classify() named no configured tier" : err);
+  }
+  return NULL;
+}
+
+/* The retry hook: policies/retry.lua's decide{attempt, status, error,
+ * retry_after_ms, body}; on any failure of the script, llm.c's built-in
+ * policy (the same rules with the config's numbers). */
+static void lua_decide(void *ud, const orch__llm_retry_opts *o, int attempt,
+                       int status, const char *error, long retry_after_ms,
+                       const char *body, orch__llm_decision *d) {
+  llm_run *lr = ud;
+  json_t *arg = json_pack("{s:i,s:i}", "attempt", attempt, "status", status);
+  json_t *out = NULL;
+  char err[256] = "";
+  int rc = ORCH_ENOMEM;
+  if (arg) {
+    if (error) json_object_set_new(arg, "error", json_string_nocheck(error));
+    if (retry_after_ms >= 0)
+      json_object_set_new(arg, "retry_after_ms", json_integer(retry_after_ms));
+    if (body) /* the script reads the start of it only */
+      json_object_set_new(arg, "body", json_stringn_nocheck(
+                                           body, strnlen(body, 8192)));
+    rc = orch__policy_call(lr->ls, "policies.retry", "decide", arg, &out, err,
+                           sizeof err);
+  }
+  json_decref(arg);
+  const char *action = json_string_value(json_object_get(out, "action"));
+  json_t *delay = json_object_get(out, "delay_ms");
+  const char *reason = json_string_value(json_object_get(out, "reason"));
+  memset(d, 0, sizeof *d);
+  if (rc == ORCH_OK && action && !strcmp(action, "retry") &&
+      json_is_number(delay) && json_number_value(delay) >= 0) {
+    d->action = ORCH__LLM_RETRY;
+    d->delay_ms = json_number_value(delay);
+    snprintf(d->reason, sizeof d->reason, "retry.lua: retry in %.0f ms",
+             d->delay_ms);
+  } else if (rc == ORCH_OK && action &&
+             (!strcmp(action, "fallback") || !strcmp(action, "fail"))) {
+    d->action = !strcmp(action, "fallback") ? ORCH__LLM_FALLBACK
+                                            : ORCH__LLM_FAIL;
+    snprintf(d->reason, sizeof d->reason, "%s", reason ? reason : action);
+  } else {
+    if (rc != ORCH_ENOTFOUND && !lr->hook_error_logged) {
+      lr->hook_error_logged = true;
+      fprintf(stderr, "orchestrate: retry hook: %s; using the built-in "
+                      "policy\n",
+              rc ? err : "decide() returned no valid action");
+    }
+    orch__llm_decide(o, attempt, status, error, retry_after_ms, body, d);
+  }
+  json_decref(out);
+}
+
+/* The prompt: title, the step's text, then each dependency's result. */
+static char *build_prompt(orch__run *r, uint32_t idx, const llm_params *p) {
+  orch_graph *g = r->g;
+  orch__buf b = {0};
+  int rc = ORCH_OK;
+  if (p->title && *p->title) rc |= orch__buf_printf(&b, "# %s\n\n", p->title);
+  rc |= orch__buf_add(&b, p->prompt, strlen(p->prompt));
+  bool header = false;
+  for (uint32_t e = g->dep_off[idx]; e < g->dep_off[idx + 1]; e++) {
+    uint32_t d = g->deps[e];
+    const orch__step *ds = &g->steps[d];
+    if (!ds->output) continue;
+    if (!header) {
+      rc |= orch__buf_printf(&b, "\n\n## Results of the steps this one "
+                                 "depends on\n");
+      header = true;
+    }
+    rc |= orch__buf_printf(&b, "\n### %s\n", orch__step_id(g, d));
+    rc |= orch__buf_add(&b, ds->output, strlen(ds->output));
+    rc |= orch__buf_add(&b, "\n", 1);
+  }
+  if (rc || !b.p) {
+    orch__buf_deinit(&b);
+    return NULL;
+  }
+  return b.p;
+}
+
+static void engine_free(void *arg) {
+  llm_run *lr = arg;
+  orch__llm_free(lr->llm);
+  orch__lstate_free(lr->ls);
+  free(lr);
+}
+
+/* When no llm step of the run can start any more, the engine goes (on a
+ * later loop turn: we are inside its callback). orch__llm_run_end does the
+ * same at the end of a run for the cases this cannot see (the last llm
+ * steps skipped because a step of another kind failed). */
+static void maybe_release(orch__run *r) {
+  llm_run *lr = r->kind_state[ORCH__KIND_LLM];
+  if (!lr || lr->inflight) return;
+  orch_graph *g = r->g;
+  for (size_t i = 0; i < g->n; i++) {
+    const orch__step *s = &g->steps[i];
+    if (s->kind == ORCH__KIND_LLM &&
+        (s->status == ORCH_PENDING || s->status == ORCH_IN_PROGRESS))
+      return;
+  }
+  r->kind_state[ORCH__KIND_LLM] = NULL;
+  if (orch__loop_call(r->rt->loop, engine_free, lr)) engine_free(lr);
+}
+
+static void call_done(orch__llm_call *call, void *ud) {
+  llm_params *p = ud;
+  orch__run *r = p->run;
+  orch__step *s = &r->g->steps[p->idx];
+  const orch__llm_result *res = orch__llm_call_result(call);
+  p->run = NULL;
+  if (res && res->code == ORCH_OK) {
+    orch__step_set_output(s, res->text, res->text_len);
+    s->status = ORCH_PASSED;
+  } else {
+    orch__step_set_error(s, "%s", res && res->error ? res->error : "failed");
+    s->status = ORCH_FAILED;
+  }
+  if (res) s->attempts = (uint8_t)(res->nattempts > 255 ? 255 : res->nattempts);
+  s->finished_ns = orch__run_now(r);
+  llm_run *lr = r->kind_state[ORCH__KIND_LLM];
+  if (lr) lr->inflight--;
+  orch__sched_finish(r, p->idx);
+  maybe_release(r); /* r lives until the loop runs run_close: after us */
+}
+
+static llm_run *run_state(orch__run *r) {
+  llm_run *lr = r->kind_state[ORCH__KIND_LLM];
+  if (lr) return lr;
+  lr = calloc(1, sizeof *lr);
+  if (!lr) return NULL;
+  lr->rc = orch__llm_new(&lr->llm, &r->rt->cfg, orch__loop_uv(r->rt->loop),
+                         lr->err, sizeof lr->err);
+  if (!lr->rc && r->rt->policy) {
+    char err[256];
+    lr->ls = orch__lstate_new(r->rt->policy, err, sizeof err);
+    if (lr->ls) orch__llm_set_decider(lr->llm, lua_decide, lr);
+    else fprintf(stderr, "orchestrate: llm hooks off: %s\n", err);
+  }
+  r->kind_state[ORCH__KIND_LLM] = lr;
+  return lr;
 }
 
 static int start(orch__run *r, uint32_t idx) {
-  orch__step_set_error(&r->g->steps[idx],
-                       "no LLM provider is configured (use --dry-run)");
-  return ORCH_ECONFIG;
+  orch__step *s = &r->g->steps[idx];
+  llm_params *p = s->u.p;
+  llm_run *lr = run_state(r);
+  if (!lr) {
+    orch__step_set_error(s, "out of memory");
+    return ORCH_ENOMEM;
+  }
+  if (lr->rc) {
+    orch__step_set_error(s, "%s", lr->err);
+    return lr->rc;
+  }
+  if (lr->ls) orch__lstate_sync(lr->ls); /* a step boundary: new scripts */
+  char *prompt = build_prompt(r, idx, p);
+  if (!prompt) {
+    orch__step_set_error(s, "out of memory building the prompt");
+    return ORCH_ENOMEM;
+  }
+  orch__llm_call_free(p->call);
+  p->call = NULL;
+  p->run = r;
+  p->idx = idx;
+  char routed[64];
+  orch__llm_req rq = {
+      .tier = p->tier ? p->tier : pick_tier(r, idx, p, routed, sizeof routed),
+      .model = p->model,
+      .system = p->instructions,
+      .prompt = prompt,
+      .max_tokens = p->max_tokens,
+      .stream = p->stream,
+      .timeout_ms = s->timeout_ms > 0 ? (long)s->timeout_ms : 0,
+      .done = call_done,
+      .ud = p,
+  };
+  int rc = orch__llm_call_start(lr->llm, &rq, &p->call);
+  free(prompt);
+  if (rc == ORCH_OK) lr->inflight++;
+  if (rc) {
+    p->run = NULL;
+    orch__step_set_error(s, "cannot start the model call: %s",
+                         orch_strerror(rc));
+  }
+  return rc;
+}
+
+static void cancel(orch__run *r, uint32_t idx) {
+  llm_params *p = r->g->steps[idx].u.p;
+  if (p && p->call && p->run) orch__llm_call_cancel(p->call);
 }
 
 static void free_params(orch__step *s) {
-  llm_params *lp = s->u.p;
-  if (lp) free(lp->prompt);
-  free(lp);
+  params_free(s->u.p);
   s->u.p = NULL;
+}
+
+static double cost(const orch__step *s) {
+  (void)s;
+  return 2000; /* a model call takes seconds: weigh it on the critical path */
 }
 
 const orch__kind orch__kind_llm = {.name = "llm", .where = ORCH__ON_LOOP,
                                    .parse = parse, .start = start,
-                                   .free = free_params};
+                                   .cancel = cancel, .free = free_params,
+                                   .cost = cost};
+
+const orch__llm_result *orch__llm_step_result(const orch__step *s) {
+  if (!s || s->kind != ORCH__KIND_LLM || !s->u.p) return NULL;
+  const llm_params *p = s->u.p;
+  return orch__llm_call_result(p->call);
+}
+
+void orch__llm_graph_totals(const orch_graph *g, orch__llm_totals *t) {
+  memset(t, 0, sizeof *t);
+  for (size_t i = 0; g && i < g->n; i++) {
+    const orch__llm_result *r = orch__llm_step_result(&g->steps[i]);
+    if (!r) continue;
+    t->calls++;
+    t->attempts += r->nattempts;
+    if (r->tokens_in >= 0 && r->tokens_out >= 0) {
+      t->tokens_in += r->tokens_in;
+      t->tokens_out += r->tokens_out;
+    } else if (r->code == ORCH_OK) {
+      t->unknown_usage++;
+    }
+    if (r->cost > 0) t->cost += r->cost;
+  }
+}
+
+void orch__llm_run_end(orch__run *r) {
+  llm_run *lr = r->kind_state[ORCH__KIND_LLM];
+  if (!lr) return;
+  r->kind_state[ORCH__KIND_LLM] = NULL;
+  engine_free(lr);
+}

@@ -1,0 +1,178 @@
+/* llm_bench.c: the LLM fan-out benchmark. `llm_bench serve PORT` runs the
+ * project's mock LLM server (orch_mock_start) in this process until killed,
+ * so the client measured by `llm_bench run` shares nothing with it but the
+ * machine. `llm_bench run URL N C LATENCY_MS` sends N chat completions
+ * through llm.c (JSON built and parsed, usage read) with C in flight at once
+ * and prints one JSON line: throughput against the ideal (C / latency),
+ * added latency percentiles, peak RSS per request in flight. bench/llm.sh
+ * runs it beside bench/llm_fetch.mjs (Node.js fetch) against the same mock. */
+#include "orch_int.h"
+
+#include <math.h>
+#include <sys/resource.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* VmRSS or VmHWM from /proc/self/status, in KiB. */
+static long proc_kib(const char *field) {
+  FILE *f = fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  long v = -1;
+  size_t n = strlen(field);
+  while (fgets(line, sizeof line, f))
+    if (strncmp(line, field, n) == 0 && line[n] == ':') {
+      v = atol(line + n + 1);
+      break;
+    }
+  fclose(f);
+  return v;
+}
+
+static double cpu_s(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
+         (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+}
+
+static volatile sig_atomic_t stop;
+static void on_signal(int sig) {
+  (void)sig;
+  stop = 1;
+}
+
+static int serve(int port) {
+  orch_mock *m = NULL;
+  char err[256];
+  if (orch_mock_start(&m, "127.0.0.1", port, err, sizeof err)) {
+    fprintf(stderr, "llm_bench serve: %s\n", err);
+    return 1;
+  }
+  printf("%d\n", orch_mock_port(m));
+  fflush(stdout);
+  signal(SIGTERM, on_signal);
+  signal(SIGINT, on_signal);
+  while (!stop) pause();
+  orch_mock_free(m);
+  return 0;
+}
+
+typedef struct bench bench;
+typedef struct slot { /* one request in flight */
+  bench *b;
+  int64_t t0;
+} slot;
+
+struct bench {
+  orch__llm *l;
+  uv_loop_t *loop;
+  int n, c, started, done, failed;
+  double *lat_ms;
+  slot *slots;
+  char prompt[64];
+  char first_error[512];
+};
+
+static void start_one(slot *s);
+
+static void on_done(orch__llm_call *call, void *ud) {
+  slot *s = ud;
+  bench *b = s->b;
+  const orch__llm_result *r = orch__llm_call_result(call);
+  b->lat_ms[b->done++] = (double)(now_ns() - s->t0) / 1e6;
+  if (!r || r->code != ORCH_OK) {
+    if (!b->failed++ && r && r->error)
+      snprintf(b->first_error, sizeof b->first_error, "%s", r->error);
+  }
+  orch__llm_call_free(call);
+  if (b->started < b->n) start_one(s);
+  else if (b->done == b->n) uv_stop(b->loop);
+}
+
+static void start_one(slot *s) {
+  bench *b = s->b;
+  b->started++;
+  s->t0 = now_ns();
+  orch__llm_req rq = {.tier = "bench", .prompt = b->prompt, .stream = 0,
+                      .done = on_done, .ud = s};
+  orch__llm_call *call;
+  orch__llm_call_start(b->l, &rq, &call);
+}
+
+static int cmp_d(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static int run(const char *base, int n, int c, int latency) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  char conf[1024];
+  snprintf(conf, sizeof conf,
+           "{\"llm\":{\"max_attempts\":1,\"cooldown\":{\"failures\":0}},"
+           "\"tiers\":{\"bench\":{\"base_url\":\"%s/v1\",\"model\":"
+           "\"bench+fault=latency=%d\"}}}",
+           base, latency);
+  json_t *sec = json_loads(conf, 0, NULL);
+  bench b = {.n = n, .c = c, .loop = &loop};
+  char err[256];
+  if (orch__llm_new_json(&b.l, sec, &loop, err, sizeof err)) {
+    fprintf(stderr, "llm_bench: %s\n", err);
+    return 1;
+  }
+  json_decref(sec);
+  snprintf(b.prompt, sizeof b.prompt, "benchmark request");
+  b.lat_ms = calloc((size_t)n, sizeof *b.lat_ms);
+  b.slots = calloc((size_t)c, sizeof *b.slots);
+  long rss0 = proc_kib("VmRSS");
+  int64_t t0 = now_ns();
+  double cpu0 = cpu_s();
+  for (int i = 0; i < c && i < n; i++) {
+    b.slots[i].b = &b;
+    start_one(&b.slots[i]);
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  double wall = (double)(now_ns() - t0) / 1e9;
+  double cpu = cpu_s() - cpu0;
+  long hwm = proc_kib("VmHWM");
+  orch__llm_free(b.l);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
+  qsort(b.lat_ms, (size_t)n, sizeof *b.lat_ms, cmp_d);
+  double p50 = b.lat_ms[n / 2] - latency, p99 = b.lat_ms[(n * 99) / 100] - latency;
+  double tput = n / wall, ideal = c / (latency / 1000.0);
+  double kib_per = (double)(hwm - rss0) / (c < n ? c : n);
+  printf("{\"client\":\"orchestrate (libcurl multi + libuv)\",\"requests\":%d,"
+         "\"concurrency\":%d,\"latency_ms\":%d,\"failed\":%d,"
+         "\"wall_s\":%.3f,\"throughput\":%.0f,\"ideal\":%.0f,"
+         "\"ratio\":%.3f,\"added_p50_ms\":%.3f,\"added_p99_ms\":%.3f,"
+         "\"rss_base_kib\":%ld,\"rss_peak_kib\":%ld,"
+         "\"kib_per_inflight\":%.1f,\"cpu_us_per_req\":%.1f%s%s%s}\n",
+         n, c, latency, b.failed, wall, tput, ideal, tput / ideal, p50, p99,
+         rss0, hwm, kib_per, cpu * 1e6 / n, b.failed ? ",\"first_error\":\"" : "",
+         b.failed ? b.first_error : "", b.failed ? "\"" : "");
+  free(b.lat_ms);
+  free(b.slots);
+  return b.failed ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc >= 3 && strcmp(argv[1], "serve") == 0) return serve(atoi(argv[2]));
+  if (argc >= 6 && strcmp(argv[1], "run") == 0)
+    return run(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
+  fprintf(stderr,
+          "usage: llm_bench serve PORT\n"
+          "       llm_bench run BASE_URL N CONCURRENCY LATENCY_MS\n");
+  return 2;
+}

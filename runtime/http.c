@@ -1,0 +1,636 @@
+/* http.c: the asynchronous HTTP engine, libcurl's multi_socket interface
+ * driven by a libuv loop (uv_poll_t per socket, one uv_timer_t for curl's
+ * timeout, one sweep timer for idle-stream timeouts).
+ *
+ * Thousands of requests share one thread and curl's connection cache (and its
+ * DNS cache); HTTP/2 is negotiated over TLS and multiplexed when offered.
+ * Every curl call happens on the loop thread; orch__http_post() hands a
+ * request over from any other thread through a uv_async_t. Uses libcurl and
+ * libuv only; retries and providers live in llm.c. */
+#include "orch_int.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define HTTP_MAX_BODY_DEFAULT (64u << 20) /* refuse larger responses */
+#define HTTP_EASY_CACHE 256               /* idle easy handles kept */
+
+struct orch__http {
+  uv_loop_t *loop;
+  CURLM *multi;
+  uv_timer_t timer;  /* curl's CURLMOPT_TIMERFUNCTION timer */
+  uv_timer_t sweep;  /* idle-stream timeouts */
+  uv_async_t async;  /* orch__http_post from other threads */
+  pthread_mutex_t mu; /* guards posted; lock order: leaf */
+  orch__http_req *posted, *posted_tail;
+  orch__http_req *active; /* doubly linked list of running requests */
+  size_t nactive;
+  size_t nidle_timed; /* active requests with an idle timeout */
+  CURL *cache[HTTP_EASY_CACHE];
+  size_t ncache;
+  struct http_sock *socks; /* sockets curl asked us to watch */
+  int nhandles;            /* uv handles not yet closed */
+  bool closing;
+  orch__http_stats stats;
+};
+
+typedef struct http_sock {
+  uv_poll_t poll;
+  curl_socket_t fd;
+  orch__http *h;
+  int events; /* what uv_poll watches now */
+  struct http_sock *prev, *next;
+} http_sock;
+
+static void check_done(orch__http *h);
+static void on_sweep(uv_timer_t *t);
+static CURLSH *global_share;
+static char *global_cainfo; /* libcurl's built-in CA bundle, or NULL */
+
+/* ---- small helpers --------------------------------------------------- */
+
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void set_error(orch__http_req *req, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_error(orch__http_req *req, int code, const char *fmt, ...) {
+  va_list ap;
+  req->result = code;
+  va_start(ap, fmt);
+  vsnprintf(req->error, sizeof req->error, fmt, ap);
+  va_end(ap);
+}
+
+static void active_link(orch__http *h, orch__http_req *req) {
+  req->priv_prev = NULL;
+  req->priv_next = h->active;
+  if (h->active) h->active->priv_prev = req;
+  h->active = req;
+  h->nactive++;
+  if (req->idle_timeout_ms > 0) h->nidle_timed++;
+}
+
+static void active_unlink(orch__http *h, orch__http_req *req) {
+  if (req->priv_prev) req->priv_prev->priv_next = req->priv_next;
+  else h->active = req->priv_next;
+  if (req->priv_next) req->priv_next->priv_prev = req->priv_prev;
+  req->priv_prev = req->priv_next = NULL;
+  h->nactive--;
+  if (req->idle_timeout_ms > 0) h->nidle_timed--;
+}
+
+/* ---- requests -------------------------------------------------------- */
+
+void orch__http_req_init(orch__http_req *req) {
+  memset(req, 0, sizeof *req);
+  req->retry_after_ms = -1;
+  req->max_body = HTTP_MAX_BODY_DEFAULT;
+}
+
+void orch__http_req_deinit(orch__http_req *req) {
+  if (!req) return;
+  curl_slist_free_all(req->headers);
+  req->headers = NULL;
+  free(req->body);
+  req->body = NULL;
+  req->body_len = req->body_cap = 0;
+}
+
+void orch__http_req_reset(orch__http_req *req) {
+  req->status = 0;
+  req->result = ORCH_OK;
+  req->error[0] = '\0';
+  req->retry_after_ms = -1;
+  req->body_len = 0;
+  req->t_start_ns = req->t_first_byte_ns = req->t_end_ns = 0;
+  req->t_last_byte_ns = 0;
+  req->bytes_in = 0;
+  req->http_version = 0;
+  req->connects = 0;
+}
+
+int orch__http_req_header(orch__http_req *req, const char *line) {
+  struct curl_slist *l = curl_slist_append(req->headers, line);
+  if (!l) return ORCH_ENOMEM;
+  req->headers = l;
+  return ORCH_OK;
+}
+
+/* Parses a Retry-After value: seconds (possibly fractional) or an HTTP date.
+ * Returns ms, or -1 when unreadable. */
+static long parse_retry_after(const char *v, size_t n, bool is_ms) {
+  char buf[64];
+  if (n >= sizeof buf) return -1;
+  memcpy(buf, v, n);
+  buf[n] = '\0';
+  char *end;
+  errno = 0;
+  double d = strtod(buf, &end);
+  if (end != buf && errno == 0) {
+    while (*end == ' ' || *end == '\t') end++;
+    if (*end == '\0' && d >= 0) {
+      double ms = is_ms ? d : d * 1000.0;
+      return ms > 1e9 ? 1000000000L : (long)ms;
+    }
+  }
+  if (is_ms) return -1;
+  time_t t = curl_getdate(buf, NULL);
+  if (t < 0) return -1;
+  double diff = difftime(t, time(NULL));
+  return diff <= 0 ? 0 : (long)(diff * 1000.0);
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud) {
+  orch__http_req *req = ud;
+  size_t len = size * n;
+  /* A new status line (a redirect or 100-continue) starts over. */
+  if (len > 5 && memcmp(p, "HTTP/", 5) == 0) {
+    req->retry_after_ms = -1;
+    return len;
+  }
+  const char *colon = memchr(p, ':', len);
+  if (!colon) return len;
+  size_t klen = (size_t)(colon - p);
+  const char *v = colon + 1, *e = p + len;
+  while (v < e && (*v == ' ' || *v == '\t')) v++;
+  while (e > v && (e[-1] == '\r' || e[-1] == '\n' || e[-1] == ' ')) e--;
+  if (klen == 14 && strncasecmp(p, "retry-after-ms", 14) == 0) {
+    long ms = parse_retry_after(v, (size_t)(e - v), true);
+    if (ms >= 0) req->retry_after_ms = ms; /* the ms form wins */
+  } else if (klen == 11 && strncasecmp(p, "retry-after", 11) == 0) {
+    if (req->retry_after_ms < 0)
+      req->retry_after_ms = parse_retry_after(v, (size_t)(e - v), false);
+  }
+  return len;
+}
+
+static size_t on_write(char *p, size_t size, size_t n, void *ud) {
+  orch__http_req *req = ud;
+  size_t len = size * n;
+  int64_t t = now_ns();
+  if (!req->t_first_byte_ns) {
+    req->t_first_byte_ns = t;
+    long code = 0;
+    curl_easy_getinfo(req->priv_easy, CURLINFO_RESPONSE_CODE, &code);
+    req->status = code;
+  }
+  req->t_last_byte_ns = t;
+  req->bytes_in += len;
+  if (req->on_data) {
+    if (req->on_data(req, p, len) != 0) {
+      req->priv_aborted = 1; /* the consumer said stop */
+      return 0;
+    }
+    return len;
+  }
+  if (req->body_len + len > req->max_body) {
+    req->priv_aborted = 2;
+    return 0;
+  }
+  if (req->body_len + len + 1 > req->body_cap) {
+    size_t cap = req->body_cap ? req->body_cap : 1024;
+    while (cap < req->body_len + len + 1) cap *= 2;
+    char *nb = realloc(req->body, cap);
+    if (!nb) {
+      req->priv_aborted = 3;
+      return 0;
+    }
+    req->body = nb;
+    req->body_cap = cap;
+  }
+  memcpy(req->body + req->body_len, p, len);
+  req->body_len += len;
+  req->body[req->body_len] = '\0';
+  return len;
+}
+
+/* An easy handle with the options every request shares; the cache keeps
+ * them (no curl_easy_reset: start_req sets the rest each time). */
+static CURL *easy_get(orch__http *h) {
+  if (h->ncache) return h->cache[--h->ncache];
+  CURL *e = curl_easy_init();
+  if (!e) return NULL;
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+  curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  if (global_share) curl_easy_setopt(e, CURLOPT_SHARE, global_share);
+  return e;
+}
+
+static void easy_put(orch__http *h, CURL *e) {
+  if (!h->closing && h->ncache < HTTP_EASY_CACHE) h->cache[h->ncache++] = e;
+  else curl_easy_cleanup(e);
+}
+
+/* Adds req to the multi handle (loop thread). On failure completes it. */
+static void start_req(orch__http *h, orch__http_req *req) {
+  orch__http_req_reset(req);
+  req->priv_h = h;
+  req->t_start_ns = now_ns();
+  if (h->closing) {
+    set_error(req, ORCH_ECANCELED, "canceled: the HTTP engine is closing");
+    goto fail;
+  }
+  CURL *e = easy_get(h);
+  if (!e) {
+    set_error(req, ORCH_ENOMEM, "out of memory (curl_easy_init)");
+    goto fail;
+  }
+  req->priv_easy = e;
+  req->priv_errbuf[0] = '\0';
+  req->priv_aborted = 0;
+  curl_easy_setopt(e, CURLOPT_URL, req->url);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, req);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, req->priv_errbuf);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, req);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, req);
+  /* over TLS, wait for a connection that may multiplex (h2) */
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT,
+                   strncmp(req->url, "https:", 6) == 0 ? 1L : 0L);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                   req->connect_timeout_ms > 0 ? req->connect_timeout_ms : 0L);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
+                   req->timeout_ms > 0 ? req->timeout_ms : 0L);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->headers);
+  /* recycled handles: always say which CA bundle (the built-in default
+   * when the request names none) */
+  curl_easy_setopt(e, CURLOPT_CAINFO,
+                   req->ca_file ? req->ca_file : global_cainfo);
+  if (req->post) {
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
+                     (curl_off_t)req->post_len);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, req->post);
+  } else {
+    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+  }
+  active_link(h, req);
+  h->stats.started++;
+  CURLMcode mc = curl_multi_add_handle(h->multi, e);
+  if (mc != CURLM_OK) {
+    active_unlink(h, req);
+    easy_put(h, e);
+    req->priv_easy = NULL;
+    set_error(req, ORCH_EIO, "curl_multi_add_handle: %s",
+              curl_multi_strerror(mc));
+    goto fail;
+  }
+  if (req->idle_timeout_ms > 0) {
+    uint64_t iv = (uint64_t)req->idle_timeout_ms / 8;
+    if (iv < 5) iv = 5;
+    if (iv > 250) iv = 250;
+    if (!uv_is_active((uv_handle_t *)&h->sweep) ||
+        iv < uv_timer_get_repeat(&h->sweep))
+      uv_timer_start(&h->sweep, on_sweep, iv, iv);
+  }
+  return;
+fail:
+  req->t_end_ns = now_ns();
+  h->stats.failed++;
+  if (req->on_done) req->on_done(req);
+}
+
+/* Detaches a finished or aborted request, fills the outcome and calls
+ * on_done. The request may be freed by on_done. */
+static void finish_req(orch__http *h, orch__http_req *req, CURLcode cc) {
+  CURL *e = req->priv_easy;
+  curl_multi_remove_handle(h->multi, e);
+  active_unlink(h, req);
+  req->t_end_ns = now_ns();
+  long code = 0, ver = 0, nc = 0;
+  curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
+  if (code) req->status = code;
+  curl_easy_getinfo(e, CURLINFO_HTTP_VERSION, &ver);
+  req->http_version = ver == CURL_HTTP_VERSION_2_0   ? 20
+                      : ver == CURL_HTTP_VERSION_1_1 ? 11
+                      : ver == CURL_HTTP_VERSION_1_0 ? 10
+                                                     : 0;
+  curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &nc);
+  req->connects = nc;
+  if (req->result == ORCH_OK) {
+    if (cc == CURLE_OK) {
+      /* fine: req->status says what the server said */
+    } else if (cc == CURLE_WRITE_ERROR && req->priv_aborted == 2) {
+      set_error(req, ORCH_ELIMIT, "response larger than %zu bytes",
+                req->max_body);
+    } else if (cc == CURLE_WRITE_ERROR && req->priv_aborted == 3) {
+      set_error(req, ORCH_ENOMEM, "out of memory reading the response");
+    } else if (cc == CURLE_WRITE_ERROR && req->priv_aborted == 1) {
+      if (!req->error[0]) set_error(req, ORCH_EIO, "aborted by the reader");
+      else req->result = req->result ? req->result : ORCH_EIO;
+    } else if (cc == CURLE_OPERATION_TIMEDOUT) {
+      double ct = 0;
+      curl_easy_getinfo(e, CURLINFO_CONNECT_TIME, &ct);
+      if (ct <= 0 && req->bytes_in == 0)
+        set_error(req, ORCH_ETIMEDOUT, "connect timed out after %ld ms",
+                  req->connect_timeout_ms > 0 ? req->connect_timeout_ms
+                                              : req->timeout_ms);
+      else
+        set_error(req, ORCH_ETIMEDOUT, "timed out after %ld ms (total)",
+                  req->timeout_ms);
+    } else {
+      set_error(req, ORCH_EIO, "%s%s%s", curl_easy_strerror(cc),
+                req->priv_errbuf[0] ? ": " : "", req->priv_errbuf);
+    }
+  }
+  req->curl_code = (int)cc;
+  req->priv_easy = NULL;
+  easy_put(h, e);
+  if (req->result == ORCH_OK) h->stats.completed++;
+  else h->stats.failed++;
+  if (req->on_done) req->on_done(req);
+}
+
+static void check_done(orch__http *h) {
+  CURLMsg *m;
+  int left;
+  while ((m = curl_multi_info_read(h->multi, &left))) {
+    if (m->msg != CURLMSG_DONE) continue;
+    orch__http_req *req = NULL;
+    curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&req);
+    CURLcode cc = m->data.result;
+    if (req) finish_req(h, req, cc);
+  }
+}
+
+/* ---- curl <-> libuv glue --------------------------------------------- */
+
+static void on_poll(uv_poll_t *p, int status, int events) {
+  http_sock *s = p->data;
+  orch__http *h = s->h;
+  int flags = 0;
+  if (status < 0) flags = CURL_CSELECT_ERR;
+  else {
+    if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+    if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+  }
+  int running;
+  curl_multi_socket_action(h->multi, s->fd, flags, &running);
+  check_done(h);
+}
+
+static void on_curl_timer(uv_timer_t *t) {
+  orch__http *h = t->data;
+  int running;
+  curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  check_done(h);
+}
+
+static void handle_closed(uv_handle_t *hd) {
+  orch__http *h = hd->data;
+  if (--h->nhandles == 0 && h->closing) free(h);
+}
+
+static void sock_closed(uv_handle_t *hd) {
+  http_sock *s = hd->data;
+  orch__http *h = s->h;
+  free(s);
+  if (--h->nhandles == 0 && h->closing) free(h);
+}
+
+static void sock_close(orch__http *h, http_sock *s) {
+  uv_poll_stop(&s->poll);
+  if (s->prev) s->prev->next = s->next;
+  else h->socks = s->next;
+  if (s->next) s->next->prev = s->prev;
+  uv_close((uv_handle_t *)&s->poll, sock_closed);
+}
+
+static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud,
+                     void *sockp) {
+  orch__http *h = ud;
+  http_sock *s = sockp;
+  (void)e;
+  if (what == CURL_POLL_REMOVE) {
+    if (s) {
+      if (!h->closing) curl_multi_assign(h->multi, fd, NULL);
+      sock_close(h, s);
+    }
+    return 0;
+  }
+  if (!s) {
+    s = calloc(1, sizeof *s);
+    if (!s) return -1;
+    s->fd = fd;
+    s->h = h;
+    if (uv_poll_init_socket(h->loop, &s->poll, fd) != 0) {
+      free(s);
+      return -1;
+    }
+    s->poll.data = s;
+    h->nhandles++;
+    s->next = h->socks;
+    if (h->socks) h->socks->prev = s;
+    h->socks = s;
+    curl_multi_assign(h->multi, fd, s);
+  }
+  int ev = 0;
+  if (what & CURL_POLL_IN) ev |= UV_READABLE;
+  if (what & CURL_POLL_OUT) ev |= UV_WRITABLE;
+  if (ev != s->events || !uv_is_active((uv_handle_t *)&s->poll)) {
+    s->events = ev; /* unchanged interest: no epoll_ctl */
+    uv_poll_start(&s->poll, ev, on_poll);
+  }
+  return 0;
+}
+
+static int on_timer_fn(CURLM *m, long timeout_ms, void *ud) {
+  orch__http *h = ud;
+  (void)m;
+  if (timeout_ms < 0) uv_timer_stop(&h->timer);
+  else uv_timer_start(&h->timer, on_curl_timer, (uint64_t)timeout_ms, 0);
+  return 0;
+}
+
+/* Aborts requests that received nothing for their idle timeout. */
+static void on_sweep(uv_timer_t *t) {
+  orch__http *h = t->data;
+  if (h->nidle_timed == 0) {
+    uv_timer_stop(t);
+    uv_timer_set_repeat(t, 0);
+    return;
+  }
+  int64_t now = now_ns();
+  size_t nexp = 0;
+  for (orch__http_req *req = h->active; req; req = req->priv_next) {
+    if (req->idle_timeout_ms <= 0) continue;
+    int64_t last = req->t_last_byte_ns ? req->t_last_byte_ns : req->t_start_ns;
+    if (now - last >= (int64_t)req->idle_timeout_ms * 1000000) {
+      req->priv_idle_expired = 1;
+      nexp++;
+    }
+  }
+  /* on_done may start or cancel other requests: restart the scan after
+   * each completion. */
+  while (nexp--) {
+    orch__http_req *req = h->active;
+    while (req && !req->priv_idle_expired) req = req->priv_next;
+    if (!req) break;
+    req->priv_idle_expired = 0;
+    h->stats.idle_timeouts++;
+    set_error(req, ORCH_ETIMEDOUT,
+              "idle timeout: no bytes for %ld ms (%zu bytes received)",
+              req->idle_timeout_ms, req->bytes_in);
+    finish_req(h, req, CURLE_OK);
+  }
+}
+
+static void on_async(uv_async_t *a) {
+  orch__http *h = a->data;
+  pthread_mutex_lock(&h->mu);
+  orch__http_req *q = h->posted;
+  h->posted = h->posted_tail = NULL;
+  pthread_mutex_unlock(&h->mu);
+  while (q) {
+    orch__http_req *next = q->priv_next;
+    q->priv_next = NULL;
+    start_req(h, q);
+    q = next;
+  }
+}
+
+/* ---- the engine ------------------------------------------------------ */
+
+/* One share for the process: DNS answers and TLS sessions outlive an
+ * engine (each run makes its own) and serve every loop. Locked per kind of
+ * data; the locks are leaves. */
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t share_mu[CURL_LOCK_DATA_LAST];
+
+static void share_lock(CURL *e, curl_lock_data d, curl_lock_access a,
+                       void *ud) {
+  (void)e;
+  (void)a;
+  (void)ud;
+  pthread_mutex_lock(&share_mu[d]);
+}
+
+static void share_unlock(CURL *e, curl_lock_data d, void *ud) {
+  (void)e;
+  (void)ud;
+  pthread_mutex_unlock(&share_mu[d]);
+}
+
+static void global_init(void) {
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+    pthread_mutex_init(&share_mu[i], NULL);
+  CURL *probe = curl_easy_init();
+  char *ca = NULL;
+  if (probe && curl_easy_getinfo(probe, CURLINFO_CAINFO, &ca) == CURLE_OK && ca)
+    global_cainfo = strdup(ca);
+  curl_easy_cleanup(probe);
+  global_share = curl_share_init();
+  if (!global_share) return;
+  curl_share_setopt(global_share, CURLSHOPT_LOCKFUNC, share_lock);
+  curl_share_setopt(global_share, CURLSHOPT_UNLOCKFUNC, share_unlock);
+  curl_share_setopt(global_share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+  curl_share_setopt(global_share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+}
+
+int orch__http_new(orch__http **out, uv_loop_t *loop,
+                   const orch__http_opts *opts, char *err, size_t errlen) {
+  *out = NULL;
+  pthread_once(&global_once, global_init);
+  orch__http *h = calloc(1, sizeof *h);
+  if (!h) {
+    if (err) snprintf(err, errlen, "out of memory");
+    return ORCH_ENOMEM;
+  }
+  h->loop = loop;
+  h->multi = curl_multi_init();
+  if (!h->multi) {
+    free(h);
+    if (err) snprintf(err, errlen, "curl_multi_init failed");
+    return ORCH_EIO;
+  }
+  curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+  curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
+  curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, on_timer_fn);
+  curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
+  curl_multi_setopt(h->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  long maxconn = opts && opts->max_connections > 0 ? opts->max_connections
+                                                   : 0;
+  long maxhost = opts && opts->max_host_connections > 0
+                     ? opts->max_host_connections
+                     : 0;
+  long cache = opts && opts->connection_cache > 0 ? opts->connection_cache
+                                                  : 2048;
+  if (maxconn) curl_multi_setopt(h->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, maxconn);
+  if (maxhost) curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, maxhost);
+  curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, cache);
+  curl_multi_setopt(h->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, 1000L);
+  pthread_mutex_init(&h->mu, NULL);
+  uv_timer_init(loop, &h->timer);
+  h->timer.data = h;
+  uv_timer_init(loop, &h->sweep);
+  h->sweep.data = h;
+  uv_async_init(loop, &h->async, on_async);
+  h->async.data = h;
+  uv_unref((uv_handle_t *)&h->async); /* an idle engine keeps no loop alive */
+  h->nhandles = 3;
+  *out = h;
+  return ORCH_OK;
+}
+
+void orch__http_submit(orch__http *h, orch__http_req *req) {
+  start_req(h, req);
+}
+
+int orch__http_post(orch__http *h, orch__http_req *req) {
+  pthread_mutex_lock(&h->mu);
+  req->priv_next = NULL;
+  if (h->posted_tail) h->posted_tail->priv_next = req;
+  else h->posted = req;
+  h->posted_tail = req;
+  pthread_mutex_unlock(&h->mu);
+  return uv_async_send(&h->async) == 0 ? ORCH_OK : ORCH_EIO;
+}
+
+void orch__http_cancel(orch__http *h, orch__http_req *req) {
+  if (!req->priv_easy || req->priv_h != h) return; /* not running */
+  set_error(req, ORCH_ECANCELED, "canceled");
+  h->stats.canceled++;
+  finish_req(h, req, CURLE_OK);
+}
+
+size_t orch__http_active(const orch__http *h) { return h->nactive; }
+
+void orch__http_get_stats(const orch__http *h, orch__http_stats *st) {
+  *st = h->stats;
+  st->active = h->nactive;
+}
+
+void orch__http_free(orch__http *h) {
+  if (!h) return;
+  h->closing = true;
+  on_async(&h->async); /* posted but not started: complete as canceled */
+  while (h->active) {
+    orch__http_req *req = h->active;
+    set_error(req, ORCH_ECANCELED, "canceled: the HTTP engine is closing");
+    finish_req(h, req, CURLE_OK);
+  }
+  while (h->ncache) curl_easy_cleanup(h->cache[--h->ncache]);
+  curl_multi_cleanup(h->multi); /* may report sockets as removed */
+  h->multi = NULL;
+  while (h->socks) sock_close(h, h->socks);
+  pthread_mutex_destroy(&h->mu);
+  /* The last close callback frees h (close callbacks never run inside
+   * uv_close, so h outlives this function). */
+  uv_close((uv_handle_t *)&h->timer, handle_closed);
+  uv_close((uv_handle_t *)&h->sweep, handle_closed);
+  uv_close((uv_handle_t *)&h->async, handle_closed);
+}

@@ -1,0 +1,1504 @@
+/* llm.c: the model providers. Builds OpenAI-compatible chat completion and
+ * Anthropic Messages requests with jansson, reads their answers (whole or
+ * as server-sent events) into one result with usage, cost and time to first
+ * token, and carries a call through retries with backoff, fallback tiers and
+ * per-endpoint cooldown.
+ *
+ * Uses http.c for the transfers and runs on the loop thread; the retry
+ * decision is orch__llm_decide(), the C twin of scripts/policies/retry.lua.
+ * API keys live only here and are redacted from every message we make. */
+#include "orch_int.h"
+
+#include <curl/curl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+enum { PROV_OPENAI = 0, PROV_ANTHROPIC = 1 };
+static const char *const prov_names[] = {"openai", "anthropic"};
+
+#define MAX_TIERS 64
+#define ERRBODY_MAX (64u << 10)
+
+/* ---- small helpers --------------------------------------------------- */
+
+typedef struct sbuf {
+  char *p;
+  size_t len, cap;
+} sbuf;
+
+static int sbuf_add(sbuf *b, const char *s, size_t n) {
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + n + 1) cap *= 2;
+    char *np = realloc(b->p, cap);
+    if (!np) return ORCH_ENOMEM;
+    b->p = np;
+    b->cap = cap;
+  }
+  if (n) memcpy(b->p + b->len, s, n);
+  b->len += n;
+  b->p[b->len] = '\0';
+  return ORCH_OK;
+}
+
+static void sbuf_free(sbuf *b) {
+  free(b->p);
+  b->p = NULL;
+  b->len = b->cap = 0;
+}
+
+static char *xstrdup(const char *s) {
+  if (!s) return NULL;
+  size_t n = strlen(s) + 1;
+  char *p = malloc(n);
+  if (p) memcpy(p, s, n);
+  return p;
+}
+
+static char *xprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *xprintf(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  char *p = NULL;
+  if (vasprintf(&p, fmt, ap) < 0) p = NULL;
+  va_end(ap);
+  return p;
+}
+
+static int seterr(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int seterr(char *err, size_t errlen, int code, const char *fmt, ...) {
+  if (err && errlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+  }
+  return code;
+}
+
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* splitmix64: jitter only, not cryptography. */
+static _Thread_local uint64_t rng_state;
+static double rand_unit(void) {
+  if (!rng_state)
+    rng_state = (uint64_t)now_ns() ^ (uint64_t)(uintptr_t)&rng_state;
+  uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return (double)(z >> 11) / 9007199254740992.0;
+}
+
+static const char *env_nonempty(const char *name) {
+  const char *v = getenv(name);
+  return v && *v ? v : NULL;
+}
+
+/* ---- configuration --------------------------------------------------- */
+
+typedef struct llm_ep { /* one endpoint (base URL + model), for cooldown */
+  char *key;
+  int64_t *fails; /* ring of the last `failures` failure times */
+  int nfails, head;
+  int64_t cooldown_until_ns;
+  size_t cooldowns;
+} llm_ep;
+
+typedef struct llm_tier {
+  char *name;
+  int provider;
+  char *base_url, *url, *model, *api_key;
+  char *ca_file;  /* PEM bundle for TLS, or NULL: the system's */
+  char *fallback; /* tier name or NULL */
+  int fallback_idx;
+  double price_in, price_out; /* USD per million tokens */
+  int max_tokens;             /* 0: llm default */
+  int stream;                 /* -1: llm default */
+  llm_ep *ep;
+} llm_tier;
+
+struct orch__llm {
+  uv_loop_t *loop;
+  orch__http *http;
+  llm_tier tiers[MAX_TIERS];
+  size_t ntiers;
+  llm_ep *eps[MAX_TIERS];
+  size_t neps;
+  char *default_tier;
+  long connect_timeout_ms, timeout_ms, idle_timeout_ms;
+  int max_tokens;
+  bool stream;
+  orch__llm_retry_opts retry;
+  int cd_failures;
+  long cd_window_ms, cd_cooldown_ms;
+  orch__llm_call *calls; /* calls in flight */
+  orch__llm_decide_fn decider; /* NULL: orch__llm_decide */
+  void *decider_ud;
+};
+
+/* Checks one number field: present -> number within [lo, hi]. */
+static int check_num(json_t *o, const char *key, const char *path, double lo,
+                     double hi, bool integer, char *err, size_t errlen) {
+  json_t *v = json_object_get(o, key);
+  if (!v) return ORCH_OK;
+  if (!json_is_number(v))
+    return seterr(err, errlen, ORCH_ECONFIG, "%s.%s: expected a number",
+                  path, key);
+  double d = json_number_value(v);
+  if (d < lo || d > hi || (integer && d != floor(d)))
+    return seterr(err, errlen, ORCH_ECONFIG,
+                  "%s.%s: expected %s in [%g, %g], got %g", path, key,
+                  integer ? "an integer" : "a number", lo, hi, d);
+  return ORCH_OK;
+}
+
+static int check_keys(json_t *o, const char *path, const char *const *allowed,
+                      char *err, size_t errlen) {
+  const char *k;
+  json_t *v;
+  json_object_foreach(o, k, v) {
+    bool ok = false;
+    for (size_t i = 0; allowed[i]; i++)
+      if (strcmp(allowed[i], k) == 0) ok = true;
+    if (!ok) {
+      char known[256] = "";
+      for (size_t i = 0; allowed[i]; i++) {
+        if (i) strncat(known, ", ", sizeof known - strlen(known) - 1);
+        strncat(known, allowed[i], sizeof known - strlen(known) - 1);
+      }
+      return seterr(err, errlen, ORCH_ECONFIG,
+                    "%s.%s: unknown key (known: %s)", path, k, known);
+    }
+  }
+  return ORCH_OK;
+}
+
+/* A Lua table may arrive as [] when empty. */
+static bool is_table(json_t *v) {
+  return json_is_object(v) || (json_is_array(v) && json_array_size(v) == 0);
+}
+
+static int check_str(json_t *o, const char *key, const char *path, char *err,
+                     size_t errlen) {
+  json_t *v = json_object_get(o, key);
+  if (v && !json_is_string(v))
+    return seterr(err, errlen, ORCH_ECONFIG, "%s.%s: expected a string",
+                  path, key);
+  return ORCH_OK;
+}
+
+int orch__llm_config_check(json_t *sections, char *err, size_t errlen) {
+  static const char *const tier_keys[] = {
+      "provider", "base_url", "model",     "api_key",    "api_key_env",
+      "price_in", "price_out", "fallback", "max_tokens", "stream", "ca_file",
+      NULL};
+  static const char *const llm_keys[] = {
+      "connect_timeout_ms", "timeout_ms",   "idle_timeout_ms",
+      "max_attempts",       "backoff_base_ms", "backoff_max_ms",
+      "retry_after_cap_ms", "max_tokens",   "stream",
+      "default_tier",       "cooldown",     "max_connections",
+      "max_host_connections", NULL};
+  static const char *const cd_keys[] = {"failures", "window_ms", "cooldown_ms",
+                                        NULL};
+  int rc;
+  if (!sections) return ORCH_OK;
+  json_t *tiers = json_object_get(sections, "tiers");
+  if (tiers) {
+    if (!is_table(tiers))
+      return seterr(err, errlen, ORCH_ECONFIG,
+                    "tiers: expected a table of tiers");
+    const char *name;
+    json_t *t;
+    size_t n = 0;
+    if (json_is_object(tiers)) json_object_foreach(tiers, name, t) {
+      char path[300];
+      snprintf(path, sizeof path, "tiers.%s", name);
+      if (++n > MAX_TIERS)
+        return seterr(err, errlen, ORCH_ECONFIG, "tiers: more than %d tiers",
+                      MAX_TIERS);
+      if (!json_is_object(t))
+        return seterr(err, errlen, ORCH_ECONFIG, "%s: expected a table",
+                      path);
+      if ((rc = check_keys(t, path, tier_keys, err, errlen))) return rc;
+      static const char *const strs[] = {"provider", "base_url", "model",
+                                         "api_key", "api_key_env", "fallback",
+                                         "ca_file"};
+      for (size_t i = 0; i < ORCH__ARRAY_LEN(strs); i++)
+        if ((rc = check_str(t, strs[i], path, err, errlen))) return rc;
+      json_t *p = json_object_get(t, "provider");
+      if (p && strcmp(json_string_value(p), "openai") != 0 &&
+          strcmp(json_string_value(p), "anthropic") != 0)
+        return seterr(err, errlen, ORCH_ECONFIG,
+                      "%s.provider: expected \"openai\" or \"anthropic\", "
+                      "got \"%s\"", path, json_string_value(p));
+      json_t *u = json_object_get(t, "base_url");
+      if (u && strncmp(json_string_value(u), "http://", 7) != 0 &&
+          strncmp(json_string_value(u), "https://", 8) != 0)
+        return seterr(err, errlen, ORCH_ECONFIG,
+                      "%s.base_url: expected an http:// or https:// URL",
+                      path);
+      if ((rc = check_num(t, "price_in", path, 0, 1e6, false, err, errlen)) ||
+          (rc = check_num(t, "price_out", path, 0, 1e6, false, err, errlen)) ||
+          (rc = check_num(t, "max_tokens", path, 1, 1e8, true, err, errlen)))
+        return rc;
+      json_t *s = json_object_get(t, "stream");
+      if (s && !json_is_boolean(s))
+        return seterr(err, errlen, ORCH_ECONFIG, "%s.stream: expected a boolean",
+                      path);
+      json_t *f = json_object_get(t, "fallback");
+      if (f) {
+        const char *fn = json_string_value(f);
+        bool known = json_object_get(tiers, fn) || !strcmp(fn, "fast") ||
+                     !strcmp(fn, "local") || !strcmp(fn, "strong");
+        if (!known)
+          return seterr(err, errlen, ORCH_ECONFIG,
+                        "%s.fallback: no tier named \"%s\"", path, fn);
+      }
+    }
+  }
+  json_t *l = json_object_get(sections, "llm");
+  if (l) {
+    if (!is_table(l))
+      return seterr(err, errlen, ORCH_ECONFIG, "llm: expected a table");
+    if (json_is_array(l)) return ORCH_OK;
+    if ((rc = check_keys(l, "llm", llm_keys, err, errlen))) return rc;
+    static const char *const ms[] = {"connect_timeout_ms", "timeout_ms",
+                                     "idle_timeout_ms",    "backoff_base_ms",
+                                     "backoff_max_ms",     "retry_after_cap_ms"};
+    for (size_t i = 0; i < ORCH__ARRAY_LEN(ms); i++)
+      if ((rc = check_num(l, ms[i], "llm", 0, 1e9, false, err, errlen)))
+        return rc;
+    if ((rc = check_num(l, "max_attempts", "llm", 1, 100, true, err, errlen)) ||
+        (rc = check_num(l, "max_tokens", "llm", 1, 1e8, true, err, errlen)) ||
+        (rc = check_num(l, "max_connections", "llm", 0, 1e6, true, err,
+                        errlen)) ||
+        (rc = check_num(l, "max_host_connections", "llm", 0, 1e6, true, err,
+                        errlen)) ||
+        (rc = check_str(l, "default_tier", "llm", err, errlen)))
+      return rc;
+    json_t *s = json_object_get(l, "stream");
+    if (s && !json_is_boolean(s))
+      return seterr(err, errlen, ORCH_ECONFIG, "llm.stream: expected a boolean");
+    json_t *cd = json_object_get(l, "cooldown");
+    if (cd) {
+      if (!is_table(cd))
+        return seterr(err, errlen, ORCH_ECONFIG,
+                      "llm.cooldown: expected a table");
+      if (json_is_object(cd) &&
+          ((rc = check_keys(cd, "llm.cooldown", cd_keys, err, errlen)) ||
+           (rc = check_num(cd, "failures", "llm.cooldown", 0, 1e6, true, err,
+                           errlen)) ||
+           (rc = check_num(cd, "window_ms", "llm.cooldown", 0, 1e9, false,
+                           err, errlen)) ||
+           (rc = check_num(cd, "cooldown_ms", "llm.cooldown", 0, 1e9, false,
+                           err, errlen))))
+        return rc;
+    }
+  }
+  return ORCH_OK;
+}
+
+static void tier_deinit(llm_tier *t) {
+  free(t->name);
+  free(t->base_url);
+  free(t->url);
+  free(t->model);
+  if (t->api_key) {
+    memset(t->api_key, 0, strlen(t->api_key));
+    free(t->api_key);
+  }
+  free(t->fallback);
+  free(t->ca_file);
+  memset(t, 0, sizeof *t);
+}
+
+static llm_tier *tier_find(orch__llm *l, const char *name) {
+  for (size_t i = 0; i < l->ntiers; i++)
+    if (strcmp(l->tiers[i].name, name) == 0) return &l->tiers[i];
+  return NULL;
+}
+
+/* Sets one tier, replacing a tier of the same name. */
+static int tier_set(orch__llm *l, const char *name, int provider,
+                    const char *base_url, const char *model,
+                    const char *api_key, const char *fallback, double pin,
+                    double pout, int max_tokens, int stream) {
+  llm_tier *t = tier_find(l, name);
+  if (t) tier_deinit(t);
+  else if (l->ntiers == MAX_TIERS) return ORCH_ELIMIT;
+  else t = &l->tiers[l->ntiers++];
+  t->name = xstrdup(name);
+  t->provider = provider;
+  t->base_url = xstrdup(base_url);
+  /* strip trailing slashes so "{base}/chat/completions" has one */
+  size_t n = strlen(t->base_url);
+  while (n > 0 && t->base_url[n - 1] == '/') t->base_url[--n] = '\0';
+  t->url = provider == PROV_OPENAI ? xprintf("%s/chat/completions", t->base_url)
+                                   : xprintf("%s/v1/messages", t->base_url);
+  t->model = xstrdup(model);
+  t->api_key = api_key && *api_key ? xstrdup(api_key) : NULL;
+  t->fallback = fallback && *fallback ? xstrdup(fallback) : NULL;
+  t->price_in = pin;
+  t->price_out = pout;
+  t->max_tokens = max_tokens;
+  t->stream = stream;
+  t->fallback_idx = -1;
+  if (!t->name || !t->base_url || !t->url || !t->model) return ORCH_ENOMEM;
+  return ORCH_OK;
+}
+
+static double jnum(json_t *o, const char *k, double def) {
+  json_t *v = json_object_get(o, k);
+  return json_is_number(v) ? json_number_value(v) : def;
+}
+static const char *jstr(json_t *o, const char *k) {
+  return json_string_value(json_object_get(o, k));
+}
+
+/* Default tiers: fast -> local -> strong. With only OPENAI_BASE_URL set,
+ * all three use it (model OPENAI_MODEL, else the tier's default name). */
+static int default_tiers(orch__llm *l) {
+  const char *obase = env_nonempty("OPENAI_BASE_URL");
+  const char *okey = env_nonempty("OPENAI_API_KEY");
+  const char *omodel = env_nonempty("OPENAI_MODEL");
+  const char *abase = env_nonempty("ANTHROPIC_BASE_URL");
+  const char *akey = env_nonempty("ANTHROPIC_API_KEY");
+  bool anthropic = abase || akey || !obase;
+  int rc;
+  if ((rc = tier_set(l, "fast", PROV_OPENAI,
+                     obase ? obase : "https://api.openai.com/v1",
+                     omodel ? omodel : "gpt-4o-mini", okey, "local", 0.15,
+                     0.60, 0, -1)))
+    return rc;
+  if ((rc = tier_set(l, "local", PROV_OPENAI,
+                     obase ? obase : "http://127.0.0.1:8000/v1",
+                     omodel ? omodel : "local", okey, "strong", 0, 0, 0, -1)))
+    return rc;
+  if (anthropic)
+    rc = tier_set(l, "strong", PROV_ANTHROPIC,
+                  abase ? abase : "https://api.anthropic.com",
+                  "claude-sonnet-4-5", akey, NULL, 3.0, 15.0, 0, -1);
+  else
+    rc = tier_set(l, "strong", PROV_OPENAI, obase,
+                  omodel ? omodel : "gpt-4o", okey, NULL, 2.5, 10.0, 0, -1);
+  return rc;
+}
+
+static llm_ep *ep_get(orch__llm *l, const char *base, const char *model) {
+  char *key = xprintf("%s|%s", base, model);
+  if (!key) return NULL;
+  for (size_t i = 0; i < l->neps; i++)
+    if (strcmp(l->eps[i]->key, key) == 0) {
+      free(key);
+      return l->eps[i];
+    }
+  llm_ep *e = calloc(1, sizeof *e);
+  int n = l->cd_failures > 0 ? l->cd_failures : 1;
+  if (!e || !(e->fails = calloc((size_t)n, sizeof *e->fails))) {
+    free(e);
+    free(key);
+    return NULL;
+  }
+  e->key = key;
+  l->eps[l->neps++] = e;
+  return e;
+}
+
+/* Records a failure; starts the cooldown when `failures` fell within the
+ * window. */
+static void ep_fail(orch__llm *l, llm_ep *e) {
+  if (l->cd_failures <= 0) return;
+  int64_t t = now_ns();
+  e->fails[e->head] = t;
+  e->head = (e->head + 1) % l->cd_failures;
+  if (e->nfails < l->cd_failures) e->nfails++;
+  if (e->nfails == l->cd_failures) {
+    int64_t oldest = e->fails[e->head]; /* the slot to be overwritten next */
+    if (t - oldest <= (int64_t)l->cd_window_ms * 1000000) {
+      e->cooldown_until_ns = t + (int64_t)l->cd_cooldown_ms * 1000000;
+      e->cooldowns++;
+      e->nfails = 0;
+      e->head = 0;
+    }
+  }
+}
+
+static int64_t ep_cooldown_left_ms(const llm_ep *e) {
+  int64_t d = e->cooldown_until_ns - now_ns();
+  return d > 0 ? d / 1000000 : 0;
+}
+
+int orch__llm_new_json(orch__llm **out, json_t *sections, uv_loop_t *loop,
+                       char *err, size_t errlen) {
+  int rc;
+  *out = NULL;
+  if ((rc = orch__llm_config_check(sections, err, errlen))) return rc;
+  orch__llm *l = calloc(1, sizeof *l);
+  if (!l) return seterr(err, errlen, ORCH_ENOMEM, "out of memory");
+  l->loop = loop;
+  json_t *lc = sections ? json_object_get(sections, "llm") : NULL;
+  if (!json_is_object(lc)) lc = NULL;
+  l->connect_timeout_ms = (long)jnum(lc, "connect_timeout_ms", 10000);
+  l->timeout_ms = (long)jnum(lc, "timeout_ms", 600000);
+  l->idle_timeout_ms = (long)jnum(lc, "idle_timeout_ms", 60000);
+  l->max_tokens = (int)jnum(lc, "max_tokens", 1024);
+  l->stream = json_is_true(json_object_get(lc, "stream"));
+  /* defaults as in scripts/policies/retry.lua */
+  l->retry.max_attempts = (int)jnum(lc, "max_attempts", 4);
+  l->retry.base_ms = jnum(lc, "backoff_base_ms", 500);
+  l->retry.max_ms = jnum(lc, "backoff_max_ms", 30000);
+  l->retry.retry_after_cap_ms = jnum(lc, "retry_after_cap_ms", 60000);
+  json_t *cd = json_object_get(lc, "cooldown");
+  l->cd_failures = (int)jnum(cd, "failures", 5);
+  l->cd_window_ms = (long)jnum(cd, "window_ms", 10000);
+  l->cd_cooldown_ms = (long)jnum(cd, "cooldown_ms", 30000);
+  const char *dt = jstr(lc, "default_tier");
+  l->default_tier = xstrdup(dt ? dt : "local");
+  if ((rc = default_tiers(l))) {
+    seterr(err, errlen, rc, "llm: cannot set the default tiers");
+    goto fail;
+  }
+  json_t *tiers = sections ? json_object_get(sections, "tiers") : NULL;
+  const char *name;
+  json_t *t;
+  if (json_is_object(tiers)) json_object_foreach(tiers, name, t) {
+    const char *p = jstr(t, "provider");
+    int prov = p && strcmp(p, "anthropic") == 0 ? PROV_ANTHROPIC : PROV_OPENAI;
+    const char *base = jstr(t, "base_url");
+    if (!base)
+      base = prov == PROV_OPENAI
+                 ? (env_nonempty("OPENAI_BASE_URL")
+                        ? env_nonempty("OPENAI_BASE_URL")
+                        : "https://api.openai.com/v1")
+                 : (env_nonempty("ANTHROPIC_BASE_URL")
+                        ? env_nonempty("ANTHROPIC_BASE_URL")
+                        : "https://api.anthropic.com");
+    const char *model = jstr(t, "model");
+    if (!model && prov == PROV_OPENAI) model = env_nonempty("OPENAI_MODEL");
+    if (!model) model = name;
+    const char *key = jstr(t, "api_key");
+    if (!key && jstr(t, "api_key_env")) key = env_nonempty(jstr(t, "api_key_env"));
+    if (!key)
+      key = env_nonempty(prov == PROV_OPENAI ? "OPENAI_API_KEY"
+                                             : "ANTHROPIC_API_KEY");
+    json_t *st = json_object_get(t, "stream");
+    const char *caf = jstr(t, "ca_file");
+    if ((rc = tier_set(l, name, prov, base, model, key, jstr(t, "fallback"),
+                       jnum(t, "price_in", 0), jnum(t, "price_out", 0),
+                       (int)jnum(t, "max_tokens", 0),
+                       st ? json_is_true(st) : -1))) {
+      seterr(err, errlen, rc, "tiers.%s: cannot set the tier", name);
+      goto fail;
+    }
+    if (caf && !(tier_find(l, name)->ca_file = xstrdup(caf))) {
+      rc = seterr(err, errlen, ORCH_ENOMEM, "out of memory");
+      goto fail;
+    }
+  }
+  for (size_t i = 0; i < l->ntiers; i++) {
+    llm_tier *ti = &l->tiers[i];
+    if (ti->fallback) {
+      llm_tier *f = tier_find(l, ti->fallback);
+      ti->fallback_idx = f ? (int)(f - l->tiers) : -1;
+    }
+    if (!(ti->ep = ep_get(l, ti->base_url, ti->model))) {
+      rc = seterr(err, errlen, ORCH_ENOMEM, "out of memory");
+      goto fail;
+    }
+  }
+  if (!tier_find(l, l->default_tier)) {
+    rc = seterr(err, errlen, ORCH_ECONFIG,
+                "llm.default_tier: no tier named \"%s\"", l->default_tier);
+    goto fail;
+  }
+  orch__http_opts ho = {
+      .max_connections = (long)jnum(lc, "max_connections", 0),
+      .max_host_connections = (long)jnum(lc, "max_host_connections", 0),
+  };
+  if ((rc = orch__http_new(&l->http, loop, &ho, err, errlen))) goto fail;
+  *out = l;
+  return ORCH_OK;
+fail:
+  orch__llm_free(l);
+  return rc;
+}
+
+int orch__llm_new(orch__llm **out, const orch__config *cfg, uv_loop_t *loop,
+                  char *err, size_t errlen) {
+  return orch__llm_new_json(out, cfg ? cfg->sections : NULL, loop, err,
+                            errlen);
+}
+
+orch__http *orch__llm_http(orch__llm *l) { return l->http; }
+
+bool orch__llm_has_tier(const orch__llm *l, const char *name) {
+  for (size_t i = 0; name && i < l->ntiers; i++)
+    if (strcmp(l->tiers[i].name, name) == 0) return true;
+  return false;
+}
+
+json_t *orch__llm_describe(const orch__llm *l) {
+  json_t *o = json_object();
+  for (size_t i = 0; i < l->ntiers; i++) {
+    const llm_tier *t = &l->tiers[i];
+    json_t *d = json_pack("{s:s,s:s,s:s,s:f,s:f,s:b}", "provider",
+                          prov_names[t->provider], "base_url", t->base_url,
+                          "model", t->model, "price_in", t->price_in,
+                          "price_out", t->price_out, "api_key",
+                          t->api_key != NULL);
+    if (t->fallback) json_object_set_new(d, "fallback", json_string(t->fallback));
+    if (t->ep->cooldown_until_ns > now_ns())
+      json_object_set_new(d, "cooldown_ms",
+                          json_integer(ep_cooldown_left_ms(t->ep)));
+    json_object_set_new(o, t->name, d);
+  }
+  return o;
+}
+
+/* ---- results as JSON -------------------------------------------------- */
+
+static json_t *jtok(long v) { return v >= 0 ? json_integer(v) : json_null(); }
+static json_t *jms(double v) { return v >= 0 ? json_real(v) : json_null(); }
+static json_t *jstr_or_null(const char *s) {
+  return s ? json_string(s) : json_null();
+}
+
+json_t *orch__llm_result_json(const orch__llm_result *r) {
+  if (!r) return NULL;
+  json_t *o = json_object(), *as = json_array();
+  json_object_set_new(o, "tier", jstr_or_null(r->tier));
+  json_object_set_new(o, "model", jstr_or_null(r->model));
+  json_object_set_new(o, "provider", jstr_or_null(r->provider));
+  json_object_set_new(o, "finish_reason", jstr_or_null(r->finish_reason));
+  json_object_set_new(o, "tokens_in", jtok(r->tokens_in));
+  json_object_set_new(o, "tokens_out", jtok(r->tokens_out));
+  json_object_set_new(o, "cost", r->cost >= 0 ? json_real(r->cost) : json_null());
+  json_object_set_new(o, "ttft_ms", jms(r->ttft_ms));
+  json_object_set_new(o, "latency_ms", jms(r->latency_ms));
+  for (size_t i = 0; i < r->nattempts; i++) {
+    const orch__llm_attempt *a = &r->attempts[i];
+    json_t *j = json_object();
+    json_object_set_new(j, "tier", jstr_or_null(a->tier));
+    json_object_set_new(j, "model", jstr_or_null(a->model));
+    json_object_set_new(j, "provider", jstr_or_null(a->provider));
+    json_object_set_new(j, "action", jstr_or_null(a->action));
+    json_object_set_new(j, "status", json_integer(a->http_status));
+    json_object_set_new(j, "error", jstr_or_null(a->error));
+    json_object_set_new(j, "start_ms", jms(a->start_ms));
+    json_object_set_new(j, "latency_ms", jms(a->latency_ms));
+    json_object_set_new(j, "ttft_ms", jms(a->ttft_ms));
+    json_object_set_new(j, "tokens_in", jtok(a->tokens_in));
+    json_object_set_new(j, "tokens_out", jtok(a->tokens_out));
+    json_object_set_new(j, "delay_ms", json_real(a->delay_ms));
+    json_array_append_new(as, j);
+  }
+  json_object_set_new(o, "attempts", as);
+  return o;
+}
+
+/* ---- redaction -------------------------------------------------------- */
+
+static void redact_in(const orch__llm *l, sbuf *b) {
+  if (!b->p) return;
+  /* every configured key, wherever it appears */
+  for (size_t i = 0; l && i < l->ntiers; i++) {
+    const char *k = l->tiers[i].api_key;
+    if (!k || strlen(k) < 4) continue;
+    size_t kl = strlen(k);
+    char *at;
+    while ((at = strstr(b->p, k))) {
+      static const char rep[] = "[redacted]";
+      size_t off = (size_t)(at - b->p), rl = sizeof rep - 1;
+      sbuf nb = {0};
+      if (sbuf_add(&nb, b->p, off) || sbuf_add(&nb, rep, rl) ||
+          sbuf_add(&nb, at + kl, b->len - off - kl)) {
+        sbuf_free(&nb);
+        memset(b->p, '*', b->len); /* cannot copy: blank it all */
+        return;
+      }
+      sbuf_free(b);
+      *b = nb;
+    }
+  }
+  /* key-shaped tokens a provider echoes back ("sk-...", "sk-ant-...") */
+  for (char *p = b->p; (p = strstr(p, "sk-"));) {
+    char *e = p + 3;
+    while (*e && *e != ' ' && *e != '"' && *e != '\'' && *e != ',' &&
+           *e != '.' && *e != '\n')
+      e++;
+    if (e - p >= 8) memset(p + 3, '*', (size_t)(e - p - 3));
+    p = e;
+  }
+}
+
+void orch__llm_redact(const orch__llm *l, char **s) {
+  if (!*s) return;
+  sbuf b = {0};
+  if (sbuf_add(&b, *s, strlen(*s))) return;
+  redact_in(l, &b);
+  free(*s);
+  *s = b.p;
+}
+
+/* ---- the retry policy ------------------------------------------------ */
+
+/* Does an error body say the quota or budget is spent (not a rate)? */
+static bool says_quota(const char *body) {
+  if (!body) return false;
+  static const char *const words[] = {"insufficient_quota", "quota",
+                                      "billing", "budget", "credit balance"};
+  for (size_t i = 0; i < ORCH__ARRAY_LEN(words); i++)
+    if (strcasestr(body, words[i])) return true;
+  return false;
+}
+
+void orch__llm_decide(const orch__llm_retry_opts *o, int attempt, int status,
+                      const char *error, long retry_after_ms, const char *body,
+                      orch__llm_decision *d) {
+  memset(d, 0, sizeof *d);
+  if (status == 429 && says_quota(body)) {
+    d->action = ORCH__LLM_FALLBACK;
+    snprintf(d->reason, sizeof d->reason, "quota or budget exhausted (429)");
+    return;
+  }
+  bool retryable = status == 0 || status == 408 || status == 409 ||
+                   status == 429 || (status >= 500 && status < 600) ||
+                   (status >= 200 && status < 300); /* malformed/truncated */
+  if (!retryable) {
+    d->action = ORCH__LLM_FAIL;
+    snprintf(d->reason, sizeof d->reason, "HTTP %d is not retryable", status);
+    return;
+  }
+  if (attempt >= o->max_attempts) {
+    d->action = ORCH__LLM_FALLBACK;
+    snprintf(d->reason, sizeof d->reason, "gave up after %d attempt%s",
+             attempt, attempt == 1 ? "" : "s");
+    return;
+  }
+  if (retry_after_ms >= 0) {
+    if ((double)retry_after_ms > o->retry_after_cap_ms) {
+      d->action = ORCH__LLM_FALLBACK;
+      snprintf(d->reason, sizeof d->reason,
+               "Retry-After %ld ms is above the cap of %.0f ms",
+               retry_after_ms, o->retry_after_cap_ms);
+      return;
+    }
+    /* never earlier than asked; a small spread so a crowd told the same
+     * instant does not come back in one burst */
+    double spread = (double)retry_after_ms / 10; /* retry.lua: + [0, 10%] */
+    d->action = ORCH__LLM_RETRY;
+    d->delay_ms = (double)retry_after_ms + rand_unit() * spread;
+    snprintf(d->reason, sizeof d->reason, "Retry-After %ld ms",
+             retry_after_ms);
+    return;
+  }
+  double cap = o->base_ms * pow(2.0, attempt - 1);
+  if (cap > o->max_ms) cap = o->max_ms;
+  d->action = ORCH__LLM_RETRY;
+  d->delay_ms = rand_unit() * cap; /* full jitter */
+  snprintf(d->reason, sizeof d->reason, "backoff (full jitter over %.0f ms)",
+           cap);
+}
+
+void orch__llm_set_decider(orch__llm *l, orch__llm_decide_fn fn, void *ud) {
+  l->decider = fn;
+  l->decider_ud = ud;
+}
+
+/* ---- calls ------------------------------------------------------------ */
+
+typedef struct sse {
+  sbuf line, data;
+  char event[64];
+  size_t off;      /* bytes of the stream consumed */
+  size_t line_off; /* stream offset of the current line's start */
+  size_t data_off; /* stream offset of the event's first data value */
+  bool done;       /* [DONE] or message_stop seen */
+} sse;
+
+struct orch__llm_call {
+  orch__llm *l;
+  orch__llm_call *prev, *next; /* in l->calls while running */
+  char *tier_name, *model, *system, *prompt, *fault;
+  int max_tokens, stream_req;
+  long timeout_ms;
+  void (*done)(orch__llm_call *c, void *ud);
+  void *ud;
+  orch__llm_result res;
+  size_t attempts_cap;
+  int tier;
+  uint64_t visited;
+  int attempt; /* within the tier */
+  bool stream, in_http, canceled, finished, finish_pending;
+  int finish_code;
+  char *finish_msg;
+  char *body_json;
+  orch__http_req http;
+  uv_timer_t *timer;
+  int64_t t0_ns;
+  /* the attempt being read */
+  sse sse;
+  sbuf text, raw;
+  long tin, tout;
+  char *finish_reason;
+  int64_t t_first_token_ns;
+  int perr; /* parse error (ORCH_EIO) with perr_msg */
+  char perr_msg[300];
+  char *last_error;
+  int last_code, last_status;
+};
+
+static void send_attempt(orch__llm_call *c);
+static void begin_tier(orch__llm_call *c, int tier, const char *why);
+static void finish(orch__llm_call *c, int code, const char *msg);
+
+static void timer_closed(uv_handle_t *h) { free(h); }
+
+static int ensure_timer(orch__llm_call *c) {
+  if (c->timer) return ORCH_OK;
+  c->timer = malloc(sizeof *c->timer);
+  if (!c->timer) return ORCH_ENOMEM;
+  uv_timer_init(c->l->loop, c->timer);
+  c->timer->data = c;
+  return ORCH_OK;
+}
+
+static void on_timer(uv_timer_t *t) {
+  orch__llm_call *c = t->data;
+  if (c->finish_pending) {
+    c->finish_pending = false;
+    finish(c, c->finish_code, c->finish_msg);
+    return;
+  }
+  send_attempt(c);
+}
+
+/* Finishes on the next loop turn (cancel, start failures): done never runs
+ * inside the caller's own call. */
+static void finish_later(orch__llm_call *c, int code, const char *msg) {
+  if (c->finished || c->finish_pending) return;
+  free(c->finish_msg);
+  c->finish_msg = xstrdup(msg);
+  c->finish_code = code;
+  c->finish_pending = true;
+  if (ensure_timer(c) == ORCH_OK)
+    uv_timer_start(c->timer, on_timer, 0, 0);
+}
+
+static orch__llm_attempt *new_attempt(orch__llm_call *c) {
+  orch__llm_result *r = &c->res;
+  if (r->nattempts == c->attempts_cap) {
+    size_t cap = c->attempts_cap ? c->attempts_cap * 2 : 4;
+    orch__llm_attempt *na = realloc(r->attempts, cap * sizeof *na);
+    if (!na) return NULL;
+    r->attempts = na;
+    c->attempts_cap = cap;
+  }
+  orch__llm_attempt *a = &r->attempts[r->nattempts++];
+  memset(a, 0, sizeof *a);
+  const llm_tier *t = &c->l->tiers[c->tier];
+  a->tier = xstrdup(t->name);
+  a->model = xstrdup(c->model ? c->model : t->model);
+  a->provider = prov_names[t->provider];
+  a->tokens_in = a->tokens_out = -1;
+  a->ttft_ms = -1;
+  return a;
+}
+
+static char *build_body(orch__llm_call *c, const llm_tier *t) {
+  json_t *o = json_object(), *msgs = json_array();
+  const char *model = c->model ? c->model : t->model;
+  int mt = c->max_tokens > 0 ? c->max_tokens
+           : t->max_tokens > 0 ? t->max_tokens
+                               : c->l->max_tokens;
+  json_object_set_new(o, "model", json_string(model));
+  if (t->provider == PROV_OPENAI) {
+    if (c->system && *c->system)
+      json_array_append_new(msgs, json_pack("{s:s,s:s}", "role", "system",
+                                            "content", c->system));
+    json_array_append_new(msgs, json_pack("{s:s,s:s}", "role", "user",
+                                          "content", c->prompt));
+    json_object_set_new(o, "messages", msgs);
+    json_object_set_new(o, "max_tokens", json_integer(mt));
+    if (c->stream) {
+      json_object_set_new(o, "stream", json_true());
+      json_object_set_new(o, "stream_options",
+                          json_pack("{s:b}", "include_usage", 1));
+    }
+  } else {
+    json_object_set_new(o, "max_tokens", json_integer(mt));
+    if (c->system && *c->system)
+      json_object_set_new(o, "system", json_string(c->system));
+    json_array_append_new(msgs, json_pack("{s:s,s:s}", "role", "user",
+                                          "content", c->prompt));
+    json_object_set_new(o, "messages", msgs);
+    if (c->stream) json_object_set_new(o, "stream", json_true());
+  }
+  char *s = json_dumps(o, JSON_COMPACT);
+  json_decref(o);
+  return s;
+}
+
+static void attempt_reset(orch__llm_call *c) {
+  sbuf_free(&c->sse.line);
+  sbuf_free(&c->sse.data);
+  memset(&c->sse, 0, sizeof c->sse);
+  sbuf_free(&c->text);
+  sbuf_free(&c->raw);
+  c->tin = c->tout = -1;
+  free(c->finish_reason);
+  c->finish_reason = NULL;
+  c->t_first_token_ns = 0;
+  c->perr = 0;
+  c->perr_msg[0] = '\0';
+}
+
+static void got_text(orch__llm_call *c, const char *s, size_t n) {
+  if (!n) return;
+  if (!c->t_first_token_ns) c->t_first_token_ns = now_ns();
+  if (sbuf_add(&c->text, s, n)) {
+    c->perr = ORCH_ENOMEM;
+    snprintf(c->perr_msg, sizeof c->perr_msg, "out of memory");
+  }
+}
+
+static void set_finish_reason(orch__llm_call *c, json_t *v) {
+  if (json_is_string(v)) {
+    free(c->finish_reason);
+    c->finish_reason = xstrdup(json_string_value(v));
+  }
+}
+
+static long tok(json_t *u, const char *k, long old) {
+  json_t *v = json_object_get(u, k);
+  return json_is_integer(v) ? (long)json_integer_value(v) : old;
+}
+
+/* One SSE event's JSON, either provider. */
+static void sse_event(orch__llm_call *c, json_t *o) {
+  const llm_tier *t = &c->l->tiers[c->tier];
+  if (t->provider == PROV_OPENAI) {
+    json_t *e = json_object_get(o, "error");
+    if (e) {
+      const char *m = json_string_value(json_object_get(e, "message"));
+      c->perr = ORCH_EHTTP;
+      snprintf(c->perr_msg, sizeof c->perr_msg, "error event in stream: %s",
+               m ? m : "(no message)");
+      return;
+    }
+    json_t *ch = json_array_get(json_object_get(o, "choices"), 0);
+    if (ch) {
+      json_t *d = json_object_get(json_object_get(ch, "delta"), "content");
+      if (json_is_string(d))
+        got_text(c, json_string_value(d), json_string_length(d));
+      set_finish_reason(c, json_object_get(ch, "finish_reason"));
+    }
+    json_t *u = json_object_get(o, "usage");
+    if (json_is_object(u)) {
+      c->tin = tok(u, "prompt_tokens", c->tin);
+      c->tout = tok(u, "completion_tokens", c->tout);
+    }
+    return;
+  }
+  const char *type = json_string_value(json_object_get(o, "type"));
+  if (!type) return;
+  if (!strcmp(type, "message_start")) {
+    json_t *u = json_object_get(json_object_get(o, "message"), "usage");
+    c->tin = tok(u, "input_tokens", c->tin);
+    c->tout = tok(u, "output_tokens", c->tout);
+  } else if (!strcmp(type, "content_block_delta")) {
+    json_t *d = json_object_get(o, "delta");
+    json_t *tx = json_object_get(d, "text");
+    if (json_is_string(tx))
+      got_text(c, json_string_value(tx), json_string_length(tx));
+  } else if (!strcmp(type, "message_delta")) {
+    json_t *u = json_object_get(o, "usage");
+    c->tout = tok(u, "output_tokens", c->tout);
+    c->tin = tok(u, "input_tokens", c->tin);
+    set_finish_reason(c, json_object_get(json_object_get(o, "delta"),
+                                         "stop_reason"));
+  } else if (!strcmp(type, "message_stop")) {
+    c->sse.done = true;
+  } else if (!strcmp(type, "error")) {
+    json_t *e = json_object_get(o, "error");
+    const char *m = json_string_value(json_object_get(e, "message"));
+    const char *et = json_string_value(json_object_get(e, "type"));
+    c->perr = ORCH_EHTTP;
+    snprintf(c->perr_msg, sizeof c->perr_msg, "error event in stream: %s%s%s",
+             et ? et : "", et && m ? ": " : "", m ? m : "");
+  }
+}
+
+static void sse_dispatch(orch__llm_call *c) {
+  sse *s = &c->sse;
+  if (!s->data.len) {
+    s->event[0] = '\0';
+    return;
+  }
+  if (strcmp(s->data.p, "[DONE]") == 0) {
+    s->done = true;
+  } else {
+    json_error_t je;
+    json_t *o = json_loadb(s->data.p, s->data.len, 0, &je);
+    if (!o) {
+      c->perr = ORCH_EIO;
+      snprintf(c->perr_msg, sizeof c->perr_msg,
+               "malformed JSON in stream event at byte %zu: %s",
+               s->data_off + (size_t)(je.position > 0 ? je.position : 0),
+               je.text);
+    } else {
+      sse_event(c, o);
+      json_decref(o);
+    }
+  }
+  s->data.len = 0;
+  if (s->data.p) s->data.p[0] = '\0';
+  s->event[0] = '\0';
+}
+
+static void sse_line(orch__llm_call *c, char *p, size_t n) {
+  sse *s = &c->sse;
+  if (n && p[n - 1] == '\r') p[--n] = '\0';
+  if (n == 0) {
+    sse_dispatch(c);
+    return;
+  }
+  if (p[0] == ':') return; /* comment, keep-alive */
+  char *colon = memchr(p, ':', n);
+  size_t flen = colon ? (size_t)(colon - p) : n;
+  const char *v = colon ? colon + 1 : p + n;
+  if (v < p + n && *v == ' ') v++;
+  size_t vlen = (size_t)(p + n - v);
+  if (flen == 4 && memcmp(p, "data", 4) == 0) {
+    if (s->data.len) sbuf_add(&s->data, "\n", 1);
+    else s->data_off = s->line_off + (size_t)(v - p);
+    if (sbuf_add(&s->data, v, vlen) || !s->data.p) {
+      c->perr = ORCH_ENOMEM;
+      snprintf(c->perr_msg, sizeof c->perr_msg, "out of memory");
+    }
+  } else if (flen == 5 && memcmp(p, "event", 5) == 0) {
+    size_t m = vlen < sizeof s->event - 1 ? vlen : sizeof s->event - 1;
+    memcpy(s->event, v, m);
+    s->event[m] = '\0';
+  }
+}
+
+static int on_data(orch__http_req *req, const char *p, size_t n) {
+  orch__llm_call *c = req->ud;
+  if (req->status < 200 || req->status >= 300) {
+    if (c->raw.len < ERRBODY_MAX) sbuf_add(&c->raw, p, n);
+    return 0;
+  }
+  sse *s = &c->sse;
+  while (n && !c->perr) {
+    const char *nl = memchr(p, '\n', n);
+    size_t take = nl ? (size_t)(nl - p) : n;
+    if (sbuf_add(&s->line, p, take)) {
+      c->perr = ORCH_ENOMEM;
+      break;
+    }
+    s->off += take;
+    p += take;
+    n -= take;
+    if (!nl) break;
+    s->off++; /* the newline */
+    p++;
+    n--;
+    if (!s->line.p && sbuf_add(&s->line, "", 0)) {
+      c->perr = ORCH_ENOMEM;
+      break;
+    }
+    sse_line(c, s->line.p, s->line.len);
+    s->line.len = 0;
+    s->line_off = s->off;
+  }
+  if (c->perr) {
+    snprintf(req->error, sizeof req->error, "%.250s", c->perr_msg);
+    req->result = c->perr;
+    return -1;
+  }
+  return 0;
+}
+
+/* Reads a whole (non-stream) answer. */
+static void parse_whole(orch__llm_call *c, const char *body, size_t len) {
+  const llm_tier *t = &c->l->tiers[c->tier];
+  json_error_t je;
+  json_t *o = json_loadb(body ? body : "", len, 0, &je);
+  if (!o) {
+    c->perr = ORCH_EIO;
+    snprintf(c->perr_msg, sizeof c->perr_msg,
+             "malformed JSON in response at byte %d (of %zu): %s",
+             je.position, len, je.text);
+    return;
+  }
+  if (t->provider == PROV_OPENAI) {
+    json_t *ch = json_array_get(json_object_get(o, "choices"), 0);
+    json_t *m = json_object_get(ch, "message");
+    if (!json_is_object(m)) {
+      c->perr = ORCH_EIO;
+      snprintf(c->perr_msg, sizeof c->perr_msg,
+               "unexpected response: no choices[0].message (%zu bytes)", len);
+      goto done;
+    }
+    json_t *ct = json_object_get(m, "content");
+    if (json_is_string(ct)) got_text(c, json_string_value(ct), json_string_length(ct));
+    set_finish_reason(c, json_object_get(ch, "finish_reason"));
+    json_t *u = json_object_get(o, "usage");
+    c->tin = tok(u, "prompt_tokens", -1);
+    c->tout = tok(u, "completion_tokens", -1);
+  } else {
+    json_t *content = json_object_get(o, "content");
+    if (!json_is_array(content)) {
+      c->perr = ORCH_EIO;
+      snprintf(c->perr_msg, sizeof c->perr_msg,
+               "unexpected response: no content array (%zu bytes)", len);
+      goto done;
+    }
+    size_t i;
+    json_t *b;
+    json_array_foreach(content, i, b) {
+      json_t *tx = json_object_get(b, "text");
+      const char *ty = json_string_value(json_object_get(b, "type"));
+      if (json_is_string(tx) && (!ty || !strcmp(ty, "text")))
+        got_text(c, json_string_value(tx), json_string_length(tx));
+    }
+    set_finish_reason(c, json_object_get(o, "stop_reason"));
+    json_t *u = json_object_get(o, "usage");
+    c->tin = tok(u, "input_tokens", -1);
+    c->tout = tok(u, "output_tokens", -1);
+  }
+  if (!c->text.p) sbuf_add(&c->text, "", 0);
+done:
+  json_decref(o);
+}
+
+/* The provider's own message from an error body, or a clean prefix. */
+static char *provider_message(const char *body, size_t len) {
+  if (!body || !len) return xstrdup("(empty body)");
+  json_t *o = json_loadb(body, len, 0, NULL);
+  char *m = NULL;
+  if (o) {
+    json_t *e = json_object_get(o, "error");
+    const char *s = json_string_value(json_object_get(e, "message"));
+    const char *ty = json_string_value(json_object_get(e, "type"));
+    if (!s) s = json_string_value(e);
+    if (!s) s = json_string_value(json_object_get(o, "message"));
+    if (!s) s = json_string_value(json_object_get(o, "detail"));
+    if (s) m = ty ? xprintf("%s: %s", ty, s) : xstrdup(s);
+    json_decref(o);
+  }
+  if (!m) {
+    size_t n = len < 200 ? len : 200;
+    m = malloc(n + 4);
+    if (!m) return NULL;
+    for (size_t i = 0; i < n; i++)
+      m[i] = (unsigned char)body[i] < 0x20 ? ' ' : body[i];
+    strcpy(m + n, len > n ? "..." : "");
+  }
+  return m;
+}
+
+static double ms_between(int64_t a, int64_t b) { return (double)(b - a) / 1e6; }
+
+static void on_http_done(orch__http_req *req) {
+  orch__llm_call *c = req->ud;
+  orch__llm *l = c->l;
+  const llm_tier *t = &l->tiers[c->tier];
+  c->in_http = false;
+  if (c->canceled) {
+    orch__llm_attempt *a = new_attempt(c);
+    if (a) {
+      a->code = ORCH_ECANCELED;
+      a->action = "canceled";
+      a->error = xstrdup("canceled");
+      a->latency_ms = ms_between(req->t_start_ns, req->t_end_ns);
+    }
+    finish_later(c, ORCH_ECANCELED, "canceled");
+    return;
+  }
+  orch__llm_attempt *a = new_attempt(c);
+  int code = ORCH_OK;
+  char *msg = NULL;
+  const char *body = NULL;
+  size_t blen = 0;
+  bool ok_status = req->status >= 200 && req->status < 300;
+  if (c->stream) {
+    body = c->raw.p;
+    blen = c->raw.len;
+  } else {
+    body = req->body;
+    blen = req->body_len;
+  }
+  if (c->perr) {
+    code = c->perr;
+    msg = xstrdup(c->perr_msg);
+  } else if (req->result != ORCH_OK) {
+    code = req->result;
+    if (ok_status && req->result != ORCH_ETIMEDOUT &&
+        req->result != ORCH_ECANCELED)
+      msg = xprintf("truncated %s at byte %zu: %s",
+                    c->stream ? "stream" : "response", req->bytes_in,
+                    req->error);
+    else
+      msg = xstrdup(req->error);
+  } else if (!ok_status) {
+    code = ORCH_EHTTP;
+    char *pm = provider_message(body, blen);
+    msg = xprintf("HTTP %ld: %s", req->status, pm ? pm : "");
+    free(pm);
+  } else if (c->stream) {
+    if (!c->sse.done) {
+      code = ORCH_EIO;
+      msg = xprintf("truncated stream: ended at byte %zu without %s",
+                    c->sse.off, t->provider == PROV_OPENAI ? "data: [DONE]"
+                                                           : "message_stop");
+    }
+  } else {
+    parse_whole(c, body, blen);
+    if (c->perr) {
+      code = c->perr;
+      msg = xstrdup(c->perr_msg);
+    }
+  }
+  if (msg) orch__llm_redact(l, &msg);
+  if (a) {
+    a->code = code;
+    a->http_status = (int)req->status;
+    a->error = code ? xstrdup(msg) : NULL;
+    a->latency_ms = ms_between(req->t_start_ns, req->t_end_ns);
+    a->start_ms = ms_between(c->t0_ns, req->t_start_ns);
+    int64_t ft = c->stream ? c->t_first_token_ns : req->t_first_byte_ns;
+    a->ttft_ms = ft ? ms_between(req->t_start_ns, ft) : -1;
+    a->tokens_in = c->tin;
+    a->tokens_out = c->tout;
+  }
+  if (code == ORCH_OK) {
+    if (a) a->action = "ok";
+    free(msg);
+    finish(c, ORCH_OK, NULL);
+    return;
+  }
+  free(c->last_error);
+  c->last_error = msg;
+  c->last_code = code;
+  c->last_status = (int)req->status;
+  /* what counts against the endpoint: transport trouble and 408/409/429/5xx */
+  int st = (int)req->status;
+  if (code != ORCH_EHTTP || st == 408 || st == 409 || st == 429 || st >= 500)
+    ep_fail(l, t->ep);
+  orch__llm_decision d;
+  int dstatus = code == ORCH_EHTTP ? st : (ok_status ? st : 0);
+  if (code == ORCH_EHTTP && ok_status) dstatus = 500; /* error event */
+  if (l->decider)
+    l->decider(l->decider_ud, &l->retry, c->attempt, dstatus, msg,
+               req->retry_after_ms, body, &d);
+  else
+    orch__llm_decide(&l->retry, c->attempt, dstatus, msg, req->retry_after_ms,
+                     body, &d);
+  if (d.action == ORCH__LLM_RETRY) {
+    if (a) {
+      a->action = "retry";
+      a->delay_ms = d.delay_ms;
+    }
+    if (ensure_timer(c) != ORCH_OK) {
+      finish(c, ORCH_ENOMEM, "out of memory");
+      return;
+    }
+    uv_timer_start(c->timer, on_timer, (uint64_t)llround(d.delay_ms), 0);
+  } else if (d.action == ORCH__LLM_FALLBACK) {
+    if (a) a->action = "fallback";
+    begin_tier(c, t->fallback_idx, d.reason);
+  } else {
+    if (a) a->action = "fail";
+    char *m = xprintf("%s (tier '%s')", msg ? msg : "failed", t->name);
+    finish(c, code, m ? m : msg);
+    free(m);
+  }
+}
+
+static void send_attempt(orch__llm_call *c) {
+  orch__llm *l = c->l;
+  const llm_tier *t = &l->tiers[c->tier];
+  if (t->ep->cooldown_until_ns > now_ns()) {
+    /* the endpoint cooled down while we waited: go straight on */
+    orch__llm_attempt *a = new_attempt(c);
+    char *why = xprintf("tier '%s' endpoint in cooldown for %lld ms", t->name,
+                        (long long)ep_cooldown_left_ms(t->ep));
+    if (a) {
+      a->code = ORCH_EHTTP;
+      a->action = "cooldown";
+      a->error = xstrdup(why);
+    }
+    if (!c->last_error) {
+      c->last_error = xstrdup(why);
+      c->last_code = ORCH_EHTTP;
+    }
+    begin_tier(c, t->fallback_idx, why);
+    free(why);
+    return;
+  }
+  c->attempt++;
+  attempt_reset(c);
+  orch__http_req *h = &c->http;
+  h->url = t->url;
+  h->ca_file = t->ca_file;
+  h->post = c->body_json;
+  h->post_len = strlen(c->body_json);
+  h->connect_timeout_ms = l->connect_timeout_ms;
+  h->timeout_ms = c->timeout_ms > 0 ? c->timeout_ms : l->timeout_ms;
+  h->idle_timeout_ms = c->stream ? l->idle_timeout_ms : 0;
+  h->on_data = c->stream ? on_data : NULL;
+  h->on_done = on_http_done;
+  h->ud = c;
+  c->in_http = true;
+  orch__http_submit(l->http, h);
+}
+
+static int set_headers(orch__llm_call *c, const llm_tier *t) {
+  orch__http_req *h = &c->http;
+  curl_slist_free_all(h->headers);
+  h->headers = NULL;
+  char line[512];
+  int rc = orch__http_req_header(h, "Content-Type: application/json");
+  if (!rc) rc = orch__http_req_header(h, c->stream ? "Accept: text/event-stream"
+                                                   : "Accept: application/json");
+  if (!rc) rc = orch__http_req_header(h, "Expect:");
+  if (!rc && t->provider == PROV_ANTHROPIC)
+    rc = orch__http_req_header(h, "anthropic-version: 2023-06-01");
+  if (!rc && t->api_key) {
+    char *kl = t->provider == PROV_OPENAI
+                   ? xprintf("Authorization: Bearer %s", t->api_key)
+                   : xprintf("x-api-key: %s", t->api_key);
+    rc = kl ? orch__http_req_header(h, kl) : ORCH_ENOMEM;
+    if (kl) {
+      memset(kl, 0, strlen(kl));
+      free(kl);
+    }
+  }
+  if (!rc && c->fault) {
+    snprintf(line, sizeof line, "X-Mock-Fault: %s", c->fault);
+    rc = orch__http_req_header(h, line);
+  }
+  return rc;
+}
+
+/* Starts (or falls back to) tier idx; -1 means there is none left. */
+static void begin_tier(orch__llm_call *c, int idx, const char *why) {
+  orch__llm *l = c->l;
+  if (idx < 0 || (c->visited & (1ull << idx))) {
+    const char *last = c->last_error ? c->last_error : "failed";
+    char *m = xprintf("%s (tier '%s'%s%s; %s)", last, l->tiers[c->tier].name,
+                      why ? ": " : "", why ? why : "",
+                      idx < 0 ? "no fallback tier" : "fallback tiers exhausted");
+    finish(c, c->last_code ? c->last_code : ORCH_EHTTP, m);
+    free(m);
+    return;
+  }
+  c->visited |= 1ull << idx;
+  c->tier = idx;
+  c->attempt = 0;
+  const llm_tier *t = &l->tiers[idx];
+  c->stream = c->stream_req >= 0 ? c->stream_req
+              : t->stream >= 0   ? t->stream
+                                 : l->stream;
+  free(c->body_json);
+  c->body_json = build_body(c, t);
+  if (!c->body_json || set_headers(c, t)) {
+    finish(c, ORCH_ENOMEM, "out of memory building the request");
+    return;
+  }
+  send_attempt(c);
+}
+
+static void finish(orch__llm_call *c, int code, const char *msg) {
+  orch__llm *l = c->l;
+  if (c->finished) return;
+  c->finished = true;
+  orch__llm_result *r = &c->res;
+  const llm_tier *t = &l->tiers[c->tier];
+  r->code = code;
+  r->error = code ? xstrdup(msg ? msg : "failed") : NULL;
+  if (r->error) orch__llm_redact(l, &r->error);
+  r->tier = xstrdup(t->name);
+  r->model = xstrdup(c->model ? c->model : t->model);
+  r->provider = prov_names[t->provider];
+  if (code == ORCH_OK) {
+    r->text = c->text.p ? c->text.p : xstrdup("");
+    r->text_len = c->text.len;
+    c->text.p = NULL;
+    c->text.len = c->text.cap = 0;
+    r->finish_reason = c->finish_reason;
+    c->finish_reason = NULL;
+    r->tokens_in = c->tin;
+    r->tokens_out = c->tout;
+    r->ttft_ms = r->nattempts ? r->attempts[r->nattempts - 1].ttft_ms : -1;
+  } else {
+    r->tokens_in = r->tokens_out = -1;
+    r->ttft_ms = -1;
+  }
+  /* cost: every attempt that reported usage, at its tier's prices */
+  double cost = 0;
+  bool known = code != ORCH_OK || (r->tokens_in >= 0 && r->tokens_out >= 0);
+  for (size_t i = 0; i < r->nattempts; i++) {
+    const orch__llm_attempt *a = &r->attempts[i];
+    if (a->tokens_in < 0 && a->tokens_out < 0) continue;
+    const llm_tier *at = tier_find(l, a->tier);
+    if (!at) continue;
+    cost += ((double)(a->tokens_in > 0 ? a->tokens_in : 0) * at->price_in +
+             (double)(a->tokens_out > 0 ? a->tokens_out : 0) * at->price_out) /
+            1e6;
+  }
+  r->cost = known ? cost : -1;
+  r->latency_ms = ms_between(c->t0_ns, now_ns());
+  /* leave the running list; drop what only a running call needs */
+  if (c->prev) c->prev->next = c->next;
+  else if (l->calls == c) l->calls = c->next;
+  if (c->next) c->next->prev = c->prev;
+  c->prev = c->next = NULL;
+  if (c->timer) {
+    uv_timer_stop(c->timer);
+    uv_close((uv_handle_t *)c->timer, timer_closed);
+    c->timer = NULL;
+  }
+  attempt_reset(c);
+  orch__http_req_deinit(&c->http);
+  free(c->body_json);
+  c->body_json = NULL;
+  c->l = NULL; /* the call may outlive the engine */
+  if (c->done) c->done(c, c->ud);
+}
+
+int orch__llm_call_start(orch__llm *l, const orch__llm_req *req,
+                         orch__llm_call **out) {
+  *out = NULL;
+  orch__llm_call *c = calloc(1, sizeof *c);
+  if (!c) return ORCH_ENOMEM;
+  c->l = l;
+  c->t0_ns = now_ns();
+  c->done = req->done;
+  c->ud = req->ud;
+  c->tier_name = xstrdup(req->tier ? req->tier : l->default_tier);
+  c->model = req->model && *req->model ? xstrdup(req->model) : NULL;
+  c->system = req->system ? xstrdup(req->system) : NULL;
+  c->prompt = xstrdup(req->prompt ? req->prompt : "");
+  c->fault = req->fault ? xstrdup(req->fault) : NULL;
+  c->max_tokens = req->max_tokens;
+  c->stream_req = req->stream;
+  c->timeout_ms = req->timeout_ms;
+  c->tin = c->tout = -1;
+  orch__http_req_init(&c->http);
+  c->res.tokens_in = c->res.tokens_out = -1;
+  c->res.ttft_ms = -1;
+  c->res.cost = -1;
+  c->next = l->calls;
+  if (l->calls) l->calls->prev = c;
+  l->calls = c;
+  *out = c;
+  if (!c->tier_name || !c->prompt) {
+    finish_later(c, ORCH_ENOMEM, "out of memory");
+    return ORCH_OK;
+  }
+  llm_tier *t = tier_find(l, c->tier_name);
+  if (!t) {
+    char known[512] = "";
+    for (size_t i = 0; i < l->ntiers; i++) {
+      if (i) strncat(known, ", ", sizeof known - strlen(known) - 1);
+      strncat(known, l->tiers[i].name, sizeof known - strlen(known) - 1);
+    }
+    char *m = xprintf("unknown tier '%s' (known: %s)", c->tier_name, known);
+    c->tier = 0;
+    finish_later(c, ORCH_EINVAL, m);
+    free(m);
+    return ORCH_OK;
+  }
+  c->tier = (int)(t - l->tiers);
+  begin_tier(c, c->tier, NULL);
+  return ORCH_OK;
+}
+
+void orch__llm_call_cancel(orch__llm_call *c) {
+  if (!c || c->finished || c->canceled || !c->l) return;
+  c->canceled = true;
+  if (c->in_http) {
+    orch__http_cancel(c->l->http, &c->http); /* on_http_done: finish_later */
+  } else {
+    if (c->timer) uv_timer_stop(c->timer);
+    orch__llm_attempt *a = new_attempt(c);
+    if (a) {
+      a->code = ORCH_ECANCELED;
+      a->action = "canceled";
+      a->error = xstrdup("canceled while waiting to retry");
+    }
+    c->finish_pending = false;
+    finish_later(c, ORCH_ECANCELED, "canceled");
+  }
+}
+
+const orch__llm_result *orch__llm_call_result(const orch__llm_call *c) {
+  return c && c->finished ? &c->res : NULL;
+}
+
+void orch__llm_call_free(orch__llm_call *c) {
+  if (!c) return;
+  orch__llm_result *r = &c->res;
+  for (size_t i = 0; i < r->nattempts; i++) {
+    free(r->attempts[i].tier);
+    free(r->attempts[i].model);
+    free(r->attempts[i].error);
+  }
+  free(r->attempts);
+  free(r->error);
+  free(r->text);
+  free(r->tier);
+  free(r->model);
+  free(r->finish_reason);
+  free(c->tier_name);
+  free(c->model);
+  free(c->system);
+  free(c->prompt);
+  free(c->fault);
+  free(c->finish_msg);
+  free(c->last_error);
+  free(c->body_json);
+  free(c->finish_reason);
+  sbuf_free(&c->text);
+  sbuf_free(&c->raw);
+  sbuf_free(&c->sse.line);
+  sbuf_free(&c->sse.data);
+  orch__http_req_deinit(&c->http);
+  free(c);
+}
+
+void orch__llm_free(orch__llm *l) {
+  if (!l) return;
+  /* calls still running end now, their done called before we go */
+  while (l->calls) {
+    orch__llm_call *c = l->calls;
+    c->canceled = true;
+    if (c->in_http) {
+      c->in_http = false;
+      orch__http_cancel(l->http, &c->http);
+    }
+    if (!c->finished) finish(c, ORCH_ECANCELED, "canceled: shutting down");
+  }
+  orch__http_free(l->http);
+  for (size_t i = 0; i < l->ntiers; i++) tier_deinit(&l->tiers[i]);
+  for (size_t i = 0; i < l->neps; i++) {
+    free(l->eps[i]->fails);
+    free(l->eps[i]->key);
+    free(l->eps[i]);
+  }
+  free(l->default_tier);
+  free(l);
+}

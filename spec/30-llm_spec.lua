@@ -1,0 +1,162 @@
+-- llm steps through the command line, against `orchestrate mock-llm` on
+-- loopback: answers passed to dependents, providers, fallback, keys kept
+-- out of every output, and the one-variable setup (OPENAI_BASE_URL).
+local h = require("helpers")
+local cjson = h.json()
+
+local KEY = "sk-spec-SECRET-424242"
+
+-- Starts the mock in the background; returns its base URL and a stop().
+local function start_mock()
+  local portf = os.tmpname()
+  local pidf = os.tmpname()
+  os.execute("sh -c " .. h.sh_quote("echo $$ > " .. pidf .. "; exec " .. h.bin ..
+             " mock-llm --port 0 > " .. portf .. " 2>&1") .. " &")
+  local port
+  for _ = 1, 200 do
+    local f = io.open(portf)
+    local line = f and f:read("l")
+    if f then f:close() end
+    port = line and line:match("127%.0%.0%.1:(%d+)")
+    if port then break end
+    os.execute("sleep 0.02")
+  end
+  local f = io.open(pidf)
+  local pid = f and f:read("l")
+  if f then f:close() end
+  assert(port, "the mock did not start")
+  return "http://127.0.0.1:" .. port, function()
+    if pid then os.execute("kill " .. pid .. " 2>/dev/null") end
+    os.remove(portf)
+    os.remove(pidf)
+  end
+end
+
+local function config(base, extra)
+  return h.write(([[
+return {
+  llm = { max_attempts = 2, backoff_base_ms = 5, cooldown = { failures = 0 } },
+  tiers = {
+    ["local"] = { base_url = "%s/v1", model = "mock-echo", api_key = "%s",
+                  price_in = 1, price_out = 2 },
+    claude = { provider = "anthropic", base_url = "%s", model = "mock-echo",
+               api_key = "%s" },
+    flaky = { base_url = "%s/v1", model = "mock+fault=500", api_key = "%s",
+              fallback = "claude" },
+    refused = { base_url = "%s/v1", model = "mock+fault=401", api_key = "%s" },
+  },
+  %s
+}]]):format(base, KEY, base, KEY, base, KEY, base, KEY, extra or ""), ".lua")
+end
+
+local function run(plan, conf, env)
+  local code, out, err = h.cli("run --json --config " .. conf .. " " .. plan,
+                               { env = env })
+  local ok, doc = pcall(cjson.decode, out)
+  return code, ok and doc or nil, out, err
+end
+
+local function step(doc, id)
+  for _, s in ipairs(doc.steps) do if s.id == id then return s end end
+end
+
+describe("an llm step", function()
+  local base, stop
+  setup(function() base, stop = start_mock() end)
+  teardown(function() stop() end)
+
+  it("gets an answer and hands it to the steps that depend on it", function()
+    local plan = h.plan({
+      { id = "a", kind = "llm", prompt = "name a colour" },
+      { id = "b", kind = "llm", prompt = "use it", tier = "claude",
+        deps = { "a" }, stream = true },
+    })
+    local code, doc, out, err = run(plan, config(base))
+    assert.are.equal(0, code, err .. out)
+    local a, b = step(doc, "a"), step(doc, "b")
+    assert.are.equal("passed", a.status)
+    assert.are.equal("passed", b.status)
+    assert.truthy(#a.output > 0)
+    assert.truthy(#b.output > 0)
+  end)
+
+  it("falls back to the next tier when one keeps failing, as retry.lua says", function()
+    -- a scripts dir whose retry policy retries once at once, then falls back
+    local dir = os.tmpname()
+    os.remove(dir)
+    os.execute("mkdir -p " .. dir .. "/policies")
+    local f = assert(io.open(dir .. "/policies/retry.lua", "w"))
+    f:write([[
+local M = {}
+function M.decide(a)
+  if a.status >= 400 and a.status < 500 and a.status ~= 429 then
+    return { action = "fail", reason = "client error" }
+  end
+  if a.attempt < 2 then return { action = "retry", delay_ms = 1 } end
+  return { action = "fallback", reason = "two strikes" }
+end
+return M
+]])
+    f:close()
+    local plan = h.plan({ { id = "a", kind = "llm", prompt = "x", tier = "flaky" } })
+    local conf = config(base, "scripts_dir = '" .. dir .. "',")
+    local code, doc, out, err = run(plan, conf)
+    os.execute("rm -rf " .. dir)
+    assert.are.equal(0, code, err .. out)
+    assert.are.equal("passed", step(doc, "a").status)
+    assert.are.equal(3, step(doc, "a").attempts) -- 2 on flaky, 1 on claude
+  end)
+
+  it("goes to the tier routing/complexity.lua names when the step names none", function()
+    local conf = h.write(([[
+return {
+  tiers = {
+    ["local"] = { base_url = "%s/v1", model = "mock-echo+fault=401" },
+    strong = { provider = "anthropic", base_url = "%s", model = "mock-echo" },
+  },
+}]]):format(base, base), ".lua")
+    local plan = h.plan({
+      { id = "hard", kind = "llm", prompt = "review the security architecture" },
+      { id = "easy", kind = "llm", prompt = "name a colour" },
+    })
+    local code, doc, out, err = run(plan, conf)
+    assert.are_not.equal(0, code)
+    assert.are.equal("passed", step(doc, "hard").status, err .. out)
+    assert.are.equal("failed", step(doc, "easy").status)
+    assert.matches("tier 'local'", step(doc, "easy").error, 1, true)
+  end)
+
+  it("fails with the provider's message and never shows the key", function()
+    local plan = h.plan({ { id = "a", kind = "llm", prompt = "x", tier = "refused" } })
+    local code, doc, out, err = run(plan, config(base))
+    assert.are_not.equal(0, code)
+    local a = step(doc, "a")
+    assert.are.equal("failed", a.status)
+    assert.matches("HTTP 401", a.error, 1, true)
+    assert.is_nil(out:find("SECRET", 1, true))
+    assert.is_nil(err:find("SECRET", 1, true))
+  end)
+
+  it("needs nothing but OPENAI_BASE_URL to reach a local server", function()
+    local plan = h.plan({
+      { id = "a", kind = "llm", prompt = "x", tier = "fast" },
+      { id = "b", kind = "llm", prompt = "y", tier = "strong" },
+    })
+    local empty = h.write("return {}", ".lua")
+    local env = "OPENAI_BASE_URL=" .. base .. "/v1 OPENAI_MODEL=mock-echo " ..
+                "ANTHROPIC_BASE_URL= ANTHROPIC_API_KEY= OPENAI_API_KEY=" .. KEY
+    local code, doc, out, err = run(plan, empty, env)
+    assert.are.equal(0, code, err .. out)
+    assert.are.equal("passed", step(doc, "a").status)
+    assert.are.equal("passed", step(doc, "b").status)
+    assert.is_nil(out:find("SECRET", 1, true))
+  end)
+
+  it("refuses a bad tier setting, naming it", function()
+    local plan = h.plan({ { id = "a", kind = "llm", prompt = "x" } })
+    local conf = h.write("return { tiers = { fast = { prize_in = 1 } } }", ".lua")
+    local code, doc, out, err = run(plan, conf)
+    assert.are_not.equal(0, code)
+    assert.matches("tiers.fast.prize_in", (doc and cjson.encode(doc) or "") .. out .. err, 1, true)
+  end)
+end)

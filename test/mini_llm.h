@@ -1,0 +1,20 @@
+/* mini_llm.h: a tiny loopback LLM server for the HTTP and LLM tests
+ * (test/test_http.c holds it). It speaks OpenAI chat completions at
+ * /v1/chat/completions and Anthropic Messages at /v1/messages, stream or
+ * not, and answers "echo: <last user message>". A fault comes from the
+ * X-Mock-Fault header, else from the model name:
+ *   ok | latency=MS | 429 | 429-quota | retry-after=S | retry-after-ms=MS |
+ *   500 | 529 | 400 | reset | malformed | truncate | stall | slow=MS |
+ *   nousage | flaky=N (the first N requests of that model get a 500) |
+ *   flaky-ra=N (the first N get a 429 with Retry-After: 1)
+ * It also counts requests and keeps the last Authorization / x-api-key. */
+#ifndef MINI_LLM_H
+#define MINI_LLM_H
+
+typedef struct mini_llm mini_llm;
+mini_llm *mini_llm_start(void);
+int mini_llm_port(const mini_llm *m);
+unsigned long mini_llm_requests(const mini_llm *m);
+void mini_llm_stop(mini_llm *m);
+
+#endif

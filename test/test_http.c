@@ -1,0 +1,738 @@
+/* test_http.c: the libcurl multi engine (runtime/http.c) on a uv loop,
+ * against a small libmicrohttpd server started here on 127.0.0.1 (which
+ * also serves test_llm.c: see mini_llm.h). */
+#include "orch_int.h"
+#include "test.h"
+#include "mini_llm.h"
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <stdatomic.h>
+#include <time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* ---- the mini server ------------------------------------------------- */
+
+struct mini_llm {
+  struct MHD_Daemon *d;
+  int port;
+  atomic_ulong requests;
+  atomic_int stopping;
+  pthread_mutex_t mu;
+  struct { char model[64]; int seen; } flaky[16];
+};
+
+typedef struct conn {
+  char *body;
+  size_t len;
+  int done;
+} conn;
+
+typedef struct streamer { /* state of a streamed answer */
+  mini_llm *m;
+  char *text; /* the full SSE text to send */
+  size_t len, off;
+  size_t cut;       /* stop (truncate/stall) at this offset, or len */
+  int stall;        /* after cut: hold the connection open */
+  long chunk_delay; /* ms between events (slow) */
+} streamer;
+
+static void msleep(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+static ssize_t stream_cb(void *cls, uint64_t pos, char *buf, size_t max) {
+  streamer *s = cls;
+  (void)pos;
+  if (s->off >= s->len) return MHD_CONTENT_READER_END_OF_STREAM;
+  if (s->off >= s->cut) {
+    if (!s->stall) return MHD_CONTENT_READER_END_WITH_ERROR;
+    for (int i = 0; i < 1000 && !atomic_load(&s->m->stopping); i++) msleep(10);
+    return MHD_CONTENT_READER_END_WITH_ERROR;
+  }
+  if (s->chunk_delay && s->off) msleep(s->chunk_delay);
+  /* one event (up to the blank line) per call */
+  size_t end = s->off;
+  const char *e = strstr(s->text + s->off, "\n\n");
+  end = e ? (size_t)(e - s->text) + 2 : s->len;
+  if (end > s->cut) end = s->cut;
+  size_t n = end - s->off;
+  if (n > max) n = max;
+  memcpy(buf, s->text + s->off, n);
+  s->off += n;
+  return (ssize_t)n;
+}
+
+static void stream_free(void *cls) {
+  streamer *s = cls;
+  free(s->text);
+  free(s);
+}
+
+static enum MHD_Result reply(struct MHD_Connection *c, int status,
+                             const char *ctype, char *body,
+                             const char *h1, const char *v1) {
+  struct MHD_Response *r = MHD_create_response_from_buffer(
+      strlen(body), body, MHD_RESPMEM_MUST_FREE);
+  MHD_add_response_header(r, "Content-Type", ctype);
+  if (h1) MHD_add_response_header(r, h1, v1);
+  enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
+  MHD_destroy_response(r);
+  return ret;
+}
+
+static char *sse_add(char *acc, json_t *o, const char *event) {
+  char *js = json_dumps(o, JSON_COMPACT);
+  json_decref(o);
+  char *n = NULL;
+  if (asprintf(&n, "%s%s%s%sdata: %s\n\n", acc ? acc : "",
+               event ? "event: " : "", event ? event : "", event ? "\n" : "",
+               js) < 0)
+    n = NULL;
+  free(js);
+  free(acc);
+  return n;
+}
+
+static enum MHD_Result handler(void *cls, struct MHD_Connection *c,
+                               const char *url, const char *method,
+                               const char *version, const char *upload,
+                               size_t *upload_size, void **con_cls) {
+  mini_llm *m = cls;
+  conn *k = *con_cls;
+  (void)version;
+  if (!k) {
+    k = calloc(1, sizeof *k);
+    *con_cls = k;
+    return MHD_YES;
+  }
+  if (*upload_size) {
+    k->body = realloc(k->body, k->len + *upload_size + 1);
+    memcpy(k->body + k->len, upload, *upload_size);
+    k->len += *upload_size;
+    k->body[k->len] = '\0';
+    *upload_size = 0;
+    return MHD_YES;
+  }
+  atomic_fetch_add(&m->requests, 1);
+  if (strcmp(method, "POST") != 0)
+    return reply(c, 404, "text/plain", strdup("not found"), NULL, NULL);
+  bool anthropic = strcmp(url, "/v1/messages") == 0;
+  const char *av = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                               "anthropic-version");
+  if (anthropic && (!av || strcmp(av, "2023-06-01") != 0))
+    return reply(c, 400, "application/json",
+                 strdup("{\"type\":\"error\",\"error\":{\"type\":"
+                        "\"invalid_request_error\",\"message\":"
+                        "\"anthropic-version header is required\"}}"),
+                 NULL, NULL);
+  if (!anthropic && strcmp(url, "/v1/chat/completions") != 0)
+    return reply(c, 404, "application/json",
+                 strdup("{\"error\":{\"message\":\"no such route\"}}"), NULL,
+                 NULL);
+  json_t *req = json_loadb(k->body ? k->body : "", k->len, 0, NULL);
+  if (!req)
+    return reply(c, 400, "application/json",
+                 strdup("{\"error\":{\"message\":\"bad json\"}}"), NULL, NULL);
+  const char *model = json_string_value(json_object_get(req, "model"));
+  const char *fault = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                  "X-Mock-Fault");
+  if (!fault) fault = model ? model : "ok";
+  bool stream = json_is_true(json_object_get(req, "stream"));
+  json_t *msgs = json_object_get(req, "messages");
+  const char *prompt = json_string_value(json_object_get(
+      json_array_get(msgs, json_array_size(msgs) - 1), "content"));
+  char *text = NULL;
+  if (asprintf(&text, "echo: %s", prompt ? prompt : "") < 0) text = NULL;
+  enum MHD_Result ret;
+  long lat = 0, slow = 0;
+  int nousage = 0;
+  if (sscanf(fault, "latency=%ld", &lat) == 1) msleep(lat);
+  if (sscanf(fault, "slow=%ld", &slow) != 1) slow = 0;
+  if (strcmp(fault, "nousage") == 0) nousage = 1;
+  int flaky_n = 0, flaky_ra = 0;
+  if (sscanf(fault, "flaky=%d", &flaky_n) == 1 ||
+      (sscanf(fault, "flaky-ra=%d", &flaky_n) == 1 && (flaky_ra = 1))) {
+    int seen = 0;
+    pthread_mutex_lock(&m->mu);
+    for (int i = 0; i < 16; i++) {
+      if (!m->flaky[i].model[0]) snprintf(m->flaky[i].model, 64, "%s", fault);
+      if (strcmp(m->flaky[i].model, fault) == 0) {
+        seen = ++m->flaky[i].seen;
+        break;
+      }
+    }
+    pthread_mutex_unlock(&m->mu);
+    if (seen <= flaky_n) fault = flaky_ra ? "retry-after=1" : "500";
+  }
+  long ra = 0;
+  if (strcmp(fault, "reset") == 0) {
+    ret = MHD_NO; /* drops the connection without an answer */
+  } else if (strcmp(fault, "429") == 0) {
+    ret = reply(c, 429, "application/json",
+                strdup("{\"error\":{\"message\":\"Rate limit reached\","
+                       "\"type\":\"rate_limit_error\"}}"),
+                NULL, NULL);
+  } else if (strcmp(fault, "429-quota") == 0) {
+    ret = reply(c, 429, "application/json",
+                strdup("{\"error\":{\"message\":\"You exceeded your current "
+                       "quota\",\"type\":\"insufficient_quota\"}}"),
+                NULL, NULL);
+  } else if (sscanf(fault, "retry-after=%ld", &ra) == 1) {
+    char v[32];
+    snprintf(v, sizeof v, "%ld", ra);
+    ret = reply(c, 429, "application/json",
+                strdup("{\"error\":{\"message\":\"slow down\"}}"),
+                "Retry-After", v);
+  } else if (sscanf(fault, "retry-after-ms=%ld", &ra) == 1) {
+    char v[32];
+    snprintf(v, sizeof v, "%ld", ra);
+    ret = reply(c, 429, "application/json",
+                strdup("{\"error\":{\"message\":\"slow down\"}}"),
+                "retry-after-ms", v);
+  } else if (strcmp(fault, "500") == 0 || strcmp(fault, "529") == 0) {
+    ret = reply(c, atoi(fault), "application/json",
+                strdup("{\"type\":\"error\",\"error\":{\"type\":"
+                       "\"overloaded_error\",\"message\":\"Overloaded\"}}"),
+                NULL, NULL);
+  } else if (strcmp(fault, "400") == 0) {
+    ret = reply(c, 400, "application/json",
+                strdup("{\"error\":{\"message\":\"Incorrect API key provided: "
+                       "sk-test-SECRET-123456\",\"type\":"
+                       "\"invalid_request_error\"}}"),
+                NULL, NULL);
+  } else if (strcmp(fault, "malformed") == 0 && !stream) {
+    ret = reply(c, 200, "application/json",
+                strdup("{\"choices\":[{\"message\":{\"content\":\"x\"}]"),
+                NULL, NULL);
+  } else if (!stream) {
+    json_t *o;
+    if (anthropic)
+      o = json_pack("{s:s,s:s,s:[{s:s,s:s}],s:s}", "type", "message", "role",
+                    "assistant", "content", "type", "text", "text", text,
+                    "stop_reason", "end_turn");
+    else
+      o = json_pack("{s:s,s:[{s:i,s:{s:s,s:s},s:s}]}", "object",
+                    "chat.completion", "choices", "index", 0, "message",
+                    "role", "assistant", "content", text, "finish_reason",
+                    "stop");
+    if (!nousage)
+      json_object_set_new(o, "usage",
+                          anthropic ? json_pack("{s:i,s:i}", "input_tokens",
+                                                11, "output_tokens", 7)
+                                    : json_pack("{s:i,s:i}", "prompt_tokens",
+                                                11, "completion_tokens", 7));
+    ret = reply(c, 200, "application/json", json_dumps(o, JSON_COMPACT), NULL,
+                NULL);
+    json_decref(o);
+  } else {
+    /* stream: split the text in three deltas */
+    char *acc = NULL;
+    size_t tl = strlen(text), a = tl / 3, b = 2 * tl / 3;
+    char *parts[3] = {strndup(text, a), strndup(text + a, b - a),
+                      strdup(text + b)};
+    if (anthropic) {
+      acc = sse_add(acc, json_pack("{s:s,s:{s:s,s:{s:i,s:i}}}", "type",
+                                   "message_start", "message", "role",
+                                   "assistant", "usage", "input_tokens", 11,
+                                   "output_tokens", 1),
+                    "message_start");
+      for (int i = 0; i < 3; i++)
+        acc = sse_add(acc, json_pack("{s:s,s:i,s:{s:s,s:s}}", "type",
+                                     "content_block_delta", "index", 0,
+                                     "delta", "type", "text_delta", "text",
+                                     parts[i]),
+                      "content_block_delta");
+      acc = sse_add(acc, json_pack("{s:s,s:{s:s},s:{s:i}}", "type",
+                                   "message_delta", "delta", "stop_reason",
+                                   "end_turn", "usage", "output_tokens", 7),
+                    "message_delta");
+      acc = sse_add(acc, json_pack("{s:s}", "type", "message_stop"),
+                    "message_stop");
+    } else {
+      for (int i = 0; i < 3; i++)
+        acc = sse_add(acc, json_pack("{s:[{s:i,s:{s:s},s:n}]}", "choices",
+                                     "index", 0, "delta", "content", parts[i],
+                                     "finish_reason"),
+                      NULL);
+      acc = sse_add(acc, json_pack("{s:[{s:i,s:{},s:s}]}", "choices", "index",
+                                   0, "delta", "finish_reason", "stop"),
+                    NULL);
+      if (!nousage)
+        acc = sse_add(acc, json_pack("{s:[],s:{s:i,s:i}}", "choices", "usage",
+                                     "prompt_tokens", 11, "completion_tokens",
+                                     7),
+                      NULL);
+      char *n = NULL;
+      if (asprintf(&n, "%sdata: [DONE]\n\n", acc) < 0) n = NULL;
+      free(acc);
+      acc = n;
+    }
+    for (int i = 0; i < 3; i++) free(parts[i]);
+    streamer *s = calloc(1, sizeof *s);
+    s->m = m;
+    s->len = strlen(acc);
+    s->cut = s->len;
+    if (strcmp(fault, "malformed") == 0) {
+      /* break the second event's JSON */
+      char *second = strstr(strstr(acc, "\n\n") + 2, "data: ");
+      second[6] = '#';
+    } else if (strcmp(fault, "truncate") == 0) {
+      s->cut = s->len / 2;
+    } else if (strcmp(fault, "stall") == 0) {
+      s->cut = s->len / 2;
+      s->stall = 1;
+    }
+    s->text = acc;
+    s->chunk_delay = slow;
+    struct MHD_Response *r = MHD_create_response_from_callback(
+        MHD_SIZE_UNKNOWN, 4096, stream_cb, s, stream_free);
+    MHD_add_response_header(r, "Content-Type", "text/event-stream");
+    ret = MHD_queue_response(c, 200, r);
+    MHD_destroy_response(r);
+  }
+  free(text);
+  json_decref(req);
+  return ret;
+}
+
+static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                      enum MHD_RequestTerminationCode toe) {
+  conn *k = *con_cls;
+  (void)cls;
+  (void)c;
+  (void)toe;
+  if (k) {
+    free(k->body);
+    free(k);
+    *con_cls = NULL;
+  }
+}
+
+mini_llm *mini_llm_start(void) {
+  mini_llm *m = calloc(1, sizeof *m);
+  pthread_mutex_init(&m->mu, NULL);
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sa.sin_port = 0;
+  m->d = MHD_start_daemon(
+      MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+          MHD_USE_POLL,
+      0, NULL, NULL, handler, m, MHD_OPTION_SOCK_ADDR, &sa,
+      MHD_OPTION_NOTIFY_COMPLETED, completed, m,
+      MHD_OPTION_CONNECTION_LIMIT, (unsigned)4000,
+      MHD_OPTION_THREAD_STACK_SIZE, (size_t)(256 * 1024),
+      MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)4096,
+      MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30, MHD_OPTION_END);
+  if (!m->d) {
+    free(m);
+    return NULL;
+  }
+  const union MHD_DaemonInfo *di =
+      MHD_get_daemon_info(m->d, MHD_DAEMON_INFO_BIND_PORT);
+  m->port = di ? di->port : 0;
+  return m;
+}
+
+int mini_llm_port(const mini_llm *m) { return m->port; }
+unsigned long mini_llm_requests(const mini_llm *m) {
+  return atomic_load(&((mini_llm *)m)->requests);
+}
+
+void mini_llm_stop(mini_llm *m) {
+  if (!m) return;
+  atomic_store(&m->stopping, 1);
+  MHD_stop_daemon(m->d);
+  pthread_mutex_destroy(&m->mu);
+  free(m);
+}
+
+/* ---- HTTP engine tests --------------------------------------------- */
+
+static int64_t now_ns_t(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+typedef struct ctx {
+  uv_loop_t loop;
+  uv_timer_t tick; /* keeps UV_RUN_ONCE from blocking for long */
+  orch__http *h;
+  mini_llm *m;
+  char base[128];
+  int done;
+} ctx;
+
+static void on_tick(uv_timer_t *t) { (void)t; }
+
+static int ctx_init(ctx *c) {
+  memset(c, 0, sizeof *c);
+  uv_loop_init(&c->loop);
+  uv_timer_init(&c->loop, &c->tick);
+  uv_timer_start(&c->tick, on_tick, 20, 20);
+  c->m = mini_llm_start();
+  if (!c->m) return -1;
+  snprintf(c->base, sizeof c->base, "http://127.0.0.1:%d", mini_llm_port(c->m));
+  char err[256];
+  return orch__http_new(&c->h, &c->loop, NULL, err, sizeof err);
+}
+
+/* Frees the engine and checks that every uv handle closed. */
+static int ctx_deinit(ctx *c) {
+  orch__http_free(c->h);
+  uv_close((uv_handle_t *)&c->tick, NULL);
+  uv_run(&c->loop, UV_RUN_DEFAULT);
+  int rc = uv_loop_close(&c->loop);
+  mini_llm_stop(c->m);
+  return rc;
+}
+
+static void req_done(orch__http_req *r) {
+  ctx *c = r->ud;
+  c->done++;
+}
+
+static void run_until(ctx *c, int n, int max_ms) {
+  int64_t end = now_ns_t() + (int64_t)max_ms * 1000000;
+  while (c->done < n && now_ns_t() < end) uv_run(&c->loop, UV_RUN_ONCE);
+}
+
+static void openai_req(ctx *c, orch__http_req *r, char *url, size_t urlcap,
+                       const char *model, int stream, const char *body_text) {
+  static char bodies[4][512];
+  static int nb;
+  char *b = bodies[nb++ % 4];
+  snprintf(url, urlcap, "%s/v1/chat/completions", c->base);
+  snprintf(b, 512,
+           "{\"model\":\"%s\",\"stream\":%s,\"messages\":[{\"role\":\"user\","
+           "\"content\":\"%s\"}]}",
+           model, stream ? "true" : "false", body_text);
+  orch__http_req_init(r);
+  r->url = url;
+  r->post = b;
+  r->post_len = strlen(b);
+  r->on_done = req_done;
+  r->ud = c;
+  orch__http_req_header(r, "Content-Type: application/json");
+}
+
+TEST(http_posts_and_reads_a_whole_answer) {
+  ctx c;
+  ASSERT_EQ(ctx_init(&c), 0);
+  orch__http_req r;
+  char url[256];
+  openai_req(&c, &r, url, sizeof url, "ok", 0, "hello");
+  orch__http_submit(c.h, &r);
+  run_until(&c, 1, 5000);
+  ASSERT_EQ(c.done, 1);
+  ASSERT_EQ(r.result, ORCH_OK);
+  ASSERT_EQ(r.status, 200);
+  ASSERT_CONTAINS(r.body, "echo: hello");
+  ASSERT(r.t_first_byte_ns >= r.t_start_ns && r.t_end_ns >= r.t_first_byte_ns);
+  orch__http_req_deinit(&r);
+  ASSERT_EQ(ctx_deinit(&c), 0);
+}
+
+TEST(http_reads_retry_after_in_seconds_and_ms) {
+  ctx c;
+  ASSERT_EQ(ctx_init(&c), 0);
+  orch__http_req a, b;
+  char u1[256], u2[256];
+  openai_req(&c, &a, u1, sizeof u1, "retry-after=2", 0, "x");
+  openai_req(&c, &b, u2, sizeof u2, "retry-after-ms=1500", 0, "x");
+  orch__http_submit(c.h, &a);
+  orch__http_submit(c.h, &b);
+  run_until(&c, 2, 5000);
+  ASSERT_EQ(c.done, 2);
+  ASSERT_EQ(a.status, 429);
+  ASSERT_EQ(a.retry_after_ms, 2000);
+  ASSERT_EQ(b.retry_after_ms, 1500);
+  orch__http_req_deinit(&a);
+  orch__http_req_deinit(&b);
+  ASSERT_EQ(ctx_deinit(&c), 0);
+}
+
+TEST(http_reports_a_reset_connection_as_an_io_error) {
+  ctx c;
+  ASSERT_EQ(ctx_init(&c), 0);
+  orch__http_req r;
+  char url[256];
+  openai_req(&c, &r, url, sizeof url, "reset", 0, "x");
+  orch__http_submit(c.h, &r);
+  run_until(&c, 1, 5000);
+  ASSERT_EQ(r.result, ORCH_EIO);
+  ASSERT(r.error[0] != '\0');
+  orch__http_req_deinit(&r);
+  ASSERT_EQ(ctx_deinit(&c), 0);
+}
+
+TEST(http_reports_a_refused_connection) {
+  ctx c;
+  ASSERT_EQ(ctx_init(&c), 0);
+  orch__http_req r;
+  char url[256];
+  openai_req(&c, &r, url, sizeof url, "ok", 0, "x");
+  /* a port nobody listens on: bind one, note it, close it */
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t sl = sizeof sa;
+  ASSERT(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+  ASSERT(getsockname(fd, (struct sockaddr *)&sa, &sl) == 0);
+  close(fd);
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/chat/completions",
+           ntohs(sa.sin_port));
+  r.connect_timeout_ms = 2000;
+  orch__http_submit(c.h, &r);
+  run_until(&c, 1, 5000);
+  ASSERT_EQ(r.result, ORCH_EIO);
+  ASSERT_CONTAINS(r.error, "connect");
+  orch__http_req_deinit(&r);
+  ASSERT_EQ(ctx_deinit(&c), 0);
+}
+
+TEST(http_aborts_a_stalled_stream_at_the_idle_timeout) {
+  ctx c;
+  ASSERT_EQ(ctx_init(&c), 0);
+  orch__http_req r;
+  char url[256];
+  openai_req(&c, &r, url, sizeof url, "stall", 1, "a long enough answer");
+  r.idle_timeout_ms = 200;
+  int64_t t0 = now_ns_t();
+  orch__http_submit(c.h, &r);
+  run_until(&c, 1, 5000);
+  double ms = (double)(now_ns_t() - t0) / 1e6;
+  ASSERT_EQ(r.result, ORCH_ETIMEDOUT);
+  ASSERT_CONTAINS(r.error, "idle timeout");
+  ASSERT(r.bytes_in > 0);
+  ASSERT(ms >= 190 && ms < 1500);
+  ASSERT_EQ(orch__http_active(c.h), 0);
+  orch__http_req_deinit(&r);
+  ASSERT_EQ(ctx_deinit(&c), 0); /* no uv handle left open */
+}
+
+TEST(http_stops_at_the_total_timeout) {
+  ctx c;
+  ASSERT_EQ(ctx_init(&c), 0);
+  orch__http_req r;
+  char url[256];
+  openai_req(&c, &r, url, sizeof url, "latency=600", 0, "x");
+  r.timeout_ms = 200;
+  orch__http_submit(c.h, &r);
+  run_until(&c, 1, 5000);
+  ASSERT_EQ(r.result, ORCH_ETIMEDOUT);
+  ASSERT_CONTAINS(r.error, "timed out");
+  orch__http_req_deinit(&r);
+  ASSERT_EQ(ctx_deinit(&c), 0);
+}
+
+TEST(http_cancel_ends_a_request_at_once) {
+  ctx c;
+  ASSERT_EQ(ctx_init(&c), 0);
+  orch__http_req r;
+  char url[256];
+  openai_req(&c, &r, url, sizeof url, "latency=1000", 0, "x");
+  orch__http_submit(c.h, &r);
+  for (int i = 0; i < 3; i++) uv_run(&c.loop, UV_RUN_NOWAIT);
+  orch__http_cancel(c.h, &r);
+  ASSERT_EQ(c.done, 1);
+  ASSERT_EQ(r.result, ORCH_ECANCELED);
+  ASSERT_EQ(orch__http_active(c.h), 0);
+  orch__http_req_deinit(&r);
+  ASSERT_EQ(ctx_deinit(&c), 0);
+}
+
+typedef struct poster {
+  orch__http *h;
+  orch__http_req *reqs;
+  int n;
+} poster;
+
+static void *post_thread(void *arg) {
+  poster *p = arg;
+  for (int i = 0; i < p->n; i++) orch__http_post(p->h, &p->reqs[i]);
+  return NULL;
+}
+
+TEST(http_takes_requests_from_other_threads) {
+  ctx c;
+  ASSERT_EQ(ctx_init(&c), 0);
+  orch__http_req r[8];
+  char url[256];
+  snprintf(url, sizeof url, "%s/v1/chat/completions", c.base);
+  static const char body[] =
+      "{\"model\":\"ok\",\"messages\":[{\"role\":\"user\",\"content\":\"t\"}]}";
+  for (int i = 0; i < 8; i++) {
+    orch__http_req_init(&r[i]);
+    r[i].url = url;
+    r[i].post = body;
+    r[i].post_len = strlen(body);
+    r[i].on_done = req_done;
+    r[i].ud = &c;
+  }
+  poster p = {c.h, r, 8};
+  pthread_t th;
+  pthread_create(&th, NULL, post_thread, &p);
+  run_until(&c, 8, 5000);
+  pthread_join(th, NULL);
+  ASSERT_EQ(c.done, 8);
+  for (int i = 0; i < 8; i++) {
+    ASSERT_EQ(r[i].status, 200);
+    orch__http_req_deinit(&r[i]);
+  }
+  ASSERT_EQ(ctx_deinit(&c), 0);
+}
+
+TEST(http_keeps_1000_requests_in_flight_and_pairs_answers) {
+  ctx c;
+  ASSERT_EQ(ctx_init(&c), 0);
+  enum { N = 1000 };
+  orch__http_req *r = calloc(N, sizeof *r);
+  char(*bodies)[160] = calloc(N, 160);
+  char url[256];
+  snprintf(url, sizeof url, "%s/v1/chat/completions", c.base);
+  for (int i = 0; i < N; i++) {
+    snprintf(bodies[i], 160,
+             "{\"model\":\"latency=50\",\"messages\":[{\"role\":\"user\","
+             "\"content\":\"request-%d\"}]}", i);
+    orch__http_req_init(&r[i]);
+    r[i].url = url;
+    r[i].post = bodies[i];
+    r[i].post_len = strlen(bodies[i]);
+    r[i].on_done = req_done;
+    r[i].ud = &c;
+    orch__http_submit(c.h, &r[i]);
+  }
+  run_until(&c, N, 30000);
+  ASSERT_EQ(c.done, N);
+  int ok = 0;
+  for (int i = 0; i < N; i++) {
+    char want[64];
+    snprintf(want, sizeof want, "\"echo: request-%d\"", i);
+    if (r[i].result == ORCH_OK && r[i].status == 200 && r[i].body &&
+        strstr(r[i].body, want))
+      ok++;
+    else if (ok == i)
+      fprintf(stderr, "  request %d: %d %ld %s %s\n", i, r[i].result,
+              r[i].status, r[i].error, r[i].body ? r[i].body : "");
+    orch__http_req_deinit(&r[i]);
+  }
+  free(r);
+  free(bodies);
+  ASSERT_EQ(ok, N);
+  ASSERT_EQ(ctx_deinit(&c), 0);
+}
+
+/* ---- HTTP/2 over TLS, multiplexed (a Node.js http2 server) ----------- */
+
+static const char h2_server_js[] =
+    "const http2 = require('http2'), fs = require('fs');\n"
+    "const dir = process.argv[2];\n"
+    "const s = http2.createSecureServer({key: fs.readFileSync(dir + "
+    "'/key.pem'), cert: fs.readFileSync(dir + '/cert.pem'), allowHTTP1: "
+    "true});\n"
+    "s.on('request', (req, res) => { let b = ''; req.on('data', d => b += "
+    "d); req.on('end', () => setTimeout(() => { res.setHeader("
+    "'content-type', 'application/json'); res.end(JSON.stringify({echo: b, "
+    "v: req.httpVersion})); }, 50)); });\n"
+    "s.listen(0, '127.0.0.1', () => console.log(s.address().port));\n"
+    "process.stdin.on('end', () => process.exit(0)); process.stdin.resume();\n";
+
+TEST(http_multiplexes_over_http2_when_the_server_offers_it) {
+  char dir[] = "/tmp/orch-h2-XXXXXX";
+  if (!mkdtemp(dir)) return;
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd,
+           "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 "
+           "-nodes -keyout %s/key.pem -out %s/cert.pem -days 1 -subj "
+           "/CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 >/dev/null 2>&1",
+           dir, dir);
+  if (system(cmd) != 0 || system("node --version >/dev/null 2>&1") != 0) {
+    printf("  (no openssl or node: HTTP/2 test skipped)\n");
+    return;
+  }
+  char js[512];
+  snprintf(js, sizeof js, "%s/h2.js", dir);
+  FILE *f = fopen(js, "w");
+  fputs(h2_server_js, f);
+  fclose(f);
+  /* stdin of node is our pipe: closing it ends the server */
+  int to_node[2], from_node[2];
+  ASSERT(pipe(to_node) == 0 && pipe(from_node) == 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(to_node[0], 0);
+    dup2(from_node[1], 1);
+    close(to_node[1]);
+    close(from_node[0]);
+    execlp("node", "node", js, dir, (char *)NULL);
+    _exit(127);
+  }
+  close(to_node[0]);
+  close(from_node[1]);
+  char line[32] = "";
+  ssize_t n = read(from_node[0], line, sizeof line - 1);
+  int port = n > 0 ? atoi(line) : 0;
+  ASSERT(port > 0);
+
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  orch__http *h;
+  char err[256];
+  ASSERT_EQ(orch__http_new(&h, &loop, NULL, err, sizeof err), 0);
+  enum { N = 200 };
+  orch__http_req *r = calloc(N, sizeof *r);
+  char(*bodies)[32] = calloc(N, 32);
+  char url[128], ca[512];
+  snprintf(url, sizeof url, "https://127.0.0.1:%d/", port);
+  snprintf(ca, sizeof ca, "%s/cert.pem", dir);
+  ctx c = {0};
+  for (int i = 0; i < N; i++) {
+    snprintf(bodies[i], 32, "req-%d", i);
+    orch__http_req_init(&r[i]);
+    r[i].url = url;
+    r[i].ca_file = ca;
+    r[i].post = bodies[i];
+    r[i].post_len = strlen(bodies[i]);
+    r[i].on_done = req_done;
+    r[i].ud = &c;
+    orch__http_submit(h, &r[i]);
+  }
+  int64_t end = now_ns_t() + 20000000000LL;
+  while (c.done < N && now_ns_t() < end) uv_run(&loop, UV_RUN_ONCE);
+  int ok = 0, h2 = 0;
+  long connects = 0;
+  for (int i = 0; i < N; i++) {
+    char want[48];
+    snprintf(want, sizeof want, "\"echo\":\"req-%d\"", i);
+    if (r[i].result == ORCH_OK && r[i].status == 200 && r[i].body &&
+        strstr(r[i].body, want))
+      ok++;
+    else if (!ok)
+      fprintf(stderr, "  h2 request %d: %d %ld %s\n", i, r[i].result,
+              r[i].status, r[i].error);
+    if (r[i].http_version == 20) h2++;
+    connects += r[i].connects;
+    orch__http_req_deinit(&r[i]);
+  }
+  free(r);
+  free(bodies);
+  orch__http_free(h);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  int lc = uv_loop_close(&loop);
+  close(to_node[1]);
+  close(from_node[0]);
+  waitpid(pid, NULL, 0);
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  if (system(cmd) != 0) fprintf(stderr, "  cannot remove %s\n", dir);
+  ASSERT_EQ(c.done, N);
+  ASSERT_EQ(ok, N);
+  ASSERT_EQ(h2, N);
+  ASSERT(connects <= 2); /* one connection carries them all */
+  ASSERT_EQ(lc, 0);
+}

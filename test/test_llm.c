@@ -1,0 +1,1030 @@
+/* test_llm.c: the providers (runtime/llm.c) over real HTTP on loopback:
+ * both APIs, stream or not, every fault, retries, Retry-After, fallback,
+ * cooldown, redaction, cancellation, configuration and 1,000 concurrent
+ * calls paired with their answers. The server is test_http.c's mini_llm. */
+#include "orch_int.h"
+#include "test.h"
+#include "mini_llm.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <unistd.h>
+#include <time.h>
+
+#define KEY "sk-test-SECRET-123456"
+
+static int64_t tnow(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+typedef struct lctx {
+  uv_loop_t loop;
+  uv_timer_t tick;
+  mini_llm *m;
+  orch_mock *mock; /* the project's mock instead of mini_llm */
+  orch__llm *l;
+  int done;
+  char err[512];
+} lctx;
+
+static void tick(uv_timer_t *t) { (void)t; }
+
+/* Config JSON with @PORT@ replaced by the server's port: mini_llm, or the
+ * project's mock (orch_mock) when use_mock. */
+static int lctx_start(lctx *c, const char *conf, bool use_mock) {
+  memset(c, 0, sizeof *c);
+  uv_loop_init(&c->loop);
+  uv_timer_init(&c->loop, &c->tick);
+  uv_timer_start(&c->tick, tick, 20, 20);
+  char port[16], buf[4096];
+  if (use_mock) {
+    char err[256];
+    if (orch_mock_start(&c->mock, "127.0.0.1", 0, err, sizeof err)) {
+      fprintf(stderr, "orch_mock_start: %s\n", err);
+      return -1;
+    }
+    snprintf(port, sizeof port, "%d", orch_mock_port(c->mock));
+  } else {
+    c->m = mini_llm_start();
+    if (!c->m) return -1;
+    snprintf(port, sizeof port, "%d", mini_llm_port(c->m));
+  }
+  size_t o = 0;
+  for (const char *p = conf; *p && o < sizeof buf - 16;) {
+    if (strncmp(p, "@PORT@", 6) == 0) {
+      o += (size_t)snprintf(buf + o, sizeof buf - o, "%s", port);
+      p += 6;
+    } else buf[o++] = *p++;
+  }
+  buf[o] = '\0';
+  json_error_t je;
+  json_t *sec = json_loads(buf, 0, &je);
+  if (!sec) {
+    fprintf(stderr, "bad test config: %s\n", je.text);
+    return -1;
+  }
+  int rc = orch__llm_new_json(&c->l, sec, &c->loop, c->err, sizeof c->err);
+  json_decref(sec);
+  if (rc) fprintf(stderr, "orch__llm_new_json: %s\n", c->err);
+  return rc;
+}
+
+static int lctx_init(lctx *c, const char *conf) {
+  return lctx_start(c, conf, false);
+}
+
+static int lctx_deinit(lctx *c) {
+  orch__llm_free(c->l);
+  uv_close((uv_handle_t *)&c->tick, NULL);
+  uv_run(&c->loop, UV_RUN_DEFAULT);
+  int rc = uv_loop_close(&c->loop);
+  if (c->m) mini_llm_stop(c->m);
+  orch_mock_free(c->mock);
+  return rc;
+}
+
+static void call_done(orch__llm_call *call, void *ud) {
+  (void)call;
+  lctx *c = ud;
+  c->done++;
+}
+
+static void lrun(lctx *c, int n, int max_ms) {
+  int64_t end = tnow() + (int64_t)max_ms * 1000000;
+  while (c->done < n && tnow() < end) uv_run(&c->loop, UV_RUN_ONCE);
+}
+
+/* Runs one call to completion; the caller frees it. */
+static orch__llm_call *call1(lctx *c, const char *tier, const char *prompt,
+                             int stream) {
+  orch__llm_req rq = {.tier = tier, .prompt = prompt, .stream = stream,
+                      .done = call_done, .ud = c};
+  orch__llm_call *call;
+  int before = c->done;
+  if (orch__llm_call_start(c->l, &rq, &call)) return NULL;
+  lrun(c, before + 1, 20000);
+  return call;
+}
+
+#define BASE_CONF                                                            \
+  "{\"llm\":{\"max_attempts\":2,\"backoff_base_ms\":5,\"backoff_max_ms\":20," \
+  "\"idle_timeout_ms\":300,\"cooldown\":{\"failures\":0}},"                   \
+  "\"tiers\":{"                                                              \
+  "\"oa\":{\"provider\":\"openai\",\"base_url\":"                           \
+  "\"http://127.0.0.1:@PORT@/v1\",\"model\":\"ok\",\"price_in\":1,"          \
+  "\"price_out\":2,\"api_key\":\"" KEY "\"},"                                \
+  "\"an\":{\"provider\":\"anthropic\",\"base_url\":"                        \
+  "\"http://127.0.0.1:@PORT@\",\"model\":\"ok\",\"price_in\":3,"             \
+  "\"price_out\":15,\"api_key\":\"" KEY "\"},"
+
+static const char conf_basic[] = BASE_CONF
+    "\"nousage\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":"
+    "\"nousage\"},"
+    "\"malformed\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":"
+    "\"malformed\"},"
+    "\"truncate\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":"
+    "\"truncate\"},"
+    "\"truncate_an\":{\"provider\":\"anthropic\",\"base_url\":"
+    "\"http://127.0.0.1:@PORT@\",\"model\":\"truncate\"},"
+    "\"stall\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":"
+    "\"stall\"},"
+    "\"reset\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":"
+    "\"reset\"},"
+    "\"bad\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":\"400\","
+    "\"api_key\":\"" KEY "\",\"fallback\":\"oa\"},"
+    "\"e500\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":\"500\","
+    "\"fallback\":\"an\"},"
+    "\"quota\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":"
+    "\"429-quota\",\"fallback\":\"oa\"},"
+    "\"ra\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":"
+    "\"flaky-ra=1\"},"
+    "\"racap\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":"
+    "\"retry-after=120\",\"fallback\":\"oa\"},"
+    "\"slow\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":"
+    "\"latency=1000\"},"
+    "\"trickle\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":"
+    "\"slow=150\"}"
+    "}}";
+
+TEST(llm_openai_whole_answer_has_text_usage_and_cost) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  orch__llm_call *call = call1(&c, "oa", "hello there", 0);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT(r);
+  ASSERT_EQ(r->code, ORCH_OK);
+  ASSERT_STR_EQ(r->text, "echo: hello there");
+  ASSERT_EQ(r->tokens_in, 11);
+  ASSERT_EQ(r->tokens_out, 7);
+  ASSERT(fabs(r->cost - (11 * 1.0 + 7 * 2.0) / 1e6) < 1e-12);
+  ASSERT_STR_EQ(r->tier, "oa");
+  ASSERT_STR_EQ(r->provider, "openai");
+  ASSERT_STR_EQ(r->finish_reason, "stop");
+  ASSERT_EQ(r->nattempts, 1);
+  ASSERT_STR_EQ(r->attempts[0].action, "ok");
+  ASSERT_EQ(r->attempts[0].http_status, 200);
+  ASSERT(r->ttft_ms >= 0);
+  json_t *j = orch__llm_result_json(r);
+  ASSERT_EQ(json_integer_value(json_object_get(j, "tokens_in")), 11);
+  ASSERT_STR_EQ(json_string_value(json_object_get(
+                    json_array_get(json_object_get(j, "attempts"), 0),
+                    "action")),
+                "ok");
+  char *js = json_dumps(j, 0);
+  ASSERT(!strstr(js, "SECRET"));
+  free(js);
+  json_decref(j);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(llm_openai_stream_is_assembled_into_the_same_result) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  orch__llm_call *call = call1(&c, "oa", "stream me please", 1);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_OK);
+  ASSERT_STR_EQ(r->text, "echo: stream me please");
+  ASSERT_EQ(r->tokens_in, 11);
+  ASSERT_EQ(r->tokens_out, 7);
+  ASSERT_STR_EQ(r->finish_reason, "stop");
+  ASSERT(r->ttft_ms >= 0 && r->ttft_ms <= r->attempts[0].latency_ms);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(llm_anthropic_whole_and_stream) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  for (int stream = 0; stream < 2; stream++) {
+    orch__llm_call *call = call1(&c, "an", "bonjour", stream);
+    const orch__llm_result *r = orch__llm_call_result(call);
+    ASSERT_EQ(r->code, ORCH_OK);
+    ASSERT_STR_EQ(r->text, "echo: bonjour");
+    ASSERT_STR_EQ(r->provider, "anthropic");
+    ASSERT_EQ(r->tokens_in, 11);
+    ASSERT_EQ(r->tokens_out, 7);
+    ASSERT_STR_EQ(r->finish_reason, "end_turn");
+    ASSERT(fabs(r->cost - (11 * 3.0 + 7 * 15.0) / 1e6) < 1e-12);
+    orch__llm_call_free(call);
+  }
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(llm_missing_usage_is_unknown_not_zero) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  for (int stream = 0; stream < 2; stream++) {
+    orch__llm_call *call = call1(&c, "nousage", "x", stream);
+    const orch__llm_result *r = orch__llm_call_result(call);
+    ASSERT_EQ(r->code, ORCH_OK);
+    ASSERT_EQ(r->tokens_in, -1);
+    ASSERT_EQ(r->tokens_out, -1);
+    ASSERT(r->cost < 0);
+    json_t *j = orch__llm_result_json(r);
+    ASSERT(json_is_null(json_object_get(j, "tokens_in")));
+    ASSERT(json_is_null(json_object_get(j, "cost")));
+    json_decref(j);
+    orch__llm_call_free(call);
+  }
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(llm_malformed_json_names_the_byte_and_is_retried) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  orch__llm_call *call = call1(&c, "malformed", "x", 0);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_EIO);
+  ASSERT_CONTAINS(r->error, "malformed JSON in response at byte");
+  ASSERT_EQ(r->nattempts, 2); /* retryable: max_attempts = 2 */
+  ASSERT_STR_EQ(r->attempts[0].action, "retry");
+  ASSERT_CONTAINS(r->error, "no fallback tier");
+  orch__llm_call_free(call);
+  call = call1(&c, "malformed", "x", 1);
+  r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_EIO);
+  ASSERT_CONTAINS(r->error, "malformed JSON in stream event at byte");
+  ASSERT_EQ(r->nattempts, 2);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(llm_truncated_stream_names_the_byte_and_is_retried) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  orch__llm_call *call = call1(&c, "truncate", "x", 1);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT(r->code != ORCH_OK);
+  ASSERT_CONTAINS(r->attempts[0].error, "at byte");
+  ASSERT_STR_EQ(r->attempts[0].action, "retry");
+  orch__llm_call_free(call);
+  call = call1(&c, "truncate_an", "x", 1);
+  r = orch__llm_call_result(call);
+  ASSERT(r->code != ORCH_OK);
+  ASSERT_CONTAINS(r->attempts[0].error, "at byte");
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(llm_stalled_stream_stops_at_the_idle_timeout_without_leaks) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  int64_t t0 = tnow();
+  orch__llm_call *call = call1(&c, "stall", "a long enough prompt", 1);
+  double ms = (double)(tnow() - t0) / 1e6;
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_ETIMEDOUT);
+  ASSERT_CONTAINS(r->error, "idle timeout");
+  ASSERT_EQ(r->nattempts, 2);
+  ASSERT(ms >= 590 && ms < 3000); /* two attempts of 300 ms */
+  ASSERT_EQ(orch__http_active(orch__llm_http(c.l)), 0);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(llm_slow_stream_under_the_idle_timeout_completes) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  orch__llm_call *call = call1(&c, "trickle", "slowly now", 1);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_OK);
+  ASSERT_STR_EQ(r->text, "echo: slowly now");
+  ASSERT_EQ(r->nattempts, 1);
+  ASSERT(r->latency_ms > 500); /* 5 events, 150 ms apart, idle 300 ms */
+  ASSERT(r->ttft_ms < r->latency_ms);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(llm_connection_reset_is_retried) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  orch__llm_call *call = call1(&c, "reset", "x", 0);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_EIO);
+  ASSERT_EQ(r->nattempts, 2);
+  ASSERT_EQ(r->attempts[0].http_status, 0);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(llm_server_errors_fall_back_to_the_next_tier) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  orch__llm_call *call = call1(&c, "e500", "fall back", 0);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_OK);
+  ASSERT_STR_EQ(r->tier, "an");
+  ASSERT_STR_EQ(r->text, "echo: fall back");
+  ASSERT_EQ(r->nattempts, 3);
+  ASSERT_EQ(r->attempts[0].http_status, 500);
+  ASSERT_STR_EQ(r->attempts[0].action, "retry");
+  ASSERT_STR_EQ(r->attempts[1].action, "fallback");
+  ASSERT_STR_EQ(r->attempts[2].tier, "an");
+  ASSERT_CONTAINS(r->attempts[0].error, "Overloaded");
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(llm_quota_429_falls_back_without_retrying) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  orch__llm_call *call = call1(&c, "quota", "x", 0);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_OK);
+  ASSERT_EQ(r->nattempts, 2);
+  ASSERT_EQ(r->attempts[0].http_status, 429);
+  ASSERT_STR_EQ(r->attempts[0].action, "fallback");
+  ASSERT_STR_EQ(r->tier, "oa");
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(llm_honours_retry_after_timed) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  int64_t t0 = tnow();
+  orch__llm_call *call = call1(&c, "ra", "x", 0);
+  double ms = (double)(tnow() - t0) / 1e6;
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_OK);
+  ASSERT_EQ(r->nattempts, 2);
+  ASSERT_EQ(r->attempts[0].http_status, 429);
+  ASSERT(r->attempts[0].delay_ms >= 1000 && r->attempts[0].delay_ms <= 1100);
+  ASSERT(ms >= 1000 && ms < 1600);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(llm_retry_after_above_the_cap_falls_back_at_once) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  int64_t t0 = tnow();
+  orch__llm_call *call = call1(&c, "racap", "x", 0);
+  double ms = (double)(tnow() - t0) / 1e6;
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_OK);
+  ASSERT_STR_EQ(r->attempts[0].action, "fallback");
+  ASSERT_STR_EQ(r->tier, "oa");
+  ASSERT(ms < 1000);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(llm_other_4xx_fail_with_the_provider_message_and_no_key) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  orch__llm_call *call = call1(&c, "bad", "x", 0);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_EHTTP);
+  ASSERT_EQ(r->nattempts, 1); /* no retry, no fallback */
+  ASSERT_STR_EQ(r->attempts[0].action, "fail");
+  ASSERT_CONTAINS(r->error, "HTTP 400");
+  ASSERT_CONTAINS(r->error, "Incorrect API key provided");
+  ASSERT(!strstr(r->error, "SECRET"));
+  ASSERT(!strstr(r->attempts[0].error, "SECRET"));
+  json_t *d = orch__llm_describe(c.l);
+  char *s = json_dumps(d, 0);
+  ASSERT(!strstr(s, "SECRET"));
+  free(s);
+  json_decref(d);
+  char *m = strdup("token " KEY " and again " KEY);
+  orch__llm_redact(c.l, &m);
+  ASSERT(!strstr(m, "SECRET"));
+  ASSERT_CONTAINS(m, "[redacted]");
+  free(m);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(llm_cancel_ends_a_call_in_flight_and_in_backoff) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  orch__llm_req rq = {.tier = "slow", .prompt = "x", .done = call_done,
+                      .ud = &c};
+  orch__llm_call *call;
+  ASSERT_EQ(orch__llm_call_start(c.l, &rq, &call), 0);
+  for (int i = 0; i < 5; i++) uv_run(&c.loop, UV_RUN_NOWAIT);
+  orch__llm_call_cancel(call);
+  ASSERT_EQ(c.done, 0); /* done comes on a later loop turn */
+  lrun(&c, 1, 2000);
+  ASSERT_EQ(c.done, 1);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_ECANCELED);
+  orch__llm_call_free(call);
+  /* in backoff: Retry-After 1 s, cancel while waiting */
+  rq.tier = "ra";
+  ASSERT_EQ(orch__llm_call_start(c.l, &rq, &call), 0);
+  int64_t t0 = tnow();
+  while (orch__http_active(orch__llm_http(c.l)) == 0 && tnow() - t0 < 1000000000)
+    uv_run(&c.loop, UV_RUN_ONCE);
+  while (orch__http_active(orch__llm_http(c.l)) != 0 && tnow() - t0 < 2000000000)
+    uv_run(&c.loop, UV_RUN_ONCE);
+  orch__llm_call_cancel(call);
+  lrun(&c, 2, 2000);
+  ASSERT_EQ(c.done, 2);
+  r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_ECANCELED);
+  ASSERT((double)(tnow() - t0) / 1e6 < 900);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+static int decider_calls;
+static void fail_fast(void *ud, const orch__llm_retry_opts *o, int attempt,
+                      int status, const char *error, long retry_after_ms,
+                      const char *body, orch__llm_decision *d) {
+  (void)ud; (void)o; (void)attempt; (void)error; (void)retry_after_ms;
+  (void)body;
+  decider_calls++;
+  memset(d, 0, sizeof *d);
+  d->action = ORCH__LLM_FAIL;
+  snprintf(d->reason, sizeof d->reason, "policy says no (%d)", status);
+}
+
+TEST(llm_a_set_decider_replaces_the_built_in_policy) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  orch__llm_set_decider(c.l, fail_fast, NULL);
+  orch__llm_call *call = call1(&c, "e500", "x", 0);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT(r->code != ORCH_OK);
+  ASSERT_EQ(r->nattempts, 1); /* no retry, no fallback */
+  ASSERT_EQ(decider_calls, 1);
+  ASSERT_STR_EQ(r->attempts[0].action, "fail");
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+static const char conf_cooldown[] =
+    "{\"llm\":{\"max_attempts\":1,\"cooldown\":{\"failures\":2,"
+    "\"window_ms\":10000,\"cooldown_ms\":5000}},\"tiers\":{"
+    "\"a\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":\"500\","
+    "\"fallback\":\"b\"},"
+    "\"b\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":\"ok\"}}}";
+
+TEST(llm_cooldown_sends_steps_straight_to_the_fallback) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_cooldown), 0);
+  for (int i = 0; i < 2; i++) {
+    orch__llm_call *call = call1(&c, "a", "x", 0);
+    const orch__llm_result *r = orch__llm_call_result(call);
+    ASSERT_EQ(r->code, ORCH_OK);
+    ASSERT_STR_EQ(r->tier, "b");
+    ASSERT_EQ(r->attempts[0].http_status, 500);
+    orch__llm_call_free(call);
+  }
+  unsigned long before = mini_llm_requests(c.m);
+  orch__llm_call *call = call1(&c, "a", "x", 0);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_OK);
+  ASSERT_STR_EQ(r->tier, "b");
+  ASSERT_STR_EQ(r->attempts[0].action, "cooldown");
+  ASSERT_EQ(mini_llm_requests(c.m) - before, 1); /* only b was asked */
+  json_t *d = orch__llm_describe(c.l);
+  ASSERT(json_object_get(json_object_get(d, "a"), "cooldown_ms"));
+  json_decref(d);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(llm_decide_spreads_retries_with_full_jitter) {
+  orch__llm_retry_opts o = {.max_attempts = 5, .base_ms = 1000,
+                            .max_ms = 20000, .retry_after_cap_ms = 60000};
+  orch__llm_decision d;
+  double lo = 1e9, hi = 0, sum = 0;
+  int buckets[10] = {0};
+  for (int i = 0; i < 1000; i++) {
+    orch__llm_decide(&o, 1, 429, "rate", -1, "{}", &d);
+    ASSERT_EQ(d.action, ORCH__LLM_RETRY);
+    ASSERT(d.delay_ms >= 0 && d.delay_ms <= 1000);
+    lo = d.delay_ms < lo ? d.delay_ms : lo;
+    hi = d.delay_ms > hi ? d.delay_ms : hi;
+    sum += d.delay_ms;
+    buckets[(int)(d.delay_ms / 100) % 10]++;
+  }
+  ASSERT(lo < 20 && hi > 980);
+  ASSERT(sum / 1000 > 400 && sum / 1000 < 600);
+  for (int i = 0; i < 10; i++) ASSERT(buckets[i] > 50); /* no burst */
+  orch__llm_decide(&o, 3, 503, NULL, -1, NULL, &d);
+  ASSERT(d.delay_ms <= 4000);
+  orch__llm_decide(&o, 5, 503, NULL, -1, NULL, &d);
+  ASSERT_EQ(d.action, ORCH__LLM_FALLBACK);
+  orch__llm_decide(&o, 1, 404, NULL, -1, NULL, &d);
+  ASSERT_EQ(d.action, ORCH__LLM_FAIL);
+  orch__llm_decide(&o, 1, 429, NULL, 70000, NULL, &d);
+  ASSERT_EQ(d.action, ORCH__LLM_FALLBACK);
+  orch__llm_decide(&o, 1, 429, NULL, 2000, NULL, &d);
+  ASSERT(d.action == ORCH__LLM_RETRY && d.delay_ms >= 2000);
+  orch__llm_decide(&o, 1, 429, NULL, -1,
+                   "{\"error\":{\"type\":\"insufficient_quota\"}}", &d);
+  ASSERT_EQ(d.action, ORCH__LLM_FALLBACK);
+  for (int s = 408; s <= 409; s++) {
+    orch__llm_decide(&o, 1, s, NULL, -1, NULL, &d);
+    ASSERT_EQ(d.action, ORCH__LLM_RETRY);
+  }
+  orch__llm_decide(&o, 1, 529, NULL, -1, NULL, &d);
+  ASSERT_EQ(d.action, ORCH__LLM_RETRY);
+}
+
+TEST(llm_config_check_names_the_bad_key) {
+  char err[256];
+  struct {
+    const char *json, *want;
+  } cases[] = {
+      {"{\"tiers\":{\"fast\":{\"prize_in\":1}}}", "tiers.fast.prize_in"},
+      {"{\"tiers\":{\"fast\":{\"price_in\":\"x\"}}}", "tiers.fast.price_in"},
+      {"{\"tiers\":{\"fast\":{\"provider\":\"acme\"}}}", "tiers.fast.provider"},
+      {"{\"tiers\":{\"fast\":{\"fallback\":\"nowhere\"}}}",
+       "tiers.fast.fallback"},
+      {"{\"tiers\":{\"fast\":{\"base_url\":\"ftp://x\"}}}",
+       "tiers.fast.base_url"},
+      {"{\"llm\":{\"max_attempts\":0}}", "llm.max_attempts"},
+      {"{\"llm\":{\"cooldown\":{\"failurez\":1}}}", "llm.cooldown.failurez"},
+      {"{\"llm\":{\"timeout\":1}}", "llm.timeout"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    json_t *j = json_loads(cases[i].json, 0, NULL);
+    ASSERT(j);
+    err[0] = '\0';
+    ASSERT_EQ(orch__llm_config_check(j, err, sizeof err), ORCH_ECONFIG);
+    ASSERT_CONTAINS(err, cases[i].want);
+    json_decref(j);
+  }
+  json_t *ok = json_loads("{\"tiers\":{\"x\":{\"model\":\"m\",\"fallback\":"
+                          "\"local\"}},\"llm\":{\"timeout_ms\":5}}",
+                          0, NULL);
+  ASSERT_EQ(orch__llm_config_check(ok, err, sizeof err), ORCH_OK);
+  json_decref(ok);
+}
+
+static char *saved_env[5];
+static const char *const env_names[5] = {"OPENAI_BASE_URL", "OPENAI_API_KEY",
+                                         "OPENAI_MODEL", "ANTHROPIC_BASE_URL",
+                                         "ANTHROPIC_API_KEY"};
+static void env_save(void) {
+  for (int i = 0; i < 5; i++) {
+    const char *v = getenv(env_names[i]);
+    saved_env[i] = v ? strdup(v) : NULL;
+    unsetenv(env_names[i]);
+  }
+}
+static void env_restore(void) {
+  for (int i = 0; i < 5; i++) {
+    if (saved_env[i]) setenv(env_names[i], saved_env[i], 1);
+    else unsetenv(env_names[i]);
+    free(saved_env[i]);
+    saved_env[i] = NULL;
+  }
+}
+
+TEST(llm_only_openai_base_url_serves_every_tier) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  env_save();
+  setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1/", 1);
+  setenv("OPENAI_API_KEY", KEY, 1);
+  orch__llm *l = NULL;
+  char err[256];
+  int rc = orch__llm_new_json(&l, NULL, &loop, err, sizeof err);
+  env_restore();
+  ASSERT_EQ(rc, 0);
+  json_t *d = orch__llm_describe(l);
+  const char *tiers[] = {"fast", "local", "strong"};
+  for (int i = 0; i < 3; i++) {
+    json_t *t = json_object_get(d, tiers[i]);
+    ASSERT(t);
+    ASSERT_STR_EQ(json_string_value(json_object_get(t, "base_url")),
+                  "http://127.0.0.1:9/v1");
+    ASSERT_STR_EQ(json_string_value(json_object_get(t, "provider")), "openai");
+  }
+  ASSERT_STR_EQ(json_string_value(json_object_get(json_object_get(d, "local"),
+                                                  "model")),
+                "local");
+  char *s = json_dumps(d, 0);
+  ASSERT(!strstr(s, "SECRET"));
+  free(s);
+  json_decref(d);
+  orch__llm_free(l);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(uv_loop_close(&loop), 0);
+  /* OPENAI_MODEL names the model of every tier; Anthropic vars bring it */
+  env_save();
+  setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1", 1);
+  setenv("OPENAI_MODEL", "qwen", 1);
+  setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:10", 1);
+  uv_loop_init(&loop);
+  rc = orch__llm_new_json(&l, NULL, &loop, err, sizeof err);
+  env_restore();
+  ASSERT_EQ(rc, 0);
+  d = orch__llm_describe(l);
+  ASSERT_STR_EQ(json_string_value(json_object_get(json_object_get(d, "fast"),
+                                                  "model")),
+                "qwen");
+  ASSERT_STR_EQ(json_string_value(json_object_get(
+                    json_object_get(d, "strong"), "provider")),
+                "anthropic");
+  json_decref(d);
+  orch__llm_free(l);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(uv_loop_close(&loop), 0);
+}
+
+TEST(llm_1000_concurrent_calls_pair_answers_with_callers) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, "{\"tiers\":{\"t\":{\"base_url\":"
+                          "\"http://127.0.0.1:@PORT@/v1\",\"model\":"
+                          "\"latency=50\"}}}"),
+            0);
+  enum { N = 1000 };
+  orch__llm_call **calls = calloc(N, sizeof *calls);
+  char prompt[64];
+  for (int i = 0; i < N; i++) {
+    snprintf(prompt, sizeof prompt, "step-%d", i);
+    orch__llm_req rq = {.tier = "t", .prompt = prompt, .stream = i % 2,
+                        .done = call_done, .ud = &c};
+    ASSERT_EQ(orch__llm_call_start(c.l, &rq, &calls[i]), 0);
+  }
+  lrun(&c, N, 60000);
+  ASSERT_EQ(c.done, N);
+  int ok = 0;
+  for (int i = 0; i < N; i++) {
+    const orch__llm_result *r = orch__llm_call_result(calls[i]);
+    char want[64];
+    snprintf(want, sizeof want, "echo: step-%d", i);
+    if (r && r->code == ORCH_OK && strcmp(r->text, want) == 0) ok++;
+    else if (r && ok == i) fprintf(stderr, "  call %d: %s\n", i, r->error);
+    orch__llm_call_free(calls[i]);
+  }
+  free(calls);
+  ASSERT_EQ(ok, N);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+/* ---- the llm step kind, end to end through orch_run ---------------- */
+
+static orch_runtime *rt_with_mini(mini_llm *m, const char *extra) {
+  char path[] = "/tmp/orch-llm-conf-XXXXXX";
+  int fd = mkstemp(path);
+  if (fd < 0) return NULL;
+  FILE *f = fdopen(fd, "w");
+  int port = mini_llm_port(m);
+  fprintf(f,
+          "return {\n"
+          "  workers = 2,\n"
+          "  llm = { max_attempts = 2, backoff_base_ms = 5, "
+          "cooldown = { failures = 0 } },\n"
+          "  tiers = {\n"
+          "    [\"local\"] = { base_url = 'http://127.0.0.1:%d/v1', model = 'ok',"
+          " price_in = 1, price_out = 2, api_key = '" KEY "' },\n"
+          "    an = { provider = 'anthropic', base_url = "
+          "'http://127.0.0.1:%d', model = 'ok', api_key = '" KEY "' },\n"
+          "    broken = { base_url = 'http://127.0.0.1:%d/v1', model = "
+          "'400', api_key = '" KEY "' },\n"
+          "    slow = { base_url = 'http://127.0.0.1:%d/v1', model = "
+          "'latency=800' },\n"
+          "  },\n%s}\n",
+          port, port, port, port, extra ? extra : "");
+  fclose(f);
+  orch_runtime *rt = NULL;
+  char err[512];
+  int rc = orch_runtime_new(&rt, path, err, sizeof err);
+  unlink(path);
+  if (rc) fprintf(stderr, "orch_runtime_new: %s\n", err);
+  return rc ? NULL : rt;
+}
+
+TEST(llm_kind_runs_a_graph_with_dependency_context) {
+  mini_llm *m = mini_llm_start();
+  ASSERT(m);
+  orch_runtime *rt = rt_with_mini(m, NULL);
+  ASSERT(rt);
+  static const char plan[] =
+      "{\"steps\":["
+      "{\"id\":\"a\",\"kind\":\"llm\",\"prompt\":\"alpha\"},"
+      "{\"id\":\"b\",\"kind\":\"llm\",\"prompt\":\"beta\",\"tier\":\"an\","
+      "\"stream\":true,\"title\":\"Second\",\"instructions\":\"be brief\","
+      "\"deps\":[\"a\"]},"
+      "{\"id\":\"c\",\"kind\":\"llm\",\"prompt\":\"gamma\",\"deps\":[\"a\","
+      "\"b\"]}]}";
+  orch_graph *g = NULL;
+  char err[512];
+  ASSERT_EQ(orch_graph_parse(rt, plan, sizeof plan - 1, "plan", &g, err,
+                             sizeof err),
+            0);
+  int rc = orch_run(rt, g, err, sizeof err);
+  if (rc) fprintf(stderr, "run: %s\n", err);
+  ASSERT_EQ(rc, 0);
+  long a = orch_graph_find(g, "a"), b = orch_graph_find(g, "b"),
+       c = orch_graph_find(g, "c");
+  ASSERT_STR_EQ(orch_step_output(g, (size_t)a), "echo: alpha");
+  const char *bo = orch_step_output(g, (size_t)b);
+  ASSERT_CONTAINS(bo, "echo: # Second\n\nbeta");
+  ASSERT_CONTAINS(bo, "### a\necho: alpha");
+  const char *co = orch_step_output(g, (size_t)c);
+  ASSERT_CONTAINS(co, "### a\necho: alpha");
+  ASSERT_CONTAINS(co, "### b\necho: # Second");
+  const orch__llm_result *ra = orch__llm_step_result(&g->steps[a]);
+  ASSERT(ra);
+  ASSERT_EQ(ra->tokens_in, 11);
+  ASSERT_STR_EQ(ra->tier, "local");
+  const orch__llm_result *rb = orch__llm_step_result(&g->steps[b]);
+  ASSERT_STR_EQ(rb->provider, "anthropic");
+  orch__llm_totals t;
+  orch__llm_graph_totals(g, &t);
+  ASSERT_EQ(t.calls, 3);
+  ASSERT_EQ(t.tokens_in, 33);
+  ASSERT_EQ(t.tokens_out, 21);
+  ASSERT(t.cost > 0);
+  ASSERT_EQ(orch_step_attempts(g, (size_t)a), 1);
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+  mini_llm_stop(m);
+}
+
+TEST(llm_kind_fails_a_step_with_the_provider_message_and_skips_dependents) {
+  mini_llm *m = mini_llm_start();
+  ASSERT(m);
+  orch_runtime *rt = rt_with_mini(m, NULL);
+  ASSERT(rt);
+  static const char plan[] =
+      "{\"steps\":["
+      "{\"id\":\"a\",\"kind\":\"llm\",\"prompt\":\"x\",\"tier\":\"broken\"},"
+      "{\"id\":\"b\",\"kind\":\"llm\",\"prompt\":\"y\",\"deps\":[\"a\"]},"
+      "{\"id\":\"c\",\"kind\":\"llm\",\"prompt\":\"z\",\"tier\":\"nope\"},"
+      "{\"id\":\"d\",\"kind\":\"llm\",\"prompt\":\"w\"}]}";
+  orch_graph *g = NULL;
+  char err[512];
+  ASSERT_EQ(orch_graph_parse(rt, plan, sizeof plan - 1, "plan", &g, err,
+                             sizeof err),
+            0);
+  ASSERT_EQ(orch_run(rt, g, err, sizeof err), ORCH_ESTEP);
+  size_t a = (size_t)orch_graph_find(g, "a"), b = (size_t)orch_graph_find(g, "b"),
+         c = (size_t)orch_graph_find(g, "c"), d = (size_t)orch_graph_find(g, "d");
+  ASSERT_EQ(orch_step_status(g, a), ORCH_FAILED);
+  ASSERT_CONTAINS(orch_step_error(g, a), "HTTP 400");
+  ASSERT(!strstr(orch_step_error(g, a), "SECRET"));
+  ASSERT_EQ(orch_step_status(g, b), ORCH_SKIPPED);
+  ASSERT_EQ(orch_step_status(g, c), ORCH_FAILED);
+  ASSERT_CONTAINS(orch_step_error(g, c), "unknown tier 'nope'");
+  ASSERT_EQ(orch_step_status(g, d), ORCH_PASSED);
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+  mini_llm_stop(m);
+}
+
+static void *cancel_later(void *arg) {
+  struct timespec ts = {0, 200 * 1000000L};
+  nanosleep(&ts, NULL);
+  orch_runtime_cancel(arg);
+  return NULL;
+}
+
+TEST(llm_kind_cancel_stops_calls_in_flight) {
+  mini_llm *m = mini_llm_start();
+  ASSERT(m);
+  orch_runtime *rt = rt_with_mini(m, NULL);
+  ASSERT(rt);
+  static const char plan[] =
+      "{\"steps\":["
+      "{\"id\":\"a\",\"kind\":\"llm\",\"prompt\":\"x\",\"tier\":\"slow\"},"
+      "{\"id\":\"b\",\"kind\":\"llm\",\"prompt\":\"y\",\"tier\":\"slow\"}]}";
+  orch_graph *g = NULL;
+  char err[512];
+  ASSERT_EQ(orch_graph_parse(rt, plan, sizeof plan - 1, "plan", &g, err,
+                             sizeof err),
+            0);
+  pthread_t th;
+  pthread_create(&th, NULL, cancel_later, rt);
+  int64_t t0 = tnow();
+  ASSERT_EQ(orch_run(rt, g, err, sizeof err), ORCH_ECANCELED);
+  pthread_join(th, NULL);
+  ASSERT((double)(tnow() - t0) / 1e6 < 2000);
+  ASSERT_EQ(orch_step_status(g, 0), ORCH_FAILED);
+  ASSERT_CONTAINS(orch_step_error(g, 0), "canceled");
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+  mini_llm_stop(m);
+}
+
+TEST(llm_kind_rejects_bad_fields_in_a_plan) {
+  orch_graph *g = NULL;
+  char err[512];
+  static const char plan[] =
+      "{\"steps\":[{\"id\":\"a\",\"kind\":\"llm\",\"prompt\":\"x\","
+      "\"max_tokens\":\"many\"}]}";
+  ASSERT(orch_graph_parse(NULL, plan, sizeof plan - 1, "plan", &g, err,
+                          sizeof err) != 0);
+  ASSERT_CONTAINS(err, "max_tokens");
+  orch_graph_free(g);
+}
+
+/* ---- the same against the project's mock (runtime/mock_llm.c) ------- */
+
+#define MOCK_TIER(name, prov, path, model, extra)                        \
+  "\"" name "\":{\"provider\":\"" prov "\",\"base_url\":"               \
+  "\"http://127.0.0.1:@PORT@" path "\",\"model\":\"" model "\"" extra "}"
+
+static const char conf_mock[] =
+    "{\"llm\":{\"max_attempts\":2,\"backoff_base_ms\":5,\"backoff_max_ms\":20,"
+    "\"idle_timeout_ms\":300,\"cooldown\":{\"failures\":0}},\"tiers\":{"
+    MOCK_TIER("oa", "openai", "/v1", "mock-echo", ",\"api_key\":\"" KEY "\"") ","
+    MOCK_TIER("an", "anthropic", "", "mock-echo", ",\"api_key\":\"" KEY "\"") ","
+    MOCK_TIER("oa_malformed", "openai", "/v1", "mock-echo+fault=malformed", "") ","
+    MOCK_TIER("an_malformed", "anthropic", "", "mock-echo+fault=malformed", "") ","
+    MOCK_TIER("oa_truncated", "openai", "/v1", "mock-echo+fault=truncated", "") ","
+    MOCK_TIER("an_truncated", "anthropic", "", "mock-echo+fault=truncated", "") ","
+    MOCK_TIER("stall", "openai", "/v1", "mock-echo+fault=stall=5000", "") ","
+    MOCK_TIER("reset", "openai", "/v1", "mock-echo+fault=reset", "") ","
+    MOCK_TIER("e500", "openai", "/v1", "mock-echo+fault=500", ",\"fallback\":\"an\"") ","
+    MOCK_TIER("e529", "anthropic", "", "mock-echo+fault=529", ",\"fallback\":\"oa\"") ","
+    MOCK_TIER("quota", "openai", "/v1", "mock-echo+fault=429-quota", ",\"fallback\":\"an\"") ","
+    MOCK_TIER("ra", "openai", "/v1",
+              "mock-echo+fault=fail-first=1;status=429;key=ra-test", "") ","
+    MOCK_TIER("e401", "openai", "/v1", "mock-echo+fault=401", ",\"api_key\":\"" KEY "\"")
+    "}}";
+
+TEST(mock_both_apis_stream_and_not_give_the_same_answer) {
+  lctx c;
+  ASSERT_EQ(lctx_start(&c, conf_mock, true), 0);
+  const char *tiers[] = {"oa", "an"};
+  for (int t = 0; t < 2; t++)
+    for (int stream = 0; stream < 2; stream++) {
+      orch__llm_call *call = call1(&c, tiers[t], "say the magic word", stream);
+      const orch__llm_result *r = orch__llm_call_result(call);
+      ASSERT_EQ(r->code, ORCH_OK);
+      ASSERT_STR_EQ(r->text, "say the magic word");
+      ASSERT(r->tokens_in > 0 && r->tokens_out > 0);
+      ASSERT(r->ttft_ms >= 0);
+      orch__llm_call_free(call);
+    }
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(mock_malformed_and_truncated_answers_name_the_byte_and_retry) {
+  lctx c;
+  ASSERT_EQ(lctx_start(&c, conf_mock, true), 0);
+  struct { const char *tier; int stream; } cases[] = {
+      {"oa_malformed", 0}, {"oa_malformed", 1}, {"an_malformed", 0},
+      {"an_malformed", 1}, {"oa_truncated", 0}, {"oa_truncated", 1},
+      {"an_truncated", 1}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    orch__llm_call *call = call1(&c, cases[i].tier, "x y z", cases[i].stream);
+    const orch__llm_result *r = orch__llm_call_result(call);
+    ASSERT(r->code != ORCH_OK);
+    if (!strstr(r->attempts[0].error, "byte"))
+      fprintf(stderr, "  %s stream=%d: %s\n", cases[i].tier, cases[i].stream,
+              r->attempts[0].error);
+    ASSERT_CONTAINS(r->attempts[0].error, "byte");
+    ASSERT_STR_EQ(r->attempts[0].action, "retry");
+    ASSERT_EQ(r->nattempts, 2);
+    orch__llm_call_free(call);
+  }
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(mock_stalled_stream_is_cut_at_the_idle_timeout) {
+  lctx c;
+  ASSERT_EQ(lctx_start(&c, conf_mock, true), 0);
+  int64_t t0 = tnow();
+  orch__llm_call *call = call1(&c, "stall", "x", 1);
+  double ms = (double)(tnow() - t0) / 1e6;
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_ETIMEDOUT);
+  ASSERT_CONTAINS(r->error, "idle timeout");
+  ASSERT(ms >= 590 && ms < 3000);
+  ASSERT_EQ(orch__http_active(orch__llm_http(c.l)), 0);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0); /* and no uv handle left open */
+}
+
+TEST(mock_reset_500_529_and_quota_fall_back) {
+  lctx c;
+  ASSERT_EQ(lctx_start(&c, conf_mock, true), 0);
+  orch__llm_call *call = call1(&c, "reset", "x", 0);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT(r->code != ORCH_OK);
+  ASSERT_EQ(r->nattempts, 2);
+  orch__llm_call_free(call);
+  const char *tiers[] = {"e500", "e529", "quota"};
+  const char *to[] = {"an", "oa", "an"};
+  int attempts[] = {3, 3, 2};
+  for (int i = 0; i < 3; i++) {
+    call = call1(&c, tiers[i], "fallback please", i == 1);
+    r = orch__llm_call_result(call);
+    ASSERT_EQ(r->code, ORCH_OK);
+    ASSERT_STR_EQ(r->tier, to[i]);
+    ASSERT_STR_EQ(r->text, "fallback please");
+    ASSERT_EQ(r->nattempts, attempts[i]);
+    orch__llm_call_free(call);
+  }
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(mock_retry_after_is_honoured_timed) {
+  lctx c;
+  ASSERT_EQ(lctx_start(&c, conf_mock, true), 0);
+  int64_t t0 = tnow();
+  orch__llm_call *call = call1(&c, "ra", "x", 0);
+  double ms = (double)(tnow() - t0) / 1e6;
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_OK);
+  ASSERT_EQ(r->nattempts, 2);
+  ASSERT_EQ(r->attempts[0].http_status, 429);
+  ASSERT(ms >= 1000 && ms < 1600);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(mock_errors_carry_the_provider_message_never_the_key) {
+  lctx c;
+  ASSERT_EQ(lctx_start(&c, conf_mock, true), 0);
+  orch__llm_call *call = call1(&c, "e401", "x", 0);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_EHTTP);
+  ASSERT_EQ(r->nattempts, 1);
+  ASSERT_CONTAINS(r->error, "HTTP 401");
+  ASSERT(!strstr(r->error, "SECRET"));
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(mock_1000_concurrent_calls_pair_answers_with_callers) {
+  lctx c;
+  ASSERT_EQ(lctx_start(&c, "{\"tiers\":{\"t\":{\"base_url\":"
+                           "\"http://127.0.0.1:@PORT@/v1\",\"model\":"
+                           "\"mock-echo+fault=latency=20\"},\"a\":{"
+                           "\"provider\":\"anthropic\",\"base_url\":"
+                           "\"http://127.0.0.1:@PORT@\",\"model\":"
+                           "\"mock-echo+fault=latency=20\"}}}",
+                       true),
+            0);
+  enum { N = 1000 };
+  orch__llm_call **calls = calloc(N, sizeof *calls);
+  char prompt[64];
+  for (int i = 0; i < N; i++) {
+    snprintf(prompt, sizeof prompt, "step-%d", i);
+    orch__llm_req rq = {.tier = i % 3 ? "t" : "a", .prompt = prompt,
+                        .stream = i % 2, .done = call_done, .ud = &c};
+    ASSERT_EQ(orch__llm_call_start(c.l, &rq, &calls[i]), 0);
+  }
+  lrun(&c, N, 60000);
+  ASSERT_EQ(c.done, N);
+  int ok = 0;
+  for (int i = 0; i < N; i++) {
+    const orch__llm_result *r = orch__llm_call_result(calls[i]);
+    char want[64];
+    snprintf(want, sizeof want, "step-%d", i);
+    if (r && r->code == ORCH_OK && strcmp(r->text, want) == 0) ok++;
+    else if (r && ok == i) fprintf(stderr, "  call %d: %s\n", i, r->error);
+    orch__llm_call_free(calls[i]);
+  }
+  free(calls);
+  ASSERT_EQ(ok, N);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(mock_1000_calls_hit_by_429_at_once_retry_spread_out) {
+  lctx c;
+  ASSERT_EQ(lctx_start(&c, "{\"llm\":{\"max_attempts\":2,"
+                           "\"backoff_base_ms\":1000,\"cooldown\":{"
+                           "\"failures\":0}},\"tiers\":{\"t\":{\"base_url\":"
+                           "\"http://127.0.0.1:@PORT@/v1\",\"model\":"
+                           "\"mock-echo+fault=429;retry-after=none;"
+                           "retry-after-ms=none\"}}}",
+                       true),
+            0);
+  enum { N = 1000 };
+  orch__llm_call **calls = calloc(N, sizeof *calls);
+  for (int i = 0; i < N; i++) {
+    orch__llm_req rq = {.tier = "t", .prompt = "x", .done = call_done,
+                        .ud = &c};
+    ASSERT_EQ(orch__llm_call_start(c.l, &rq, &calls[i]), 0);
+  }
+  lrun(&c, N, 60000);
+  ASSERT_EQ(c.done, N);
+  int buckets[10] = {0}, retried = 0;
+  for (int i = 0; i < N; i++) {
+    const orch__llm_result *r = orch__llm_call_result(calls[i]);
+    if (r->nattempts == 2 && r->attempts[0].http_status == 429) {
+      retried++;
+      /* when the retry went out, from the moment the 429 came back */
+      double wait = r->attempts[1].start_ms -
+                    (r->attempts[0].start_ms + r->attempts[0].latency_ms);
+      int b = (int)(wait / 100);
+      if (b >= 0 && b < 10) buckets[b]++;
+    }
+    orch__llm_call_free(calls[i]);
+  }
+  free(calls);
+  ASSERT_EQ(retried, N);
+  for (int b = 0; b < 10; b++) {
+    if (buckets[b] < 50 || buckets[b] > 160)
+      fprintf(stderr, "  bucket %d: %d\n", b, buckets[b]);
+    ASSERT(buckets[b] >= 50 && buckets[b] <= 160); /* ~100 each: no burst */
+  }
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
