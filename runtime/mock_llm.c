@@ -390,7 +390,7 @@ static bool parse_item(fault *f, const char *s, size_t n, char *err,
   trim(&name, &nn);
   if (val) trim(&val, &vn);
   int v = 0;
-  bool is_429 = false, is_ff = false;
+  bool is_status = false, is_ff = false;
   if (is_word(name, nn, "latency")) {
     if (!val || !parse_int(val, vn, 0, MAX_WAIT_MS, &f->latency_ms)) goto bad;
   } else if (is_word(name, nn, "slow-stream")) {
@@ -410,10 +410,11 @@ static bool parse_item(fault *f, const char *s, size_t n, char *err,
   } else if (is_word(name, nn, "429-quota") && !val) {
     f->status = 429;
     f->quota = true;
+    is_status = true;
   } else if (!val && parse_int(name, nn, 400, 599, &v)) {
     f->status = v;
     f->quota = false;
-    is_429 = v == 429;
+    is_status = true;
   } else {
     goto bad;
   }
@@ -429,10 +430,10 @@ static bool parse_item(fault *f, const char *s, size_t n, char *err,
     size_t kn = (size_t)(peq - p), pvn = pn - kn - 1;
     trim(&k, &kn);
     trim(&pv, &pvn);
-    if (is_429 && is_word(k, kn, "retry-after")) {
+    if (is_status && is_word(k, kn, "retry-after")) {
       if (is_word(pv, pvn, "none")) f->retry_after_s = -2;
       else if (!parse_int(pv, pvn, 0, 86400, &f->retry_after_s)) goto badparam;
-    } else if (is_429 && is_word(k, kn, "retry-after-ms")) {
+    } else if (is_status && is_word(k, kn, "retry-after-ms")) {
       if (is_word(pv, pvn, "none")) f->retry_after_ms = -2;
       else if (!parse_int(pv, pvn, 0, 86400000, &f->retry_after_ms))
         goto badparam;
@@ -1119,7 +1120,10 @@ static enum MHD_Result queue_buf(struct MHD_Connection *c, int status,
     return MHD_NO;
   }
   MHD_add_response_header(resp, "Content-Type", ctype);
-  if (f && status == 429 && !f->quota) {
+  /* retry headers: by default on a 429 that is not about the quota; on
+   * any error status whose fault item set them */
+  bool given = f && (f->retry_after_s >= 0 || f->retry_after_ms >= 0);
+  if (f && status >= 400 && ((status == 429 && !f->quota) || given)) {
     char v[32];
     int s = f->retry_after_s, ms = f->retry_after_ms;
     if (s == -1) s = ms >= 0 ? (ms + 999) / 1000 : 1;
@@ -1575,7 +1579,7 @@ ORCH_API int orch_mock_start(orch_mock **out /* OUT */, const char *host,
   if (!out) return ORCH_EINVAL;
   *out = NULL;
   if (port < 0 || port > 65535) {
-    set_err(err, errlen, "mock-llm: port %d out of range", port);
+    set_err(err, errlen, "port %d out of range", port);
     return ORCH_EINVAL;
   }
   if (!host || !*host || strcmp(host, "localhost") == 0) host = "127.0.0.1";
@@ -1592,7 +1596,7 @@ ORCH_API int orch_mock_start(orch_mock **out /* OUT */, const char *host,
     sl = sizeof *a6;
   } else {
     set_err(err, errlen,
-            "mock-llm: host '%s' is not an IP address (or localhost)", host);
+            "host '%s' is not an IP address (or localhost)", host);
     return ORCH_EINVAL;
   }
   m = calloc(1, sizeof *m);
@@ -1607,7 +1611,7 @@ ORCH_API int orch_mock_start(orch_mock **out /* OUT */, const char *host,
   if (fd < 0 ||
       setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
       bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 4096) != 0) {
-    set_err(err, errlen, "mock-llm: cannot listen on %s:%d: %s", host, port,
+    set_err(err, errlen, "cannot listen on %s:%d: %s", host, port,
             strerror(errno));
     rc = ORCH_EIO;
     goto done;
@@ -1631,7 +1635,7 @@ ORCH_API int orch_mock_start(orch_mock **out /* OUT */, const char *host,
     int lfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (lp->wake_fd < 0 || lfd < 0) {
       if (lfd >= 0) close(lfd);
-      set_err(err, errlen, "mock-llm: %s", strerror(errno));
+      set_err(err, errlen, "%s", strerror(errno));
       rc = ORCH_EIO;
       goto done;
     }
@@ -1645,17 +1649,18 @@ ORCH_API int orch_mock_start(orch_mock **out /* OUT */, const char *host,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)8192,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, m, MHD_OPTION_END);
     if (!lp->daemon) {
-      set_err(err, errlen, "mock-llm: cannot start the HTTP server on %s:%d",
+      set_err(err, errlen, "cannot start the HTTP server on %s:%d",
               host, m->port);
       rc = ORCH_EIO;
       goto done;
     }
     if (pthread_create(&lp->thread, NULL, loop_main, lp) != 0) {
-      set_err(err, errlen, "mock-llm: cannot start a server thread");
+      set_err(err, errlen, "cannot start a server thread");
       rc = ORCH_ENOMEM;
       goto done;
     }
     lp->started = true;
+    pthread_setname_np(lp->thread, "orch-mock");
   }
   *out = m;
   m = NULL;

@@ -6,6 +6,7 @@
 
 #include <curl/curl.h>
 #include <jansson.h>
+#include <sys/resource.h>
 #include <time.h>
 
 typedef struct {
@@ -906,6 +907,29 @@ TEST(mock_answers_200_concurrent_requests_each_its_own) {
   orch_mock_free(m);
 }
 
+TEST(mock_holds_1000_concurrent_keepalive_connections) {
+  struct rlimit rl;
+  getrlimit(RLIMIT_NOFILE, &rl);
+  if (rl.rlim_cur < 2200 && rl.rlim_max >= 2200) {
+    rl.rlim_cur = 2200;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  if (rl.rlim_cur < 2200) {
+    printf("  (skipped: RLIMIT_NOFILE %lu < 2200)\n",
+           (unsigned long)rl.rlim_cur);
+    return;
+  }
+  orch_mock *m = start();
+  ASSERT(m);
+  int ok = 0;
+  double ms = 0;
+  run_concurrent(orch_mock_port(m), 1000, "latency=300", &ok, &ms);
+  ASSERT_EQ(ok, 1000);
+  ASSERT(ms < 10000);
+  ASSERT_EQ(orch_mock_requests(m), 1000);
+  orch_mock_free(m);
+}
+
 TEST(mock_free_ends_requests_in_flight) {
   orch_mock *m = start();
   ASSERT(m);
@@ -974,6 +998,22 @@ TEST(mock_takes_a_one_mebibyte_prompt) {
   ASSERT_CONTAINS(r.body, "\"prompt_tokens\":131072");
   free(t);
   free(big);
+  resp_free(&r);
+  orch_mock_free(m);
+}
+
+TEST(mock_sends_retry_headers_on_other_statuses_when_asked) {
+  orch_mock *m = start();
+  ASSERT(m);
+  resp r;
+  ask(orch_mock_port(m), 0, "gpt-x", "hi", 0, "503;retry-after=2", 0, &r);
+  ASSERT_EQ(r.status, 503);
+  ASSERT(has_header(&r, "Retry-After: 2\r\n"));
+  ASSERT(has_header(&r, "retry-after-ms: 2000\r\n"));
+  resp_free(&r);
+  ask(orch_mock_port(m), 1, "claude-x", "hi", 0, "529", 0, &r);
+  ASSERT_EQ(r.status, 529);
+  ASSERT(!has_header(&r, "retry-after"));
   resp_free(&r);
   orch_mock_free(m);
 }
