@@ -1,13 +1,17 @@
-/* llm_bench.c: the LLM fan-out benchmark. `llm_bench serve PORT` runs the
- * project's mock LLM server (orch_mock_start) in this process until killed,
- * so the client measured by `llm_bench run` shares nothing with it but the
- * machine. `llm_bench run URL N C LATENCY_MS` sends N chat completions
- * through llm.c (JSON built and parsed, usage read) with C in flight at once
- * and prints one JSON line: throughput against the ideal (C / latency),
- * added latency percentiles, peak RSS per request in flight. bench/llm.sh
- * runs it beside bench/llm_fetch.mjs (Node.js fetch) against the same mock. */
+/* llm_bench.c: the LLM fan-out benchmark. `llm_bench serve PORT [THREADS]`
+ * runs the project's mock LLM server (orch_mock_start; THREADS sets
+ * ORCH_MOCK_THREADS) in this process until killed, so the client measured
+ * by `llm_bench run` shares nothing with it but the machine. `llm_bench run
+ * URL N C LATENCY_MS` sends N chat completions through llm.c (JSON built
+ * and parsed, usage read) with C in flight at once and prints one JSON
+ * line: throughput against the ideal (C / latency), added latency
+ * percentiles, peak RSS per request in flight, the client's CPU time per
+ * request and, when LLM_BENCH_MOCK_PID names the mock's process, the
+ * mock's (from /proc/PID/task/TID/schedstat, in ns). bench/llm.sh runs it
+ * beside bench/llm_fetch.mjs (Node.js fetch) against the same mock. */
 #include "orch_int.h"
 
+#include <dirent.h>
 #include <math.h>
 #include <sys/resource.h>
 #include <signal.h>
@@ -46,14 +50,38 @@ static double cpu_s(void) {
          (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 }
 
+/* CPU time of every thread of process pid so far, in ns (-1: unknown). */
+static int64_t proc_cpu_ns(long pid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%ld/task", pid);
+  DIR *d = opendir(path);
+  if (!d) return -1;
+  int64_t sum = 0;
+  struct dirent *de;
+  while ((de = readdir(d))) {
+    if (de->d_name[0] == '.') continue;
+    char p[128];
+    snprintf(p, sizeof p, "/proc/%ld/task/%.32s/schedstat", pid, de->d_name);
+    FILE *f = fopen(p, "r");
+    long long ns = 0;
+    if (f) {
+      if (fscanf(f, "%lld", &ns) == 1) sum += ns;
+      fclose(f);
+    }
+  }
+  closedir(d);
+  return sum;
+}
+
 static volatile sig_atomic_t stop;
 static void on_signal(int sig) {
   (void)sig;
   stop = 1;
 }
 
-static int serve(int port) {
+static int serve(int port, const char *threads) {
   orch_mock *m = NULL;
+  if (threads && *threads) setenv("ORCH_MOCK_THREADS", threads, 1);
   char err[256];
   if (orch_mock_start(&m, "127.0.0.1", port, err, sizeof err)) {
     fprintf(stderr, "llm_bench serve: %s\n", err);
@@ -136,6 +164,9 @@ static int run(const char *base, int n, int c, int latency) {
   b.lat_ms = calloc((size_t)n, sizeof *b.lat_ms);
   b.slots = calloc((size_t)c, sizeof *b.slots);
   long rss0 = proc_kib("VmRSS");
+  const char *mp = getenv("LLM_BENCH_MOCK_PID");
+  long mock_pid = mp ? atol(mp) : 0;
+  int64_t mcpu0 = mock_pid > 0 ? proc_cpu_ns(mock_pid) : -1;
   int64_t t0 = now_ns();
   double cpu0 = cpu_s();
   for (int i = 0; i < c && i < n; i++) {
@@ -145,7 +176,12 @@ static int run(const char *base, int n, int c, int latency) {
   uv_run(&loop, UV_RUN_DEFAULT);
   double wall = (double)(now_ns() - t0) / 1e9;
   double cpu = cpu_s() - cpu0;
+  int64_t mcpu1 = mcpu0 >= 0 ? proc_cpu_ns(mock_pid) : -1;
   long hwm = proc_kib("VmHWM");
+  char mock_cpu[64] = "";
+  if (mcpu0 >= 0 && mcpu1 >= mcpu0)
+    snprintf(mock_cpu, sizeof mock_cpu, ",\"mock_cpu_us_per_req\":%.1f",
+             (double)(mcpu1 - mcpu0) / 1e3 / n);
   orch__llm_free(b.l);
   uv_run(&loop, UV_RUN_DEFAULT);
   uv_loop_close(&loop);
@@ -158,9 +194,10 @@ static int run(const char *base, int n, int c, int latency) {
          "\"wall_s\":%.3f,\"throughput\":%.0f,\"ideal\":%.0f,"
          "\"ratio\":%.3f,\"added_p50_ms\":%.3f,\"added_p99_ms\":%.3f,"
          "\"rss_base_kib\":%ld,\"rss_peak_kib\":%ld,"
-         "\"kib_per_inflight\":%.1f,\"cpu_us_per_req\":%.1f%s%s%s}\n",
+         "\"kib_per_inflight\":%.1f,\"cpu_us_per_req\":%.1f%s%s%s%s}\n",
          n, c, latency, b.failed, wall, tput, ideal, tput / ideal, p50, p99,
-         rss0, hwm, kib_per, cpu * 1e6 / n, b.failed ? ",\"first_error\":\"" : "",
+         rss0, hwm, kib_per, cpu * 1e6 / n, mock_cpu,
+         b.failed ? ",\"first_error\":\"" : "",
          b.failed ? b.first_error : "", b.failed ? "\"" : "");
   free(b.lat_ms);
   free(b.slots);
@@ -168,11 +205,12 @@ static int run(const char *base, int n, int c, int latency) {
 }
 
 int main(int argc, char **argv) {
-  if (argc >= 3 && strcmp(argv[1], "serve") == 0) return serve(atoi(argv[2]));
+  if (argc >= 3 && strcmp(argv[1], "serve") == 0)
+    return serve(atoi(argv[2]), argc >= 4 ? argv[3] : NULL);
   if (argc >= 6 && strcmp(argv[1], "run") == 0)
     return run(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
   fprintf(stderr,
-          "usage: llm_bench serve PORT\n"
+          "usage: llm_bench serve PORT [THREADS]\n"
           "       llm_bench run BASE_URL N CONCURRENCY LATENCY_MS\n");
   return 2;
 }

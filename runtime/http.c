@@ -16,14 +16,41 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #define HTTP_MAX_BODY_DEFAULT (64u << 20) /* refuse larger responses */
 #define HTTP_EASY_CACHE 256               /* idle easy handles kept */
+#define HTTP_SHARDS 16     /* at most this many multi handles per engine */
+#define HTTP_SHARD_FILL 128 /* transfers on a shard before the next opens */
+
+/* One curl multi handle and its timer. libcurl 7.88 looks through every
+ * connection to a host when a transfer picks one (ConnectionExists) and
+ * again when it is removed (curl_multi_remove_handle's scan for
+ * connect-only connections): with 1,000 connections to one endpoint that
+ * scan was the largest cost of a request. So transfers spread over shards,
+ * each with its own connection cache, filled one after another
+ * (HTTP_SHARD_FILL each): up to 128 in flight everything shares one
+ * multi handle (and its HTTP/2 connections), as before. */
+typedef struct http_shard {
+  orch__http *h;
+  CURLM *multi;
+  uv_timer_t timer; /* curl's CURLMOPT_TIMERFUNCTION timer */
+  size_t nactive;   /* transfers in this multi */
+  size_t nsocks;    /* sockets of its connections we watch */
+} http_shard;
+
+/* An easy handle and where it runs now (its CURLOPT_PRIVATE). */
+typedef struct http_easy {
+  CURL *e;
+  http_shard *sh;
+  orch__http_req *req;
+} http_easy;
 
 struct orch__http {
   uv_loop_t *loop;
-  CURLM *multi;
-  uv_timer_t timer;  /* curl's CURLMOPT_TIMERFUNCTION timer */
+  http_shard *shards[HTTP_SHARDS];
+  size_t nshards, maxshards;
+  long maxconn, maxhost, conncache; /* multi options, for new shards */
   uv_timer_t sweep;  /* idle-stream timeouts */
   uv_async_t async;  /* orch__http_post from other threads */
   pthread_mutex_t mu; /* guards posted; lock order: leaf */
@@ -31,24 +58,37 @@ struct orch__http {
   orch__http_req *active; /* doubly linked list of running requests */
   size_t nactive;
   size_t nidle_timed; /* active requests with an idle timeout */
-  CURL *cache[HTTP_EASY_CACHE];
+  http_easy *cache[HTTP_EASY_CACHE];
   size_t ncache;
   struct http_sock *socks; /* sockets curl asked us to watch */
+  struct http_sock **byfd; /* the same, by descriptor (NULL: none) */
+  size_t nbyfd;
   int nhandles;            /* uv handles not yet closed */
   bool closing;
   orch__http_stats stats;
 };
 
+/* A socket curl asked us to watch. It outlives curl's interest: when a
+ * transfer ends, curl says CURL_POLL_REMOVE and the connection waits in the
+ * cache for the next transfer, which asks for the same events again. So
+ * the poll handle stays, with its epoll registration (no epoll_ctl, ioctl
+ * or handle churn per request), until curl closes the socket (our
+ * CURLOPT_CLOSESOCKETFUNCTION) or the engine ends. While curl is not
+ * interested (!owned), an event (the peer closed an idle connection)
+ * just stops the poll. */
 typedef struct http_sock {
   uv_poll_t poll;
-  curl_socket_t fd;
+  curl_socket_t fd; /* -1 once closed */
   orch__http *h;
-  int events; /* what uv_poll watches now */
+  http_shard *sh; /* the multi handle whose connection it is */
+  int events; /* what uv_poll watches now (0: stopped) */
+  bool owned; /* curl watches it now (assigned with curl_multi_assign) */
   struct http_sock *prev, *next;
 } http_sock;
 
-static void check_done(orch__http *h);
+static void check_done(http_shard *sh);
 static void on_sweep(uv_timer_t *t);
+static int on_close_socket(void *ud, curl_socket_t fd);
 static CURLSH *global_share;
 static char *global_cainfo; /* libcurl's built-in CA bundle, or NULL */
 
@@ -180,7 +220,8 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
   if (!req->t_first_byte_ns) {
     req->t_first_byte_ns = t;
     long code = 0;
-    curl_easy_getinfo(req->priv_easy, CURLINFO_RESPONSE_CODE, &code);
+    curl_easy_getinfo(((http_easy *)req->priv_easy)->e,
+                      CURLINFO_RESPONSE_CODE, &code);
     req->status = code;
   }
   req->t_last_byte_ns = t;
@@ -215,10 +256,16 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
 
 /* An easy handle with the options every request shares; the cache keeps
  * them (no curl_easy_reset: start_req sets the rest each time). */
-static CURL *easy_get(orch__http *h) {
+static http_easy *easy_get(orch__http *h) {
   if (h->ncache) return h->cache[--h->ncache];
-  CURL *e = curl_easy_init();
-  if (!e) return NULL;
+  http_easy *w = calloc(1, sizeof *w);
+  CURL *e = w ? curl_easy_init() : NULL;
+  if (!e) {
+    free(w);
+    return NULL;
+  }
+  w->e = e;
+  curl_easy_setopt(e, CURLOPT_PRIVATE, w);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
@@ -226,13 +273,44 @@ static CURL *easy_get(orch__http *h) {
   curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, h);
   if (global_share) curl_easy_setopt(e, CURLOPT_SHARE, global_share);
-  return e;
+  return w;
 }
 
-static void easy_put(orch__http *h, CURL *e) {
-  if (!h->closing && h->ncache < HTTP_EASY_CACHE) h->cache[h->ncache++] = e;
-  else curl_easy_cleanup(e);
+static void easy_put(orch__http *h, http_easy *w) {
+  w->req = NULL;
+  w->sh = NULL;
+  if (!h->closing && h->ncache < HTTP_EASY_CACHE) {
+    h->cache[h->ncache++] = w;
+  } else {
+    curl_easy_cleanup(w->e);
+    free(w);
+  }
+}
+
+static http_shard *shard_new(orch__http *h);
+
+/* The shard for a new transfer: the first with room and an idle
+ * connection (HTTP/1.1 reuse), else the first with room, else a new one,
+ * else the least busy. */
+static http_shard *shard_pick(orch__http *h) {
+  http_shard *room = NULL, *least = NULL;
+  for (size_t i = 0; i < h->nshards; i++) {
+    http_shard *sh = h->shards[i];
+    if (sh->nactive < HTTP_SHARD_FILL) {
+      if (sh->nsocks > sh->nactive) return sh;
+      if (!room) room = sh;
+    }
+    if (!least || sh->nactive < least->nactive) least = sh;
+  }
+  if (room) return room;
+  if (h->nshards < h->maxshards) {
+    http_shard *sh = shard_new(h);
+    if (sh) return sh;
+  }
+  return least;
 }
 
 /* Adds req to the multi handle (loop thread). On failure completes it. */
@@ -244,16 +322,19 @@ static void start_req(orch__http *h, orch__http_req *req) {
     set_error(req, ORCH_ECANCELED, "canceled: the HTTP engine is closing");
     goto fail;
   }
-  CURL *e = easy_get(h);
-  if (!e) {
+  http_shard *sh = shard_pick(h);
+  http_easy *w = sh ? easy_get(h) : NULL;
+  if (!w) {
     set_error(req, ORCH_ENOMEM, "out of memory (curl_easy_init)");
     goto fail;
   }
-  req->priv_easy = e;
+  CURL *e = w->e;
+  w->req = req;
+  w->sh = sh;
+  req->priv_easy = w;
   req->priv_errbuf[0] = '\0';
   req->priv_aborted = 0;
   curl_easy_setopt(e, CURLOPT_URL, req->url);
-  curl_easy_setopt(e, CURLOPT_PRIVATE, req);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, req->priv_errbuf);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, req);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, req);
@@ -279,10 +360,12 @@ static void start_req(orch__http *h, orch__http_req *req) {
   }
   active_link(h, req);
   h->stats.started++;
-  CURLMcode mc = curl_multi_add_handle(h->multi, e);
+  sh->nactive++;
+  CURLMcode mc = curl_multi_add_handle(sh->multi, e);
   if (mc != CURLM_OK) {
+    sh->nactive--;
     active_unlink(h, req);
-    easy_put(h, e);
+    easy_put(h, w);
     req->priv_easy = NULL;
     set_error(req, ORCH_EIO, "curl_multi_add_handle: %s",
               curl_multi_strerror(mc));
@@ -306,8 +389,10 @@ fail:
 /* Detaches a finished or aborted request, fills the outcome and calls
  * on_done. The request may be freed by on_done. */
 static void finish_req(orch__http *h, orch__http_req *req, CURLcode cc) {
-  CURL *e = req->priv_easy;
-  curl_multi_remove_handle(h->multi, e);
+  http_easy *w = req->priv_easy;
+  CURL *e = w->e;
+  curl_multi_remove_handle(w->sh->multi, e);
+  w->sh->nactive--;
   active_unlink(h, req);
   req->t_end_ns = now_ns();
   long code = 0, ver = 0, nc = 0;
@@ -348,21 +433,21 @@ static void finish_req(orch__http *h, orch__http_req *req, CURLcode cc) {
   }
   req->curl_code = (int)cc;
   req->priv_easy = NULL;
-  easy_put(h, e);
+  easy_put(h, w);
   if (req->result == ORCH_OK) h->stats.completed++;
   else h->stats.failed++;
   if (req->on_done) req->on_done(req);
 }
 
-static void check_done(orch__http *h) {
+static void check_done(http_shard *sh) {
   CURLMsg *m;
   int left;
-  while ((m = curl_multi_info_read(h->multi, &left))) {
+  while ((m = curl_multi_info_read(sh->multi, &left))) {
     if (m->msg != CURLMSG_DONE) continue;
-    orch__http_req *req = NULL;
-    curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&req);
+    http_easy *w = NULL;
+    curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&w);
     CURLcode cc = m->data.result;
-    if (req) finish_req(h, req, cc);
+    if (w && w->req) finish_req(sh->h, w->req, cc);
   }
 }
 
@@ -370,7 +455,11 @@ static void check_done(orch__http *h) {
 
 static void on_poll(uv_poll_t *p, int status, int events) {
   http_sock *s = p->data;
-  orch__http *h = s->h;
+  if (!s->owned) { /* an idle cached connection stirred: curl will see */
+    uv_poll_stop(&s->poll);
+    s->events = 0;
+    return;
+  }
   int flags = 0;
   if (status < 0) flags = CURL_CSELECT_ERR;
   else {
@@ -378,54 +467,109 @@ static void on_poll(uv_poll_t *p, int status, int events) {
     if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
   }
   int running;
-  curl_multi_socket_action(h->multi, s->fd, flags, &running);
-  check_done(h);
+  http_shard *sh = s->sh;
+  curl_multi_socket_action(sh->multi, s->fd, flags, &running);
+  check_done(sh);
 }
 
 static void on_curl_timer(uv_timer_t *t) {
-  orch__http *h = t->data;
+  http_shard *sh = t->data;
   int running;
-  curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-  check_done(h);
+  curl_multi_socket_action(sh->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  check_done(sh);
 }
 
-static void handle_closed(uv_handle_t *hd) {
-  orch__http *h = hd->data;
-  if (--h->nhandles == 0 && h->closing) free(h);
+static void engine_release(orch__http *h) {
+  if (--h->nhandles == 0 && h->closing) {
+    free(h->byfd);
+    free(h);
+  }
+}
+
+static void handle_closed(uv_handle_t *hd) { engine_release(hd->data); }
+
+static void shard_closed(uv_handle_t *hd) {
+  http_shard *sh = hd->data;
+  orch__http *h = sh->h;
+  free(sh);
+  engine_release(h);
 }
 
 static void sock_closed(uv_handle_t *hd) {
   http_sock *s = hd->data;
   orch__http *h = s->h;
   free(s);
-  if (--h->nhandles == 0 && h->closing) free(h);
+  engine_release(h);
 }
 
+static http_sock *sock_find(orch__http *h, curl_socket_t fd) {
+  return fd >= 0 && (size_t)fd < h->nbyfd ? h->byfd[fd] : NULL;
+}
+
+/* Forgets the descriptor (before it is closed: uv_close takes it out of
+ * epoll) and frees s once libuv has let go of the handle. */
 static void sock_close(orch__http *h, http_sock *s) {
-  uv_poll_stop(&s->poll);
+  if (sock_find(h, s->fd) == s) h->byfd[s->fd] = NULL;
+  s->fd = -1;
+  s->sh->nsocks--;
   if (s->prev) s->prev->next = s->next;
   else h->socks = s->next;
   if (s->next) s->next->prev = s->prev;
   uv_close((uv_handle_t *)&s->poll, sock_closed);
 }
 
+/* CURLOPT_CLOSESOCKETFUNCTION: curl closes a connection's socket. libcurl
+ * 7.88 says CURL_POLL_REMOVE first; should a version not, the handle is
+ * detached from the descriptor here and freed at the REMOVE (or with the
+ * engine). */
+static int on_close_socket(void *ud, curl_socket_t fd) {
+  orch__http *h = ud;
+  http_sock *s = sock_find(h, fd);
+  if (s) {
+    if (!s->owned) {
+      sock_close(h, s);
+    } else { /* curl still holds s: keep it, without the descriptor */
+      uv_poll_stop(&s->poll);
+      s->events = 0;
+      h->byfd[fd] = NULL;
+    }
+  }
+  return close(fd) == 0 ? 0 : 1;
+}
+
 static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud,
                      void *sockp) {
-  orch__http *h = ud;
+  http_shard *sh = ud;
+  orch__http *h = sh->h;
   http_sock *s = sockp;
   (void)e;
   if (what == CURL_POLL_REMOVE) {
-    if (s) {
-      if (!h->closing) curl_multi_assign(h->multi, fd, NULL);
+    if (!s) return 0;
+    s->owned = false;
+    if (s->fd < 0) { /* closed behind our back (see on_close_socket) */
       sock_close(h, s);
+    } else if (s->events & UV_WRITABLE) { /* would fire at once */
+      uv_poll_stop(&s->poll);
+      s->events = 0;
     }
     return 0;
   }
+  if (!s) s = sock_find(h, fd); /* a cached connection, reused */
   if (!s) {
+    if ((size_t)fd >= h->nbyfd) {
+      size_t n = h->nbyfd ? h->nbyfd : 64;
+      while (n <= (size_t)fd) n *= 2;
+      http_sock **nb = realloc(h->byfd, n * sizeof *nb);
+      if (!nb) return -1;
+      memset(nb + h->nbyfd, 0, (n - h->nbyfd) * sizeof *nb);
+      h->byfd = nb;
+      h->nbyfd = n;
+    }
     s = calloc(1, sizeof *s);
     if (!s) return -1;
     s->fd = fd;
     s->h = h;
+    s->sh = sh;
     if (uv_poll_init_socket(h->loop, &s->poll, fd) != 0) {
       free(s);
       return -1;
@@ -435,24 +579,59 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud,
     s->next = h->socks;
     if (h->socks) h->socks->prev = s;
     h->socks = s;
-    curl_multi_assign(h->multi, fd, s);
+    h->byfd[fd] = s;
+    sh->nsocks++;
+  }
+  if (!s->owned) {
+    s->owned = true;
+    curl_multi_assign(sh->multi, fd, s);
   }
   int ev = 0;
   if (what & CURL_POLL_IN) ev |= UV_READABLE;
   if (what & CURL_POLL_OUT) ev |= UV_WRITABLE;
-  if (ev != s->events || !uv_is_active((uv_handle_t *)&s->poll)) {
+  if (ev != s->events) {
     s->events = ev; /* unchanged interest: no epoll_ctl */
-    uv_poll_start(&s->poll, ev, on_poll);
+    if (ev) uv_poll_start(&s->poll, ev, on_poll);
+    else uv_poll_stop(&s->poll);
   }
   return 0;
 }
 
 static int on_timer_fn(CURLM *m, long timeout_ms, void *ud) {
-  orch__http *h = ud;
+  http_shard *sh = ud;
   (void)m;
-  if (timeout_ms < 0) uv_timer_stop(&h->timer);
-  else uv_timer_start(&h->timer, on_curl_timer, (uint64_t)timeout_ms, 0);
+  if (timeout_ms < 0) uv_timer_stop(&sh->timer);
+  else uv_timer_start(&sh->timer, on_curl_timer, (uint64_t)timeout_ms, 0);
   return 0;
+}
+
+/* A new multi handle with the engine's options (loop thread). */
+static http_shard *shard_new(orch__http *h) {
+  http_shard *sh = calloc(1, sizeof *sh);
+  if (!sh) return NULL;
+  sh->h = h;
+  sh->multi = curl_multi_init();
+  if (!sh->multi) {
+    free(sh);
+    return NULL;
+  }
+  CURLM *mu = sh->multi;
+  curl_multi_setopt(mu, CURLMOPT_SOCKETFUNCTION, on_socket);
+  curl_multi_setopt(mu, CURLMOPT_SOCKETDATA, sh);
+  curl_multi_setopt(mu, CURLMOPT_TIMERFUNCTION, on_timer_fn);
+  curl_multi_setopt(mu, CURLMOPT_TIMERDATA, sh);
+  curl_multi_setopt(mu, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  if (h->maxconn)
+    curl_multi_setopt(mu, CURLMOPT_MAX_TOTAL_CONNECTIONS, h->maxconn);
+  if (h->maxhost)
+    curl_multi_setopt(mu, CURLMOPT_MAX_HOST_CONNECTIONS, h->maxhost);
+  curl_multi_setopt(mu, CURLMOPT_MAXCONNECTS, h->conncache);
+  curl_multi_setopt(mu, CURLMOPT_MAX_CONCURRENT_STREAMS, 1000L);
+  uv_timer_init(h->loop, &sh->timer);
+  sh->timer.data = sh;
+  h->nhandles++;
+  h->shards[h->nshards++] = sh;
+  return sh;
 }
 
 /* Aborts requests that received nothing for their idle timeout. */
@@ -551,37 +730,26 @@ int orch__http_new(orch__http **out, uv_loop_t *loop,
     return ORCH_ENOMEM;
   }
   h->loop = loop;
-  h->multi = curl_multi_init();
-  if (!h->multi) {
+  h->maxconn = opts && opts->max_connections > 0 ? opts->max_connections : 0;
+  h->maxhost = opts && opts->max_host_connections > 0
+                   ? opts->max_host_connections
+                   : 0;
+  h->conncache = opts && opts->connection_cache > 0 ? opts->connection_cache
+                                                    : 2048;
+  /* connection caps are per multi handle: with one, keep one */
+  h->maxshards = h->maxconn || h->maxhost ? 1 : HTTP_SHARDS;
+  if (!shard_new(h)) {
     free(h);
     if (err) snprintf(err, errlen, "curl_multi_init failed");
     return ORCH_EIO;
   }
-  curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-  curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
-  curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, on_timer_fn);
-  curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
-  curl_multi_setopt(h->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
-  long maxconn = opts && opts->max_connections > 0 ? opts->max_connections
-                                                   : 0;
-  long maxhost = opts && opts->max_host_connections > 0
-                     ? opts->max_host_connections
-                     : 0;
-  long cache = opts && opts->connection_cache > 0 ? opts->connection_cache
-                                                  : 2048;
-  if (maxconn) curl_multi_setopt(h->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, maxconn);
-  if (maxhost) curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, maxhost);
-  curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, cache);
-  curl_multi_setopt(h->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, 1000L);
   pthread_mutex_init(&h->mu, NULL);
-  uv_timer_init(loop, &h->timer);
-  h->timer.data = h;
   uv_timer_init(loop, &h->sweep);
   h->sweep.data = h;
   uv_async_init(loop, &h->async, on_async);
   h->async.data = h;
   uv_unref((uv_handle_t *)&h->async); /* an idle engine keeps no loop alive */
-  h->nhandles = 3;
+  h->nhandles += 2;
   *out = h;
   return ORCH_OK;
 }
@@ -623,14 +791,22 @@ void orch__http_free(orch__http *h) {
     set_error(req, ORCH_ECANCELED, "canceled: the HTTP engine is closing");
     finish_req(h, req, CURLE_OK);
   }
-  while (h->ncache) curl_easy_cleanup(h->cache[--h->ncache]);
-  curl_multi_cleanup(h->multi); /* may report sockets as removed */
-  h->multi = NULL;
+  while (h->ncache) {
+    http_easy *w = h->cache[--h->ncache];
+    curl_easy_cleanup(w->e);
+    free(w);
+  }
+  for (size_t i = 0; i < h->nshards; i++) {
+    /* closes the cached connections (on_close_socket) */
+    curl_multi_cleanup(h->shards[i]->multi);
+    h->shards[i]->multi = NULL;
+  }
   while (h->socks) sock_close(h, h->socks);
   pthread_mutex_destroy(&h->mu);
   /* The last close callback frees h (close callbacks never run inside
    * uv_close, so h outlives this function). */
-  uv_close((uv_handle_t *)&h->timer, handle_closed);
+  for (size_t i = 0; i < h->nshards; i++)
+    uv_close((uv_handle_t *)&h->shards[i]->timer, shard_closed);
   uv_close((uv_handle_t *)&h->sweep, handle_closed);
   uv_close((uv_handle_t *)&h->async, handle_closed);
 }

@@ -846,7 +846,18 @@ static char *build_body(orch__llm_call *c, const llm_tier *t) {
     json_object_set_new(o, "messages", msgs);
     if (c->stream) json_object_set_new(o, "stream", json_true());
   }
-  char *s = json_dumps(o, JSON_COMPACT);
+  /* through a stack buffer: json_dumps would grow one from 16 bytes */
+  char tmp[4096], *s = NULL;
+  size_t n = json_dumpb(o, tmp, sizeof tmp, JSON_COMPACT);
+  if (n > 0 && (s = malloc(n + 1))) {
+    if (n <= sizeof tmp) memcpy(s, tmp, n);
+    else if (json_dumpb(o, s, n, JSON_COMPACT) != n) n = 0;
+    s[n] = '\0';
+    if (n == 0) {
+      free(s);
+      s = NULL;
+    }
+  }
   json_decref(o);
   return s;
 }

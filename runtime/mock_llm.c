@@ -37,6 +37,8 @@
 #define STALL_CHECK_MS 100        /* how often a stall looks for a hang-up */
 #define FF_MAX_KEYS 4096          /* fail-first table; reset when full */
 #define EXCERPT 80                /* chars of a prompt quoted in replies */
+#define TICK_US_DEFAULT 100       /* a loop looks at its sockets at most
+                                     once per tick (ORCH_MOCK_TICK_US) */
 
 #define LEN(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -125,8 +127,10 @@ static char *sb_take(sbuf *b) {
 static const char *ci_find(const char *hay, const char *needle) {
   size_t n = strlen(needle);
   if (!n) return hay;
+  int c0 = tolower((unsigned char)needle[0]);
   for (const char *p = hay; *p; p++)
-    if (strncasecmp(p, needle, n) == 0) return p;
+    if (tolower((unsigned char)*p) == c0 && strncasecmp(p, needle, n) == 0)
+      return p;
   return NULL;
 }
 
@@ -155,6 +159,24 @@ static char *excerpt(const char *s, size_t max) {
     r[i] = (s[i] == '\n' || s[i] == '\r' || s[i] == '\t') ? ' ' : s[i];
   r[n] = '\0';
   return r;
+}
+
+/* json_dumps(j, JSON_COMPACT), through a stack buffer: json_dumps grows
+ * its buffer from 16 bytes and copies the result once more, which cost
+ * more than the dump of a small document itself. */
+static char *dump_compact(const json_t *j) {
+  char tmp[4096];
+  size_t n = j ? json_dumpb(j, tmp, sizeof tmp, JSON_COMPACT) : 0;
+  if (n == 0) return NULL;
+  char *d = malloc(n + 1);
+  if (!d) return NULL;
+  if (n <= sizeof tmp) memcpy(d, tmp, n);
+  else if (json_dumpb(j, d, n, JSON_COMPACT) != n) {
+    free(d);
+    return NULL;
+  }
+  d[n] = '\0';
+  return d;
 }
 
 /* FNV-1a, for deterministic choices derived from text. */
@@ -188,6 +210,7 @@ typedef struct {
   int wake_fd;  /* eventfd: orch_mock_free wakes the loop */
   wake *heap;   /* min-heap on due */
   size_t nheap, capheap;
+  json_t *reply[2]; /* a whole answer per API, refilled per request */
 } mloop;
 
 #define MAX_LOOPS 4
@@ -199,6 +222,7 @@ struct orch_mock {
   atomic_int stopping;
   mloop loops[MAX_LOOPS]; /* all accept on dups of one listening socket */
   size_t nloops;
+  int64_t tick_ns; /* wake-up coalescing (loop_main); 0: off */
 
   pthread_mutex_t flock; /* the fail-first table; a leaf lock */
   ff_entry *ff;
@@ -280,7 +304,20 @@ static void *loop_main(void *arg) {
       MHD_get_daemon_info(lp->daemon, MHD_DAEMON_INFO_EPOLL_FD);
   struct pollfd p[2] = {{.fd = di ? di->epoll_fd : -1, .events = POLLIN},
                         {.fd = lp->wake_fd, .events = POLLIN}};
+  int64_t woke = 0; /* when the last wait ended */
   while (!atomic_load(&m->stopping)) {
+    /* Coalescing: at most one look at the sockets and timers per tick.
+     * Under load, a wake-up serves every request, answer and timer that
+     * came due meanwhile, instead of one each (a wake-up costs more than
+     * the work it does); when idle, an event is served at once. */
+    if (m->tick_ns > 0) {
+      int64_t next = woke + m->tick_ns, now = now_ns();
+      if (now < next) {
+        struct timespec ts = {(time_t)((next - now) / 1000000000),
+                              (long)((next - now) % 1000000000)};
+        nanosleep(&ts, NULL);
+      }
+    }
     int64_t wait = -1; /* ns */
     MHD_UNSIGNED_LONG_LONG to;
     if (MHD_get_timeout(lp->daemon, &to) == MHD_YES)
@@ -293,6 +330,7 @@ static void *loop_main(void *arg) {
     struct timespec ts = {(time_t)(wait / 1000000000),
                           (long)(wait % 1000000000)};
     ppoll(p, 2, wait < 0 ? NULL : &ts, NULL);
+    woke = now_ns();
     if (p[1].revents) {
       uint64_t v;
       ssize_t r = read(lp->wake_fd, &v, sizeof v);
@@ -947,7 +985,7 @@ static void body_piece(body *b, const char *s, size_t len) {
 
 /* Appends an SSE event (event line only when name is not NULL); takes j. */
 static void body_event(body *b, const char *name, json_t *j) {
-  char *d = j ? json_dumps(j, JSON_COMPACT) : NULL;
+  char *d = dump_compact(j);
   json_decref(j);
   if (!d) {
     b->data.oom = true;
@@ -1153,7 +1191,7 @@ static enum MHD_Result queue_text(struct MHD_Connection *c, int status,
 /* Takes j. */
 static enum MHD_Result queue_json(struct MHD_Connection *c, int status,
                                   json_t *j, const fault *f) {
-  char *d = j ? json_dumps(j, JSON_COMPACT) : NULL;
+  char *d = dump_compact(j);
   json_decref(j);
   if (!d) return MHD_NO;
   return queue_buf(c, status, "application/json", d, strlen(d), f);
@@ -1177,7 +1215,7 @@ static enum MHD_Result queue_error(req *r, struct MHD_Connection *c) {
 
 /* Dumps j compactly and drops it. */
 static char *dump_new(json_t *j) {
-  char *d = j ? json_dumps(j, JSON_COMPACT) : NULL;
+  char *d = dump_compact(j);
   json_decref(j);
   return d;
 }
@@ -1214,6 +1252,50 @@ static json_t *full_json(const req *r, const char *id) {
       "model", r->model, "choices", "index", 0, "message", "role",
       "assistant", "content", r->reply, "logprobs", "finish_reason",
       r->cut ? "length" : "stop", "usage", usage_json(r));
+}
+
+static bool set_str(json_t *o, const char *k, const char *v) {
+  return json_string_set(json_object_get(o, k), v) == 0;
+}
+
+static bool set_int(json_t *o, const char *k, json_int_t v) {
+  return json_integer_set(json_object_get(o, k), v) == 0;
+}
+
+/* full_json(r, id), but the document is the loop's own, built once per API
+ * and refilled: a whole answer costs a few string copies instead of a
+ * dozen objects and their tables. Loop thread only; returns a new
+ * reference (the caller drops it). */
+static json_t *full_json_reuse(mloop *lp, const req *r, const char *id) {
+  bool an = r->api == API_ANTHROPIC;
+  json_t *t = lp ? lp->reply[an] : NULL;
+  if (!t) {
+    t = full_json(r, id);
+    if (t && lp) lp->reply[an] = json_incref(t);
+    return t;
+  }
+  bool ok;
+  if (an) {
+    json_t *u = json_object_get(t, "usage");
+    ok = set_str(t, "id", id) && set_str(t, "model", r->model) &&
+         set_str(json_array_get(json_object_get(t, "content"), 0), "text",
+                 r->reply) &&
+         set_str(t, "stop_reason", r->cut ? "max_tokens" : "end_turn") &&
+         set_int(u, "input_tokens", (json_int_t)r->in_tok) &&
+         set_int(u, "output_tokens", (json_int_t)r->out_tok);
+  } else {
+    json_t *ch = json_array_get(json_object_get(t, "choices"), 0);
+    json_t *u = json_object_get(t, "usage");
+    ok = set_str(t, "id", id) && set_int(t, "created", (json_int_t)time(NULL)) &&
+         set_str(t, "model", r->model) &&
+         set_str(json_object_get(ch, "message"), "content", r->reply) &&
+         set_str(ch, "finish_reason", r->cut ? "length" : "stop") &&
+         set_int(u, "prompt_tokens", (json_int_t)r->in_tok) &&
+         set_int(u, "completion_tokens", (json_int_t)r->out_tok) &&
+         set_int(u, "total_tokens", (json_int_t)(r->in_tok + r->out_tok));
+  }
+  if (!ok) return full_json(r, id); /* e.g. text that is not UTF-8 */
+  return json_incref(t);
 }
 
 /* Splits the reply into deltas of at least 16 bytes ending after spaces. */
@@ -1318,7 +1400,7 @@ static enum MHD_Result queue_reply(req *r, struct MHD_Connection *c) {
   const fault *f = &r->f;
   bool shaped = f->malformed || f->truncated || f->slow_ms || f->stall_ms;
   if (!r->stream) {
-    doc = dump_new(full_json(r, id));
+    doc = dump_new(full_json_reuse(loop_of(r->m, c), r, id));
     if (!doc) goto done;
     if (f->malformed) { /* valid JSON cut in half, then junk */
       size_t half = strlen(doc) / 2;
@@ -1625,6 +1707,10 @@ ORCH_API int orch_mock_start(orch_mock **out /* OUT */, const char *host,
   const char *env = getenv("ORCH_MOCK_THREADS");
   if (env && atoi(env) > 0) nl = atoi(env);
   m->nloops = nl < 1 ? 1 : nl > MAX_LOOPS ? MAX_LOOPS : (size_t)nl;
+  m->tick_ns = (int64_t)TICK_US_DEFAULT * 1000;
+  env = getenv("ORCH_MOCK_TICK_US");
+  if (env && *env) m->tick_ns = (int64_t)atol(env) * 1000;
+  if (m->tick_ns < 0) m->tick_ns = 0;
   unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO;
   if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
   for (size_t i = 0; i < m->nloops; i++) {
@@ -1693,6 +1779,8 @@ ORCH_API void orch_mock_free(orch_mock *m) {
     if (lp->daemon) MHD_stop_daemon(lp->daemon);
     if (lp->wake_fd > 0) close(lp->wake_fd);
     free(lp->heap);
+    json_decref(lp->reply[0]);
+    json_decref(lp->reply[1]);
   }
   for (size_t i = 0; i < m->nff; i++) free(m->ff[i].key);
   free(m->ff);
