@@ -2,7 +2,9 @@
 # llm.sh: the LLM fan-out benchmark (issue 4, section 8). Builds
 # build/llm_bench (bench/llm_bench.c) against build/liborch.a with the flags
 # bench/run.sh uses for the other C benches, starts the mock LLM server in
-# its own process (llm_bench serve), then runs, alternating, against that
+# its own process (llm_bench serve, MOCK_THREADS loop threads: 1 by
+# default, so the client's loop thread and the mock's have a core each on a
+# 2-core machine), then runs, alternating, against that
 # same mock: orchestrate's client (llm_bench run: llm.c over libcurl multi
 # + libuv) and Node.js's built-in fetch (llm_fetch.mjs). For each
 # concurrency in CS: a warm-up, then ROUNDS rounds of each client, the best
@@ -11,10 +13,11 @@
 # are judged at the first concurrency of CS (the issue's 1,000). With
 # --md FILE also appends the bare table to FILE. About 40 s.
 # Env: N (10000), CS ("1000 250"; C=X alone means CS=X), LATENCY (20),
-# ROUNDS (3), BUILD (build), CC (cc), BENCH_NO_WRITE.
+# ROUNDS (3), MOCK_THREADS (1), BUILD (build), CC (cc), BENCH_NO_WRITE.
 set -eu
 cd "$(dirname "$0")/.."
 N=${N:-10000}; LATENCY=${LATENCY:-20}; ROUNDS=${ROUNDS:-3}
+MOCK_THREADS=${MOCK_THREADS:-1}
 CS=${CS:-${C:-1000 250}}
 MD=""
 [ "${1:-}" = "--md" ] && MD=$2
@@ -43,36 +46,30 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM
-"$BUILD/llm_bench" serve 0 >"$OUT/port" &
+"$BUILD/llm_bench" serve 0 "$MOCK_THREADS" >"$OUT/port" &
 MOCK=$!
 i=0
 while [ ! -s "$OUT/port" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
 PORT=$(head -n 1 "$OUT/port")
 [ -n "$PORT" ] || { echo "llm.sh: the mock did not start" >&2; exit 1; }
 BASE="http://127.0.0.1:$PORT"
-echo "== LLM fan-out: mock on $BASE, N=$N, C in: $CS, latency $LATENCY ms, best of $ROUNDS"
+echo "== LLM fan-out: mock on $BASE ($MOCK_THREADS loop thread(s)), N=$N, C in: $CS, latency $LATENCY ms, best of $ROUNDS"
 
-# the mock's CPU time (utime + stime, in clock ticks) while it serves
-# orchestrate's rounds, and how many requests those were
-ticks() { awk '{ print $14 + $15 }' "/proc/$MOCK/stat" 2>/dev/null || echo 0; }
-MTICKS=0
-SERVED=0
 FILES=""
 for c in $CS; do
-  # warm-up (connections, page cache), then ROUNDS of each, alternating
+  # warm-up (connections, page cache), then ROUNDS of each, alternating;
+  # llm_bench reads the mock's CPU time (all its threads, from
+  # /proc/PID/task/TID/schedstat) around its own round
   "$BUILD/llm_bench" run "$BASE" 2000 "$c" "$LATENCY" >/dev/null || true
   r=0
   while [ $r -lt "$ROUNDS" ]; do
-    t=$(ticks)
-    "$BUILD/llm_bench" run "$BASE" "$N" "$c" "$LATENCY" | tee -a "$OUT/c$c.jsonl" || true
-    MTICKS=$((MTICKS + $(ticks) - t)); SERVED=$((SERVED + N))
+    LLM_BENCH_MOCK_PID=$MOCK "$BUILD/llm_bench" run "$BASE" "$N" "$c" "$LATENCY" | tee -a "$OUT/c$c.jsonl" || true
     node bench/llm_fetch.mjs "$BASE" "$N" "$c" "$LATENCY" | tee -a "$OUT/node$c.jsonl" || true
     r=$((r + 1))
   done
   FILES="$FILES $OUT/c$c.jsonl $OUT/node$c.jsonl"
 done
 LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
-MOCKUS=$(awk -v t="$MTICKS" -v hz="$(getconf CLK_TCK)" -v n="$SERVED" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
 kill "$MOCK" 2>/dev/null || true; wait "$MOCK" 2>/dev/null || true; MOCK=""
 
 # the best round of each file by throughput: a table on stdout, one
@@ -91,19 +88,21 @@ local function best(path)
   return b
 end
 local sum = assert(io.open(arg[1], "w"))
-print("| client | requests | in flight | ideal (req/s) | throughput (req/s) | of ideal | added p50 (ms) | added p99 (ms) | peak RSS / in flight (KiB) | CPU / request (us) | failed |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| client | requests | in flight | ideal (req/s) | throughput (req/s) | of ideal | added p50 (ms) | added p99 (ms) | peak RSS / in flight (KiB) | client CPU / request (us) | mock CPU / request (us) | failed |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for i = 2, #arg do
   local t = best(arg[i])
   if t then
     local orch = t.client:find("orchestrate", 1, true) ~= nil
-    print(string.format("| %s | %d | %d | %d | %d | %.1f%% | %.2f | %.2f | %.1f | %.1f | %d |",
+    local mock = t.mock_cpu_us_per_req and string.format("%.1f", t.mock_cpu_us_per_req) or "-"
+    print(string.format("| %s | %d | %d | %d | %d | %.1f%% | %.2f | %.2f | %.1f | %.1f | %s | %d |",
       orch and "orchestrate (llm.c: libcurl multi + libuv)" or t.client, t.requests,
       t.concurrency, t.ideal, t.throughput, t.ratio * 100, t.added_p50_ms,
-      t.added_p99_ms, t.kib_per_inflight, t.cpu_us_per_req or 0, t.failed))
-    sum:write(string.format("SUM who=%s c=%d tput=%d ratio=%.3f p50=%.2f p99=%.2f kib=%.1f cpu=%.1f failed=%d\n",
+      t.added_p99_ms, t.kib_per_inflight, t.cpu_us_per_req or 0, mock, t.failed))
+    sum:write(string.format("SUM who=%s c=%d tput=%d ratio=%.3f p50=%.2f p99=%.2f kib=%.1f cpu=%.1f mock=%.1f failed=%d\n",
       orch and "orch" or "node", t.concurrency, t.throughput, t.ratio, t.added_p50_ms,
-      t.added_p99_ms, t.kib_per_inflight, t.cpu_us_per_req or 0, t.failed))
+      t.added_p99_ms, t.kib_per_inflight, t.cpu_us_per_req or 0,
+      t.mock_cpu_us_per_req or 0, t.failed))
   end
 end
 sum:close()
@@ -125,8 +124,11 @@ get() { awk -v w="$1" -v c="$C1" -v k="$2" '
   { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
     if (v["who"] == w && v["c"] == c) { print v[k]; exit } }' "$OUT/sum"; }
 OT=$(get orch tput); OR=$(get orch ratio); OP50=$(get orch p50); OK=$(get orch kib)
-OCPU=$(get orch cpu)
-CEIL=$(awk -v a="${OCPU:-0}" -v b="$MOCKUS" -v n="$(nproc)" 'BEGIN { if (a + b > 0) printf "%d", n * 1e6 / (a + b); else print "?" }')
+OCPU=$(get orch cpu); MOCKUS=$(get orch mock)
+# what one core can carry of the client's single loop thread, and what the
+# machine can carry of client + mock together
+CEIL1=$(awk -v a="${OCPU:-0}" 'BEGIN { if (a > 0) printf "%d", 1e6 / a; else print "?" }')
+CEIL=$(awk -v a="${OCPU:-0}" -v b="${MOCKUS:-0}" -v n="$(nproc)" 'BEGIN { if (a + b > 0) printf "%d", n * 1e6 / (a + b); else print "?" }')
 NT=$(get node tput)
 yn() { awk "BEGIN { print ($1) ? \"yes\" : \"**no**\" }"; }
 M1=$(yn "${OR:-0} >= 0.9"); M2=$(yn "${OP50:-1e9} <= 1"); M3=$(yn "${OK:-1e9} <= 32")
@@ -140,16 +142,21 @@ SECTION=$OUTD/issue4.md
   echo
   echo "\`bench/llm.sh\`: $N chat completions per run, a fixed number in flight,"
   echo "against the project's mock LLM (\`orch_mock_start\`, run alone in its own"
-  echo "process, \`build/llm_bench serve\`) answering each after $LATENCY ms, over HTTP on"
-  echo "loopback. orchestrate's client is \`build/llm_bench run\`: each call through"
-  echo "llm.c (request JSON built with jansson, libcurl multi on a libuv loop,"
-  echo "response parsed, usage read). The peer is Node.js's built-in \`fetch\`"
+  echo "process, \`build/llm_bench serve\`, with $MOCK_THREADS loop thread(s)) answering each"
+  echo "after $LATENCY ms, over HTTP/1.1 on loopback; each run opens its connections"
+  echo "afresh (about one per request in flight). orchestrate's client is"
+  echo "\`build/llm_bench run\`: each call through llm.c (request JSON built with"
+  echo "jansson, libcurl multi on one libuv loop thread, response parsed with"
+  echo "jansson, usage read). The peer is Node.js's built-in \`fetch\`"
   echo "(\`bench/llm_fetch.mjs\`, the same fan-out and the same JSON work), in the"
   echo "same run against the same mock, alternating with it: a warm-up, then"
   echo "$ROUNDS rounds of each, the best round of each by throughput shown. Ideal"
   echo "= in flight / latency; *added* latency = a call's time minus the mock's"
   echo "$LATENCY ms; peak RSS per request in flight = (peak RSS - RSS before the"
-  echo "fan-out) / in flight. Client and mock share the machine's $(nproc) cores."
+  echo "fan-out) / in flight; client CPU = the client process's user + system"
+  echo "time (getrusage) / requests; mock CPU = the mock process's CPU time (all"
+  echo "threads, /proc schedstat) over the same round / requests. Client and mock"
+  echo "share the machine's $(nproc) cores."
   echo
   echo "$TABLE"
   echo
@@ -160,17 +167,15 @@ SECTION=$OUTD/issue4.md
   echo "| <= 32 KiB RSS per request in flight | $OK KiB | $M3 |"
   echo "| faster than the Node.js fan-out | ${X}x Node's $NT req/s | $M4 |"
   echo
-  echo "At $C1 in flight the ideal is $(awk -v c="$C1" -v l="$LATENCY" 'BEGIN { printf "%d", c * 1000 / l }') req/s, more than this machine serves: the"
-  echo "client spends $OCPU us of CPU per request (user + system, the table) and the"
-  echo "mock $MOCKUS us (from its /proc stat, over the $SERVED requests of orchestrate's rounds),"
-  echo "both on the same $(nproc) cores, which caps the pair at about $CEIL req/s even"
-  echo "before the loopback's softirq time and context switches; the machine"
-  echo "saturates and the queueing shows up as added latency. The lower"
-  echo "concurrency shows the client where the machine keeps up. The 90% and 1 ms"
-  echo "targets at $C1 in flight need the mock on other cores (or another machine)."
-  echo "Earlier figures (docs/llm.md, best of 3): at 1,000 in flight 22,464 req/s"
-  echo "(44.9%), added p50 / p99 19.05 / 76.62 ms, 17.6 KiB per request, Node fetch"
-  echo "2,638 req/s; at 250 in flight 11,879 req/s (95.0%), 0.32 / 14.11 ms."
+  echo "At $C1 in flight the ideal is $(awk -v c="$C1" -v l="$LATENCY" 'BEGIN { printf "%d", c * 1000 / l }') req/s. The client runs on one loop thread:"
+  echo "at $OCPU us of CPU per request it carries at most about $CEIL1 req/s on a"
+  echo "core of its own, and client + mock ($MOCKUS us) at most about $CEIL req/s"
+  echo "on the $(nproc) cores, before context switches and the other processes of a"
+  echo "shared machine; past that the queueing shows up as added latency. Before"
+  echo "the work of docs/llm.md \"CPU per request\" (commit 67f08df, the same"
+  echo "bench): client 48.0 us and mock 28.3 us per request; 20,293 req/s"
+  echo "(40.6%) at 1,000 in flight, added p50 24.96 ms; 11,756 req/s (94.0%),"
+  echo "0.59 ms at 250."
   echo
 } >"$SECTION"
 
