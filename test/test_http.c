@@ -9,6 +9,8 @@
 #include <microhttpd.h>
 #include <stdatomic.h>
 #include <time.h>
+#include <poll.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -494,6 +496,120 @@ TEST(http_reports_a_refused_connection) {
   ASSERT_CONTAINS(r.error, "connect");
   orch__http_req_deinit(&r);
   ASSERT_EQ(ctx_deinit(&c), 0);
+}
+
+/* A raw HTTP/1.1 server, one connection at a time: answers each request
+ * "ok" and keeps the connection, closing it once idle for 50 ms (as a
+ * server's keep-alive timeout does). */
+typedef struct idle_srv {
+  int lfd, port;
+  pthread_t th;
+  atomic_int stop, accepted;
+} idle_srv;
+
+static void *idle_srv_main(void *arg) {
+  idle_srv *s = arg;
+  static const char resp[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                             "Content-Length: 2\r\n\r\nok";
+  while (!atomic_load(&s->stop)) {
+    struct pollfd p = {.fd = s->lfd, .events = POLLIN};
+    if (poll(&p, 1, 20) <= 0) continue;
+    int fd = accept(s->lfd, NULL, NULL);
+    if (fd < 0) continue;
+    atomic_fetch_add(&s->accepted, 1);
+    char buf[4096];
+    size_t have = 0;
+    for (;;) {
+      struct pollfd q = {.fd = fd, .events = POLLIN};
+      if (poll(&q, 1, 50) <= 0) break; /* idle: close */
+      ssize_t n = recv(fd, buf + have, sizeof buf - 1 - have, 0);
+      if (n <= 0) break;
+      have += (size_t)n;
+      buf[have] = '\0';
+      char *end = strstr(buf, "\r\n\r\n");
+      if (!end) continue;
+      const char *cl = strcasestr(buf, "content-length:");
+      size_t need = (size_t)(end + 4 - buf) + (cl ? (size_t)atol(cl + 15) : 0);
+      if (have < need) continue;
+      if (send(fd, resp, sizeof resp - 1, MSG_NOSIGNAL) < 0) break;
+      memmove(buf, buf + need, have - need);
+      have -= need;
+    }
+    close(fd);
+  }
+  return NULL;
+}
+
+static int idle_srv_start(idle_srv *s) {
+  memset(s, 0, sizeof *s);
+  s->lfd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t sl = sizeof sa;
+  if (s->lfd < 0 || bind(s->lfd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
+      listen(s->lfd, 16) != 0 ||
+      getsockname(s->lfd, (struct sockaddr *)&sa, &sl) != 0)
+    return -1;
+  s->port = ntohs(sa.sin_port);
+  return pthread_create(&s->th, NULL, idle_srv_main, s) == 0 ? 0 : -1;
+}
+
+static void idle_srv_stop(idle_srv *s) {
+  atomic_store(&s->stop, 1);
+  pthread_join(s->th, NULL);
+  close(s->lfd);
+}
+
+static double thread_cpu_ms(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_THREAD, &ru);
+  return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 +
+         (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
+}
+
+/* The engine keeps watching a cached connection's socket between
+ * transfers (no epoll churn per request); when the server closes it, the
+ * loop must not spin on it, and the next request connects anew. */
+TEST(http_reuses_a_connection_and_survives_the_server_closing_it) {
+  ctx c;
+  ASSERT_EQ(ctx_init(&c), 0);
+  idle_srv s;
+  ASSERT_EQ(idle_srv_start(&s), 0);
+  char url[128];
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/chat/completions",
+           s.port);
+  orch__http_req r[3];
+  for (int i = 0; i < 3; i++) {
+    orch__http_req_init(&r[i]);
+    r[i].url = url;
+    r[i].post = "{}";
+    r[i].post_len = 2;
+    r[i].on_done = req_done;
+    r[i].ud = &c;
+  }
+  orch__http_submit(c.h, &r[0]);
+  run_until(&c, 1, 5000);
+  ASSERT_EQ(r[0].result, ORCH_OK);
+  ASSERT_STR_EQ(r[0].body, "ok");
+  ASSERT_EQ(r[0].connects, 1);
+  orch__http_submit(c.h, &r[1]);
+  run_until(&c, 2, 5000);
+  ASSERT_EQ(r[1].result, ORCH_OK);
+  ASSERT_EQ(r[1].connects, 0); /* the same connection */
+  /* idle: the server hangs up after 50 ms */
+  double cpu0 = thread_cpu_ms();
+  int64_t end = now_ns_t() + 300 * 1000000LL;
+  while (now_ns_t() < end) uv_run(&c.loop, UV_RUN_ONCE);
+  ASSERT(thread_cpu_ms() - cpu0 < 150);
+  orch__http_submit(c.h, &r[2]);
+  run_until(&c, 3, 5000);
+  ASSERT_EQ(r[2].result, ORCH_OK);
+  ASSERT_STR_EQ(r[2].body, "ok");
+  ASSERT_EQ(r[2].connects, 1);
+  ASSERT_EQ(atomic_load(&s.accepted), 2);
+  for (int i = 0; i < 3; i++) orch__http_req_deinit(&r[i]);
+  ASSERT_EQ(ctx_deinit(&c), 0);
+  idle_srv_stop(&s);
 }
 
 TEST(http_aborts_a_stalled_stream_at_the_idle_timeout) {
