@@ -612,6 +612,34 @@ TEST(http_reuses_a_connection_and_survives_the_server_closing_it) {
   idle_srv_stop(&s);
 }
 
+/* Past 128 transfers the engine spreads them over more curl multi
+ * handles; a connection cap keeps it to one, so the cap holds. */
+TEST(http_keeps_to_max_host_connections) {
+  ctx c;
+  ASSERT_EQ(ctx_init(&c), 0);
+  orch__http_free(c.h);
+  orch__http_opts o = {.max_host_connections = 4};
+  char err[256];
+  ASSERT_EQ(orch__http_new(&c.h, &c.loop, &o, err, sizeof err), ORCH_OK);
+  enum { N = 300 };
+  static orch__http_req r[N];
+  static char urls[N][128];
+  for (int i = 0; i < N; i++) {
+    openai_req(&c, &r[i], urls[i], sizeof urls[i], "latency=5", 0, "x");
+    orch__http_submit(c.h, &r[i]);
+  }
+  run_until(&c, N, 20000);
+  ASSERT_EQ(c.done, N);
+  long connects = 0;
+  for (int i = 0; i < N; i++) {
+    ASSERT_EQ(r[i].result, ORCH_OK);
+    connects += r[i].connects;
+    orch__http_req_deinit(&r[i]);
+  }
+  ASSERT(connects >= 1 && connects <= 4);
+  ASSERT_EQ(ctx_deinit(&c), 0);
+}
+
 TEST(http_aborts_a_stalled_stream_at_the_idle_timeout) {
   ctx c;
   ASSERT_EQ(ctx_init(&c), 0);
