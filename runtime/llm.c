@@ -144,6 +144,9 @@ struct orch__llm {
   orch__llm_call *calls; /* calls in flight */
   orch__llm_decide_fn decider; /* NULL: orch__llm_decide */
   void *decider_ud;
+  /* request bodies by shape (provider, stream, system message), refilled
+   * per call: build_body */
+  json_t *body_shape[8];
 };
 
 /* Checks one number field: present -> number within [lo, hi]. */
@@ -817,12 +820,10 @@ static orch__llm_attempt *new_attempt(orch__llm_call *c) {
   return a;
 }
 
-static char *build_body(orch__llm_call *c, const llm_tier *t) {
+/* A request body built from scratch. */
+static json_t *body_new(orch__llm_call *c, const llm_tier *t,
+                        const char *model, int mt) {
   json_t *o = json_object(), *msgs = json_array();
-  const char *model = c->model ? c->model : t->model;
-  int mt = c->max_tokens > 0 ? c->max_tokens
-           : t->max_tokens > 0 ? t->max_tokens
-                               : c->l->max_tokens;
   json_object_set_new(o, "model", json_string(model));
   if (t->provider == PROV_OPENAI) {
     if (c->system && *c->system)
@@ -846,6 +847,48 @@ static char *build_body(orch__llm_call *c, const llm_tier *t) {
     json_object_set_new(o, "messages", msgs);
     if (c->stream) json_object_set_new(o, "stream", json_true());
   }
+  return o;
+}
+
+static bool set_str(json_t *o, const char *k, const char *v) {
+  return json_string_set(json_object_get(o, k), v) == 0;
+}
+
+/* The body of the engine's shape for this call, refilled with the call's
+ * model, prompt, system message and max_tokens: a request then costs a
+ * few string copies instead of building the objects again. Loop thread
+ * only; returns a new reference. */
+static json_t *body_refill(orch__llm_call *c, const llm_tier *t,
+                           const char *model, int mt) {
+  bool sys = c->system && *c->system;
+  int k = (t->provider == PROV_OPENAI) * 4 + c->stream * 2 + sys;
+  json_t *o = c->l->body_shape[k];
+  if (!o) {
+    o = body_new(c, t, model, mt);
+    c->l->body_shape[k] = json_incref(o);
+    return o;
+  }
+  json_t *msgs = json_object_get(o, "messages");
+  bool ok = set_str(o, "model", model) &&
+            json_integer_set(json_object_get(o, "max_tokens"), mt) == 0;
+  if (t->provider == PROV_OPENAI) {
+    ok = ok && (!sys || set_str(json_array_get(msgs, 0), "content",
+                                c->system)) &&
+         set_str(json_array_get(msgs, sys ? 1 : 0), "content", c->prompt);
+  } else {
+    ok = ok && (!sys || set_str(o, "system", c->system)) &&
+         set_str(json_array_get(msgs, 0), "content", c->prompt);
+  }
+  if (!ok) return body_new(c, t, model, mt); /* text that is not UTF-8 */
+  return json_incref(o);
+}
+
+static char *build_body(orch__llm_call *c, const llm_tier *t) {
+  const char *model = c->model ? c->model : t->model;
+  int mt = c->max_tokens > 0 ? c->max_tokens
+           : t->max_tokens > 0 ? t->max_tokens
+                               : c->l->max_tokens;
+  json_t *o = body_refill(c, t, model, mt);
   /* through a stack buffer: json_dumps would grow one from 16 bytes */
   char tmp[4096], *s = NULL;
   size_t n = json_dumpb(o, tmp, sizeof tmp, JSON_COMPACT);
@@ -1507,6 +1550,7 @@ void orch__llm_free(orch__llm *l) {
     if (!c->finished) finish(c, ORCH_ECANCELED, "canceled: shutting down");
   }
   orch__http_free(l->http);
+  for (size_t i = 0; i < 8; i++) json_decref(l->body_shape[i]);
   for (size_t i = 0; i < l->ntiers; i++) tier_deinit(&l->tiers[i]);
   for (size_t i = 0; i < l->neps; i++) {
     free(l->eps[i]->fails);
