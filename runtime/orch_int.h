@@ -363,6 +363,11 @@ json_t *orch__lua_to_json(lua_State *L, int idx, int max_depth, char *err,
  * avoided: it becomes json.null lightuserdata). */
 void orch__lua_push_json(lua_State *L, const json_t *v);
 
+/* keywords.c: orch.keywords(list [, {whole=, name=}]) -> a matcher table
+ * with count(limit, text, ...) and matched(text, ...); a lua_CFunction for
+ * the sandbox's orch table and the Lua module. */
+int orch__lua_keywords(lua_State *L);
+
 /* ---- policy.c: the engine (scripts, per-worker states, reload) ------- */
 
 /* The engine owns the published scripts: an immutable snapshot of

@@ -14,6 +14,8 @@
 #include <lualib.h>
 #include <math.h>
 #include <openssl/evp.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +28,8 @@
 #define JSON_MAX_DEPTH 64                 /* json.encode nesting */
 #define RELOAD_DEBOUNCE_MS 20
 #define FN_CACHE_MAX 16
+#define WATCH_TICK_MS 2                   /* the budget watchdog's period */
+#define BUDGET_SIGNAL (SIGRTMAX - 3)      /* arms the budget in a long call */
 
 /* ---- snapshots: an immutable, refcounted set of module sources --------- */
 
@@ -142,6 +146,14 @@ typedef struct sbx {
   int trip_line;
   char trip_src[LUA_IDSIZE];
   const psnap *snap;    /* modules `require` can load (borrowed; may be NULL) */
+  /* The budget watchdog (below). */
+  lua_State *L;
+  atomic_uint call_seq;     /* odd while a top-level call runs */
+  atomic_uint arm_seq;      /* the call the watchdog asked to arm */
+  unsigned seen_seq;        /* the watchdog's: call_seq at its last look */
+  _Atomic pthread_t thread; /* the thread of the latest call */
+  bool thread_set;
+  struct sbx *wprev, *wnext; /* the watch list */
 } sbx;
 
 static sbx *SBX(lua_State *L) { return *(sbx **)lua_getextraspace(L); }
@@ -202,19 +214,137 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
   luaL_error(L, "instruction budget exceeded (%d instructions)", x->budget);
 }
 
+/* ---- the budget watchdog ------------------------------------------------
+ * While a count hook is set, Lua takes its slow path on every instruction
+ * (about 3 ns each here, most of a short routing call). So a call starts
+ * without the hook, and a watchdog thread looks at every sandbox state each
+ * WATCH_TICK_MS: a top-level call it finds running at two looks in a row
+ * gets BUDGET_SIGNAL on its thread, whose handler sets the count hook with
+ * the whole budget, as lua.c's SIGINT handler does (lua_sethook may be called
+ * from a signal handler). A call is thus stopped after at most two ticks plus
+ * its instruction budget, and calls shorter than a tick never pay for the
+ * hook. Sandbox scripts have no coroutines, so the main thread of the state
+ * is the only one that runs script code. */
+
+static pthread_mutex_t watch_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t watch_cv = PTHREAD_COND_INITIALIZER;
+static sbx *watch_head;     /* live sandbox states */
+static bool watch_running;  /* the watchdog thread exists */
+
+/* The sandbox call this thread is in, for the signal handler: set by
+ * call_begin before the call can be seen running, so its thread-local block
+ * exists before a signal can arrive. */
+static _Thread_local sbx *tl_call;
+
+static void on_budget_signal(int sig) {
+  (void)sig;
+  int saved = errno;
+  sbx *x = tl_call;
+  if (x && !lua_gethook(x->L)) {
+    unsigned s = atomic_load_explicit(&x->call_seq, memory_order_relaxed);
+    if ((s & 1) &&
+        s == atomic_load_explicit(&x->arm_seq, memory_order_relaxed))
+      lua_sethook(x->L, budget_hook, LUA_MASKCOUNT, x->budget);
+  }
+  errno = saved;
+}
+
+static void install_budget_signal(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_budget_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(BUDGET_SIGNAL, &sa, NULL);
+}
+
+static void *watch_main(void *arg) {
+  (void)arg;
+  pthread_mutex_lock(&watch_mu);
+  while (watch_head) {
+    for (sbx *x = watch_head; x; x = x->wnext) {
+      unsigned s = atomic_load_explicit(&x->call_seq, memory_order_acquire);
+      if ((s & 1) && s == x->seen_seq &&
+          atomic_load_explicit(&x->arm_seq, memory_order_relaxed) != s) {
+        atomic_store_explicit(&x->arm_seq, s, memory_order_relaxed);
+        pthread_kill(atomic_load(&x->thread), BUDGET_SIGNAL);
+      }
+      x->seen_seq = s;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += WATCH_TICK_MS * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&watch_cv, &watch_mu, &ts);
+  }
+  watch_running = false; /* the next state starts a new watchdog */
+  pthread_mutex_unlock(&watch_mu);
+  return NULL;
+}
+
+/* Puts x under the watchdog, starting it when needed. */
+static int watch_add(sbx *x) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, install_budget_signal);
+  int rc = 0;
+  pthread_mutex_lock(&watch_mu);
+  if (!watch_running) {
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_t t;
+    rc = pthread_create(&t, &a, watch_main, NULL);
+    pthread_attr_destroy(&a);
+    if (rc == 0) watch_running = true;
+  }
+  if (rc == 0) {
+    x->wprev = NULL;
+    x->wnext = watch_head;
+    if (watch_head) watch_head->wprev = x;
+    watch_head = x;
+  }
+  pthread_mutex_unlock(&watch_mu);
+  return rc;
+}
+
+static void watch_remove(sbx *x) {
+  pthread_mutex_lock(&watch_mu);
+  if (x->wprev) x->wprev->wnext = x->wnext;
+  else watch_head = x->wnext;
+  if (x->wnext) x->wnext->wprev = x->wprev;
+  if (!watch_head) pthread_cond_signal(&watch_cv);
+  pthread_mutex_unlock(&watch_mu);
+}
+
 static void call_begin(lua_State *L) {
   sbx *x = SBX(L);
   if (x->depth++ == 0) {
     x->budget_tripped = false;
     x->mem_tripped = false;
-    lua_sethook(L, budget_hook, LUA_MASKCOUNT, x->budget);
+    if (lua_gethook(L)) lua_sethook(L, NULL, 0, 0);
+    pthread_t me = pthread_self();
+    if (!x->thread_set || !pthread_equal(me, atomic_load(&x->thread))) {
+      sigset_t ss; /* a host may have blocked it in its threads */
+      sigemptyset(&ss);
+      sigaddset(&ss, BUDGET_SIGNAL);
+      pthread_sigmask(SIG_UNBLOCK, &ss, NULL);
+      atomic_store(&x->thread, me);
+      x->thread_set = true;
+    }
+    tl_call = x;
+    atomic_store_explicit(&x->call_seq, x->call_seq + 1, memory_order_release);
   }
 }
 
 static void call_end(lua_State *L) {
   sbx *x = SBX(L);
   if (--x->depth == 0) {
-    lua_sethook(L, NULL, 0, 0);
+    atomic_store_explicit(&x->call_seq, x->call_seq + 1, memory_order_release);
+    tl_call = NULL;
+    if (lua_gethook(L)) lua_sethook(L, NULL, 0, 0);
     x->budget_tripped = false;
   }
 }
@@ -827,6 +957,7 @@ static int setup_state(lua_State *L) {
   static const luaL_Reg orchf[] = {{"log", l_log},
                                    {"now_ms", l_now_ms},
                                    {"sha256", l_sha256},
+                                   {"keywords", orch__lua_keywords},
                                    {NULL, NULL}};
   luaL_newlib(L, orchf);
   lua_setfield(L, T, "orch");
@@ -887,11 +1018,20 @@ static lua_State *state_new(int budget_k, size_t mem_max, const psnap *snap,
     return NULL;
   }
   *(sbx **)lua_getextraspace(L) = x;
+  x->L = L;
+  if (watch_add(x)) {
+    orch__err(err, errlen, ORCH_ENOMEM,
+              "cannot start the Lua budget watchdog thread");
+    lua_close(L);
+    free(x);
+    return NULL;
+  }
   lua_atpanic(L, sbx_panic);
   lua_pushcfunction(L, setup_state);
   if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
     orch__err(err, errlen, ORCH_ENOMEM, "cannot set up the Lua sandbox: %s",
               lua_tostring(L, -1));
+    watch_remove(x);
     lua_close(L);
     free(x);
     return NULL;
@@ -902,6 +1042,7 @@ static lua_State *state_new(int budget_k, size_t mem_max, const psnap *snap,
 static void state_close(lua_State *L) {
   if (!L) return;
   sbx *x = SBX(L);
+  watch_remove(x);
   lua_close(L);
   free(x);
 }
