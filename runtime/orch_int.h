@@ -329,6 +329,8 @@ struct orch_runtime {
   char *db_default;            /* used when none of those is set (CLI) */
   char session_id[40];         /* of the current or last run */
   char resume_id[40];          /* set by orch_runtime_resume for one run */
+  int64_t session_tokens_before; /* tokens of the session's earlier runs
+                                    in this process (ask: plan, tasks) */
   int64_t t0_wall_ms;          /* the run's start, wall clock */
   struct orch__lstate *loop_ls; /* the loop thread's scripts (rewards) */
   uint32_t step_base;          /* step numbers of this run start here (a

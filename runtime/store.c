@@ -1437,15 +1437,16 @@ int orch__store_resume_mark(orch__store *s, const char *session_id,
 static int active_json(void *ud, const orch__session_info *si) {
   json_t *arr = ud;
   json_t *o = json_pack("{s:s, s:s?, s:s?, s:s?, s:s?, s:I, s:I, s:I, s:I, "
-                        "s:f, s:s, s:s}",
+                        "s:f, s:I, s:s, s:s}",
                         "session_id", si->session_id, "task_id", si->task_id,
                         "jr_name", si->jr_name, "model_tier", si->model_tier,
                         "status", si->status, "total", (json_int_t)si->total,
                         "passed", (json_int_t)si->passed, "failed",
                         (json_int_t)si->failed, "pending",
                         (json_int_t)si->pending, "progress_pct",
-                        si->progress_pct, "created_at", si->created_at,
-                        "updated_at", si->updated_at);
+                        si->progress_pct, "total_tokens",
+                        (json_int_t)si->total_tokens, "created_at",
+                        si->created_at, "updated_at", si->updated_at);
   if (o) json_array_append_new(arr, o);
   return 0;
 }
