@@ -401,6 +401,17 @@ unsigned orch__policy_generation(const orch__policy *p);
 /* Copies the standing reload error ("file:line: message", "" when every
  * file on disk is serving) into buf; returns the serving generation. */
 unsigned orch__policy_last_error(orch__policy *p, char *buf, size_t buflen);
+/* What scans do to each module, for the store: fn(ud, module, file, gen,
+ * NULL) when a version of it loaded (serving from gen), fn(..., error) when
+ * one was refused (gen, the previous version, keeps serving). Setting a
+ * listener first reports the modules serving now and the standing
+ * refusals. Called on the thread that scans (loop or checker); fn NULL
+ * removes the listener (on return no call is in progress). */
+typedef void (*orch__policy_event_fn)(void *ud, const char *module,
+                                      const char *file, unsigned gen,
+                                      const char *error);
+void orch__policy_set_events(orch__policy *p, orch__policy_event_fn fn,
+                             void *ud);
 /* Space-separated names of the serving modules; returns their count. */
 size_t orch__policy_modules(orch__policy *p, char *buf, size_t buflen);
 
@@ -505,6 +516,7 @@ typedef enum orch__rec_type {
   ORCH__REC_EXPLORATION,   /* jr_exploration_log (append-only) */
   ORCH__REC_PARTICIPATION, /* magrpo_task_participation */
   ORCH__REC_COOPERATION,   /* magrpo_cooperation_metrics */
+  ORCH__REC_SCRIPT_EVENT,  /* orch_script_events (append-only) */
   ORCH__REC_NTYPES
 } orch__rec_type;
 
@@ -587,6 +599,15 @@ typedef struct orch__rec_cooperation {
   double avg_context_preservation, cooperation_score, group_reward_total;
 } orch__rec_cooperation;
 
+/* A script loaded or refused by a runtime's policy engine. */
+typedef struct orch__rec_script_event {
+  const char *runtime;           /* "host:pid" of the runtime */
+  const char *module, *file;     /* required */
+  int32_t generation;            /* the generation it serves from / kept */
+  const char *outcome;           /* "loaded" or "refused" (required) */
+  const char *error;             /* file:line: message, for a refusal */
+} orch__rec_script_event;
+
 typedef struct orch__rec {
   orch__rec_type type;
   union {
@@ -597,6 +618,7 @@ typedef struct orch__rec {
     orch__rec_exploration exploration;
     orch__rec_participation participation;
     orch__rec_cooperation cooperation;
+    orch__rec_script_event script_event;
   } u;
 } orch__rec;
 
@@ -699,6 +721,19 @@ typedef struct orch__store_today {
 int orch__store_today_counts(orch__store *s, orch__store_today *out,
                              char *err, size_t errlen);
 
+/* A script whose latest event is a refusal (orch_script_events). */
+typedef struct orch__script_refusal {
+  const char *module, *file, *error, *runtime;
+  long generation;
+  char created_at[32];
+} orch__script_refusal;
+/* Calls fn for each script whose latest recorded event, across runtimes,
+ * is a refusal, newest first; valid during the callback only. */
+int orch__store_script_refusals(orch__store *s,
+                                int (*fn)(void *ud,
+                                          const orch__script_refusal *r),
+                                void *ud, char *err, size_t errlen);
+
 /* ---- helpers for the scheduler, resume and the CLI ---- */
 
 /* Records step idx of g as it is now (id, kind, deps, status, attempts,
@@ -795,6 +830,9 @@ typedef struct orch__backend {
                          void *ud, char *err, size_t errlen);
   int (*today_counts)(void *conn, orch__store_today *out, char *err,
                       size_t errlen);
+  int (*script_refusals)(void *conn,
+                         int (*fn)(void *ud, const orch__script_refusal *r),
+                         void *ud, char *err, size_t errlen);
 } orch__backend;
 extern const orch__backend orch__backend_pg, orch__backend_sqlite;
 

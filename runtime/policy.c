@@ -1376,6 +1376,7 @@ static int check_snap(int budget_k, size_t mem_max, const psnap *snap,
 typedef struct rejected {
   char *name;
   pmod *mod; /* the refused content; NULL: its removal was refused */
+  char *err; /* why (file:line: message) */
 } rejected;
 
 typedef struct pwatch pwatch;
@@ -1395,7 +1396,16 @@ struct orch__policy {
   size_t nrej;
   pwatch *watch;
   atomic_ulong reloads, refusals;
+  orch__policy_event_fn on_event; /* scan_mu */
+  void *on_event_ud;
 };
+
+/* Tells the event listener what a scan did: the module loaded from gen, or
+ * refused (error) while gen keeps serving. Under scan_mu. */
+static void emit(orch__policy *p, const char *name, const pmod *m,
+                 unsigned gen, const char *error) {
+  if (p->on_event && m) p->on_event(p->on_event_ud, name, m->path, gen, error);
+}
 
 static void log_refusal(const char *msg) {
   fprintf(stderr, "orchestrate: script reload refused, the previous version "
@@ -1412,11 +1422,13 @@ static void rej_drop(orch__policy *p, const char *name) {
   rejected *r = rej_find(p, name);
   if (!r) return;
   free(r->name);
+  free(r->err);
   if (r->mod) { pmod_deinit(r->mod); free(r->mod); }
   *r = p->rej[--p->nrej];
 }
 
-static void rej_set(orch__policy *p, const char *name, const pmod *m) {
+static void rej_set(orch__policy *p, const char *name, const pmod *m,
+                    const char *why) {
   rej_drop(p, name);
   rejected *nr = realloc(p->rej, (p->nrej + 1) * sizeof *nr);
   if (!nr) return;
@@ -1424,12 +1436,18 @@ static void rej_set(orch__policy *p, const char *name, const pmod *m) {
   rejected *r = &p->rej[p->nrej];
   r->name = orch__strdup(name);
   r->mod = NULL;
-  if (!r->name) return;
+  r->err = orch__strdup(why ? why : "");
+  if (!r->name || !r->err) {
+    free(r->name);
+    free(r->err);
+    return;
+  }
   if (m) {
     r->mod = malloc(sizeof *r->mod);
     if (!r->mod || pmod_copy(r->mod, m)) {
       free(r->mod);
       free(r->name);
+      free(r->err);
       return;
     }
   }
@@ -1522,7 +1540,7 @@ static int rescan(orch__policy *p, bool initial) {
       }
       for (size_t i = 0; i < npend; i++) {
         if (done[i]) continue;
-        rej_set(p, pending[i], snap_find(disk, pending[i]));
+        rej_set(p, pending[i], snap_find(disk, pending[i]), errs[i]);
         log_refusal(errs[i]);
         atomic_fetch_add(&p->refusals, 1);
         pthread_mutex_lock(&p->mu);
@@ -1541,6 +1559,9 @@ static int rescan(orch__policy *p, bool initial) {
     snap_unref(old);
     if (!initial) atomic_fetch_add(&p->reloads, 1);
   }
+  for (size_t i = 0; i < npend; i++)
+    emit(p, pending[i], snap_find(disk, pending[i]), working->gen,
+         done[i] ? NULL : errs ? errs[i] : "refused");
   /* the error stands while a refused content is still what is on disk */
   bool standing = false;
   for (size_t i = 0; i < p->nrej; i++) {
@@ -1622,6 +1643,27 @@ size_t orch__policy_modules(orch__policy *p, char *buf, size_t buflen) {
 }
 
 static void unwatch_now(orch__policy *p);
+
+void orch__policy_set_events(orch__policy *p, orch__policy_event_fn fn,
+                             void *ud) {
+  if (!p) return;
+  pthread_mutex_lock(&p->scan_mu);
+  p->on_event = fn;
+  p->on_event_ud = ud;
+  if (fn) {
+    pthread_mutex_lock(&p->mu);
+    psnap *cur = snap_ref(p->cur);
+    pthread_mutex_unlock(&p->mu);
+    for (size_t i = 0; cur && i < cur->n; i++)
+      emit(p, cur->mods[i].name, &cur->mods[i], cur->gen, NULL);
+    for (size_t i = 0; i < p->nrej; i++)
+      if (p->rej[i].mod)
+        emit(p, p->rej[i].name, p->rej[i].mod, cur ? cur->gen : 0,
+             p->rej[i].err);
+    snap_unref(cur);
+  }
+  pthread_mutex_unlock(&p->scan_mu);
+}
 
 void orch__policy_free(orch__policy *p) {
   if (!p) return;
