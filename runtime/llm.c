@@ -147,6 +147,9 @@ struct orch__llm {
   /* request bodies by shape (provider, stream, system message), refilled
    * per call: build_body */
   json_t *body_shape[8];
+  /* request headers per tier and stream flag, shared (read-only) by the
+   * calls that send no X-Mock-Fault: set_headers */
+  struct curl_slist *hdrs[MAX_TIERS][2];
 };
 
 /* Checks one number field: present -> number within [lo, hi]. */
@@ -748,6 +751,7 @@ struct orch__llm_call {
   char *finish_msg;
   char *body_json;
   orch__http_req http;
+  bool shared_headers; /* http.headers is one of l->hdrs: not ours */
   uv_timer_t *timer;
   int64_t t0_ns;
   /* the attempt being read */
@@ -1321,10 +1325,25 @@ static void send_attempt(orch__llm_call *c) {
   orch__http_submit(l->http, h);
 }
 
+/* Lets go of the request's header list (shared ones are the engine's). */
+static void drop_headers(orch__llm_call *c) {
+  if (!c->shared_headers) curl_slist_free_all(c->http.headers);
+  c->http.headers = NULL;
+  c->shared_headers = false;
+}
+
 static int set_headers(orch__llm_call *c, const llm_tier *t) {
   orch__http_req *h = &c->http;
-  curl_slist_free_all(h->headers);
-  h->headers = NULL;
+  drop_headers(c);
+  /* the same for every call of the tier (and stream flag) but those with a
+   * fault header: built once, shared */
+  struct curl_slist **slot =
+      c->fault ? NULL : &c->l->hdrs[t - c->l->tiers][c->stream ? 1 : 0];
+  if (slot && *slot) {
+    h->headers = *slot;
+    c->shared_headers = true;
+    return ORCH_OK;
+  }
   char line[512];
   int rc = orch__http_req_header(h, "Content-Type: application/json");
   if (!rc) rc = orch__http_req_header(h, c->stream ? "Accept: text/event-stream"
@@ -1345,6 +1364,10 @@ static int set_headers(orch__llm_call *c, const llm_tier *t) {
   if (!rc && c->fault) {
     snprintf(line, sizeof line, "X-Mock-Fault: %s", c->fault);
     rc = orch__http_req_header(h, line);
+  }
+  if (!rc && slot) {
+    *slot = h->headers;
+    c->shared_headers = true;
   }
   return rc;
 }
@@ -1429,6 +1452,7 @@ static void finish(orch__llm_call *c, int code, const char *msg) {
     c->timer = NULL;
   }
   attempt_reset(c);
+  drop_headers(c);
   orch__http_req_deinit(&c->http);
   free(c->body_json);
   c->body_json = NULL;
@@ -1533,6 +1557,7 @@ void orch__llm_call_free(orch__llm_call *c) {
   sbuf_free(&c->raw);
   sbuf_free(&c->sse.line);
   sbuf_free(&c->sse.data);
+  drop_headers(c);
   orch__http_req_deinit(&c->http);
   free(c);
 }
@@ -1551,6 +1576,12 @@ void orch__llm_free(orch__llm *l) {
   }
   orch__http_free(l->http);
   for (size_t i = 0; i < 8; i++) json_decref(l->body_shape[i]);
+  for (size_t i = 0; i < MAX_TIERS; i++)
+    for (int k = 0; k < 2; k++) {
+      for (struct curl_slist *p = l->hdrs[i][k]; p; p = p->next)
+        memset(p->data, 0, strlen(p->data)); /* may hold a key */
+      curl_slist_free_all(l->hdrs[i][k]);
+    }
   for (size_t i = 0; i < l->ntiers; i++) tier_deinit(&l->tiers[i]);
   for (size_t i = 0; i < l->neps; i++) {
     free(l->eps[i]->fails);
