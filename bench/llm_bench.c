@@ -2,9 +2,10 @@
  * runs the project's mock LLM server (orch_mock_start; THREADS sets
  * ORCH_MOCK_THREADS) in this process until killed, so the client measured
  * by `llm_bench run` shares nothing with it but the machine. `llm_bench run
- * URL N C LATENCY_MS` sends N chat completions through llm.c (JSON built
- * and parsed, usage read) with C in flight at once and prints one JSON
- * line: throughput against the ideal (C / latency), added latency
+ * URL N C LATENCY_MS [warm]` sends N chat completions through llm.c (JSON
+ * built and parsed, usage read) with C in flight at once and prints one
+ * JSON line (with `warm`, an untimed fan-out of C calls first opens the
+ * connections, so the timed calls reuse them): throughput against the ideal (C / latency), added latency
  * percentiles, peak RSS per request in flight, the client's CPU time per
  * request and, when LLM_BENCH_MOCK_PID names the mock's process, the
  * mock's (from /proc/PID/task/TID/schedstat, in ns). bench/llm.sh runs it
@@ -143,7 +144,18 @@ static int cmp_d(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-static int run(const char *base, int n, int c, int latency) {
+/* Runs n calls, c at a time, to the end. */
+static void fanout(bench *b, int n) {
+  b->n = n;
+  b->started = b->done = 0;
+  for (int i = 0; i < b->c && i < n; i++) {
+    b->slots[i].b = b;
+    start_one(&b->slots[i]);
+  }
+  uv_run(b->loop, UV_RUN_DEFAULT);
+}
+
+static int run(const char *base, int n, int c, int latency, bool warm) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   char conf[1024];
@@ -161,19 +173,20 @@ static int run(const char *base, int n, int c, int latency) {
   }
   json_decref(sec);
   snprintf(b.prompt, sizeof b.prompt, "benchmark request");
-  b.lat_ms = calloc((size_t)n, sizeof *b.lat_ms);
+  b.lat_ms = calloc((size_t)(n > c ? n : c), sizeof *b.lat_ms);
   b.slots = calloc((size_t)c, sizeof *b.slots);
   long rss0 = proc_kib("VmRSS");
+  if (warm) {
+    fanout(&b, c);
+    if (b.failed) fprintf(stderr, "llm_bench: warm-up: %d failed\n", b.failed);
+    b.failed = 0;
+  }
   const char *mp = getenv("LLM_BENCH_MOCK_PID");
   long mock_pid = mp ? atol(mp) : 0;
   int64_t mcpu0 = mock_pid > 0 ? proc_cpu_ns(mock_pid) : -1;
   int64_t t0 = now_ns();
   double cpu0 = cpu_s();
-  for (int i = 0; i < c && i < n; i++) {
-    b.slots[i].b = &b;
-    start_one(&b.slots[i]);
-  }
-  uv_run(&loop, UV_RUN_DEFAULT);
+  fanout(&b, n);
   double wall = (double)(now_ns() - t0) / 1e9;
   double cpu = cpu_s() - cpu0;
   int64_t mcpu1 = mcpu0 >= 0 ? proc_cpu_ns(mock_pid) : -1;
@@ -189,13 +202,15 @@ static int run(const char *base, int n, int c, int latency) {
   double p50 = b.lat_ms[n / 2] - latency, p99 = b.lat_ms[(n * 99) / 100] - latency;
   double tput = n / wall, ideal = c / (latency / 1000.0);
   double kib_per = (double)(hwm - rss0) / (c < n ? c : n);
-  printf("{\"client\":\"orchestrate (libcurl multi + libuv)\",\"requests\":%d,"
+  printf("{\"client\":\"orchestrate (libcurl multi + libuv)\",\"warm\":%s,"
+         "\"requests\":%d,"
          "\"concurrency\":%d,\"latency_ms\":%d,\"failed\":%d,"
          "\"wall_s\":%.3f,\"throughput\":%.0f,\"ideal\":%.0f,"
          "\"ratio\":%.3f,\"added_p50_ms\":%.3f,\"added_p99_ms\":%.3f,"
          "\"rss_base_kib\":%ld,\"rss_peak_kib\":%ld,"
          "\"kib_per_inflight\":%.1f,\"cpu_us_per_req\":%.1f%s%s%s%s}\n",
-         n, c, latency, b.failed, wall, tput, ideal, tput / ideal, p50, p99,
+         warm ? "true" : "false", n, c, latency, b.failed, wall, tput, ideal,
+         tput / ideal, p50, p99,
          rss0, hwm, kib_per, cpu * 1e6 / n, mock_cpu,
          b.failed ? ",\"first_error\":\"" : "",
          b.failed ? b.first_error : "", b.failed ? "\"" : "");
@@ -208,9 +223,10 @@ int main(int argc, char **argv) {
   if (argc >= 3 && strcmp(argv[1], "serve") == 0)
     return serve(atoi(argv[2]), argc >= 4 ? argv[3] : NULL);
   if (argc >= 6 && strcmp(argv[1], "run") == 0)
-    return run(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
+    return run(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]),
+               argc >= 7 && strcmp(argv[6], "warm") == 0);
   fprintf(stderr,
           "usage: llm_bench serve PORT [THREADS]\n"
-          "       llm_bench run BASE_URL N CONCURRENCY LATENCY_MS\n");
+          "       llm_bench run BASE_URL N CONCURRENCY LATENCY_MS [warm]\n");
   return 2;
 }
