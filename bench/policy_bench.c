@@ -216,34 +216,17 @@ static void bench_calls(orch__lstate *s, int runs, int n) {
   printf("route_call_fast_path_ns_median %.0f ns (complexity.classify: "
          "lower + 16 keyword finds)\n", pct(fast, runs, 0.5));
   printf("route_call_json_path_ns_median %.0f ns\n", pct(js, runs, 0.5));
-  /* the shipped scripts/routing/complexity.lua, when run from the tree */
+  /* the shipped scripts/routing/complexity.lua, when run from the tree,
+   * and the same script on its plain-Lua path */
   if (orch__policy_call_fields(s, "routing.shipped", "classify", KEYS, VALS,
                                5, tier, sizeof tier, err, sizeof err) ==
       ORCH_OK) {
-    for (int r = 0; r < runs; r++) {
-      double t0 = now_ns();
-      for (int i = 0; i < n; i++)
-        orch__policy_call_fields(s, "routing.shipped", "classify", KEYS,
-                                 VALS, 5, tier, sizeof tier, err, sizeof err);
-      fast[r] = (now_ns() - t0) / n;
-    }
     printf("route_call_shipped_complexity_ns_median %.0f ns "
            "(scripts/routing/complexity.lua, fast path)\n",
-           pct(fast, runs, 0.5));
-  }
-  if (orch__policy_call_fields(s, "routing.shipped_lua", "classify", KEYS,
-                               VALS, 5, tier, sizeof tier, err,
-                               sizeof err) == ORCH_OK) {
-    for (int r = 0; r < runs; r++) {
-      double t0 = now_ns();
-      for (int i = 0; i < n; i++)
-        orch__policy_call_fields(s, "routing.shipped_lua", "classify", KEYS,
-                                 VALS, 5, tier, sizeof tier, err, sizeof err);
-      fast[r] = (now_ns() - t0) / n;
-    }
+           time_calls(s, "routing.shipped", NULL, runs, n));
     printf("route_call_shipped_plain_lua_ns_median %.0f ns "
            "(scripts/routing/complexity.lua on its plain-Lua path)\n",
-           pct(fast, runs, 0.5));
+           time_calls(s, "routing.shipped_lua", NULL, runs, n));
   }
   printf("bare_lua_pcall_ns_median %.0f ns\n", pct(bare, runs, 0.5));
   luaL_unref(L, LUA_REGISTRYINDEX, empty);

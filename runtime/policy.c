@@ -226,6 +226,19 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
  * hook. Sandbox scripts have no coroutines, so the main thread of the state
  * is the only one that runs script code. */
 
+/* The time ms from now on clock clk, for a timed condition wait. */
+static struct timespec after_ms(clockid_t clk, long ms) {
+  struct timespec ts;
+  clock_gettime(clk, &ts);
+  ts.tv_sec += ms / 1000;
+  ts.tv_nsec += (ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  return ts;
+}
+
 static pthread_mutex_t watch_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t watch_cv = PTHREAD_COND_INITIALIZER;
 static sbx *watch_head;     /* live sandbox states */
@@ -271,13 +284,7 @@ static void *watch_main(void *arg) {
       }
       x->seen_seq = s;
     }
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += WATCH_TICK_MS * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-      ts.tv_sec++;
-      ts.tv_nsec -= 1000000000L;
-    }
+    struct timespec ts = after_ms(CLOCK_REALTIME, WATCH_TICK_MS);
     pthread_cond_timedwait(&watch_cv, &watch_mu, &ts);
   }
   watch_running = false; /* the next state starts a new watchdog */
@@ -2337,13 +2344,7 @@ static void *checker_main(void *arg) {
   for (;;) {
     while (!w->dirty && !w->stop) pthread_cond_wait(&w->cv, &w->mu);
     if (w->stop) break;
-    struct timespec dl;
-    clock_gettime(CLOCK_MONOTONIC, &dl);
-    dl.tv_nsec += RELOAD_DEBOUNCE_MS * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) {
-      dl.tv_sec++;
-      dl.tv_nsec -= 1000000000L;
-    }
+    struct timespec dl = after_ms(CLOCK_MONOTONIC, RELOAD_DEBOUNCE_MS);
     while (!w->stop &&
            pthread_cond_timedwait(&w->cv, &w->mu, &dl) != ETIMEDOUT) {
     }
