@@ -617,11 +617,23 @@ static void to_loop(orch__run *r, worker_batch *b, uint32_t v) {
   if (b->nfin == ORCH__ARRAY_LEN(b->fin)) publish(r, b);
 }
 
+/* Does step s run on a worker, with no file to lock (file locks live on
+ * the loop)? r->where[kind] answers for a whole kind: 0 no, 1 yes, 2 it
+ * depends on the step's paths. */
 static bool on_worker(const orch__run *r, const orch__step *s) {
-  if (r->dry_run && s->kind == ORCH__KIND_LLM) return false;
+  uint8_t w = r->where[s->kind];
+  if (w < 2) return w;
   const char *const *paths;
-  if (step_writes(s, &paths)) return false; /* file locks live on the loop */
-  return orch__kinds[s->kind]->where == ORCH__ON_WORKER;
+  return !step_writes(s, &paths);
+}
+
+static void kinds_where(orch__run *r) {
+  for (int k = 0; k < ORCH__NKINDS; k++) {
+    const orch__kind *kd = orch__kinds[k];
+    if (!kd || kd->where != ORCH__ON_WORKER || (r->dry_run && k == ORCH__KIND_LLM))
+      r->where[k] = 0;
+    else r->where[k] = kd->writes ? 2 : 1;
+  }
 }
 
 /* Can v, just run, be completed here? Not with an in-flight limit (the
@@ -933,6 +945,7 @@ int orch_run(orch_runtime *rt, orch_graph *g, char *err, size_t errlen) {
   r->max_parallel = rt->cfg.max_parallel > 0 ? (size_t)rt->cfg.max_parallel : 0;
   r->dry_run = rt->dry_run;
   r->fast = !r->max_parallel && !rt->store;
+  kinds_where(r);
   pthread_mutex_init(&r->mu, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);
