@@ -38,7 +38,8 @@ void orch_graph_free(orch_graph *g) {
   free(g->steps);
   free(g->ids);
   free(g->hash);
-  free(g->edges);
+  free(g->efrom);
+  free(g->eto);
   free(g->dep_off);
   free(g->deps);
   free(g->out_off);
@@ -228,6 +229,20 @@ int orch__graph_add_anon(orch_graph *g, int kind, uint32_t *idx) {
   return ORCH_OK;
 }
 
+/* Edges as added, two arrays: when they come in order of the dependent
+ * step, efrom becomes the CSR's dependency list as it is. */
+static int grow_edges(orch_graph *g, size_t ncap) {
+  if (ncap > UINT32_MAX) return ORCH_ELIMIT;
+  uint32_t *nf = realloc(g->efrom, ncap * sizeof *nf);
+  if (!nf) return ORCH_ENOMEM;
+  g->efrom = nf;
+  uint32_t *nt = realloc(g->eto, ncap * sizeof *nt);
+  if (!nt) return ORCH_ENOMEM;
+  g->eto = nt;
+  g->edges_cap = ncap;
+  return ORCH_OK;
+}
+
 int orch_graph_reserve(orch_graph *g, size_t nsteps, size_t nedges) {
   if (!g) return ORCH_EINVAL;
   if (g->validated || g->ran) return ORCH_ESTATE;
@@ -238,12 +253,7 @@ int orch_graph_reserve(orch_graph *g, size_t nsteps, size_t nedges) {
     g->steps = ns;
     g->cap = nsteps;
   }
-  if (nedges > g->edges_cap) {
-    orch__edge *ne = realloc(g->edges, nedges * sizeof *ne);
-    if (!ne) return ORCH_ENOMEM;
-    g->edges = ne;
-    g->edges_cap = nedges;
-  }
+  if (nedges > g->edges_cap && grow_edges(g, nedges)) return ORCH_ENOMEM;
   /* The id hash is sized on the first named step: a host adding only
    * anonymous steps never pays for it. */
   if (nsteps > g->hint_steps) g->hint_steps = nsteps;
@@ -251,15 +261,11 @@ int orch_graph_reserve(orch_graph *g, size_t nsteps, size_t nedges) {
 }
 
 static int add_edge(orch_graph *g, uint32_t from, uint32_t to) {
-  if (g->nedges == g->edges_cap) {
-    size_t ncap = g->edges_cap ? g->edges_cap * 2 : 256;
-    orch__edge *ne = realloc(g->edges, ncap * sizeof *ne);
-    if (!ne) return ORCH_ENOMEM;
-    g->edges = ne;
-    g->edges_cap = ncap;
-  }
-  g->edges[g->nedges].from = from;
-  g->edges[g->nedges].to = to;
+  if (g->nedges == g->edges_cap &&
+      grow_edges(g, g->edges_cap ? g->edges_cap * 2 : 256))
+    return ORCH_ENOMEM;
+  g->efrom[g->nedges] = from;
+  g->eto[g->nedges] = to;
   g->nedges++;
   return ORCH_OK;
 }
@@ -428,75 +434,95 @@ int orch_graph_validate(orch_graph *g, char *err, size_t errlen) {
   g->npending = 0;
   size_t n = g->n, ne = g->nedges;
   /* One pass over the edges as added: self-dependencies, counts per
-   * dependent step, and whether every edge goes forward (from a lower to a
-   * higher index: index order is then a topological order, no cycle is
-   * possible) and in order of the dependent step (the CSR is then the
-   * list itself). Offsets are counted one slot ahead (off[to + 2]) so the
-   * scatter below can use them as cursors and leave them final. */
+   * dependent step, whether every edge goes forward (from a lower to a
+   * higher index: index order is then a topological order and no cycle is
+   * possible), whether they come in order of the dependent step (efrom is
+   * then the CSR's list as it is), and repeated edges within a dependent's
+   * run (long runs are left to dedup_deps). Offsets are counted one slot
+   * ahead (off[to + 2]) so a scatter can use them as cursors and leave them
+   * final. */
   free(g->dep_off); free(g->deps); free(g->out_off); free(g->outs);
   free(g->level); free(g->bottom); free(g->topo);
+  g->deps = g->outs = g->topo = NULL;
   g->bottom = NULL;
-  g->topo = NULL;
   g->dep_off = calloc(n + 2, sizeof *g->dep_off);
   g->out_off = calloc(n + 2, sizeof *g->out_off);
-  g->deps = malloc((ne ? ne : 1) * sizeof *g->deps);
   g->level = calloc(n, sizeof *g->level);
-  g->outs = NULL;
-  if (!g->dep_off || !g->out_off || !g->deps || !g->level) {
+  if (!g->dep_off || !g->out_off || !g->level) {
     rc = ORCH_ENOMEM;
     goto done;
   }
-  bool forward = true, sorted = true;
-  uint32_t prev_to = 0;
+  bool forward = true, sorted = true, dups = false;
+  const uint32_t *efrom = g->efrom, *eto = g->eto;
+  size_t run = 0; /* start of the current dependent's run of edges */
   for (size_t e = 0; e < ne; e++) {
-    uint32_t from = g->edges[e].from, to = g->edges[e].to;
+    uint32_t from = efrom[e], to = eto[e];
     if (from == to) {
       rc = orch__err(err, errlen, ORCH_EPLAN, "step '%s' depends on itself",
                      orch__step_id(g, to));
       goto done;
     }
     forward &= from < to;
-    sorted &= to >= prev_to;
-    prev_to = to;
+    if (e && to != eto[e - 1]) {
+      sorted &= to > eto[e - 1];
+      run = e;
+    } else if (e - run > 16) {
+      dups = true; /* long: let dedup_deps look */
+    } else {
+      for (size_t k = run; k < e; k++) dups |= efrom[k] == from;
+    }
     g->dep_off[to + 2]++;
+    g->out_off[from + 2]++;
   }
+  if (!sorted) dups = true; /* runs are split: let dedup_deps look */
   for (size_t i = 2; i <= n; i++) g->dep_off[i] += g->dep_off[i - 1];
   if (sorted) {
-    for (size_t e = 0; e < ne; e++) g->deps[e] = g->edges[e].from;
+    g->deps = g->efrom; /* already grouped by dependent, in order */
+    g->efrom = NULL;
     for (size_t i = 0; i < n; i++) g->dep_off[i] = g->dep_off[i + 1];
     g->dep_off[n] = (uint32_t)ne;
   } else {
-    for (size_t e = 0; e < ne; e++)
-      g->deps[g->dep_off[g->edges[e].to + 1]++] = g->edges[e].from;
+    g->deps = malloc((ne ? ne : 1) * sizeof *g->deps);
+    if (!g->deps) { rc = ORCH_ENOMEM; goto done; }
+    for (size_t e = 0; e < ne; e++) g->deps[g->dep_off[eto[e] + 1]++] = efrom[e];
   }
-  /* The raw list is no longer needed. */
-  free(g->edges);
-  g->edges = NULL;
+  /* The raw lists are no longer needed. */
+  free(g->efrom);
+  free(g->eto);
+  g->efrom = g->eto = NULL;
   g->nedges = g->edges_cap = 0;
-  bool multi = false;
-  for (size_t i = 0; i < n && ne && !multi; i++)
-    multi = g->dep_off[i + 1] - g->dep_off[i] > 1;
-  if (multi && (rc = dedup_deps(g))) goto done;
+  if (dups) {
+    if ((rc = dedup_deps(g))) goto done;
+    /* Recount the dependents without the repeats. */
+    memset(g->out_off, 0, (n + 2) * sizeof *g->out_off);
+    for (size_t e = 0; e < g->dep_off[n]; e++) g->out_off[g->deps[e] + 2]++;
+  }
   size_t w = g->dep_off[n];
-  /* Dependents: the same counting scatter, by dependency. */
+  if (!g->deps) {
+    g->deps = malloc(sizeof *g->deps);
+    if (!g->deps) { rc = ORCH_ENOMEM; goto done; }
+  }
+  /* Dependents by the same counting scatter, by dependency; with forward
+   * edges the levels come in the same pass (index order is topological). */
   g->outs = malloc((w ? w : 1) * sizeof *g->outs);
   if (!g->outs) { rc = ORCH_ENOMEM; goto done; }
-  for (size_t e = 0; e < w; e++) g->out_off[g->deps[e] + 2]++;
   for (size_t i = 2; i <= n; i++) g->out_off[i] += g->out_off[i - 1];
-  for (size_t i = 0; i < n; i++)
-    for (uint32_t e = g->dep_off[i]; e < g->dep_off[i + 1]; e++)
-      g->outs[g->out_off[g->deps[e] + 1]++] = (uint32_t)i;
   uint32_t maxlevel = 0;
   if (forward) {
-    /* Levels in index order, which is topological. */
     for (size_t i = 0; i < n && w; i++) {
       uint32_t lv = 0;
-      for (uint32_t e = g->dep_off[i]; e < g->dep_off[i + 1]; e++)
-        if (g->level[g->deps[e]] + 1 > lv) lv = g->level[g->deps[e]] + 1;
+      for (uint32_t e = g->dep_off[i]; e < g->dep_off[i + 1]; e++) {
+        uint32_t d = g->deps[e];
+        g->outs[g->out_off[d + 1]++] = (uint32_t)i;
+        if (g->level[d] + 1 > lv) lv = g->level[d] + 1;
+      }
       g->level[i] = lv;
       if (lv > maxlevel) maxlevel = lv;
     }
   } else {
+    for (size_t i = 0; i < n; i++)
+      for (uint32_t e = g->dep_off[i]; e < g->dep_off[i + 1]; e++)
+        g->outs[g->out_off[g->deps[e] + 1]++] = (uint32_t)i;
     /* Kahn: topological order and levels. */
     order = malloc(n * sizeof *order);
     indeg = malloc(n * sizeof *indeg);
@@ -517,8 +543,12 @@ int orch_graph_validate(orch_graph *g, char *err, size_t errlen) {
       }
     }
     if (tail < n) {
-      name_cycle(g, indeg, err, errlen);
-      rc = ORCH_ECYCLE;
+      /* Kept as the graph's error: the edges are gone, a second
+       * validation must not pass. */
+      char msg[512];
+      name_cycle(g, indeg, msg, sizeof msg);
+      rc = orch__err(err, errlen, ORCH_ECYCLE, "%s", msg);
+      set_err(g, ORCH_ECYCLE, msg);
       goto done;
     }
     g->topo = order; /* for the bottom levels */

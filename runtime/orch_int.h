@@ -118,9 +118,6 @@ typedef struct orch__step {
  * bytes per step; the step itself is the cold record. */
 _Static_assert(sizeof(orch__step) <= 72, "keep orch__step small");
 
-typedef struct orch__edge {
-  uint32_t from, to; /* to depends on from */
-} orch__edge;
 
 struct orch_graph {
   orch__step *steps;
@@ -130,7 +127,7 @@ struct orch_graph {
   uint32_t *hash; /* open addressing; index+1, 0 = empty */
   size_t hash_cap;
   /* dependencies as added, by name when the target was not known yet */
-  orch__edge *edges;
+  uint32_t *efrom, *eto; /* edge k: eto[k] depends on efrom[k] */
   size_t nedges, edges_cap;
   char **pending_names; /* (step, dep name) pairs resolved at validate */
   uint32_t *pending_from;

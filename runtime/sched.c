@@ -690,6 +690,11 @@ static void run_from(orch__run *r, orch__worker *w, worker_batch *b,
   while (v != NONE) {
     orch__step *s = &g->steps[v];
     s->started_ns = t;
+    /* The dependents are touched right after the step: fetch them now. */
+    for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++) {
+      __builtin_prefetch(&g->steps[g->outs[e]], 1);
+      __builtin_prefetch(&r->npend[g->outs[e]], 1);
+    }
     if (atomic_load(&r->canceled)) {
       __atomic_store_n(&s->status, ORCH_FAILED, __ATOMIC_RELEASE);
       orch__step_set_error(s, "canceled before it started");

@@ -73,6 +73,10 @@ TEST(dag_anon_errors_name_steps_by_index) {
   ASSERT_EQ(orch_graph_depend_index(g, 9, 1), ORCH_EINVAL);
   ASSERT_EQ(orch_graph_validate(g, err, sizeof err), ORCH_ECYCLE);
   ASSERT(strstr(err, "#1 -> #2 -> #1") || strstr(err, "#2 -> #1 -> #2"));
+  /* Asked again, the same answer. */
+  char err2[256];
+  ASSERT_EQ(orch_graph_validate(g, err2, sizeof err2), ORCH_ECYCLE);
+  ASSERT_STR_EQ(err2, err);
   orch_graph_free(g);
 }
 
