@@ -229,7 +229,11 @@ ORCH_API size_t orch_step_dep(const orch_graph *g, size_t i, size_t j);
 ORCH_API size_t orch_step_level(const orch_graph *g, size_t i);
 ORCH_API double orch_step_cost(const orch_graph *g, size_t i);
 ORCH_API int orch_step_status(const orch_graph *g, size_t i);
-/* ms since the run started; -1 when the step never started/finished. */
+/* ms since the run started; -1 when the step never started/finished. A
+ * step never starts before all its dependencies finished. The interval
+ * always contains the step's run, but a C step (orch_graph_add_fn) that
+ * passed and that no step depends on may share its clock reads with up to
+ * 31 such steps run just before it on the same worker. */
 ORCH_API double orch_step_started_ms(const orch_graph *g, size_t i);
 ORCH_API double orch_step_finished_ms(const orch_graph *g, size_t i);
 ORCH_API int orch_step_attempts(const orch_graph *g, size_t i);

@@ -298,6 +298,7 @@ struct orch__run {
   atomic_size_t spans; /* span jobs of roots not yet done by workers */
   bool fast;           /* workers may complete steps themselves */
   uint8_t where[ORCH__NKINDS]; /* sched.c: does a kind run on workers */
+  bool all_worker;     /* every step of the graph runs on workers, no locks */
   atomic_bool canceled;
   bool finished, dry_run, in_process, closed, started, cancel_done;
   /* ready steps waiting for a slot: max-heap on bottom level */

@@ -628,11 +628,13 @@ static bool on_worker(const orch__run *r, const orch__step *s) {
 }
 
 static void kinds_where(orch__run *r) {
+  r->all_worker = true;
   for (int k = 0; k < ORCH__NKINDS; k++) {
     const orch__kind *kd = orch__kinds[k];
     if (!kd || kd->where != ORCH__ON_WORKER || (r->dry_run && k == ORCH__KIND_LLM))
       r->where[k] = 0;
     else r->where[k] = kd->writes ? 2 : 1;
+    if (r->g->nkind[k] && r->where[k] != 1) r->all_worker = false;
   }
 }
 
@@ -646,6 +648,7 @@ static bool completes_here(orch__run *r, uint32_t v) {
   if (!r->fast || atomic_load(&r->canceled) || status_of(s) != ORCH_PASSED ||
       !on_worker(r, s))
     return false;
+  if (r->all_worker) return true;
   for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++)
     if (!on_worker(r, &g->steps[g->outs[e]])) return false;
   return true;
@@ -831,7 +834,14 @@ static void run_start(void *arg) {
   r->npend = malloc((n ? n : 1) * sizeof *r->npend);
   r->roots = malloc((n ? n : 1) * sizeof *r->roots);
   if (!r->npend || !r->roots) abort();
-  for (size_t i = 0; i < n; i++) r->npend[i] = g->dep_off[i + 1] - g->dep_off[i];
+  /* The roots: steps with nothing to wait for (counted again below after
+   * a resume). */
+  size_t nroots = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint32_t k = g->dep_off[i + 1] - g->dep_off[i];
+    r->npend[i] = k;
+    if (!k) r->roots[nroots++] = (uint32_t)i;
+  }
   if (resumed) {
     for (size_t i = 0; i < n; i++) {
       if (g->steps[i].status != ORCH_PASSED) continue;
@@ -842,11 +852,12 @@ static void run_start(void *arg) {
         r->npend[g->outs[e]]--;
     }
   }
-  /* The roots: steps with nothing left to wait for. */
-  size_t nroots = 0;
-  for (size_t i = 0; i < n; i++)
-    if (!r->npend[i] && (!resumed || g->steps[i].status == ORCH_PENDING))
-      r->roots[nroots++] = (uint32_t)i;
+  if (resumed) {
+    nroots = 0;
+    for (size_t i = 0; i < n; i++)
+      if (!r->npend[i] && g->steps[i].status == ORCH_PENDING)
+        r->roots[nroots++] = (uint32_t)i;
+  }
   if (r->max_parallel && orch__graph_bottoms(g))
     fprintf(stderr, "orchestrate: no memory for priorities: ready steps "
                     "start in index order\n");
@@ -862,10 +873,14 @@ static void run_start(void *arg) {
     /* Worker roots go to the workers in spans, unclaimed; the others
      * start here. The spans read r->roots until they are done. */
     size_t nw = 0;
-    for (size_t i = 0; i < nroots; i++) {
-      uint32_t v = r->roots[i];
-      if (on_worker(r, &g->steps[v])) r->roots[nw++] = v;
-      else make_ready(r, v);
+    if (r->all_worker) {
+      nw = nroots;
+    } else {
+      for (size_t i = 0; i < nroots; i++) {
+        uint32_t v = r->roots[i];
+        if (on_worker(r, &g->steps[v])) r->roots[nw++] = v;
+        else make_ready(r, v);
+      }
     }
     int nthreads = orch__pool_size(rt->pool);
     size_t chunk = nw / ((size_t)nthreads * 16) + 1;
