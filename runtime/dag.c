@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define NONE UINT32_MAX
 
@@ -243,6 +244,18 @@ static int grow_edges(orch_graph *g, size_t ncap) {
   return ORCH_OK;
 }
 
+void orch__prefault(void *p, size_t bytes) {
+#ifdef MADV_POPULATE_WRITE
+  if (bytes < ((size_t)1 << 20)) return;
+  uintptr_t lo = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
+  uintptr_t hi = ((uintptr_t)p + bytes) & ~(uintptr_t)4095;
+  if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
 int orch_graph_reserve(orch_graph *g, size_t nsteps, size_t nedges) {
   if (!g) return ORCH_EINVAL;
   if (g->validated || g->ran) return ORCH_ESTATE;
@@ -250,10 +263,15 @@ int orch_graph_reserve(orch_graph *g, size_t nsteps, size_t nedges) {
   if (nsteps > g->cap) {
     orch__step *ns = realloc(g->steps, nsteps * sizeof *ns);
     if (!ns) return ORCH_ENOMEM;
+    orch__prefault(ns + g->n, (nsteps - g->n) * sizeof *ns);
     g->steps = ns;
     g->cap = nsteps;
   }
-  if (nedges > g->edges_cap && grow_edges(g, nedges)) return ORCH_ENOMEM;
+  if (nedges > g->edges_cap) {
+    if (grow_edges(g, nedges)) return ORCH_ENOMEM;
+    orch__prefault(g->efrom + g->nedges, (nedges - g->nedges) * sizeof *g->efrom);
+    orch__prefault(g->eto + g->nedges, (nedges - g->nedges) * sizeof *g->eto);
+  }
   /* The id hash is sized on the first named step: a host adding only
    * anonymous steps never pays for it. */
   if (nsteps > g->hint_steps) g->hint_steps = nsteps;
@@ -452,6 +470,8 @@ int orch_graph_validate(orch_graph *g, char *err, size_t errlen) {
     rc = ORCH_ENOMEM;
     goto done;
   }
+  orch__prefault(g->dep_off, (n + 2) * sizeof *g->dep_off);
+  if (ne) orch__prefault(g->out_off, (n + 2) * sizeof *g->out_off);
   bool forward = true, sorted = true, dups = false;
   const uint32_t *efrom = g->efrom, *eto = g->eto;
   size_t run = 0; /* start of the current dependent's run of edges */

@@ -155,6 +155,10 @@ struct orch_graph {
 /* The step's id; an anonymous step's "#<index>" is formatted into one of
  * a few per-thread buffers, valid until 8 more such calls on the thread. */
 const char *orch__step_id(const orch_graph *g, uint32_t i);
+/* Faults in the pages of an array about to be written from end to end in
+ * one call rather than one trap per 4 KiB page (madvise
+ * MADV_POPULATE_WRITE); a hint, for arrays of 1 MiB and more. */
+void orch__prefault(void *p, size_t bytes);
 /* Bottom levels (g->bottom), computed once on first need; ORCH_ENOMEM. */
 int orch__graph_bottoms(orch_graph *g);
 int orch__graph_add(orch_graph *g, const char *id, size_t idlen, int kind,

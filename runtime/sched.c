@@ -834,6 +834,7 @@ static void run_start(void *arg) {
   r->npend = malloc((n ? n : 1) * sizeof *r->npend);
   r->roots = malloc((n ? n : 1) * sizeof *r->roots);
   if (!r->npend || !r->roots) abort();
+  orch__prefault(r->npend, n * sizeof *r->npend);
   /* The roots: steps with nothing to wait for (counted again below after
    * a resume). */
   size_t nroots = 0;
