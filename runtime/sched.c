@@ -574,6 +574,7 @@ static void drain(uv_async_t *a) {
  * their release), or at this worker's last clock read if later. */
 #define FAST_PUBLISH 4096
 #define LEAF_GROUP 32
+#define SHARE_AT 128
 
 typedef struct worker_batch {
   uint32_t fin[256]; /* completions for the loop */
@@ -760,7 +761,10 @@ static void run_from(orch__run *r, orch__worker *w, worker_batch *b,
        * under the newest published scripts. */
       if (g->steps[next].kind == ORCH__KIND_LUA && w)
         orch__lstate_sync(orch__worker_lstate(w));
-      if (ls->n && orch__pool_idle(r->rt->pool)) share(r, ls);
+      /* Share while another worker idles, and in any case once the stack
+       * is long: a worker that loses its core must not sit on much work. */
+      if ((ls->n && orch__pool_idle(r->rt->pool)) || ls->n >= SHARE_AT)
+        share(r, ls);
     }
     if (b->nfast >= FAST_PUBLISH) publish(r, b);
     v = next;
