@@ -268,7 +268,8 @@ int orch_graph_reserve(orch_graph *g, size_t nsteps, size_t nedges) {
     g->cap = nsteps;
   }
   if (nedges > g->edges_cap) {
-    if (grow_edges(g, nedges)) return ORCH_ENOMEM;
+    int rc = grow_edges(g, nedges);
+    if (rc) return rc;
     orch__prefault(g->efrom + g->nedges, (nedges - g->nedges) * sizeof *g->efrom);
     orch__prefault(g->eto + g->nedges, (nedges - g->nedges) * sizeof *g->eto);
   }
@@ -279,9 +280,10 @@ int orch_graph_reserve(orch_graph *g, size_t nsteps, size_t nedges) {
 }
 
 static int add_edge(orch_graph *g, uint32_t from, uint32_t to) {
+  int rc;
   if (g->nedges == g->edges_cap &&
-      grow_edges(g, g->edges_cap ? g->edges_cap * 2 : 256))
-    return ORCH_ENOMEM;
+      (rc = grow_edges(g, g->edges_cap ? g->edges_cap * 2 : 256)))
+    return rc;
   g->efrom[g->nedges] = from;
   g->eto[g->nedges] = to;
   g->nedges++;
@@ -434,6 +436,7 @@ static int dedup_deps(orch_graph *g) {
 int orch_graph_validate(orch_graph *g, char *err, size_t errlen) {
   int rc = ORCH_OK;
   uint32_t *indeg = NULL, *order = NULL;
+  bool edges_gone = false;
   if (!g) return orch__err(err, errlen, ORCH_EINVAL, "no graph");
   if (g->validated) return ORCH_OK;
   if (g->err_code) return orch__err(err, errlen, g->err_code, "%s", g->err_msg);
@@ -506,11 +509,13 @@ int orch_graph_validate(orch_graph *g, char *err, size_t errlen) {
     if (!g->deps) { rc = ORCH_ENOMEM; goto done; }
     for (size_t e = 0; e < ne; e++) g->deps[g->dep_off[eto[e] + 1]++] = efrom[e];
   }
-  /* The raw lists are no longer needed. */
+  /* The raw lists are no longer needed (so from here on, a failure is
+   * kept as the graph's error: a second validation has no edges). */
   free(g->efrom);
   free(g->eto);
   g->efrom = g->eto = NULL;
   g->nedges = g->edges_cap = 0;
+  edges_gone = true;
   if (dups) {
     if ((rc = dedup_deps(g))) goto done;
     /* Recount the dependents without the repeats. */
@@ -577,6 +582,7 @@ int orch_graph_validate(orch_graph *g, char *err, size_t errlen) {
   g->nlevels = maxlevel + 1;
   g->validated = true;
 done:
+  if (rc && edges_gone) set_err(g, rc, "out of memory validating the graph");
   free(indeg);
   free(order);
   return rc;
