@@ -4,7 +4,8 @@
  *     (median of runs): the fast path (orch__policy_call_fields, no JSON),
  *     the JSON path (orch__policy_call_string with a json_t argument), each
  *     for an inline keyword classifier, the shipped
- *     scripts/routing/complexity.lua and a trivial hook returning at once
+ *     scripts/routing/complexity.lua (with orch.keywords, as it runs in the
+ *     engine, and on its plain-Lua path) and a trivial hook returning at once
  *     (the engine's own cost), and a bare lua_pcall of an empty function
  *     for scale;
  *  2. reload latency: file written (renamed into place) -> every worker
@@ -215,20 +216,17 @@ static void bench_calls(orch__lstate *s, int runs, int n) {
   printf("route_call_fast_path_ns_median %.0f ns (complexity.classify: "
          "lower + 16 keyword finds)\n", pct(fast, runs, 0.5));
   printf("route_call_json_path_ns_median %.0f ns\n", pct(js, runs, 0.5));
-  /* the shipped scripts/routing/complexity.lua, when run from the tree */
+  /* the shipped scripts/routing/complexity.lua, when run from the tree,
+   * and the same script on its plain-Lua path */
   if (orch__policy_call_fields(s, "routing.shipped", "classify", KEYS, VALS,
                                5, tier, sizeof tier, err, sizeof err) ==
       ORCH_OK) {
-    for (int r = 0; r < runs; r++) {
-      double t0 = now_ns();
-      for (int i = 0; i < n; i++)
-        orch__policy_call_fields(s, "routing.shipped", "classify", KEYS,
-                                 VALS, 5, tier, sizeof tier, err, sizeof err);
-      fast[r] = (now_ns() - t0) / n;
-    }
     printf("route_call_shipped_complexity_ns_median %.0f ns "
            "(scripts/routing/complexity.lua, fast path)\n",
-           pct(fast, runs, 0.5));
+           time_calls(s, "routing.shipped", NULL, runs, n));
+    printf("route_call_shipped_plain_lua_ns_median %.0f ns "
+           "(scripts/routing/complexity.lua on its plain-Lua path)\n",
+           time_calls(s, "routing.shipped_lua", NULL, runs, n));
   }
   printf("bare_lua_pcall_ns_median %.0f ns\n", pct(bare, runs, 0.5));
   luaL_unref(L, LUA_REGISTRYINDEX, empty);
@@ -371,6 +369,20 @@ int main(int argc, char **argv) {
   if (orch__read_file("scripts/routing/complexity.lua", 1 << 20, &shipped,
                       &shipped_len, err, sizeof err) == ORCH_OK) {
     put(dir, "routing/shipped.lua", shipped);
+    /* the same script on its plain-Lua path (as without orch.keywords) */
+    const char *native = "local native = type(orch) == \"table\" and "
+                         "orch.keywords or nil";
+    char *at = strstr(shipped, native);
+    if (at) {
+      size_t nl = strlen(native), head = (size_t)(at - shipped);
+      char *lua = malloc(shipped_len + 32);
+      if (lua) {
+        snprintf(lua, shipped_len + 32, "%.*slocal native = nil%s",
+                 (int)head, shipped, at + nl);
+        put(dir, "routing/shipped_lua.lua", lua);
+        free(lua);
+      }
+    }
     free(shipped);
   }
   orch__config c;

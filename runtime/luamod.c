@@ -10,6 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* keywords.c (orch_int.h): the keyword matcher of the policy sandbox. */
+int orch__lua_keywords(lua_State *L);
+
 #define RT_MT "orch.runtime"
 #define G_MT "orch.graph"
 
@@ -391,7 +394,8 @@ __attribute__((visibility("default"))) int luaopen_orch(lua_State *L) {
       {NULL, NULL}};
   static const luaL_Reg funcs[] = {
       {"runtime", l_runtime}, {"graph", l_graph}, {"load", l_load},
-      {"status", l_status},   {NULL, NULL}};
+      {"status", l_status},   {"keywords", orch__lua_keywords},
+      {NULL, NULL}};
   luaL_newmetatable(L, RT_MT);
   lua_pushcfunction(L, l_rt_gc);
   lua_setfield(L, -2, "__gc");

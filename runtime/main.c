@@ -240,6 +240,7 @@ static void progress(void *ud, size_t done, size_t total, size_t running,
 
 /* Says on stderr when records were spooled or dropped: never silently. */
 static void report_stats(orch_runtime *rt) {
+  orch_runtime_flush(rt, 1000); /* what is still queued is not lost yet */
   char *txt = orch_runtime_stats(rt);
   json_t *doc = txt ? json_loads(txt, 0, NULL) : NULL;
   orch_free(txt);
@@ -570,6 +571,23 @@ static int cmd_status(int argc, char **argv) {
            (long long)json_integer_value(json_object_get(s, "pending")));
   }
   json_decref(list);
+  json_t *refused = json_object_get(doc, "scripts_refused");
+  if (json_array_size(refused)) {
+    printf("scripts refused by a runtime (the previous version keeps serving "
+           "there):\n");
+    json_array_foreach(refused, i, s) {
+      printf("  %s  %s (runtime %s, generation %lld): %s\n",
+             json_string_value(json_object_get(s, "at")),
+             json_string_value(json_object_get(s, "file")),
+             json_string_value(json_object_get(s, "runtime"))
+                 ? json_string_value(json_object_get(s, "runtime"))
+                 : "?",
+             (long long)json_integer_value(json_object_get(s, "generation")),
+             json_string_value(json_object_get(s, "error"))
+                 ? json_string_value(json_object_get(s, "error"))
+                 : "");
+    }
+  }
   if (!one) {
     /* What a reload of the scripts would say now. */
     orch_runtime *rt = NULL;

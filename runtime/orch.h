@@ -103,6 +103,11 @@ ORCH_API int orch_runtime_resume(orch_runtime *rt, const char *session_id,
  * (generation, last reload error). */
 ORCH_API char *orch_runtime_stats(orch_runtime *rt);
 
+/* Waits up to timeout_ms until every record of the runtime's runs is in the
+ * database (or, with the database down, in the spool). ORCH_OK, or
+ * ORCH_ETIMEDOUT; ORCH_OK at once without a store. */
+ORCH_API int orch_runtime_flush(orch_runtime *rt, unsigned timeout_ms);
+
 /* Sessions as JSON text (free it with orch_free): with session_id NULL the
  * active ones and today's counts, else that session's progress summary
  * (total, passed, failed, pending, progress_pct, status). Read-only. */

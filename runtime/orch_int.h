@@ -362,6 +362,8 @@ struct orch_runtime {
   char *db_default;            /* used when none of those is set (CLI) */
   char session_id[40];         /* of the current or last run */
   char resume_id[40];          /* set by orch_runtime_resume for one run */
+  int64_t session_tokens_before; /* tokens of the session's earlier runs
+                                    in this process (ask: plan, tasks) */
   int64_t t0_wall_ms;          /* the run's start, wall clock */
   struct orch__lstate *loop_ls; /* the loop thread's scripts (rewards) */
   uint32_t step_base;          /* step numbers of this run start here (a
@@ -396,6 +398,11 @@ json_t *orch__lua_to_json(lua_State *L, int idx, int max_depth, char *err,
  * avoided: it becomes json.null lightuserdata). */
 void orch__lua_push_json(lua_State *L, const json_t *v);
 
+/* keywords.c: orch.keywords(list [, {whole=, name=}]) -> a matcher table
+ * with count(limit, text, ...) and matched(text, ...); a lua_CFunction for
+ * the sandbox's orch table and the Lua module. */
+int orch__lua_keywords(lua_State *L);
+
 /* ---- policy.c: the engine (scripts, per-worker states, reload) ------- */
 
 /* The engine owns the published scripts: an immutable snapshot of
@@ -427,6 +434,17 @@ unsigned orch__policy_generation(const orch__policy *p);
 /* Copies the standing reload error ("file:line: message", "" when every
  * file on disk is serving) into buf; returns the serving generation. */
 unsigned orch__policy_last_error(orch__policy *p, char *buf, size_t buflen);
+/* What scans do to each module, for the store: fn(ud, module, file, gen,
+ * NULL) when a version of it loaded (serving from gen), fn(..., error) when
+ * one was refused (gen, the previous version, keeps serving). Setting a
+ * listener first reports the modules serving now and the standing
+ * refusals. Called on the thread that scans (loop or checker); fn NULL
+ * removes the listener (on return no call is in progress). */
+typedef void (*orch__policy_event_fn)(void *ud, const char *module,
+                                      const char *file, unsigned gen,
+                                      const char *error);
+void orch__policy_set_events(orch__policy *p, orch__policy_event_fn fn,
+                             void *ud);
 /* Space-separated names of the serving modules; returns their count. */
 size_t orch__policy_modules(orch__policy *p, char *buf, size_t buflen);
 
@@ -531,6 +549,7 @@ typedef enum orch__rec_type {
   ORCH__REC_EXPLORATION,   /* jr_exploration_log (append-only) */
   ORCH__REC_PARTICIPATION, /* magrpo_task_participation */
   ORCH__REC_COOPERATION,   /* magrpo_cooperation_metrics */
+  ORCH__REC_SCRIPT_EVENT,  /* orch_script_events (append-only) */
   ORCH__REC_NTYPES
 } orch__rec_type;
 
@@ -613,6 +632,15 @@ typedef struct orch__rec_cooperation {
   double avg_context_preservation, cooperation_score, group_reward_total;
 } orch__rec_cooperation;
 
+/* A script loaded or refused by a runtime's policy engine. */
+typedef struct orch__rec_script_event {
+  const char *runtime;           /* "host:pid" of the runtime */
+  const char *module, *file;     /* required */
+  int32_t generation;            /* the generation it serves from / kept */
+  const char *outcome;           /* "loaded" or "refused" (required) */
+  const char *error;             /* file:line: message, for a refusal */
+} orch__rec_script_event;
+
 typedef struct orch__rec {
   orch__rec_type type;
   union {
@@ -623,6 +651,7 @@ typedef struct orch__rec {
     orch__rec_exploration exploration;
     orch__rec_participation participation;
     orch__rec_cooperation cooperation;
+    orch__rec_script_event script_event;
   } u;
 } orch__rec;
 
@@ -725,6 +754,19 @@ typedef struct orch__store_today {
 int orch__store_today_counts(orch__store *s, orch__store_today *out,
                              char *err, size_t errlen);
 
+/* A script whose latest event is a refusal (orch_script_events). */
+typedef struct orch__script_refusal {
+  const char *module, *file, *error, *runtime;
+  long generation;
+  char created_at[32];
+} orch__script_refusal;
+/* Calls fn for each script whose latest recorded event, across runtimes,
+ * is a refusal, newest first; valid during the callback only. */
+int orch__store_script_refusals(orch__store *s,
+                                int (*fn)(void *ud,
+                                          const orch__script_refusal *r),
+                                void *ud, char *err, size_t errlen);
+
 /* ---- helpers for the scheduler, resume and the CLI ---- */
 
 /* Records step idx of g as it is now (id, kind, deps, status, attempts,
@@ -821,6 +863,9 @@ typedef struct orch__backend {
                          void *ud, char *err, size_t errlen);
   int (*today_counts)(void *conn, orch__store_today *out, char *err,
                       size_t errlen);
+  int (*script_refusals)(void *conn,
+                         int (*fn)(void *ud, const orch__script_refusal *r),
+                         void *ud, char *err, size_t errlen);
 } orch__backend;
 extern const orch__backend orch__backend_pg, orch__backend_sqlite;
 

@@ -14,6 +14,8 @@
 #include <lualib.h>
 #include <math.h>
 #include <openssl/evp.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +28,8 @@
 #define JSON_MAX_DEPTH 64                 /* json.encode nesting */
 #define RELOAD_DEBOUNCE_MS 20
 #define FN_CACHE_MAX 16
+#define WATCH_TICK_MS 2                   /* the budget watchdog's period */
+#define BUDGET_SIGNAL (SIGRTMAX - 3)      /* arms the budget in a long call */
 
 /* ---- snapshots: an immutable, refcounted set of module sources --------- */
 
@@ -142,6 +146,14 @@ typedef struct sbx {
   int trip_line;
   char trip_src[LUA_IDSIZE];
   const psnap *snap;    /* modules `require` can load (borrowed; may be NULL) */
+  /* The budget watchdog (below). */
+  lua_State *L;
+  atomic_uint call_seq;     /* odd while a top-level call runs */
+  atomic_uint arm_seq;      /* the call the watchdog asked to arm */
+  unsigned seen_seq;        /* the watchdog's: call_seq at its last look */
+  _Atomic pthread_t thread; /* the thread of the latest call */
+  bool thread_set;
+  struct sbx *wprev, *wnext; /* the watch list */
 } sbx;
 
 static sbx *SBX(lua_State *L) { return *(sbx **)lua_getextraspace(L); }
@@ -202,19 +214,144 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
   luaL_error(L, "instruction budget exceeded (%d instructions)", x->budget);
 }
 
+/* ---- the budget watchdog ------------------------------------------------
+ * While a count hook is set, Lua takes its slow path on every instruction
+ * (about 3 ns each here, most of a short routing call). So a call starts
+ * without the hook, and a watchdog thread looks at every sandbox state each
+ * WATCH_TICK_MS: a top-level call it finds running at two looks in a row
+ * gets BUDGET_SIGNAL on its thread, whose handler sets the count hook with
+ * the whole budget, as lua.c's SIGINT handler does (lua_sethook may be called
+ * from a signal handler). A call is thus stopped after at most two ticks plus
+ * its instruction budget, and calls shorter than a tick never pay for the
+ * hook. Sandbox scripts have no coroutines, so the main thread of the state
+ * is the only one that runs script code. */
+
+/* The time ms from now on clock clk, for a timed condition wait. */
+static struct timespec after_ms(clockid_t clk, long ms) {
+  struct timespec ts;
+  clock_gettime(clk, &ts);
+  ts.tv_sec += ms / 1000;
+  ts.tv_nsec += (ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  return ts;
+}
+
+static pthread_mutex_t watch_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t watch_cv = PTHREAD_COND_INITIALIZER;
+static sbx *watch_head;     /* live sandbox states */
+static bool watch_running;  /* the watchdog thread exists */
+
+/* The sandbox call this thread is in, for the signal handler: set by
+ * call_begin before the call can be seen running, so its thread-local block
+ * exists before a signal can arrive. */
+static _Thread_local sbx *tl_call;
+
+static void on_budget_signal(int sig) {
+  (void)sig;
+  int saved = errno;
+  sbx *x = tl_call;
+  if (x && !lua_gethook(x->L)) {
+    unsigned s = atomic_load_explicit(&x->call_seq, memory_order_relaxed);
+    if ((s & 1) &&
+        s == atomic_load_explicit(&x->arm_seq, memory_order_relaxed))
+      lua_sethook(x->L, budget_hook, LUA_MASKCOUNT, x->budget);
+  }
+  errno = saved;
+}
+
+static void install_budget_signal(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_budget_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(BUDGET_SIGNAL, &sa, NULL);
+}
+
+static void *watch_main(void *arg) {
+  (void)arg;
+  pthread_mutex_lock(&watch_mu);
+  while (watch_head) {
+    for (sbx *x = watch_head; x; x = x->wnext) {
+      unsigned s = atomic_load_explicit(&x->call_seq, memory_order_acquire);
+      if ((s & 1) && s == x->seen_seq &&
+          atomic_load_explicit(&x->arm_seq, memory_order_relaxed) != s) {
+        atomic_store_explicit(&x->arm_seq, s, memory_order_relaxed);
+        pthread_kill(atomic_load(&x->thread), BUDGET_SIGNAL);
+      }
+      x->seen_seq = s;
+    }
+    struct timespec ts = after_ms(CLOCK_REALTIME, WATCH_TICK_MS);
+    pthread_cond_timedwait(&watch_cv, &watch_mu, &ts);
+  }
+  watch_running = false; /* the next state starts a new watchdog */
+  pthread_mutex_unlock(&watch_mu);
+  return NULL;
+}
+
+/* Puts x under the watchdog, starting it when needed. */
+static int watch_add(sbx *x) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, install_budget_signal);
+  int rc = 0;
+  pthread_mutex_lock(&watch_mu);
+  if (!watch_running) {
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_t t;
+    rc = pthread_create(&t, &a, watch_main, NULL);
+    pthread_attr_destroy(&a);
+    if (rc == 0) watch_running = true;
+  }
+  if (rc == 0) {
+    x->wprev = NULL;
+    x->wnext = watch_head;
+    if (watch_head) watch_head->wprev = x;
+    watch_head = x;
+  }
+  pthread_mutex_unlock(&watch_mu);
+  return rc;
+}
+
+static void watch_remove(sbx *x) {
+  pthread_mutex_lock(&watch_mu);
+  if (x->wprev) x->wprev->wnext = x->wnext;
+  else watch_head = x->wnext;
+  if (x->wnext) x->wnext->wprev = x->wprev;
+  if (!watch_head) pthread_cond_signal(&watch_cv);
+  pthread_mutex_unlock(&watch_mu);
+}
+
 static void call_begin(lua_State *L) {
   sbx *x = SBX(L);
   if (x->depth++ == 0) {
     x->budget_tripped = false;
     x->mem_tripped = false;
-    lua_sethook(L, budget_hook, LUA_MASKCOUNT, x->budget);
+    if (lua_gethook(L)) lua_sethook(L, NULL, 0, 0);
+    pthread_t me = pthread_self();
+    if (!x->thread_set || !pthread_equal(me, atomic_load(&x->thread))) {
+      sigset_t ss; /* a host may have blocked it in its threads */
+      sigemptyset(&ss);
+      sigaddset(&ss, BUDGET_SIGNAL);
+      pthread_sigmask(SIG_UNBLOCK, &ss, NULL);
+      atomic_store(&x->thread, me);
+      x->thread_set = true;
+    }
+    tl_call = x;
+    atomic_store_explicit(&x->call_seq, x->call_seq + 1, memory_order_release);
   }
 }
 
 static void call_end(lua_State *L) {
   sbx *x = SBX(L);
   if (--x->depth == 0) {
-    lua_sethook(L, NULL, 0, 0);
+    atomic_store_explicit(&x->call_seq, x->call_seq + 1, memory_order_release);
+    tl_call = NULL;
+    if (lua_gethook(L)) lua_sethook(L, NULL, 0, 0);
     x->budget_tripped = false;
   }
 }
@@ -827,6 +964,7 @@ static int setup_state(lua_State *L) {
   static const luaL_Reg orchf[] = {{"log", l_log},
                                    {"now_ms", l_now_ms},
                                    {"sha256", l_sha256},
+                                   {"keywords", orch__lua_keywords},
                                    {NULL, NULL}};
   luaL_newlib(L, orchf);
   lua_setfield(L, T, "orch");
@@ -887,11 +1025,20 @@ static lua_State *state_new(int budget_k, size_t mem_max, const psnap *snap,
     return NULL;
   }
   *(sbx **)lua_getextraspace(L) = x;
+  x->L = L;
+  if (watch_add(x)) {
+    orch__err(err, errlen, ORCH_ENOMEM,
+              "cannot start the Lua budget watchdog thread");
+    lua_close(L);
+    free(x);
+    return NULL;
+  }
   lua_atpanic(L, sbx_panic);
   lua_pushcfunction(L, setup_state);
   if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
     orch__err(err, errlen, ORCH_ENOMEM, "cannot set up the Lua sandbox: %s",
               lua_tostring(L, -1));
+    watch_remove(x);
     lua_close(L);
     free(x);
     return NULL;
@@ -902,6 +1049,7 @@ static lua_State *state_new(int budget_k, size_t mem_max, const psnap *snap,
 static void state_close(lua_State *L) {
   if (!L) return;
   sbx *x = SBX(L);
+  watch_remove(x);
   lua_close(L);
   free(x);
 }
@@ -1235,6 +1383,7 @@ static int check_snap(int budget_k, size_t mem_max, const psnap *snap,
 typedef struct rejected {
   char *name;
   pmod *mod; /* the refused content; NULL: its removal was refused */
+  char *err; /* why (file:line: message) */
 } rejected;
 
 typedef struct pwatch pwatch;
@@ -1254,7 +1403,16 @@ struct orch__policy {
   size_t nrej;
   pwatch *watch;
   atomic_ulong reloads, refusals;
+  orch__policy_event_fn on_event; /* scan_mu */
+  void *on_event_ud;
 };
+
+/* Tells the event listener what a scan did: the module loaded from gen, or
+ * refused (error) while gen keeps serving. Under scan_mu. */
+static void emit(orch__policy *p, const char *name, const pmod *m,
+                 unsigned gen, const char *error) {
+  if (p->on_event && m) p->on_event(p->on_event_ud, name, m->path, gen, error);
+}
 
 static void log_refusal(const char *msg) {
   fprintf(stderr, "orchestrate: script reload refused, the previous version "
@@ -1271,11 +1429,13 @@ static void rej_drop(orch__policy *p, const char *name) {
   rejected *r = rej_find(p, name);
   if (!r) return;
   free(r->name);
+  free(r->err);
   if (r->mod) { pmod_deinit(r->mod); free(r->mod); }
   *r = p->rej[--p->nrej];
 }
 
-static void rej_set(orch__policy *p, const char *name, const pmod *m) {
+static void rej_set(orch__policy *p, const char *name, const pmod *m,
+                    const char *why) {
   rej_drop(p, name);
   rejected *nr = realloc(p->rej, (p->nrej + 1) * sizeof *nr);
   if (!nr) return;
@@ -1283,12 +1443,18 @@ static void rej_set(orch__policy *p, const char *name, const pmod *m) {
   rejected *r = &p->rej[p->nrej];
   r->name = orch__strdup(name);
   r->mod = NULL;
-  if (!r->name) return;
+  r->err = orch__strdup(why ? why : "");
+  if (!r->name || !r->err) {
+    free(r->name);
+    free(r->err);
+    return;
+  }
   if (m) {
     r->mod = malloc(sizeof *r->mod);
     if (!r->mod || pmod_copy(r->mod, m)) {
       free(r->mod);
       free(r->name);
+      free(r->err);
       return;
     }
   }
@@ -1381,7 +1547,7 @@ static int rescan(orch__policy *p, bool initial) {
       }
       for (size_t i = 0; i < npend; i++) {
         if (done[i]) continue;
-        rej_set(p, pending[i], snap_find(disk, pending[i]));
+        rej_set(p, pending[i], snap_find(disk, pending[i]), errs[i]);
         log_refusal(errs[i]);
         atomic_fetch_add(&p->refusals, 1);
         pthread_mutex_lock(&p->mu);
@@ -1400,6 +1566,9 @@ static int rescan(orch__policy *p, bool initial) {
     snap_unref(old);
     if (!initial) atomic_fetch_add(&p->reloads, 1);
   }
+  for (size_t i = 0; i < npend; i++)
+    emit(p, pending[i], snap_find(disk, pending[i]), working->gen,
+         done[i] ? NULL : errs ? errs[i] : "refused");
   /* the error stands while a refused content is still what is on disk */
   bool standing = false;
   for (size_t i = 0; i < p->nrej; i++) {
@@ -1481,6 +1650,27 @@ size_t orch__policy_modules(orch__policy *p, char *buf, size_t buflen) {
 }
 
 static void unwatch_now(orch__policy *p);
+
+void orch__policy_set_events(orch__policy *p, orch__policy_event_fn fn,
+                             void *ud) {
+  if (!p) return;
+  pthread_mutex_lock(&p->scan_mu);
+  p->on_event = fn;
+  p->on_event_ud = ud;
+  if (fn) {
+    pthread_mutex_lock(&p->mu);
+    psnap *cur = snap_ref(p->cur);
+    pthread_mutex_unlock(&p->mu);
+    for (size_t i = 0; cur && i < cur->n; i++)
+      emit(p, cur->mods[i].name, &cur->mods[i], cur->gen, NULL);
+    for (size_t i = 0; i < p->nrej; i++)
+      if (p->rej[i].mod)
+        emit(p, p->rej[i].name, p->rej[i].mod, cur ? cur->gen : 0,
+             p->rej[i].err);
+    snap_unref(cur);
+  }
+  pthread_mutex_unlock(&p->scan_mu);
+}
 
 void orch__policy_free(orch__policy *p) {
   if (!p) return;
@@ -2154,13 +2344,7 @@ static void *checker_main(void *arg) {
   for (;;) {
     while (!w->dirty && !w->stop) pthread_cond_wait(&w->cv, &w->mu);
     if (w->stop) break;
-    struct timespec dl;
-    clock_gettime(CLOCK_MONOTONIC, &dl);
-    dl.tv_nsec += RELOAD_DEBOUNCE_MS * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) {
-      dl.tv_sec++;
-      dl.tv_nsec -= 1000000000L;
-    }
+    struct timespec dl = after_ms(CLOCK_MONOTONIC, RELOAD_DEBOUNCE_MS);
     while (!w->stop &&
            pthread_cond_timedwait(&w->cv, &w->mu, &dl) != ETIMEDOUT) {
     }

@@ -5,6 +5,7 @@
  * Uses config.c, loop.c, pool.c and sched.c. */
 #include "orch_int.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -125,6 +126,27 @@ static const char *store_url(const orch_runtime *rt) {
   return rt->db_default;
 }
 
+/* Records what the policy engine did to a script (orch_script_events), so
+ * `orchestrate status` in another shell shows a refused reload. */
+static void on_script_event(void *ud, const char *module, const char *file,
+                            unsigned gen, const char *error) {
+  orch_runtime *rt = ud;
+  if (!rt->store) return;
+  char host[128] = "", who[160], abs[PATH_MAX];
+  gethostname(host, sizeof host - 1);
+  snprintf(who, sizeof who, "%s:%ld", host, (long)getpid());
+  orch__rec rec;
+  memset(&rec, 0, sizeof rec);
+  rec.type = ORCH__REC_SCRIPT_EVENT;
+  rec.u.script_event.runtime = who;
+  rec.u.script_event.module = module;
+  rec.u.script_event.file = realpath(file, abs) ? abs : file;
+  rec.u.script_event.generation = (int32_t)gen;
+  rec.u.script_event.outcome = error ? "refused" : "loaded";
+  rec.u.script_event.error = error;
+  orch__store_put(rt->store, &rec);
+}
+
 static int open_store(orch_runtime *rt, char *err, size_t errlen) {
   const char *url = store_url(rt);
   if (!url || rt->store || strcmp(url, "none") == 0) return ORCH_OK;
@@ -132,6 +154,7 @@ static int open_store(orch_runtime *rt, char *err, size_t errlen) {
   char msg[512];
   int rc = orch__store_open(&rt->store, url, &o, msg, sizeof msg);
   if (rc) return orch__err(err, errlen, ORCH_ESTORE, "store: %s", msg);
+  orch__policy_set_events(rt->policy, on_script_event, rt);
   return ORCH_OK;
 }
 
@@ -192,6 +215,11 @@ int orch_status_json(const char *db, const char *session_id, char **out,
 }
 
 void orch_free(void *p) { free(p); }
+
+int orch_runtime_flush(orch_runtime *rt, unsigned timeout_ms) {
+  if (!rt || !rt->store) return ORCH_OK;
+  return orch__store_flush(rt->store, timeout_ms);
+}
 
 char *orch_runtime_stats(orch_runtime *rt) {
   if (!rt) return NULL;

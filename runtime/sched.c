@@ -163,9 +163,11 @@ static char *steps_json(const orch_graph *g) {
   return txt;
 }
 
-static void record_session(orch__run *r, const char *status, char *steps) {
+/* Records the session row; returns its token total: the session's earlier
+ * runs in this process (ask) plus this run's steps. */
+static int64_t record_session(orch__run *r, const char *status, char *steps) {
   orch_runtime *rt = r->rt;
-  if (!rt->store) return;
+  if (!rt->store) return 0;
   orch__rec rec;
   memset(&rec, 0, sizeof rec);
   rec.type = ORCH__REC_SESSION;
@@ -180,7 +182,7 @@ static void record_session(orch__run *r, const char *status, char *steps) {
   rec.u.session.status = status;
   rec.u.session.steps_json = steps;
   /* Tokens over the steps that report usage (llm steps). */
-  int64_t total = 0;
+  int64_t total = rt->session_tokens_before;
   for (int k = 0; k < ORCH__NKINDS; k++) {
     const orch__kind *kd = orch__kinds[k];
     if (!kd || !kd->usage || !r->g->nkind[k]) continue;
@@ -196,6 +198,7 @@ static void record_session(orch__run *r, const char *status, char *steps) {
   }
   rec.u.session.total_tokens = total;
   orch__store_put(rt->store, &rec);
+  return total;
 }
 
 /* ---- finishing ------------------------------------------------------------ */
@@ -450,11 +453,12 @@ static void end_run(orch__run *r) {
   g->makespan_ns = atomic_load(&r->last_ns);
   for (int k = 0; k < ORCH__NKINDS; k++)
     if (orch__kinds[k] && orch__kinds[k]->run_end) orch__kinds[k]->run_end(r);
-  record_session(r, atomic_load(&r->canceled) ? "canceled"
-                    : atomic_load(&r->failed) || atomic_load(&r->skipped)
-                        ? "failed"
-                        : "completed",
-                 r->steps_txt);
+  r->rt->session_tokens_before = record_session(
+      r,
+      atomic_load(&r->canceled)                               ? "canceled"
+      : atomic_load(&r->failed) || atomic_load(&r->skipped) ? "failed"
+                                                              : "completed",
+      r->steps_txt);
   pthread_mutex_lock(&r->mu);
   r->finished = true;
   pthread_cond_broadcast(&r->cond);
@@ -826,6 +830,8 @@ static void run_start(void *arg) {
    * without running again. */
   bool resumed = rt->store && rt->resume_id[0];
   if (rt->store) {
+    if (!rt->resume_id[0] || strcmp(rt->resume_id, rt->session_id) != 0)
+      rt->session_tokens_before = 0; /* not a continuation in this process */
     if (rt->resume_id[0]) snprintf(rt->session_id, sizeof rt->session_id, "%s", rt->resume_id);
     else orch__store_uuid(rt->session_id);
     rt->t0_wall_ms = orch__store_wall_ms();

@@ -79,6 +79,10 @@ static const orch__col cols_cooperation[] = {
     {"avg_context_preservation", 'f', 0}, {"cooperation_score", 'f', 0},
     {"group_reward_total", 'f', 0}, {"rec_seq", 'i', 0},
     {"created_at", 'T', I}};
+static const orch__col cols_script_event[] = {
+    {"rec_key", 't', K},    {"runtime", 't', 0},    {"module", 't', 0},
+    {"file", 't', 0},       {"generation", 'i', 0}, {"outcome", 't', 0},
+    {"error", 't', 0},      {"created_at", 'T', 0}};
 #undef K
 #undef I
 
@@ -91,6 +95,7 @@ const orch__rec_desc orch__rec_descs[ORCH__REC_NTYPES] = {
     DESC("jr_exploration_log", cols_exploration, 1),
     DESC("magrpo_task_participation", cols_participation, 0),
     DESC("magrpo_cooperation_metrics", cols_cooperation, 0),
+    DESC("orch_script_events", cols_script_event, 1),
 };
 #undef DESC
 
@@ -470,6 +475,22 @@ static int encode(orch__store *s, const orch__rec *rec, enc *e) {
     enc_real(e, r->novelty_score);
     enc_real(e, r->curiosity_bonus);
     enc_text(e, r->task_outcome);
+    enc_time(e, now);
+    break;
+  }
+  case ORCH__REC_SCRIPT_EVENT: {
+    const orch__rec_script_event *r = &rec->u.script_event;
+    if (!r->module || !r->file || !r->outcome) return ORCH_EINVAL;
+    char key[48];
+    snprintf(key, sizeof key, "%s-%" PRIu64, s->key_prefix,
+             (uint64_t)atomic_fetch_add(&s->keyctr, 1));
+    enc_text(e, key);
+    enc_text(e, r->runtime);
+    enc_text(e, r->module);
+    enc_text(e, r->file);
+    enc_int(e, r->generation);
+    enc_text(e, r->outcome);
+    enc_text(e, r->error);
     enc_time(e, now);
     break;
   }
@@ -1311,6 +1332,18 @@ int orch__store_today_counts(orch__store *s, orch__store_today *out,
   return rc;
 }
 
+int orch__store_script_refusals(orch__store *s,
+                                int (*fn)(void *ud,
+                                          const orch__script_refusal *r),
+                                void *ud, char *err, size_t errlen) {
+  void *c = NULL;
+  int rc = query_conn(s, &c, err, errlen);
+  if (rc != ORCH_OK) return rc;
+  rc = s->be->script_refusals(c, fn, ud, err, errlen);
+  s->be->disconnect(c);
+  return rc;
+}
+
 /* ---- migrations ----------------------------------------------------------- */
 
 ORCH_API int orch_migrate(const char *db, int status_only,
@@ -1434,18 +1467,28 @@ int orch__store_resume_mark(orch__store *s, const char *session_id,
   return rc;
 }
 
+static int refusal_json(void *ud, const orch__script_refusal *r) {
+  json_t *o = json_pack("{s:s?, s:s?, s:s?, s:s?, s:I, s:s}", "module",
+                        r->module, "file", r->file, "error", r->error,
+                        "runtime", r->runtime, "generation",
+                        (json_int_t)r->generation, "at", r->created_at);
+  if (o) json_array_append_new(ud, o);
+  return 0;
+}
+
 static int active_json(void *ud, const orch__session_info *si) {
   json_t *arr = ud;
   json_t *o = json_pack("{s:s, s:s?, s:s?, s:s?, s:s?, s:I, s:I, s:I, s:I, "
-                        "s:f, s:s, s:s}",
+                        "s:f, s:I, s:s, s:s}",
                         "session_id", si->session_id, "task_id", si->task_id,
                         "jr_name", si->jr_name, "model_tier", si->model_tier,
                         "status", si->status, "total", (json_int_t)si->total,
                         "passed", (json_int_t)si->passed, "failed",
                         (json_int_t)si->failed, "pending",
                         (json_int_t)si->pending, "progress_pct",
-                        si->progress_pct, "created_at", si->created_at,
-                        "updated_at", si->updated_at);
+                        si->progress_pct, "total_tokens",
+                        (json_int_t)si->total_tokens, "created_at",
+                        si->created_at, "updated_at", si->updated_at);
   if (o) json_array_append_new(arr, o);
   return 0;
 }
@@ -1479,6 +1522,11 @@ int orch__store_status_json(const char *db, const char *session_id,
     rc = orch__store_active_sessions(s, active_json, arr, err, errlen);
     if (rc != ORCH_OK) goto done;
     json_object_set_new(doc, "active", arr);
+    arr = NULL;
+    arr = json_array();
+    rc = orch__store_script_refusals(s, refusal_json, arr, err, errlen);
+    if (rc != ORCH_OK) goto done;
+    json_object_set_new(doc, "scripts_refused", arr);
     arr = NULL;
     orch__store_today t;
     rc = orch__store_today_counts(s, &t, err, errlen);

@@ -738,6 +738,36 @@ static int pg_today_counts(void *conn, orch__store_today *out, char *err,
   return ORCH_OK;
 }
 
+/* The scripts whose latest event is a refusal, newest first. */
+static int pg_script_refusals(void *conn,
+                              int (*fn)(void *ud, const orch__script_refusal *r),
+                              void *ud, char *err, size_t errlen) {
+  pgc *p = conn;
+  int rc = ORCH_OK;
+  PGresult *r = query(
+      p,
+      "SELECT e.module, e.file, e.error, e.runtime, e.generation, "
+      "to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') "
+      "FROM orch_script_events e WHERE e.outcome = 'refused' AND e.id = "
+      "(SELECT max(l.id) FROM orch_script_events l WHERE l.file = e.file) "
+      "ORDER BY e.id DESC LIMIT 100",
+      NULL, err, errlen);
+  if (!r) return ORCH_ESTORE;
+  for (int i = 0; i < PQntuples(r); i++) {
+    orch__script_refusal sr;
+    memset(&sr, 0, sizeof sr);
+    sr.module = val_or_null(r, i, 0);
+    sr.file = val_or_null(r, i, 1);
+    sr.error = val_or_null(r, i, 2);
+    sr.runtime = val_or_null(r, i, 3);
+    sr.generation = atol(PQgetvalue(r, i, 4));
+    snprintf(sr.created_at, sizeof sr.created_at, "%s", PQgetvalue(r, i, 5));
+    if ((rc = fn(ud, &sr)) != 0) break;
+  }
+  PQclear(r);
+  return rc;
+}
+
 const orch__backend orch__backend_pg = {
     .name = "postgresql",
     .connect = pg_connect,
@@ -748,4 +778,5 @@ const orch__backend orch__backend_pg = {
     .session_summary = pg_session_summary,
     .active_sessions = pg_active_sessions,
     .today_counts = pg_today_counts,
+    .script_refusals = pg_script_refusals,
 };

@@ -479,6 +479,38 @@ static int sq_today_counts(void *conn, orch__store_today *out, char *err,
   return ORCH_OK;
 }
 
+/* The scripts whose latest event is a refusal, newest first. */
+static int sq_script_refusals(void *conn,
+                              int (*fn)(void *ud, const orch__script_refusal *r),
+                              void *ud, char *err, size_t errlen) {
+  sq *c = conn;
+  sqlite3_stmt *st = NULL;
+  int rc = ORCH_OK;
+  if (sqlite3_prepare_v2(
+          c->db,
+          "SELECT e.module, e.file, e.error, e.runtime, e.generation, "
+          "substr(e.created_at, 1, 19) FROM orch_script_events e "
+          "WHERE e.outcome = 'refused' AND e.id = (SELECT max(l.id) FROM "
+          "orch_script_events l WHERE l.file = e.file) "
+          "ORDER BY e.id DESC LIMIT 100",
+          -1, &st, NULL) != SQLITE_OK)
+    return sq_err(err, errlen, ORCH_ESTORE, "script events", c->db);
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    orch__script_refusal r;
+    memset(&r, 0, sizeof r);
+    r.module = col_text(st, 0);
+    r.file = col_text(st, 1);
+    r.error = col_text(st, 2);
+    r.runtime = col_text(st, 3);
+    r.generation = sqlite3_column_int(st, 4);
+    snprintf(r.created_at, sizeof r.created_at, "%s",
+             col_text(st, 5) ? col_text(st, 5) : "");
+    if ((rc = fn(ud, &r)) != 0) break;
+  }
+  sqlite3_finalize(st);
+  return rc;
+}
+
 const orch__backend orch__backend_sqlite = {
     .name = "sqlite",
     .connect = sq_connect,
@@ -489,4 +521,5 @@ const orch__backend orch__backend_sqlite = {
     .session_summary = sq_session_summary,
     .active_sessions = sq_active_sessions,
     .today_counts = sq_today_counts,
+    .script_refusals = sq_script_refusals,
 };

@@ -180,4 +180,45 @@ describe("every finished step", function()
     local out = sql(dir .. "/r.db", "select coalesce(implicit_reward, 'null'), error_detail from jr_step_rewards")
     assert.matches("^null|reward: .*step.lua.*NaN", out)
   end)
+
+  it("keeps a refused script's error for orchestrate status, until a fixed version loads", function()
+    local dir = h.tmpdir()
+    os.execute("cp -r scripts " .. dir .. "/scripts")
+    local path = dir .. "/scripts/routing/agents.lua"
+    local good = h.read(path)
+    local f = io.open(path, "w")
+    f:write("local M = {}\nfunction M.route(t)\n  return {\nend\nreturn M\n")
+    f:close()
+    local conf = h.write('return { scripts_dir = "' .. dir .. '/scripts" }', ".lua")
+    local db = "sqlite:" .. dir .. "/r.db"
+    local plan = h.plan({ { id = "ok", kind = "shell", run = "true" } })
+    local code, _, rerr = h.cli("run --config " .. conf .. " --db " .. db .. " " .. plan)
+    assert.are.equal(0, code)
+    assert.not_matches("spool", rerr)
+    -- another shell, another config: status reads what the runtime recorded
+    local _, out = h.cli("status --json --db " .. db)
+    local doc = h.json().decode(out)
+    local by = {}
+    for _, e in ipairs(doc.scripts_refused) do by[e.module] = e end
+    -- policies.limits requires routing.agents: refused with it
+    assert.is_table(by["policies.limits"])
+    local r = by["routing.agents"]
+    assert.are.equal("routing.agents", r.module)
+    assert.matches("/scripts/routing/agents.lua$", r.file)
+    assert.matches("agents.lua:4:", r.error)
+    assert.matches(":%d+$", r.runtime)
+    local _, text = h.cli("status --db " .. db)
+    assert.matches("scripts refused by a runtime", text, 1, true)
+    assert.matches("agents.lua:4:", text)
+    -- the other modules loaded, and a run with the file fixed clears it
+    local loaded = sql(dir .. "/r.db", "select count(*) from orch_script_events where outcome = 'loaded'")
+    assert.is_true(tonumber(loaded) >= 8)
+    f = io.open(path, "w")
+    f:write(good)
+    f:close()
+    h.cli("run --config " .. conf .. " --db " .. db .. " " .. plan)
+    _, out = h.cli("status --json --db " .. db)
+    assert.are.same({}, h.json().decode(out).scripts_refused)
+    os.remove(plan)
+  end)
 end)

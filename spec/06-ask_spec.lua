@@ -53,6 +53,12 @@ describe("orchestrate ask", function()
     local s = h.json().decode(sout).session
     assert.are.equal(#doc.plan.tasks + 2, s.total)
     assert.are.equal("completed", s.status)
+    -- and its tokens: the planning call's, the tasks' and the answer's
+    assert.are.equal(doc.tokens_in + doc.tokens_out, s.total_tokens)
+    local by_runs = 0
+    for _, st in ipairs(doc.steps) do by_runs = by_runs + (st.tokens_in or 0) + (st.tokens_out or 0) end
+    assert.are.equal(by_runs, s.total_tokens)
+    assert.is_true(by.plan.tokens_in > 0 and by.answer.tokens_in > 0)
     -- the API key never shows
     assert.not_matches("sk%-test%-secret", out)
     assert.not_matches("sk%-test%-secret", err)

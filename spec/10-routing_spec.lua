@@ -1,9 +1,23 @@
 -- Routing scripts: keyword complexity -> model tier, task name -> agents.
 package.path = "scripts/?.lua;" .. package.path
-local complexity = require "routing.complexity"
 local agents = require "routing.agents"
 
-describe("routing.complexity", function()
+-- routing.complexity loaded as a plain lua5.4 loads it, or as the engine
+-- does, with the orch.keywords matcher (from the Lua module orch.so, the
+-- same C function the sandbox's orch table has).
+local function load_complexity(native)
+  package.loaded["routing.complexity"] = nil
+  local saved = rawget(_G, "orch")
+  if native then rawset(_G, "orch", { keywords = require("orch").keywords }) end
+  local m = require "routing.complexity"
+  rawset(_G, "orch", saved)
+  package.loaded["routing.complexity"] = nil
+  return m
+end
+
+for _, impl in ipairs({ { "in plain Lua", false }, { "with orch.keywords", true } }) do
+describe("routing.complexity " .. impl[1], function()
+  local complexity = load_complexity(impl[2])
   local classify = complexity.classify
 
   it("sends the issue's simple document task to the fast tier", function()
@@ -85,6 +99,99 @@ describe("routing.complexity", function()
 
   it("passes its selftest", function()
     assert.is_true(complexity.selftest())
+  end)
+
+  it("follows a keyword list edited in place", function()
+    assert.equal("local", classify({ title = "Plan the rollout" }))
+    complexity.COMPLEX[1] = "rollout"
+    finally(function() complexity.COMPLEX[1] = "architect" end)
+    assert.equal("strong", classify({ title = "Plan the rollout" }))
+    assert.equal("local", classify({ title = "Architect it" }))
+  end)
+end)
+end
+
+describe("orch.keywords", function()
+  local keywords = require("orch").keywords
+  local plain, native = load_complexity(false), load_complexity(true)
+
+  it("decides every tier as the plain-Lua matcher does, on 5,000 random tasks", function()
+    local words = { "the", "x", "-", ".", ",", "\t", "\n  ", "data", "schema", "api",
+                    "design", "multi", "file", "formatting", "insecure", "Á", "\0" }
+    for _, list in ipairs({ plain.COMPLEX, plain.SIMPLE }) do
+      for _, kw in ipairs(list) do
+        words[#words + 1] = kw
+        words[#words + 1] = kw:upper()
+        words[#words + 1] = kw .. "s"
+        words[#words + 1] = "x" .. kw
+        words[#words + 1] = kw:gsub(" ", "\n\t ")
+      end
+    end
+    math.randomseed(10)
+    for _ = 1, 5000 do
+      local parts = {}
+      for j = 1, math.random(0, 12) do parts[j] = words[math.random(#words)] end
+      local cut = math.random(0, #parts)
+      local sep = ({ " ", "", "\n", "-" })[math.random(4)]
+      local task = { title = table.concat(parts, sep, 1, cut),
+                     instructions = table.concat(parts, sep, cut + 1) }
+      assert.equal(plain.classify(task), native.classify(task), task.title .. " | " .. task.instructions)
+      assert.same(plain.explain(task), native.explain(task))
+    end
+  end)
+
+  it("lower-cases every byte as string.lower does", function()
+    for c = 0, 255 do
+      local ch = string.char(c)
+      if not ch:match("%s") then
+        local m = keywords({ ch:lower() .. "q" })
+        -- 16 bytes: the 8-byte path and the byte path both see the keyword
+        local text = ("\0" .. ch .. "Q"):rep(6)
+        assert.equal(1, m.count(1, text), "byte " .. c)
+        assert.equal(1, m.count(1, text:sub(1, 3)), "byte " .. c)
+      end
+    end
+  end)
+
+  it("counts distinct keywords up to the limit, over several texts joined by spaces", function()
+    local m = keywords({ "alpha", "beta", "Beta ", "gamma delta" })
+    assert.equal(3, m.count(10, "ALPHA beta alpha gamma", "delta"))
+    assert.equal(2, m.count(2, "alpha beta gamma delta"))
+    assert.equal(0, m.count(0, "alpha"))
+    assert.equal(1, m.count(5, nil, "beta", nil))
+    assert.equal(0, m.count(5))
+    assert.same({ "alpha", "beta" }, m.matched("beta alpha"))
+    local n, bad = m.count(5, "alpha", {})
+    assert.is_nil(n)
+    assert.equal(2, bad)
+    assert.equal(1, keywords({ "1.5" }).count(1, 1.5))
+  end)
+
+  it("matches at word starts, or whole words only when asked", function()
+    local prefix, whole = keywords({ "form" }), keywords({ "form" }, { whole = true })
+    assert.equal(1, prefix.count(1, "formal"))
+    assert.equal(0, whole.count(1, "formal"))
+    assert.equal(1, whole.count(1, "a form."))
+    assert.equal(0, prefix.count(1, "inform"))
+  end)
+
+  it("reads long texts", function()
+    local m = keywords({ "needle", "hay stack" })
+    local long = ("hay "):rep(2000) .. "stack " .. ("x"):rep(5000) .. " NEEDLE"
+    assert.equal(2, m.count(5, long))
+    assert.equal(1, m.count(5, ("y"):rep(600), "needle"))
+  end)
+
+  it("refuses a list with an entry that is not a non-empty string, naming it", function()
+    assert.has_error(function() keywords({ "a", "  " }, { name = "tiers" }) end,
+      "tiers: keyword 2 must be a non-empty string")
+    assert.has_error(function() keywords({ "a", 3 }) end,
+      "orch.keywords: keyword 2 must be a non-empty string")
+    local list = { "a" }
+    local m = keywords(list)
+    list[2] = false
+    assert.has_error(function() m.count(1, "a") end,
+      "orch.keywords: keyword 2 must be a non-empty string")
   end)
 end)
 

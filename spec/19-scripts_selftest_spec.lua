@@ -69,6 +69,10 @@ local function sandbox()
   env.string = copy(string, "string", { dump = true })
   env.table, env.math, env.utf8 = copy(table, "table"), copy(math, "math"), copy(utf8, "utf8")
   env.os = copy({ time = os.time, clock = os.clock, date = os.date }, "os")
+  -- the engine's helpers (runtime/policy.c); keywords is the same C
+  -- function, from the Lua module orch.so
+  env.orch = copy({ log = print, now_ms = function() return os.time() * 1000 end,
+                    keywords = require("orch").keywords }, "orch")
   local loaded = {}
   env.require = function(name)
     if loaded[name] then return loaded[name] end

@@ -40,6 +40,13 @@ function M.write(content, suffix)
   return path
 end
 
+function M.read(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
 function M.json()
   return require("cjson")
 end

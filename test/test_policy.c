@@ -8,6 +8,8 @@
 #include <dirent.h>
 #include <lauxlib.h>
 #include <math.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -456,6 +458,80 @@ TEST(sandbox_budget_stops_infinite_loops_even_inside_pcall) {
             ORCH_OK);
   ASSERT_STR_EQ(out, "fine");
   orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
+
+/* The budget is armed by a watchdog signal once a call has run a couple of
+ * milliseconds; a host thread that blocked every signal still gets it (the
+ * engine unblocks its one signal), and no hook is left set after a call. */
+typedef struct spin_ctx {
+  orch__policy *p;
+  int rc_spin, rc_ok, rc_work;
+  double spin_ms;
+  char err[512], out[64];
+  bool hook_left;
+} spin_ctx;
+
+static void *spin_thread(void *arg) {
+  spin_ctx *c = arg;
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL);
+  char err[512];
+  orch__lstate *s = orch__lstate_new(c->p, err, sizeof err);
+  if (!s) return NULL;
+  double t0 = now_ms();
+  c->rc_spin = orch__policy_call_string(s, "routing.loop", "spin", NULL,
+                                        c->out, sizeof c->out, c->err,
+                                        sizeof c->err);
+  c->spin_ms = now_ms() - t0;
+  c->hook_left = lua_gethook(orch__lstate_L(s)) != NULL;
+  /* about 3M instructions, some ms: more than a tick, less than the budget */
+  c->rc_work = orch__policy_call_string(s, "routing.loop", "work", NULL,
+                                        c->out, sizeof c->out, err,
+                                        sizeof err);
+  c->hook_left |= lua_gethook(orch__lstate_L(s)) != NULL;
+  c->rc_ok = orch__policy_call_string(s, "routing.loop", "ok", NULL, c->out,
+                                      sizeof c->out, err, sizeof err);
+  orch__lstate_free(s);
+  return NULL;
+}
+
+TEST(budget_arms_late_even_on_a_thread_that_blocked_signals) {
+  char *dir = tmpdir_new(), err[512];
+  put(dir, "routing/loop.lua",
+      "local M = {}\n"
+      "function M.spin() while true do end end\n"
+      "function M.work() local n = 0 for i = 1, 1000000 do n = n + i end\n"
+      "  return tostring(n) end\n"
+      "function M.ok() return 'fine' end\n"
+      "return M\n");
+  orch__config c = test_cfg(dir);
+  c.lua_budget = 5000; /* 5M instructions */
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  spin_ctx ctx = {.p = p, .rc_spin = -1, .rc_ok = -1, .rc_work = -1};
+  pthread_t t;
+  ASSERT_EQ(pthread_create(&t, NULL, spin_thread, &ctx), 0);
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 10;
+  if (pthread_timedjoin_np(t, NULL, &until) != 0) {
+    /* still spinning: the budget never armed; the thread keeps ctx and p */
+    orch_test_fail(__FILE__, __LINE__, "the loop was not stopped in 10 s");
+    return;
+  }
+  ASSERT_EQ(ctx.rc_spin, ORCH_ELIMIT);
+  ASSERT_CONTAINS(ctx.err, "instruction budget exceeded (5000000 "
+                           "instructions) in loop.spin()");
+  ASSERT(ctx.spin_ms < 2000);
+  ASSERT_EQ(ctx.rc_work, ORCH_OK);
+  ASSERT_EQ(ctx.rc_ok, ORCH_OK);
+  ASSERT_STR_EQ(ctx.out, "fine");
+  ASSERT(!ctx.hook_left);
   orch__policy_free(p);
   orch__config_deinit(&c);
   rm_rf(dir);

@@ -285,6 +285,24 @@ static int on_active(void *ud, const orch__session_info *si) {
   return 0;
 }
 
+typedef struct refusals {
+  const char *want_b, *want_err;
+  int mine;
+  bool ok;
+} refusals;
+
+/* Counts the refusals of this run's files (other runs share the database). */
+static int on_refusal(void *ud, const orch__script_refusal *r) {
+  refusals *rf = ud;
+  if (!r->file || !strstr(r->file, "/s/")) return 0;
+  if (strncmp(r->file, rf->want_b, 40) != 0) return 0; /* "/s/<sid>" */
+  rf->mine++;
+  rf->ok = !strcmp(r->file, rf->want_b) && r->error &&
+           !strcmp(r->error, rf->want_err) && r->generation == 2 &&
+           r->runtime && !strcmp(r->runtime, "host:1") && r->created_at[0];
+  return 0;
+}
+
 static void conformance(const char *url, const char *spool) {
   orch__store *s = NULL;
   char err[512] = "";
@@ -368,11 +386,35 @@ static void conformance(const char *url, const char *spool) {
   r.u.cooperation.group_reward_total = NAN;
   ASSERT_EQ(orch__store_put(s, &r), ORCH_OK);
 
+  /* script events: file A refused then loaded, file B (nasty) refused */
+  char fa[128], fb[128];
+  snprintf(fa, sizeof fa, "/s/%s/a.lua", sid);
+  snprintf(fb, sizeof fb, "/s/%s/%s.lua", sid, nasty[2]);
+  const char *ev[][3] = {{fa, "refused", "a.lua:1: bad"},
+                         {fb, "refused", nasty[3]},
+                         {fa, "loaded", NULL}};
+  for (size_t i = 0; i < 3; i++) {
+    memset(&r, 0, sizeof r);
+    r.type = ORCH__REC_SCRIPT_EVENT;
+    r.u.script_event.runtime = "host:1";
+    r.u.script_event.module = "routing.x";
+    r.u.script_event.file = ev[i][0];
+    r.u.script_event.generation = (int32_t)i + 1;
+    r.u.script_event.outcome = ev[i][1];
+    r.u.script_event.error = ev[i][2];
+    ASSERT_EQ(orch__store_put(s, &r), ORCH_OK);
+  }
+  memset(&r, 0, sizeof r);
+  r.type = ORCH__REC_SCRIPT_EVENT; /* no file: refused by the store API */
+  r.u.script_event.module = "routing.x";
+  r.u.script_event.outcome = "loaded";
+  ASSERT_EQ(orch__store_put(s, &r), ORCH_EINVAL);
+
   ASSERT_EQ(orch__store_flush(s, 10000), ORCH_OK);
   orch__store_stats st;
   orch__store_stats_get(s, &st);
   ASSERT_EQ(st.records_dropped_total, 0);
-  ASSERT_EQ(st.accepted, 1 + 2 * nn + 2 + 1 + 2 + 2 + 1);
+  ASSERT_EQ(st.accepted, 1 + 2 * nn + 2 + 1 + 2 + 2 + 1 + 3);
   ASSERT_EQ(st.written, st.accepted);
   ASSERT_EQ(st.connected, 1);
 
@@ -420,6 +462,12 @@ static void conformance(const char *url, const char *spool) {
                           "WHERE jr_type = $1",
                      task), 3);
   ASSERT_EQ(db_count(url, "SELECT count(*) FROM orch_run_steps", NULL) >= (long)nn, 1);
+  /* only B stands refused (A's latest event is a load) */
+  refusals rf = {.want_b = fb, .want_err = nasty[3]};
+  ASSERT_EQ(orch__store_script_refusals(s, on_refusal, &rf, err, sizeof err),
+            ORCH_OK);
+  ASSERT_EQ(rf.mine, 1);
+  ASSERT(rf.ok);
   orch__store_close(s);
 }
 

@@ -20,6 +20,12 @@ local M = {
 }
 
 local find, byte = string.find, string.byte
+local type, error, tostring = type, error, tostring   -- locals: fast in a sandbox
+
+-- Under orchestrate, orch.keywords (C, runtime/keywords.c) does the
+-- matching in one pass over the text; a plain lua5.4 uses the Lua below,
+-- which matches the same way (selftest compares the two on every load).
+local native = type(orch) == "table" and orch.keywords or nil
 
 local WORD = {}   -- bytes of a word: ASCII letters and digits
 for c = 48, 57 do WORD[c] = true end
@@ -34,15 +40,33 @@ local function field(task, name)
   error("complexity.classify: task." .. name .. " must be a string, got " .. t, 4)
 end
 
--- The text to search: title .. " " .. instructions, lower-cased.
-local function text_of(task)
+-- The task's title and instructions, as strings.
+local function texts(task)
   if type(task) ~= "table" then
     error("complexity.classify: expected a task table, got " .. type(task), 3)
   end
   local title, instructions = task.title, task.instructions
   if type(title) ~= "string" then title = field(task, "title") end
   if type(instructions) ~= "string" then instructions = field(task, "instructions") end
+  return title, instructions
+end
+
+-- The text to search: title .. " " .. instructions, lower-cased.
+local function text_of(task)
+  local title, instructions = texts(task)
   return (title .. " " .. instructions):lower()
+end
+
+-- The engine's matcher for a list, made on first use; it follows edits to
+-- the list by itself.
+local matchers = setmetatable({}, { __mode = "k" })
+local function matcher(list)
+  local m = matchers[list]
+  if not m then
+    m = native(list, { whole = not PREFIX_MATCH, name = "complexity" })
+    matchers[list] = m
+  end
+  return m
 end
 
 -- A keyword list compiled once: lower-cased, duplicates dropped, phrases
@@ -99,8 +123,27 @@ local function has(s, c, i)
   end
 end
 
--- classify{title=, instructions=} -> "strong" | "fast" | "local"
-function M.classify(task)
+-- The same decision by the engine's matcher: the hot path of routing, so
+-- one type() and the matcher's calls, nothing else (a text of a wrong type
+-- comes back as nil, and texts() then raises the documented error).
+local function classify_native(task)
+  if type(task) ~= "table" then texts(task) end
+  local title, instructions = task.title, task.instructions
+  local list = M.COMPLEX
+  local m = matchers[list] or matcher(list)
+  local n = m.count(1, title, instructions)
+  if not n then texts(task) end
+  if n > 0 then return M.TIER_COMPLEX end
+  local need = M.SIMPLE_NEEDED
+  if need <= 0 then return M.TIER_SIMPLE end
+  list = M.SIMPLE
+  m = matchers[list] or matcher(list)
+  if m.count(need, title, instructions) >= need then return M.TIER_SIMPLE end
+  return M.TIER_DEFAULT
+end
+
+-- The decision in plain Lua.
+local function classify_lua(task)
   local s = text_of(task)
   local c = compiled(M.COMPLEX)
   local first = c.first
@@ -120,8 +163,17 @@ function M.classify(task)
   return M.TIER_DEFAULT
 end
 
+-- classify{title=, instructions=} -> "strong" | "fast" | "local"
+M.classify = native and classify_native or classify_lua
+
 -- explain(task) -> {tier=, complex={matched...}, simple={matched...}}
 function M.explain(task)
+  if native then
+    local title, instructions = texts(task)
+    return { tier = M.classify(task),
+             complex = matcher(M.COMPLEX).matched(title, instructions),
+             simple = matcher(M.SIMPLE).matched(title, instructions) }
+  end
   local s = text_of(task)
   local out = { complex = {}, simple = {} }
   for key, list in pairs({ complex = M.COMPLEX, simple = M.SIMPLE }) do
@@ -159,6 +211,31 @@ function M.selftest()
     expect({ title = "x" .. M.SIMPLE[1] }, M.TIER_DEFAULT, "keyword inside a word")
   end
   expect({}, M.TIER_DEFAULT, "empty task")
+  if native then   -- the engine's matcher decides as the Lua one does
+    local words = { "x", "the", "-", ".", "\t", "  " }
+    for _, list in ipairs({ M.COMPLEX, M.SIMPLE }) do
+      for _, kw in ipairs(list) do
+        words[#words + 1] = kw
+        words[#words + 1] = kw:upper() .. "ing"
+        words[#words + 1] = "x" .. kw
+      end
+    end
+    local seed = 7
+    for n = 1, 200 do
+      local parts = {}
+      for j = 1, n % 7 + 1 do
+        seed = (seed * 1103515245 + 12345) % 2147483648
+        parts[j] = words[seed % #words + 1]
+      end
+      local task = { title = table.concat(parts, " ", 1, #parts // 2),
+                     instructions = table.concat(parts, n % 2 == 0 and " " or "\n", #parts // 2 + 1) }
+      local a, b = classify_native(task), classify_lua(task)
+      if a ~= b then
+        error(("complexity selftest: orch.keywords says %s, the Lua matcher %s, for %q / %q")
+              :format(a, b, task.title, task.instructions))
+      end
+    end
+  end
   return true
 end
 
