@@ -5,7 +5,8 @@
 # gap_bench.sh) when they exist. Not part of make test.
 #   (a)-(c) throughput on empty steps, against OpenMP tasks (dag_bench.c,
 #           omp_peer.c): REPS processes of each, alternating, each timing
-#           the shape INNER times; the median of all those runs is reported;
+#           the shape INNER times; the median of all those runs is reported,
+#           for anonymous steps and for steps with string ids;
 #   (d)     makespan of random sleep DAGs at 8 in flight (makespan_bench.c);
 #   (e)     the Standard Task Graph Set at 2 and 4 in flight (stg_bench.c),
 #           read from ../shared/stg beside the repository, else $ORCH_STG.
@@ -60,8 +61,9 @@ if want throughput; then
   for shape in fan chain wave; do
     i=0
     while [ "$i" -lt "$REPS" ]; do
-      "$OUT/dag_bench" "$shape" "$STEPS" "$INNER" | tee -a "$LOG/throughput.txt"
+      "$OUT/dag_bench" "$shape" "$STEPS" "$INNER" - anon | tee -a "$LOG/throughput.txt"
       "$OUT/omp_peer" "$shape" "$STEPS" "$INNER" | tee -a "$LOG/throughput.txt"
+      "$OUT/dag_bench" "$shape" "$STEPS" "$INNER" - ids | tee -a "$LOG/throughput.txt"
       [ "$shape" = fan ] && "$OUT/omp_peer" fan_plain "$STEPS" "$INNER" | tee -a "$LOG/throughput.txt"
       i=$((i + 1))
     done
@@ -70,33 +72,44 @@ if want throughput; then
     echo "### (a)-(c) Throughput on empty steps"
     echo
     cat "$SECTION.new"
-    echo "Graph building (steps with string ids, checked and hashed; edges by index with orch_graph_depend_index, as a host holding step handles adds them; ORCH_BENCH_BY_NAME=1 adds them by id), validation and the run, timed together; the"
-    echo "OpenMP peer (gcc -fopenmp, libgomp, $(nproc) threads) creates the same shape as"
-    echo "\`#pragma omp task depend(...)\` from one thread inside a parallel region."
+    echo "Timed together, per run: building the graph (orch_graph_new, orch_graph_reserve"
+    echo "with the final step and edge counts, one orch_graph_add_fn per step, one"
+    echo "orch_graph_depend_index per edge), orch_graph_validate, and orch_run until every"
+    echo "step has finished (not timed: checking every step's status after the run,"
+    echo "and orch_graph_free); the steps are C functions that return at once, run on"
+    echo "$(nproc) workers. Two hosts: \"anonymous\" adds each step with id NULL (no id: named"
+    echo "by its index, as an OpenMP or TBB program holds its tasks by handle); \"string"
+    echo "ids\" gives each step an id (\"s<k>\"), checked and hashed (ORCH_BENCH_BY_NAME=1"
+    echo "would add the edges by id too). The OpenMP peer (gcc -fopenmp, libgomp, $(nproc) threads)"
+    echo "creates the same shape as \`#pragma omp task depend(...)\` from one thread inside"
+    echo "a parallel region, timed from the first task created to the region's end."
     echo "$REPS processes of each program, alternating, each timing the shape $INNER"
     echo "times (the first in a fresh process, with cold memory); medians of all"
     echo "$((REPS * INNER)) runs. Load average after them: $(load) (this benchmark itself adds about 2; the"
     echo "machine is shared with other work)."
     echo "Targets: at least the peer's rate, and at least 3 M steps/s."
     echo
-    echo "| shape | steps | orch steps/s | build / validate / run (s) | OpenMP steps/s | orch / OpenMP | >= OpenMP | >= 3 M/s |"
-    echo "|---|---|---|---|---|---|---|---|"
+    echo "| shape | host | steps | orch steps/s | build / validate / run (s) | OpenMP steps/s | orch / OpenMP | >= OpenMP | >= 3 M/s |"
+    echo "|---|---|---|---|---|---|---|---|---|"
   } > "$SECTION"
   for shape in fan chain wave; do
-    n=$(awk -v s="$shape" '$1 == "orch" && $2 == s { print $3; exit }' "$LOG/throughput.txt")
-    ours=$(awk -v s="$shape" '$1 == "orch" && $2 == s { print $5 }' "$LOG/throughput.txt" | median)
-    peer=$(awk -v s="$shape" '$1 == "omp" && $2 == s { print $5 }' "$LOG/throughput.txt" | median)
-    parts=""
-    for k in build validate run; do
-      v=$(awk -v s="$shape" -v k="$k" '$1 == "orch" && $2 == s { for (i = 6; i <= NF; i++) if (index($i, k "=") == 1) print substr($i, length(k) + 2) }' "$LOG/throughput.txt" | median)
-      parts="$parts${parts:+ / }$v"
+    for who in orch orch-ids; do
+      n=$(awk -v w="$who" -v s="$shape" '$1 == w && $2 == s { print $3; exit }' "$LOG/throughput.txt")
+      ours=$(awk -v w="$who" -v s="$shape" '$1 == w && $2 == s { print $5 }' "$LOG/throughput.txt" | median)
+      peer=$(awk -v s="$shape" '$1 == "omp" && $2 == s { print $5 }' "$LOG/throughput.txt" | median)
+      parts=""
+      for k in build validate run; do
+        v=$(awk -v w="$who" -v s="$shape" -v k="$k" '$1 == w && $2 == s { for (i = 6; i <= NF; i++) if (index($i, k "=") == 1) print substr($i, length(k) + 2) }' "$LOG/throughput.txt" | median)
+        parts="$parts${parts:+ / }$v"
+      done
+      ratio=$(awk -v a="$ours" -v b="$peer" 'BEGIN { printf "%.2f", a / b }')
+      ge=$(awk -v a="$ours" -v b="$peer" 'BEGIN { print (a >= b) ? "yes" : "**no**" }')
+      m3=$(awk -v a="$ours" 'BEGIN { print (a >= 3e6) ? "yes" : "**no**" }')
+      label=$shape; [ "$shape" = fan ] && label="(a) fan"; [ "$shape" = chain ] && label="(b) chain"; [ "$shape" = wave ] && label="(c) wavefront"
+      host="anonymous"; [ "$who" = orch-ids ] && host="string ids"
+      echo "| $label | $host | $n | $(fmt_m "$ours") | $parts | $(fmt_m "$peer") | $ratio | $ge | $m3 |" >> "$SECTION"
+      echo "$shape ($host): orch $(fmt_m "$ours")/s, omp $(fmt_m "$peer")/s, ratio $ratio"
     done
-    ratio=$(awk -v a="$ours" -v b="$peer" 'BEGIN { printf "%.2f", a / b }')
-    ge=$(awk -v a="$ours" -v b="$peer" 'BEGIN { print (a >= b) ? "yes" : "**no**" }')
-    m3=$(awk -v a="$ours" 'BEGIN { print (a >= 3e6) ? "yes" : "**no**" }')
-    label=$shape; [ "$shape" = fan ] && label="(a) fan"; [ "$shape" = chain ] && label="(b) chain"; [ "$shape" = wave ] && label="(c) wavefront"
-    echo "| $label | $n | $(fmt_m "$ours") | $parts | $(fmt_m "$peer") | $ratio | $ge | $m3 |" >> "$SECTION"
-    echo "$shape: orch $(fmt_m "$ours")/s, omp $(fmt_m "$peer")/s, ratio $ratio"
   done
   plain=$(awk '$1 == "omp" && $2 == "fan_plain" { print $5 }' "$LOG/throughput.txt" | median)
   {

@@ -51,7 +51,7 @@ static json_t *step_json(const orch_graph *g, uint32_t i) {
   json_t *o = json_object();
   json_object_set_new(o, "id", json_string(orch__step_id(g, i)));
   json_object_set_new(o, "status", json_string(orch_status_name(s->status)));
-  json_object_set_new(o, "level", json_integer(s->level));
+  json_object_set_new(o, "level", json_integer((json_int_t)orch_step_level(g, i)));
   json_object_set_new(o, "started_ms",
                       s->started_ns >= 0 ? json_real((double)s->started_ns / 1e6) : json_null());
   json_object_set_new(o, "finished_ms",
@@ -329,7 +329,7 @@ int orch_ask(orch_runtime *rt, const char *request, int plan,
   json_object_set(plan_doc, "tasks", tasks);
   for (size_t l = 0; l < g->nlevels; l++) json_array_append_new(levels, json_array());
   for (size_t i = 0; i < g->n; i++)
-    json_array_append_new(json_array_get(levels, g->steps[i].level),
+    json_array_append_new(json_array_get(levels, orch_step_level(g, i)),
                           json_string(orch__step_id(g, (uint32_t)i)));
   json_object_set_new(plan_doc, "levels", levels);
   json_object_set_new(a.doc, "plan", plan_doc);

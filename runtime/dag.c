@@ -4,12 +4,16 @@
  * topological levels, bottom levels (the longest remaining path, the
  * scheduler's priority) and the critical path. It is sized for millions of
  * steps: ids live in one arena, lookups go through an open-addressing hash of
- * indices, and edges end up in two compressed arrays (CSR). Uses util.c. */
+ * indices, edges end up in two compressed arrays (CSR), and the scheduling
+ * fields (levels, bottom levels) live in arrays of their own. A host that
+ * holds its steps' indices can add anonymous steps (no id, no hash entry;
+ * named "#<index>" in messages) and edges by index. Uses util.c. */
 #include "orch_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define NONE UINT32_MAX
 
@@ -35,18 +39,44 @@ void orch_graph_free(orch_graph *g) {
   free(g->steps);
   free(g->ids);
   free(g->hash);
-  free(g->edges);
+  free(g->efrom);
+  free(g->eto);
   free(g->dep_off);
   free(g->deps);
   free(g->out_off);
   free(g->outs);
+  free(g->level);
+  free(g->bottom);
+  free(g->topo);
   json_decref((json_t *)g->plan_meta);
   json_decref((json_t *)g->plan_steps);
   free(g);
 }
 
+/* Anonymous ids are formatted on demand, never stored. */
+static _Thread_local char anon_buf[8][16];
+static _Thread_local unsigned anon_next;
+
 const char *orch__step_id(const orch_graph *g, uint32_t i) {
-  return g->ids + g->steps[i].id;
+  uint32_t off = g->steps[i].id;
+  if (off != ORCH__ANON) return g->ids + off;
+  char *b = anon_buf[anon_next++ & 7];
+  snprintf(b, sizeof anon_buf[0], "#%u", (unsigned)i);
+  return b;
+}
+
+/* "#<index>" of an anonymous step: its index, else NONE. */
+static uint32_t anon_index(const orch_graph *g, const char *id, size_t len) {
+  if (!g->nanon || len < 2 || len > 11 || id[0] != '#' ||
+      (id[1] == '0' && len > 2))
+    return NONE;
+  uint64_t v = 0;
+  for (size_t k = 1; k < len; k++) {
+    if (id[k] < '0' || id[k] > '9') return NONE;
+    v = v * 10 + (uint64_t)(id[k] - '0');
+  }
+  if (v >= g->n || g->steps[v].id != ORCH__ANON) return NONE;
+  return (uint32_t)v;
 }
 
 static uint32_t hash_str(const char *s, size_t n) {
@@ -81,14 +111,18 @@ static size_t probe(const orch_graph *g, const char *id, size_t len,
   }
 }
 
+/* A named step first; else "#<index>" names an anonymous step. */
 static uint32_t lookup(const orch_graph *g, const char *id, size_t len) {
   uint32_t found = NONE;
   if (g->hash_cap) probe(g, id, len, hash_str(id, len), &found);
+  if (found == NONE) found = anon_index(g, id, len);
   return found;
 }
 
-static int hash_grow(orch_graph *g) {
+/* Grows the hash to hold at least `want` ids at half load. */
+static int hash_grow(orch_graph *g, size_t want) {
   size_t ncap = g->hash_cap ? g->hash_cap * 2 : 1024;
+  while (ncap < 2 * want) ncap *= 2;
   uint32_t *nh = calloc(2 * ncap, sizeof *nh);
   if (!nh) return ORCH_ENOMEM;
   for (size_t k = 0; k < g->hash_cap; k++) {
@@ -119,6 +153,30 @@ static int set_err(orch_graph *g, int code, const char *msg) {
   return code;
 }
 
+/* Room for one more step. */
+static int grow_steps(orch_graph *g) {
+  if (g->n >= UINT32_MAX - 1) return ORCH_ELIMIT;
+  if (g->n < g->cap) return ORCH_OK;
+  size_t ncap = g->cap ? g->cap + g->cap / 2 : 64;
+  orch__step *ns = realloc(g->steps, ncap * sizeof *ns);
+  if (!ns) return ORCH_ENOMEM;
+  g->steps = ns;
+  g->cap = ncap;
+  return ORCH_OK;
+}
+
+static uint32_t init_step(orch_graph *g, uint32_t id, int kind) {
+  orch__step *s = &g->steps[g->n];
+  memset(s, 0, sizeof *s);
+  s->id = id;
+  s->kind = (uint8_t)kind;
+  g->nkind[kind]++;
+  s->status = ORCH_PENDING;
+  s->exit_status = -1;
+  s->started_ns = s->finished_ns = -1;
+  return (uint32_t)g->n++;
+}
+
 int orch__graph_add(orch_graph *g, const char *id, size_t idlen, int kind,
                     uint32_t *idx, char *err, size_t errlen) {
   char msg[400];
@@ -131,22 +189,19 @@ int orch__graph_add(orch_graph *g, const char *id, size_t idlen, int kind,
     return orch__err(err, errlen, ORCH_ESTATE,
                      "graph is already validated; add steps before");
   }
-  if ((g->n + 1) * 2 > g->hash_cap && hash_grow(g)) return ORCH_ENOMEM;
+  size_t named = g->n - g->nanon + 1;
+  if (named * 2 > g->hash_cap &&
+      hash_grow(g, named > g->hint_steps ? named : g->hint_steps))
+    return ORCH_ENOMEM;
   uint32_t hv = hash_str(id, idlen), found;
   size_t slot = probe(g, id, idlen, hv, &found);
+  if (found == NONE) found = anon_index(g, id, idlen);
   if (found != NONE) {
     snprintf(msg, sizeof msg, "duplicate step id '%.*s'", (int)idlen, id);
     orch__err(err, errlen, ORCH_EPLAN, "%s", msg);
     return set_err(g, ORCH_EPLAN, msg);
   }
-  if (g->n >= UINT32_MAX - 1) return ORCH_ELIMIT;
-  if (g->n == g->cap) {
-    size_t ncap = g->cap ? g->cap + g->cap / 2 : 64;
-    orch__step *ns = realloc(g->steps, ncap * sizeof *ns);
-    if (!ns) return ORCH_ENOMEM;
-    g->steps = ns;
-    g->cap = ncap;
-  }
+  if ((rc = grow_steps(g))) return rc;
   if (g->ids_len + idlen + 1 > g->ids_cap) {
     size_t ncap = g->ids_cap ? g->ids_cap + g->ids_cap / 2 : 4096;
     while (ncap < g->ids_len + idlen + 1) ncap *= 2;
@@ -156,34 +211,81 @@ int orch__graph_add(orch_graph *g, const char *id, size_t idlen, int kind,
     g->ids = ni;
     g->ids_cap = ncap;
   }
-  orch__step *s = &g->steps[g->n];
-  memset(s, 0, sizeof *s);
-  s->id = (uint32_t)g->ids_len;
+  uint32_t off = (uint32_t)g->ids_len;
   memcpy(g->ids + g->ids_len, id, idlen);
   g->ids[g->ids_len + idlen] = '\0';
   g->ids_len += idlen + 1;
-  s->kind = (uint8_t)kind;
-  g->nkind[kind]++;
-  s->status = ORCH_PENDING;
-  s->exit_status = -1;
-  s->started_ns = s->finished_ns = -1;
-  s->cause = NONE;
-  g->hash[2 * slot] = (uint32_t)g->n + 1;
+  *idx = init_step(g, off, kind);
+  g->hash[2 * slot] = *idx + 1;
   g->hash[2 * slot + 1] = hv;
-  *idx = (uint32_t)g->n++;
+  return ORCH_OK;
+}
+
+int orch__graph_add_anon(orch_graph *g, int kind, uint32_t *idx) {
+  if (g->validated || g->ran) return ORCH_ESTATE;
+  int rc = grow_steps(g);
+  if (rc) return rc;
+  g->nanon++;
+  *idx = init_step(g, ORCH__ANON, kind);
+  return ORCH_OK;
+}
+
+/* Edges as added, two arrays: when they come in order of the dependent
+ * step, efrom becomes the CSR's dependency list as it is. */
+static int grow_edges(orch_graph *g, size_t ncap) {
+  if (ncap > UINT32_MAX) return ORCH_ELIMIT;
+  uint32_t *nf = realloc(g->efrom, ncap * sizeof *nf);
+  if (!nf) return ORCH_ENOMEM;
+  g->efrom = nf;
+  uint32_t *nt = realloc(g->eto, ncap * sizeof *nt);
+  if (!nt) return ORCH_ENOMEM;
+  g->eto = nt;
+  g->edges_cap = ncap;
+  return ORCH_OK;
+}
+
+void orch__prefault(void *p, size_t bytes) {
+#ifdef MADV_POPULATE_WRITE
+  if (bytes < ((size_t)1 << 20)) return;
+  uintptr_t lo = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
+  uintptr_t hi = ((uintptr_t)p + bytes) & ~(uintptr_t)4095;
+  if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+int orch_graph_reserve(orch_graph *g, size_t nsteps, size_t nedges) {
+  if (!g) return ORCH_EINVAL;
+  if (g->validated || g->ran) return ORCH_ESTATE;
+  if (nsteps >= UINT32_MAX - 1 || nedges >= UINT32_MAX) return ORCH_ELIMIT;
+  if (nsteps > g->cap) {
+    orch__step *ns = realloc(g->steps, nsteps * sizeof *ns);
+    if (!ns) return ORCH_ENOMEM;
+    orch__prefault(ns + g->n, (nsteps - g->n) * sizeof *ns);
+    g->steps = ns;
+    g->cap = nsteps;
+  }
+  if (nedges > g->edges_cap) {
+    int rc = grow_edges(g, nedges);
+    if (rc) return rc;
+    orch__prefault(g->efrom + g->nedges, (nedges - g->nedges) * sizeof *g->efrom);
+    orch__prefault(g->eto + g->nedges, (nedges - g->nedges) * sizeof *g->eto);
+  }
+  /* The id hash is sized on the first named step: a host adding only
+   * anonymous steps never pays for it. */
+  if (nsteps > g->hint_steps) g->hint_steps = nsteps;
   return ORCH_OK;
 }
 
 static int add_edge(orch_graph *g, uint32_t from, uint32_t to) {
-  if (g->nedges == g->edges_cap) {
-    size_t ncap = g->edges_cap ? g->edges_cap * 2 : 256;
-    orch__edge *ne = realloc(g->edges, ncap * sizeof *ne);
-    if (!ne) return ORCH_ENOMEM;
-    g->edges = ne;
-    g->edges_cap = ncap;
-  }
-  g->edges[g->nedges].from = from;
-  g->edges[g->nedges].to = to;
+  int rc;
+  if (g->nedges == g->edges_cap &&
+      (rc = grow_edges(g, g->edges_cap ? g->edges_cap * 2 : 256)))
+    return rc;
+  g->efrom[g->nedges] = from;
+  g->eto[g->nedges] = to;
   g->nedges++;
   return ORCH_OK;
 }
@@ -232,7 +334,8 @@ int orch_graph_depend(orch_graph *g, const char *id, const char *dep) {
   if (!g || !id || !dep) return ORCH_EINVAL;
   /* Hosts usually add a step and then its dependencies: try the last step
    * before hashing. */
-  if (g->n && strcmp(orch__step_id(g, (uint32_t)(g->n - 1)), id) == 0)
+  if (g->n && g->steps[g->n - 1].id != ORCH__ANON &&
+      strcmp(g->ids + g->steps[g->n - 1].id, id) == 0)
     return orch__graph_depend_idx(g, (uint32_t)(g->n - 1), dep, strlen(dep));
   long i = find_or_err(g, id);
   if (i < 0) return ORCH_ENOTFOUND;
@@ -300,9 +403,40 @@ done:
   free(path);
 }
 
+/* Drops repeated dependencies of each step, in place (the first stays).
+ * Short lists compare pairwise; long ones use a stamp per step. */
+static int dedup_deps(orch_graph *g) {
+  size_t n = g->n, w = 0;
+  uint32_t *stamp = NULL;
+  for (size_t i = 0; i < n; i++) {
+    uint32_t lo = g->dep_off[i], hi = g->dep_off[i + 1];
+    g->dep_off[i] = (uint32_t)w;
+    if (hi - lo > 16 && !stamp) {
+      if (!(stamp = malloc(n * sizeof *stamp))) return ORCH_ENOMEM;
+      memset(stamp, 0xff, n * sizeof *stamp);
+    }
+    size_t first = w;
+    for (uint32_t e = lo; e < hi; e++) {
+      uint32_t d = g->deps[e];
+      bool dup = false;
+      if (hi - lo > 16) {
+        dup = stamp[d] == i;
+        stamp[d] = (uint32_t)i;
+      } else {
+        for (size_t k = first; k < w && !dup; k++) dup = g->deps[k] == d;
+      }
+      if (!dup) g->deps[w++] = d;
+    }
+  }
+  g->dep_off[n] = (uint32_t)w;
+  free(stamp);
+  return ORCH_OK;
+}
+
 int orch_graph_validate(orch_graph *g, char *err, size_t errlen) {
   int rc = ORCH_OK;
-  uint32_t *indeg = NULL, *order = NULL, *stamp = NULL;
+  uint32_t *indeg = NULL, *order = NULL;
+  bool edges_gone = false;
   if (!g) return orch__err(err, errlen, ORCH_EINVAL, "no graph");
   if (g->validated) return ORCH_OK;
   if (g->err_code) return orch__err(err, errlen, g->err_code, "%s", g->err_msg);
@@ -319,95 +453,158 @@ int orch_graph_validate(orch_graph *g, char *err, size_t errlen) {
   }
   for (size_t i = 0; i < g->npending; i++) free(g->pending_names[i]);
   g->npending = 0;
-  size_t n = g->n;
-  for (size_t e = 0; e < g->nedges; e++)
-    if (g->edges[e].from == g->edges[e].to)
-      return orch__err(err, errlen, ORCH_EPLAN, "step '%s' depends on itself",
-                       orch__step_id(g, g->edges[e].to));
-  /* CSR of dependencies, grouped by the dependent step, duplicates dropped. */
+  size_t n = g->n, ne = g->nedges;
+  /* One pass over the edges as added: self-dependencies, counts per
+   * dependent step, whether every edge goes forward (from a lower to a
+   * higher index: index order is then a topological order and no cycle is
+   * possible), whether they come in order of the dependent step (efrom is
+   * then the CSR's list as it is), and repeated edges within a dependent's
+   * run (long runs are left to dedup_deps). Offsets are counted one slot
+   * ahead (off[to + 2]) so a scatter can use them as cursors and leave them
+   * final. */
   free(g->dep_off); free(g->deps); free(g->out_off); free(g->outs);
-  g->dep_off = calloc(n + 1, sizeof *g->dep_off);
-  g->out_off = calloc(n + 1, sizeof *g->out_off);
-  g->deps = malloc((g->nedges ? g->nedges : 1) * sizeof *g->deps);
-  g->outs = malloc((g->nedges ? g->nedges : 1) * sizeof *g->outs);
-  stamp = malloc(n * sizeof *stamp);
-  indeg = calloc(n, sizeof *indeg);
-  if (!g->dep_off || !g->out_off || !g->deps || !g->outs || !stamp || !indeg) {
+  free(g->level); free(g->bottom); free(g->topo);
+  g->deps = g->outs = g->topo = NULL;
+  g->bottom = NULL;
+  g->dep_off = calloc(n + 2, sizeof *g->dep_off);
+  g->out_off = calloc(n + 2, sizeof *g->out_off);
+  g->level = calloc(n, sizeof *g->level);
+  if (!g->dep_off || !g->out_off || !g->level) {
     rc = ORCH_ENOMEM;
     goto done;
   }
-  for (size_t e = 0; e < g->nedges; e++) g->dep_off[g->edges[e].to + 1]++;
-  for (size_t i = 0; i < n; i++) g->dep_off[i + 1] += g->dep_off[i];
-  for (size_t e = 0; e < g->nedges; e++) {
-    uint32_t to = g->edges[e].to;
-    g->deps[g->dep_off[to] + indeg[to]++] = g->edges[e].from;
-  }
-  memset(stamp, 0xff, n * sizeof *stamp);
-  size_t w = 0;
-  for (size_t i = 0; i < n; i++) {
-    uint32_t lo = g->dep_off[i], hi = g->dep_off[i + 1];
-    g->dep_off[i] = (uint32_t)w;
-    for (uint32_t e = lo; e < hi; e++) {
-      uint32_t d = g->deps[e];
-      if (stamp[d] == i) continue;
-      stamp[d] = (uint32_t)i;
-      g->deps[w++] = d;
+  orch__prefault(g->dep_off, (n + 2) * sizeof *g->dep_off);
+  if (ne) orch__prefault(g->out_off, (n + 2) * sizeof *g->out_off);
+  bool forward = true, sorted = true, dups = false;
+  const uint32_t *efrom = g->efrom, *eto = g->eto;
+  size_t run = 0; /* start of the current dependent's run of edges */
+  for (size_t e = 0; e < ne; e++) {
+    uint32_t from = efrom[e], to = eto[e];
+    if (from == to) {
+      rc = orch__err(err, errlen, ORCH_EPLAN, "step '%s' depends on itself",
+                     orch__step_id(g, to));
+      goto done;
     }
+    forward &= from < to;
+    if (e && to != eto[e - 1]) {
+      sorted &= to > eto[e - 1];
+      run = e;
+    } else if (e - run > 16) {
+      dups = true; /* long: let dedup_deps look */
+    } else {
+      for (size_t k = run; k < e; k++) dups |= efrom[k] == from;
+    }
+    g->dep_off[to + 2]++;
+    g->out_off[from + 2]++;
   }
-  g->dep_off[n] = (uint32_t)w;
-  /* Edges are now in deps[]; the raw list is no longer needed. */
-  free(g->edges);
-  g->edges = NULL;
+  if (!sorted) dups = true; /* runs are split: let dedup_deps look */
+  for (size_t i = 2; i <= n; i++) g->dep_off[i] += g->dep_off[i - 1];
+  if (sorted) {
+    g->deps = g->efrom; /* already grouped by dependent, in order */
+    g->efrom = NULL;
+    for (size_t i = 0; i < n; i++) g->dep_off[i] = g->dep_off[i + 1];
+    g->dep_off[n] = (uint32_t)ne;
+  } else {
+    g->deps = malloc((ne ? ne : 1) * sizeof *g->deps);
+    if (!g->deps) { rc = ORCH_ENOMEM; goto done; }
+    for (size_t e = 0; e < ne; e++) g->deps[g->dep_off[eto[e] + 1]++] = efrom[e];
+  }
+  /* The raw lists are no longer needed (so from here on, a failure is
+   * kept as the graph's error: a second validation has no edges). */
+  free(g->efrom);
+  free(g->eto);
+  g->efrom = g->eto = NULL;
   g->nedges = g->edges_cap = 0;
-  for (size_t e = 0; e < w; e++) g->out_off[g->deps[e] + 1]++;
-  for (size_t i = 0; i < n; i++) g->out_off[i + 1] += g->out_off[i];
-  memset(stamp, 0, n * sizeof *stamp);
-  for (size_t i = 0; i < n; i++)
-    for (uint32_t e = g->dep_off[i]; e < g->dep_off[i + 1]; e++) {
-      uint32_t d = g->deps[e];
-      g->outs[g->out_off[d] + stamp[d]++] = (uint32_t)i;
-    }
-  /* Kahn: topological order and levels. */
-  order = malloc(n * sizeof *order);
-  if (!order) { rc = ORCH_ENOMEM; goto done; }
-  size_t head = 0, tail = 0;
-  for (size_t i = 0; i < n; i++) {
-    indeg[i] = g->dep_off[i + 1] - g->dep_off[i];
-    g->steps[i].level = 0;
-    if (!indeg[i]) order[tail++] = (uint32_t)i;
+  edges_gone = true;
+  if (dups) {
+    if ((rc = dedup_deps(g))) goto done;
+    /* Recount the dependents without the repeats. */
+    memset(g->out_off, 0, (n + 2) * sizeof *g->out_off);
+    for (size_t e = 0; e < g->dep_off[n]; e++) g->out_off[g->deps[e] + 2]++;
   }
-  while (head < tail) {
-    uint32_t v = order[head++];
-    uint32_t lv = g->steps[v].level + 1;
-    for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++) {
-      uint32_t x = g->outs[e];
-      if (g->steps[x].level < lv) g->steps[x].level = lv;
-      if (--indeg[x] == 0) order[tail++] = x;
-    }
+  size_t w = g->dep_off[n];
+  if (!g->deps) {
+    g->deps = malloc(sizeof *g->deps);
+    if (!g->deps) { rc = ORCH_ENOMEM; goto done; }
   }
-  if (tail < n) {
-    name_cycle(g, indeg, err, errlen);
-    rc = ORCH_ECYCLE;
-    goto done;
-  }
-  /* Bottom levels in reverse topological order. */
+  /* Dependents by the same counting scatter, by dependency; with forward
+   * edges the levels come in the same pass (index order is topological). */
+  g->outs = malloc((w ? w : 1) * sizeof *g->outs);
+  if (!g->outs) { rc = ORCH_ENOMEM; goto done; }
+  for (size_t i = 2; i <= n; i++) g->out_off[i] += g->out_off[i - 1];
   uint32_t maxlevel = 0;
-  for (size_t k = n; k-- > 0;) {
-    uint32_t v = order[k];
-    orch__step *s = &g->steps[v];
-    double best = 0;
-    for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++)
-      if (g->steps[g->outs[e]].bottom > best) best = g->steps[g->outs[e]].bottom;
-    s->bottom = step_cost(s) + best;
-    if (s->level > maxlevel) maxlevel = s->level;
+  if (forward) {
+    for (size_t i = 0; i < n && w; i++) {
+      uint32_t lv = 0;
+      for (uint32_t e = g->dep_off[i]; e < g->dep_off[i + 1]; e++) {
+        uint32_t d = g->deps[e];
+        g->outs[g->out_off[d + 1]++] = (uint32_t)i;
+        if (g->level[d] + 1 > lv) lv = g->level[d] + 1;
+      }
+      g->level[i] = lv;
+      if (lv > maxlevel) maxlevel = lv;
+    }
+  } else {
+    for (size_t i = 0; i < n; i++)
+      for (uint32_t e = g->dep_off[i]; e < g->dep_off[i + 1]; e++)
+        g->outs[g->out_off[g->deps[e] + 1]++] = (uint32_t)i;
+    /* Kahn: topological order and levels. */
+    order = malloc(n * sizeof *order);
+    indeg = malloc(n * sizeof *indeg);
+    if (!order || !indeg) { rc = ORCH_ENOMEM; goto done; }
+    size_t head = 0, tail = 0;
+    for (size_t i = 0; i < n; i++) {
+      indeg[i] = g->dep_off[i + 1] - g->dep_off[i];
+      if (!indeg[i]) order[tail++] = (uint32_t)i;
+    }
+    while (head < tail) {
+      uint32_t v = order[head++];
+      uint32_t lv = g->level[v] + 1;
+      for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++) {
+        uint32_t x = g->outs[e];
+        if (g->level[x] < lv) g->level[x] = lv;
+        if (lv > maxlevel) maxlevel = lv;
+        if (--indeg[x] == 0) order[tail++] = x;
+      }
+    }
+    if (tail < n) {
+      /* Kept as the graph's error: the edges are gone, a second
+       * validation must not pass. */
+      char msg[512];
+      name_cycle(g, indeg, msg, sizeof msg);
+      rc = orch__err(err, errlen, ORCH_ECYCLE, "%s", msg);
+      set_err(g, ORCH_ECYCLE, msg);
+      goto done;
+    }
+    g->topo = order; /* for the bottom levels */
+    order = NULL;
   }
   g->nlevels = maxlevel + 1;
   g->validated = true;
 done:
+  if (rc && edges_gone) set_err(g, rc, "out of memory validating the graph");
   free(indeg);
   free(order);
-  free(stamp);
   return rc;
+}
+
+/* Bottom levels in reverse topological order: the scheduler's priority
+ * when an in-flight limit binds, and the critical path. Computed on first
+ * need, not by every validation. */
+int orch__graph_bottoms(orch_graph *g) {
+  if (g->bottom) return ORCH_OK;
+  if (!g->validated) return ORCH_ESTATE;
+  double *b = malloc((g->n ? g->n : 1) * sizeof *b);
+  if (!b) return ORCH_ENOMEM;
+  for (size_t k = g->n; k-- > 0;) {
+    uint32_t v = g->topo ? g->topo[k] : (uint32_t)k;
+    double best = 0;
+    for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++)
+      if (b[g->outs[e]] > best) best = b[g->outs[e]];
+    b[v] = step_cost(&g->steps[v]) + best;
+  }
+  g->bottom = b;
+  return ORCH_OK;
 }
 
 size_t orch_graph_size(const orch_graph *g) { return g ? g->n : 0; }
@@ -419,11 +616,14 @@ size_t orch_graph_critical_path(const orch_graph *g, size_t *idx, size_t cap,
                                 double *cost) {
   if (cost) *cost = 0;
   if (!g || !g->validated) return 0;
+  /* The bottom levels are a cache filled on first need. */
+  if (orch__graph_bottoms((orch_graph *)g)) return 0;
+  const double *bottom = g->bottom;
   uint32_t v = NONE;
   double best = -1;
   for (size_t i = 0; i < g->n; i++)
-    if (g->dep_off[i] == g->dep_off[i + 1] && g->steps[i].bottom > best) {
-      best = g->steps[i].bottom;
+    if (g->dep_off[i] == g->dep_off[i + 1] && bottom[i] > best) {
+      best = bottom[i];
       v = (uint32_t)i;
     }
   if (cost) *cost = best;
@@ -434,8 +634,8 @@ size_t orch_graph_critical_path(const orch_graph *g, size_t *idx, size_t cap,
     uint32_t next = NONE;
     double nb = -1;
     for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++)
-      if (g->steps[g->outs[e]].bottom > nb) {
-        nb = g->steps[g->outs[e]].bottom;
+      if (bottom[g->outs[e]] > nb) {
+        nb = bottom[g->outs[e]];
         next = g->outs[e];
       }
     v = next;
@@ -469,7 +669,7 @@ size_t orch_step_dep(const orch_graph *g, size_t i, size_t j) {
 }
 size_t orch_step_level(const orch_graph *g, size_t i) {
   CHECK(g, i, 0);
-  return STEP(g, i)->level;
+  return g->validated ? g->level[i] : 0;
 }
 double orch_step_cost(const orch_graph *g, size_t i) {
   CHECK(g, i, 0);

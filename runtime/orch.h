@@ -144,10 +144,19 @@ ORCH_API int orch_graph_parse(orch_runtime *rt, const char *text, size_t len,
  * orch_ctx_set_error). ud is borrowed: it must outlive the run. */
 typedef int (*orch_step_fn)(orch_step_ctx *ctx, void *ud);
 
+/* id NULL adds an anonymous step, for hosts that hold their steps by index
+ * (as OpenMP or TBB programs hold task handles): the step's index (steps
+ * are numbered 0.. in the order they were added, named or not) is its only
+ * name. It costs no id check and no hash entry; messages, results and
+ * orch_step_id show it as "#<index>" (formatted on demand into one of a few
+ * per-thread buffers: copy it before 8 more such calls on the thread), and
+ * orch_graph_find / orch_graph_depend accept "#<index>" for it when no
+ * named step has that id. Add its edges with orch_graph_depend_index. */
 ORCH_API int orch_graph_add_fn(orch_graph *g, const char *id, orch_step_fn fn,
                                void *ud);
 /* The same, but run on the thread that called orch_run, one at a time, for
- * hosts whose state is not thread-safe (an interpreter, a GUI). */
+ * hosts whose state is not thread-safe (an interpreter, a GUI). id NULL:
+ * anonymous, as above. */
 ORCH_API int orch_graph_add_host_fn(orch_graph *g, const char *id,
                                     orch_step_fn fn, void *ud);
 ORCH_API int orch_graph_add_shell(orch_graph *g, const char *id,
@@ -161,8 +170,17 @@ ORCH_API int orch_graph_add_json(orch_graph *g, const char *step_json,
 ORCH_API int orch_graph_depend(orch_graph *g, const char *id,
                                const char *dep);
 /* The same by index (steps are numbered 0.. in the order they were added):
- * no id lookups, for hosts that build very large graphs. */
+ * no id lookups, for hosts that build very large graphs. Both steps must
+ * exist (ORCH_EINVAL); an edge to itself or a cycle is reported by
+ * orch_graph_validate. Fastest when each step's edges are added right
+ * after the step, dependencies before dependents (dep < step). */
 ORCH_API int orch_graph_depend_index(orch_graph *g, size_t step, size_t dep);
+/* Makes room for nsteps steps and nedges edges in all (counting those
+ * already added), so that a host that knows its graph's size avoids the
+ * regrowth of the arrays (and, when steps are named, of the id hash, which
+ * is sized on the first named step). Only a hint: more can still be added.
+ * ORCH_ESTATE after validation, ORCH_ELIMIT past 2^32 - 2 steps. */
+ORCH_API int orch_graph_reserve(orch_graph *g, size_t nsteps, size_t nedges);
 ORCH_API int orch_graph_set_cost(orch_graph *g, const char *id, double ms);
 ORCH_API int orch_graph_set_timeout(orch_graph *g, const char *id,
                                     double ms);
@@ -216,7 +234,11 @@ ORCH_API size_t orch_step_dep(const orch_graph *g, size_t i, size_t j);
 ORCH_API size_t orch_step_level(const orch_graph *g, size_t i);
 ORCH_API double orch_step_cost(const orch_graph *g, size_t i);
 ORCH_API int orch_step_status(const orch_graph *g, size_t i);
-/* ms since the run started; -1 when the step never started/finished. */
+/* ms since the run started; -1 when the step never started/finished. A
+ * step never starts before all its dependencies finished. The interval
+ * always contains the step's run, but a C step (orch_graph_add_fn) that
+ * passed and that no step depends on may share its clock reads with up to
+ * 31 such steps run just before it on the same worker. */
 ORCH_API double orch_step_started_ms(const orch_graph *g, size_t i);
 ORCH_API double orch_step_finished_ms(const orch_graph *g, size_t i);
 ORCH_API int orch_step_attempts(const orch_graph *g, size_t i);

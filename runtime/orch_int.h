@@ -84,10 +84,8 @@ int orch__config_set(orch__config *c, const char *key, const char *value,
 struct orch__kind;
 
 typedef struct orch__step {
-  uint32_t id;         /* offset of the NUL-terminated id in g->ids */
-  uint32_t level;      /* topological level (longest path from a root) */
-  uint32_t npending;   /* dependencies not yet finished (during a run) */
-  uint32_t cause;      /* for skipped steps: the failed step's index */
+  uint32_t id;         /* offset of the NUL-terminated id in g->ids, or
+                          ORCH__ANON: an anonymous step, named "#<index>" */
   uint8_t kind;        /* index into orch__kinds[] */
   uint8_t status;      /* orch_status */
   uint8_t attempts;
@@ -96,7 +94,6 @@ typedef struct orch__step {
   uint32_t generation; /* script generation it ran under */
   float cost;          /* estimate in ms (critical path, priority) */
   float timeout_ms;    /* 0: kind's default */
-  double bottom;       /* longest cost path from here to an exit */
   int64_t started_ns;  /* relative to the run start; -1 before */
   int64_t finished_ns;
   union {              /* kind-owned parameters */
@@ -114,10 +111,13 @@ typedef struct orch__step {
 #define ORCH__SF_HAS_COST 1u
 #define ORCH__SF_CANCELED 2u
 #define ORCH__SF_ALWAYS 4u /* runs when its dependencies end, even failed */
+/* The id of an anonymous step (orch_graph_add_fn with id NULL). */
+#define ORCH__ANON UINT32_MAX
+/* The scheduling fields live in arrays beside the steps (g->level,
+ * g->bottom, the run's npending), so validation and a run touch a few
+ * bytes per step; the step itself is the cold record. */
+_Static_assert(sizeof(orch__step) <= 72, "keep orch__step small");
 
-typedef struct orch__edge {
-  uint32_t from, to; /* to depends on from */
-} orch__edge;
 
 struct orch_graph {
   orch__step *steps;
@@ -127,7 +127,7 @@ struct orch_graph {
   uint32_t *hash; /* open addressing; index+1, 0 = empty */
   size_t hash_cap;
   /* dependencies as added, by name when the target was not known yet */
-  orch__edge *edges;
+  uint32_t *efrom, *eto; /* edge k: eto[k] depends on efrom[k] */
   size_t nedges, edges_cap;
   char **pending_names; /* (step, dep name) pairs resolved at validate */
   uint32_t *pending_from;
@@ -135,7 +135,14 @@ struct orch_graph {
   /* after validate: CSR of dependencies and dependents */
   uint32_t *dep_off, *deps;   /* deps of i: deps[dep_off[i]..dep_off[i+1]) */
   uint32_t *out_off, *outs;   /* dependents of i */
+  uint32_t *level;  /* after validate: topological level of each step */
+  double *bottom;   /* longest cost path from each step to an exit;
+                       computed on first need (orch__graph_bottoms) */
+  uint32_t *topo;   /* a topological order, NULL when index order is one
+                       (every edge goes from a lower to a higher index) */
   uint32_t nlevels;
+  size_t nanon;     /* anonymous steps */
+  size_t hint_steps; /* orch_graph_reserve: size the id hash for this */
   bool validated, ran;
   int64_t makespan_ns;
   void *plan_meta;  /* json_t of a loaded plan's top-level extras, or NULL */
@@ -145,9 +152,19 @@ struct orch_graph {
   char err_msg[512];
 };
 
+/* The step's id; an anonymous step's "#<index>" is formatted into one of
+ * a few per-thread buffers, valid until 8 more such calls on the thread. */
 const char *orch__step_id(const orch_graph *g, uint32_t i);
+/* Faults in the pages of an array about to be written from end to end in
+ * one call rather than one trap per 4 KiB page (madvise
+ * MADV_POPULATE_WRITE); a hint, for arrays of 1 MiB and more. */
+void orch__prefault(void *p, size_t bytes);
+/* Bottom levels (g->bottom), computed once on first need; ORCH_ENOMEM. */
+int orch__graph_bottoms(orch_graph *g);
 int orch__graph_add(orch_graph *g, const char *id, size_t idlen, int kind,
                     uint32_t *idx /* OUT */, char *err, size_t errlen);
+/* An anonymous step (no id, no hash entry). */
+int orch__graph_add_anon(orch_graph *g, int kind, uint32_t *idx /* OUT */);
 int orch__graph_depend_idx(orch_graph *g, uint32_t idx, const char *dep,
                            size_t deplen);
 
@@ -257,6 +274,14 @@ int orch__pool_post(orch__pool *p, orch__job_fn fn, void *arg,
 lua_State *orch__worker_lua(orch__worker *w, char *err, size_t errlen);
 /* The worker's policy state (scripts loaded), NULL without an engine. */
 struct orch__lstate *orch__worker_lstate(orch__worker *w);
+/* Queues idx[0..n) as jobs of up to `chunk` indices each that point into
+ * idx (not copied: the caller keeps idx alive until they ran). Returns the
+ * number of jobs queued (ORCH_ELIMIT / ORCH_ENOMEM as orch__pool_post). */
+int orch__pool_post_spans(orch__pool *p, orch__job_fn fn, void *arg,
+                          const uint32_t *idx, size_t n, size_t chunk,
+                          size_t *njobs /* OUT */);
+/* Workers waiting for a job now (a hint, read without the lock). */
+int orch__pool_idle(const orch__pool *p);
 /* Jobs waiting (for status and tests). */
 size_t orch__pool_queued(orch__pool *p);
 int orch__worker_index(const orch__worker *w);
@@ -270,6 +295,14 @@ struct orch__run {
   /* Counters: written on the loop thread, read anywhere. */
   atomic_size_t done, running, failed, skipped, passed;
   size_t max_parallel; /* 0: unlimited */
+  uint32_t *npend;     /* per step: dependencies not yet finished */
+  uint32_t *roots;     /* steps ready at the start, handed to workers in
+                          spans (fast mode); freed with the run */
+  atomic_llong last_ns; /* latest finish time so far (the makespan) */
+  atomic_size_t spans; /* span jobs of roots not yet done by workers */
+  bool fast;           /* workers may complete steps themselves */
+  uint8_t where[ORCH__NKINDS]; /* sched.c: does a kind run on workers */
+  bool all_worker;     /* every step of the graph runs on workers, no locks */
   atomic_bool canceled;
   bool finished, dry_run, in_process, closed, started, cancel_done;
   /* ready steps waiting for a slot: max-heap on bottom level */

@@ -1,8 +1,9 @@
 /* pool.c provides the worker threads. Each worker creates, owns and closes
  * its own Lua state (Lua states are not thread-safe; nothing Lua crosses
- * threads). Jobs are (function, argument, step index) triples in one ring
- * queue under one mutex; a worker takes a batch at a time so a million tiny
- * steps cost a few thousand lock round trips, not millions. Uses pthreads
+ * threads). Jobs are (function, argument, step index) triples, or spans of
+ * indices in the poster's array, in one ring queue under one mutex; a
+ * worker takes a batch at a time so a million tiny steps cost a few
+ * thousand lock round trips, not millions. Uses pthreads
  * and policy.c for the sandboxed states. */
 #include "orch_int.h"
 
@@ -17,10 +18,12 @@
 /* The queue refuses to grow past this many waiting jobs. */
 #define QUEUE_MAX (64u << 20)
 
+/* A job is one step index, or a span of n indices in the poster's array. */
 typedef struct job {
   orch__job_fn fn;
   void *arg;
-  uint32_t idx;
+  const uint32_t *span; /* NULL: the single index idx */
+  uint32_t idx;         /* or the span's length */
 } job;
 
 struct orch__worker {
@@ -42,6 +45,7 @@ struct orch__pool {
   int nthreads, started;
   orch__worker *workers;
   unsigned long overflows;
+  atomic_int idle; /* workers waiting on cv */
 };
 
 static void *worker_main(void *arg) {
@@ -51,7 +55,11 @@ static void *worker_main(void *arg) {
   uint32_t idx[BATCH];
   for (;;) {
     pthread_mutex_lock(&p->mu);
-    while (!p->count && !p->stopping) pthread_cond_wait(&p->cv, &p->mu);
+    while (!p->count && !p->stopping) {
+      atomic_fetch_add_explicit(&p->idle, 1, memory_order_relaxed);
+      pthread_cond_wait(&p->cv, &p->mu);
+      atomic_fetch_sub_explicit(&p->idle, 1, memory_order_relaxed);
+    }
     if (!p->count && p->stopping) {
       pthread_mutex_unlock(&p->mu);
       break;
@@ -59,17 +67,34 @@ static void *worker_main(void *arg) {
     size_t take = p->count / (size_t)p->nthreads;
     if (take < 1) take = 1;
     if (take > BATCH) take = BATCH;
+    /* A span is a batch already: it goes alone, so spans spread evenly
+     * over the workers. */
     for (size_t i = 0; i < take; i++) {
+      if (p->ring[p->head].span && i) {
+        take = i;
+        break;
+      }
       batch[i] = p->ring[p->head];
       p->head = (p->head + 1) & (p->cap - 1);
+      if (batch[i].span) {
+        take = i + 1;
+        break;
+      }
     }
     p->count -= take;
     if (p->count) pthread_cond_signal(&p->cv);
     pthread_mutex_unlock(&p->mu);
-    /* Runs of the same (fn, arg) go to the job as one batch. */
+    /* Runs of the same (fn, arg) go to the job as one batch; a span goes
+     * as it is. */
     for (size_t i = 0; i < take;) {
+      if (batch[i].span) {
+        if (w->ls) orch__lstate_sync(w->ls);
+        batch[i].fn(w, batch[i].arg, batch[i].span, batch[i].idx);
+        i++;
+        continue;
+      }
       size_t j = i;
-      while (j < take && batch[j].fn == batch[i].fn &&
+      while (j < take && !batch[j].span && batch[j].fn == batch[i].fn &&
              batch[j].arg == batch[i].arg) {
         idx[j - i] = batch[j].idx;
         j++;
@@ -176,6 +201,7 @@ int orch__pool_post(orch__pool *p, orch__job_fn fn, void *arg,
   for (size_t i = 0; i < n; i++) {
     p->ring[tail].fn = fn;
     p->ring[tail].arg = arg;
+    p->ring[tail].span = NULL;
     p->ring[tail].idx = idx[i];
     tail = (tail + 1) & (p->cap - 1);
   }
@@ -184,6 +210,44 @@ int orch__pool_post(orch__pool *p, orch__job_fn fn, void *arg,
   else pthread_cond_broadcast(&p->cv);
   pthread_mutex_unlock(&p->mu);
   return ORCH_OK;
+}
+
+int orch__pool_post_spans(orch__pool *p, orch__job_fn fn, void *arg,
+                          const uint32_t *idx, size_t n, size_t chunk,
+                          size_t *njobs) {
+  *njobs = 0;
+  if (!n) return ORCH_OK;
+  if (chunk < 1) chunk = 1;
+  if (chunk > UINT32_MAX) chunk = UINT32_MAX;
+  size_t nj = (n + chunk - 1) / chunk;
+  pthread_mutex_lock(&p->mu);
+  if (grow(p, p->count + nj) != ORCH_OK) {
+    p->overflows++;
+    size_t waiting = p->count;
+    pthread_mutex_unlock(&p->mu);
+    fprintf(stderr,
+            "orchestrate: worker queue overflow: %zu jobs waiting, %zu "
+            "refused\n",
+            waiting, nj);
+    return ORCH_ELIMIT;
+  }
+  size_t tail = (p->head + p->count) & (p->cap - 1);
+  for (size_t k = 0; k < n; k += chunk) {
+    p->ring[tail].fn = fn;
+    p->ring[tail].arg = arg;
+    p->ring[tail].span = idx + k;
+    p->ring[tail].idx = (uint32_t)(n - k < chunk ? n - k : chunk);
+    tail = (tail + 1) & (p->cap - 1);
+  }
+  p->count += nj;
+  pthread_cond_broadcast(&p->cv);
+  pthread_mutex_unlock(&p->mu);
+  *njobs = nj;
+  return ORCH_OK;
+}
+
+int orch__pool_idle(const orch__pool *p) {
+  return atomic_load_explicit(&p->idle, memory_order_relaxed);
 }
 
 lua_State *orch__worker_lua(orch__worker *w, char *err, size_t errlen) {

@@ -47,15 +47,23 @@ static bool claim(orch__step *s, uint8_t to) {
                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
 }
 
-/* One dependency of s finished; true when it was the last. */
-static bool dep_done(orch__step *s) {
-  return __atomic_sub_fetch(&s->npending, 1, __ATOMIC_ACQ_REL) == 0;
+/* One dependency of step v finished; true when it was the last. */
+static bool dep_done(orch__run *r, uint32_t v) {
+  return __atomic_sub_fetch(&r->npend[v], 1, __ATOMIC_ACQ_REL) == 0;
+}
+
+/* The latest finish time seen (the makespan), kept as steps finish. */
+static void note_finish(orch__run *r, int64_t t) {
+  long long cur = atomic_load(&r->last_ns);
+  while (t > cur && !atomic_compare_exchange_weak(&r->last_ns, &cur, t)) {
+  }
 }
 
 /* ---- the ready heap (max on bottom level, then lower index) ------------ */
 
 static bool before(const orch_graph *g, uint32_t a, uint32_t b) {
-  double x = g->steps[a].bottom, y = g->steps[b].bottom;
+  if (!g->bottom) return a < b; /* no memory for them: index order */
+  double x = g->bottom[a], y = g->bottom[b];
   return x > y || (x == y && a < b);
 }
 
@@ -208,7 +216,6 @@ static void mark_finished(orch__run *r, orch__step *s) {
 static bool skip(orch__run *r, uint32_t v, uint32_t cause) {
   orch__step *s = &r->g->steps[v];
   if (!claim(s, ORCH_SKIPPED)) return false;
-  s->cause = cause;
   if (cause == NONE) orch__step_set_error(s, "canceled before it started");
   else
     orch__step_set_error(s, "skipped: dependency '%s' failed",
@@ -234,7 +241,7 @@ static void skip_cascade(orch__run *r, uint32_t v, uint32_t cause) {
       uint32_t y = g->outs[e];
       if (g->steps[y].flags & ORCH__SF_ALWAYS) {
         /* It runs once its dependencies end, however they ended. */
-        if (status_of(&g->steps[y]) == ORCH_PENDING && dep_done(&g->steps[y]))
+        if (status_of(&g->steps[y]) == ORCH_PENDING && dep_done(r, y))
           make_ready(r, y);
         continue;
       }
@@ -409,6 +416,7 @@ static void complete(orch__run *r, uint32_t v) {
   orch_graph *g = r->g;
   orch__step *s = &g->steps[v];
   mark_finished(r, s);
+  note_finish(r, s->finished_ns);
   atomic_fetch_sub(&r->running, 1);
   atomic_fetch_add(&r->done, 1);
   bool ok = s->status == ORCH_PASSED;
@@ -421,7 +429,7 @@ static void complete(orch__run *r, uint32_t v) {
     orch__step *ds = &g->steps[d];
     if (status_of(ds) != ORCH_PENDING) continue;
     if (!ok && !(ds->flags & ORCH__SF_ALWAYS)) skip_cascade(r, d, v);
-    else if (dep_done(ds)) make_ready(r, d);
+    else if (dep_done(r, d)) make_ready(r, d);
   }
   unlock_files(r, v);
 }
@@ -442,10 +450,7 @@ static void post_workers(orch__run *r) {
 
 static void end_run(orch__run *r) {
   orch_graph *g = r->g;
-  int64_t last = 0;
-  for (size_t i = 0; i < g->n; i++)
-    if (g->steps[i].finished_ns > last) last = g->steps[i].finished_ns;
-  g->makespan_ns = last;
+  g->makespan_ns = atomic_load(&r->last_ns);
   for (int k = 0; k < ORCH__NKINDS; k++)
     if (orch__kinds[k] && orch__kinds[k]->run_end) orch__kinds[k]->run_end(r);
   r->rt->session_tokens_before = record_session(
@@ -479,7 +484,9 @@ static void process(orch__run *r) {
     if (!r->ntodo) break;
   }
   r->in_process = false;
-  if (atomic_load(&r->done) == r->g->n) end_run(r);
+  /* Spans of roots still held by workers keep the run alive even when
+   * cancel skipped all their steps: they read r. */
+  if (atomic_load(&r->done) == r->g->n && !atomic_load(&r->spans)) end_run(r);
 }
 
 /* The round runs from the wake-up, not at once: every timer due in this
@@ -550,14 +557,28 @@ static void drain(uv_async_t *a) {
 }
 
 /* Worker side. Completions normally go back to the loop (one lock and one
- * wake-up per batch). The fast path: when no in-flight limit is set, a step
- * that passed and whose dependents all run on workers is completed here:
- * its dependents' counters drop, the first one that becomes ready runs next
- * on this worker (a chain never leaves the thread), the others go to the
- * pool queue. Such completions are counted in `done` under r->mu together
- * with the wake-up, so the loop cannot end the run (and free r) while this
- * worker still touches it. */
+ * wake-up per batch). The fast path: when no in-flight limit is set and no
+ * store records steps (r->fast), a step that passed and whose dependents
+ * all run on workers is completed here: its dependents' counters drop, the
+ * first one that becomes ready runs next on this worker (a chain never
+ * leaves the thread), the others wait on this worker's own stack and are
+ * shared through the pool queue only while another worker is idle. Such
+ * completions are counted in `done` under r->mu together with the wake-up,
+ * so the loop cannot end the run (and free it) while this worker still
+ * touches it. In fast mode the steps ready at the start come as spans of
+ * the run's roots array, which the worker claims itself (PENDING ->
+ * IN_PROGRESS; a step cancel skipped first is left alone).
+ *
+ * Times: a step's finish is read from the clock before its dependents are
+ * released. A step that releases none (a leaf that passed on the fast
+ * path) shares the next clock read with the leaves run just before it, up
+ * to LEAF_GROUP of them: each recorded [start, finish] still contains the
+ * step's true run, and no step depends on them. A step released here
+ * starts at the latest finish among its dependencies (all read before
+ * their release), or at this worker's last clock read if later. */
 #define FAST_PUBLISH 4096
+#define LEAF_GROUP 32
+#define SHARE_AT 128
 
 typedef struct worker_batch {
   uint32_t fin[256]; /* completions for the loop */
@@ -565,134 +586,234 @@ typedef struct worker_batch {
   size_t nfast;      /* completed here, not yet counted in done */
   size_t nnext;      /* of those, how many handed their slot to a dependent
                         run next here (running is not changed for them) */
+  size_t nclaimed;   /* roots claimed here, not yet counted in running */
+  size_t nspans;     /* span jobs finished, not yet counted down */
+  int64_t last;      /* latest finish stamped here */
+  uint32_t leaf[LEAF_GROUP]; /* leaves waiting for their finish stamp */
+  size_t nleaf;
 } worker_batch;
 
+static void stamp_leaves(worker_batch *b, orch_graph *g, int64_t t) {
+  for (size_t i = 0; i < b->nleaf; i++) g->steps[b->leaf[i]].finished_ns = t;
+  b->nleaf = 0;
+  if (t > b->last) b->last = t;
+}
+
 static void publish(orch__run *r, worker_batch *b) {
+  if (b->nleaf) stamp_leaves(b, r->g, orch__run_now(r));
+  if (b->nclaimed) atomic_fetch_add(&r->running, b->nclaimed);
   if (b->nfast) {
     atomic_fetch_sub(&r->running, b->nfast - b->nnext);
     atomic_fetch_add(&r->passed, b->nfast);
   }
+  note_finish(r, b->last);
   pthread_mutex_lock(&r->mu);
   for (size_t i = 0; i < b->nfin; i++)
     if (push_u32(&r->fin, &r->nfin, &r->fin_cap, b->fin[i])) abort();
   atomic_fetch_add(&r->done, b->nfast);
+  if (b->nspans) atomic_fetch_sub(&r->spans, b->nspans);
   uv_async_send(&r->wake); /* under the lock: see orch__sched_finish_async */
   pthread_mutex_unlock(&r->mu);
-  b->nfin = b->nfast = b->nnext = 0;
+  b->nfin = b->nfast = b->nnext = b->nclaimed = b->nspans = 0;
 }
 
+static void to_loop(orch__run *r, worker_batch *b, uint32_t v) {
+  b->fin[b->nfin++] = v;
+  if (b->nfin == ORCH__ARRAY_LEN(b->fin)) publish(r, b);
+}
+
+/* Does step s run on a worker, with no file to lock (file locks live on
+ * the loop)? r->where[kind] answers for a whole kind: 0 no, 1 yes, 2 it
+ * depends on the step's paths. */
 static bool on_worker(const orch__run *r, const orch__step *s) {
-  if (r->dry_run && s->kind == ORCH__KIND_LLM) return false;
+  uint8_t w = r->where[s->kind];
+  if (w < 2) return w;
   const char *const *paths;
-  if (step_writes(s, &paths)) return false; /* file locks live on the loop */
-  return orch__kinds[s->kind]->where == ORCH__ON_WORKER;
+  return !step_writes(s, &paths);
 }
 
-/* Completes v here if the fast path applies; returns the dependent to run
- * next on this worker (NONE when there is none), or v itself when v must
- * go to the loop. */
-static uint32_t complete_here(orch__run *r, uint32_t v, uint32_t *extra,
-                              size_t *nextra) {
+static void kinds_where(orch__run *r) {
+  r->all_worker = true;
+  for (int k = 0; k < ORCH__NKINDS; k++) {
+    const orch__kind *kd = orch__kinds[k];
+    if (!kd || kd->where != ORCH__ON_WORKER || (r->dry_run && k == ORCH__KIND_LLM))
+      r->where[k] = 0;
+    else r->where[k] = kd->writes ? 2 : 1;
+    if (r->g->nkind[k] && r->where[k] != 1) r->all_worker = false;
+  }
+}
+
+/* Can v, just run, be completed here? Not with an in-flight limit (the
+ * heap orders starts), nor when a store records every start and finish
+ * (on the loop thread), nor when it failed or a dependent needs the loop
+ * (a step holding file locks releases them on the loop). */
+static bool completes_here(orch__run *r, uint32_t v) {
   orch_graph *g = r->g;
   orch__step *s = &g->steps[v];
-  /* Not with an in-flight limit (the heap orders starts), nor when a store
-   * records every start and finish (on the loop thread). */
-  if (r->max_parallel || r->rt->store || atomic_load(&r->canceled) ||
-      status_of(s) != ORCH_PASSED || !on_worker(r, s))
-    return v; /* (a step holding file locks releases them on the loop) */
+  if (!r->fast || atomic_load(&r->canceled) || status_of(s) != ORCH_PASSED ||
+      !on_worker(r, s))
+    return false;
+  if (r->all_worker) return true;
   for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++)
-    if (!on_worker(r, &g->steps[g->outs[e]])) return v;
-  uint32_t next = NONE;
-  for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++) {
-    uint32_t d = g->outs[e];
-    orch__step *ds = &g->steps[d];
-    if (!dep_done(ds) || !claim(ds, ORCH_IN_PROGRESS)) continue;
-    ds->attempts++;
-    ds->generation =
-        r->rt->policy ? orch__policy_generation(r->rt->policy) : 0;
-    if (next == NONE) {
-      next = d; /* takes v's place among the running: no count change */
-    } else {
-      atomic_fetch_add(&r->running, 1);
-      extra[(*nextra)++] = d;
-    }
-  }
-  return next;
+    if (!on_worker(r, &g->steps[g->outs[e]])) return false;
+  return true;
 }
 
-static void run_workers(orch__worker *w, void *arg, const uint32_t *idx,
-                        size_t n) {
-  orch__run *r = arg;
+/* A step this worker claimed (fast path): counted, stamped with its run. */
+static void take_step(orch__run *r, orch__step *s) {
+  s->attempts++;
+  s->generation = r->rt->policy ? orch__policy_generation(r->rt->policy) : 0;
+}
+
+/* The start of step v, released here after its last dependency finished:
+ * the latest finish among its dependencies, or t if later. */
+static int64_t start_after_deps(const orch_graph *g, uint32_t v, int64_t t) {
+  for (uint32_t e = g->dep_off[v]; e < g->dep_off[v + 1]; e++) {
+    int64_t f = g->steps[g->deps[e]].finished_ns;
+    if (f > t) t = f;
+  }
+  return t;
+}
+
+typedef struct local_stack {
+  uint32_t *a;
+  size_t n, cap;
+} local_stack;
+
+/* Hands the older half of the stack to the pool while a worker idles
+ * (they stay here when the queue is full). */
+static void share(orch__run *r, local_stack *ls) {
+  size_t k = (ls->n + 1) / 2;
+  if (orch__pool_post(r->rt->pool, run_workers, r, ls->a, k)) return;
+  memmove(ls->a, ls->a + k, (ls->n - k) * sizeof *ls->a);
+  ls->n -= k;
+}
+
+/* Runs step v (claimed, IN_PROGRESS) and whatever it releases here, until
+ * this worker's stack is empty. *t: the last clock read. */
+static void run_from(orch__run *r, orch__worker *w, worker_batch *b,
+                     local_stack *ls, uint32_t v, int64_t *tp) {
   orch_graph *g = r->g;
-  worker_batch b = {.nfin = 0, .nfast = 0, .nnext = 0};
-  uint32_t *extra = NULL;
-  size_t extra_cap = 0;
+  int64_t t = *tp;
+  while (v != NONE) {
+    orch__step *s = &g->steps[v];
+    s->started_ns = t;
+    /* The dependents are touched right after the step: fetch them now. */
+    for (uint32_t e = g->out_off[v]; e < g->out_off[v + 1]; e++) {
+      __builtin_prefetch(&g->steps[g->outs[e]], 1);
+      __builtin_prefetch(&r->npend[g->outs[e]], 1);
+    }
+    if (atomic_load(&r->canceled)) {
+      __atomic_store_n(&s->status, ORCH_FAILED, __ATOMIC_RELEASE);
+      orch__step_set_error(s, "canceled before it started");
+    } else {
+      int rc = orch__kinds[s->kind]->run(r, v, w);
+      __atomic_store_n(&s->status, rc == ORCH_OK ? ORCH_PASSED : ORCH_FAILED,
+                       __ATOMIC_RELEASE);
+    }
+    uint32_t lo = g->out_off[v], hi = g->out_off[v + 1];
+    bool here = completes_here(r, v);
+    uint32_t next = NONE;
+    if (here && lo == hi) {
+      /* A leaf: its finish comes with the next clock read. */
+      b->leaf[b->nleaf++] = v;
+      if (b->nleaf == LEAF_GROUP) stamp_leaves(b, g, t = orch__run_now(r));
+      b->nfast++;
+    } else {
+      t = orch__run_now(r);
+      if (b->nleaf) stamp_leaves(b, g, t);
+      s->finished_ns = t;
+      if (t > b->last) b->last = t;
+      if (!here) {
+        to_loop(r, b, v);
+      } else {
+        if (ls->n + (hi - lo) > ls->cap) {
+          size_t ncap = (ls->n + (hi - lo)) * 2;
+          uint32_t *na = realloc(ls->a, ncap * sizeof *na);
+          if (!na) {
+            /* No room to hand dependents over: let the loop do it. */
+            to_loop(r, b, v);
+            goto pick;
+          }
+          ls->a = na;
+          ls->cap = ncap;
+        }
+        b->nfast++;
+        for (uint32_t e = lo; e < hi; e++) {
+          uint32_t d = g->outs[e];
+          if (!dep_done(r, d) || !claim(&g->steps[d], ORCH_IN_PROGRESS))
+            continue;
+          take_step(r, &g->steps[d]);
+          if (next == NONE) {
+            next = d; /* takes v's place among the running */
+            b->nnext++;
+          } else {
+            atomic_fetch_add(&r->running, 1);
+            ls->a[ls->n++] = d;
+          }
+        }
+      }
+    }
+  pick:
+    if (next == NONE && ls->n) {
+      next = ls->a[--ls->n];
+    }
+    if (next != NONE) {
+      if (g->dep_off[next + 1] - g->dep_off[next] > 1)
+        t = start_after_deps(g, next, t);
+      /* A step boundary, as between batches (pool.c): a lua step runs
+       * under the newest published scripts. */
+      if (g->steps[next].kind == ORCH__KIND_LUA && w)
+        orch__lstate_sync(orch__worker_lstate(w));
+      /* Share while another worker idles, and in any case once the stack
+       * is long: a worker that loses its core must not sit on much work. */
+      if ((ls->n && orch__pool_idle(r->rt->pool)) || ls->n >= SHARE_AT)
+        share(r, ls);
+    }
+    if (b->nfast >= FAST_PUBLISH) publish(r, b);
+    v = next;
+  }
+  *tp = t;
+}
+
+static void run_job(orch__worker *w, orch__run *r, const uint32_t *idx,
+                    size_t n, bool roots) {
+  orch_graph *g = r->g;
+  worker_batch b;
+  b.nfin = b.nfast = b.nnext = b.nclaimed = b.nspans = b.nleaf = 0;
+  b.last = 0;
+  local_stack ls = {NULL, 0, 0};
   int64_t t = orch__run_now(r);
   for (size_t i = 0; i < n; i++) {
     uint32_t v = idx[i];
-    while (v != NONE) {
-      orch__step *s = &g->steps[v];
-      s->started_ns = t;
-      if (atomic_load(&r->canceled)) {
-        __atomic_store_n(&s->status, ORCH_FAILED, __ATOMIC_RELEASE);
-        orch__step_set_error(s, "canceled before it started");
-      } else {
-        int rc = orch__kinds[s->kind]->run(r, v, w);
-        __atomic_store_n(&s->status, rc == ORCH_OK ? ORCH_PASSED : ORCH_FAILED,
-                         __ATOMIC_RELEASE);
-      }
-      /* One clock read serves as this step's finish and, within a batch,
-       * the next step's start. */
-      s->finished_ns = t = orch__run_now(r);
-      size_t nout = g->out_off[v + 1] - g->out_off[v], nextra = 0;
-      if (nout > extra_cap) {
-        uint32_t *ne = realloc(extra, nout * sizeof *ne);
-        if (!ne) {
-          /* No room to hand dependents over: let the loop do it. */
-          b.fin[b.nfin++] = v;
-          if (b.nfin == ORCH__ARRAY_LEN(b.fin)) publish(r, &b);
-          break;
-        }
-        extra = ne;
-        extra_cap = nout;
-      }
-      uint32_t next = complete_here(r, v, extra, &nextra);
-      if (next == v) {
-        b.fin[b.nfin++] = v;
-        if (b.nfin == ORCH__ARRAY_LEN(b.fin)) publish(r, &b);
-        break;
-      }
-      b.nfast++;
-      if (nextra &&
-          orch__pool_post(r->rt->pool, run_workers, r, extra, nextra)) {
-        for (size_t k = 0; k < nextra; k++) {
-          orch__step *x = &g->steps[extra[k]];
-          __atomic_store_n(&x->status, ORCH_FAILED, __ATOMIC_RELEASE);
-          orch__step_set_error(x, "worker queue overflow: step refused");
-          x->started_ns = x->finished_ns = t;
-          b.fin[b.nfin++] = extra[k];
-          if (b.nfin == ORCH__ARRAY_LEN(b.fin)) publish(r, &b);
-        }
-      }
-      /* The next step starts after its last dependency finished. With v
-       * its only dependency, v's finish time serves; otherwise another one
-       * may have finished on another worker after this clock read. */
-      if (next != NONE) {
-        b.nnext++;
-        if (g->dep_off[next + 1] - g->dep_off[next] > 1) t = orch__run_now(r);
-        /* A step boundary, as between batches (pool.c): a lua step runs
-         * under the newest published scripts. */
-        if (g->steps[next].kind == ORCH__KIND_LUA && w)
-          orch__lstate_sync(orch__worker_lstate(w));
-      }
-      if (b.nfast >= FAST_PUBLISH) publish(r, &b);
-      v = next;
+    /* The claim below is a locked instruction: it waits for its cache miss
+     * with nothing else in flight. Ask for the steps ahead. */
+    if (i + 8 < n) __builtin_prefetch(&g->steps[idx[i + 8]], 1);
+    if (roots) {
+      /* Not yet claimed: cancel may have skipped it. */
+      if (!claim(&g->steps[v], ORCH_IN_PROGRESS)) continue;
+      take_step(r, &g->steps[v]);
+      b.nclaimed++;
     }
+    run_from(r, w, &b, &ls, v, &t);
   }
-  free(extra);
+  free(ls.a);
+  if (roots) b.nspans = 1;
   /* The last touch of r. Nothing left to report means an earlier publish
    * may have ended the run: r must not be touched then. */
-  if (b.nfin || b.nfast) publish(r, &b);
+  if (b.nfin || b.nfast || b.nclaimed || b.nspans || b.nleaf) publish(r, &b);
+}
+
+/* Steps claimed before they were queued (by the loop or a worker). */
+static void run_workers(orch__worker *w, void *arg, const uint32_t *idx,
+                        size_t n) {
+  run_job(w, arg, idx, n, false);
+}
+
+/* A span of the run's roots, not yet claimed (fast mode). */
+static void run_roots(orch__worker *w, void *arg, const uint32_t *idx,
+                      size_t n) {
+  run_job(w, arg, idx, n, true);
 }
 
 /* ---- starting and ending a run on the loop ------------------------------- */
@@ -704,6 +825,10 @@ static void run_start(void *arg) {
   r->wake.data = r;
   r->t0_ns = orch__now_ns();
   orch_runtime *rt = r->rt;
+  /* Steps that passed in an earlier run of the session (resume, which
+   * needs a store) are done: they count, and release their dependents,
+   * without running again. */
+  bool resumed = rt->store && rt->resume_id[0];
   if (rt->store) {
     if (!rt->resume_id[0] || strcmp(rt->resume_id, rt->session_id) != 0)
       rt->session_tokens_before = 0; /* not a continuation in this process */
@@ -718,34 +843,78 @@ static void run_start(void *arg) {
     if (g->nkind[k] && orch__kinds[k] && orch__kinds[k]->run_begin &&
         !(r->dry_run && k == ORCH__KIND_LLM))
       orch__kinds[k]->run_begin(r);
-  size_t roots = 0;
-  for (size_t i = 0; i < g->n; i++) {
-    orch__step *s = &g->steps[i];
-    s->npending = g->dep_off[i + 1] - g->dep_off[i];
+  size_t n = g->n;
+  r->npend = malloc((n ? n : 1) * sizeof *r->npend);
+  r->roots = malloc((n ? n : 1) * sizeof *r->roots);
+  if (!r->npend || !r->roots) abort();
+  orch__prefault(r->npend, n * sizeof *r->npend);
+  /* The roots: steps with nothing to wait for (counted again below after
+   * a resume). */
+  size_t nroots = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint32_t k = g->dep_off[i + 1] - g->dep_off[i];
+    r->npend[i] = k;
+    if (!k) r->roots[nroots++] = (uint32_t)i;
   }
-  /* Steps that passed in an earlier run of the session (resume) are done:
-   * they count, and release their dependents, without running again. */
-  for (size_t i = 0; i < g->n; i++) {
-    if (g->steps[i].status != ORCH_PASSED) continue;
-    atomic_fetch_add(&r->done, 1);
-    atomic_fetch_add(&r->passed, 1);
-    for (uint32_t e = g->out_off[i]; e < g->out_off[i + 1]; e++)
-      g->steps[g->outs[e]].npending--;
+  if (resumed) {
+    for (size_t i = 0; i < n; i++) {
+      if (g->steps[i].status != ORCH_PASSED) continue;
+      atomic_fetch_add(&r->done, 1);
+      atomic_fetch_add(&r->passed, 1);
+      note_finish(r, g->steps[i].finished_ns);
+      for (uint32_t e = g->out_off[i]; e < g->out_off[i + 1]; e++)
+        r->npend[g->outs[e]]--;
+    }
   }
-  for (size_t i = 0; i < g->n; i++)
-    if (!g->steps[i].npending && g->steps[i].status == ORCH_PENDING) roots++;
-  r->heap = malloc((g->n ? g->n : 1) * sizeof *r->heap);
+  if (resumed) {
+    nroots = 0;
+    for (size_t i = 0; i < n; i++)
+      if (!r->npend[i] && g->steps[i].status == ORCH_PENDING)
+        r->roots[nroots++] = (uint32_t)i;
+  }
+  if (r->max_parallel && orch__graph_bottoms(g))
+    fprintf(stderr, "orchestrate: no memory for priorities: ready steps "
+                    "start in index order\n");
+  r->heap = malloc((n ? n : 1) * sizeof *r->heap);
   if (!r->heap) abort();
   r->in_process = true;
-  if (r->max_parallel && roots > r->max_parallel) {
+  if (r->max_parallel && nroots > r->max_parallel) {
     /* The limit binds from the start: all roots go through the heap. */
-    for (size_t i = 0; i < g->n; i++)
-      if (!g->steps[i].npending && g->steps[i].status == ORCH_PENDING)
-        heap_push(r, (uint32_t)i);
+    for (size_t i = 0; i < nroots; i++) heap_push(r, r->roots[i]);
+  } else if (!r->fast) {
+    for (size_t i = 0; i < nroots; i++) make_ready(r, r->roots[i]);
   } else {
-    for (size_t i = 0; i < g->n; i++)
-      if (!g->steps[i].npending && g->steps[i].status == ORCH_PENDING)
-        make_ready(r, (uint32_t)i);
+    /* Worker roots go to the workers in spans, unclaimed; the others
+     * start here. The spans read r->roots until they are done. */
+    size_t nw = 0;
+    if (r->all_worker) {
+      nw = nroots;
+    } else {
+      for (size_t i = 0; i < nroots; i++) {
+        uint32_t v = r->roots[i];
+        if (on_worker(r, &g->steps[v])) r->roots[nw++] = v;
+        else make_ready(r, v);
+      }
+    }
+    int nthreads = orch__pool_size(rt->pool);
+    size_t chunk = nw / ((size_t)nthreads * 16) + 1;
+    if (chunk > 2048) chunk = 2048;
+    size_t njobs = 0;
+    atomic_store(&r->spans, (nw + chunk - 1) / chunk);
+    if (nw && orch__pool_post_spans(rt->pool, run_roots, r, r->roots, nw,
+                                    chunk, &njobs)) {
+      atomic_store(&r->spans, 0);
+      for (size_t i = 0; i < nw; i++) {
+        orch__step *s = &g->steps[r->roots[i]];
+        if (!claim(s, ORCH_IN_PROGRESS)) continue;
+        s->attempts++;
+        atomic_fetch_add(&r->running, 1);
+        orch__step_set_error(s, "worker queue overflow: step refused");
+        s->status = ORCH_FAILED;
+        mark_finished(r, s);
+        push_u32(&r->todo, &r->ntodo, &r->todo_cap, r->roots[i]);
+      }
+    }
   }
   r->in_process = false;
   r->started = true;
@@ -809,6 +978,8 @@ int orch_run(orch_runtime *rt, orch_graph *g, char *err, size_t errlen) {
   r->g = g;
   r->max_parallel = rt->cfg.max_parallel > 0 ? (size_t)rt->cfg.max_parallel : 0;
   r->dry_run = rt->dry_run;
+  r->fast = !r->max_parallel && !rt->store;
+  kinds_where(r);
   pthread_mutex_init(&r->mu, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);
@@ -869,6 +1040,8 @@ int orch_run(orch_runtime *rt, orch_graph *g, char *err, size_t errlen) {
   free(r->locks);
   free(r->parked);
   free(r->heap);
+  free(r->npend);
+  free(r->roots);
   free(r->todo);
   free(r->post);
   free(r->fin);

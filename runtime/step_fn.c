@@ -30,9 +30,11 @@ const orch__kind orch__kind_hostfn = {.name = "host_fn", .where = ORCH__ON_HOST,
 
 static int add(orch_graph *g, const char *id, int kind, orch_step_fn fn,
                void *ud) {
-  if (!g || !id || !fn) return ORCH_EINVAL;
+  if (!g || !fn) return ORCH_EINVAL;
   uint32_t idx;
-  int rc = orch__graph_add(g, id, strlen(id), kind, &idx, NULL, 0);
+  /* No id: an anonymous step, named by its index. */
+  int rc = id ? orch__graph_add(g, id, strlen(id), kind, &idx, NULL, 0)
+              : orch__graph_add_anon(g, kind, &idx);
   if (rc) return rc;
   g->steps[idx].u.c.fn = fn;
   g->steps[idx].u.c.ud = ud;
