@@ -15,7 +15,9 @@
 # are judged at the first concurrency of CS (the issue's 1,000). With
 # --md FILE also appends the bare table to FILE. About 40 s.
 # Env: N (10000), CS ("1000 250"; C=X alone means CS=X), LATENCY (20),
-# ROUNDS (3), MOCK_THREADS (1), BUILD (build), CC (cc), BENCH_NO_WRITE.
+# ROUNDS (3), MOCK_THREADS (1), BUILD (build), CC (cc), BENCH_NO_WRITE,
+# LLM_BENCH_PARSE_THREADS (llm.parse_threads of the client; unset: the
+# default, 0 = parse on the loop thread).
 set -eu
 cd "$(dirname "$0")/.."
 N=${N:-10000}; LATENCY=${LATENCY:-20}; ROUNDS=${ROUNDS:-3}

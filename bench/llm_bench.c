@@ -158,12 +158,15 @@ static void fanout(bench *b, int n) {
 static int run(const char *base, int n, int c, int latency, bool warm) {
   uv_loop_t loop;
   uv_loop_init(&loop);
-  char conf[1024];
+  char conf[1024], pt[64] = "";
+  /* LLM_BENCH_PARSE_THREADS: llm.parse_threads (unset: llm.c's default) */
+  const char *pts = getenv("LLM_BENCH_PARSE_THREADS");
+  if (pts && *pts) snprintf(pt, sizeof pt, ",\"parse_threads\":%d", atoi(pts));
   snprintf(conf, sizeof conf,
-           "{\"llm\":{\"max_attempts\":1,\"cooldown\":{\"failures\":0}},"
+           "{\"llm\":{\"max_attempts\":1,\"cooldown\":{\"failures\":0}%s},"
            "\"tiers\":{\"bench\":{\"base_url\":\"%s/v1\",\"model\":"
            "\"bench+fault=latency=%d\"}}}",
-           base, latency);
+           pt, base, latency);
   json_t *sec = json_loads(conf, 0, NULL);
   bench b = {.n = n, .c = c, .loop = &loop};
   char err[256];

@@ -4,13 +4,16 @@
  * token, and carries a call through retries with backoff, fallback tiers and
  * per-endpoint cooldown.
  *
- * Uses http.c for the transfers and runs on the loop thread; the retry
+ * Uses http.c for the transfers and runs on the loop thread, but for the
+ * parse of whole (non-stream) 2xx answers, which a small executor of
+ * llm.parse_threads threads does (see "completion executor"); the retry
  * decision is orch__llm_decide(), the C twin of scripts/policies/retry.lua.
  * API keys live only here and are redacted from every message we make. */
 #include "orch_int.h"
 
 #include <curl/curl.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,6 +130,9 @@ typedef struct llm_tier {
   llm_ep *ep;
 } llm_tier;
 
+typedef struct llm_exec llm_exec;
+static llm_exec *exec_new(uv_loop_t *loop, int n);
+
 struct orch__llm {
   uv_loop_t *loop;
   orch__http *http;
@@ -150,6 +156,7 @@ struct orch__llm {
   /* request headers per tier and stream flag, shared (read-only) by the
    * calls that send no X-Mock-Fault: set_headers */
   struct curl_slist *hdrs[MAX_TIERS][2];
+  llm_exec *exec; /* parses whole answers off the loop; NULL: on the loop */
 };
 
 /* Checks one number field: present -> number within [lo, hi]. */
@@ -213,7 +220,7 @@ int orch__llm_config_check(json_t *sections, char *err, size_t errlen) {
       "max_attempts",       "backoff_base_ms", "backoff_max_ms",
       "retry_after_cap_ms", "max_tokens",   "stream",
       "default_tier",       "cooldown",     "max_connections",
-      "max_host_connections", NULL};
+      "max_host_connections", "parse_threads", NULL};
   static const char *const cd_keys[] = {"failures", "window_ms", "cooldown_ms",
                                         NULL};
   int rc;
@@ -289,6 +296,8 @@ int orch__llm_config_check(json_t *sections, char *err, size_t errlen) {
         (rc = check_num(l, "max_connections", "llm", 0, 1e6, true, err,
                         errlen)) ||
         (rc = check_num(l, "max_host_connections", "llm", 0, 1e6, true, err,
+                        errlen)) ||
+        (rc = check_num(l, "parse_threads", "llm", 0, 16, true, err,
                         errlen)) ||
         (rc = check_str(l, "default_tier", "llm", err, errlen)))
       return rc;
@@ -532,6 +541,9 @@ int orch__llm_new_json(orch__llm **out, json_t *sections, uv_loop_t *loop,
       .max_host_connections = (long)jnum(lc, "max_host_connections", 0),
   };
   if ((rc = orch__http_new(&l->http, loop, &ho, err, errlen))) goto fail;
+  /* 0: parse on the loop; a failure to start threads means the same */
+  int pt = (int)jnum(lc, "parse_threads", 0);
+  if (pt > 0) l->exec = exec_new(loop, pt);
   *out = l;
   return ORCH_OK;
 fail:
@@ -747,6 +759,8 @@ struct orch__llm_call {
   uint64_t visited;
   int attempt; /* within the tier */
   bool stream, in_http, canceled, finished, finish_pending;
+  bool in_parse;              /* held by the completion executor */
+  orch__llm_call *xnext;      /* in one of the executor's lists */
   int finish_code;
   char *finish_msg;
   char *body_json;
@@ -1171,11 +1185,213 @@ static char *provider_message(const char *body, size_t len) {
 
 static double ms_between(int64_t a, int64_t b) { return (double)(b - a) / 1e6; }
 
+/* ---- completion executor ---------------------------------------------- */
+
+/* A whole (non-stream) 2xx answer is parsed on one of llm.parse_threads
+ * threads instead of the loop thread: on_http_done hands the call over
+ * (in_parse; its http request is detached from the engine by then, so
+ * c->http.body stays put and nothing on the loop touches it), a thread runs
+ * parse_whole, which writes only the call's answer fields (text, usage,
+ * finish reason, parse error) and reads the engine's tiers (fixed after
+ * orch__llm_new), and puts the call on the return list; one uv_async_t
+ * (wake-ups coalesce) brings every returned call back to the loop, where
+ * http_done_rest goes on as if the parse had run there. Threads take all
+ * waiting jobs at once (a share of them with several threads). */
+struct llm_exec {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  orch__llm_call *jobs, *jobs_tail; /* waiting for a thread */
+  size_t njobs;
+  orch__llm_call *back, *back_tail; /* parsed, for the loop */
+  bool stop;                        /* under mu: threads leave */
+  /* loop thread only */
+  orch__llm_call *out, *out_tail; /* handed over this loop turn */
+  size_t nout;
+  uv_check_t check; /* hands `out` to the threads after the turn's I/O */
+  int open_handles;
+  orch__llm_call *draining; /* taken from back, being continued */
+  size_t held;              /* calls handed over and not yet continued */
+  bool closing;             /* orch__llm_free ran */
+  int nthreads;
+  pthread_t th[16];
+  uv_async_t async;
+};
+
+static void http_done_rest(orch__llm_call *c, bool parsed);
+
+static void *exec_main(void *arg) {
+  llm_exec *x = arg;
+  pthread_mutex_lock(&x->mu);
+  for (;;) {
+    while (!x->jobs && !x->stop) pthread_cond_wait(&x->cv, &x->mu);
+    if (x->stop) break;
+    size_t take = x->njobs;
+    if (x->nthreads > 1) take = (take + (size_t)x->nthreads - 1) / (size_t)x->nthreads;
+    orch__llm_call *first = x->jobs, *last = first;
+    for (size_t i = 1; i < take && last->xnext; i++) last = last->xnext;
+    x->jobs = last->xnext;
+    if (!x->jobs) x->jobs_tail = NULL;
+    last->xnext = NULL;
+    x->njobs -= take <= x->njobs ? take : x->njobs;
+    pthread_mutex_unlock(&x->mu);
+    for (orch__llm_call *c = first; c; c = c->xnext)
+      parse_whole(c, c->http.body, c->http.body_len);
+    pthread_mutex_lock(&x->mu);
+    if (x->back_tail) x->back_tail->xnext = first;
+    else x->back = first;
+    x->back_tail = last;
+    pthread_mutex_unlock(&x->mu);
+    /* the loop may continue (and free) the calls from here on; x lives
+     * until orch__llm_free has joined us */
+    uv_async_send(&x->async);
+    pthread_mutex_lock(&x->mu);
+  }
+  pthread_mutex_unlock(&x->mu);
+  return NULL;
+}
+
+/* Continues a batch of parsed calls on the loop: through x->draining, not
+ * a local, since a done callback may free the engine, which then finishes
+ * these calls itself (x outlives that: exec_closed). */
+static void exec_drain(llm_exec *x, orch__llm_call *batch) {
+  if (!batch) return;
+  orch__llm_call *tail = batch;
+  while (tail->xnext) tail = tail->xnext;
+  tail->xnext = x->draining;
+  x->draining = batch;
+  while (x->draining && !x->closing) {
+    orch__llm_call *c = x->draining;
+    x->draining = c->xnext;
+    c->xnext = NULL;
+    c->in_parse = false;
+    if (--x->held == 0) uv_unref((uv_handle_t *)&x->async);
+    http_done_rest(c, true);
+  }
+}
+
+static void on_exec_async(uv_async_t *a) {
+  llm_exec *x = a->data;
+  if (x->closing) return;
+  pthread_mutex_lock(&x->mu);
+  orch__llm_call *batch = x->back;
+  x->back = x->back_tail = NULL;
+  pthread_mutex_unlock(&x->mu);
+  exec_drain(x, batch);
+}
+
+/* After the loop turn's I/O: the turn's answers go to the threads at
+ * once (one lock, one wake-up). Those of the previous turn that no thread
+ * has taken yet (the threads are behind, or not scheduled) the loop takes
+ * back and parses itself, so an answer waits at most one turn. */
+static void on_exec_check(uv_check_t *h) {
+  llm_exec *x = h->data;
+  uv_check_stop(&x->check);
+  if (!x->out) return;
+  pthread_mutex_lock(&x->mu);
+  orch__llm_call *stolen = x->jobs;
+  x->jobs = x->out;
+  x->jobs_tail = x->out_tail;
+  x->njobs = x->nout;
+  if (x->nthreads > 1 && x->nout > 1) pthread_cond_broadcast(&x->cv);
+  else pthread_cond_signal(&x->cv);
+  pthread_mutex_unlock(&x->mu);
+  x->out = x->out_tail = NULL;
+  x->nout = 0;
+  for (orch__llm_call *c = stolen; c; c = c->xnext)
+    parse_whole(c, c->http.body, c->http.body_len);
+  exec_drain(x, stolen);
+}
+
+static void exec_push(llm_exec *x, orch__llm_call *c) {
+  c->in_parse = true;
+  c->xnext = NULL;
+  if (x->held++ == 0) uv_ref((uv_handle_t *)&x->async); /* a parse pending */
+  if (x->out_tail) x->out_tail->xnext = c;
+  else {
+    x->out = c;
+    uv_check_start(&x->check, on_exec_check);
+  }
+  x->out_tail = c;
+  x->nout++;
+}
+
+static void exec_closed(uv_handle_t *h) {
+  llm_exec *x = h->data;
+  if (--x->open_handles) return;
+  pthread_mutex_destroy(&x->mu);
+  pthread_cond_destroy(&x->cv);
+  free(x);
+}
+
+/* Starts n parse threads on the loop; NULL when it cannot (we then parse
+ * on the loop). */
+static llm_exec *exec_new(uv_loop_t *loop, int n) {
+  llm_exec *x = calloc(1, sizeof *x);
+  if (!x) return NULL;
+  if (n > 16) n = 16;
+  pthread_mutex_init(&x->mu, NULL);
+  pthread_cond_init(&x->cv, NULL);
+  if (uv_async_init(loop, &x->async, on_exec_async)) {
+    pthread_mutex_destroy(&x->mu);
+    pthread_cond_destroy(&x->cv);
+    free(x);
+    return NULL;
+  }
+  x->async.data = x;
+  uv_unref((uv_handle_t *)&x->async); /* only a pending parse keeps the loop */
+  uv_check_init(loop, &x->check);
+  x->check.data = x;
+  x->open_handles = 2;
+  for (int i = 0; i < n; i++) {
+    if (pthread_create(&x->th[i], NULL, exec_main, x)) break;
+    x->nthreads++;
+  }
+  if (!x->nthreads) {
+    uv_close((uv_handle_t *)&x->async, exec_closed);
+    uv_close((uv_handle_t *)&x->check, exec_closed);
+    return NULL;
+  }
+  return x;
+}
+
+/* Stops and joins the threads; the calls still held stay in l->calls (with
+ * in_parse) for orch__llm_free to finish. x goes with the async handle. */
+static void exec_stop(llm_exec *x) {
+  pthread_mutex_lock(&x->mu);
+  x->stop = true;
+  pthread_cond_broadcast(&x->cv);
+  pthread_mutex_unlock(&x->mu);
+  for (int i = 0; i < x->nthreads; i++) pthread_join(x->th[i], NULL);
+  x->closing = true;
+  x->jobs = x->jobs_tail = x->back = x->back_tail = x->draining = NULL;
+  x->out = x->out_tail = NULL;
+  uv_close((uv_handle_t *)&x->async, exec_closed);
+  uv_close((uv_handle_t *)&x->check, exec_closed);
+}
+
+size_t orch__llm_parsing(const orch__llm *l) {
+  return l->exec ? l->exec->held : 0;
+}
+
 static void on_http_done(orch__http_req *req) {
   orch__llm_call *c = req->ud;
   orch__llm *l = c->l;
-  const llm_tier *t = &l->tiers[c->tier];
   c->in_http = false;
+  /* the common case: a whole 2xx answer, parsed off the loop */
+  if (l->exec && !c->canceled && !c->stream && !c->perr &&
+      req->result == ORCH_OK && req->status >= 200 && req->status < 300) {
+    exec_push(l->exec, c);
+    return;
+  }
+  http_done_rest(c, false);
+}
+
+/* The rest of a finished transfer (parsed: parse_whole already ran on the
+ * executor): the attempt's record, then finish, retry or fall back. */
+static void http_done_rest(orch__llm_call *c, bool parsed) {
+  orch__http_req *req = &c->http;
+  orch__llm *l = c->l;
+  const llm_tier *t = &l->tiers[c->tier];
   if (c->canceled) {
     orch__llm_attempt *a = new_attempt(c);
     if (a) {
@@ -1225,7 +1441,7 @@ static void on_http_done(orch__http_req *req) {
                                                            : "message_stop");
     }
   } else {
-    parse_whole(c, body, blen);
+    if (!parsed) parse_whole(c, body, blen);
     if (c->perr) {
       code = c->perr;
       msg = xstrdup(c->perr_msg);
@@ -1511,7 +1727,10 @@ int orch__llm_call_start(orch__llm *l, const orch__llm_req *req,
 void orch__llm_call_cancel(orch__llm_call *c) {
   if (!c || c->finished || c->canceled || !c->l) return;
   c->canceled = true;
-  if (c->in_http) {
+  if (c->in_parse) {
+    /* the executor holds it: it comes back to http_done_rest, which sees
+     * canceled and records the cancel there */
+  } else if (c->in_http) {
     orch__http_cancel(c->l->http, &c->http); /* on_http_done: finish_later */
   } else {
     if (c->timer) uv_timer_stop(c->timer);
@@ -1564,10 +1783,24 @@ void orch__llm_call_free(orch__llm_call *c) {
 
 void orch__llm_free(orch__llm *l) {
   if (!l) return;
+  /* parse threads first: after this no thread touches a call */
+  if (l->exec) exec_stop(l->exec);
+  l->exec = NULL;
   /* calls still running end now, their done called before we go */
   while (l->calls) {
     orch__llm_call *c = l->calls;
     c->canceled = true;
+    if (c->in_parse) {
+      c->in_parse = false;
+      c->xnext = NULL;
+      orch__llm_attempt *a = new_attempt(c);
+      if (a) {
+        a->code = ORCH_ECANCELED;
+        a->action = "canceled";
+        a->error = xstrdup("canceled: shutting down");
+        a->latency_ms = ms_between(c->http.t_start_ns, c->http.t_end_ns);
+      }
+    }
     if (c->in_http) {
       c->in_http = false;
       orch__http_cancel(l->http, &c->http);

@@ -1024,6 +1024,9 @@ int orch__llm_new_json(orch__llm **out /* OUT */, json_t *sections,
 /* Cancels calls in flight (their done runs), frees; loop thread. */
 void orch__llm_free(orch__llm *l);
 orch__http *orch__llm_http(orch__llm *l);
+/* Calls whose whole answer the parse threads (llm.parse_threads) hold:
+ * handed over and not yet continued on the loop (0 when there are none). */
+size_t orch__llm_parsing(const orch__llm *l);
 bool orch__llm_has_tier(const orch__llm *l, const char *name);
 /* Starts a call on the loop thread. The call is owned by the caller from
  * done() on: free it with orch__llm_call_free (any thread). A call that

@@ -1152,3 +1152,196 @@ TEST(llm_kind_records_each_attempt_in_the_store) {
   ASSERT_EQ(bad, 1);
   ASSERT(fabs(cost - (11 * 1.0 + 7 * 2.0) / 1e6) < 1e-12); /* its prices */
 }
+
+/* ---- whole answers parsed off the loop (llm.parse_threads) ------------ */
+
+typedef struct pcall { /* one call of the parse-thread tests */
+  lctx *c;
+  orch__llm_call *call;
+  int ndone;
+} pcall;
+
+static void pcall_done(orch__llm_call *call, void *ud) {
+  pcall *p = ud;
+  ASSERT(call == p->call || !p->call);
+  p->ndone++;
+  p->c->done++;
+}
+
+#define PARSE_CONF(threads, model)                                           \
+  "{\"llm\":{\"parse_threads\":" threads ",\"max_attempts\":2,"              \
+  "\"backoff_base_ms\":5,\"cooldown\":{\"failures\":0}},\"tiers\":{"         \
+  "\"oa\":{\"provider\":\"openai\",\"base_url\":"                           \
+  "\"http://127.0.0.1:@PORT@/v1\",\"model\":\"" model "\",\"price_in\":1,"   \
+  "\"price_out\":2},"                                                        \
+  "\"an\":{\"provider\":\"anthropic\",\"base_url\":"                        \
+  "\"http://127.0.0.1:@PORT@\",\"model\":\"" model "\",\"price_in\":3,"      \
+  "\"price_out\":15},"                                                       \
+  "\"malformed\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":"   \
+  "\"malformed\"},"                                                          \
+  "\"bad\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":\"400\"}}}"
+
+TEST(llm_parse_threads_pair_1000_answers_with_their_calls_and_usage) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, PARSE_CONF("2", "latency=20")), 0);
+  enum { N = 1000 };
+  pcall *pc = calloc(N, sizeof *pc);
+  char prompt[64];
+  for (int i = 0; i < N; i++) {
+    snprintf(prompt, sizeof prompt, "parse-%d", i);
+    pc[i].c = &c;
+    /* mostly whole answers (the executor's), some streams (the loop's) */
+    orch__llm_req rq = {.tier = i % 3 ? "oa" : "an", .prompt = prompt,
+                        .stream = i % 10 == 0, .done = pcall_done,
+                        .ud = &pc[i]};
+    ASSERT_EQ(orch__llm_call_start(c.l, &rq, &pc[i].call), 0);
+  }
+  lrun(&c, N, 60000);
+  ASSERT_EQ(c.done, N);
+  int ok = 0;
+  for (int i = 0; i < N; i++) {
+    const orch__llm_result *r = orch__llm_call_result(pc[i].call);
+    char want[64];
+    snprintf(want, sizeof want, "echo: parse-%d", i);
+    bool an = i % 3 == 0;
+    if (pc[i].ndone == 1 && r && r->code == ORCH_OK &&
+        strcmp(r->text, want) == 0 && r->tokens_in == 11 &&
+        r->tokens_out == 7 && r->nattempts == 1 &&
+        strcmp(r->attempts[0].action, "ok") == 0 &&
+        r->attempts[0].http_status == 200 &&
+        fabs(r->cost - (an ? 11 * 3.0 + 7 * 15.0 : 11 * 1.0 + 7 * 2.0) / 1e6) <
+            1e-12 &&
+        r->finish_reason)
+      ok++;
+    else if (ok == i)
+      fprintf(stderr, "  call %d: %s\n", i, r && r->error ? r->error : "?");
+    orch__llm_call_free(pc[i].call);
+  }
+  free(pc);
+  ASSERT_EQ(ok, N);
+  ASSERT_EQ(orch__llm_parsing(c.l), 0);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(llm_parse_threads_keep_the_error_messages) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, PARSE_CONF("1", "ok")), 0);
+  orch__llm_call *call = call1(&c, "malformed", "x", 0);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_EIO);
+  ASSERT_CONTAINS(r->error, "malformed JSON in response at byte");
+  ASSERT_EQ(r->nattempts, 2); /* retryable */
+  ASSERT_STR_EQ(r->attempts[0].action, "retry");
+  ASSERT_CONTAINS(r->attempts[0].error, "malformed JSON in response at byte");
+  orch__llm_call_free(call);
+  call = call1(&c, "bad", "x", 0);
+  r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_EHTTP);
+  ASSERT_CONTAINS(r->error, "HTTP 400");
+  orch__llm_call_free(call);
+  call = call1(&c, "oa", "hello there", 0);
+  r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_OK);
+  ASSERT_STR_EQ(r->text, "echo: hello there");
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+/* Starts n calls with long prompts (slow to parse: their answers echo
+ * them) and runs the loop until the parse threads hold some answers. */
+static pcall *start_big(lctx *c, int n, size_t *held) {
+  pcall *pc = calloc((size_t)n, sizeof *pc);
+  size_t plen = 32 * 1024;
+  char *prompt = malloc(plen + 32);
+  for (int i = 0; i < n; i++) {
+    int k = snprintf(prompt, 32, "big-%d ", i);
+    memset(prompt + k, 'a' + i % 26, plen - (size_t)k);
+    prompt[plen] = '\0';
+    pc[i].c = c;
+    orch__llm_req rq = {.tier = i % 2 ? "oa" : "an", .prompt = prompt,
+                        .done = pcall_done, .ud = &pc[i]};
+    if (orch__llm_call_start(c->l, &rq, &pc[i].call)) abort();
+  }
+  free(prompt);
+  int64_t end = tnow() + 20 * 1000000000LL;
+  *held = 0;
+  while (c->done < n && tnow() < end &&
+         (*held = orch__llm_parsing(c->l)) == 0)
+    uv_run(&c->loop, UV_RUN_ONCE);
+  return pc;
+}
+
+TEST(llm_parse_threads_cancel_calls_whose_answers_are_being_parsed) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, PARSE_CONF("1", "latency=20")), 0);
+  enum { N = 200 };
+  size_t held;
+  pcall *pc = start_big(&c, N, &held);
+  ASSERT(held > 0);
+  for (int i = 0; i < N; i++) orch__llm_call_cancel(pc[i].call);
+  lrun(&c, N, 20000);
+  ASSERT_EQ(c.done, N);
+  int canceled = 0, ok = 0;
+  for (int i = 0; i < N; i++) {
+    const orch__llm_result *r = orch__llm_call_result(pc[i].call);
+    ASSERT_EQ(pc[i].ndone, 1);
+    ASSERT(r);
+    if (r->code == ORCH_ECANCELED) {
+      canceled++;
+      ASSERT_STR_EQ(r->attempts[r->nattempts - 1].action, "canceled");
+    } else if (r->code == ORCH_OK) {
+      char want[32];
+      snprintf(want, sizeof want, "echo: big-%d ", i);
+      ASSERT(strncmp(r->text, want, strlen(want)) == 0);
+      ok++;
+    }
+    orch__llm_call_free(pc[i].call);
+  }
+  free(pc);
+  ASSERT(canceled >= (int)held);
+  ASSERT_EQ(canceled + ok, N);
+  ASSERT_EQ(orch__llm_parsing(c.l), 0);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(llm_parse_threads_free_the_engine_with_parses_in_flight) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, PARSE_CONF("2", "latency=20")), 0);
+  enum { N = 200 };
+  size_t held;
+  pcall *pc = start_big(&c, N, &held);
+  ASSERT(held > 0);
+  int before = c.done;
+  orch__llm_free(c.l); /* joins the threads; every call's done runs now */
+  c.l = NULL;
+  ASSERT_EQ(c.done, N);
+  int shut = 0;
+  for (int i = 0; i < N; i++) {
+    const orch__llm_result *r = orch__llm_call_result(pc[i].call);
+    ASSERT_EQ(pc[i].ndone, 1);
+    ASSERT(r);
+    if (r->code == ORCH_ECANCELED) {
+      ASSERT_CONTAINS(r->error, "shutting down");
+      shut++;
+    }
+    orch__llm_call_free(pc[i].call);
+  }
+  free(pc);
+  ASSERT_EQ(shut, N - before);
+  ASSERT(shut >= (int)held);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+TEST(llm_parse_threads_config_is_checked) {
+  char err[256];
+  json_t *s = json_loads("{\"llm\":{\"parse_threads\":-1}}", 0, NULL);
+  ASSERT_EQ(orch__llm_config_check(s, err, sizeof err), ORCH_ECONFIG);
+  ASSERT_CONTAINS(err, "llm.parse_threads");
+  json_decref(s);
+  s = json_loads("{\"llm\":{\"parse_threads\":1.5}}", 0, NULL);
+  ASSERT_EQ(orch__llm_config_check(s, err, sizeof err), ORCH_ECONFIG);
+  json_decref(s);
+  s = json_loads("{\"llm\":{\"parse_threads\":0}}", 0, NULL);
+  ASSERT_EQ(orch__llm_config_check(s, err, sizeof err), ORCH_OK);
+  json_decref(s);
+}
