@@ -182,21 +182,26 @@ static int grow(orch__pool *p, size_t need) {
   return ORCH_OK;
 }
 
+/* With p->mu held: room in the ring for n more jobs. On failure, unlocks,
+ * counts and reports the overflow (bounded: say so, as nginx does; the
+ * caller fails these steps) and returns ORCH_ELIMIT. */
+static int make_room(orch__pool *p, size_t n) {
+  if (grow(p, p->count + n) == ORCH_OK) return ORCH_OK;
+  p->overflows++;
+  size_t waiting = p->count;
+  pthread_mutex_unlock(&p->mu);
+  fprintf(stderr,
+          "orchestrate: worker queue overflow: %zu jobs waiting, %zu "
+          "refused\n",
+          waiting, n);
+  return ORCH_ELIMIT;
+}
+
 int orch__pool_post(orch__pool *p, orch__job_fn fn, void *arg,
                     const uint32_t *idx, size_t n) {
   if (!n) return ORCH_OK;
   pthread_mutex_lock(&p->mu);
-  if (grow(p, p->count + n) != ORCH_OK) {
-    /* Bounded: say so, as nginx does; the caller fails these steps. */
-    p->overflows++;
-    size_t waiting = p->count;
-    pthread_mutex_unlock(&p->mu);
-    fprintf(stderr,
-            "orchestrate: worker queue overflow: %zu jobs waiting, %zu "
-            "refused\n",
-            waiting, n);
-    return ORCH_ELIMIT;
-  }
+  if (make_room(p, n) != ORCH_OK) return ORCH_ELIMIT;
   size_t tail = (p->head + p->count) & (p->cap - 1);
   for (size_t i = 0; i < n; i++) {
     p->ring[tail].fn = fn;
@@ -221,16 +226,7 @@ int orch__pool_post_spans(orch__pool *p, orch__job_fn fn, void *arg,
   if (chunk > UINT32_MAX) chunk = UINT32_MAX;
   size_t nj = (n + chunk - 1) / chunk;
   pthread_mutex_lock(&p->mu);
-  if (grow(p, p->count + nj) != ORCH_OK) {
-    p->overflows++;
-    size_t waiting = p->count;
-    pthread_mutex_unlock(&p->mu);
-    fprintf(stderr,
-            "orchestrate: worker queue overflow: %zu jobs waiting, %zu "
-            "refused\n",
-            waiting, nj);
-    return ORCH_ELIMIT;
-  }
+  if (make_room(p, nj) != ORCH_OK) return ORCH_ELIMIT;
   size_t tail = (p->head + p->count) & (p->cap - 1);
   for (size_t k = 0; k < n; k += chunk) {
     p->ring[tail].fn = fn;
