@@ -938,6 +938,7 @@ struct orch__http_req {
   orch__http *priv_h;
   orch__http_req *priv_prev, *priv_next;
   int priv_aborted, priv_idle_expired;
+  int priv_queued; /* waiting for its turn to reach curl (see start_req) */
   char priv_errbuf[256]; /* CURL_ERROR_SIZE */
 };
 

@@ -772,6 +772,103 @@ TEST(http_keeps_1000_requests_in_flight_and_pairs_answers) {
   ASSERT_EQ(ctx_deinit(&c), 0);
 }
 
+/* A burst: curl gets a batch per loop turn, the rest wait their turn
+ * (counted as active, cancelable while waiting) and all complete. */
+TEST(http_a_burst_waits_its_turn_and_can_be_canceled_while_waiting) {
+  ctx c;
+  ASSERT_EQ(ctx_init(&c), 0);
+  enum { N = 300 };
+  orch__http_req *r = calloc(N, sizeof *r);
+  char(*bodies)[160] = calloc(N, 160);
+  char url[256];
+  snprintf(url, sizeof url, "%s/v1/chat/completions", c.base);
+  for (int i = 0; i < N; i++) {
+    snprintf(bodies[i], 160,
+             "{\"model\":\"latency=30\",\"messages\":[{\"role\":\"user\","
+             "\"content\":\"burst-%d\"}]}", i);
+    orch__http_req_init(&r[i]);
+    r[i].url = url;
+    r[i].post = bodies[i];
+    r[i].post_len = strlen(bodies[i]);
+    r[i].on_done = req_done;
+    r[i].ud = &c;
+    orch__http_submit(c.h, &r[i]);
+  }
+  orch__http_stats st;
+  orch__http_get_stats(c.h, &st);
+  ASSERT_EQ(orch__http_active(c.h), N);
+  ASSERT_EQ(st.active, N);
+  ASSERT(st.started > 0 && st.started < N); /* the rest wait */
+  /* the last one has not reached curl: canceled at once, and only it */
+  orch__http_cancel(c.h, &r[N - 1]);
+  ASSERT_EQ(c.done, 1);
+  ASSERT_EQ(r[N - 1].result, ORCH_ECANCELED);
+  ASSERT(r[N - 1].t_end_ns >= r[N - 1].t_start_ns);
+  ASSERT_EQ(orch__http_active(c.h), N - 1);
+  orch__http_cancel(c.h, &r[N - 1]); /* twice: nothing more happens */
+  ASSERT_EQ(c.done, 1);
+  /* one turn later more have gone to curl */
+  uv_run(&c.loop, UV_RUN_NOWAIT);
+  orch__http_get_stats(c.h, &st);
+  ASSERT(st.started > 0);
+  run_until(&c, N, 30000);
+  ASSERT_EQ(c.done, N);
+  orch__http_get_stats(c.h, &st);
+  ASSERT_EQ(st.started, N - 1);
+  ASSERT_EQ(st.canceled, 1);
+  int ok = 0;
+  for (int i = 0; i < N - 1; i++) {
+    char want[64];
+    snprintf(want, sizeof want, "\"echo: burst-%d\"", i);
+    if (r[i].result == ORCH_OK && r[i].status == 200 && r[i].body &&
+        strstr(r[i].body, want))
+      ok++;
+    else if (ok == i)
+      fprintf(stderr, "  request %d: %d %ld %s\n", i, r[i].result,
+              r[i].status, r[i].error);
+  }
+  ASSERT_EQ(ok, N - 1);
+  for (int i = 0; i < N; i++) orch__http_req_deinit(&r[i]);
+  free(r);
+  free(bodies);
+  ASSERT_EQ(orch__http_active(c.h), 0);
+  ASSERT_EQ(ctx_deinit(&c), 0);
+}
+
+TEST(http_free_cancels_requests_still_waiting_their_turn) {
+  ctx c;
+  ASSERT_EQ(ctx_init(&c), 0);
+  enum { N = 200 };
+  orch__http_req *r = calloc(N, sizeof *r);
+  char url[256];
+  snprintf(url, sizeof url, "%s/v1/chat/completions", c.base);
+  static const char body[] =
+      "{\"model\":\"latency=1000\",\"messages\":[{\"role\":\"user\","
+      "\"content\":\"x\"}]}";
+  for (int i = 0; i < N; i++) {
+    orch__http_req_init(&r[i]);
+    r[i].url = url;
+    r[i].post = body;
+    r[i].post_len = strlen(body);
+    r[i].on_done = req_done;
+    r[i].ud = &c;
+    orch__http_submit(c.h, &r[i]);
+  }
+  uv_run(&c.loop, UV_RUN_NOWAIT); /* some in curl, the rest waiting */
+  orch__http_free(c.h);
+  ASSERT_EQ(c.done, N); /* every one completed, inside free */
+  for (int i = 0; i < N; i++) {
+    ASSERT_EQ(r[i].result, ORCH_ECANCELED);
+    ASSERT_CONTAINS(r[i].error, "closing");
+    orch__http_req_deinit(&r[i]);
+  }
+  free(r);
+  uv_close((uv_handle_t *)&c.tick, NULL);
+  uv_run(&c.loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(uv_loop_close(&c.loop), 0); /* the engine's handles closed */
+  mini_llm_stop(c.m);
+}
+
 /* ---- HTTP/2 over TLS, multiplexed (a Node.js http2 server) ----------- */
 
 static const char h2_server_js[] =
