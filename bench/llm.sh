@@ -93,8 +93,8 @@ local function best(path)
   return b
 end
 local sum = assert(io.open(arg[1], "w"))
-print("| client | requests | in flight | ideal (req/s) | throughput (req/s) | of ideal | added p50 (ms) | added p99 (ms) | peak RSS / in flight (KiB) | client CPU / request (us) | mock CPU / request (us) | failed |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| client | requests | in flight | ideal (req/s) | throughput (req/s) | of ideal | steady state, of ideal | added p50 (ms) | added p99 (ms) | peak RSS / in flight (KiB) | client CPU / request (us) | mock CPU / request (us) | failed |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for i = 2, #arg do
   local t = best(arg[i])
   if t then
@@ -103,12 +103,13 @@ for i = 2, #arg do
       or t.warm and "orchestrate, connections kept from a warm-up"
       or "orchestrate (llm.c: libcurl multi + libuv)"
     local mock = t.mock_cpu_us_per_req and string.format("%.1f", t.mock_cpu_us_per_req) or "-"
-    print(string.format("| %s | %d | %d | %d | %d | %.1f%% | %.2f | %.2f | %.1f | %.1f | %s | %d |",
+    local steady = t.steady_ratio and string.format("%.1f%%", t.steady_ratio * 100) or "-"
+    print(string.format("| %s | %d | %d | %d | %d | %.1f%% | %s | %.2f | %.2f | %.1f | %.1f | %s | %d |",
       label, t.requests,
-      t.concurrency, t.ideal, t.throughput, t.ratio * 100, t.added_p50_ms,
+      t.concurrency, t.ideal, t.throughput, t.ratio * 100, steady, t.added_p50_ms,
       t.added_p99_ms, t.kib_per_inflight, t.cpu_us_per_req or 0, mock, t.failed))
-    sum:write(string.format("SUM who=%s c=%d tput=%d ratio=%.3f p50=%.2f p99=%.2f kib=%.1f cpu=%.1f mock=%.1f failed=%d\n",
-      orch and (t.warm and "warm" or "orch") or "node", t.concurrency, t.throughput, t.ratio, t.added_p50_ms,
+    sum:write(string.format("SUM who=%s c=%d tput=%d ratio=%.3f steady=%.3f p50=%.2f p99=%.2f kib=%.1f cpu=%.1f mock=%.1f failed=%d\n",
+      orch and (t.warm and "warm" or "orch") or "node", t.concurrency, t.throughput, t.ratio, t.steady_ratio or 0, t.added_p50_ms,
       t.added_p99_ms, t.kib_per_inflight, t.cpu_us_per_req or 0,
       t.mock_cpu_us_per_req or 0, t.failed))
   end

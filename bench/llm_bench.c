@@ -108,6 +108,8 @@ struct bench {
   uv_loop_t *loop;
   int n, c, started, done, failed;
   double *lat_ms;
+  double *end_ms; /* completion times since the fan-out began, in order */
+  int64_t t_begin;
   slot *slots;
   char prompt[64];
   char first_error[512];
@@ -119,7 +121,9 @@ static void on_done(orch__llm_call *call, void *ud) {
   slot *s = ud;
   bench *b = s->b;
   const orch__llm_result *r = orch__llm_call_result(call);
-  b->lat_ms[b->done++] = (double)(now_ns() - s->t0) / 1e6;
+  int64_t t = now_ns();
+  b->end_ms[b->done] = (double)(t - b->t_begin) / 1e6;
+  b->lat_ms[b->done++] = (double)(t - s->t0) / 1e6;
   if (!r || r->code != ORCH_OK) {
     if (!b->failed++ && r && r->error)
       snprintf(b->first_error, sizeof b->first_error, "%s", r->error);
@@ -148,6 +152,7 @@ static int cmp_d(const void *a, const void *b) {
 static void fanout(bench *b, int n) {
   b->n = n;
   b->started = b->done = 0;
+  b->t_begin = now_ns();
   for (int i = 0; i < b->c && i < n; i++) {
     b->slots[i].b = b;
     start_one(&b->slots[i]);
@@ -177,6 +182,7 @@ static int run(const char *base, int n, int c, int latency, bool warm) {
   json_decref(sec);
   snprintf(b.prompt, sizeof b.prompt, "benchmark request");
   b.lat_ms = calloc((size_t)(n > c ? n : c), sizeof *b.lat_ms);
+  b.end_ms = calloc((size_t)(n > c ? n : c), sizeof *b.end_ms);
   b.slots = calloc((size_t)c, sizeof *b.slots);
   long rss0 = proc_kib("VmRSS");
   if (warm) {
@@ -201,6 +207,13 @@ static int run(const char *base, int n, int c, int latency, bool warm) {
   orch__llm_free(b.l);
   uv_run(&loop, UV_RUN_DEFAULT);
   uv_loop_close(&loop);
+  /* steady state: the completion rate between the 10th and the 90th
+   * percentile of completions (the opening of the connections and the
+   * last wave's tail left out) */
+  int i10 = n / 10, i90 = (n * 9) / 10;
+  double steady = b.end_ms[i90] > b.end_ms[i10]
+                      ? (i90 - i10) / ((b.end_ms[i90] - b.end_ms[i10]) / 1e3)
+                      : 0;
   qsort(b.lat_ms, (size_t)n, sizeof *b.lat_ms, cmp_d);
   double p50 = b.lat_ms[n / 2] - latency, p99 = b.lat_ms[(n * 99) / 100] - latency;
   double tput = n / wall, ideal = c / (latency / 1000.0);
@@ -209,15 +222,17 @@ static int run(const char *base, int n, int c, int latency, bool warm) {
          "\"requests\":%d,"
          "\"concurrency\":%d,\"latency_ms\":%d,\"failed\":%d,"
          "\"wall_s\":%.3f,\"throughput\":%.0f,\"ideal\":%.0f,"
-         "\"ratio\":%.3f,\"added_p50_ms\":%.3f,\"added_p99_ms\":%.3f,"
+         "\"ratio\":%.3f,\"steady_ratio\":%.3f,"
+         "\"added_p50_ms\":%.3f,\"added_p99_ms\":%.3f,"
          "\"rss_base_kib\":%ld,\"rss_peak_kib\":%ld,"
          "\"kib_per_inflight\":%.1f,\"cpu_us_per_req\":%.1f%s%s%s%s}\n",
          warm ? "true" : "false", n, c, latency, b.failed, wall, tput, ideal,
-         tput / ideal, p50, p99,
+         tput / ideal, steady / ideal, p50, p99,
          rss0, hwm, kib_per, cpu * 1e6 / n, mock_cpu,
          b.failed ? ",\"first_error\":\"" : "",
          b.failed ? b.first_error : "", b.failed ? "\"" : "");
   free(b.lat_ms);
+  free(b.end_ms);
   free(b.slots);
   return b.failed ? 1 : 0;
 }

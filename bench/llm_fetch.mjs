@@ -19,6 +19,7 @@ const sampler = setInterval(() => {
 }, 5);
 
 const lat = new Float64Array(N);
+const ends = new Float64Array(N); // completion times since the start, in order
 let started = 0, done = 0, failed = 0, firstError = null;
 
 async function worker() {
@@ -37,11 +38,14 @@ async function worker() {
     } catch (e) {
       if (!failed++) firstError = String(e?.cause ?? e);
     }
-    lat[done++] = performance.now() - t0;
+    const t1 = performance.now();
+    ends[done] = t1 - tStart;
+    lat[done++] = t1 - t0;
   }
 }
 
-const t0 = performance.now();
+const tStart = performance.now();
+const t0 = tStart;
 const cpu0 = process.cpuUsage();
 await Promise.all(Array.from({ length: Math.min(C, N) }, worker));
 const wall = (performance.now() - t0) / 1000;
@@ -51,11 +55,15 @@ const maxrss = process.resourceUsage().maxRSS * 1024; // bytes
 if (maxrss > peak) peak = maxrss;
 lat.sort();
 const tput = N / wall, ideal = C / (LAT / 1000);
+// steady state: the completion rate between the 10th and 90th percentile
+const i10 = Math.floor(N / 10), i90 = Math.floor((N * 9) / 10);
+const steady = ends[i90] > ends[i10] ? (i90 - i10) / ((ends[i90] - ends[i10]) / 1000) : 0;
 const out = {
   client: `node ${process.version} fetch`,
   requests: N, concurrency: C, latency_ms: LAT, failed,
   wall_s: +wall.toFixed(3), throughput: Math.round(tput), ideal: Math.round(ideal),
   ratio: +(tput / ideal).toFixed(3),
+  steady_ratio: +(steady / ideal).toFixed(3),
   added_p50_ms: +(lat[Math.floor(N / 2)] - LAT).toFixed(3),
   added_p99_ms: +(lat[Math.floor(N * 0.99)] - LAT).toFixed(3),
   rss_base_kib: Math.round(rss0 / 1024), rss_peak_kib: Math.round(peak / 1024),

@@ -1712,9 +1712,6 @@ ORCH_API int orch_mock_start(orch_mock **out /* OUT */, const char *host,
   if (env && *env) m->tick_ns = (int64_t)atol(env) * 1000;
   if (m->tick_ns < 0) m->tick_ns = 0;
   unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO;
-#ifdef MOCK_NO_DATE
-  flags |= MHD_USE_SUPPRESS_DATE_NO_CLOCK;
-#endif
   if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
   for (size_t i = 0; i < m->nloops; i++) {
     mloop *lp = &m->loops[i];
