@@ -67,7 +67,8 @@ struct orch__http {
   /* submitted, waiting for their turn (see start_req): doubly linked */
   orch__http_req *waiting, *waiting_tail;
   size_t nwaiting;
-  size_t turn_starts; /* transfers handed to curl since `starter` last ran */
+  size_t turn_starts; /* new-connection starts since `starter` last ran */
+  size_t nsocks;      /* sockets watched, all shards */
   uv_idle_t starter;  /* runs while requests wait */
   size_t nidle_timed; /* active requests with an idle timeout */
   http_easy *cache[HTTP_EASY_CACHE];
@@ -419,21 +420,26 @@ fail:
   if (req->on_done) req->on_done(req);
 }
 
-/* A submitted request goes to curl at once, up to HTTP_START_BATCH per
- * loop turn; past that (a burst: a fan-out of a thousand steps) it waits
- * its turn in `waiting`, and `starter` hands the next batch over on each
- * turn. curl starts a transfer's connection when its timer next fires and
- * sends the request only once the loop has seen the socket writable: given
- * a thousand new transfers at once it would open a thousand connections
- * before sending the first request. In batches the first requests leave
- * while later connections are still being opened (the first answers of a
- * burst of 1,000 to a fresh endpoint came 44 ms after the start instead of
- * 20 ms plus the server's time, see docs/llm.md). Time spent waiting counts
- * in the request's latency (t_start_ns is the submission). */
+/* A submitted request goes to curl at once when a connection is idle (it
+ * will be reused); one that needs a new connection does too, up to
+ * HTTP_START_BATCH per loop turn. Past that (a burst to an endpoint with
+ * too few connections open: a fan-out of a thousand steps) requests wait
+ * their turn in `waiting`, and `starter` hands the next ones over on each
+ * turn. curl opens a transfer's connection when its timer next fires and
+ * sends the request only once the loop has seen the socket writable:
+ * given a thousand new transfers at once it would open a thousand
+ * connections before sending the first request. In batches the first
+ * requests leave while later connections are still being opened (see
+ * docs/llm.md). Reuse is never held back. Time spent waiting counts in
+ * the request's latency (t_start_ns is the submission). */
+static bool conn_idle(const orch__http *h) { return h->nsocks > h->nactive; }
+
 static void on_starter(uv_idle_t *i) {
   orch__http *h = i->data;
   h->turn_starts = 0;
-  while (h->waiting && h->turn_starts < HTTP_START_BATCH) {
+  while (h->waiting) {
+    bool reuse = conn_idle(h);
+    if (!reuse && h->turn_starts >= HTTP_START_BATCH) break;
     orch__http_req *req = h->waiting;
     h->waiting = req->priv_next;
     if (h->waiting) h->waiting->priv_prev = NULL;
@@ -441,7 +447,7 @@ static void on_starter(uv_idle_t *i) {
     h->nwaiting--;
     req->priv_prev = req->priv_next = NULL;
     req->priv_queued = 0;
-    h->turn_starts++;
+    if (!reuse) h->turn_starts++;
     start_now(h, req); /* may submit more: they queue behind */
   }
   if (!h->waiting) uv_idle_stop(i);
@@ -462,7 +468,9 @@ static void start_req(orch__http *h, orch__http_req *req) {
   req->priv_h = h;
   req->priv_easy = NULL;
   req->t_start_ns = now_ns();
-  if (!h->closing && (h->waiting || h->turn_starts >= HTTP_START_BATCH)) {
+  bool reuse = conn_idle(h);
+  if (!h->closing &&
+      (h->waiting || (!reuse && h->turn_starts >= HTTP_START_BATCH))) {
     req->priv_queued = 1;
     req->priv_next = NULL;
     req->priv_prev = h->waiting_tail;
@@ -474,7 +482,7 @@ static void start_req(orch__http *h, orch__http_req *req) {
       uv_idle_start(&h->starter, on_starter);
     return;
   }
-  h->turn_starts++;
+  if (!reuse) h->turn_starts++;
   start_now(h, req);
 }
 
@@ -605,6 +613,7 @@ static void sock_close(orch__http *h, http_sock *s) {
   if (sock_find(h, s->fd) == s) h->byfd[s->fd] = NULL;
   s->fd = -1;
   s->sh->nsocks--;
+  h->nsocks--;
   if (s->prev) s->prev->next = s->next;
   else h->socks = s->next;
   if (s->next) s->next->prev = s->prev;
@@ -667,6 +676,7 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud,
     h->socks = s;
     h->byfd[fd] = s;
     sh->nsocks++;
+    h->nsocks++;
   }
   if (!s->owned) {
     s->owned = true;
