@@ -732,42 +732,67 @@ TEST(http_takes_requests_from_other_threads) {
   ASSERT_EQ(ctx_deinit(&c), 0);
 }
 
+/* n echo requests, submitted at once; answer i says "echo: <tag>-<i>". */
+typedef struct burst {
+  orch__http_req *r;
+  char (*bodies)[160];
+  char url[256];
+  int n;
+} burst;
+
+static void burst_start(ctx *c, burst *b, int n, const char *model,
+                        const char *tag) {
+  b->n = n;
+  b->r = calloc((size_t)n, sizeof *b->r);
+  b->bodies = calloc((size_t)n, 160);
+  snprintf(b->url, sizeof b->url, "%s/v1/chat/completions", c->base);
+  for (int i = 0; i < n; i++) {
+    snprintf(b->bodies[i], 160,
+             "{\"model\":\"%s\",\"messages\":[{\"role\":\"user\","
+             "\"content\":\"%s-%d\"}]}", model, tag, i);
+    orch__http_req_init(&b->r[i]);
+    b->r[i].url = b->url;
+    b->r[i].post = b->bodies[i];
+    b->r[i].post_len = strlen(b->bodies[i]);
+    b->r[i].on_done = req_done;
+    b->r[i].ud = c;
+    orch__http_submit(c->h, &b->r[i]);
+  }
+}
+
+/* How many of the first n got their own answer (the first miss printed). */
+static int burst_ok(const burst *b, int n, const char *tag) {
+  int ok = 0;
+  for (int i = 0; i < n; i++) {
+    const orch__http_req *r = &b->r[i];
+    char want[64];
+    snprintf(want, sizeof want, "\"echo: %s-%d\"", tag, i);
+    if (r->result == ORCH_OK && r->status == 200 && r->body &&
+        strstr(r->body, want))
+      ok++;
+    else if (ok == i)
+      fprintf(stderr, "  request %d: %d %ld %s %s\n", i, r->result,
+              r->status, r->error, r->body ? r->body : "");
+  }
+  return ok;
+}
+
+static void burst_free(burst *b) {
+  for (int i = 0; i < b->n; i++) orch__http_req_deinit(&b->r[i]);
+  free(b->r);
+  free(b->bodies);
+}
+
 TEST(http_keeps_1000_requests_in_flight_and_pairs_answers) {
   ctx c;
   ASSERT_EQ(ctx_init(&c), 0);
   enum { N = 1000 };
-  orch__http_req *r = calloc(N, sizeof *r);
-  char(*bodies)[160] = calloc(N, 160);
-  char url[256];
-  snprintf(url, sizeof url, "%s/v1/chat/completions", c.base);
-  for (int i = 0; i < N; i++) {
-    snprintf(bodies[i], 160,
-             "{\"model\":\"latency=50\",\"messages\":[{\"role\":\"user\","
-             "\"content\":\"request-%d\"}]}", i);
-    orch__http_req_init(&r[i]);
-    r[i].url = url;
-    r[i].post = bodies[i];
-    r[i].post_len = strlen(bodies[i]);
-    r[i].on_done = req_done;
-    r[i].ud = &c;
-    orch__http_submit(c.h, &r[i]);
-  }
+  burst b;
+  burst_start(&c, &b, N, "latency=50", "request");
   run_until(&c, N, 30000);
   ASSERT_EQ(c.done, N);
-  int ok = 0;
-  for (int i = 0; i < N; i++) {
-    char want[64];
-    snprintf(want, sizeof want, "\"echo: request-%d\"", i);
-    if (r[i].result == ORCH_OK && r[i].status == 200 && r[i].body &&
-        strstr(r[i].body, want))
-      ok++;
-    else if (ok == i)
-      fprintf(stderr, "  request %d: %d %ld %s %s\n", i, r[i].result,
-              r[i].status, r[i].error, r[i].body ? r[i].body : "");
-    orch__http_req_deinit(&r[i]);
-  }
-  free(r);
-  free(bodies);
+  int ok = burst_ok(&b, N, "request");
+  burst_free(&b);
   ASSERT_EQ(ok, N);
   ASSERT_EQ(ctx_deinit(&c), 0);
 }
@@ -780,22 +805,9 @@ TEST(http_a_burst_waits_its_turn_and_can_be_canceled_while_waiting) {
   ctx c;
   ASSERT_EQ(ctx_init(&c), 0);
   enum { N = 300 };
-  orch__http_req *r = calloc(N, sizeof *r);
-  char(*bodies)[160] = calloc(N, 160);
-  char url[256];
-  snprintf(url, sizeof url, "%s/v1/chat/completions", c.base);
-  for (int i = 0; i < N; i++) {
-    snprintf(bodies[i], 160,
-             "{\"model\":\"latency=30\",\"messages\":[{\"role\":\"user\","
-             "\"content\":\"burst-%d\"}]}", i);
-    orch__http_req_init(&r[i]);
-    r[i].url = url;
-    r[i].post = bodies[i];
-    r[i].post_len = strlen(bodies[i]);
-    r[i].on_done = req_done;
-    r[i].ud = &c;
-    orch__http_submit(c.h, &r[i]);
-  }
+  burst b;
+  burst_start(&c, &b, N, "latency=30", "burst");
+  orch__http_req *r = b.r;
   orch__http_stats st;
   orch__http_get_stats(c.h, &st);
   ASSERT_EQ(orch__http_active(c.h), N);
@@ -809,27 +821,12 @@ TEST(http_a_burst_waits_its_turn_and_can_be_canceled_while_waiting) {
   ASSERT_EQ(orch__http_active(c.h), N - 1);
   orch__http_cancel(c.h, &r[N - 1]); /* twice: nothing more happens */
   ASSERT_EQ(c.done, 1);
-  /* one turn later more have gone to curl */
-  uv_run(&c.loop, UV_RUN_NOWAIT);
-  orch__http_get_stats(c.h, &st);
-  ASSERT(st.started > 0);
   run_until(&c, N, 30000);
   ASSERT_EQ(c.done, N);
   orch__http_get_stats(c.h, &st);
   ASSERT_EQ(st.started, N - 1);
   ASSERT_EQ(st.canceled, 1);
-  int ok = 0;
-  for (int i = 0; i < N - 1; i++) {
-    char want[64];
-    snprintf(want, sizeof want, "\"echo: burst-%d\"", i);
-    if (r[i].result == ORCH_OK && r[i].status == 200 && r[i].body &&
-        strstr(r[i].body, want))
-      ok++;
-    else if (ok == i)
-      fprintf(stderr, "  request %d: %d %ld %s\n", i, r[i].result,
-              r[i].status, r[i].error);
-  }
-  ASSERT_EQ(ok, N - 1);
+  ASSERT_EQ(burst_ok(&b, N - 1, "burst"), N - 1);
   /* again, now that the burst's connections are open (one each, they
    * all ran at once): reuse is never held back, so all go to curl at
    * once (the one canceled before needs a connection: within the batch) */
@@ -844,12 +841,8 @@ TEST(http_a_burst_waits_its_turn_and_can_be_canceled_while_waiting) {
   ASSERT(st.started - started0 >= open_conns);
   run_until(&c, N, 30000);
   ASSERT_EQ(c.done, N);
-  for (int i = 0; i < N; i++) {
-    ASSERT_EQ(r[i].result, ORCH_OK);
-    orch__http_req_deinit(&r[i]);
-  }
-  free(r);
-  free(bodies);
+  ASSERT_EQ(burst_ok(&b, N, "burst"), N);
+  burst_free(&b);
   ASSERT_EQ(orch__http_active(c.h), 0);
   ASSERT_EQ(ctx_deinit(&c), 0);
 }
@@ -858,30 +851,16 @@ TEST(http_free_cancels_requests_still_waiting_their_turn) {
   ctx c;
   ASSERT_EQ(ctx_init(&c), 0);
   enum { N = 200 };
-  orch__http_req *r = calloc(N, sizeof *r);
-  char url[256];
-  snprintf(url, sizeof url, "%s/v1/chat/completions", c.base);
-  static const char body[] =
-      "{\"model\":\"latency=1000\",\"messages\":[{\"role\":\"user\","
-      "\"content\":\"x\"}]}";
-  for (int i = 0; i < N; i++) {
-    orch__http_req_init(&r[i]);
-    r[i].url = url;
-    r[i].post = body;
-    r[i].post_len = strlen(body);
-    r[i].on_done = req_done;
-    r[i].ud = &c;
-    orch__http_submit(c.h, &r[i]);
-  }
+  burst b;
+  burst_start(&c, &b, N, "latency=1000", "x");
   uv_run(&c.loop, UV_RUN_NOWAIT); /* some in curl, the rest waiting */
   orch__http_free(c.h);
   ASSERT_EQ(c.done, N); /* every one completed, inside free */
   for (int i = 0; i < N; i++) {
-    ASSERT_EQ(r[i].result, ORCH_ECANCELED);
-    ASSERT_CONTAINS(r[i].error, "closing");
-    orch__http_req_deinit(&r[i]);
+    ASSERT_EQ(b.r[i].result, ORCH_ECANCELED);
+    ASSERT_CONTAINS(b.r[i].error, "closing");
   }
-  free(r);
+  burst_free(&b);
   uv_close((uv_handle_t *)&c.tick, NULL);
   uv_run(&c.loop, UV_RUN_DEFAULT);
   ASSERT_EQ(uv_loop_close(&c.loop), 0); /* the engine's handles closed */
