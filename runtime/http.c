@@ -27,7 +27,7 @@
 #define HTTP_SHARD_FILL 128 /* transfers on a shard before the next opens */
 #endif
 #ifndef HTTP_START_BATCH
-#define HTTP_START_BATCH 32 /* transfers handed to curl per loop turn */
+#define HTTP_START_BATCH 32 /* new connections opened per loop turn */
 #endif
 
 /* One curl multi handle and its timer. libcurl 7.88 looks through every
@@ -434,25 +434,6 @@ fail:
  * the request's latency (t_start_ns is the submission). */
 static bool conn_idle(const orch__http *h) { return h->nsocks > h->nactive; }
 
-static void on_starter(uv_idle_t *i) {
-  orch__http *h = i->data;
-  h->turn_starts = 0;
-  while (h->waiting) {
-    bool reuse = conn_idle(h);
-    if (!reuse && h->turn_starts >= HTTP_START_BATCH) break;
-    orch__http_req *req = h->waiting;
-    h->waiting = req->priv_next;
-    if (h->waiting) h->waiting->priv_prev = NULL;
-    else h->waiting_tail = NULL;
-    h->nwaiting--;
-    req->priv_prev = req->priv_next = NULL;
-    req->priv_queued = 0;
-    if (!reuse) h->turn_starts++;
-    start_now(h, req); /* may submit more: they queue behind */
-  }
-  if (!h->waiting) uv_idle_stop(i);
-}
-
 static void waiting_unlink(orch__http *h, orch__http_req *req) {
   if (req->priv_prev) req->priv_prev->priv_next = req->priv_next;
   else h->waiting = req->priv_next;
@@ -461,6 +442,20 @@ static void waiting_unlink(orch__http *h, orch__http_req *req) {
   req->priv_prev = req->priv_next = NULL;
   req->priv_queued = 0;
   h->nwaiting--;
+}
+
+static void on_starter(uv_idle_t *i) {
+  orch__http *h = i->data;
+  h->turn_starts = 0;
+  while (h->waiting) {
+    bool reuse = conn_idle(h);
+    if (!reuse && h->turn_starts >= HTTP_START_BATCH) break;
+    orch__http_req *req = h->waiting;
+    waiting_unlink(h, req);
+    if (!reuse) h->turn_starts++;
+    start_now(h, req); /* may submit more: they queue behind */
+  }
+  if (!h->waiting) uv_idle_stop(i);
 }
 
 static void start_req(orch__http *h, orch__http_req *req) {
@@ -867,20 +862,18 @@ int orch__http_post(orch__http *h, orch__http_req *req) {
 }
 
 void orch__http_cancel(orch__http *h, orch__http_req *req) {
-  if (req->priv_h != h) return;
-  if (req->priv_queued) { /* not handed to curl yet */
-    waiting_unlink(h, req);
-    set_error(req, ORCH_ECANCELED, "canceled");
-    h->stats.canceled++;
-    h->stats.failed++;
-    req->t_end_ns = now_ns();
-    if (req->on_done) req->on_done(req);
-    return;
-  }
-  if (!req->priv_easy) return; /* not running */
+  if (req->priv_h != h || (!req->priv_easy && !req->priv_queued))
+    return; /* not running */
   set_error(req, ORCH_ECANCELED, "canceled");
   h->stats.canceled++;
-  finish_req(h, req, CURLE_OK);
+  if (req->priv_easy) {
+    finish_req(h, req, CURLE_OK);
+    return;
+  }
+  waiting_unlink(h, req); /* not handed to curl yet */
+  h->stats.failed++;
+  req->t_end_ns = now_ns();
+  if (req->on_done) req->on_done(req);
 }
 
 size_t orch__http_active(const orch__http *h) {
