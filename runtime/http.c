@@ -333,17 +333,20 @@ static http_shard *shard_pick(orch__http *h) {
   return least;
 }
 
-/* Whether url names this host by a loopback address or localhost. */
-static bool is_loopback(const char *url) {
-  const char *p = strstr(url, "://");
+/* Whether url names this host: localhost, 127.x.y.z or [::1]. */
+bool orch__http_url_is_loopback(const char *url) {
+  const char *p = url ? strstr(url, "://") : NULL;
   if (!p) return false;
   p += 3;
-  const char *at = strpbrk(p, "@/?#"); /* skip user:password@ */
-  if (at && *at == '@') p = at + 1;
-  size_t n = strcspn(p, ":/?#");
+  const char *at = memrchr(p, '@', strcspn(p, "/?#")); /* user:pw@ */
+  if (at) p = at + 1;
   if (*p == '[') return strncmp(p, "[::1]", 5) == 0;
+  size_t n = strcspn(p, ":/?#");
   if (n == 9 && strncasecmp(p, "localhost", 9) == 0) return true;
-  return n >= 4 && strncmp(p, "127.", 4) == 0;
+  if (n < 7 || strncmp(p, "127.", 4) != 0) return false;
+  for (size_t i = 4; i < n; i++)
+    if (!(p[i] == '.' || (p[i] >= '0' && p[i] <= '9'))) return false;
+  return true;
 }
 
 /* Adds req to the multi handle (loop thread). On failure completes it. */
@@ -379,7 +382,7 @@ static void start_now(orch__http *h, orch__http_req *req) {
   /* TCP keep-alive probes find peers that vanished behind a NAT or a
    * firewall while an answer takes minutes; on loopback there is no such
    * path (and it costs three setsockopt calls per connection) */
-  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, is_loopback(req->url) ? 0L : 1L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, orch__http_url_is_loopback(req->url) ? 0L : 1L);
   /* recycled handles: always say which CA bundle (the built-in default
    * when the request names none) */
   curl_easy_setopt(e, CURLOPT_CAINFO,

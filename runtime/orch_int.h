@@ -959,6 +959,9 @@ void orch__http_get_stats(const orch__http *h, orch__http_stats *st);
 void orch__http_req_init(orch__http_req *req);
 void orch__http_req_deinit(orch__http_req *req); /* frees headers, body */
 void orch__http_req_reset(orch__http_req *req);  /* clears the outputs */
+/* Whether url's host is localhost, 127.x.y.z or [::1] (no keep-alive
+ * probes there). */
+bool orch__http_url_is_loopback(const char *url);
 int orch__http_req_header(orch__http_req *req, const char *line);
 
 /* ---- llm.c: providers, retries, fallback, cooldown, usage and cost ---- */

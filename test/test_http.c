@@ -867,6 +867,22 @@ TEST(http_free_cancels_requests_still_waiting_their_turn) {
   mini_llm_stop(c.m);
 }
 
+TEST(http_knows_loopback_urls) {
+  ASSERT(orch__http_url_is_loopback("http://127.0.0.1:8000/v1"));
+  ASSERT(orch__http_url_is_loopback("http://127.1.2.3/v1/chat"));
+  ASSERT(orch__http_url_is_loopback("http://localhost/v1"));
+  ASSERT(orch__http_url_is_loopback("http://LocalHost:11434"));
+  ASSERT(orch__http_url_is_loopback("http://[::1]:8080/v1"));
+  ASSERT(orch__http_url_is_loopback("http://user:p@ss@127.0.0.1/"));
+  ASSERT(!orch__http_url_is_loopback("https://api.openai.com/v1"));
+  ASSERT(!orch__http_url_is_loopback("http://127.example.com/v1"));
+  ASSERT(!orch__http_url_is_loopback("http://localhost.example.com/"));
+  ASSERT(!orch__http_url_is_loopback("http://10.0.0.1/?h=127.0.0.1"));
+  ASSERT(!orch__http_url_is_loopback("http://[::2]/"));
+  ASSERT(!orch__http_url_is_loopback("not a url"));
+  ASSERT(!orch__http_url_is_loopback(NULL));
+}
+
 /* ---- HTTP/2 over TLS, multiplexed (a Node.js http2 server) ----------- */
 
 static const char h2_server_js[] =
