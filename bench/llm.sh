@@ -6,7 +6,9 @@
 # default, so the client's loop thread and the mock's have a core each on a
 # 2-core machine), then runs, alternating, against that
 # same mock: orchestrate's client (llm_bench run: llm.c over libcurl multi
-# + libuv) and Node.js's built-in fetch (llm_fetch.mjs). For each
+# + libuv), Node.js's built-in fetch (llm_fetch.mjs) and, as the floor,
+# a bare libcurl multi_socket fan-out on epoll without any JSON
+# (llm_bare.c: the same request bytes, the answer counted). For each
 # concurrency in CS: a warm-up, then ROUNDS rounds of each client, the best
 # round of each (by throughput) reported; orchestrate's client runs twice a
 # round, with fresh connections and with connections kept from an untimed
@@ -34,6 +36,8 @@ CFLAGS_B="-std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -Wshadow -Wundef -
 CC=${CC:-cc}
 $CC $CFLAGS_B $(pkg-config --cflags $PKGS) -o "$BUILD/llm_bench" bench/llm_bench.c \
   "$BUILD/liborch.a" $(pkg-config --libs $PKGS) -lm -pthread
+$CC $CFLAGS_B $(pkg-config --cflags libcurl) -o "$BUILD/llm_bare" bench/llm_bare.c \
+  $(pkg-config --libs libcurl)
 ulimit -n 20000 2>/dev/null || true
 
 CPU=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')
@@ -70,9 +74,10 @@ for c in $CS; do
     LLM_BENCH_MOCK_PID=$MOCK "$BUILD/llm_bench" run "$BASE" "$N" "$c" "$LATENCY" | tee -a "$OUT/c$c.jsonl" || true
     LLM_BENCH_MOCK_PID=$MOCK "$BUILD/llm_bench" run "$BASE" "$N" "$c" "$LATENCY" warm | tee -a "$OUT/w$c.jsonl" || true
     node bench/llm_fetch.mjs "$BASE" "$N" "$c" "$LATENCY" | tee -a "$OUT/node$c.jsonl" || true
+    "$BUILD/llm_bare" "$BASE" "$N" "$c" "$LATENCY" | tee -a "$OUT/bare$c.jsonl" || true
     r=$((r + 1))
   done
-  FILES="$FILES $OUT/c$c.jsonl $OUT/w$c.jsonl $OUT/node$c.jsonl"
+  FILES="$FILES $OUT/c$c.jsonl $OUT/w$c.jsonl $OUT/node$c.jsonl $OUT/bare$c.jsonl"
 done
 LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 kill "$MOCK" 2>/dev/null || true; wait "$MOCK" 2>/dev/null || true; MOCK=""
@@ -109,7 +114,7 @@ for i = 2, #arg do
       t.concurrency, t.ideal, t.throughput, t.ratio * 100, steady, t.added_p50_ms,
       t.added_p99_ms, t.kib_per_inflight, t.cpu_us_per_req or 0, mock, t.failed))
     sum:write(string.format("SUM who=%s c=%d tput=%d ratio=%.3f steady=%.3f p50=%.2f p99=%.2f kib=%.1f cpu=%.1f mock=%.1f failed=%d\n",
-      orch and (t.warm and "warm" or "orch") or "node", t.concurrency, t.throughput, t.ratio, t.steady_ratio or 0, t.added_p50_ms,
+      orch and (t.warm and "warm" or "orch") or t.client:find("bare", 1, true) and "bare" or "node", t.concurrency, t.throughput, t.ratio, t.steady_ratio or 0, t.added_p50_ms,
       t.added_p99_ms, t.kib_per_inflight, t.cpu_us_per_req or 0,
       t.mock_cpu_us_per_req or 0, t.failed))
   end
@@ -140,6 +145,11 @@ CEIL1=$(awk -v a="${OCPU:-0}" 'BEGIN { if (a > 0) printf "%d", 1e6 / a; else pri
 CEIL=$(awk -v a="${OCPU:-0}" -v b="${MOCKUS:-0}" -v n="$(nproc)" 'BEGIN { if (a + b > 0) printf "%d", n * 1e6 / (a + b); else print "?" }')
 NT=$(get node tput)
 WT=$(get warm tput); WR=$(get warm ratio); WP50=$(get warm p50); WCPU=$(get warm cpu)
+BT=$(get bare tput); BR=$(get bare ratio); BS=$(get bare steady); BCPU=$(get bare cpu)
+OS=$(get orch steady)
+BPCT=$(awk -v r="${BR:-0}" 'BEGIN { printf "%.1f", r * 100 }')
+BSPCT=$(awk -v r="${BS:-0}" 'BEGIN { printf "%.1f", r * 100 }')
+OSPCT=$(awk -v r="${OS:-0}" 'BEGIN { printf "%.1f", r * 100 }')
 WPCT=$(awk -v r="${WR:-0}" 'BEGIN { printf "%.1f", r * 100 }')
 yn() { awk "BEGIN { print ($1) ? \"yes\" : \"**no**\" }"; }
 M1=$(yn "${OR:-0} >= 0.9"); M2=$(yn "${OP50:-1e9} <= 1"); M3=$(yn "${OK:-1e9} <= 32")
@@ -160,7 +170,10 @@ SECTION=$OUTD/issue4.md
   echo "jansson, libcurl multi on one libuv loop thread, response parsed with"
   echo "jansson, usage read). The peer is Node.js's built-in \`fetch\`"
   echo "(\`bench/llm_fetch.mjs\`, the same fan-out and the same JSON work), in the"
-  echo "same run against the same mock, alternating with it: a warm-up, then"
+  echo "same run against the same mock, alternating with it; so is the floor,"
+  echo "\"bare libcurl multi\" (\`bench/llm_bare.c\`: the same request bytes through"
+  echo "one libcurl multi handle on a bare epoll loop, no JSON built or parsed,"
+  echo "the answer counted, not read): a warm-up, then"
   echo "$ROUNDS rounds of each, the best round of each by throughput shown. The"
   echo "row \"connections kept from a warm-up\" is the same client whose process"
   echo "first runs an untimed fan-out of as many calls as in flight, so the timed"
@@ -186,7 +199,9 @@ SECTION=$OUTD/issue4.md
   echo "| faster than the Node.js fan-out | ${X}x Node's $NT req/s | $M4 |"
   echo
   echo "With the connections kept from a warm-up: $WT req/s ($WPCT% of the ideal),"
-  echo "added p50 $WP50 ms, client CPU $WCPU us per request."
+  echo "added p50 $WP50 ms, client CPU $WCPU us per request. The floor, bare"
+  echo "libcurl without JSON, in the same run: $BT req/s ($BPCT% of the ideal,"
+  echo "steady state $BSPCT%; orchestrate's: $OSPCT%), $BCPU us of CPU per request."
   echo
   echo "At $C1 in flight the ideal is $(awk -v c="$C1" -v l="$LATENCY" 'BEGIN { printf "%d", c * 1000 / l }') req/s. The client runs on one loop thread:"
   echo "at $OCPU us of CPU per request it carries at most about $CEIL1 req/s on a"
