@@ -17,33 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static long proc_kib(const char *field) {
-  FILE *f = fopen("/proc/self/status", "r");
-  if (!f) return -1;
-  char line[256];
-  long v = -1;
-  size_t n = strlen(field);
-  while (fgets(line, sizeof line, f))
-    if (strncmp(line, field, n) == 0 && line[n] == ':') {
-      v = atol(line + n + 1);
-      break;
-    }
-  fclose(f);
-  return v;
-}
-
-static double cpu_s(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
-         (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
-}
+#include "fanout.h"
 
 typedef struct slot {
   CURL *e;
@@ -143,11 +117,6 @@ static void fanout(fan *f, slot *slots, int c, int n) {
   }
 }
 
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
 int main(int argc, char **argv) {
   if (argc < 5) {
     fprintf(stderr, "usage: llm_bare URL N C LATENCY_MS [warm]\n");
@@ -197,11 +166,8 @@ int main(int argc, char **argv) {
   double wall = (double)(now_ns() - t0) / 1e9;
   double cpu = cpu_s() - cpu0;
   long hwm = proc_kib("VmHWM");
-  int i10 = n / 10, i90 = (n * 9) / 10;
-  double steady = f.end_ms[i90] > f.end_ms[i10]
-                      ? (i90 - i10) / ((f.end_ms[i90] - f.end_ms[i10]) / 1e3)
-                      : 0;
-  qsort(f.lat_ms, (size_t)n, sizeof *f.lat_ms, cmp_d);
+  double steady = steady_rate(f.end_ms, n);
+  qsort(f.lat_ms, (size_t)n, sizeof *f.lat_ms, cmp_double);
   double tput = n / wall, ideal = c / (latency / 1000.0);
   printf("{\"client\":\"bare libcurl multi (no JSON, epoll)\",\"warm\":%s,"
          "\"requests\":%d,\"concurrency\":%d,\"latency_ms\":%d,\"failed\":%d,"

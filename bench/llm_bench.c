@@ -11,6 +11,7 @@
  * mock's (from /proc/PID/task/TID/schedstat, in ns). bench/llm.sh runs it
  * beside bench/llm_fetch.mjs (Node.js fetch) against the same mock. */
 #include "orch_int.h"
+#include "fanout.h"
 
 #include <dirent.h>
 #include <math.h>
@@ -21,35 +22,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-static int64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-/* VmRSS or VmHWM from /proc/self/status, in KiB. */
-static long proc_kib(const char *field) {
-  FILE *f = fopen("/proc/self/status", "r");
-  if (!f) return -1;
-  char line[256];
-  long v = -1;
-  size_t n = strlen(field);
-  while (fgets(line, sizeof line, f))
-    if (strncmp(line, field, n) == 0 && line[n] == ':') {
-      v = atol(line + n + 1);
-      break;
-    }
-  fclose(f);
-  return v;
-}
-
-static double cpu_s(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
-         (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
-}
 
 /* CPU time of every thread of process pid so far, in ns (-1: unknown). */
 static int64_t proc_cpu_ns(long pid) {
@@ -143,11 +115,6 @@ static void start_one(slot *s) {
   orch__llm_call_start(b->l, &rq, &call);
 }
 
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
 /* Runs n calls, c at a time, to the end. */
 static void fanout(bench *b, int n) {
   b->n = n;
@@ -207,14 +174,8 @@ static int run(const char *base, int n, int c, int latency, bool warm) {
   orch__llm_free(b.l);
   uv_run(&loop, UV_RUN_DEFAULT);
   uv_loop_close(&loop);
-  /* steady state: the completion rate between the 10th and the 90th
-   * percentile of completions (the opening of the connections and the
-   * last wave's tail left out) */
-  int i10 = n / 10, i90 = (n * 9) / 10;
-  double steady = b.end_ms[i90] > b.end_ms[i10]
-                      ? (i90 - i10) / ((b.end_ms[i90] - b.end_ms[i10]) / 1e3)
-                      : 0;
-  qsort(b.lat_ms, (size_t)n, sizeof *b.lat_ms, cmp_d);
+  double steady = steady_rate(b.end_ms, n);
+  qsort(b.lat_ms, (size_t)n, sizeof *b.lat_ms, cmp_double);
   double p50 = b.lat_ms[n / 2] - latency, p99 = b.lat_ms[(n * 99) / 100] - latency;
   double tput = n / wall, ideal = c / (latency / 1000.0);
   double kib_per = (double)(hwm - rss0) / (c < n ? c : n);
