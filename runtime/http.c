@@ -108,12 +108,6 @@ static char *global_cainfo; /* libcurl's built-in CA bundle, or NULL */
 
 /* ---- small helpers --------------------------------------------------- */
 
-static int64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static void set_error(orch__http_req *req, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void set_error(orch__http_req *req, int code, const char *fmt, ...) {
@@ -230,7 +224,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
 static size_t on_write(char *p, size_t size, size_t n, void *ud) {
   orch__http_req *req = ud;
   size_t len = size * n;
-  int64_t t = now_ns();
+  int64_t t = orch__now_ns();
   if (!req->t_first_byte_ns) {
     req->t_first_byte_ns = t;
     long code = 0;
@@ -418,7 +412,7 @@ static void start_now(orch__http *h, orch__http_req *req) {
   }
   return;
 fail:
-  req->t_end_ns = now_ns();
+  req->t_end_ns = orch__now_ns();
   h->stats.failed++;
   if (req->on_done) req->on_done(req);
 }
@@ -465,7 +459,7 @@ static void start_req(orch__http *h, orch__http_req *req) {
   orch__http_req_reset(req);
   req->priv_h = h;
   req->priv_easy = NULL;
-  req->t_start_ns = now_ns();
+  req->t_start_ns = orch__now_ns();
   bool reuse = conn_idle(h);
   if (!h->closing &&
       (h->waiting || (!reuse && h->turn_starts >= HTTP_START_BATCH))) {
@@ -492,7 +486,7 @@ static void finish_req(orch__http *h, orch__http_req *req, CURLcode cc) {
   curl_multi_remove_handle(w->sh->multi, e);
   w->sh->nactive--;
   active_unlink(h, req);
-  req->t_end_ns = now_ns();
+  req->t_end_ns = orch__now_ns();
   long code = 0, ver = 0, nc = 0;
   curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
   if (code) req->status = code;
@@ -736,7 +730,7 @@ static void on_sweep(uv_timer_t *t) {
     uv_timer_set_repeat(t, 0);
     return;
   }
-  int64_t now = now_ns();
+  int64_t now = orch__now_ns();
   size_t nexp = 0;
   for (orch__http_req *req = h->active; req; req = req->priv_next) {
     if (req->idle_timeout_ms <= 0) continue;
@@ -875,7 +869,7 @@ void orch__http_cancel(orch__http *h, orch__http_req *req) {
   }
   waiting_unlink(h, req); /* not handed to curl yet */
   h->stats.failed++;
-  req->t_end_ns = now_ns();
+  req->t_end_ns = orch__now_ns();
   if (req->on_done) req->on_done(req);
 }
 

@@ -28,73 +28,11 @@ static const char *const prov_names[] = {"openai", "anthropic"};
 
 /* ---- small helpers --------------------------------------------------- */
 
-typedef struct sbuf {
-  char *p;
-  size_t len, cap;
-} sbuf;
-
-static int sbuf_add(sbuf *b, const char *s, size_t n) {
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + n + 1) cap *= 2;
-    char *np = realloc(b->p, cap);
-    if (!np) return ORCH_ENOMEM;
-    b->p = np;
-    b->cap = cap;
-  }
-  if (n) memcpy(b->p + b->len, s, n);
-  b->len += n;
-  b->p[b->len] = '\0';
-  return ORCH_OK;
-}
-
-static void sbuf_free(sbuf *b) {
-  free(b->p);
-  b->p = NULL;
-  b->len = b->cap = 0;
-}
-
-static char *xstrdup(const char *s) {
-  if (!s) return NULL;
-  size_t n = strlen(s) + 1;
-  char *p = malloc(n);
-  if (p) memcpy(p, s, n);
-  return p;
-}
-
-static char *xprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *xprintf(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  char *p = NULL;
-  if (vasprintf(&p, fmt, ap) < 0) p = NULL;
-  va_end(ap);
-  return p;
-}
-
-static int seterr(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int seterr(char *err, size_t errlen, int code, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return code;
-}
-
-static int64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* splitmix64: jitter only, not cryptography. */
 static _Thread_local uint64_t rng_state;
 static double rand_unit(void) {
   if (!rng_state)
-    rng_state = (uint64_t)now_ns() ^ (uint64_t)(uintptr_t)&rng_state;
+    rng_state = (uint64_t)orch__now_ns() ^ (uint64_t)(uintptr_t)&rng_state;
   uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
@@ -165,13 +103,13 @@ static int check_num(json_t *o, const char *key, const char *path, double lo,
   json_t *v = json_object_get(o, key);
   if (!v) return ORCH_OK;
   if (!json_is_number(v))
-    return seterr(err, errlen, ORCH_ECONFIG, "%s.%s: expected a number",
-                  path, key);
+    return orch__err(err, errlen, ORCH_ECONFIG, "%s.%s: expected a number",
+                     path, key);
   double d = json_number_value(v);
   if (d < lo || d > hi || (integer && d != floor(d)))
-    return seterr(err, errlen, ORCH_ECONFIG,
-                  "%s.%s: expected %s in [%g, %g], got %g", path, key,
-                  integer ? "an integer" : "a number", lo, hi, d);
+    return orch__err(err, errlen, ORCH_ECONFIG,
+                     "%s.%s: expected %s in [%g, %g], got %g", path, key,
+                     integer ? "an integer" : "a number", lo, hi, d);
   return ORCH_OK;
 }
 
@@ -189,8 +127,8 @@ static int check_keys(json_t *o, const char *path, const char *const *allowed,
         if (i) strncat(known, ", ", sizeof known - strlen(known) - 1);
         strncat(known, allowed[i], sizeof known - strlen(known) - 1);
       }
-      return seterr(err, errlen, ORCH_ECONFIG,
-                    "%s.%s: unknown key (known: %s)", path, k, known);
+      return orch__err(err, errlen, ORCH_ECONFIG,
+                       "%s.%s: unknown key (known: %s)", path, k, known);
     }
   }
   return ORCH_OK;
@@ -205,8 +143,8 @@ static int check_str(json_t *o, const char *key, const char *path, char *err,
                      size_t errlen) {
   json_t *v = json_object_get(o, key);
   if (v && !json_is_string(v))
-    return seterr(err, errlen, ORCH_ECONFIG, "%s.%s: expected a string",
-                  path, key);
+    return orch__err(err, errlen, ORCH_ECONFIG, "%s.%s: expected a string",
+                     path, key);
   return ORCH_OK;
 }
 
@@ -228,8 +166,8 @@ int orch__llm_config_check(json_t *sections, char *err, size_t errlen) {
   json_t *tiers = json_object_get(sections, "tiers");
   if (tiers) {
     if (!is_table(tiers))
-      return seterr(err, errlen, ORCH_ECONFIG,
-                    "tiers: expected a table of tiers");
+      return orch__err(err, errlen, ORCH_ECONFIG,
+                       "tiers: expected a table of tiers");
     const char *name;
     json_t *t;
     size_t n = 0;
@@ -237,11 +175,11 @@ int orch__llm_config_check(json_t *sections, char *err, size_t errlen) {
       char path[300];
       snprintf(path, sizeof path, "tiers.%s", name);
       if (++n > MAX_TIERS)
-        return seterr(err, errlen, ORCH_ECONFIG, "tiers: more than %d tiers",
-                      MAX_TIERS);
+        return orch__err(err, errlen, ORCH_ECONFIG, "tiers: more than %d tiers",
+                         MAX_TIERS);
       if (!json_is_object(t))
-        return seterr(err, errlen, ORCH_ECONFIG, "%s: expected a table",
-                      path);
+        return orch__err(err, errlen, ORCH_ECONFIG, "%s: expected a table",
+                         path);
       if ((rc = check_keys(t, path, tier_keys, err, errlen))) return rc;
       static const char *const strs[] = {"provider", "base_url", "model",
                                          "api_key", "api_key_env", "fallback",
@@ -251,38 +189,39 @@ int orch__llm_config_check(json_t *sections, char *err, size_t errlen) {
       json_t *p = json_object_get(t, "provider");
       if (p && strcmp(json_string_value(p), "openai") != 0 &&
           strcmp(json_string_value(p), "anthropic") != 0)
-        return seterr(err, errlen, ORCH_ECONFIG,
-                      "%s.provider: expected \"openai\" or \"anthropic\", "
-                      "got \"%s\"", path, json_string_value(p));
+        return orch__err(err, errlen, ORCH_ECONFIG,
+                         "%s.provider: expected \"openai\" or \"anthropic\", "
+                         "got \"%s\"",
+                         path, json_string_value(p));
       json_t *u = json_object_get(t, "base_url");
       if (u && strncmp(json_string_value(u), "http://", 7) != 0 &&
           strncmp(json_string_value(u), "https://", 8) != 0)
-        return seterr(err, errlen, ORCH_ECONFIG,
-                      "%s.base_url: expected an http:// or https:// URL",
-                      path);
+        return orch__err(err, errlen, ORCH_ECONFIG,
+                         "%s.base_url: expected an http:// or https:// URL",
+                         path);
       if ((rc = check_num(t, "price_in", path, 0, 1e6, false, err, errlen)) ||
           (rc = check_num(t, "price_out", path, 0, 1e6, false, err, errlen)) ||
           (rc = check_num(t, "max_tokens", path, 1, 1e8, true, err, errlen)))
         return rc;
       json_t *s = json_object_get(t, "stream");
       if (s && !json_is_boolean(s))
-        return seterr(err, errlen, ORCH_ECONFIG, "%s.stream: expected a boolean",
-                      path);
+        return orch__err(err, errlen, ORCH_ECONFIG,
+                         "%s.stream: expected a boolean", path);
       json_t *f = json_object_get(t, "fallback");
       if (f) {
         const char *fn = json_string_value(f);
         bool known = json_object_get(tiers, fn) || !strcmp(fn, "fast") ||
                      !strcmp(fn, "local") || !strcmp(fn, "strong");
         if (!known)
-          return seterr(err, errlen, ORCH_ECONFIG,
-                        "%s.fallback: no tier named \"%s\"", path, fn);
+          return orch__err(err, errlen, ORCH_ECONFIG,
+                           "%s.fallback: no tier named \"%s\"", path, fn);
       }
     }
   }
   json_t *l = json_object_get(sections, "llm");
   if (l) {
     if (!is_table(l))
-      return seterr(err, errlen, ORCH_ECONFIG, "llm: expected a table");
+      return orch__err(err, errlen, ORCH_ECONFIG, "llm: expected a table");
     if (json_is_array(l)) return ORCH_OK;
     if ((rc = check_keys(l, "llm", llm_keys, err, errlen))) return rc;
     static const char *const ms[] = {"connect_timeout_ms", "timeout_ms",
@@ -303,12 +242,13 @@ int orch__llm_config_check(json_t *sections, char *err, size_t errlen) {
       return rc;
     json_t *s = json_object_get(l, "stream");
     if (s && !json_is_boolean(s))
-      return seterr(err, errlen, ORCH_ECONFIG, "llm.stream: expected a boolean");
+      return orch__err(err, errlen, ORCH_ECONFIG,
+                       "llm.stream: expected a boolean");
     json_t *cd = json_object_get(l, "cooldown");
     if (cd) {
       if (!is_table(cd))
-        return seterr(err, errlen, ORCH_ECONFIG,
-                      "llm.cooldown: expected a table");
+        return orch__err(err, errlen, ORCH_ECONFIG,
+                         "llm.cooldown: expected a table");
       if (json_is_object(cd) &&
           ((rc = check_keys(cd, "llm.cooldown", cd_keys, err, errlen)) ||
            (rc = check_num(cd, "failures", "llm.cooldown", 0, 1e6, true, err,
@@ -352,17 +292,18 @@ static int tier_set(orch__llm *l, const char *name, int provider,
   if (t) tier_deinit(t);
   else if (l->ntiers == MAX_TIERS) return ORCH_ELIMIT;
   else t = &l->tiers[l->ntiers++];
-  t->name = xstrdup(name);
+  t->name = orch__strdup(name);
   t->provider = provider;
-  t->base_url = xstrdup(base_url);
+  t->base_url = orch__strdup(base_url);
   /* strip trailing slashes so "{base}/chat/completions" has one */
   size_t n = strlen(t->base_url);
   while (n > 0 && t->base_url[n - 1] == '/') t->base_url[--n] = '\0';
-  t->url = provider == PROV_OPENAI ? xprintf("%s/chat/completions", t->base_url)
-                                   : xprintf("%s/v1/messages", t->base_url);
-  t->model = xstrdup(model);
-  t->api_key = api_key && *api_key ? xstrdup(api_key) : NULL;
-  t->fallback = fallback && *fallback ? xstrdup(fallback) : NULL;
+  t->url = provider == PROV_OPENAI
+               ? orch__asprintf("%s/chat/completions", t->base_url)
+               : orch__asprintf("%s/v1/messages", t->base_url);
+  t->model = orch__strdup(model);
+  t->api_key = api_key && *api_key ? orch__strdup(api_key) : NULL;
+  t->fallback = fallback && *fallback ? orch__strdup(fallback) : NULL;
   t->price_in = pin;
   t->price_out = pout;
   t->max_tokens = max_tokens;
@@ -410,7 +351,7 @@ static int default_tiers(orch__llm *l) {
 }
 
 static llm_ep *ep_get(orch__llm *l, const char *base, const char *model) {
-  char *key = xprintf("%s|%s", base, model);
+  char *key = orch__asprintf("%s|%s", base, model);
   if (!key) return NULL;
   for (size_t i = 0; i < l->neps; i++)
     if (strcmp(l->eps[i]->key, key) == 0) {
@@ -433,7 +374,7 @@ static llm_ep *ep_get(orch__llm *l, const char *base, const char *model) {
  * window. */
 static void ep_fail(orch__llm *l, llm_ep *e) {
   if (l->cd_failures <= 0) return;
-  int64_t t = now_ns();
+  int64_t t = orch__now_ns();
   e->fails[e->head] = t;
   e->head = (e->head + 1) % l->cd_failures;
   if (e->nfails < l->cd_failures) e->nfails++;
@@ -449,7 +390,7 @@ static void ep_fail(orch__llm *l, llm_ep *e) {
 }
 
 static int64_t ep_cooldown_left_ms(const llm_ep *e) {
-  int64_t d = e->cooldown_until_ns - now_ns();
+  int64_t d = e->cooldown_until_ns - orch__now_ns();
   return d > 0 ? d / 1000000 : 0;
 }
 
@@ -459,7 +400,7 @@ int orch__llm_new_json(orch__llm **out, json_t *sections, uv_loop_t *loop,
   *out = NULL;
   if ((rc = orch__llm_config_check(sections, err, errlen))) return rc;
   orch__llm *l = calloc(1, sizeof *l);
-  if (!l) return seterr(err, errlen, ORCH_ENOMEM, "out of memory");
+  if (!l) return orch__err(err, errlen, ORCH_ENOMEM, "out of memory");
   l->loop = loop;
   json_t *lc = sections ? json_object_get(sections, "llm") : NULL;
   if (!json_is_object(lc)) lc = NULL;
@@ -478,9 +419,9 @@ int orch__llm_new_json(orch__llm **out, json_t *sections, uv_loop_t *loop,
   l->cd_window_ms = (long)jnum(cd, "window_ms", 10000);
   l->cd_cooldown_ms = (long)jnum(cd, "cooldown_ms", 30000);
   const char *dt = jstr(lc, "default_tier");
-  l->default_tier = xstrdup(dt ? dt : "local");
+  l->default_tier = orch__strdup(dt ? dt : "local");
   if ((rc = default_tiers(l))) {
-    seterr(err, errlen, rc, "llm: cannot set the default tiers");
+    orch__err(err, errlen, rc, "llm: cannot set the default tiers");
     goto fail;
   }
   json_t *tiers = sections ? json_object_get(sections, "tiers") : NULL;
@@ -512,11 +453,11 @@ int orch__llm_new_json(orch__llm **out, json_t *sections, uv_loop_t *loop,
                        jnum(t, "price_in", 0), jnum(t, "price_out", 0),
                        (int)jnum(t, "max_tokens", 0),
                        st ? json_is_true(st) : -1))) {
-      seterr(err, errlen, rc, "tiers.%s: cannot set the tier", name);
+      orch__err(err, errlen, rc, "tiers.%s: cannot set the tier", name);
       goto fail;
     }
-    if (caf && !(tier_find(l, name)->ca_file = xstrdup(caf))) {
-      rc = seterr(err, errlen, ORCH_ENOMEM, "out of memory");
+    if (caf && !(tier_find(l, name)->ca_file = orch__strdup(caf))) {
+      rc = orch__err(err, errlen, ORCH_ENOMEM, "out of memory");
       goto fail;
     }
   }
@@ -527,13 +468,13 @@ int orch__llm_new_json(orch__llm **out, json_t *sections, uv_loop_t *loop,
       ti->fallback_idx = f ? (int)(f - l->tiers) : -1;
     }
     if (!(ti->ep = ep_get(l, ti->base_url, ti->model))) {
-      rc = seterr(err, errlen, ORCH_ENOMEM, "out of memory");
+      rc = orch__err(err, errlen, ORCH_ENOMEM, "out of memory");
       goto fail;
     }
   }
   if (!tier_find(l, l->default_tier)) {
-    rc = seterr(err, errlen, ORCH_ECONFIG,
-                "llm.default_tier: no tier named \"%s\"", l->default_tier);
+    rc = orch__err(err, errlen, ORCH_ECONFIG,
+                   "llm.default_tier: no tier named \"%s\"", l->default_tier);
     goto fail;
   }
   orch__http_opts ho = {
@@ -575,7 +516,7 @@ json_t *orch__llm_describe(const orch__llm *l) {
                           "price_out", t->price_out, "api_key",
                           t->api_key != NULL);
     if (t->fallback) json_object_set_new(d, "fallback", json_string(t->fallback));
-    if (t->ep->cooldown_until_ns > now_ns())
+    if (t->ep->cooldown_until_ns > orch__now_ns())
       json_object_set_new(d, "cooldown_ms",
                           json_integer(ep_cooldown_left_ms(t->ep)));
     json_object_set_new(o, t->name, d);
@@ -627,7 +568,7 @@ json_t *orch__llm_result_json(const orch__llm_result *r) {
 
 /* ---- redaction -------------------------------------------------------- */
 
-static void redact_in(const orch__llm *l, sbuf *b) {
+static void redact_in(const orch__llm *l, orch__buf *b) {
   if (!b->p) return;
   /* every configured key, wherever it appears */
   for (size_t i = 0; l && i < l->ntiers; i++) {
@@ -638,14 +579,14 @@ static void redact_in(const orch__llm *l, sbuf *b) {
     while ((at = strstr(b->p, k))) {
       static const char rep[] = "[redacted]";
       size_t off = (size_t)(at - b->p), rl = sizeof rep - 1;
-      sbuf nb = {0};
-      if (sbuf_add(&nb, b->p, off) || sbuf_add(&nb, rep, rl) ||
-          sbuf_add(&nb, at + kl, b->len - off - kl)) {
-        sbuf_free(&nb);
+      orch__buf nb = {0};
+      if (orch__buf_add(&nb, b->p, off) || orch__buf_add(&nb, rep, rl) ||
+          orch__buf_add(&nb, at + kl, b->len - off - kl)) {
+        orch__buf_deinit(&nb);
         memset(b->p, '*', b->len); /* cannot copy: blank it all */
         return;
       }
-      sbuf_free(b);
+      orch__buf_deinit(b);
       *b = nb;
     }
   }
@@ -662,8 +603,8 @@ static void redact_in(const orch__llm *l, sbuf *b) {
 
 void orch__llm_redact(const orch__llm *l, char **s) {
   if (!*s) return;
-  sbuf b = {0};
-  if (sbuf_add(&b, *s, strlen(*s))) return;
+  orch__buf b = {0};
+  if (orch__buf_add(&b, *s, strlen(*s))) return;
   redact_in(l, &b);
   free(*s);
   *s = b.p;
@@ -737,7 +678,7 @@ void orch__llm_set_decider(orch__llm *l, orch__llm_decide_fn fn, void *ud) {
 /* ---- calls ------------------------------------------------------------ */
 
 typedef struct sse {
-  sbuf line, data;
+  orch__buf line, data;
   char event[64];
   size_t off;      /* bytes of the stream consumed */
   size_t line_off; /* stream offset of the current line's start */
@@ -770,7 +711,7 @@ struct orch__llm_call {
   int64_t t0_ns;
   /* the attempt being read */
   sse sse;
-  sbuf text, raw;
+  orch__buf text, raw;
   long tin, tout;
   char *finish_reason;
   int64_t t_first_token_ns;
@@ -810,7 +751,7 @@ static void on_timer(uv_timer_t *t) {
 static void finish_later(orch__llm_call *c, int code, const char *msg) {
   if (c->finished || c->finish_pending) return;
   free(c->finish_msg);
-  c->finish_msg = xstrdup(msg);
+  c->finish_msg = orch__strdup(msg);
   c->finish_code = code;
   c->finish_pending = true;
   if (ensure_timer(c) == ORCH_OK)
@@ -829,8 +770,8 @@ static orch__llm_attempt *new_attempt(orch__llm_call *c) {
   orch__llm_attempt *a = &r->attempts[r->nattempts++];
   memset(a, 0, sizeof *a);
   const llm_tier *t = &c->l->tiers[c->tier];
-  a->tier = xstrdup(t->name);
-  a->model = xstrdup(c->model ? c->model : t->model);
+  a->tier = orch__strdup(t->name);
+  a->model = orch__strdup(c->model ? c->model : t->model);
   a->provider = prov_names[t->provider];
   a->tokens_in = a->tokens_out = -1;
   a->ttft_ms = -1;
@@ -924,11 +865,11 @@ static char *build_body(orch__llm_call *c, const llm_tier *t) {
 }
 
 static void attempt_reset(orch__llm_call *c) {
-  sbuf_free(&c->sse.line);
-  sbuf_free(&c->sse.data);
+  orch__buf_deinit(&c->sse.line);
+  orch__buf_deinit(&c->sse.data);
   memset(&c->sse, 0, sizeof c->sse);
-  sbuf_free(&c->text);
-  sbuf_free(&c->raw);
+  orch__buf_deinit(&c->text);
+  orch__buf_deinit(&c->raw);
   c->tin = c->tout = -1;
   free(c->finish_reason);
   c->finish_reason = NULL;
@@ -939,8 +880,8 @@ static void attempt_reset(orch__llm_call *c) {
 
 static void got_text(orch__llm_call *c, const char *s, size_t n) {
   if (!n) return;
-  if (!c->t_first_token_ns) c->t_first_token_ns = now_ns();
-  if (sbuf_add(&c->text, s, n)) {
+  if (!c->t_first_token_ns) c->t_first_token_ns = orch__now_ns();
+  if (orch__buf_add(&c->text, s, n)) {
     c->perr = ORCH_ENOMEM;
     snprintf(c->perr_msg, sizeof c->perr_msg, "out of memory");
   }
@@ -949,7 +890,7 @@ static void got_text(orch__llm_call *c, const char *s, size_t n) {
 static void set_finish_reason(orch__llm_call *c, json_t *v) {
   if (json_is_string(v)) {
     free(c->finish_reason);
-    c->finish_reason = xstrdup(json_string_value(v));
+    c->finish_reason = orch__strdup(json_string_value(v));
   }
 }
 
@@ -1054,9 +995,10 @@ static void sse_line(orch__llm_call *c, char *p, size_t n) {
   if (v < p + n && *v == ' ') v++;
   size_t vlen = (size_t)(p + n - v);
   if (flen == 4 && memcmp(p, "data", 4) == 0) {
-    if (s->data.len) sbuf_add(&s->data, "\n", 1);
+    if (s->data.len)
+      orch__buf_add(&s->data, "\n", 1);
     else s->data_off = s->line_off + (size_t)(v - p);
-    if (sbuf_add(&s->data, v, vlen) || !s->data.p) {
+    if (orch__buf_add(&s->data, v, vlen) || !s->data.p) {
       c->perr = ORCH_ENOMEM;
       snprintf(c->perr_msg, sizeof c->perr_msg, "out of memory");
     }
@@ -1070,14 +1012,14 @@ static void sse_line(orch__llm_call *c, char *p, size_t n) {
 static int on_data(orch__http_req *req, const char *p, size_t n) {
   orch__llm_call *c = req->ud;
   if (req->status < 200 || req->status >= 300) {
-    if (c->raw.len < ERRBODY_MAX) sbuf_add(&c->raw, p, n);
+    if (c->raw.len < ERRBODY_MAX) orch__buf_add(&c->raw, p, n);
     return 0;
   }
   sse *s = &c->sse;
   while (n && !c->perr) {
     const char *nl = memchr(p, '\n', n);
     size_t take = nl ? (size_t)(nl - p) : n;
-    if (sbuf_add(&s->line, p, take)) {
+    if (orch__buf_add(&s->line, p, take)) {
       c->perr = ORCH_ENOMEM;
       break;
     }
@@ -1088,7 +1030,7 @@ static int on_data(orch__http_req *req, const char *p, size_t n) {
     s->off++; /* the newline */
     p++;
     n--;
-    if (!s->line.p && sbuf_add(&s->line, "", 0)) {
+    if (!s->line.p && orch__buf_add(&s->line, "", 0)) {
       c->perr = ORCH_ENOMEM;
       break;
     }
@@ -1152,14 +1094,14 @@ static void parse_whole(orch__llm_call *c, const char *body, size_t len) {
     c->tin = tok(u, "input_tokens", -1);
     c->tout = tok(u, "output_tokens", -1);
   }
-  if (!c->text.p) sbuf_add(&c->text, "", 0);
+  if (!c->text.p) orch__buf_add(&c->text, "", 0);
 done:
   json_decref(o);
 }
 
 /* The provider's own message from an error body, or a clean prefix. */
 static char *provider_message(const char *body, size_t len) {
-  if (!body || !len) return xstrdup("(empty body)");
+  if (!body || !len) return orch__strdup("(empty body)");
   json_t *o = json_loadb(body, len, 0, NULL);
   char *m = NULL;
   if (o) {
@@ -1169,7 +1111,7 @@ static char *provider_message(const char *body, size_t len) {
     if (!s) s = json_string_value(e);
     if (!s) s = json_string_value(json_object_get(o, "message"));
     if (!s) s = json_string_value(json_object_get(o, "detail"));
-    if (s) m = ty ? xprintf("%s: %s", ty, s) : xstrdup(s);
+    if (s) m = ty ? orch__asprintf("%s: %s", ty, s) : orch__strdup(s);
     json_decref(o);
   }
   if (!m) {
@@ -1397,7 +1339,7 @@ static void http_done_rest(orch__llm_call *c, bool parsed) {
     if (a) {
       a->code = ORCH_ECANCELED;
       a->action = "canceled";
-      a->error = xstrdup("canceled");
+      a->error = orch__strdup("canceled");
       a->latency_ms = ms_between(req->t_start_ns, req->t_end_ns);
     }
     finish_later(c, ORCH_ECANCELED, "canceled");
@@ -1418,40 +1360,40 @@ static void http_done_rest(orch__llm_call *c, bool parsed) {
   }
   if (c->perr) {
     code = c->perr;
-    msg = xstrdup(c->perr_msg);
+    msg = orch__strdup(c->perr_msg);
   } else if (req->result != ORCH_OK) {
     code = req->result;
     if (ok_status && req->result != ORCH_ETIMEDOUT &&
         req->result != ORCH_ECANCELED)
-      msg = xprintf("truncated %s at byte %zu: %s",
-                    c->stream ? "stream" : "response", req->bytes_in,
-                    req->error);
+      msg = orch__asprintf("truncated %s at byte %zu: %s",
+                           c->stream ? "stream" : "response", req->bytes_in,
+                           req->error);
     else
-      msg = xstrdup(req->error);
+      msg = orch__strdup(req->error);
   } else if (!ok_status) {
     code = ORCH_EHTTP;
     char *pm = provider_message(body, blen);
-    msg = xprintf("HTTP %ld: %s", req->status, pm ? pm : "");
+    msg = orch__asprintf("HTTP %ld: %s", req->status, pm ? pm : "");
     free(pm);
   } else if (c->stream) {
     if (!c->sse.done) {
       code = ORCH_EIO;
-      msg = xprintf("truncated stream: ended at byte %zu without %s",
-                    c->sse.off, t->provider == PROV_OPENAI ? "data: [DONE]"
-                                                           : "message_stop");
+      msg = orch__asprintf(
+          "truncated stream: ended at byte %zu without %s", c->sse.off,
+          t->provider == PROV_OPENAI ? "data: [DONE]" : "message_stop");
     }
   } else {
     if (!parsed) parse_whole(c, body, blen);
     if (c->perr) {
       code = c->perr;
-      msg = xstrdup(c->perr_msg);
+      msg = orch__strdup(c->perr_msg);
     }
   }
   if (msg) orch__llm_redact(l, &msg);
   if (a) {
     a->code = code;
     a->http_status = (int)req->status;
-    a->error = code ? xstrdup(msg) : NULL;
+    a->error = code ? orch__strdup(msg) : NULL;
     a->latency_ms = ms_between(req->t_start_ns, req->t_end_ns);
     a->start_ms = ms_between(c->t0_ns, req->t_start_ns);
     int64_t ft = c->stream ? c->t_first_token_ns : req->t_first_byte_ns;
@@ -1497,7 +1439,7 @@ static void http_done_rest(orch__llm_call *c, bool parsed) {
     begin_tier(c, t->fallback_idx, d.reason);
   } else {
     if (a) a->action = "fail";
-    char *m = xprintf("%s (tier '%s')", msg ? msg : "failed", t->name);
+    char *m = orch__asprintf("%s (tier '%s')", msg ? msg : "failed", t->name);
     finish(c, code, m ? m : msg);
     free(m);
   }
@@ -1506,18 +1448,18 @@ static void http_done_rest(orch__llm_call *c, bool parsed) {
 static void send_attempt(orch__llm_call *c) {
   orch__llm *l = c->l;
   const llm_tier *t = &l->tiers[c->tier];
-  if (t->ep->cooldown_until_ns > now_ns()) {
+  if (t->ep->cooldown_until_ns > orch__now_ns()) {
     /* the endpoint cooled down while we waited: go straight on */
     orch__llm_attempt *a = new_attempt(c);
-    char *why = xprintf("tier '%s' endpoint in cooldown for %lld ms", t->name,
-                        (long long)ep_cooldown_left_ms(t->ep));
+    char *why = orch__asprintf("tier '%s' endpoint in cooldown for %lld ms",
+                               t->name, (long long)ep_cooldown_left_ms(t->ep));
     if (a) {
       a->code = ORCH_EHTTP;
       a->action = "cooldown";
-      a->error = xstrdup(why);
+      a->error = orch__strdup(why);
     }
     if (!c->last_error) {
-      c->last_error = xstrdup(why);
+      c->last_error = orch__strdup(why);
       c->last_code = ORCH_EHTTP;
     }
     begin_tier(c, t->fallback_idx, why);
@@ -1569,8 +1511,8 @@ static int set_headers(orch__llm_call *c, const llm_tier *t) {
     rc = orch__http_req_header(h, "anthropic-version: 2023-06-01");
   if (!rc && t->api_key) {
     char *kl = t->provider == PROV_OPENAI
-                   ? xprintf("Authorization: Bearer %s", t->api_key)
-                   : xprintf("x-api-key: %s", t->api_key);
+                   ? orch__asprintf("Authorization: Bearer %s", t->api_key)
+                   : orch__asprintf("x-api-key: %s", t->api_key);
     rc = kl ? orch__http_req_header(h, kl) : ORCH_ENOMEM;
     if (kl) {
       memset(kl, 0, strlen(kl));
@@ -1593,9 +1535,10 @@ static void begin_tier(orch__llm_call *c, int idx, const char *why) {
   orch__llm *l = c->l;
   if (idx < 0 || (c->visited & (1ull << idx))) {
     const char *last = c->last_error ? c->last_error : "failed";
-    char *m = xprintf("%s (tier '%s'%s%s; %s)", last, l->tiers[c->tier].name,
-                      why ? ": " : "", why ? why : "",
-                      idx < 0 ? "no fallback tier" : "fallback tiers exhausted");
+    char *m = orch__asprintf(
+        "%s (tier '%s'%s%s; %s)", last, l->tiers[c->tier].name, why ? ": " : "",
+        why ? why : "",
+        idx < 0 ? "no fallback tier" : "fallback tiers exhausted");
     finish(c, c->last_code ? c->last_code : ORCH_EHTTP, m);
     free(m);
     return;
@@ -1623,13 +1566,13 @@ static void finish(orch__llm_call *c, int code, const char *msg) {
   orch__llm_result *r = &c->res;
   const llm_tier *t = &l->tiers[c->tier];
   r->code = code;
-  r->error = code ? xstrdup(msg ? msg : "failed") : NULL;
+  r->error = code ? orch__strdup(msg ? msg : "failed") : NULL;
   if (r->error) orch__llm_redact(l, &r->error);
-  r->tier = xstrdup(t->name);
-  r->model = xstrdup(c->model ? c->model : t->model);
+  r->tier = orch__strdup(t->name);
+  r->model = orch__strdup(c->model ? c->model : t->model);
   r->provider = prov_names[t->provider];
   if (code == ORCH_OK) {
-    r->text = c->text.p ? c->text.p : xstrdup("");
+    r->text = c->text.p ? c->text.p : orch__strdup("");
     r->text_len = c->text.len;
     c->text.p = NULL;
     c->text.len = c->text.cap = 0;
@@ -1656,7 +1599,7 @@ static void finish(orch__llm_call *c, int code, const char *msg) {
     cost += a->cost;
   }
   r->cost = known ? cost : -1;
-  r->latency_ms = ms_between(c->t0_ns, now_ns());
+  r->latency_ms = ms_between(c->t0_ns, orch__now_ns());
   /* leave the running list; drop what only a running call needs */
   if (c->prev) c->prev->next = c->next;
   else if (l->calls == c) l->calls = c->next;
@@ -1682,14 +1625,14 @@ int orch__llm_call_start(orch__llm *l, const orch__llm_req *req,
   orch__llm_call *c = calloc(1, sizeof *c);
   if (!c) return ORCH_ENOMEM;
   c->l = l;
-  c->t0_ns = now_ns();
+  c->t0_ns = orch__now_ns();
   c->done = req->done;
   c->ud = req->ud;
-  c->tier_name = xstrdup(req->tier ? req->tier : l->default_tier);
-  c->model = req->model && *req->model ? xstrdup(req->model) : NULL;
-  c->system = req->system ? xstrdup(req->system) : NULL;
-  c->prompt = xstrdup(req->prompt ? req->prompt : "");
-  c->fault = req->fault ? xstrdup(req->fault) : NULL;
+  c->tier_name = orch__strdup(req->tier ? req->tier : l->default_tier);
+  c->model = req->model && *req->model ? orch__strdup(req->model) : NULL;
+  c->system = req->system ? orch__strdup(req->system) : NULL;
+  c->prompt = orch__strdup(req->prompt ? req->prompt : "");
+  c->fault = req->fault ? orch__strdup(req->fault) : NULL;
   c->max_tokens = req->max_tokens;
   c->stream_req = req->stream;
   c->timeout_ms = req->timeout_ms;
@@ -1713,7 +1656,8 @@ int orch__llm_call_start(orch__llm *l, const orch__llm_req *req,
       if (i) strncat(known, ", ", sizeof known - strlen(known) - 1);
       strncat(known, l->tiers[i].name, sizeof known - strlen(known) - 1);
     }
-    char *m = xprintf("unknown tier '%s' (known: %s)", c->tier_name, known);
+    char *m =
+        orch__asprintf("unknown tier '%s' (known: %s)", c->tier_name, known);
     c->tier = 0;
     finish_later(c, ORCH_EINVAL, m);
     free(m);
@@ -1738,7 +1682,7 @@ void orch__llm_call_cancel(orch__llm_call *c) {
     if (a) {
       a->code = ORCH_ECANCELED;
       a->action = "canceled";
-      a->error = xstrdup("canceled while waiting to retry");
+      a->error = orch__strdup("canceled while waiting to retry");
     }
     c->finish_pending = false;
     finish_later(c, ORCH_ECANCELED, "canceled");
@@ -1772,10 +1716,10 @@ void orch__llm_call_free(orch__llm_call *c) {
   free(c->last_error);
   free(c->body_json);
   free(c->finish_reason);
-  sbuf_free(&c->text);
-  sbuf_free(&c->raw);
-  sbuf_free(&c->sse.line);
-  sbuf_free(&c->sse.data);
+  orch__buf_deinit(&c->text);
+  orch__buf_deinit(&c->raw);
+  orch__buf_deinit(&c->sse.line);
+  orch__buf_deinit(&c->sse.data);
   drop_headers(c);
   orch__http_req_deinit(&c->http);
   free(c);
@@ -1797,7 +1741,7 @@ void orch__llm_free(orch__llm *l) {
       if (a) {
         a->code = ORCH_ECANCELED;
         a->action = "canceled";
-        a->error = xstrdup("canceled: shutting down");
+        a->error = orch__strdup("canceled: shutting down");
         a->latency_ms = ms_between(c->http.t_start_ns, c->http.t_end_ns);
       }
     }

@@ -101,26 +101,6 @@ const orch__rec_desc orch__rec_descs[ORCH__REC_NTYPES] = {
 
 /* ---- small helpers ------------------------------------------------------ */
 
-static int err_set(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int err_set(char *err, size_t errlen, int code, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return code;
-}
-
-static char *xstrdup(const char *s) {
-  if (!s) return NULL;
-  size_t n = strlen(s) + 1;
-  char *p = malloc(n);
-  if (p) memcpy(p, s, n);
-  return p;
-}
-
 static int64_t mono_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -339,6 +319,15 @@ static void enc_text(enc *e, const char *s) {
   memcpy(e->p + e->len + 4, s, n);
   e->len += 4 + n;
 }
+
+/* A row key unique to this store: its random prefix and a counter. */
+static void enc_new_key(orch__store *s, enc *e) {
+  char key[48];
+  snprintf(key, sizeof key, "%s-%" PRIu64, s->key_prefix,
+           (uint64_t)atomic_fetch_add(&s->keyctr, 1));
+  enc_text(e, key);
+}
+
 static void enc_int(enc *e, int64_t v) {
   if (v == ORCH__NULL_I64) {
     enc_byte(e, 0);
@@ -466,10 +455,7 @@ static int encode(orch__store *s, const orch__rec *rec, enc *e) {
   }
   case ORCH__REC_EXPLORATION: {
     const orch__rec_exploration *r = &rec->u.exploration;
-    char key[48];
-    snprintf(key, sizeof key, "%s-%" PRIu64, s->key_prefix,
-             (uint64_t)atomic_fetch_add(&s->keyctr, 1));
-    enc_text(e, key);
+    enc_new_key(s, e);
     enc_text(e, r->jr_type);
     enc_text(e, r->task_type);
     enc_real(e, r->novelty_score);
@@ -481,10 +467,7 @@ static int encode(orch__store *s, const orch__rec *rec, enc *e) {
   case ORCH__REC_SCRIPT_EVENT: {
     const orch__rec_script_event *r = &rec->u.script_event;
     if (!r->module || !r->file || !r->outcome) return ORCH_EINVAL;
-    char key[48];
-    snprintf(key, sizeof key, "%s-%" PRIu64, s->key_prefix,
-             (uint64_t)atomic_fetch_add(&s->keyctr, 1));
-    enc_text(e, key);
+    enc_new_key(s, e);
     enc_text(e, r->runtime);
     enc_text(e, r->module);
     enc_text(e, r->file);
@@ -583,21 +566,23 @@ static int spool_open(orch__store *s, const char *path, char *err,
   spool *sp = &s->sp;
   int rc = ORCH_OK;
   unsigned char *buf = NULL;
-  sp->path = xstrdup(path);
+  sp->path = orch__strdup(path);
   if (!sp->path) return ORCH_ENOMEM;
   sp->fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
   if (sp->fd < 0)
-    return err_set(err, errlen, ORCH_EIO, "spool %s: %s", path,
-                   strerror(errno));
+    return orch__err(err, errlen, ORCH_EIO, "spool %s: %s", path,
+                     strerror(errno));
   if (flock(sp->fd, LOCK_EX | LOCK_NB) != 0) {
-    rc = err_set(err, errlen, ORCH_ESTATE,
-                 "spool %s is in use by another process (set another "
-                 "spool path)", path);
+    rc = orch__err(err, errlen, ORCH_ESTATE,
+                   "spool %s is in use by another process (set another "
+                   "spool path)",
+                   path);
     goto done;
   }
   struct stat st;
   if (fstat(sp->fd, &st) != 0) {
-    rc = err_set(err, errlen, ORCH_EIO, "spool %s: %s", path, strerror(errno));
+    rc =
+        orch__err(err, errlen, ORCH_EIO, "spool %s: %s", path, strerror(errno));
     goto done;
   }
   uint64_t size = (uint64_t)st.st_size, pos = 0;
@@ -626,8 +611,8 @@ static int spool_open(orch__store *s, const char *path, char *err,
   if (pos < size) {
     s->cut_bytes = size - pos;
     if (ftruncate(sp->fd, (off_t)pos) != 0) {
-      rc = err_set(err, errlen, ORCH_EIO, "spool %s: cutting torn tail: %s",
-                   path, strerror(errno));
+      rc = orch__err(err, errlen, ORCH_EIO, "spool %s: cutting torn tail: %s",
+                     path, strerror(errno));
       goto done;
     }
     fsync(sp->fd);
@@ -1005,8 +990,8 @@ int orch__store_backend_for(const char *url, const orch__backend **be,
     const char *p = url + 7;
     if (strncmp(p, "//", 2) == 0) p += 2; /* sqlite://PATH */
     if (!*p)
-      return err_set(err, errlen, ORCH_ECONFIG,
-                     "database: sqlite: needs a path (sqlite:PATH)");
+      return orch__err(err, errlen, ORCH_ECONFIG,
+                       "database: sqlite: needs a path (sqlite:PATH)");
     *be = &orch__backend_sqlite;
     *conninfo = p;
     return ORCH_OK;
@@ -1017,14 +1002,14 @@ int orch__store_backend_for(const char *url, const orch__backend **be,
     *conninfo = url;
     return ORCH_OK;
   }
-  return err_set(err, errlen, ORCH_ECONFIG,
-                 "database: unrecognized address (want postgresql://..., "
-                 "postgres://..., a libpq keyword string, or sqlite:PATH)");
+  return orch__err(err, errlen, ORCH_ECONFIG,
+                   "database: unrecognized address (want postgresql://..., "
+                   "postgres://..., a libpq keyword string, or sqlite:PATH)");
 }
 
 static char *default_spool(const orch__backend *be, const char *conninfo) {
   const char *env = getenv("ORCH_SPOOL");
-  if (env && *env) return xstrdup(env);
+  if (env && *env) return orch__strdup(env);
   char buf[4096];
   if (be == &orch__backend_sqlite) {
     snprintf(buf, sizeof buf, "%s.spool", conninfo);
@@ -1036,7 +1021,7 @@ static char *default_spool(const orch__backend *be, const char *conninfo) {
     snprintf(buf, sizeof buf, "%s/orchestrate-pg-%08x.spool",
              dir && *dir ? dir : ".", h);
   }
-  return xstrdup(buf);
+  return orch__strdup(buf);
 }
 
 int orch__store_open(orch__store **out, const char *url,
@@ -1067,7 +1052,7 @@ int orch__store_open(orch__store **out, const char *url,
   if (!s->o.backoff_max_ms) s->o.backoff_max_ms = 5000;
   s->read_only = o && o->read_only;
   s->sp.cap = s->o.spool_cap;
-  s->conninfo = xstrdup(conninfo);
+  s->conninfo = orch__strdup(conninfo);
   if (!s->conninfo) {
     rc = ORCH_ENOMEM;
     goto done;
@@ -1078,7 +1063,7 @@ int orch__store_open(orch__store **out, const char *url,
   snprintf(s->key_prefix, sizeof s->key_prefix, "%016" PRIx64, rnd);
   if (s->read_only) goto done;
 
-  spath = (o && o->spool_path) ? xstrdup(o->spool_path)
+  spath = (o && o->spool_path) ? orch__strdup(o->spool_path)
                                : default_spool(be, conninfo);
   if (!spath) {
     rc = ORCH_ENOMEM;
@@ -1102,7 +1087,7 @@ int orch__store_open(orch__store **out, const char *url,
   }
   if (rc != ORCH_OK) goto done;
   if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
-    rc = err_set(err, errlen, ORCH_ENOMEM, "store: cannot start the writer");
+    rc = orch__err(err, errlen, ORCH_ENOMEM, "store: cannot start the writer");
     goto done;
   }
   s->writer_started = true;
@@ -1254,9 +1239,9 @@ int orch__store_session_steps(orch__store *s, const char *session_id,
                               size_t errlen) {
   void *c = NULL;
   if (!is_uuid(session_id))
-    return err_set(err, errlen, ORCH_ENOTFOUND,
-                   "session %s: not a session id (want a UUID)",
-                   session_id ? session_id : "(null)");
+    return orch__err(err, errlen, ORCH_ENOTFOUND,
+                     "session %s: not a session id (want a UUID)",
+                     session_id ? session_id : "(null)");
   int rc = query_conn(s, &c, err, errlen);
   if (rc != ORCH_OK) return rc;
   rc = s->be->session_steps(c, session_id, fn, ud, err, errlen);
@@ -1299,9 +1284,9 @@ int orch__store_session_summary(orch__store *s, const char *session_id,
   void *c = NULL;
   memset(out, 0, sizeof *out);
   if (!is_uuid(session_id))
-    return err_set(err, errlen, ORCH_ENOTFOUND,
-                   "session %s: not a session id (want a UUID)",
-                   session_id ? session_id : "(null)");
+    return orch__err(err, errlen, ORCH_ENOTFOUND,
+                     "session %s: not a session id (want a UUID)",
+                     session_id ? session_id : "(null)");
   int rc = query_conn(s, &c, err, errlen);
   if (rc != ORCH_OK) return rc;
   rc = s->be->session_summary(c, session_id, out, err, errlen);

@@ -168,7 +168,7 @@ int orch__buf_add(orch__buf *b, const char *s, size_t n) {
     b->p = p;
     b->cap = ncap;
   }
-  memcpy(b->p + b->len, s, n);
+  if (n) memcpy(b->p + b->len, s, n);
   b->len += n;
   b->p[b->len] = '\0';
   return ORCH_OK;
