@@ -400,6 +400,46 @@ TEST(mock_echo_model_returns_the_last_user_message) {
   orch_mock_free(m);
 }
 
+/* Whole answers are a fixed frame with each string encoded by jansson:
+ * quotes, backslashes, control characters, non-ASCII and text long enough
+ * that its escaped form outgrows the room first made for it all come back
+ * exactly, in both APIs. */
+TEST(mock_whole_answers_carry_any_text_and_model_name_intact) {
+  orch_mock *m = start();
+  ASSERT(m);
+  char text[3000]; /* about 600 words: under the 1,024 max_tokens of ask */
+  size_t n = 0;
+  const char *piece = "\x01\x02\x03\x1f\"\\\t\n say caf\xc3\xa9 \xe6\x97\xa5 "
+                      "\xf0\x9f\x98\x80 ";
+  while (n + strlen(piece) < sizeof text) {
+    memcpy(text + n, piece, strlen(piece));
+    n += strlen(piece);
+  }
+  text[n] = '\0';
+  for (int an = 0; an < 2; an++) {
+    resp r;
+    ask(orch_mock_port(m), an, "mock-echo", text, 0, NULL, 0, &r);
+    ASSERT_EQ(r.status, 200);
+    char *t = reply_text(&r, an);
+    ASSERT(t);
+    ASSERT_STR_EQ(t, text);
+    free(t);
+    resp_free(&r);
+    const char *model = "gpt \"quoted\" \\ caf\xc3\xa9";
+    ask(orch_mock_port(m), an, model, "hello", 0, NULL, 0, &r);
+    ASSERT_EQ(r.status, 200);
+    json_t *j = json_loads(r.body, 0, NULL);
+    ASSERT(j);
+    ASSERT_STR_EQ(json_string_value(json_object_get(j, "model")), model);
+    ASSERT(json_integer_value(json_object_get(
+               json_object_get(j, "usage"),
+               an ? "output_tokens" : "completion_tokens")) > 0);
+    json_decref(j);
+    resp_free(&r);
+  }
+  orch_mock_free(m);
+}
+
 TEST(mock_cuts_the_reply_at_max_tokens) {
   orch_mock *m = start();
   ASSERT(m);
