@@ -2,9 +2,14 @@
  * completions, C in flight, POST of the same request body to the same
  * mock) with libcurl's multi_socket interface on a bare epoll loop: no
  * libuv, no llm.c, no JSON built or parsed (the body is a constant string,
- * the answer is counted, not read). What orchestrate's client costs beyond
- * this is its own. Usage: llm_bare URL N C LATENCY_MS [warm]; prints one
- * JSON line with the fields of llm_bench. bench/llm.sh runs it. */
+ * the answer is counted, not read). Transfers spread over multi handles
+ * the way runtime/http.c spreads them (SHARD_FILL in flight on each, at
+ * most MAX_SHARDS; BARE_SHARDS=N forces N): with one multi handle libcurl
+ * 7.88 walks every cached connection twice per transfer, 6 us of CPU a
+ * request at 1,000 in flight, and the floor would not be one. What
+ * orchestrate's client costs beyond this is its own. Usage: llm_bare URL N
+ * C LATENCY_MS [warm]; prints one JSON line with the fields of llm_bench.
+ * bench/llm.sh runs it. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -19,23 +24,37 @@
 
 #include "fanout.h"
 
+#define SHARD_FILL 128 /* as HTTP_SHARD_FILL in runtime/http.c */
+#define MAX_SHARDS 64
+
+typedef struct fan fan;
+
+/* One multi handle and its timer. */
+typedef struct shard {
+  fan *f;
+  CURLM *multi;
+  uint32_t idx;
+  int64_t due_ns; /* curl's timer as a deadline (now_ns): -1 none */
+} shard;
+
 typedef struct slot {
   CURL *e;
+  shard *sh;
   int64_t t0;
   size_t got;
 } slot;
 
-typedef struct fan {
-  CURLM *multi;
+struct fan {
+  shard sh[MAX_SHARDS];
+  int nsh;
   int ep;
-  long timeout_ms; /* curl's timer: -1 none */
   int n, started, done, failed;
   int64_t t_begin;
   double *lat_ms, *end_ms;
   struct curl_slist *hdrs;
   char url[512];
   char body[256];
-} fan;
+};
 
 static size_t on_write(char *p, size_t size, size_t n, void *ud) {
   (void)p;
@@ -45,12 +64,14 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
 
 static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud,
                      void *sockp) {
-  fan *f = ud;
+  shard *sh = ud;
+  fan *f = sh->f;
   (void)e;
-  struct epoll_event ev = {.data.fd = fd};
+  /* the event names the shard and the socket */
+  struct epoll_event ev = {.data.u64 = (uint64_t)sh->idx << 32 | (uint32_t)fd};
   if (what == CURL_POLL_REMOVE) {
     epoll_ctl(f->ep, EPOLL_CTL_DEL, fd, NULL);
-    curl_multi_assign(f->multi, fd, NULL);
+    curl_multi_assign(sh->multi, fd, NULL);
     return 0;
   }
   if (what & CURL_POLL_IN) ev.events |= EPOLLIN;
@@ -59,14 +80,17 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud,
     epoll_ctl(f->ep, EPOLL_CTL_MOD, fd, &ev);
   } else {
     epoll_ctl(f->ep, EPOLL_CTL_ADD, fd, &ev);
-    curl_multi_assign(f->multi, fd, f); /* any non-NULL: registered */
+    curl_multi_assign(sh->multi, fd, sh); /* any non-NULL: registered */
   }
   return 0;
 }
 
+/* curl's timer is one-shot: it runs out once, and curl says when it
+ * wants another (a loop that kept polling with a stale 0 would spin). */
 static int on_timer(CURLM *m, long timeout_ms, void *ud) {
   (void)m;
-  ((fan *)ud)->timeout_ms = timeout_ms;
+  ((shard *)ud)->due_ns =
+      timeout_ms < 0 ? -1 : now_ns() + (int64_t)timeout_ms * 1000000;
   return 0;
 }
 
@@ -74,13 +98,13 @@ static void start(fan *f, slot *s) {
   f->started++;
   s->t0 = now_ns();
   s->got = 0;
-  curl_multi_add_handle(f->multi, s->e);
+  curl_multi_add_handle(s->sh->multi, s->e);
 }
 
-static void reap(fan *f) {
+static void reap(fan *f, shard *sh) {
   CURLMsg *m;
   int left;
-  while ((m = curl_multi_info_read(f->multi, &left))) {
+  while ((m = curl_multi_info_read(sh->multi, &left))) {
     if (m->msg != CURLMSG_DONE) continue;
     slot *s = NULL;
     curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&s);
@@ -90,7 +114,7 @@ static void reap(fan *f) {
     int64_t t = now_ns();
     f->end_ms[f->done] = (double)(t - f->t_begin) / 1e6;
     f->lat_ms[f->done++] = (double)(t - s->t0) / 1e6;
-    curl_multi_remove_handle(f->multi, m->easy_handle);
+    curl_multi_remove_handle(sh->multi, m->easy_handle);
     if (f->started < f->n) start(f, s);
   }
 }
@@ -104,16 +128,32 @@ static void fanout(fan *f, slot *slots, int c, int n) {
   struct epoll_event evs[1024];
   int running;
   while (f->done < n) {
-    int k = epoll_wait(f->ep, evs, 1024, (int)(f->timeout_ms < 0 ? 1000 : f->timeout_ms));
-    if (k == 0 || f->timeout_ms == 0)
-      curl_multi_socket_action(f->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    int wait = 1000;
+    int64_t now = now_ns();
+    for (int j = 0; j < f->nsh; j++) {
+      if (f->sh[j].due_ns < 0) continue;
+      int64_t left = f->sh[j].due_ns - now;
+      int w = left <= 0 ? 0 : (int)((left + 999999) / 1000000);
+      if (w < wait) wait = w;
+    }
+    int k = epoll_wait(f->ep, evs, 1024, wait);
+    now = now_ns();
+    for (int j = 0; j < f->nsh; j++) {
+      shard *sh = &f->sh[j];
+      if (sh->due_ns < 0 || now < sh->due_ns) continue;
+      sh->due_ns = -1;
+      curl_multi_socket_action(sh->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+      reap(f, sh);
+    }
     for (int i = 0; i < k; i++) {
       int fl = 0;
       if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) fl |= CURL_CSELECT_IN;
       if (evs[i].events & EPOLLOUT) fl |= CURL_CSELECT_OUT;
-      curl_multi_socket_action(f->multi, evs[i].data.fd, fl, &running);
+      shard *sh = &f->sh[evs[i].data.u64 >> 32];
+      curl_multi_socket_action(sh->multi, (curl_socket_t)(uint32_t)evs[i].data.u64,
+                               fl, &running);
+      reap(f, sh);
     }
-    reap(f);
   }
 }
 
@@ -126,7 +166,7 @@ int main(int argc, char **argv) {
   int warm = argc > 5 && strcmp(argv[5], "warm") == 0;
   if (n <= 0 || c <= 0 || latency <= 0) return 2;
   curl_global_init(CURL_GLOBAL_DEFAULT);
-  fan f = {.timeout_ms = -1};
+  static fan f; /* 64 shards: not on the stack */
   snprintf(f.url, sizeof f.url, "%s/v1/chat/completions", argv[1]);
   snprintf(f.body, sizeof f.body,
            "{\"model\":\"bench+fault=latency=%d\",\"messages\":[{\"role\":"
@@ -135,21 +175,30 @@ int main(int argc, char **argv) {
   f.hdrs = curl_slist_append(NULL, "Content-Type: application/json");
   f.hdrs = curl_slist_append(f.hdrs, "Accept: application/json");
   f.ep = epoll_create1(EPOLL_CLOEXEC);
-  f.multi = curl_multi_init();
-  curl_multi_setopt(f.multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-  curl_multi_setopt(f.multi, CURLMOPT_SOCKETDATA, &f);
-  curl_multi_setopt(f.multi, CURLMOPT_TIMERFUNCTION, on_timer);
-  curl_multi_setopt(f.multi, CURLMOPT_TIMERDATA, &f);
-  curl_multi_setopt(f.multi, CURLMOPT_MAXCONNECTS, (long)c + 16);
+  const char *bs = getenv("BARE_SHARDS");
+  f.nsh = bs && atoi(bs) > 0 ? atoi(bs) : (c + SHARD_FILL - 1) / SHARD_FILL;
+  if (f.nsh > MAX_SHARDS) f.nsh = MAX_SHARDS;
+  for (int j = 0; j < f.nsh; j++) {
+    shard *sh = &f.sh[j];
+    *sh = (shard){.f = &f, .idx = (uint32_t)j, .due_ns = -1,
+                  .multi = curl_multi_init()};
+    if (!sh->multi) return 1;
+    curl_multi_setopt(sh->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(sh->multi, CURLMOPT_SOCKETDATA, sh);
+    curl_multi_setopt(sh->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(sh->multi, CURLMOPT_TIMERDATA, sh);
+    curl_multi_setopt(sh->multi, CURLMOPT_MAXCONNECTS, (long)c + 16);
+  }
   int cap = n > c ? n : c;
   f.lat_ms = calloc((size_t)cap, sizeof *f.lat_ms);
   f.end_ms = calloc((size_t)cap, sizeof *f.end_ms);
   slot *slots = calloc((size_t)c, sizeof *slots);
-  if (!f.lat_ms || !f.end_ms || !slots || f.ep < 0 || !f.multi) return 1;
+  if (!f.lat_ms || !f.end_ms || !slots || f.ep < 0) return 1;
   long rss0 = proc_kib("VmRSS");
   for (int i = 0; i < c; i++) {
     CURL *e = curl_easy_init();
     slots[i].e = e;
+    slots[i].sh = &f.sh[i % f.nsh];
     curl_easy_setopt(e, CURLOPT_URL, f.url);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, f.body);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, f.hdrs);
@@ -180,7 +229,7 @@ int main(int argc, char **argv) {
          f.lat_ms[(n * 99) / 100] - latency, rss0, hwm,
          (double)(hwm - rss0) / (c < n ? c : n), cpu * 1e6 / n);
   for (int k = 0; k < c; k++) curl_easy_cleanup(slots[k].e);
-  curl_multi_cleanup(f.multi);
+  for (int j = 0; j < f.nsh; j++) curl_multi_cleanup(f.sh[j].multi);
   curl_slist_free_all(f.hdrs);
   close(f.ep);
   free(slots);
