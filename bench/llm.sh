@@ -146,6 +146,8 @@ CEIL=$(awk -v a="${OCPU:-0}" -v b="${MOCKUS:-0}" -v n="$(nproc)" 'BEGIN { if (a 
 NT=$(get node tput)
 WT=$(get warm tput); WR=$(get warm ratio); WP50=$(get warm p50); WCPU=$(get warm cpu)
 BT=$(get bare tput); BR=$(get bare ratio); BS=$(get bare steady); BCPU=$(get bare cpu)
+BP50=$(get bare p50)
+DCPU=$(awk -v a="${OCPU:-0}" -v b="${BCPU:-0}" 'BEGIN { printf "%.1f", a - b }')
 OS=$(get orch steady)
 BPCT=$(awk -v r="${BR:-0}" 'BEGIN { printf "%.1f", r * 100 }')
 BSPCT=$(awk -v r="${BS:-0}" 'BEGIN { printf "%.1f", r * 100 }')
@@ -172,8 +174,9 @@ SECTION=$OUTD/issue4.md
   echo "(\`bench/llm_fetch.mjs\`, the same fan-out and the same JSON work), in the"
   echo "same run against the same mock, alternating with it; so is the floor,"
   echo "\"bare libcurl multi\" (\`bench/llm_bare.c\`: the same request bytes through"
-  echo "one libcurl multi handle on a bare epoll loop, no JSON built or parsed,"
-  echo "the answer counted, not read): a warm-up, then"
+  echo "libcurl multi handles on a bare epoll loop, the transfers spread over them"
+  echo "as runtime/http.c spreads its own, no JSON built or parsed, the answer"
+  echo "counted, not read): a warm-up, then"
   echo "$ROUNDS rounds of each, the best round of each by throughput shown. The"
   echo "row \"connections kept from a warm-up\" is the same client whose process"
   echo "first runs an untimed fan-out of as many calls as in flight, so the timed"
@@ -201,7 +204,9 @@ SECTION=$OUTD/issue4.md
   echo "With the connections kept from a warm-up: $WT req/s ($WPCT% of the ideal),"
   echo "added p50 $WP50 ms, client CPU $WCPU us per request. The floor, bare"
   echo "libcurl without JSON, in the same run: $BT req/s ($BPCT% of the ideal,"
-  echo "steady state $BSPCT%; orchestrate's: $OSPCT%), $BCPU us of CPU per request."
+  echo "steady state $BSPCT%; orchestrate's: $OSPCT%), added p50 $BP50 ms, $BCPU us"
+  echo "of CPU per request: what orchestrate's client spends beyond it, $DCPU us a"
+  echo "request, is its own (mostly jansson: docs/llm.md \"Left open\")."
   echo
   echo "At $C1 in flight the ideal is $(awk -v c="$C1" -v l="$LATENCY" 'BEGIN { printf "%d", c * 1000 / l }') req/s. The client runs on one loop thread:"
   echo "at $OCPU us of CPU per request it carries at most about $CEIL1 req/s on a"
