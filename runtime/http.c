@@ -20,6 +20,7 @@
 
 #define HTTP_MAX_BODY_DEFAULT (64u << 20) /* refuse larger responses */
 #define HTTP_EASY_CACHE 256               /* idle easy handles kept */
+#define HTTP_URL_CACHE 32 /* URLs kept parsed per engine (CURLOPT_CURLU) */
 #ifndef HTTP_SHARDS
 #define HTTP_SHARDS 16     /* at most this many multi handles per engine */
 #endif
@@ -45,6 +46,12 @@ typedef struct http_shard {
   size_t nactive;   /* transfers in this multi */
   size_t nsocks;    /* sockets of its connections we watch */
 } http_shard;
+
+/* A URL parsed once for every transfer to it (see url_parsed). */
+typedef struct http_url {
+  char *url;
+  CURLU *u;
+} http_url;
 
 /* An easy handle and where it runs now (its CURLOPT_PRIVATE). */
 typedef struct http_easy {
@@ -73,6 +80,9 @@ struct orch__http {
   size_t nidle_timed; /* active requests with an idle timeout */
   http_easy *cache[HTTP_EASY_CACHE];
   size_t ncache;
+  http_url urls[HTTP_URL_CACHE];
+  size_t nurls;
+  bool env_proxy; /* a proxy variable was set when the engine started */
   struct http_sock *socks; /* sockets curl asked us to watch */
   struct http_sock **byfd; /* the same, by descriptor (NULL: none) */
   size_t nbyfd;
@@ -290,7 +300,38 @@ static http_easy *easy_get(orch__http *h) {
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, h);
   if (global_share) curl_easy_setopt(e, CURLOPT_SHARE, global_share);
+  /* No proxy variable in the environment (orch__http_new looked): say so,
+   * or libcurl 7.88 reads five of them again for every transfer. */
+  if (!h->env_proxy) {
+    curl_easy_setopt(e, CURLOPT_PROXY, "");
+    curl_easy_setopt(e, CURLOPT_NOPROXY, "");
+  }
   return w;
+}
+
+/* url parsed by libcurl's URL API, kept for the next transfers to it: a
+ * transfer given the string parses it again (a third of libcurl's URL
+ * work per request); given the handle (CURLOPT_CURLU, read-only to curl)
+ * it does not. NULL when url does not parse (curl then gets the string
+ * and reports the error as ever), or HTTP_URL_CACHE other URLs are kept.
+ * Loop thread only. */
+static CURLU *url_parsed(orch__http *h, const char *url) {
+  for (size_t i = 0; i < h->nurls; i++)
+    if (strcmp(h->urls[i].url, url) == 0) return h->urls[i].u;
+  if (h->nurls == HTTP_URL_CACHE) return NULL;
+  CURLU *u = curl_url();
+  char *s = orch__strdup(url);
+  /* the flags libcurl 7.88 parses CURLOPT_URL with */
+  if (!u || !s ||
+      curl_url_set(u, CURLUPART_URL, url,
+                   CURLU_GUESS_SCHEME | CURLU_NON_SUPPORT_SCHEME) !=
+          CURLUE_OK) {
+    curl_url_cleanup(u);
+    free(s);
+    return NULL;
+  }
+  h->urls[h->nurls++] = (http_url){s, u};
+  return u;
 }
 
 static void easy_put(orch__http *h, http_easy *w) {
@@ -362,6 +403,7 @@ static void start_now(orch__http *h, orch__http_req *req) {
   req->priv_errbuf[0] = '\0';
   req->priv_aborted = 0;
   curl_easy_setopt(e, CURLOPT_URL, req->url);
+  curl_easy_setopt(e, CURLOPT_CURLU, url_parsed(h, req->url)); /* NULL: URL */
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, req->priv_errbuf);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, req);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, req);
@@ -818,6 +860,12 @@ int orch__http_new(orch__http **out, uv_loop_t *loop,
     return ORCH_ENOMEM;
   }
   h->loop = loop;
+  static const char *const proxy_vars[] = {
+      "http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"};
+  for (size_t i = 0; i < sizeof proxy_vars / sizeof *proxy_vars; i++) {
+    const char *v = getenv(proxy_vars[i]);
+    if (v && *v) h->env_proxy = true;
+  }
   h->maxconn = opts && opts->max_connections > 0 ? opts->max_connections : 0;
   h->maxhost = opts && opts->max_host_connections > 0
                    ? opts->max_host_connections
@@ -900,6 +948,10 @@ void orch__http_free(orch__http *h) {
     http_easy *w = h->cache[--h->ncache];
     curl_easy_cleanup(w->e);
     free(w);
+  }
+  for (size_t i = 0; i < h->nurls; i++) { /* no easy handle names them now */
+    curl_url_cleanup(h->urls[i].u);
+    free(h->urls[i].url);
   }
   for (size_t i = 0; i < h->nshards; i++) {
     /* closes the cached connections (on_close_socket) */

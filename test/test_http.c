@@ -147,7 +147,11 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c,
   const char *prompt = json_string_value(json_object_get(
       json_array_get(msgs, json_array_size(msgs) - 1), "content"));
   char *text = NULL;
-  if (asprintf(&text, "echo: %s", prompt ? prompt : "") < 0) text = NULL;
+  /* ?n=X in the URL comes back too: which URL a request went to */
+  const char *qn = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "n");
+  if (asprintf(&text, "echo: %s%s%s", prompt ? prompt : "", qn ? " n=" : "",
+               qn ? qn : "") < 0)
+    text = NULL;
   enum MHD_Result ret;
   long lat = 0, slow = 0;
   int nousage = 0;
@@ -881,6 +885,99 @@ TEST(http_knows_loopback_urls) {
   ASSERT(!orch__http_url_is_loopback("http://[::2]/"));
   ASSERT(!orch__http_url_is_loopback("not a url"));
   ASSERT(!orch__http_url_is_loopback(NULL));
+}
+
+/* The engine keeps each URL parsed for the transfers to it (CURLOPT_CURLU)
+ * up to a limit; past it, and for a URL that does not parse, curl gets
+ * the string as before. Every answer still reaches its own request, a bad
+ * URL is an error naming the URL, and the engine goes on. */
+TEST(http_parsed_urls_pair_answers_and_bad_urls_still_fail) {
+  ctx c;
+  ASSERT_EQ(ctx_init(&c), 0);
+  enum { NU = 40 }; /* more than the engine keeps parsed */
+  orch__http_req r[NU];
+  char url[NU][256], text[NU][32];
+  for (int round = 0; round < 2; round++) { /* the second finds them kept */
+    c.done = 0;
+    for (int i = 0; i < NU; i++) {
+      snprintf(text[i], sizeof text[i], "u%d-r%d", i, round);
+      openai_req(&c, &r[i], url[i], sizeof url[i], "ok", 0, text[i]);
+      snprintf(url[i], sizeof url[i], "%s/v1/chat/completions?n=%d", c.base,
+               i);
+      orch__http_submit(c.h, &r[i]);
+      run_until(&c, i + 1, 5000); /* one at a time: openai_req's bodies */
+    }
+    for (int i = 0; i < NU; i++) {
+      ASSERT_EQ(r[i].result, ORCH_OK);
+      ASSERT_EQ(r[i].status, 200);
+      char want[64];
+      snprintf(want, sizeof want, "\"echo: %.31s n=%d\"", text[i], i);
+      ASSERT_CONTAINS(r[i].body, want);
+      orch__http_req_deinit(&r[i]);
+    }
+  }
+  orch__http_req bad;
+  char bu[64] = "http://[::1/v1/chat/completions"; /* unclosed bracket */
+  c.done = 0;
+  openai_req(&c, &bad, url[0], sizeof url[0], "ok", 0, "x");
+  bad.url = bu;
+  orch__http_submit(c.h, &bad);
+  run_until(&c, 1, 5000);
+  ASSERT_EQ(c.done, 1);
+  ASSERT(bad.result != ORCH_OK);
+  ASSERT_CONTAINS(bad.error, "URL");
+  orch__http_req_deinit(&bad);
+  orch__http_req ok;
+  c.done = 0;
+  openai_req(&c, &ok, url[0], sizeof url[0], "ok", 0, "after");
+  orch__http_submit(c.h, &ok);
+  run_until(&c, 1, 5000);
+  ASSERT_EQ(ok.result, ORCH_OK);
+  ASSERT_CONTAINS(ok.body, "echo: after");
+  orch__http_req_deinit(&ok);
+  ASSERT_EQ(ctx_deinit(&c), 0);
+}
+
+/* A proxy variable set when an engine starts is honoured (curl would go
+ * through the proxy, here a port nobody listens on); with none set the
+ * engine tells curl not to look for one on every transfer, and requests go
+ * straight to the server. */
+TEST(http_honours_a_proxy_variable_set_at_start) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t sl = sizeof sa;
+  ASSERT(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+  ASSERT(getsockname(fd, (struct sockaddr *)&sa, &sl) == 0);
+  close(fd);
+  char proxy[64];
+  snprintf(proxy, sizeof proxy, "http://127.0.0.1:%d", ntohs(sa.sin_port));
+  const char *saved = getenv("http_proxy");
+  char *keep = saved ? strdup(saved) : NULL;
+  for (int with = 1; with >= 0; with--) {
+    if (with) setenv("http_proxy", proxy, 1);
+    else unsetenv("http_proxy");
+    ctx c;
+    ASSERT_EQ(ctx_init(&c), 0);
+    orch__http_req r;
+    char url[256];
+    openai_req(&c, &r, url, sizeof url, "ok", 0, "via");
+    r.connect_timeout_ms = 2000;
+    orch__http_submit(c.h, &r);
+    run_until(&c, 1, 5000);
+    ASSERT_EQ(c.done, 1);
+    if (with) {
+      ASSERT_EQ(r.result, ORCH_EIO); /* the proxy refused */
+      ASSERT_CONTAINS(r.error, "connect");
+    } else {
+      ASSERT_EQ(r.result, ORCH_OK);
+      ASSERT_CONTAINS(r.body, "echo: via");
+    }
+    orch__http_req_deinit(&r);
+    ASSERT_EQ(ctx_deinit(&c), 0);
+  }
+  if (keep) setenv("http_proxy", keep, 1);
+  free(keep);
 }
 
 /* ---- HTTP/2 over TLS, multiplexed (a Node.js http2 server) ----------- */
