@@ -403,6 +403,18 @@ static void req_done(orch__http_req *r) {
   c->done++;
 }
 
+/* A loopback port nobody listens on (bound, noted, closed); -1 if none. */
+static int closed_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t sl = sizeof sa;
+  int ok = fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+           getsockname(fd, (struct sockaddr *)&sa, &sl) == 0;
+  if (fd >= 0) close(fd);
+  return ok ? ntohs(sa.sin_port) : -1;
+}
+
 static void run_until(ctx *c, int n, int max_ms) {
   int64_t end = now_ns_t() + (int64_t)max_ms * 1000000;
   while (c->done < n && now_ns_t() < end) uv_run(&c->loop, UV_RUN_ONCE);
@@ -483,16 +495,9 @@ TEST(http_reports_a_refused_connection) {
   orch__http_req r;
   char url[256];
   openai_req(&c, &r, url, sizeof url, "ok", 0, "x");
-  /* a port nobody listens on: bind one, note it, close it */
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in sa = {.sin_family = AF_INET,
-                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t sl = sizeof sa;
-  ASSERT(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
-  ASSERT(getsockname(fd, (struct sockaddr *)&sa, &sl) == 0);
-  close(fd);
-  snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/chat/completions",
-           ntohs(sa.sin_port));
+  int port = closed_port();
+  ASSERT(port > 0);
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/chat/completions", port);
   r.connect_timeout_ms = 2000;
   orch__http_submit(c.h, &r);
   run_until(&c, 1, 5000);
@@ -943,15 +948,10 @@ TEST(http_parsed_urls_pair_answers_and_bad_urls_still_fail) {
  * engine tells curl not to look for one on every transfer, and requests go
  * straight to the server. */
 TEST(http_honours_a_proxy_variable_set_at_start) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in sa = {.sin_family = AF_INET,
-                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t sl = sizeof sa;
-  ASSERT(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
-  ASSERT(getsockname(fd, (struct sockaddr *)&sa, &sl) == 0);
-  close(fd);
+  int port = closed_port();
+  ASSERT(port > 0);
   char proxy[64];
-  snprintf(proxy, sizeof proxy, "http://127.0.0.1:%d", ntohs(sa.sin_port));
+  snprintf(proxy, sizeof proxy, "http://127.0.0.1:%d", port);
   const char *saved = getenv("http_proxy");
   char *keep = saved ? strdup(saved) : NULL;
   for (int with = 1; with >= 0; with--) {
