@@ -21,18 +21,20 @@ static const char usage[] =
     "  ask \"REQUEST\" [options]        plan the request with a model, run the plan, answer\n"
     "      --plan / --no-plan         force planning, or one model call\n"
     "      --json                     print one JSON document (plan, steps, answer)\n"
+    "      --workers N, --max-parallel N, --db URL   as for run\n"
     "  plan FILE [--json]             validate a plan; print levels and the critical path\n"
     "  run FILE [options]             run a plan (JSON, Lua or GAP text)\n"
     "      --json                     print one JSON document with the results\n"
     "      --workers N                worker threads (default: one per core)\n"
     "      --max-parallel N           steps in flight at most (default: unlimited)\n"
     "      --dry-run                  simulate llm steps as sleeps\n"
-    "  check [DIR]                    compile and self-check the Lua scripts (default: scripts)\n"
-    "  mock-llm [--port N] [--host H] serve the mock LLM (OpenAI + Anthropic APIs)\n"
     "      --db URL                   record into URL (postgresql://..., sqlite:PATH,\n"
     "                                 none); default: ORCH_DB, else sqlite:orchestrate.db\n"
-    "      --resume SESSION           run what a recorded session has not passed yet\n"
-    "  status [SESSION] [--json]      sessions: the active ones and today's counts,\n"
+    "  run --resume SESSION [--db URL]  run what a recorded session has not passed yet\n"
+    "  check [DIR]                    compile and self-check the Lua scripts (default: scripts)\n"
+    "  mock-llm [--port N] [--host H] serve the mock LLM (OpenAI + Anthropic APIs)\n"
+    "  status [SESSION] [--json] [--db URL]\n"
+    "                                 sessions: the active ones and today's counts,\n"
     "                                 or one session's progress\n"
     "  migrate [--db URL] [--status]  apply (or list) the database migrations\n"
     "\n"
@@ -75,11 +77,13 @@ static int parse_opts(int argc, char **argv, opts *o, const char *allowed) {
 #define NEEDS(flag)                                                      \
   if (!strstr(allowed, flag)) return usage_error("option %s is not for this command", a); \
   if (i + 1 >= argc) return usage_error("option %s needs a value", a)
-    if (strcmp(a, "--json") == 0 && strstr(allowed, "json")) o->json = 1;
-    else if (strcmp(a, "--dry-run") == 0 && strstr(allowed, "dry")) o->dry_run = 1;
-    else if (strcmp(a, "--status") == 0 && strstr(allowed, "status")) o->status_only = 1;
-    else if (strcmp(a, "--plan") == 0 && strstr(allowed, "plan")) o->plan = 1;
-    else if (strcmp(a, "--no-plan") == 0 && strstr(allowed, "plan")) o->plan = 0;
+#define FLAG(flag)                                                       \
+  if (!strstr(allowed, flag)) return usage_error("option %s is not for this command", a)
+    if (strcmp(a, "--json") == 0) { FLAG("json"); o->json = 1; }
+    else if (strcmp(a, "--dry-run") == 0) { FLAG("dry"); o->dry_run = 1; }
+    else if (strcmp(a, "--status") == 0) { FLAG("status"); o->status_only = 1; }
+    else if (strcmp(a, "--plan") == 0) { FLAG("plan"); o->plan = 1; }
+    else if (strcmp(a, "--no-plan") == 0) { FLAG("plan"); o->plan = 0; }
     else if (strcmp(a, "--config") == 0) {
       if (i + 1 >= argc) return usage_error("option %s needs a value", a);
       o->config = argv[++i];
@@ -98,6 +102,7 @@ static int parse_opts(int argc, char **argv, opts *o, const char *allowed) {
     else if (!o->file) o->file = a;
     else return usage_error("unexpected argument '%s'", a);
 #undef NEEDS
+#undef FLAG
   }
   return 0;
 }
