@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <lauxlib.h>
+#include <limits.h>
 #include <lualib.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -52,14 +53,36 @@ static const struct setting {
 static const char *const sections[] = {"tiers", "llm", "store", "server",
                                        "policy", "providers"};
 
+/* The scripts when no setting names them: ./scripts when there is one (a
+ * checkout), else the installed ones, else those of the build tree the
+ * running program was built in (build/orchestrate run from elsewhere
+ * before `make install`: ../scripts beside it, taken only when it holds
+ * policies/retry.lua, so a host's own scripts/ is never mistaken for
+ * ours). With none of them, the installed path, for the error to name. */
+static char *default_scripts_dir(void) {
+  if (access("scripts", F_OK) == 0) return orch__strdup("scripts");
+  if (access(ORCH_DATADIR "/scripts", F_OK) == 0)
+    return orch__strdup(ORCH_DATADIR "/scripts");
+  char exe[PATH_MAX], dir[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  char *slash = n > 0 ? (exe[n] = '\0', strrchr(exe, '/')) : NULL;
+  if (slash) {
+    *slash = '\0';
+    char *up = orch__asprintf("%s/../scripts", exe);
+    char *probe = up ? orch__asprintf("%s/policies/retry.lua", up) : NULL;
+    bool ours = probe && access(probe, R_OK) == 0 && realpath(up, dir);
+    free(probe);
+    free(up);
+    if (ours) return orch__strdup(dir);
+  }
+  return orch__strdup(ORCH_DATADIR "/scripts");
+}
+
 void orch__config_defaults(orch__config *c) {
   memset(c, 0, sizeof *c);
   c->workers = 0;
   c->max_parallel = 0;
-  /* ./scripts when there is one (a checkout), else the installed scripts */
-  c->scripts_dir = orch__strdup(access("scripts", F_OK) == 0
-                                    ? "scripts"
-                                    : ORCH_DATADIR "/scripts");
+  c->scripts_dir = default_scripts_dir();
   c->plan_max_bytes = 16u << 20;
   c->json_max_depth = 64;
   c->output_max_bytes = 1u << 20;

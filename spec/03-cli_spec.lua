@@ -43,6 +43,17 @@ describe("the orchestrate command", function()
     assert.is_nil(out:match("\n  mock%-llm[^\n]*\n      %-%-"), "mock-llm has no indented options")
   end)
 
+  it("finds the scripts of its build tree when run from another directory", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. dir))
+    -- no ./scripts there; uninstalled, the build tree's scripts serve
+    local code, out, err = h.cli("check", { env = "cd " .. dir .. " &&" })
+    os.execute("rmdir " .. dir)
+    assert.are.equal(0, code, err)
+    assert.matches("all scripts compile and pass their self-checks", out, 1, true)
+  end)
+
   it("exits 65 on a missing plan file, naming it", function()
     local code, _, err = h.cli("run /nonexistent/plan.json")
     assert.are.equal(65, code)
