@@ -561,8 +561,14 @@ static void finish_req(orch__http *h, orch__http_req *req, CURLcode cc) {
         set_error(req, ORCH_ETIMEDOUT, "timed out after %ld ms (total)",
                   req->timeout_ms);
     } else {
-      set_error(req, ORCH_EIO, "%s%s%s", curl_easy_strerror(cc),
-                req->priv_errbuf[0] ? ": " : "", req->priv_errbuf);
+      /* curl's own message, more precise; prefixed with the code's text
+       * unless it already ends with it (connect errors do) */
+      const char *what = curl_easy_strerror(cc);
+      if (req->priv_errbuf[0] && strstr(req->priv_errbuf, what))
+        set_error(req, ORCH_EIO, "%s", req->priv_errbuf);
+      else
+        set_error(req, ORCH_EIO, "%s%s%s", what,
+                  req->priv_errbuf[0] ? ": " : "", req->priv_errbuf);
     }
   }
   req->curl_code = (int)cc;

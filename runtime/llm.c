@@ -1535,10 +1535,20 @@ static void begin_tier(orch__llm_call *c, int idx, const char *why) {
   orch__llm *l = c->l;
   if (idx < 0 || (c->visited & (1ull << idx))) {
     const char *last = c->last_error ? c->last_error : "failed";
-    char *m = orch__asprintf(
-        "%s (tier '%s'%s%s; %s)", last, l->tiers[c->tier].name, why ? ": " : "",
-        why ? why : "",
-        idx < 0 ? "no fallback tier" : "fallback tiers exhausted");
+    const char *name = l->tiers[c->tier].name;
+    const char *end = idx < 0 ? "no fallback tier" : "fallback tiers exhausted";
+    size_t nl = strlen(name);
+    char *m;
+    /* Each thing once: the policy's reason often quotes the last error
+     * ("transport error (...) after 4 attempts") or names the tier */
+    if (why && strstr(why, last))
+      m = orch__asprintf("tier '%s': %s; %s", name, why, end);
+    else if (why && strncmp(why, "tier '", 6) == 0 &&
+             strncmp(why + 6, name, nl) == 0 && why[6 + nl] == '\'')
+      m = orch__asprintf("%s (%s; %s)", last, why, end);
+    else
+      m = orch__asprintf("%s (tier '%s'%s%s; %s)", last, name,
+                         why ? ": " : "", why ? why : "", end);
     finish(c, c->last_code ? c->last_code : ORCH_EHTTP, m);
     free(m);
     return;

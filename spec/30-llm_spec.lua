@@ -44,6 +44,7 @@ return {
     flaky = { base_url = "%s/v1", model = "mock+fault=500", api_key = "%s",
               fallback = "claude" },
     refused = { base_url = "%s/v1", model = "mock+fault=401", api_key = "%s" },
+    dead = { base_url = "http://127.0.0.1:1/v1", model = "m" }, -- nobody on port 1
   },
   %s
 }]]):format(base, KEY, base, KEY, base, KEY, base, KEY, extra or ""), ".lua")
@@ -135,6 +136,17 @@ return {
     assert.matches("HTTP 401", a.error, 1, true)
     assert.is_nil(out:find("SECRET", 1, true))
     assert.is_nil(err:find("SECRET", 1, true))
+  end)
+
+  it("says why a dead endpoint failed once, with the tier and the attempts", function()
+    local plan = h.plan({ { id = "a", kind = "llm", prompt = "x", tier = "dead" } })
+    local code, doc = run(plan, config(base))
+    assert.are_not.equal(0, code)
+    local e = step(doc, "a").error
+    assert.matches("^tier 'dead': transport error %(Failed to connect to 127%.0%.0%.1 port 1 .-%) " ..
+                   "after %d+ attempts; no fallback tier$", e)
+    local _, n = e:gsub("Couldn't connect to server", "")
+    assert.are.equal(1, n, e)
   end)
 
   it("needs nothing but OPENAI_BASE_URL to reach a local server", function()

@@ -375,6 +375,37 @@ TEST(llm_retry_after_above_the_cap_falls_back_at_once) {
   ASSERT_EQ(lctx_deinit(&c), 0);
 }
 
+static int count_of(const char *hay, const char *needle) {
+  int n = 0;
+  for (const char *p = hay; p && (p = strstr(p, needle)); p += strlen(needle))
+    n++;
+  return n;
+}
+
+/* When the last attempt fails, the message says each thing once: curl's
+ * message, the tier, the decision and that no fallback was left (with
+ * retry.lua the reason quotes curl's message and leads: spec/30). */
+TEST(llm_a_failure_message_says_each_thing_once) {
+  static const char conf[] =
+      "{\"llm\":{\"max_attempts\":2,\"backoff_base_ms\":1,"
+      "\"backoff_max_ms\":2,\"cooldown\":{\"failures\":0}},"
+      "\"tiers\":{\"dead\":{\"provider\":\"openai\",\"base_url\":"
+      "\"http://127.0.0.1:1/v1\",\"model\":\"m\"}}}"; /* nobody on port 1 */
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf), 0);
+  orch__llm_call *call = call1(&c, "dead", "x", 0);
+  ASSERT(call);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT(r->code != ORCH_OK);
+  ASSERT_EQ(r->nattempts, 2);
+  ASSERT_CONTAINS(r->error, "Failed to connect to 127.0.0.1 port 1");
+  ASSERT_CONTAINS(r->error, "after 2 attempts; no fallback tier");
+  ASSERT_EQ(count_of(r->error, "tier 'dead'"), 1);
+  ASSERT_EQ(count_of(r->error, "Couldn't connect to server"), 1);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
 TEST(llm_other_4xx_fail_with_the_provider_message_and_no_key) {
   lctx c;
   ASSERT_EQ(lctx_init(&c, conf_basic), 0);
