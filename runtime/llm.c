@@ -700,6 +700,7 @@ struct orch__llm_call {
   uint64_t visited;
   int attempt; /* within the tier */
   bool stream, in_http, canceled, finished, finish_pending;
+  bool starting; /* inside orch__llm_call_start: done must wait a turn */
   bool in_parse;              /* held by the completion executor */
   orch__llm_call *xnext;      /* in one of the executor's lists */
   int finish_code;
@@ -724,6 +725,7 @@ struct orch__llm_call {
 static void send_attempt(orch__llm_call *c);
 static void begin_tier(orch__llm_call *c, int tier, const char *why);
 static void finish(orch__llm_call *c, int code, const char *msg);
+static void finish_now(orch__llm_call *c, int code, const char *msg);
 
 static void timer_closed(uv_handle_t *h) { free(h); }
 
@@ -740,7 +742,7 @@ static void on_timer(uv_timer_t *t) {
   orch__llm_call *c = t->data;
   if (c->finish_pending) {
     c->finish_pending = false;
-    finish(c, c->finish_code, c->finish_msg);
+    finish_now(c, c->finish_code, c->finish_msg);
     return;
   }
   send_attempt(c);
@@ -754,8 +756,13 @@ static void finish_later(orch__llm_call *c, int code, const char *msg) {
   c->finish_msg = orch__strdup(msg);
   c->finish_code = code;
   c->finish_pending = true;
-  if (ensure_timer(c) == ORCH_OK)
+  if (ensure_timer(c) == ORCH_OK) {
     uv_timer_start(c->timer, on_timer, 0, 0);
+    return;
+  }
+  /* no timer to wait with (out of memory): at once, rather than never */
+  c->finish_pending = false;
+  finish_now(c, code, c->finish_msg ? c->finish_msg : msg);
 }
 
 static orch__llm_attempt *new_attempt(orch__llm_call *c) {
@@ -1569,7 +1576,17 @@ static void begin_tier(orch__llm_call *c, int idx, const char *why) {
   send_attempt(c);
 }
 
+/* Ends the call: its done runs now, or on the next loop turn when the
+ * end came inside orch__llm_call_start (a tier in cooldown with no
+ * fallback, a request the HTTP engine refused at once), so done never runs
+ * inside the caller's own call (a caller that starts the next call from
+ * done would otherwise recurse once per call). */
 static void finish(orch__llm_call *c, int code, const char *msg) {
+  if (c->starting) finish_later(c, code, msg);
+  else finish_now(c, code, msg);
+}
+
+static void finish_now(orch__llm_call *c, int code, const char *msg) {
   orch__llm *l = c->l;
   if (c->finished) return;
   c->finished = true;
@@ -1674,7 +1691,9 @@ int orch__llm_call_start(orch__llm *l, const orch__llm_req *req,
     return ORCH_OK;
   }
   c->tier = (int)(t - l->tiers);
+  c->starting = true;
   begin_tier(c, c->tier, NULL);
+  c->starting = false;
   return ORCH_OK;
 }
 

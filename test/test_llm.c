@@ -1061,6 +1061,130 @@ TEST(mock_1000_calls_hit_by_429_at_once_retry_spread_out) {
   ASSERT_EQ(lctx_deinit(&c), 0);
 }
 
+/* A soak: 800 calls, 100 at a time, each to a tier chosen at random (a
+ * fixed seed) among the mock's faults, streamed or not, one in five
+ * canceled after 0-40 ms (in flight, in backoff, mid-stream); then 100
+ * more and the engine freed under them. Every call ends exactly once, an
+ * answer has its text, a failure its message (never the key), and nothing
+ * is left behind (ASan, the loop closes). */
+typedef struct soak_slot {
+  struct soak *s;
+  orch__llm_call *call;
+  int ended;
+  uv_timer_t cancel;
+} soak_slot;
+
+typedef struct soak {
+  lctx *c;
+  int n, started, ended, ok, failed, canceled, bad, closing;
+  int in_start, done_inside_start; /* done must never run inside start */
+  unsigned seed;
+  soak_slot slots[100];
+} soak;
+
+static const char *const soak_tiers[] = {
+    "ok", "lat", "e500", "e429", "reset", "malformed", "truncated",
+    "slow", "quota", "e400", "chain", "an"};
+
+static void soak_start(soak_slot *sl);
+
+static void soak_done(orch__llm_call *call, void *ud) {
+  soak_slot *sl = ud;
+  soak *s = sl->s;
+  const orch__llm_result *r = orch__llm_call_result(call);
+  if (s->in_start) s->done_inside_start++;
+  if (sl->ended++ || !r) s->bad++;
+  else if (r->code == ORCH_OK) {
+    if (!r->text) s->bad++;
+    s->ok++;
+  } else if (r->code == ORCH_ECANCELED) s->canceled++;
+  else {
+    if (!r->error || !*r->error) s->bad++;
+    s->failed++;
+  }
+  if (r && r->error && strstr(r->error, KEY)) s->bad++;
+  uv_timer_stop(&sl->cancel);
+  orch__llm_call_free(call);
+  sl->call = NULL;
+  s->ended++;
+  s->c->done++;
+  if (s->started < s->n && !s->closing) soak_start(sl);
+}
+
+static void soak_cancel(uv_timer_t *t) {
+  soak_slot *sl = t->data;
+  if (sl->call) orch__llm_call_cancel(sl->call);
+}
+
+static void soak_start(soak_slot *sl) {
+  soak *s = sl->s;
+  s->started++;
+  sl->ended = 0;
+  int k = (int)(rand_r(&s->seed) % (sizeof soak_tiers / sizeof *soak_tiers));
+  orch__llm_req rq = {.tier = soak_tiers[k], .prompt = "soak prompt",
+                      .stream = (int)(rand_r(&s->seed) % 2),
+                      .done = soak_done, .ud = sl};
+  s->in_start = 1;
+  if (orch__llm_call_start(s->c->l, &rq, &sl->call)) s->bad++;
+  s->in_start = 0;
+  if (sl->call && rand_r(&s->seed) % 5 == 0)
+    uv_timer_start(&sl->cancel, soak_cancel, rand_r(&s->seed) % 40, 0);
+}
+
+TEST(mock_soak_of_faults_streams_cancels_and_a_free_under_load) {
+  static const char conf[] =
+      "{\"llm\":{\"max_attempts\":3,\"backoff_base_ms\":2,"
+      "\"backoff_max_ms\":20,\"idle_timeout_ms\":200,\"timeout_ms\":3000,"
+      "\"cooldown\":{\"failures\":50,\"window_ms\":1000,"
+      "\"cooldown_ms\":200}},\"tiers\":{"
+      MOCK_TIER("ok", "openai", "/v1", "m", ",\"api_key\":\"" KEY "\"") ","
+      MOCK_TIER("an", "anthropic", "", "m", ",\"api_key\":\"" KEY "\"") ","
+      MOCK_TIER("lat", "openai", "/v1", "m+fault=latency=15", "") ","
+      MOCK_TIER("e500", "openai", "/v1", "m+fault=500", "") ","
+      MOCK_TIER("e429", "anthropic", "", "m+fault=429;retry-after-ms=10", "") ","
+      MOCK_TIER("reset", "openai", "/v1", "m+fault=reset", "") ","
+      MOCK_TIER("malformed", "openai", "/v1", "m+fault=malformed", "") ","
+      MOCK_TIER("truncated", "anthropic", "", "m+fault=truncated", "") ","
+      MOCK_TIER("slow", "openai", "/v1", "m+fault=slow-stream=5", "") ","
+      MOCK_TIER("quota", "openai", "/v1", "m+fault=429-quota",
+                ",\"fallback\":\"ok\"") ","
+      MOCK_TIER("e400", "openai", "/v1", "m+fault=400", "") ","
+      MOCK_TIER("chain", "openai", "/v1", "m+fault=500",
+                ",\"fallback\":\"lat\"") "}}";
+  lctx c;
+  ASSERT_EQ(lctx_start(&c, conf, true), 0);
+  soak *s = calloc(1, sizeof *s);
+  ASSERT(s);
+  s->c = &c;
+  s->n = 800;
+  s->seed = 42;
+  for (int i = 0; i < 100; i++) {
+    s->slots[i].s = s;
+    uv_timer_init(&c.loop, &s->slots[i].cancel);
+    s->slots[i].cancel.data = &s->slots[i];
+  }
+  for (int i = 0; i < 100; i++) soak_start(&s->slots[i]);
+  lrun(&c, 800, 60000);
+  ASSERT_EQ(s->ended, 800);
+  ASSERT_EQ(s->bad, 0);
+  ASSERT_EQ(s->done_inside_start, 0); /* cooldowns ended calls at start */
+  ASSERT(s->ok > 0 && s->failed > 0 && s->canceled > 0);
+  /* 100 more, and the engine freed under them: each still ends once */
+  s->n += 100;
+  for (int i = 0; i < 100; i++) soak_start(&s->slots[i]);
+  for (int i = 0; i < 5; i++) uv_run(&c.loop, UV_RUN_NOWAIT);
+  s->closing = 1;
+  orch__llm_free(c.l);
+  c.l = NULL;
+  ASSERT_EQ(s->ended, 900);
+  ASSERT_EQ(s->bad, 0);
+  ASSERT_EQ(s->done_inside_start, 0);
+  for (int i = 0; i < 100; i++)
+    uv_close((uv_handle_t *)&s->slots[i].cancel, NULL);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+  free(s);
+}
+
 TEST(llm_kind_1000_steps_at_once_each_get_their_own_answer) {
   orch_mock *m = NULL;
   char err[512];
