@@ -1033,8 +1033,10 @@ orch__http *orch__llm_http(orch__llm *l);
 size_t orch__llm_parsing(const orch__llm *l);
 bool orch__llm_has_tier(const orch__llm *l, const char *name);
 /* Starts a call on the loop thread. The call is owned by the caller from
- * done() on: free it with orch__llm_call_free (any thread). A call that
- * fails to start still calls done (deferred to the next loop turn). */
+ * done() on: free it with orch__llm_call_free (any thread). done never
+ * runs inside this function: a call that fails to start, or ends at once
+ * (its tier's endpoint in cooldown with no fallback), calls it on the next
+ * loop turn. */
 int orch__llm_call_start(orch__llm *l, const orch__llm_req *req,
                          orch__llm_call **out /* OUT */);
 /* Stops a call; its done runs on a later loop turn with ORCH_ECANCELED. */
