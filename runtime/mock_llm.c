@@ -69,25 +69,19 @@ typedef struct {
   bool oom;
 } sbuf;
 
-/* Room for n more bytes and the terminator; false (and oom) without. */
-static bool sb_reserve(sbuf *b, size_t n) {
-  if (b->oom) return false;
+static void sb_addn(sbuf *b, const char *s, size_t n) {
+  if (b->oom) return;
   if (b->len + n + 1 > b->cap) {
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->len + n + 1) cap *= 2;
     char *p = realloc(b->s, cap);
     if (!p) {
       b->oom = true;
-      return false;
+      return;
     }
     b->s = p;
     b->cap = cap;
   }
-  return true;
-}
-
-static void sb_addn(sbuf *b, const char *s, size_t n) {
-  if (!sb_reserve(b, n)) return;
   memcpy(b->s + b->len, s, n);
   b->len += n;
   b->s[b->len] = '\0';
@@ -216,7 +210,7 @@ typedef struct {
   int wake_fd;  /* eventfd: orch_mock_free wakes the loop */
   wake *heap;   /* min-heap on due */
   size_t nheap, capheap;
-  json_t *str; /* a string value, refilled per answer (whole_answer) */
+  json_t *reply[2]; /* a whole answer per API, refilled per request */
 } mloop;
 
 #define MAX_LOOPS 4
@@ -1244,72 +1238,64 @@ static char *reply_id(const req *r) {
   return id;
 }
 
-/* Appends s as a JSON string, quoted and escaped by jansson; j is the
- * loop's string value to refill (NULL: a new one). False when s is not
- * UTF-8 or memory ran out. */
-static bool sb_jstr(sbuf *b, json_t *j, const char *s) {
-  json_t *own = NULL;
-  if (!j) j = own = json_string(s);
-  else if (json_string_set(j, s) != 0) j = NULL;
-  size_t n = 0;
-  if (j && sb_reserve(b, strlen(s) + 2)) { /* enough unless escaped */
-    size_t room = b->cap - b->len - 1;
-    n = json_dumpb(j, b->s + b->len, room, JSON_ENCODE_ANY);
-    if (n > room && (!sb_reserve(b, n) ||
-                     json_dumpb(j, b->s + b->len, n, JSON_ENCODE_ANY) != n))
-      n = 0;
-  }
-  json_decref(own);
-  if (!n) return false;
-  b->len += n;
-  b->s[b->len] = '\0';
-  return true;
+static json_t *full_json(const req *r, const char *id) {
+  if (r->api == API_ANTHROPIC)
+    return json_pack("{s:s, s:s, s:s, s:s, s:[{s:s, s:s}], s:s, s:n, s:o}",
+                     "id", id, "type", "message", "role", "assistant",
+                     "model", r->model, "content", "type", "text", "text",
+                     r->reply, "stop_reason",
+                     r->cut ? "max_tokens" : "end_turn", "stop_sequence",
+                     "usage", usage_json(r));
+  return json_pack(
+      "{s:s, s:s, s:I, s:s, s:[{s:i, s:{s:s, s:s}, s:n, s:s}], s:o}", "id",
+      id, "object", "chat.completion", "created", (json_int_t)time(NULL),
+      "model", r->model, "choices", "index", 0, "message", "role",
+      "assistant", "content", r->reply, "logprobs", "finish_reason",
+      r->cut ? "length" : "stop", "usage", usage_json(r));
 }
 
-/* A whole (non-stream) answer, the bytes a compact dump of the document
- * gives (keys in the same order): the frame is fixed text and each string
- * in it is encoded by jansson. Not the dump of a document: jansson 2.14
- * checks every object and array it dumps for a cycle (a pointer printed
- * and put in a table, then taken out), which cost more than the rest of
- * the answer, a sixth of the mock's CPU per request at 40,000 a second.
- * NULL when out of memory or a string is not UTF-8. */
-static char *whole_answer(mloop *lp, const req *r, const char *id) {
-  json_t *j = lp ? lp->str : NULL;
-  sbuf o = {0};
+static bool set_str(json_t *o, const char *k, const char *v) {
+  return json_string_set(json_object_get(o, k), v) == 0;
+}
+
+static bool set_int(json_t *o, const char *k, json_int_t v) {
+  return json_integer_set(json_object_get(o, k), v) == 0;
+}
+
+/* full_json(r, id), but the document is the loop's own, built once per API
+ * and refilled: a whole answer costs a few string copies instead of a
+ * dozen objects and their tables. Loop thread only; returns a new
+ * reference (the caller drops it). */
+static json_t *full_json_reuse(mloop *lp, const req *r, const char *id) {
+  bool an = r->api == API_ANTHROPIC;
+  json_t *t = lp ? lp->reply[an] : NULL;
+  if (!t) {
+    t = full_json(r, id);
+    if (t && lp) lp->reply[an] = json_incref(t);
+    return t;
+  }
   bool ok;
-  if (r->api == API_ANTHROPIC) {
-    sb_add(&o, "{\"id\":");
-    ok = sb_jstr(&o, j, id);
-    sb_add(&o, ",\"type\":\"message\",\"role\":\"assistant\",\"model\":");
-    ok = ok && sb_jstr(&o, j, r->model);
-    sb_add(&o, ",\"content\":[{\"type\":\"text\",\"text\":");
-    ok = ok && sb_jstr(&o, j, r->reply);
-    sb_printf(&o,
-              "}],\"stop_reason\":\"%s\",\"stop_sequence\":null,"
-              "\"usage\":{\"input_tokens\":%zu,\"output_tokens\":%zu}}",
-              r->cut ? "max_tokens" : "end_turn", r->in_tok, r->out_tok);
+  if (an) {
+    json_t *u = json_object_get(t, "usage");
+    ok = set_str(t, "id", id) && set_str(t, "model", r->model) &&
+         set_str(json_array_get(json_object_get(t, "content"), 0), "text",
+                 r->reply) &&
+         set_str(t, "stop_reason", r->cut ? "max_tokens" : "end_turn") &&
+         set_int(u, "input_tokens", (json_int_t)r->in_tok) &&
+         set_int(u, "output_tokens", (json_int_t)r->out_tok);
   } else {
-    sb_add(&o, "{\"id\":");
-    ok = sb_jstr(&o, j, id);
-    sb_printf(&o, ",\"object\":\"chat.completion\",\"created\":%lld,"
-                  "\"model\":",
-              (long long)time(NULL));
-    ok = ok && sb_jstr(&o, j, r->model);
-    sb_add(&o, ",\"choices\":[{\"index\":0,\"message\":{\"role\":"
-               "\"assistant\",\"content\":");
-    ok = ok && sb_jstr(&o, j, r->reply);
-    sb_printf(&o,
-              "},\"logprobs\":null,\"finish_reason\":\"%s\"}],\"usage\":"
-              "{\"prompt_tokens\":%zu,\"completion_tokens\":%zu,"
-              "\"total_tokens\":%zu}}",
-              r->cut ? "length" : "stop", r->in_tok, r->out_tok,
-              r->in_tok + r->out_tok);
+    json_t *ch = json_array_get(json_object_get(t, "choices"), 0);
+    json_t *u = json_object_get(t, "usage");
+    ok = set_str(t, "id", id) && set_int(t, "created", (json_int_t)time(NULL)) &&
+         set_str(t, "model", r->model) &&
+         set_str(json_object_get(ch, "message"), "content", r->reply) &&
+         set_str(ch, "finish_reason", r->cut ? "length" : "stop") &&
+         set_int(u, "prompt_tokens", (json_int_t)r->in_tok) &&
+         set_int(u, "completion_tokens", (json_int_t)r->out_tok) &&
+         set_int(u, "total_tokens", (json_int_t)(r->in_tok + r->out_tok));
   }
-  if (!ok) {
-    free(o.s);
-    return NULL;
-  }
-  return sb_take(&o);
+  if (!ok) return full_json(r, id); /* e.g. text that is not UTF-8 */
+  return json_incref(t);
 }
 
 /* Splits the reply into deltas of at least 16 bytes ending after spaces. */
@@ -1414,7 +1400,7 @@ static enum MHD_Result queue_reply(req *r, struct MHD_Connection *c) {
   const fault *f = &r->f;
   bool shaped = f->malformed || f->truncated || f->slow_ms || f->stall_ms;
   if (!r->stream) {
-    doc = whole_answer(loop_of(r->m, c), r, id);
+    doc = dump_new(full_json_reuse(loop_of(r->m, c), r, id));
     if (!doc) goto done;
     if (f->malformed) { /* valid JSON cut in half, then junk */
       size_t half = strlen(doc) / 2;
@@ -1731,7 +1717,6 @@ ORCH_API int orch_mock_start(orch_mock **out /* OUT */, const char *host,
     mloop *lp = &m->loops[i];
     lp->m = m;
     lp->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    lp->str = json_string(""); /* NULL: whole_answer makes its own */
     /* each daemon owns (and closes) its own descriptor of the socket */
     int lfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (lp->wake_fd < 0 || lfd < 0) {
@@ -1794,7 +1779,8 @@ ORCH_API void orch_mock_free(orch_mock *m) {
     if (lp->daemon) MHD_stop_daemon(lp->daemon);
     if (lp->wake_fd > 0) close(lp->wake_fd);
     free(lp->heap);
-    json_decref(lp->str);
+    json_decref(lp->reply[0]);
+    json_decref(lp->reply[1]);
   }
   for (size_t i = 0; i < m->nff; i++) free(m->ff[i].key);
   free(m->ff);

@@ -400,10 +400,9 @@ TEST(mock_echo_model_returns_the_last_user_message) {
   orch_mock_free(m);
 }
 
-/* Whole answers are a fixed frame with each string encoded by jansson:
- * quotes, backslashes, control characters, non-ASCII and text long enough
- * that its escaped form outgrows the room first made for it all come back
- * exactly, in both APIs. */
+/* Whole answers carry any text and model name: quotes, backslashes,
+ * control characters, non-ASCII and text whose escaped form is several
+ * times its length all come back exactly, in both APIs. */
 TEST(mock_whole_answers_carry_any_text_and_model_name_intact) {
   orch_mock *m = start();
   ASSERT(m);
