@@ -1646,6 +1646,13 @@ static void finish_now(orch__llm_call *c, int code, const char *msg) {
   if (c->done) c->done(c, c->ud);
 }
 
+/* A copy of s, with U+FFFD for each byte that is not UTF-8. */
+static char *utf8_copy(const char *s) {
+  size_t n = strlen(s);
+  return orch__utf8_valid(s, n, NULL) ? orch__strdup(s)
+                                      : orch__utf8_repair(s, n);
+}
+
 int orch__llm_call_start(orch__llm *l, const orch__llm_req *req,
                          orch__llm_call **out) {
   *out = NULL;
@@ -1657,8 +1664,9 @@ int orch__llm_call_start(orch__llm *l, const orch__llm_req *req,
   c->ud = req->ud;
   c->tier_name = orch__strdup(req->tier ? req->tier : l->default_tier);
   c->model = req->model && *req->model ? orch__strdup(req->model) : NULL;
-  c->system = req->system ? orch__strdup(req->system) : NULL;
-  c->prompt = orch__strdup(req->prompt ? req->prompt : "");
+  /* text sent as JSON must be UTF-8: a dependency's output may not be */
+  c->system = req->system ? utf8_copy(req->system) : NULL;
+  c->prompt = utf8_copy(req->prompt ? req->prompt : "");
   c->fault = req->fault ? orch__strdup(req->fault) : NULL;
   c->max_tokens = req->max_tokens;
   c->stream_req = req->stream;

@@ -38,6 +38,9 @@ int64_t orch__now_ns(void);
 int orch__check_id(const char *id, size_t len, char *err, size_t errlen);
 /* Valid UTF-8? On failure *bad is the offset of the first bad byte. */
 bool orch__utf8_valid(const char *s, size_t len, size_t *bad);
+/* A copy of s (len bytes) in which each byte that does not start a valid
+ * UTF-8 sequence is U+FFFD; NULL when out of memory. */
+char *orch__utf8_repair(const char *s, size_t len);
 /* Reads a whole file, refusing more than max bytes (the limit is named). */
 int orch__read_file(const char *path, size_t max, char **out, size_t *len,
                     char *err, size_t errlen);

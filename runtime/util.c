@@ -82,6 +82,23 @@ fail:
   return false;
 }
 
+char *orch__utf8_repair(const char *s, size_t len) {
+  orch__buf b = {0};
+  size_t i = 0, bad;
+  int rc = ORCH_OK;
+  while (!rc && !orch__utf8_valid(s + i, len - i, &bad)) {
+    rc = orch__buf_add(&b, s + i, bad);
+    if (!rc) rc = orch__buf_add(&b, "\xEF\xBF\xBD", 3); /* U+FFFD */
+    i += bad + 1;
+  }
+  if (!rc) rc = orch__buf_add(&b, s + i, len - i);
+  if (rc) {
+    orch__buf_deinit(&b);
+    return NULL;
+  }
+  return b.p;
+}
+
 int orch__check_id(const char *id, size_t len, char *err, size_t errlen) {
   if (len == 0) return orch__err(err, errlen, ORCH_EPLAN, "empty step id");
   if (len > ORCH__MAX_ID_BYTES)

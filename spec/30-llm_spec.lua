@@ -149,6 +149,18 @@ return {
     assert.are.equal(1, n, e)
   end)
 
+  it("sends a dependency's output that is not UTF-8 with U+FFFD, not an empty request", function()
+    local plan = h.plan({
+      { id = "s", kind = "shell", run = "printf 'bin \\377\\376 data'" },
+      { id = "a", kind = "llm", prompt = "summarise", deps = { "s" } },
+    })
+    local code, doc, out, err = run(plan, config(base))
+    assert.are.equal(0, code, err .. out)
+    local a = step(doc, "a")
+    assert.are.equal("passed", a.status, a.error)
+    assert.matches("bin \u{FFFD}\u{FFFD} data", a.output, 1, true)
+  end)
+
   it("needs nothing but OPENAI_BASE_URL to reach a local server", function()
     local plan = h.plan({
       { id = "a", kind = "llm", prompt = "x", tier = "fast" },

@@ -214,6 +214,27 @@ TEST(llm_anthropic_whole_and_stream) {
   ASSERT_EQ(lctx_deinit(&c), 0);
 }
 
+/* A prompt that is not UTF-8 (a dependency's binary output) is sent with
+ * U+FFFD for each bad byte, not dropped from the request. */
+TEST(llm_a_prompt_that_is_not_utf8_is_sent_repaired) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  orch__llm_call *call = call1(&c, "oa", "bin \xff\xfe data \xe6\x97", 0);
+  ASSERT(call);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_OK);
+  ASSERT_STR_EQ(r->text, "echo: bin \xef\xbf\xbd\xef\xbf\xbd data "
+                         "\xef\xbf\xbd\xef\xbf\xbd");
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+  char *t = orch__utf8_repair("a\xc3\xa9\x80z", 5); /* é, a stray byte */
+  ASSERT_STR_EQ(t, "a\xc3\xa9\xef\xbf\xbdz");
+  free(t);
+  t = orch__utf8_repair("", 0);
+  ASSERT_STR_EQ(t, "");
+  free(t);
+}
+
 TEST(llm_missing_usage_is_unknown_not_zero) {
   lctx c;
   ASSERT_EQ(lctx_init(&c, conf_basic), 0);
