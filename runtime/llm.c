@@ -65,6 +65,8 @@ typedef struct llm_tier {
   double price_in, price_out; /* USD per million tokens */
   int max_tokens;             /* 0: llm default */
   int stream;                 /* -1: llm default */
+  const char *key_env; /* set when the endpoint is a hosted API that wants a
+                          key and the tier has none: the variable to set */
   llm_ep *ep;
 } llm_tier;
 
@@ -309,6 +311,14 @@ static int tier_set(orch__llm *l, const char *name, int provider,
   t->max_tokens = max_tokens;
   t->stream = stream;
   t->fallback_idx = -1;
+  /* The hosted APIs answer nothing without a key: such a tier is skipped
+   * at once, with a message that says what to set, not tried four times */
+  t->key_env = NULL;
+  if (!t->api_key && strncmp(t->base_url, "https://api.openai.com", 22) == 0)
+    t->key_env = "OPENAI_API_KEY";
+  if (!t->api_key &&
+      strncmp(t->base_url, "https://api.anthropic.com", 25) == 0)
+    t->key_env = "ANTHROPIC_API_KEY";
   if (!t->name || !t->base_url || !t->url || !t->model) return ORCH_ENOMEM;
   return ORCH_OK;
 }
@@ -1452,24 +1462,43 @@ static void http_done_rest(orch__llm_call *c, bool parsed) {
   }
 }
 
+/* Records an attempt that was never sent (action: cooldown, no_key) and
+ * goes on to the tier's fallback. */
+static void skip_tier(orch__llm_call *c, const llm_tier *t, int code,
+                      const char *action, const char *why) {
+  orch__llm_attempt *a = new_attempt(c);
+  if (a) {
+    a->code = code;
+    a->action = action;
+    a->error = orch__strdup(why);
+  }
+  if (!c->last_error) {
+    c->last_error = orch__strdup(why);
+    c->last_code = code;
+  }
+  begin_tier(c, t->fallback_idx, why);
+}
+
 static void send_attempt(orch__llm_call *c) {
   orch__llm *l = c->l;
   const llm_tier *t = &l->tiers[c->tier];
+  if (t->key_env) {
+    char *why = orch__asprintf(
+        "tier '%s' has no API key for %s: set %s (or the tier's api_key or "
+        "api_key_env)%s",
+        t->name, t->base_url, t->key_env,
+        t->provider == PROV_OPENAI
+            ? ", or OPENAI_BASE_URL for a local OpenAI-compatible server"
+            : "");
+    skip_tier(c, t, ORCH_ECONFIG, "no_key", why);
+    free(why);
+    return;
+  }
   if (t->ep->cooldown_until_ns > orch__now_ns()) {
     /* the endpoint cooled down while we waited: go straight on */
-    orch__llm_attempt *a = new_attempt(c);
     char *why = orch__asprintf("tier '%s' endpoint in cooldown for %lld ms",
                                t->name, (long long)ep_cooldown_left_ms(t->ep));
-    if (a) {
-      a->code = ORCH_EHTTP;
-      a->action = "cooldown";
-      a->error = orch__strdup(why);
-    }
-    if (!c->last_error) {
-      c->last_error = orch__strdup(why);
-      c->last_code = ORCH_EHTTP;
-    }
-    begin_tier(c, t->fallback_idx, why);
+    skip_tier(c, t, ORCH_EHTTP, "cooldown", why);
     free(why);
     return;
   }

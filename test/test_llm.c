@@ -634,6 +634,47 @@ static void env_restore(void) {
   }
 }
 
+/* A tier on a hosted API (api.openai.com, api.anthropic.com) without a
+ * key is skipped at once to its fallback, recorded as a "no_key" attempt
+ * whose message says what to set; with no fallback the call fails at
+ * once, nothing sent. */
+TEST(llm_a_hosted_tier_without_a_key_is_skipped_saying_what_to_set) {
+  env_save(); /* no OPENAI_API_KEY / ANTHROPIC_API_KEY to fall back on */
+  lctx c;
+  int rc = lctx_init(
+      &c, "{\"llm\":{\"cooldown\":{\"failures\":0}},\"tiers\":{"
+          "\"hosted\":{\"base_url\":\"https://api.openai.com/v1\","
+          "\"model\":\"gpt-x\",\"fallback\":\"mine\"},"
+          "\"claude\":{\"provider\":\"anthropic\",\"model\":\"c\"},"
+          "\"mine\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\","
+          "\"model\":\"ok\"}}}");
+  env_restore();
+  ASSERT_EQ(rc, 0);
+  unsigned long sent = mini_llm_requests(c.m);
+  int64_t t0 = tnow();
+  orch__llm_call *call = call1(&c, "hosted", "x", 0);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_OK);
+  ASSERT_STR_EQ(r->tier, "mine");
+  ASSERT_EQ(r->nattempts, 2);
+  ASSERT_STR_EQ(r->attempts[0].action, "no_key");
+  ASSERT_CONTAINS(r->attempts[0].error, "tier 'hosted' has no API key for "
+                                        "https://api.openai.com/v1: set "
+                                        "OPENAI_API_KEY");
+  ASSERT_CONTAINS(r->attempts[0].error, "OPENAI_BASE_URL");
+  ASSERT_EQ(mini_llm_requests(c.m), sent + 1); /* only the fallback's */
+  orch__llm_call_free(call);
+  call = call1(&c, "claude", "x", 0);
+  r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_ECONFIG);
+  ASSERT_EQ(r->nattempts, 1);
+  ASSERT_CONTAINS(r->error, "set ANTHROPIC_API_KEY");
+  ASSERT_CONTAINS(r->error, "no fallback tier");
+  ASSERT((tnow() - t0) / 1000000 < 1000); /* no retries, no backoff */
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
 TEST(llm_only_openai_base_url_serves_every_tier) {
   uv_loop_t loop;
   uv_loop_init(&loop);
