@@ -332,14 +332,17 @@ static const char *jstr(json_t *o, const char *k) {
 }
 
 /* Default tiers: fast -> local -> strong. With only OPENAI_BASE_URL set,
- * all three use it (model OPENAI_MODEL, else the tier's default name). */
+ * all three use it (model OPENAI_MODEL, else the tier's default name);
+ * with only OPENAI_API_KEY, fast and strong use api.openai.com. */
 static int default_tiers(orch__llm *l) {
   const char *obase = env_nonempty("OPENAI_BASE_URL");
   const char *okey = env_nonempty("OPENAI_API_KEY");
   const char *omodel = env_nonempty("OPENAI_MODEL");
   const char *abase = env_nonempty("ANTHROPIC_BASE_URL");
   const char *akey = env_nonempty("ANTHROPIC_API_KEY");
-  bool anthropic = abase || akey || !obase;
+  /* strong speaks Anthropic unless only OpenAI was configured (a base URL
+   * or a key): one OpenAI key then serves every tier it can */
+  bool anthropic = abase || akey || (!obase && !okey);
   int rc;
   if ((rc = tier_set(l, "fast", PROV_OPENAI,
                      obase ? obase : "https://api.openai.com/v1",
@@ -355,7 +358,8 @@ static int default_tiers(orch__llm *l) {
                   abase ? abase : "https://api.anthropic.com",
                   "claude-sonnet-4-5", akey, NULL, 3.0, 15.0, 0, -1);
   else
-    rc = tier_set(l, "strong", PROV_OPENAI, obase,
+    rc = tier_set(l, "strong", PROV_OPENAI,
+                  obase ? obase : "https://api.openai.com/v1",
                   omodel ? omodel : "gpt-4o", okey, NULL, 2.5, 10.0, 0, -1);
   return rc;
 }

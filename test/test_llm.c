@@ -725,6 +725,28 @@ TEST(llm_only_openai_base_url_serves_every_tier) {
   orch__llm_free(l);
   uv_run(&loop, UV_RUN_DEFAULT);
   ASSERT_EQ(uv_loop_close(&loop), 0);
+  /* one OpenAI key alone: strong is OpenAI's too; nothing at all: strong
+   * is Anthropic's, as before */
+  for (int only_key = 1; only_key >= 0; only_key--) {
+    env_save();
+    if (only_key) setenv("OPENAI_API_KEY", KEY, 1);
+    uv_loop_init(&loop);
+    rc = orch__llm_new_json(&l, NULL, &loop, err, sizeof err);
+    env_restore();
+    ASSERT_EQ(rc, 0);
+    d = orch__llm_describe(l);
+    json_t *st = json_object_get(d, "strong");
+    ASSERT_STR_EQ(json_string_value(json_object_get(st, "provider")),
+                  only_key ? "openai" : "anthropic");
+    ASSERT_STR_EQ(json_string_value(json_object_get(st, "base_url")),
+                  only_key ? "https://api.openai.com/v1"
+                           : "https://api.anthropic.com");
+    ASSERT(json_is_true(json_object_get(st, "api_key")) == only_key);
+    json_decref(d);
+    orch__llm_free(l);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    ASSERT_EQ(uv_loop_close(&loop), 0);
+  }
 }
 
 TEST(llm_1000_concurrent_calls_pair_answers_with_callers) {
