@@ -333,7 +333,8 @@ static const char *jstr(json_t *o, const char *k) {
 
 /* Default tiers: fast -> local -> strong. With only OPENAI_BASE_URL set,
  * all three use it (model OPENAI_MODEL, else the tier's default name);
- * with only OPENAI_API_KEY, fast and strong use api.openai.com. */
+ * with only OPENAI_API_KEY, fast and strong use api.openai.com; with only
+ * Anthropic's variables, all three are Anthropic's. */
 static int default_tiers(orch__llm *l) {
   const char *obase = env_nonempty("OPENAI_BASE_URL");
   const char *okey = env_nonempty("OPENAI_API_KEY");
@@ -344,6 +345,16 @@ static int default_tiers(orch__llm *l) {
    * or a key): one OpenAI key then serves every tier it can */
   bool anthropic = abase || akey || (!obase && !okey);
   int rc;
+  if ((abase || akey) && !obase && !okey) { /* only Anthropic: every tier */
+    const char *b = abase ? abase : "https://api.anthropic.com";
+    if ((rc = tier_set(l, "fast", PROV_ANTHROPIC, b, "claude-haiku-4-5", akey,
+                       "local", 1.0, 5.0, 0, -1)) ||
+        (rc = tier_set(l, "local", PROV_ANTHROPIC, b, "claude-haiku-4-5",
+                       akey, "strong", 1.0, 5.0, 0, -1)))
+      return rc;
+    return tier_set(l, "strong", PROV_ANTHROPIC, b, "claude-sonnet-4-5", akey,
+                    NULL, 3.0, 15.0, 0, -1);
+  }
   if ((rc = tier_set(l, "fast", PROV_OPENAI,
                      obase ? obase : "https://api.openai.com/v1",
                      omodel ? omodel : "gpt-4o-mini", okey, "local", 0.15,

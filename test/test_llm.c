@@ -725,6 +725,24 @@ TEST(llm_only_openai_base_url_serves_every_tier) {
   orch__llm_free(l);
   uv_run(&loop, UV_RUN_DEFAULT);
   ASSERT_EQ(uv_loop_close(&loop), 0);
+  /* Anthropic's key alone: every tier is Anthropic's */
+  env_save();
+  setenv("ANTHROPIC_API_KEY", KEY, 1);
+  uv_loop_init(&loop);
+  rc = orch__llm_new_json(&l, NULL, &loop, err, sizeof err);
+  env_restore();
+  ASSERT_EQ(rc, 0);
+  d = orch__llm_describe(l);
+  for (int i = 0; i < 3; i++) {
+    json_t *t = json_object_get(d, tiers[i]);
+    ASSERT_STR_EQ(json_string_value(json_object_get(t, "provider")),
+                  "anthropic");
+    ASSERT(json_is_true(json_object_get(t, "api_key")));
+  }
+  json_decref(d);
+  orch__llm_free(l);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(uv_loop_close(&loop), 0);
   /* one OpenAI key alone: strong is OpenAI's too; nothing at all: strong
    * is Anthropic's, as before */
   for (int only_key = 1; only_key >= 0; only_key--) {
