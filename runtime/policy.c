@@ -1157,24 +1157,35 @@ static int pcall_budget(lua_State *L, int nargs, int nres, const char *file,
 
 /* Splits "file:line: message" for a report; a file that is the (possibly
  * shortened) chunk name of m is replaced by m's full path. */
+/* The file part of msg's "file:line:" into file (""when none); returns
+ * the length of the whole "file:line:" prefix (0: none). */
+static size_t where_file(const char *msg, long *line, char *file,
+                         size_t filecap) {
+  size_t w = where_len(msg, line);
+  size_t flen = 0;
+  /* the file part ends at the ':' before the line number */
+  for (size_t i = w ? w - 1 : 0; i > 0; i--)
+    if (msg[i - 1] == ':') { flen = i - 1; break; }
+  snprintf(file, filecap, "%.*s", (int)flen, msg);
+  return w;
+}
+
+/* Whether a file named in a Lua message (its chunk name, or "..." and its
+ * tail when Lua shortened it) is module m's. */
+static bool names_module(const char *file, const pmod *m) {
+  if (strcmp(file, m->chunk + 1) == 0) return true;
+  size_t pl = strlen(m->path), fl = strlen(file);
+  return strncmp(file, "...", 3) == 0 && pl >= fl - 3 &&
+         strcmp(m->path + pl - (fl - 3), file + 3) == 0;
+}
+
 static void report_error(orch_report_fn report, void *ud, const pmod *m,
                          const char *path, const char *msg) {
   long line = 0;
-  size_t w = where_len(msg, &line);
   char file[1024];
+  size_t w = where_file(msg, &line, file, sizeof file);
   if (w) {
-    const char *colon = msg;
-    size_t flen = 0;
-    /* the file part ends at the ':' before the line number */
-    for (size_t i = w - 1; i > 0; i--)
-      if (msg[i - 1] == ':') { flen = i - 1; break; }
-    snprintf(file, sizeof file, "%.*s", (int)flen, colon);
-    if (m && (strcmp(file, m->chunk + 1) == 0 ||
-              (strncmp(file, "...", 3) == 0 &&
-               strlen(m->path) >= strlen(file + 3) &&
-               strcmp(m->path + strlen(m->path) - strlen(file + 3),
-                      file + 3) == 0)))
-      snprintf(file, sizeof file, "%s", m->path);
+    if (m && names_module(file, m)) snprintf(file, sizeof file, "%s", m->path);
     msg += w;
     while (*msg == ' ') msg++;
     char text[1024];
@@ -2240,6 +2251,14 @@ int orch_scripts_check(orch_runtime *rt, const char *dir,
     return ORCH_ENOTFOUND;
   }
   if (rc) return rc;
+  /* each module in a fresh state; the errors are reported after, those of
+   * modules that fail on their own first, then those that fail only
+   * because a module they require does (one line each, naming it) */
+  char **errs = calloc(snap->n ? snap->n : 1, sizeof *errs);
+  if (!errs) {
+    snap_unref(snap);
+    return ORCH_ENOMEM;
+  }
   for (size_t i = 0; i < snap->n; i++) {
     char err[1024];
     const pmod *m = &snap->mods[i];
@@ -2250,9 +2269,29 @@ int orch_scripts_check(orch_runtime *rt, const char *dir,
     state_close(L);
     if (rc) {
       problems++;
-      if (report) report_error(report, ud, m, m->path, err);
+      errs[i] = orch__strdup(err);
     }
   }
+  for (int pass = 0; pass < 2 && report; pass++) {
+    for (size_t i = 0; i < snap->n; i++) {
+      if (!errs[i]) continue;
+      const pmod *m = &snap->mods[i], *dep = NULL;
+      char file[1024];
+      if (where_file(errs[i], NULL, file, sizeof file))
+        for (size_t j = 0; j < snap->n && !dep; j++)
+          if (j != i && errs[j] && names_module(file, &snap->mods[j]))
+            dep = &snap->mods[j];
+      if (pass == 0 && !dep) report_error(report, ud, m, m->path, errs[i]);
+      if (pass == 1 && dep) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "fails only because %s does (%s, above)",
+                 dep->name, dep->path);
+        report(ud, m->path, 0, msg);
+      }
+    }
+  }
+  for (size_t i = 0; i < snap->n; i++) free(errs[i]);
+  free(errs);
   snap_unref(snap);
   return problems;
 }

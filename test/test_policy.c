@@ -1037,6 +1037,31 @@ TEST(scripts_check_reports_file_line_for_each_failing_script) {
   free(dir);
 }
 
+/* A module that fails only because one it requires does gets one line
+ * naming that module, after the module's own error, not the same error
+ * twice. */
+TEST(scripts_check_names_the_module_a_failure_comes_from) {
+  char *dir = tmpdir_new();
+  put(dir, "routing/complexity.lua", "local M = {}\nlocal x = = 1\nreturn M\n");
+  put(dir, "policies/uses.lua",
+      "local c = require 'routing.complexity'\nlocal M = {}\nreturn M\n");
+  put(dir, "policies/fine.lua", "return {}\n");
+  reports r;
+  memset(&r, 0, sizeof r);
+  ASSERT_EQ(orch_scripts_check(NULL, dir, on_report, &r), 2);
+  ASSERT_EQ(r.n, 2);
+  char want[600];
+  snprintf(want, sizeof want, "%s/routing/complexity.lua:2: ", dir);
+  ASSERT_CONTAINS(r.text[0], want);
+  snprintf(want, sizeof want,
+           "%s/policies/uses.lua:0: fails only because routing.complexity "
+           "does (%s/routing/complexity.lua, above)",
+           dir, dir);
+  ASSERT_STR_EQ(r.text[1], want);
+  rm_rf(dir);
+  free(dir);
+}
+
 /* ---- the shipped scripts through the engine ------------------------------ */
 
 TEST(shipped_scripts_serve_through_the_engine) {
