@@ -184,7 +184,17 @@ static int l_g_add(lua_State *L) {
   int rc;
   char err[1024] = "";
   if (lua_isfunction(L, -1)) {
+    long had = orch_graph_find(g->g, id);
     rc = orch_graph_add_host_fn(g->g, id, run_lua_fn, g);
+    /* the C call says only the code: name the problem as a plan would */
+    if (rc == ORCH_ESTATE)
+      snprintf(err, sizeof err, "step '%s': the graph already ran (or was "
+               "validated): add steps before", id);
+    else if (rc == ORCH_EPLAN && had >= 0)
+      snprintf(err, sizeof err, "duplicate step id '%s'", id);
+    else if (rc == ORCH_EPLAN)
+      snprintf(err, sizeof err, "step id '%.64s' is not valid: 1 to 256 "
+               "bytes of UTF-8, no control bytes", id);
     if (rc == ORCH_OK) {
       lua_rawgeti(L, LUA_REGISTRYINDEX, g->fns);
       lua_pushvalue(L, -2);
