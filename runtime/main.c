@@ -62,6 +62,19 @@ static int exit_for(int rc) {
   }
 }
 
+/* Prints s on stdout with its control bytes shown as escapes (\n, \t,
+ * \r, \xNN): one line, and nothing a terminal would act on. */
+static void put_clean(const char *s) {
+  for (; s && *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '\n') fputs("\\n", stdout);
+    else if (c == '\t') fputs("\\t", stdout);
+    else if (c == '\r') fputs("\\r", stdout);
+    else if (c < 0x20 || c == 0x7F) printf("\\x%02x", c);
+    else putchar(c);
+  }
+}
+
 /* ---- options ------------------------------------------------------------- */
 
 typedef struct {
@@ -581,16 +594,17 @@ static int cmd_status(int argc, char **argv) {
     printf("scripts refused by a runtime (the previous version keeps serving "
            "there):\n");
     json_array_foreach(refused, i, s) {
-      printf("  %s  %s (runtime %s, generation %lld): %s\n",
-             json_string_value(json_object_get(s, "at")),
-             json_string_value(json_object_get(s, "file")),
-             json_string_value(json_object_get(s, "runtime"))
-                 ? json_string_value(json_object_get(s, "runtime"))
-                 : "?",
-             (long long)json_integer_value(json_object_get(s, "generation")),
-             json_string_value(json_object_get(s, "error"))
-                 ? json_string_value(json_object_get(s, "error"))
-                 : "");
+      /* text from the store: one line each, no control bytes reach the
+       * terminal (a newline in a message, or an escape sequence) */
+      const char *rtm = json_string_value(json_object_get(s, "runtime"));
+      printf("  %s  ", json_string_value(json_object_get(s, "at")));
+      put_clean(json_string_value(json_object_get(s, "file")));
+      printf(" (runtime ");
+      put_clean(rtm ? rtm : "?");
+      printf(", generation %lld): ",
+             (long long)json_integer_value(json_object_get(s, "generation")));
+      put_clean(json_string_value(json_object_get(s, "error")));
+      putchar('\n');
     }
   }
   if (!one) {

@@ -221,4 +221,19 @@ describe("every finished step", function()
     assert.are.same({}, h.json().decode(out).scripts_refused)
     os.remove(plan)
   end)
+
+  it("is shown by orchestrate status one line each, control bytes escaped", function()
+    local dir = h.tmpdir()
+    local db = dir .. "/r.db"
+    h.cli("run --db sqlite:" .. db .. " " .. h.plan({ { id = "ok", kind = "shell", run = "true" } }))
+    sql(db, "insert into orch_script_events (runtime, module, file, generation, outcome, error) " ..
+            "values ('h:1', 'routing.x', 'x.lua', 2, 'refused', " ..
+            "'x.lua:1: line one' || char(10) || 'line two' || char(27) || '[31m red')")
+    local code, text = h.cli("status --db sqlite:" .. db)
+    assert.are.equal(0, code)
+    local line = text:match("[^\n]*x%.lua:1:[^\n]*")
+    assert.is_truthy(line, text)
+    assert.matches("line one\\nline two\\x1b[31m red", line, 1, true)
+    assert.is_nil(text:find("\27", 1, true))
+  end)
 end)
