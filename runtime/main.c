@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -63,17 +64,22 @@ static int exit_for(int rc) {
 }
 
 /* Prints s on stdout with its control bytes shown as escapes (\n, \t,
- * \r, \xNN): one line, and nothing a terminal would act on. */
-static void put_clean(const char *s) {
+ * \r, \xNN): nothing a terminal would act on (an escape sequence in a
+ * model's answer or a stored message); lines keeps newlines and tabs. */
+static void put_text(const char *s, bool lines) {
   for (; s && *s; s++) {
     unsigned char c = (unsigned char)*s;
-    if (c == '\n') fputs("\\n", stdout);
+    if (lines && (c == '\n' || c == '\t')) putchar(c);
+    else if (c == '\n') fputs("\\n", stdout);
     else if (c == '\t') fputs("\\t", stdout);
     else if (c == '\r') fputs("\\r", stdout);
     else if (c < 0x20 || c == 0x7F) printf("\\x%02x", c);
     else putchar(c);
   }
 }
+
+/* One line of text from the store. */
+static void put_clean(const char *s) { put_text(s, false); }
 
 /* ---- options ------------------------------------------------------------- */
 
@@ -525,7 +531,14 @@ static int cmd_ask(int argc, char **argv) {
       printf("<observation>%s</observation>\n", o_txt ? o_txt : "{}");
       free(o_txt);
     }
-    if (answer && *answer) printf("<answer>%s</answer>\n", answer);
+    if (answer && *answer) { /* the model's text: raw into a file or a
+                                pipe, its control bytes escaped on a
+                                terminal */
+      fputs("<answer>", stdout);
+      if (isatty(STDOUT_FILENO)) put_text(answer, true);
+      else fputs(answer, stdout);
+      fputs("</answer>\n", stdout);
+    }
     double mk = json_number_value(json_object_get(doc, "makespan_ms"));
     double sq = json_number_value(json_object_get(doc, "sequential_ms"));
     if (mk > 0)

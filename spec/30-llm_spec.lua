@@ -161,6 +161,21 @@ return {
     assert.matches("bin \u{FFFD}\u{FFFD} data", a.output, 1, true)
   end)
 
+  it("shows a model's answer raw in a pipe and with control bytes escaped on a terminal", function()
+    local env = "OPENAI_BASE_URL=" .. base .. "/v1 OPENAI_MODEL=mock-echo ANTHROPIC_API_KEY= " ..
+                "ANTHROPIC_BASE_URL= OPENAI_API_KEY="
+    local req = h.sh_quote("red \27[31mALERT\27[0m")
+    local _, piped = h.cli("ask " .. req .. " --no-plan --db none", { env = env })
+    assert.matches("<answer>red \27[31mALERT\27[0m</answer>", piped, 1, true)
+    -- script(1) runs it on a pseudo-terminal
+    local p = io.popen(env .. " script -qec " ..
+      h.sh_quote(h.bin .. " ask " .. req .. " --no-plan --db none") .. " /dev/null")
+    local tty = p:read("a")
+    p:close()
+    assert.matches("<answer>red \\x1b[31mALERT\\x1b[0m</answer>", tty, 1, true)
+    assert.is_nil(tty:find("\27[31m", 1, true))
+  end)
+
   it("needs nothing but OPENAI_BASE_URL to reach a local server", function()
     local plan = h.plan({
       { id = "a", kind = "llm", prompt = "x", tier = "fast" },
