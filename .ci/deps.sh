@@ -5,7 +5,7 @@ set -e
 PKGS="build-essential clang pkg-config lua5.4 liblua5.4-dev lua-cjson lua-busted
 libuv1-dev libcurl4-openssl-dev libpq-dev libsqlite3-dev sqlite3 libjansson-dev
 libmicrohttpd-dev libssl-dev postgresql postgresql-client curl
-nodejs procps"
+nodejs procps bsdutils"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
