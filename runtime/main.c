@@ -395,8 +395,20 @@ static int cmd_run(int argc, char **argv) {
     size_t show = n <= 60 ? n : 40;
     for (size_t i = 0; i < show; i++) {
       const char *e = orch_step_error(g, i);
-      printf("  %-8s %-24s %9.1f ms%s%.200s\n", orch_status_name(orch_step_status(g, i)),
-             orch_step_id(g, i), dur(g, i), e ? "  " : "", e ? e : "");
+      printf("  %-8s %-24s %9.1f ms", orch_status_name(orch_step_status(g, i)),
+             orch_step_id(g, i), dur(g, i));
+      if (e) { /* one line: a provider's or a tool's message may hold
+                  newlines or escape sequences; its first 200 bytes */
+        char head[201];
+        size_t el = strlen(e), hn = el < 200 ? el : 200;
+        while (hn > 0 && hn < el && ((unsigned char)e[hn] & 0xC0) == 0x80)
+          hn--; /* not inside a UTF-8 sequence */
+        memcpy(head, e, hn);
+        head[hn] = '\0';
+        fputs("  ", stdout);
+        put_clean(head);
+      }
+      putchar('\n');
     }
     if (show < n) printf("  ... (%zu more steps)\n", n - show);
     printf("%s: %zu passed, %zu failed, %zu skipped of %zu steps\n", status,

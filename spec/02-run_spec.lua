@@ -107,6 +107,20 @@ describe("a shell step", function()
     assert.are.equal(0, by.s.exit_status)
   end)
 
+  it("that fails shows its message on its one summary line, control bytes escaped", function()
+    local plan = h.plan({
+      { id = "s", kind = "shell", run = "printf 'one\\nred \\033[31mX\\n' >&2; exit 3" },
+      { id = "t", kind = "sleep", ms = 1 },
+    })
+    local code, out = h.cli("run --db none " .. plan)
+    assert.are.equal(1, code)
+    local line = out:match("\n?(  failed   s [^\n]*)\n")
+    assert.is_truthy(line, out)
+    assert.matches("exit status 3: one\\nred \\x1b[31mX", line, 1, true)
+    assert.matches("\n  passed   t ", out)
+    assert.is_nil(out:find("\27", 1, true))
+  end)
+
   it("is killed at its timeout, with its children", function()
     local marker = os.tmpname()
     os.remove(marker)
