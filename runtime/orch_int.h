@@ -41,6 +41,12 @@ bool orch__utf8_valid(const char *s, size_t len, size_t *bad);
 /* A copy of s (len bytes) in which each byte that does not start a valid
  * UTF-8 sequence is U+FFFD; NULL when out of memory. */
 char *orch__utf8_repair(const char *s, size_t len);
+/* Copies src into dst (cap bytes, always terminated, cut when full) with
+ * the passwords of database addresses in it hidden: the secret of
+ * scheme://user:SECRET@host and of password=SECRET / password='SECRET'
+ * reads "[redacted]". For messages that may quote a connection string
+ * (libpq's do). */
+void orch__redact_conninfo(char *dst, size_t cap, const char *src);
 /* Reads a whole file, refusing more than max bytes (the limit is named). */
 int orch__read_file(const char *path, size_t max, char **out, size_t *len,
                     char *err, size_t errlen);
@@ -541,6 +547,9 @@ typedef struct orch__store_opts {
   unsigned backoff_max_ms; /* reconnect backoff ceiling; 0: 5000 */
   int no_migrate;          /* 1: do not apply migrations on connect */
   int read_only;           /* 1: queries only: no writer, no spool (status) */
+  unsigned timeout_ms;     /* PostgreSQL: a call with no answer this long
+                              drops the connection (its batch is spooled,
+                              the writer reconnects); 0: 30000 */
 } orch__store_opts;
 
 /* Record types, one per table. */
@@ -869,6 +878,8 @@ typedef struct orch__backend {
   int (*script_refusals)(void *conn,
                          int (*fn)(void *ud, const orch__script_refusal *r),
                          void *ud, char *err, size_t errlen);
+  /* The deadline of one call into the database, in ms (NULL: none). */
+  void (*set_timeout)(void *conn, unsigned ms);
 } orch__backend;
 extern const orch__backend orch__backend_pg, orch__backend_sqlite;
 

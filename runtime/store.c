@@ -781,6 +781,7 @@ static void w_try_connect(writer *w) {
     w_backoff(w);
     return;
   }
+  if (s->be->set_timeout) s->be->set_timeout(c, s->o.timeout_ms);
   if (!s->o.no_migrate &&
       s->be->migrate(c, 0, NULL, NULL, err, sizeof err) != ORCH_OK) {
     set_error(s, "migrations failed (retrying): %s", err);
@@ -1231,7 +1232,10 @@ void orch__store_stats_get(orch__store *s, orch__store_stats *out) {
 
 static int query_conn(orch__store *s, void **conn, char *err, size_t errlen) {
   if (s->writer_started) orch__store_flush(s, 10000);
-  return s->be->connect(conn, s->conninfo, err, errlen);
+  int rc = s->be->connect(conn, s->conninfo, err, errlen);
+  if (rc == ORCH_OK && s->be->set_timeout)
+    s->be->set_timeout(*conn, s->o.timeout_ms);
+  return rc;
 }
 
 int orch__store_session_steps(orch__store *s, const char *session_id,

@@ -12,9 +12,11 @@
 #include <inttypes.h>
 #include <libpq-fe.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #define MIGRATE_LOCK "7310594712" /* pg_advisory_xact_lock key */
@@ -28,8 +30,32 @@
 #define SEEN_BITS 20
 #define SEEN_CAP ((size_t)1 << SEEN_BITS)
 
+/* The deadline of a call into libpq. libpq blocks the writer's thread
+ * (PQexec, COPY) until the server answers; a server that stops answering
+ * without closing (hung, SIGSTOPped, behind a link that died quietly)
+ * would hold the writer, and orch__store_close after it, for good. So each
+ * connection has a watchdog thread: the backend's entry points arm it (a
+ * deadline, re-armed per statement where a call runs many), and past the
+ * deadline it shuts the socket down (shutdown(2): libpq's wait returns and
+ * the call fails as a lost connection; the batch goes to the spool and the
+ * writer reconnects with backoff). The descriptor stays open until
+ * PQfinish, after the watchdog is joined, so it is never another's. */
+#define PG_TIMEOUT_MS 30000u
+#define PG_MIGRATE_FACTOR 20u /* a pending migration's DDL may be slow */
+
+typedef struct pg_watch {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  pthread_t th;
+  int fd;
+  int64_t deadline_ns; /* 0: not armed */
+  unsigned timeout_ms;
+  bool stop, fired, started;
+} pg_watch;
+
 typedef struct pgc {
   PGconn *c;
+  pg_watch w;
   bool prepared;
   char *copybuf;
   size_t copylen, copycap;
@@ -48,7 +74,12 @@ static void no_notices(void *arg, const char *msg) {
 static void chomp_msg(char *err, size_t errlen, const char *prefix,
                       const char *msg) {
   if (!err || !errlen) return;
-  snprintf(err, errlen, "postgresql: %s%s", prefix, msg ? msg : "");
+  /* libpq quotes the connection string in some messages (a malformed
+   * URI): its password never goes further */
+  char *full = orch__asprintf("postgresql: %s%s", prefix, msg ? msg : "");
+  if (full) orch__redact_conninfo(err, errlen, full);
+  else snprintf(err, errlen, "postgresql: (out of memory)");
+  free(full);
   /* one line: libpq's messages carry newlines and tabs */
   size_t o = 0;
   for (size_t i = 0; err[i]; i++) {
@@ -61,9 +92,107 @@ static void chomp_msg(char *err, size_t errlen, const char *prefix,
   err[o] = '\0';
 }
 
+static int64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void *watch_main(void *arg) {
+  pg_watch *w = arg;
+  pthread_mutex_lock(&w->mu);
+  while (!w->stop) {
+    if (!w->deadline_ns) {
+      pthread_cond_wait(&w->cv, &w->mu);
+      continue;
+    }
+    int64_t now = mono_ns();
+    if (now >= w->deadline_ns) {
+      shutdown(w->fd, SHUT_RDWR);
+      w->fired = true;
+      w->deadline_ns = 0;
+      continue;
+    }
+    struct timespec ts = {(time_t)(w->deadline_ns / 1000000000),
+                          (long)(w->deadline_ns % 1000000000)};
+    pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+  }
+  pthread_mutex_unlock(&w->mu);
+  return NULL;
+}
+
+/* Starts the watchdog of a connected p (false: could not; p then runs
+ * without one). */
+static bool watch_start(pgc *p) {
+  pg_watch *w = &p->w;
+  w->fd = PQsocket(p->c);
+  w->timeout_ms = PG_TIMEOUT_MS;
+  if (w->fd < 0) return false;
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_cond_init(&w->cv, &ca);
+  pthread_condattr_destroy(&ca);
+  if (pthread_create(&w->th, NULL, watch_main, w) != 0) {
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+    return false;
+  }
+  w->started = true;
+  return true;
+}
+
+/* Arms (or re-arms) the deadline: timeout_ms times factor from now. */
+static void arm(pgc *p, unsigned factor) {
+  pg_watch *w = &p->w;
+  if (!w->started) return;
+  pthread_mutex_lock(&w->mu);
+  w->deadline_ns = mono_ns() + (int64_t)w->timeout_ms * factor * 1000000;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+static void disarm(pgc *p) {
+  pg_watch *w = &p->w;
+  if (!w->started) return;
+  pthread_mutex_lock(&w->mu);
+  w->deadline_ns = 0;
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* Whether the watchdog cut the connection (then says so in err). */
+static bool watch_fired(pgc *p, char *err, size_t errlen) {
+  pg_watch *w = &p->w;
+  if (!w->started) return false;
+  pthread_mutex_lock(&w->mu);
+  bool f = w->fired;
+  pthread_mutex_unlock(&w->mu);
+  if (f && err && errlen)
+    snprintf(err, errlen,
+             "postgresql: no answer from the server in %u ms: connection "
+             "closed",
+             w->timeout_ms);
+  return f;
+}
+
+static void pg_set_timeout(void *conn, unsigned ms) {
+  pgc *p = conn;
+  if (p && ms) p->w.timeout_ms = ms;
+}
+
 static void pg_disconnect(void *conn) {
   pgc *p = conn;
   if (!p) return;
+  if (p->w.started) {
+    pthread_mutex_lock(&p->w.mu);
+    p->w.stop = true;
+    pthread_cond_signal(&p->w.cv);
+    pthread_mutex_unlock(&p->w.mu);
+    pthread_join(p->w.th, NULL);
+    pthread_mutex_destroy(&p->w.mu);
+    pthread_cond_destroy(&p->w.cv);
+  }
   PQfinish(p->c);
   free(p->copybuf);
   free(p->seen);
@@ -85,6 +214,7 @@ static int pg_connect(void **out, const char *url, char *err, size_t errlen) {
     return ORCH_ESTORE;
   }
   PQsetNoticeProcessor(p->c, no_notices, NULL);
+  watch_start(p);
   *out = p;
   return ORCH_OK;
 }
@@ -104,13 +234,38 @@ static int exec_cmd(pgc *p, const char *sql, char *err, size_t errlen) {
 
 /* ---- migrations ---------------------------------------------------------- */
 
-static int pg_migrate(void *conn, int status_only, orch_report_fn report,
-                      void *ud, char *err, size_t errlen) {
-  pgc *p = conn;
+/* Whether every migration is applied already, read without DDL or a lock
+ * (the writer calls migrate on each connect: a role with only the rights
+ * to read and write its tables must do without CREATE); if so, reported
+ * as applied. */
+static bool pg_all_applied(pgc *p, orch_report_fn report, void *ud) {
+  PGresult *r = PQexec(p->c, "SELECT version FROM orch_schema_migrations "
+                             "WHERE to_regclass('orch_schema_migrations') "
+                             "IS NOT NULL");
+  bool all = PQresultStatus(r) == PGRES_TUPLES_OK;
+  for (size_t i = 0; all && i < orch__nmigrations; i++) {
+    const orch__migration *m = &orch__migrations[i];
+    if (m->dialect != 'p') continue;
+    bool found = false;
+    for (int j = 0; j < PQntuples(r) && !found; j++)
+      found = atoi(PQgetvalue(r, j, 0)) == m->version;
+    all = found;
+  }
+  PQclear(r);
+  if (!all) return false;
+  for (size_t i = 0; report && i < orch__nmigrations; i++)
+    if (orch__migrations[i].dialect == 'p')
+      report(ud, orch__migrations[i].name, 1, "applied");
+  return true;
+}
+
+static int migrate_inner(pgc *p, int status_only, orch_report_fn report,
+                         void *ud, char *err, size_t errlen) {
   int have[256];
   size_t nhave = 0;
   int rc = ORCH_OK;
   PGresult *r = NULL;
+  if (!status_only && pg_all_applied(p, report, ud)) return ORCH_OK;
   if (!status_only) {
     if (exec_cmd(p,
                  "BEGIN; SELECT pg_advisory_xact_lock(" MIGRATE_LOCK ");"
@@ -163,6 +318,7 @@ static int pg_migrate(void *conn, int status_only, orch_report_fn report,
     PQclear(r);
     r = NULL;
     if (!raced) {
+      arm(p, PG_MIGRATE_FACTOR);
       if (exec_cmd(p, m->sql, err, errlen) != ORCH_OK) {
         size_t l = strlen(err);
         snprintf(err + l, errlen - l, " (migration %s)", m->name);
@@ -352,14 +508,21 @@ static bool copy_row(pgc *p, const orch__row *row, bool direct) {
 }
 
 /* Says whether a failure was about the data (W_DATA) or the database
- * (ORCH__W_RETRY), and copies its message. */
+ * (ORCH__W_RETRY), and copies its message. Data: SQLSTATE class 22 (a bad
+ * value), 23 (a constraint) and 54 (a program limit: a key too long for
+ * its index, a value over a size limit); such a row fails the same way on
+ * every retry, so it must not hold its batch (nor the spool behind it).
+ * Everything else (the connection, resources, a missing table or right)
+ * keeps the rows for later. */
 static int classify(pgc *p, PGresult *r, char *err, size_t errlen) {
   const char *msg = r ? PQresultErrorMessage(r) : NULL;
   if (!msg || !*msg) msg = PQerrorMessage(p->c);
   chomp_msg(err, errlen, "", msg);
   if (PQstatus(p->c) != CONNECTION_OK) return ORCH__W_RETRY;
   const char *st = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
-  if (st && (!strncmp(st, "22", 2) || !strncmp(st, "23", 2))) return W_DATA;
+  if (st && (!strncmp(st, "22", 2) || !strncmp(st, "23", 2) ||
+             !strncmp(st, "54", 2)))
+    return W_DATA;
   return ORCH__W_RETRY;
 }
 
@@ -537,17 +700,26 @@ static int pg_write(void *conn, const orch__row *rows, size_t n,
                     orch__reject_fn reject, void *ud, char *err,
                     size_t errlen) {
   pgc *p = conn;
-  if (!p->prepared && pg_prepare(p, err, errlen) != ORCH_OK)
-    return ORCH__W_RETRY;
-  int rc = write_tx(p, rows, n, err, errlen);
-  if (rc != W_DATA) return rc;
+  arm(p, 1);
+  int rc = ORCH__W_OK;
+  if (!p->prepared && pg_prepare(p, err, errlen) != ORCH_OK) {
+    rc = ORCH__W_RETRY;
+    goto out;
+  }
+  rc = write_tx(p, rows, n, err, errlen);
+  if (rc != W_DATA) goto out;
   /* Some row is bad: find it (them) one transaction per row. */
   for (size_t i = 0; i < n; i++) {
+    arm(p, 1);
     rc = write_tx(p, rows + i, 1, err, errlen);
     if (rc == W_DATA) reject(ud, i, err);
-    else if (rc != ORCH__W_OK) return rc;
+    else if (rc != ORCH__W_OK) goto out;
   }
-  return ORCH__W_OK;
+  rc = ORCH__W_OK;
+out:
+  disarm(p);
+  if (rc != ORCH__W_OK && watch_fired(p, err, errlen)) rc = ORCH__W_RETRY;
+  return rc;
 }
 
 /* ---- queries ------------------------------------------------------------------ */
@@ -580,7 +752,7 @@ static PGresult *query(pgc *p, const char *sql, const char *arg, char *err,
   return r;
 }
 
-static int pg_session_steps(void *conn, const char *session_id,
+static int q_session_steps(void *conn, const char *session_id,
                             orch__step_row_fn fn, void *ud, char *err,
                             size_t errlen) {
   pgc *p = conn;
@@ -626,7 +798,7 @@ static int pg_session_steps(void *conn, const char *session_id,
   return rc;
 }
 
-static int pg_session_summary(void *conn, const char *session_id,
+static int q_session_summary(void *conn, const char *session_id,
                               orch__session_info *si, char *err,
                               size_t errlen) {
   pgc *p = conn;
@@ -675,7 +847,7 @@ static int pg_session_summary(void *conn, const char *session_id,
   return ORCH_OK;
 }
 
-static int pg_active_sessions(void *conn,
+static int q_active_sessions(void *conn,
                               int (*fn)(void *ud, const orch__session_info *si),
                               void *ud, char *err, size_t errlen) {
   pgc *p = conn;
@@ -709,7 +881,7 @@ static int pg_active_sessions(void *conn,
   return rc;
 }
 
-static int pg_today_counts(void *conn, orch__store_today *out, char *err,
+static int q_today_counts(void *conn, orch__store_today *out, char *err,
                            size_t errlen) {
   pgc *p = conn;
   PGresult *r = query(
@@ -739,7 +911,7 @@ static int pg_today_counts(void *conn, orch__store_today *out, char *err,
 }
 
 /* The scripts whose latest event is a refusal, newest first. */
-static int pg_script_refusals(void *conn,
+static int q_script_refusals(void *conn,
                               int (*fn)(void *ud, const orch__script_refusal *r),
                               void *ud, char *err, size_t errlen) {
   pgc *p = conn;
@@ -768,6 +940,51 @@ static int pg_script_refusals(void *conn,
   return rc;
 }
 
+/* The entry points under the watchdog's deadline. */
+static int pg_migrate(void *conn, int status_only, orch_report_fn report,
+                      void *ud, char *err, size_t errlen) {
+  pgc *p = conn;
+  arm(p, 1);
+  int rc = migrate_inner(p, status_only, report, ud, err, errlen);
+  disarm(p);
+  if (rc != ORCH_OK) watch_fired(p, err, errlen);
+  return rc;
+}
+
+#define GUARDED(call)                                                        \
+  do {                                                                       \
+    arm(conn, 1);                                                            \
+    int rc_ = (call);                                                        \
+    disarm(conn);                                                            \
+    if (rc_ != ORCH_OK) watch_fired(conn, err, errlen);                      \
+    return rc_;                                                              \
+  } while (0)
+
+static int pg_session_steps(void *conn, const char *session_id,
+                            orch__step_row_fn fn, void *ud, char *err,
+                            size_t errlen) {
+  GUARDED(q_session_steps(conn, session_id, fn, ud, err, errlen));
+}
+static int pg_session_summary(void *conn, const char *session_id,
+                              orch__session_info *out, char *err,
+                              size_t errlen) {
+  GUARDED(q_session_summary(conn, session_id, out, err, errlen));
+}
+static int pg_active_sessions(void *conn,
+                              int (*fn)(void *ud, const orch__session_info *si),
+                              void *ud, char *err, size_t errlen) {
+  GUARDED(q_active_sessions(conn, fn, ud, err, errlen));
+}
+static int pg_today_counts(void *conn, orch__store_today *out, char *err,
+                           size_t errlen) {
+  GUARDED(q_today_counts(conn, out, err, errlen));
+}
+static int pg_script_refusals(void *conn,
+                              int (*fn)(void *ud, const orch__script_refusal *r),
+                              void *ud, char *err, size_t errlen) {
+  GUARDED(q_script_refusals(conn, fn, ud, err, errlen));
+}
+
 const orch__backend orch__backend_pg = {
     .name = "postgresql",
     .connect = pg_connect,
@@ -779,4 +996,5 @@ const orch__backend orch__backend_pg = {
     .active_sessions = pg_active_sessions,
     .today_counts = pg_today_counts,
     .script_refusals = pg_script_refusals,
+    .set_timeout = pg_set_timeout,
 };

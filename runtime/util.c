@@ -3,6 +3,8 @@
  * UTF-8 checks, bounded file reads and a growable buffer. It uses only libc. */
 #include "orch_int.h"
 
+#include <ctype.h>
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -97,6 +99,73 @@ char *orch__utf8_repair(const char *s, size_t len) {
     return NULL;
   }
   return b.p;
+}
+
+/* Appends src[0..n) to dst (capacity cap, used *o), always terminated. */
+static void put_n(char *dst, size_t cap, size_t *o, const char *src, size_t n) {
+  size_t room = cap - 1 - *o;
+  if (n > room) n = room;
+  memcpy(dst + *o, src, n);
+  *o += n;
+  dst[*o] = '\0';
+}
+
+static bool ends_value(char c) {
+  return c == '\0' || c == ' ' || c == '\t' || c == '\n' || c == '\r' ||
+         c == '"' || c == '\'';
+}
+
+void orch__redact_conninfo(char *dst, size_t cap, const char *src) {
+  static const char hidden[] = "[redacted]";
+  size_t o = 0;
+  if (!cap) return;
+  dst[0] = '\0';
+  const char *p = src;
+  while (*p && o < cap - 1) {
+    /* scheme://user:SECRET@host: userinfo runs to the last '@' before
+     * the end of the address (white space, a quote, the end) */
+    if (p[0] == ':' && p[1] == '/' && p[2] == '/') {
+      const char *a = p + 3, *end = a, *at = NULL;
+      while (!ends_value(*end)) {
+        if (*end == '@') at = end;
+        end++;
+      }
+      const char *colon = at ? memchr(a, ':', (size_t)(at - a)) : NULL;
+      if (colon) {
+        put_n(dst, cap, &o, p, (size_t)(colon + 1 - p));
+        put_n(dst, cap, &o, hidden, sizeof hidden - 1);
+        p = at;
+        continue;
+      }
+      put_n(dst, cap, &o, p, 3);
+      p += 3;
+      continue;
+    }
+    /* password=SECRET, password = 'SE CRET' (conninfo keywords), and
+     * ?password=SECRET in a URI's query */
+    if (strncmp(p, "password", 8) == 0 &&
+        (p == src || !(isalnum((unsigned char)p[-1]) || p[-1] == '_'))) {
+      const char *q = p + 8;
+      while (*q == ' ' || *q == '\t') q++;
+      if (*q == '=') {
+        q++;
+        while (*q == ' ' || *q == '\t') q++;
+        put_n(dst, cap, &o, p, (size_t)(q - p));
+        if (*q == '\'') { /* quoted: backslash escapes, to the closing ' */
+          q++;
+          while (*q && *q != '\'') q += (*q == '\\' && q[1]) ? 2 : 1;
+          if (*q) q++;
+        } else {
+          while (!ends_value(*q) && *q != '&') q++;
+        }
+        put_n(dst, cap, &o, hidden, sizeof hidden - 1);
+        p = q;
+        continue;
+      }
+    }
+    put_n(dst, cap, &o, p, 1);
+    p++;
+  }
 }
 
 int orch__check_id(const char *id, size_t len, char *err, size_t errlen) {

@@ -7,6 +7,7 @@
 
 #include "orch_int.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <libpq-fe.h>
 #include <math.h>
@@ -492,9 +493,73 @@ TEST(store_pg_conformance_and_injection_round_trip) {
   free(d);
 }
 
+/* The writer of a role that may only read and write the tables (no CREATE
+ * on the schema, as for ordinary roles since PostgreSQL 15) records, once
+ * an operator has migrated: connecting checks the migrations without DDL. */
+#define DROP_APP_ROLE                                                       \
+  "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "          \
+  "'orch_app_dml') THEN DROP OWNED BY orch_app_dml; DROP ROLE orch_app_dml; " \
+  "END IF; END $$; "
+
+TEST(store_pg_records_with_a_role_without_ddl_rights) {
+  const char *pg = test_pg();
+  if (!pg) return;
+  char err[512] = "";
+  ASSERT_EQ(orch_migrate(pg, 0, NULL, NULL, err, sizeof err), ORCH_OK);
+  PGconn *c = PQconnectdb(pg);
+  ASSERT_EQ(PQstatus(c), CONNECTION_OK);
+  PGresult *r = PQexec(
+      c, "SET client_min_messages = warning; " DROP_APP_ROLE
+         "CREATE ROLE orch_app_dml LOGIN; "
+         "REVOKE CREATE ON SCHEMA public FROM PUBLIC; "
+         "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "
+         "public TO orch_app_dml; GRANT USAGE, SELECT ON ALL SEQUENCES IN "
+         "SCHEMA public TO orch_app_dml");
+  ASSERT_EQ(PQresultStatus(r), PGRES_COMMAND_OK);
+  PQclear(r);
+  /* the same server, as that role */
+  PQconninfoOption *o = PQconninfo(c), *host = NULL, *port = NULL;
+  for (PQconninfoOption *i = o; i && i->keyword; i++) {
+    if (!strcmp(i->keyword, "host")) host = i;
+    if (!strcmp(i->keyword, "port")) port = i;
+  }
+  char url[256];
+  snprintf(url, sizeof url, "postgresql://orch_app_dml@%s:%s/postgres",
+           host && host->val ? host->val : "127.0.0.1",
+           port && port->val ? port->val : "5432");
+  PQconninfoFree(o);
+  char *d = tmpdir_new();
+  char spool[600];
+  snprintf(spool, sizeof spool, "%s/app.spool", d);
+  orch__store *s = NULL;
+  orch__store_opts so = {0};
+  so.spool_path = spool;
+  ASSERT_EQ(orch__store_open(&s, url, &so, err, sizeof err), ORCH_OK);
+  char sid[37];
+  uuid_new(sid);
+  for (int i = 0; i < 5; i++) {
+    char id[16];
+    snprintf(id, sizeof id, "s%d", i);
+    orch__rec rec = step_rec(sid, id, i, "passed", "ok");
+    ASSERT_EQ(orch__store_put(s, &rec), ORCH_OK);
+  }
+  int frc = orch__store_flush(s, 5000);
+  orch__store_stats st;
+  orch__store_stats_get(s, &st);
+  orch__store_close(s);
+  r = PQexec(c, DROP_APP_ROLE);
+  PQclear(r);
+  PQfinish(c);
+  rm_rf(d);
+  free(d);
+  ASSERT_EQ(frc, ORCH_OK);
+  ASSERT_EQ(st.written, 5);
+  ASSERT_EQ(st.spooled, 0);
+}
+
 /* A row the database refuses is counted and reported; the rest of its batch
  * is written. */
-static void bad_rows(const char *url, const char *spool) {
+static void bad_rows(const char *url, const char *spool, bool pg) {
   orch__store *s = NULL;
   char err[512] = "";
   orch__store_opts o = {0};
@@ -509,17 +574,39 @@ static void bad_rows(const char *url, const char *spool) {
     if (i == 25) r.u.step.deps_json = "[not json";
     ASSERT_EQ(orch__store_put(s, &r), ORCH_OK);
   }
+  /* PostgreSQL: a key longer than its index allows (SQLSTATE 54000) is
+   * the row's fault too, not the database's: it must not stop the
+   * records behind it (it went to the spool, and from there failed every
+   * replay) */
+  char *longid = malloc(6001);
+  uint32_t x = 2463534242u; /* xorshift: incompressible, as a hash is */
+  for (int i = 0; i < 6000; i++) {
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    longid[i] = (char)('a' + x % 26);
+  }
+  longid[6000] = '\0';
+  if (pg) {
+    orch__rec r = step_rec(sid, longid, 50, "passed", "ok");
+    ASSERT_EQ(orch__store_put(s, &r), ORCH_OK);
+    r = step_rec(sid, "after", 51, "passed", "ok");
+    ASSERT_EQ(orch__store_put(s, &r), ORCH_OK);
+  }
+  free(longid);
   ASSERT_EQ(orch__store_flush(s, 10000), ORCH_OK);
   orch__store_stats st;
   orch__store_stats_get(s, &st);
-  ASSERT_EQ(st.rejected, 1);
-  ASSERT_EQ(st.records_dropped_total, 1);
-  ASSERT_EQ(st.written, 49);
+  uint64_t bad = pg ? 2 : 1, good = pg ? 50 : 49;
+  ASSERT_EQ(st.rejected, bad);
+  ASSERT_EQ(st.records_dropped_total, bad);
+  ASSERT_EQ(st.written, good);
+  ASSERT_EQ(st.spooled, 0);
   ASSERT_CONTAINS(st.last_drop, "orch_run_steps");
   int n = 0;
   ASSERT_EQ(orch__store_session_steps(s, sid, count_row, &n, err, sizeof err),
             ORCH_OK);
-  ASSERT_EQ(n, 49);
+  ASSERT_EQ(n, (int)good);
   orch__store_close(s);
 }
 
@@ -528,7 +615,7 @@ TEST(store_sqlite_counts_a_refused_row_and_keeps_the_batch) {
   char url[600], spool[600];
   snprintf(url, sizeof url, "sqlite:%s/b.db", d);
   snprintf(spool, sizeof spool, "%s/b.spool", d);
-  bad_rows(url, spool);
+  bad_rows(url, spool, false);
   rm_rf(d);
   free(d);
 }
@@ -539,7 +626,7 @@ TEST(store_pg_counts_a_refused_row_and_keeps_the_batch) {
   char *d = tmpdir_new();
   char spool[600];
   snprintf(spool, sizeof spool, "%s/b.spool", d);
-  bad_rows(pg, spool);
+  bad_rows(pg, spool, true);
   rm_rf(d);
   free(d);
 }
@@ -964,4 +1051,136 @@ TEST(store_records_graph_steps_and_resume_marks_what_passed) {
   free(json);
   rm_rf(d);
   free(d);
+}
+
+/* ---- a server that stops answering (SIGSTOP) ------------------------------ */
+
+/* Sends sig to the postmaster of pgdir's server and to its children. */
+static int pg_signal(const char *pgdir, int sig) {
+  char path[700];
+  snprintf(path, sizeof path, "%s/data/postmaster.pid", pgdir);
+  FILE *f = fopen(path, "r");
+  long pm = 0;
+  if (!f || fscanf(f, "%ld", &pm) != 1) {
+    if (f) fclose(f);
+    return -1;
+  }
+  fclose(f);
+  int n = 0;
+  if (kill((pid_t)pm, sig) == 0) n++;
+  DIR *d = opendir("/proc");
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    long pid = atol(e->d_name);
+    if (pid <= 0) continue;
+    char st[64], buf[512];
+    snprintf(st, sizeof st, "/proc/%ld/stat", pid);
+    FILE *sf = fopen(st, "r");
+    if (!sf) continue;
+    size_t got = fread(buf, 1, sizeof buf - 1, sf);
+    fclose(sf);
+    buf[got] = '\0';
+    char *rp = strrchr(buf, ')'); /* pid (comm) state ppid ... */
+    long ppid = 0;
+    char state;
+    if (rp && sscanf(rp + 1, " %c %ld", &state, &ppid) == 2 && ppid == pm &&
+        kill((pid_t)pid, sig) == 0)
+      n++;
+  }
+  if (d) closedir(d);
+  return n;
+}
+
+/* A server that stops answering without closing (SIGSTOP: the kernel still
+ * keeps the connection) no longer holds the writer: past the store's
+ * timeout the connection is dropped, the batch goes to the spool, close
+ * returns, and the records reach the database once it answers again. */
+TEST(store_slow_pg_that_stops_answering_does_not_hold_the_writer) {
+  if (skip_slow("stopped server")) return;
+  if (access("test/pg.sh", X_OK) != 0 && !getenv("ORCH_PG_SH")) {
+    printf("  (test/pg.sh not found from here: skipped)\n");
+    return;
+  }
+  char *d = tmpdir_new();
+  char pgdir[600], url[512], spool[600];
+  snprintf(pgdir, sizeof pgdir, "%s/pg", d);
+  snprintf(spool, sizeof spool, "%s/stop.spool", d);
+  ASSERT_EQ(pg_ctl("start", pgdir, url, sizeof url), 0);
+  orch__store *s = NULL;
+  char err[512] = "";
+  orch__store_opts o = {0};
+  o.spool_path = spool;
+  o.timeout_ms = 1000;
+  o.backoff_max_ms = 500;
+  ASSERT_EQ(orch__store_open(&s, url, &o, err, sizeof err), ORCH_OK);
+  char sid[37];
+  uuid_new(sid);
+  orch__rec r = step_rec(sid, "before", 0, "passed", "ok");
+  ASSERT_EQ(orch__store_put(s, &r), ORCH_OK);
+  ASSERT_EQ(orch__store_flush(s, 10000), ORCH_OK);
+  ASSERT(pg_signal(pgdir, SIGSTOP) >= 2);
+  for (int i = 0; i < 10; i++) {
+    char id[16];
+    snprintf(id, sizeof id, "s%d", i);
+    r = step_rec(sid, id, i + 1, "passed", "ok");
+    ASSERT_EQ(orch__store_put(s, &r), ORCH_OK);
+  }
+  int64_t t0 = now_ns();
+  int frc = orch__store_flush(s, 4000);
+  orch__store_stats st;
+  orch__store_stats_get(s, &st);
+  orch__store_close(s); /* returns: the writer is not stuck in libpq */
+  double close_s = (double)(now_ns() - t0) / 1e9;
+  pg_signal(pgdir, SIGCONT);
+  printf("  flush %d, closed after %.2f s, spooled %llu, last error: %s\n",
+         frc, close_s, (unsigned long long)st.spooled, st.last_error);
+  ASSERT_EQ(frc, ORCH_ETIMEDOUT);
+  ASSERT(close_s < 8);
+  ASSERT(st.spooled >= 10);
+  ASSERT_CONTAINS(st.last_error, "no answer from the server in 1000 ms");
+  /* the server answers again: the spool reaches it */
+  s = NULL;
+  ASSERT_EQ(orch__store_open(&s, url, &o, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch__store_flush(s, 20000), ORCH_OK);
+  orch__store_close(s);
+  ASSERT_EQ(db_count(url, "SELECT count(*) FROM orch_run_steps WHERE "
+                          "session_id = $1::uuid", sid), 11);
+  pg_ctl("stop", pgdir, NULL, 0);
+  rm_rf(d);
+  free(d);
+}
+
+/* libpq quotes the connection string in some of its messages (a malformed
+ * URI): the password never reaches ours. */
+TEST(store_pg_messages_never_show_a_password) {
+  char err[512] = "";
+  ASSERT(orch_migrate("postgresql://alice:S3cretPW@[::1/db", 1, NULL, NULL,
+                      err, sizeof err) != ORCH_OK);
+  ASSERT_CONTAINS(err, "postgresql://alice:[redacted]@[::1/db");
+  ASSERT(!strstr(err, "S3cretPW"));
+  err[0] = '\0';
+  ASSERT(orch_migrate("postgresql://bob:Hunter2x@[::1/db", 1, NULL, NULL,
+                      err, sizeof err) != ORCH_OK);
+  ASSERT(!strstr(err, "Hunter2x"));
+  ASSERT_CONTAINS(err, "[redacted]");
+  /* the forms a message may quote */
+  static const char *const cases[][2] = {
+      {"x \"postgresql://u:pw@h/db\" y", "x \"postgresql://u:[redacted]@h/db\" y"},
+      {"postgres://u:p@ss@h:5432/db", "postgres://u:[redacted]@h:5432/db"},
+      {"postgresql://u@h/db", "postgresql://u@h/db"},
+      {"postgresql://h:5432/db", "postgresql://h:5432/db"},
+      {"host=h password=pw port=1", "host=h password=[redacted] port=1"},
+      {"host=h password = 'p w\\'x' port=1", "host=h password = [redacted] port=1"},
+      {"postgresql://h/db?password=pw&port=1", "postgresql://h/db?password=[redacted]&port=1"},
+      {"passwordless=1", "passwordless=1"},
+      {"no secret here", "no secret here"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char out[256];
+    orch__redact_conninfo(out, sizeof out, cases[i][0]);
+    ASSERT_STR_EQ(out, cases[i][1]);
+  }
+  char tiny[8];
+  orch__redact_conninfo(tiny, sizeof tiny, "host=h password=pw");
+  ASSERT_STR_EQ(tiny, "host=h ");
 }
