@@ -305,12 +305,25 @@ static void enc_byte(enc *e, unsigned char b) {
   enc_need(e, 1);
   if (!e->oom) e->p[e->len++] = b;
 }
+/* Text goes to the database as UTF-8: PostgreSQL refuses anything else (a
+ * tool's binary or Latin-1 output would lose the step's whole record), so
+ * a byte that does not start a valid sequence is stored as U+FFFD. */
 static void enc_text(enc *e, const char *s) {
   if (!s) {
     enc_byte(e, 0);
     return;
   }
-  size_t n = strlen(s);
+  size_t n = strlen(s), bad;
+  if (!orch__utf8_valid(s, n, &bad)) {
+    char *fixed = orch__utf8_repair(s, n);
+    if (!fixed) {
+      e->oom = true;
+      return;
+    }
+    enc_text(e, fixed);
+    free(fixed);
+    return;
+  }
   if (n > MAX_FRAME) n = MAX_FRAME; /* cut; the frame check refuses it */
   enc_need(e, 5 + n);
   if (e->oom) return;

@@ -610,6 +610,64 @@ static void bad_rows(const char *url, const char *spool, bool pg) {
   orch__store_close(s);
 }
 
+/* A step's output or error that is not UTF-8 (a tool's binary or Latin-1
+ * output) is recorded with U+FFFD for the bad bytes: PostgreSQL refused the
+ * whole record before. */
+static int grab_row(void *ud, const orch__step_row *r) {
+  char **out = ud;
+  out[0] = r->output ? strdup(r->output) : NULL;
+  out[1] = r->error ? strdup(r->error) : NULL;
+  return 0;
+}
+
+static void non_utf8_text(const char *url, const char *spool) {
+  orch__store *s = NULL;
+  char err[512] = "";
+  orch__store_opts o = {0};
+  o.spool_path = spool;
+  ASSERT_EQ(orch__store_open(&s, url, &o, err, sizeof err), ORCH_OK);
+  char sid[37];
+  uuid_new(sid);
+  orch__rec r = step_rec(sid, "bin", 0, "failed", "ok\377\376");
+  r.u.step.error = "exit 2: bad \377 byte, cut \xC3";
+  ASSERT_EQ(orch__store_put(s, &r), ORCH_OK);
+  ASSERT_EQ(orch__store_flush(s, 10000), ORCH_OK);
+  orch__store_stats st;
+  orch__store_stats_get(s, &st);
+  char *got[2] = {NULL, NULL};
+  ASSERT_EQ(orch__store_session_steps(s, sid, grab_row, got, err, sizeof err),
+            ORCH_OK);
+  orch__store_close(s);
+  ASSERT_EQ(st.rejected, 0);
+  ASSERT_EQ(st.written, 1);
+  ASSERT(got[0] && got[1]);
+  ASSERT_STR_EQ(got[0], "ok\xEF\xBF\xBD\xEF\xBF\xBD");
+  ASSERT_STR_EQ(got[1], "exit 2: bad \xEF\xBF\xBD byte, cut \xEF\xBF\xBD");
+  free(got[0]);
+  free(got[1]);
+}
+
+TEST(store_sqlite_keeps_a_non_utf8_output_as_replacement_characters) {
+  char *d = tmpdir_new();
+  char url[600], spool[600];
+  snprintf(url, sizeof url, "sqlite:%s/u.db", d);
+  snprintf(spool, sizeof spool, "%s/u.spool", d);
+  non_utf8_text(url, spool);
+  rm_rf(d);
+  free(d);
+}
+
+TEST(store_pg_keeps_a_non_utf8_output_as_replacement_characters) {
+  const char *pg = test_pg();
+  if (!pg) return;
+  char *d = tmpdir_new();
+  char spool[600];
+  snprintf(spool, sizeof spool, "%s/u.spool", d);
+  non_utf8_text(pg, spool);
+  rm_rf(d);
+  free(d);
+}
+
 TEST(store_sqlite_counts_a_refused_row_and_keeps_the_batch) {
   char *d = tmpdir_new();
   char url[600], spool[600];
