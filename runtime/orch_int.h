@@ -201,6 +201,10 @@ enum { ORCH__ON_WORKER = 0, ORCH__ON_LOOP = 1, ORCH__ON_HOST = 2 };
 typedef struct orch__kind {
   const char *name;
   int where;
+  /* The plan keys the kind reads besides the common ones (NULL-ended):
+   * plan.c refuses any other key, so a misspelt field is an error, not a
+   * setting silently dropped. */
+  const char *const *keys;
   /* Reads the kind's fields of a plan step into s->u; where names the
    * step for messages. */
   int (*parse)(orch_graph *g, orch__step *s, json_t *obj, const char *where,

@@ -53,6 +53,79 @@ static const char *guess_kind(json_t *obj) {
   return NULL;
 }
 
+static const char *const common_keys[] = {
+    "id", "kind", "deps", "dependencies", "cost_ms", "timeout_ms", "always",
+    NULL};
+
+/* Edit distance of a and b, capped at 3 (enough to suggest a spelling). */
+static int distance(const char *a, const char *b) {
+  size_t la = strlen(a), lb = strlen(b);
+  if (la > 40 || lb > 40) return 3;
+  int row[41];
+  for (size_t j = 0; j <= lb; j++) row[j] = (int)j;
+  for (size_t i = 1; i <= la; i++) {
+    int diag = row[0];
+    row[0] = (int)i;
+    for (size_t j = 1; j <= lb; j++) {
+      int up = row[j];
+      int best = diag + (a[i - 1] != b[j - 1]);
+      if (up + 1 < best) best = up + 1;
+      if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+      row[j] = best;
+      diag = up;
+    }
+  }
+  return row[lb] < 3 ? row[lb] : 3;
+}
+
+static bool in_list(const char *const *l, const char *k) {
+  for (; l && *l; l++)
+    if (!strcmp(*l, k)) return true;
+  return false;
+}
+
+/* The known key closest to k (a misspelling, or k a prefix of it: "timeout"
+ * for "timeout_ms"), or NULL. */
+static const char *suggest(const char *const *kind_keys, const char *k) {
+  const char *best = NULL;
+  int bd = 3;
+  const char *const *lists[2] = {common_keys, kind_keys};
+  for (int li = 0; li < 2; li++)
+    for (const char *const *c = lists[li]; c && *c; c++) {
+      size_t n = strlen(k);
+      int d = (n >= 3 && !strncmp(*c, k, n)) ? 1 : distance(k, *c);
+      if (d < bd) {
+        bd = d;
+        best = *c;
+      }
+    }
+  return best;
+}
+
+/* Refuses a key neither common nor the kind's own ("_"-prefixed keys are
+ * the author's notes, and ignored). */
+static int check_keys(json_t *obj, const orch__kind *k, const char *at,
+                      char *err, size_t errlen) {
+  const char *key;
+  json_t *v;
+  json_object_foreach(obj, key, v) {
+    if (key[0] == '_' || in_list(common_keys, key) || in_list(k->keys, key))
+      continue;
+    const char *sg = suggest(k->keys, key);
+    char kl[300] = "";
+    size_t o = 0;
+    for (const char *const *c = k->keys; c && *c && o < sizeof kl - 40; c++)
+      o += (size_t)snprintf(kl + o, sizeof kl - o, "%s%s", o ? ", " : "", *c);
+    return orch__err(err, errlen, ORCH_EPLAN,
+                     "%s: unknown key \"%.64s\" for kind %s%s%s%s (its "
+                     "keys: %s; any step's: id, kind, deps, cost_ms, "
+                     "timeout_ms, always)",
+                     at, key, k->name, sg ? " (did you mean \"" : "",
+                     sg ? sg : "", sg ? "\"?)" : "", kl);
+  }
+  return ORCH_OK;
+}
+
 int orch__plan_add_step(orch_graph *g, json_t *obj, const char *where,
                         char *err, size_t errlen) {
   char at[400];
@@ -83,8 +156,11 @@ int orch__plan_add_step(orch_graph *g, json_t *obj, const char *where,
                      "lua, llm, edit)",
                      where, ids, kname);
   char msg[400];
+  snprintf(at, sizeof at, "%s ('%.256s')", where, ids);
+  int rc = check_keys(obj, orch__kinds[kind], at, err, errlen);
+  if (rc) return rc;
   uint32_t idx;
-  int rc = orch__graph_add(g, ids, idlen, kind, &idx, msg, sizeof msg);
+  rc = orch__graph_add(g, ids, idlen, kind, &idx, msg, sizeof msg);
   if (rc) return orch__err(err, errlen, rc, "%s: %s", where, msg);
   snprintf(at, sizeof at, "%s ('%.256s')", where, ids);
   orch__step *s = &g->steps[idx];
@@ -298,6 +374,12 @@ int orch_graph_parse(orch_runtime *rt, const char *text, size_t len,
                      "%s: plan of %zu bytes is over the limit of %zu bytes "
                      "(plan_max_bytes)",
                      name, len, max);
+  /* a UTF-8 byte order mark (editors on Windows write one) is no part of
+   * the plan: without this a JSON plan was read as GAP text */
+  if (len >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3)) {
+    text += 3;
+    len -= 3;
+  }
   size_t i = 0;
   while (i < len && isspace((unsigned char)text[i])) i++;
   if (i < len && (text[i] == '{' || text[i] == '['))

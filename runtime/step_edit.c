@@ -273,6 +273,9 @@ static size_t writes(const orch__step *s, const char *const **paths) {
   return 1;
 }
 
+static const char *const keys[] = {"file", "blocks", NULL};
+
 const orch__kind orch__kind_edit = {.name = "edit", .where = ORCH__ON_WORKER,
+                                    .keys = keys,
                                     .parse = parse, .run = run,
                                     .free = free_params, .writes = writes};

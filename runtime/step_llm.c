@@ -500,7 +500,13 @@ static void usage(const orch__step *s, int64_t *tin, int64_t *tout,
  * first wave of calls does not wait for it. */
 static void run_begin(orch__run *r) { (void)run_state(r); }
 
+static const char *const keys[] = {
+    "prompt", "description", "tier",    "title",        "instructions",
+    "model",  "request",     "role",    "name",         "agent",
+    "backup_agent", "stream", "max_tokens", NULL};
+
 const orch__kind orch__kind_llm = {.run_begin = run_begin, .usage = usage,
+                                   .keys = keys,
                                    .name = "llm", .where = ORCH__ON_LOOP,
                                    .parse = parse, .start = start,
                                    .cancel = cancel, .free = free_params,

@@ -113,6 +113,9 @@ static void free_params(orch__step *s) {
   s->u.p = NULL;
 }
 
+static const char *const keys[] = {"code", NULL};
+
 const orch__kind orch__kind_lua = {.name = "lua", .where = ORCH__ON_WORKER,
+                                   .keys = keys,
                                    .parse = parse, .run = run,
                                    .free = free_params};

@@ -356,7 +356,10 @@ static size_t writes(const orch__step *s, const char *const **paths) {
   return sp->nwrites;
 }
 
+static const char *const keys[] = {"run", "command", "cwd", "writes", NULL};
+
 const orch__kind orch__kind_shell = {.name = "shell", .where = ORCH__ON_LOOP,
+                                     .keys = keys,
                                      .parse = parse, .start = start,
                                      .cancel = cancel, .free = free_params,
                                      .writes = writes};

@@ -101,7 +101,10 @@ static void cancel(orch__run *r, uint32_t idx) {
 
 static double cost(const orch__step *s) { return s->u.ms; }
 
+static const char *const keys[] = {"ms", NULL};
+
 const orch__kind orch__kind_sleep = {.name = "sleep", .where = ORCH__ON_LOOP,
+                                     .keys = keys,
                                      .parse = parse, .start = start,
                                      .cancel = cancel, .cost = cost};
 

@@ -1,0 +1,44 @@
+-- Plan steps: a key no kind reads is an error naming it (with the key it
+-- was probably meant to be), not a setting silently dropped; a byte order
+-- mark does not change how a plan is read.
+local h = require("helpers")
+
+local function plan_error(steps)
+  local code, _, err = h.cli("plan " .. h.plan(steps))
+  return code, err
+end
+
+describe("a plan step", function()
+  it("with a misspelt common key names it and suggests the right one", function()
+    local code, err = plan_error({ { id = "a", kind = "shell", run = "true", timeout = 200 } })
+    assert.are.equal(65, code)
+    assert.matches("step 1 ('a'): unknown key \"timeout\" for kind shell (did you mean \"timeout_ms\"?)", err, 1, true)
+  end)
+
+  it("with a misspelt key of its kind suggests the kind's key", function()
+    local code, err = plan_error({ { id = "x", kind = "sleep", ms = 1 },
+                                   { id = "q", kind = "llm", prompt = "hi", tire = "fast" } })
+    assert.are.equal(65, code)
+    assert.matches("step 2 ('q'): unknown key \"tire\" for kind llm (did you mean \"tier\"?)", err, 1, true)
+  end)
+
+  it("with a key of another kind lists its own keys", function()
+    local code, err = plan_error({ { id = "a", kind = "sleep", ms = 5, code = "return 1" } })
+    assert.are.equal(65, code)
+    assert.matches("unknown key \"code\" for kind sleep", err, 1, true)
+    assert.matches("its keys: ms;", err, 1, true)
+  end)
+
+  it("may carry notes under keys that start with _", function()
+    local code, out, err = h.cli("plan " .. h.plan({ { id = "a", kind = "sleep", ms = 5, _note = "why" } }))
+    assert.are.equal(0, code, err)
+    assert.matches("a", out, 1, true)
+  end)
+
+  it("in a JSON plan after a UTF-8 byte order mark is read as JSON", function()
+    local path = h.write("\239\187\191" .. '{"steps":[{"id":"a","kind":"sleep","ms":1}]}', ".json")
+    local code, out, err = h.cli("plan " .. path .. " --json")
+    assert.are.equal(0, code, err)
+    assert.matches('"a"', out, 1, true)
+  end)
+end)
