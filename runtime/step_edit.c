@@ -2,7 +2,8 @@
  * file, all or none. Each block's search text must occur exactly once in the
  * file as the earlier blocks left it; the result is written to a temporary
  * file beside the original, fsync'd and renamed over it, after the original
- * is kept as FILE.orig. On any failure the file is untouched. The scheduler
+ * is kept as FILE.orig (once: the text before the first edit). On any
+ * failure the file is untouched. The scheduler
  * holds a per-file lock so two edits of one file never run at once. Uses
  * util.c; runs on a worker. */
 #include "orch_int.h"
@@ -183,9 +184,14 @@ static int apply(const char *path, const char *blocks_text, char *err,
   }
   close(fd);
   fd = -1;
-  /* The backup is the original itself (a hard link where possible). */
-  unlink(bak);
-  if (link(path, bak) != 0) {
+  /* The backup is the original itself (a hard link where possible), kept
+   * once: a later edit of the file (the next step of the plan, or a later
+   * run) leaves it, so FILE.orig stays the text before the first edit
+   * (delete it to take a new one). */
+  struct stat bst;
+  if (lstat(bak, &bst) == 0) {
+    /* kept already */
+  } else if (link(path, bak) != 0) {
     int bfd = open(bak, O_WRONLY | O_CREAT | O_TRUNC, st.st_mode & 07777);
     if (bfd < 0 || write_all(bfd, text, len)) {
       if (bfd >= 0) close(bfd);

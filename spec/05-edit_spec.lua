@@ -41,6 +41,17 @@ describe("an edit step", function()
     assert.are.equal(original, read(file .. ".orig"))
   end)
 
+  it("keeps the text before the first edit as the backup when two steps edit the file", function()
+    local code, by = run_edit(file, blocks({ { "local b = 2\n", "local b = 40\n" } }), {
+      { id = "e2", kind = "edit", file = file, deps = { "e" },
+        blocks = blocks({ { "local a = 1\n", "local a = 9\n" } }) },
+    })
+    assert.are.equal(0, code)
+    assert.are.equal("passed", by.e2.status)
+    assert.are.equal("local a = 9\nlocal b = 40\nreturn a + b\n", read(file))
+    assert.are.equal(original, read(file .. ".orig"))
+  end)
+
   it("applies several blocks in order", function()
     local code = run_edit(file, blocks({
       { "local a = 1\n", "local a = 10\n" },
