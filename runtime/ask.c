@@ -324,6 +324,15 @@ int orch_ask(orch_runtime *rt, const char *request, int plan,
     orch__err(err, errlen, rc, "%s", msg);
     goto done;
   }
+  /* a task without dependencies has deps = {} (an empty Lua table): the
+   * same empty list as the others' lists, in what is shown */
+  size_t ti;
+  json_t *tt;
+  json_array_foreach(tasks, ti, tt) {
+    json_t *d = json_object_get(tt, "deps");
+    if (json_is_object(d) && json_object_size(d) == 0)
+      json_object_set_new(tt, "deps", json_array());
+  }
   json_t *plan_doc = json_object(), *levels = json_array();
   json_object_set(plan_doc, "think", json_object_get(parsed, "think"));
   json_object_set(plan_doc, "tasks", tasks);

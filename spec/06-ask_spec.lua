@@ -28,6 +28,9 @@ describe("orchestrate ask", function()
     assert.are.equal("completed", doc.status)
     assert.is_true(doc.planned)
     assert.is_true(#doc.plan.tasks >= 4)
+    -- a task without dependencies lists none as [] like the others, not {}
+    assert.is_nil(out:find('"deps":%s*{}'), out)
+    assert.is_truthy(out:find('"deps":%s*%[%]'), out)
     -- the independent tasks share level 0, the answer is last
     assert.is_true(#doc.plan.levels[1] >= 2)
     assert.are.same({ "answer" }, doc.plan.levels[#doc.plan.levels])
