@@ -199,8 +199,13 @@ int orch__read_file(const char *path, size_t max, char **out, size_t *len,
   if (!f)
     return orch__err(err, errlen, ORCH_EIO, "%s: %s", path, strerror(errno));
   struct stat st;
-  if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) &&
-      (size_t)st.st_size > max) {
+  if (fstat(fileno(f), &st) != 0) memset(&st, 0, sizeof st);
+  if (S_ISDIR(st.st_mode)) {
+    rc = orch__err(err, errlen, ORCH_EIO, "%s: is a directory, not a file",
+                   path);
+    goto done;
+  }
+  if (S_ISREG(st.st_mode) && (size_t)st.st_size > max) {
     rc = orch__err(err, errlen, ORCH_ELIMIT,
                    "%s: file of %lld bytes is over the limit of %zu bytes "
                    "(plan_max_bytes)",
