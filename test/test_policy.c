@@ -1306,3 +1306,58 @@ TEST(policy_odd_modules_fail_cleanly_and_the_state_goes_on) {
   rm_rf(dir);
   free(dir);
 }
+
+/* ---- lua steps: what a chunk returns is converted under the limits ------ */
+
+/* Runs the lua steps codes[0..n) in one graph on one worker (so they share
+ * its state); returns the graph for the caller to look at and free. */
+static orch_graph *run_lua_steps(const char *const *codes, size_t n,
+                                 const char *budget_k, int *rc) {
+  char err[512];
+  orch_runtime *rt = NULL;
+  orch_graph *g = NULL;
+  *rc = -1;
+  if (orch_runtime_new(&rt, NULL, err, sizeof err)) return NULL;
+  orch_runtime_set(rt, "workers", "1", err, sizeof err);
+  orch_runtime_set(rt, "scripts_dir", "/nonexistent/orch-scripts", err,
+                   sizeof err);
+  if (budget_k) orch_runtime_set(rt, "lua_budget", budget_k, err, sizeof err);
+  orch_graph_new(&g);
+  for (size_t i = 0; i < n; i++) {
+    char id[32];
+    snprintf(id, sizeof id, "s%zu", i);
+    json_t *s = json_pack("{s:s, s:s, s:s}", "id", id, "kind", "lua", "code",
+                          codes[i]);
+    char *txt = json_dumps(s, JSON_COMPACT);
+    orch_graph_add_json(g, txt, err, sizeof err);
+    free(txt);
+    json_decref(s);
+  }
+  *rc = orch_run(rt, g, err, sizeof err);
+  orch_runtime_free(rt);
+  return g;
+}
+
+TEST(lua_step_result_tostring_runs_protected_and_budgeted) {
+  const char *codes[] = {
+      "return nil, setmetatable({}, {__tostring = function() error('boom') "
+      "end})",
+      "return nil, setmetatable({}, {__tostring = function() while true do "
+      "end end})",
+      "return nil, setmetatable({}, {__tostring = function() return 'why' "
+      "end})",
+      "return 'fine'",
+  };
+  int rc;
+  orch_graph *g = run_lua_steps(codes, 4, "1000", &rc);
+  ASSERT(g);
+  ASSERT_EQ(orch_step_status(g, 0), ORCH_FAILED);
+  ASSERT_CONTAINS(orch_step_error(g, 0), "boom");
+  ASSERT_EQ(orch_step_status(g, 1), ORCH_FAILED);
+  ASSERT_CONTAINS(orch_step_error(g, 1), "instruction budget exceeded");
+  ASSERT_EQ(orch_step_status(g, 2), ORCH_FAILED);
+  ASSERT_STR_EQ(orch_step_error(g, 2), "why");
+  ASSERT_EQ(orch_step_status(g, 3), ORCH_PASSED);
+  ASSERT_STR_EQ(orch_step_output(g, 3), "fine");
+  orch_graph_free(g);
+}
