@@ -2181,6 +2181,13 @@ lua_State *orch__lua_new_sandbox(const orch__config *cfg, char *err,
                    NULL, err, errlen);
 }
 
+size_t orch__lua_mem_left(lua_State *L, bool *capped) {
+  *capped = is_sandbox(L);
+  if (!*capped) return SIZE_MAX;
+  sbx *x = SBX(L);
+  return x->used < x->max ? x->max - x->used : 0;
+}
+
 void orch__lua_close(lua_State *L) {
   if (L && !is_sandbox(L)) lua_close(L);
   else state_close(L);

@@ -1361,3 +1361,50 @@ TEST(lua_step_result_tostring_runs_protected_and_budgeted) {
   ASSERT_STR_EQ(orch_step_output(g, 3), "fine");
   orch_graph_free(g);
 }
+
+/* ---- converting results to JSON is bounded ------------------------------ */
+
+TEST(json_result_of_shared_tables_stops_at_the_cap) {
+  char *dir = tmpdir_new(), err[512];
+  put(dir, "policies/big.lua",
+      "local M = {}\n"
+      "function M.shared()\n"
+      "  local t = {} for i = 1, 22 do t = {t, t} end return t\n"
+      "end\n"
+      "function M.small()\n"
+      "  local t = {'x'} return {a = t, b = t, c = {t, t}}\n"
+      "end\n"
+      "return M\n");
+  orch__config c = test_cfg(dir);
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  ASSERT(s);
+  json_t *out = NULL;
+  long rss0 = rss_kb();
+  double t0 = now_ms();
+  ASSERT_EQ(orch__policy_call(s, "policies.big", "shared", NULL, &out, err,
+                              sizeof err),
+            ORCH_ESCRIPT);
+  double ms = now_ms() - t0;
+  long grew_mb = (rss_kb() - rss0) / 1024;
+  ASSERT(out == NULL);
+  ASSERT_CONTAINS(err, "memory cap");
+  fprintf(stderr, "  shared tables: %.0f ms, RSS +%ld MB: %s\n", ms, grew_mb,
+          err);
+  ASSERT(ms < (UNDER_ASAN ? 3000 : 500));
+  ASSERT(grew_mb < 128); /* the cap is 64 MiB */
+  /* a table shared a few times is still data */
+  ASSERT_EQ(orch__policy_call(s, "policies.big", "small", NULL, &out, err,
+                              sizeof err),
+            ORCH_OK);
+  char *txt = json_dumps(out, JSON_COMPACT | JSON_SORT_KEYS);
+  ASSERT_STR_EQ(txt, "{\"a\":[\"x\"],\"b\":[\"x\"],\"c\":[[\"x\"],[\"x\"]]}");
+  free(txt);
+  json_decref(out);
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
