@@ -201,6 +201,33 @@ json_t *orch__lua_to_json(lua_State *L, int idx, int max_depth, char *err,
   return to_json(L, idx, 0, max_depth, path, sizeof path, &cv, err, errlen);
 }
 
+size_t orch__json_text_cost(const char *s, size_t n) {
+  /* every value but the root follows a '[', ',' or ':'; every table is a
+   * '[' or '{'; every key is followed by a ':'. Malformed text only makes
+   * the estimate larger, never smaller than what jansson builds. */
+  size_t values = 1, tables = 0, keys = 0, strbytes = 0;
+  bool in_str = false;
+  for (size_t i = 0; i < n; i++) {
+    char c = s[i];
+    if (in_str) {
+      if (c == '\\') { i++; strbytes++; }
+      else if (c == '"') in_str = false;
+      else strbytes++;
+      continue;
+    }
+    switch (c) {
+    case '"': in_str = true; break;
+    case '[': values++; tables++; break;
+    case '{': tables++; break;
+    case ',': values++; break;
+    case ':': keys++; break;
+    default: break;
+    }
+  }
+  return values * VALUE_BYTES + tables * TABLE_BYTES + keys * KEY_BYTES +
+         strbytes;
+}
+
 void orch__lua_push_json(lua_State *L, const json_t *v) {
   luaL_checkstack(L, 3, "JSON nesting");
   switch (json_typeof(v)) {

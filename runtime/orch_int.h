@@ -401,6 +401,9 @@ size_t orch__lua_mem_left(lua_State *L, bool *capped /* OUT */);
  * state's memory cap are errors naming the key path. Raises no Lua error. */
 json_t *orch__lua_to_json(lua_State *L, int idx, int max_depth, char *err,
                           size_t errlen);
+/* About how many heap bytes jansson's tree for the JSON text s takes (an
+ * upper estimate, by one pass over the text, allocating nothing). */
+size_t orch__json_text_cost(const char *s, size_t n);
 /* Pushes a JSON value as a Lua value (null becomes nil in tables is
  * avoided: it becomes json.null lightuserdata). */
 void orch__lua_push_json(lua_State *L, const json_t *v);

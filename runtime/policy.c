@@ -725,7 +725,15 @@ typedef struct box {
   char *p;
   size_t len, cap;
   json_t *j;
+  size_t reserved; /* of the state's cap, for j (malloc'd by jansson) */
 } box;
+
+static void box_release(lua_State *L, box *b) {
+  if (b->j) json_decref(b->j);
+  b->j = NULL;
+  if (b->reserved && is_sandbox(L)) SBX(L)->used -= b->reserved;
+  b->reserved = 0;
+}
 
 static int box_gc(lua_State *L) {
   box *b = lua_touserdata(L, 1);
@@ -733,8 +741,7 @@ static int box_gc(lua_State *L) {
   lua_Alloc f = lua_getallocf(L, &ud);
   if (b->p) f(ud, b->p, b->cap, 0);
   b->p = NULL;
-  if (b->j) json_decref(b->j);
-  b->j = NULL;
+  box_release(L, b);
   return 0;
 }
 
@@ -885,18 +892,37 @@ static int l_json_encode(lua_State *L) {
   return 1;
 }
 
+/* jansson builds its tree with malloc, outside the state's allocator: the
+ * tree's estimated size is reserved from the cap (refused when it does not
+ * fit) before jansson runs, and released when the tree is freed, so the
+ * Lua copy built from it must fit in what is left. */
 static int l_json_decode(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
   box *b = push_box(L);
+  if (is_sandbox(L)) {
+    sbx *x = SBX(L);
+    size_t need = orch__json_text_cost(s, n);
+    size_t left = x->used < x->max ? x->max - x->used : 0;
+    if (need > left) {
+      x->mem_tripped = true; /* reported as the memory cap (ELIMIT) */
+      return luaL_error(L, "json.decode: a document of %I bytes needs "
+                           "about %I bytes, more than the %I left under "
+                           "the memory cap", (lua_Integer)n,
+                        (lua_Integer)need, (lua_Integer)left);
+    }
+    x->used += need;
+    b->reserved = need;
+  }
   json_error_t e;
   b->j = json_loadb(s, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
-  if (!b->j)
+  if (!b->j) {
+    box_release(L, b);
     return luaL_error(L, "json.decode: %s (line %d, column %d)", e.text,
                       e.line, e.column);
+  }
   orch__lua_push_json(L, b->j);
-  json_decref(b->j);
-  b->j = NULL;
+  box_release(L, b);
   return 1;
 }
 
@@ -1122,6 +1148,10 @@ static int call_error(lua_State *L, int st, bool budget, bool mem,
     rc = orch__err(err, errlen, ORCH_ELIMIT,
                    "%s: memory cap exceeded (%zu bytes)%s",
                    file ? file : "script", x->max, in);
+  } else if (mem && msg && strstr(msg, "memory cap")) {
+    /* a refusal that says more (json.decode's) */
+    if (what) snprintf(in, sizeof in, " (in %s)", what);
+    rc = orch__err(err, errlen, ORCH_ELIMIT, "%s%s", msg, in);
   } else {
     if (what) snprintf(in, sizeof in, " (in %s)", what);
     rc = orch__err(err, errlen, ORCH_ESCRIPT, "%s%s",

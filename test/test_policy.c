@@ -1408,3 +1408,47 @@ TEST(json_result_of_shared_tables_stops_at_the_cap) {
   rm_rf(dir);
   free(dir);
 }
+
+TEST(json_decode_stops_at_the_cap_before_jansson_allocates) {
+  char err[512], out[1024];
+  orch__config c;
+  orch__config_defaults(&c);
+  c.lua_mem_max = 32u << 20;
+  lua_State *L = orch__lua_new_sandbox(&c, err, sizeof err);
+  ASSERT(L);
+  long rss0 = rss_kb();
+  double t0 = now_ms();
+  int rc = run_chunk(L,
+                     "local s = '[' .. string.rep('[],', 4000000) .. '[]]' "
+                     "return #json.decode(s)",
+                     out, sizeof out);
+  ASSERT_EQ(rc, ORCH_ELIMIT);
+  long grew_mb = (rss_kb() - rss0) / 1024;
+  fprintf(stderr, "  decode: %.0f ms, RSS +%ld MB: %s\n", now_ms() - t0,
+          grew_mb, out);
+  ASSERT_CONTAINS(out, "json.decode");
+  ASSERT_CONTAINS(out, "memory cap");
+  ASSERT(grew_mb < 64); /* the input string itself is 12 MB */
+  /* inside pcall: the script sees the error, the state goes on */
+  ASSERT_EQ(run_chunk(L,
+                      "local s = '[' .. string.rep('{},', 4000000) .. '{}]' "
+                      "local ok, e = pcall(json.decode, s) "
+                      "return tostring(ok) .. ' ' .. e",
+                      out, sizeof out),
+            ORCH_OK);
+  ASSERT_CONTAINS(out, "false");
+  ASSERT_CONTAINS(out, "memory cap");
+  /* ordinary documents still decode, also many of them */
+  ASSERT_EQ(run_chunk(L,
+                      "local n = 0 for i = 1, 200 do "
+                      "local t = json.decode('{\"a\": [1, 2.5, \"x\\\\u00e9\", "
+                      "null, true], \"b\": {\"c\": \"d\"}}') "
+                      "n = n + #t.a end "
+                      "return n .. json.encode(json.decode("
+                      "'{\"k\": [1, 2.5, \"\\\\u00e9\"]}'))",
+                      out, sizeof out),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "1000{\"k\":[1,2.5,\"\xc3\xa9\"]}");
+  orch__lua_close(L);
+  orch__config_deinit(&c);
+}
