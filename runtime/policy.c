@@ -628,17 +628,22 @@ static int l_load(lua_State *L) {
 
 /* Pushes the read-only proxy of the module table at the top (replacing it):
  * code that requires a module can call it but not rewrite it. */
+
+/* The iterator pairs(proxy) returns: next over the module table, which
+ * only it holds (upvalue 1); its state argument (the proxy) is ignored, so
+ * pairs hands out nothing writable. */
 static int proxy_next(lua_State *L) {
   lua_settop(L, 2);
-  if (lua_next(L, 1)) return 2;
+  if (lua_next(L, lua_upvalueindex(1))) return 2;
   lua_pushnil(L);
   return 1;
 }
 
 static int proxy_pairs_fn(lua_State *L) {
   lua_getmetatable(L, 1);
-  lua_pushcfunction(L, proxy_next);
-  lua_getfield(L, -2, "__index");
+  lua_getfield(L, -1, "__index");
+  lua_pushcclosure(L, proxy_next, 1);
+  lua_pushvalue(L, 1);
   lua_pushnil(L);
   return 3;
 }

@@ -1452,3 +1452,42 @@ TEST(json_decode_stops_at_the_cap_before_jansson_allocates) {
   orch__lua_close(L);
   orch__config_deinit(&c);
 }
+
+/* ---- what a step can reach of the shared state is read-only ------------- */
+
+TEST(sandbox_pairs_on_a_module_view_gives_no_way_to_the_module) {
+  char *dir = tmpdir_new(), err[512], out[1024], tier[32];
+  put(dir, "routing/complexity.lua", COMPLEXITY);
+  orch__config c = test_cfg(dir);
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  lua_State *L = orch__lstate_L(s);
+  /* pairs still lists the module's functions */
+  ASSERT_EQ(run_chunk(L,
+                      "local n = {} for k in pairs(require "
+                      "'routing.complexity') do n[#n + 1] = k end "
+                      "table.sort(n) return table.concat(n, ',')",
+                      out, sizeof out),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "classify,selftest");
+  /* the state it returns is the view, not the module */
+  int rc = run_chunk(L,
+                     "local _, real = pairs(require 'routing.complexity') "
+                     "real.classify = function() return 'strong' end",
+                     out, sizeof out);
+  ASSERT(rc != ORCH_OK);
+  ASSERT_CONTAINS(out, "module tables are read-only");
+  const char *keys[] = {"title"};
+  const char *vals[] = {"Format this simple document"};
+  ASSERT_EQ(orch__policy_call_fields(s, "routing.complexity", "classify",
+                                     keys, vals, 1, tier, sizeof tier, err,
+                                     sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(tier, "fast");
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
