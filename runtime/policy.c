@@ -360,6 +360,7 @@ static void call_end(lua_State *L) {
 static char K_TEMPLATE; /* the allow-list: name -> value */
 static char K_INNER_MT; /* metatable of an env's inner table */
 static char K_ENVS;     /* weak set of env tables (for rawset) */
+static char K_VIEWS;    /* weak set of read-only views (for rawset) */
 static char K_LOADED;   /* module name -> module table */
 static char K_PROXIES;  /* module name -> read-only proxy */
 static char K_LOADING;  /* sentinel while a module loads */
@@ -445,6 +446,15 @@ static bool is_env(lua_State *L, int idx) {
   return r;
 }
 
+static bool is_view(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_VIEWS);
+  lua_pushvalue(L, idx);
+  bool r = lua_rawget(L, -2) != LUA_TNIL;
+  lua_pop(L, 2);
+  return r;
+}
+
 static int l_rawset(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checkany(L, 2);
@@ -452,6 +462,9 @@ static int l_rawset(lua_State *L) {
   if (is_env(L, 1))
     return luaL_error(L, "script attempted to write the global table "
                          "(keep state in locals or module tables)");
+  if (is_view(L, 1))
+    return luaL_error(L, "rawset: module and library tables are read-only "
+                         "outside their module");
   lua_settop(L, 3);
   lua_rawset(L, 1);
   return 1;
@@ -535,30 +548,29 @@ static int proxy_newindex(lua_State *L) {
   return luaL_error(L, "module tables are read-only outside their module");
 }
 
-/* Pushes a new table holding a private copy of the allow-list (library
- * tables copied too, so one chunk cannot change what another sees), whose
- * reads of missing names raise. [-0, +1] */
+/* __newindex of a library view; upvalue 1 names the library. */
+static int lib_newindex(lua_State *L) {
+  const char *k = lua_tostring(L, 2);
+  return luaL_error(L, "library tables are read-only in the script sandbox "
+                       "(assigning '%s.%s'; keep your own in a local)",
+                    lua_tostring(L, lua_upvalueindex(1)),
+                    k ? k : luaL_typename(L, 2));
+}
+
+/* Pushes a new table holding a copy of the allow-list, whose reads of
+ * missing names raise. Its library tables are the state's read-only views
+ * (setup_state), shared by every chunk: nothing to copy per chunk, and no
+ * chunk can change what another (or a later step) sees. [-0, +1] */
 static void push_inner(lua_State *L) {
-  lua_newtable(L);                                 /* inner */
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_TEMPLATE);  /* inner T */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_TEMPLATE);  /* T */
+  lua_createtable(L, 0, 32);                       /* T inner */
   lua_pushnil(L);
-  while (lua_next(L, -2)) {                        /* inner T k v */
-    if (lua_type(L, -1) == LUA_TTABLE) {
-      lua_newtable(L);                             /* ... k v copy */
-      lua_pushnil(L);
-      while (lua_next(L, -3)) {
-        lua_pushvalue(L, -2);
-        lua_insert(L, -2);
-        lua_rawset(L, -4);
-      }
-      if (lua_getmetatable(L, -2)) lua_setmetatable(L, -2);
-      lua_remove(L, -2);                           /* ... k copy */
-    }
+  while (lua_next(L, -3)) {                        /* T inner k v */
     lua_pushvalue(L, -2);
     lua_insert(L, -2);
-    lua_rawset(L, -5);                             /* inner[k] = v */
+    lua_rawset(L, -4);                             /* inner[k] = v */
   }
-  lua_pop(L, 1);                                   /* inner */
+  lua_remove(L, -2);                               /* inner */
   lua_rawgetp(L, LUA_REGISTRYINDEX, &K_INNER_MT);
   lua_setmetatable(L, -2);
 }
@@ -655,6 +667,37 @@ static int proxy_len(lua_State *L) {
   return 1;
 }
 
+/* Replaces the table at the top by a read-only view of it: reads go to
+ * the table, writes raise through newindex (a C function, or a closure
+ * over a library's name when lib is not NULL), pairs and # see the table;
+ * rawset refuses the view. [-1, +1] */
+static void push_view(lua_State *L, lua_CFunction newindex, const char *lib) {
+  lua_newtable(L);                          /* t view */
+  lua_createtable(L, 0, 5);                 /* t view mt */
+  lua_pushvalue(L, -3);
+  lua_setfield(L, -2, "__index");
+  if (lib) {
+    lua_pushstring(L, lib);
+    lua_pushcclosure(L, newindex, 1);
+  } else {
+    lua_pushcfunction(L, newindex);
+  }
+  lua_setfield(L, -2, "__newindex");
+  lua_pushcfunction(L, proxy_pairs_fn);
+  lua_setfield(L, -2, "__pairs");
+  lua_pushcfunction(L, proxy_len);
+  lua_setfield(L, -2, "__len");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_setmetatable(L, -2);                  /* t view */
+  lua_remove(L, -2);                        /* view */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_VIEWS);
+  lua_pushvalue(L, -2);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
 static int require_module(lua_State *L, const char *name);
 
 static int l_require(lua_State *L) {
@@ -668,19 +711,7 @@ static int l_require(lua_State *L) {
   if (lua_getfield(L, -1, name) == LUA_TTABLE) return 1;
   lua_pop(L, 2);
   require_module(L, name);                  /* module */
-  lua_newtable(L);                          /* module proxy */
-  lua_createtable(L, 0, 5);                 /* module proxy mt */
-  lua_pushvalue(L, -3);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, proxy_newindex);
-  lua_setfield(L, -2, "__newindex");
-  lua_pushcfunction(L, proxy_pairs_fn);
-  lua_setfield(L, -2, "__pairs");
-  lua_pushcfunction(L, proxy_len);
-  lua_setfield(L, -2, "__len");
-  lua_pushboolean(L, 0);
-  lua_setfield(L, -2, "__metatable");
-  lua_setmetatable(L, -2);                  /* module proxy */
+  push_view(L, proxy_newindex, NULL);       /* proxy */
   lua_rawgetp(L, LUA_REGISTRYINDEX, &K_PROXIES);
   lua_pushvalue(L, -2);
   lua_setfield(L, -2, name);
@@ -949,6 +980,12 @@ static int setup_state(lua_State *L) {
       "rawget", "rawlen", "select", "tonumber", "tostring", "type",
       "_VERSION", NULL};
   static const char *const os_names[] = {"time", "clock", "date", NULL};
+  lua_newtable(L);                                  /* weak keys */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &K_VIEWS);
   luaL_requiref(L, LUA_GNAME, luaopen_base, 1);     /* G */
   luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 0);
   luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 0);
@@ -999,6 +1036,16 @@ static int setup_state(lua_State *L) {
                                    {NULL, NULL}};
   luaL_newlib(L, orchf);
   lua_setfield(L, T, "orch");
+  /* the library tables become read-only views, shared by every chunk of
+   * the state (the string table behind its view is also the string
+   * metatable's __index, which scripts cannot reach) */
+  static const char *const libs[] = {"string", "table", "math", "utf8",
+                                     "os", "json", "orch", NULL};
+  for (const char *const *l = libs; *l; l++) {
+    lua_getfield(L, T, *l);
+    push_view(L, lib_newindex, *l);
+    lua_setfield(L, T, *l);
+  }
   lua_pushvalue(L, T);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &K_TEMPLATE);
   lua_settop(L, 0);

@@ -1491,3 +1491,34 @@ TEST(sandbox_pairs_on_a_module_view_gives_no_way_to_the_module) {
   rm_rf(dir);
   free(dir);
 }
+
+TEST(sandbox_library_tables_are_read_only_views_shared_by_steps) {
+  const char *codes[] = {
+      "string.lower = function() return 'poisoned' end",
+      "rawset(string, 'lower', function() return 'poisoned' end)",
+      "require('json').encode = function() return 'poisoned' end",
+      "rawset(require('json'), 'encode', function() return 'poisoned' end)",
+      "local _, t = pairs(math) t.floor = function() return 'poisoned' end",
+      "os.time = function() return 0 end",
+      /* what the steps above tried to change is unchanged */
+      "return string.lower('ABC') .. ('DEF'):lower() .. json.encode({1}) .. "
+      "require('json').encode({2}) .. math.floor(2.5) .. "
+      "tostring(os.time() > 0) .. #string.rep('x', 3)",
+      /* reading and iterating work as before */
+      "local n = 0 for k, v in pairs(string) do n = n + 1 end "
+      "return tostring(n > 10) .. tostring(string.dump == nil)",
+  };
+  int rc;
+  orch_graph *g = run_lua_steps(codes, ORCH__ARRAY_LEN(codes), NULL, &rc);
+  ASSERT(g);
+  for (size_t i = 0; i < 6; i++) {
+    ASSERT_EQ(orch_step_status(g, i), ORCH_FAILED);
+    ASSERT_CONTAINS(orch_step_error(g, i), "read-only");
+  }
+  ASSERT_CONTAINS(orch_step_error(g, 0), "'string.lower'");
+  ASSERT_EQ(orch_step_status(g, 6), ORCH_PASSED);
+  ASSERT_STR_EQ(orch_step_output(g, 6), "abcdef[1][2]2true3");
+  ASSERT_EQ(orch_step_status(g, 7), ORCH_FAILED); /* string.dump: denied */
+  ASSERT_CONTAINS(orch_step_error(g, 7), "'string.dump' is not available");
+  orch_graph_free(g);
+}
