@@ -1340,15 +1340,71 @@ static int cmp_pmod(const void *a, const void *b) {
   return strcmp(((const pmod *)a)->name, ((const pmod *)b)->name);
 }
 
-/* Adds dir[/sub]/NAME.lua files to s; unreadable ones go to report. */
+/* A module file (or a whole subdirectory) that is listed but could not be
+ * read: not a deletion. */
+typedef struct unread {
+  char *name; /* the module, or for a subdirectory its prefix "routing." */
+  char *path;
+  char *err;  /* "path: why" */
+  bool dir;
+} unread;
+
+typedef struct unreads {
+  unread *v;
+  size_t n;
+} unreads;
+
+static void unreads_deinit(unreads *u) {
+  for (size_t i = 0; i < u->n; i++) {
+    free(u->v[i].name);
+    free(u->v[i].path);
+    free(u->v[i].err);
+  }
+  free(u->v);
+  u->v = NULL;
+  u->n = 0;
+}
+
+static int unreads_add(unreads *u, char *name, const char *path,
+                       const char *err, bool dir) {
+  unread *nv = realloc(u->v, (u->n + 1) * sizeof *nv);
+  if (!nv) { free(name); return ORCH_ENOMEM; }
+  u->v = nv;
+  unread *e = &u->v[u->n];
+  e->name = name;
+  e->path = orch__strdup(path);
+  e->err = orch__strdup(err);
+  e->dir = dir;
+  if (!e->name || !e->path || !e->err) {
+    free(e->name);
+    free(e->path);
+    free(e->err);
+    return ORCH_ENOMEM;
+  }
+  u->n++;
+  return ORCH_OK;
+}
+
+/* Adds dir[/sub]/NAME.lua files to s; unreadable ones (and subdirectories)
+ * go to report and to bad (each may be NULL). */
 static int scan_one(psnap *s, size_t *cap, const char *dir, const char *sub,
-                    orch_report_fn report, void *ud, int *problems) {
+                    orch_report_fn report, void *ud, int *problems,
+                    unreads *bad) {
   char *path = sub ? orch__asprintf("%s/%s", dir, sub) : orch__strdup(dir);
   if (!path) return ORCH_ENOMEM;
   DIR *d = opendir(path);
   int rc = ORCH_OK;
   if (!d) {
     rc = sub ? ORCH_OK : ORCH_ENOTFOUND;
+    if (sub) {
+      char e[512];
+      snprintf(e, sizeof e, "%s: cannot open the directory: %s", path,
+               strerror(errno));
+      if (report) report(ud, path, 0, e);
+      if (problems) (*problems)++;
+      if (bad) rc = unreads_add(bad, orch__asprintf("%s.", sub), path, e,
+                                true);
+    }
     goto done;
   }
   struct dirent *de;
@@ -1362,7 +1418,7 @@ static int scan_one(psnap *s, size_t *cap, const char *dir, const char *sub,
     bool isdir = stat(fp, &st) == 0 && S_ISDIR(st.st_mode);
     if (isdir && !sub && ident(n, nl)) {
       free(fp);
-      rc = scan_one(s, cap, dir, n, report, ud, problems);
+      rc = scan_one(s, cap, dir, n, report, ud, problems, bad);
       if (rc) break;
       continue;
     }
@@ -1375,9 +1431,18 @@ static int scan_one(psnap *s, size_t *cap, const char *dir, const char *sub,
     size_t len = 0;
     int frc = orch__read_file(fp, SCRIPT_MAX_BYTES, &src, &len, e, sizeof e);
     if (frc) {
+      if (frc == ORCH_ELIMIT) /* read_file names plan_max_bytes */
+        snprintf(e, sizeof e, "%s: over the limit of %u bytes for a script",
+                 fp, SCRIPT_MAX_BYTES);
       if (report) report(ud, fp, 0, e);
       if (problems) (*problems)++;
+      if (bad) {
+        char *name = sub ? orch__asprintf("%s.%.*s", sub, (int)(nl - 4), n)
+                         : orch__asprintf("%.*s", (int)(nl - 4), n);
+        rc = unreads_add(bad, name, fp, e, false);
+      }
       free(fp);
+      if (rc) break;
       continue;
     }
     free(fp);
@@ -1400,15 +1465,16 @@ done:
   return rc;
 }
 
-/* Reads every module under dir into a new snapshot (gen 0). A missing dir
+/* Reads every module under dir into a new snapshot (gen 0); what is listed
+ * but unreadable goes to report and bad (each may be NULL). A missing dir
  * is ORCH_ENOTFOUND with *out NULL. */
 static int scan_dir(const char *dir, psnap **out, orch_report_fn report,
-                    void *ud, int *problems) {
+                    void *ud, int *problems, unreads *bad) {
   *out = NULL;
   psnap *s = snap_empty();
   if (!s) return ORCH_ENOMEM;
   size_t cap = 0;
-  int rc = scan_one(s, &cap, dir, NULL, report, ud, problems);
+  int rc = scan_one(s, &cap, dir, NULL, report, ud, problems, bad);
   if (rc) {
     snap_unref(s);
     return rc;
@@ -1477,6 +1543,7 @@ typedef struct rejected {
   char *name;
   pmod *mod; /* the refused content; NULL: its removal was refused */
   char *err; /* why (file:line: message) */
+  bool unreadable; /* the file is listed but could not be read */
 } rejected;
 
 typedef struct pwatch pwatch;
@@ -1536,6 +1603,7 @@ static void rej_set(orch__policy *p, const char *name, const pmod *m,
   rejected *r = &p->rej[p->nrej];
   r->name = orch__strdup(name);
   r->mod = NULL;
+  r->unreadable = false;
   r->err = orch__strdup(why ? why : "");
   if (!r->name || !r->err) {
     free(r->name);
@@ -1554,6 +1622,63 @@ static void rej_set(orch__policy *p, const char *name, const pmod *m,
   p->nrej++;
 }
 
+static const unread *unread_find(const unreads *u, const char *name) {
+  for (size_t i = 0; i < u->n; i++)
+    if (!strcmp(u->v[i].name, name)) return &u->v[i];
+  return NULL;
+}
+
+/* A listed module file (or subdirectory) that cannot be read keeps what is
+ * serving: cur's modules it covers are put into disk as they are, so the
+ * scan sees no change there. Only a name gone from the listing is a
+ * deletion. Returns disk, or a new snapshot in its place (NULL: out of
+ * memory, disk released). */
+static psnap *keep_unread(psnap *disk, const psnap *cur, const unreads *bad) {
+  for (size_t i = 0; i < bad->n && disk; i++) {
+    const unread *u = &bad->v[i];
+    size_t nl = strlen(u->name);
+    for (size_t j = 0; j < cur->n && disk; j++) {
+      const pmod *c = &cur->mods[j];
+      bool covered = u->dir ? strncmp(c->name, u->name, nl) == 0
+                            : strcmp(c->name, u->name) == 0;
+      if (!covered || snap_find(disk, c->name)) continue;
+      psnap *nd = snap_with(disk, c->name, c);
+      snap_unref(disk);
+      disk = nd;
+    }
+  }
+  return disk;
+}
+
+/* Records each unreadable file as a refusal, once while its error stands
+ * (logged, counted, the last error, an event), and forgets those readable
+ * again. Under scan_mu. */
+static void refuse_unread(orch__policy *p, const unreads *bad, unsigned gen) {
+  for (size_t i = 0; i < p->nrej;) {
+    if (p->rej[i].unreadable && !unread_find(bad, p->rej[i].name))
+      rej_drop(p, p->rej[i].name); /* moves the last entry to i */
+    else
+      i++;
+  }
+  for (size_t i = 0; i < bad->n; i++) {
+    const unread *u = &bad->v[i];
+    rejected *r = rej_find(p, u->name);
+    if (r && r->unreadable && !strcmp(r->err, u->err)) continue;
+    rej_set(p, u->name, NULL, u->err);
+    if ((r = rej_find(p, u->name))) r->unreadable = true;
+    log_refusal(u->err);
+    atomic_fetch_add(&p->refusals, 1);
+    pthread_mutex_lock(&p->mu);
+    snprintf(p->last_err, sizeof p->last_err, "%s", u->err);
+    pthread_mutex_unlock(&p->mu);
+    if (p->on_event) {
+      char label[300]; /* a subdirectory "routing." is "routing.*" */
+      snprintf(label, sizeof label, "%s%s", u->name, u->dir ? "*" : "");
+      p->on_event(p->on_event_ud, label, u->path, gen, u->err);
+    }
+  }
+}
+
 /* Applies the change of module name (disk's version, or its removal). */
 static psnap *apply(const psnap *base, const psnap *disk, const char *name) {
   return snap_with(base, name, snap_find(disk, name));
@@ -1568,8 +1693,9 @@ static int rescan(orch__policy *p, bool initial) {
   size_t npend = 0;
   int rc = ORCH_OK;
   char err[1024];
+  unreads bad = {NULL, 0};
   pthread_mutex_lock(&p->scan_mu);
-  rc = scan_dir(p->dir, &disk, NULL, NULL, NULL);
+  rc = scan_dir(p->dir, &disk, NULL, NULL, NULL, &bad);
   if (rc == ORCH_ENOTFOUND) {
     rc = ORCH_OK;
     if (!initial) goto done; /* a vanished dir unloads nothing */
@@ -1581,6 +1707,7 @@ static int rescan(orch__policy *p, bool initial) {
   cur = snap_ref(p->cur);
   pthread_mutex_unlock(&p->mu);
   working = snap_ref(cur);
+  if (!(disk = keep_unread(disk, cur, &bad))) { rc = ORCH_ENOMEM; goto done; }
 
   /* the changed names, less contents refused before */
   pending = calloc(disk->n + cur->n + 1, sizeof *pending);
@@ -1592,7 +1719,10 @@ static int rescan(orch__policy *p, bool initial) {
       const char *name = s->mods[i].name;
       if (side && snap_find(disk, name)) continue; /* seen */
       const pmod *d = snap_find(disk, name), *c = snap_find(cur, name);
-      if (pmod_same(d, c)) { rej_drop(p, name); continue; }
+      if (pmod_same(d, c)) {
+        if (!unread_find(&bad, name)) rej_drop(p, name);
+        continue;
+      }
       rejected *r = rej_find(p, name);
       if (r && pmod_same(r->mod, d)) continue;
       pending[npend++] = (char *)name;
@@ -1662,8 +1792,10 @@ static int rescan(orch__policy *p, bool initial) {
   for (size_t i = 0; i < npend; i++)
     emit(p, pending[i], snap_find(disk, pending[i]), working->gen,
          done[i] ? NULL : errs ? errs[i] : "refused");
-  /* the error stands while a refused content is still what is on disk */
-  bool standing = false;
+  refuse_unread(p, &bad, working->gen);
+  /* the error stands while a refused content is still what is on disk, or
+   * a file is still unreadable */
+  bool standing = bad.n > 0;
   for (size_t i = 0; i < p->nrej; i++) {
     rejected *r = &p->rej[i];
     if (pmod_same(r->mod, snap_find(disk, r->name))) standing = true;
@@ -1680,6 +1812,7 @@ done:
   snap_unref(working);
   snap_unref(cur);
   snap_unref(disk);
+  unreads_deinit(&bad);
   pthread_mutex_unlock(&p->scan_mu);
   return rc;
 }
@@ -2334,7 +2467,7 @@ int orch_scripts_check(orch_runtime *rt, const char *dir,
   if (!dir) dir = cfg && cfg->scripts_dir ? cfg->scripts_dir : "scripts";
   psnap *snap = NULL;
   int problems = 0;
-  int rc = scan_dir(dir, &snap, report, ud, &problems);
+  int rc = scan_dir(dir, &snap, report, ud, &problems, NULL);
   if (rc == ORCH_ENOTFOUND) {
     if (report) report(ud, dir, 0, "cannot open the scripts directory");
     return ORCH_ENOTFOUND;

@@ -1522,3 +1522,97 @@ TEST(sandbox_library_tables_are_read_only_views_shared_by_steps) {
   ASSERT_CONTAINS(orch_step_error(g, 7), "'string.dump' is not available");
   orch_graph_free(g);
 }
+
+/* ---- a listed file that cannot be read is a refusal, not a deletion ----- */
+
+/* Counts the events of one module (loads and refusals) a scan reports. */
+typedef struct evlog {
+  int loads, refusals;
+  char last[512];
+} evlog;
+
+static void on_ev(void *ud, const char *module, const char *file,
+                  unsigned gen, const char *error) {
+  evlog *l = ud;
+  (void)module, (void)file, (void)gen;
+  if (error) {
+    l->refusals++;
+    snprintf(l->last, sizeof l->last, "%s", error);
+  } else {
+    l->loads++;
+  }
+}
+
+TEST(reload_keeps_a_module_whose_file_became_unreadable) {
+  char *dir = tmpdir_new(), err[512], out[64], last[1024];
+  put(dir, "routing/complexity.lua", version_src(1, 0));
+  orch__config c = test_cfg(dir);
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  evlog ev;
+  memset(&ev, 0, sizeof ev);
+  orch__policy_set_events(p, on_ev, &ev);
+  ASSERT_EQ(ev.loads, 1);
+  /* grows past 1 MiB (a long comment): refused, v1 keeps serving */
+  size_t big = (1u << 20) + 100;
+  char *src = malloc(big + 1);
+  memset(src, '-', big);
+  memcpy(src, "return {} --", 12);
+  src[big] = '\0';
+  put(dir, "routing/complexity.lua", src);
+  free(src);
+  ASSERT_EQ(orch__policy_rescan(p), ORCH_OK);
+  ASSERT_EQ(orch__policy_generation(p), 1);
+  ASSERT_EQ(orch__policy_last_error(p, last, sizeof last), 1);
+  ASSERT_CONTAINS(last, "routing/complexity.lua");
+  ASSERT_CONTAINS(last, "over the limit of 1048576 bytes for a script");
+  ASSERT_EQ(ev.refusals, 1);
+  ASSERT(!orch__lstate_sync(s));
+  ASSERT_EQ(orch__policy_call_string(s, "routing.complexity", "classify",
+                                     NULL, out, sizeof out, err, sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "v1");
+  /* the same state again: not refused (or logged) twice */
+  ASSERT_EQ(orch__policy_rescan(p), ORCH_OK);
+  ASSERT_EQ(ev.refusals, 1);
+  ASSERT_EQ(orch__policy_generation(p), 1);
+  /* a dangling symlink in its place: listed, unreadable, still v1 */
+  char *path = orch__asprintf("%s/routing/complexity.lua", dir);
+  unlink(path);
+  ASSERT_EQ(symlink("/nonexistent/orch-complexity.lua", path), 0);
+  ASSERT_EQ(orch__policy_rescan(p), ORCH_OK);
+  ASSERT_EQ(orch__policy_generation(p), 1);
+  ASSERT_EQ(orch__policy_last_error(p, last, sizeof last), 1);
+  ASSERT_CONTAINS(last, "No such file or directory");
+  ASSERT_EQ(ev.refusals, 2);
+  orch__lstate_sync(s);
+  ASSERT_EQ(orch__policy_call_string(s, "routing.complexity", "classify",
+                                     NULL, out, sizeof out, err, sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "v1");
+  /* readable again with the serving content: the error clears */
+  unlink(path);
+  put(dir, "routing/complexity.lua", version_src(1, 0));
+  ASSERT_EQ(orch__policy_rescan(p), ORCH_OK);
+  ASSERT_EQ(orch__policy_last_error(p, last, sizeof last), 1);
+  ASSERT_STR_EQ(last, "");
+  /* a new version loads as usual; a file gone from the listing unloads */
+  put(dir, "routing/complexity.lua", version_src(2, 0));
+  ASSERT_EQ(orch__policy_rescan(p), ORCH_OK);
+  ASSERT_EQ(orch__policy_generation(p), 2);
+  unlink(path);
+  ASSERT_EQ(orch__policy_rescan(p), ORCH_OK);
+  ASSERT_EQ(orch__policy_generation(p), 3);
+  orch__lstate_sync(s);
+  ASSERT_EQ(orch__policy_call_string(s, "routing.complexity", "classify",
+                                     NULL, out, sizeof out, err, sizeof err),
+            ORCH_ENOTFOUND);
+  free(path);
+  orch__policy_set_events(p, NULL, NULL);
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
