@@ -1230,6 +1230,14 @@ static int pcall_budget(lua_State *L, int nargs, int nres, const char *file,
   bool budget = x->budget_tripped, mem = x->mem_tripped;
   call_end(L);
   int rc = ORCH_OK;
+  if (st == LUA_OK && budget) {
+    /* A pcall in tail position (`return pcall(loop)`) returns straight to
+     * C, with no Lua instruction left for the re-armed hook to stop: the
+     * spent budget still fails the call, whatever it returned. */
+    lua_settop(L, base);
+    lua_pushliteral(L, "instruction budget exceeded");
+    st = LUA_ERRRUN;
+  }
   if (st != LUA_OK) rc = call_error(L, st, budget, mem, file, what, err, errlen);
   lua_remove(L, base);
   return rc;

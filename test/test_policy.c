@@ -1616,3 +1616,49 @@ TEST(reload_keeps_a_module_whose_file_became_unreadable) {
   rm_rf(dir);
   free(dir);
 }
+
+TEST(budget_is_not_swallowed_by_a_pcall_in_tail_position) {
+  char *dir = tmpdir_new(), err[512], out[64];
+  put(dir, "policies/tail.lua",
+      "local M = {}\n"
+      "local function loop() while true do end end\n"
+      "function M.tail() return pcall(loop) end\n"
+      "function M.xtail() return xpcall(loop, function(m) return m end) end\n"
+      "function M.ok() return 'ok' end\n"
+      "return M\n");
+  orch__config c = test_cfg(dir);
+  c.lua_budget = 1000;
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  json_t *j = NULL;
+  ASSERT_EQ(orch__policy_call(s, "policies.tail", "tail", NULL, &j, err,
+                              sizeof err),
+            ORCH_ELIMIT);
+  ASSERT(j == NULL);
+  ASSERT_CONTAINS(err, "instruction budget exceeded");
+  ASSERT_CONTAINS(err, "policies/tail.lua:2:");
+  ASSERT_EQ(orch__policy_call_string(s, "policies.tail", "xtail", NULL, out,
+                                     sizeof out, err, sizeof err),
+            ORCH_ELIMIT);
+  ASSERT_EQ(orch__policy_call_string(s, "policies.tail", "ok", NULL, out,
+                                     sizeof out, err, sizeof err),
+            ORCH_OK);
+  /* a lua step and a plain chunk alike */
+  lua_State *L = orch__lstate_L(s);
+  ASSERT_EQ(run_chunk(L, "return pcall(function() while true do end end)",
+                      out, sizeof out),
+            ORCH_ELIMIT);
+  const char *codes[] = {"return pcall(function() while true do end end)"};
+  int rc;
+  orch_graph *g = run_lua_steps(codes, 1, "1000", &rc);
+  ASSERT(g);
+  ASSERT_EQ(orch_step_status(g, 0), ORCH_FAILED);
+  ASSERT_CONTAINS(orch_step_error(g, 0), "instruction budget exceeded");
+  orch_graph_free(g);
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
