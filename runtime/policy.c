@@ -2278,12 +2278,33 @@ static int numbers_to_json(lua_State *L, const centry *e, json_t **out,
     *out = json_real(lua_tonumber(L, -1));
     return *out ? ORCH_OK : ORCH_ENOMEM;
   }
-  size_t n = lua_rawlen(L, -1), count = 0;
+  /* an array only when every key is an integer 1..n (as seq_len in
+   * json.c); positive integer keys with a gap are a missing entry, an
+   * error: a failed reward is recorded as an error, never as a number */
+  size_t count = 0, nint = 0;
+  lua_Integer maxk = 0;
   lua_pushnil(L);
   while (lua_next(L, -2)) {
     count++;
+    if (lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1) {
+      nint++;
+      if (lua_tointeger(L, -2) > maxk) maxk = lua_tointeger(L, -2);
+    }
     lua_pop(L, 1);
   }
+  if ((size_t)maxk != nint) {
+    lua_Integer miss = 1;
+    while (lua_rawgeti(L, -1, miss) != LUA_TNIL) {
+      lua_pop(L, 1);
+      miss++;
+    }
+    lua_pop(L, 1);
+    return orch__err(err, errlen, ORCH_ESCRIPT,
+                     "%s: %s returned nil for '%lld' (a hole in its list of "
+                     "%lld), expected a finite number", e->m->path, e->what,
+                     (long long)miss, (long long)maxk);
+  }
+  size_t n = nint;
   bool array = n > 0 && count == n;
   json_t *j = array ? json_array() : json_object();
   if (!j) return ORCH_ENOMEM;

@@ -1662,3 +1662,52 @@ TEST(budget_is_not_swallowed_by_a_pcall_in_tail_position) {
   rm_rf(dir);
   free(dir);
 }
+
+TEST(reward_table_with_a_hole_is_an_error_not_a_zero) {
+  char *dir = tmpdir_new(), err[512];
+  put(dir, "rewards/holes.lua",
+      "local M = {}\n"
+      "function M.named_hole() return {0.1, nil, 0.3, extra = 0.5} end\n"
+      "function M.hole() local t = {0.1, 0.2, 0.3} t[2] = nil return t end\n"
+      "function M.from2() return {[2] = 0.2, [3] = 0.3} end\n"
+      "function M.mixed() return {0.1, 0.2, extra = 0.5} end\n"
+      "function M.seq() return {0.1, 0.2, 0.3} end\n"
+      "return M\n");
+  orch__config c = test_cfg(dir);
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  static const struct {
+    const char *fn, *want;
+  } cases[] = {{"named_hole", "holes.named_hole() returned nil for '2'"},
+               {"hole", "holes.hole() returned nil for '2'"},
+               {"from2", "holes.from2() returned nil for '1'"}};
+  for (size_t i = 0; i < ORCH__ARRAY_LEN(cases); i++) {
+    json_t *out = NULL;
+    int rc = orch__policy_call_numbers(s, "rewards.holes", cases[i].fn, NULL,
+                                       &out, err, sizeof err);
+    if (rc != ORCH_ESCRIPT || out || !strstr(err, cases[i].want))
+      orch_test_fail(__FILE__, __LINE__, "%s: rc %d out %p '%s'",
+                     cases[i].fn, rc, (void *)out, err);
+    json_decref(out);
+  }
+  json_t *out = NULL;
+  ASSERT_EQ(orch__policy_call_numbers(s, "rewards.holes", "mixed", NULL,
+                                      &out, err, sizeof err),
+            ORCH_OK);
+  ASSERT(json_is_object(out));
+  ASSERT_EQ(json_object_size(out), 3);
+  ASSERT(fabs(json_real_value(json_object_get(out, "extra")) - 0.5) < 1e-9);
+  json_decref(out);
+  ASSERT_EQ(orch__policy_call_numbers(s, "rewards.holes", "seq", NULL, &out,
+                                      err, sizeof err),
+            ORCH_OK);
+  ASSERT(json_is_array(out));
+  ASSERT_EQ(json_array_size(out), 3);
+  json_decref(out);
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
