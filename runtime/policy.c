@@ -667,6 +667,25 @@ static int proxy_len(lua_State *L) {
   return 1;
 }
 
+/* table.move(a1, f, e, t [, a2]) with the range refused past the
+ * instruction budget: the stock one loops in C, where the count hook never
+ * runs, so table.move({}, 1, 2^53, 1, {}) would hold the worker for good.
+ * Upvalue 1 is the stock function. */
+static int l_table_move(lua_State *L) {
+  lua_Integer f = luaL_checkinteger(L, 2), e = luaL_checkinteger(L, 3);
+  if (e >= f && is_sandbox(L)) {
+    int limit = SBX(L)->budget; /* the count is e - f + 1 > limit */
+    if ((lua_Unsigned)e - (lua_Unsigned)f >= (lua_Unsigned)limit)
+      return luaL_error(L, "table.move: the range %I..%I has more elements "
+                           "than the instruction budget allows (%d)",
+                        f, e, limit);
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
 /* Replaces the table at the top by a read-only view of it: reads go to
  * the table, writes raise through newindex (a C function, or a closure
  * over a library's name when lib is not NULL), pairs and # see the table;
@@ -996,6 +1015,9 @@ static int setup_state(lua_State *L) {
    * there, ("").dump is nil too. */
   lua_pushnil(L);
   lua_setfield(L, -6, "dump");
+  lua_getfield(L, -4, "move");
+  lua_pushcclosure(L, l_table_move, 1);
+  lua_setfield(L, -5, "move");
 
   lua_newtable(L);                                  /* ... T */
   int T = lua_gettop(L);

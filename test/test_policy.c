@@ -1711,3 +1711,61 @@ TEST(reward_table_with_a_hole_is_an_error_not_a_zero) {
   rm_rf(dir);
   free(dir);
 }
+
+/* ---- C calls the count hook cannot stop are bounded another way --------- */
+
+TEST(keywords_dedup_of_a_long_list_is_linear) {
+  char err[512], out[1024];
+  orch__config c;
+  orch__config_defaults(&c);
+  lua_State *L = orch__lua_new_sandbox(&c, err, sizeof err);
+  ASSERT(L);
+  double t0 = now_ms();
+  ASSERT_EQ(run_chunk(L,
+                      "local l = {} for i = 1, 80000 do l[i] = 'kw' .. i end "
+                      "l[#l + 1] = 'KW7' l[#l + 1] = '  kw8 ' "
+                      "local m = orch.keywords(l, {whole = true}) "
+                      "return m.count(10, 'kw7 kw8 kw80000 kw80001') .. ' ' "
+                      ".. table.concat(m.matched('kw7 KW8'), ',')",
+                      out, sizeof out),
+            ORCH_OK);
+  double ms = now_ms() - t0;
+  fprintf(stderr, "  80,000 keywords: %.0f ms\n", ms);
+  ASSERT_STR_EQ(out, "3 kw7,kw8"); /* duplicates kept once, first spelling */
+  ASSERT(ms < (UNDER_ASAN ? 5000 : 1000));
+  orch__lua_close(L);
+  orch__config_deinit(&c);
+}
+
+TEST(sandbox_table_move_refuses_a_range_past_the_budget) {
+  char err[512], out[1024];
+  orch__config c;
+  orch__config_defaults(&c);
+  c.lua_budget = 1000; /* 1,000,000 instructions */
+  lua_State *L = orch__lua_new_sandbox(&c, err, sizeof err);
+  ASSERT(L);
+  double t0 = now_ms();
+  ASSERT_EQ(run_chunk(L, "return table.move({}, 1, 2^53, 1, {})", out,
+                      sizeof out),
+            ORCH_ESCRIPT);
+  ASSERT(now_ms() - t0 < 1000);
+  ASSERT_CONTAINS(out, "table.move: the range 1..9007199254740992 has more "
+                       "elements than the instruction budget allows "
+                       "(1000000)");
+  ASSERT_EQ(run_chunk(L, "return #table.move({}, 1, 1000001, 1, {})", out,
+                      sizeof out),
+            ORCH_ESCRIPT);
+  /* within the budget, and the odd ranges, as stock */
+  ASSERT_EQ(run_chunk(L,
+                      "return table.concat(table.move({1, 2, 3}, 1, 3, 2), "
+                      "',') .. #table.move({}, 1, 1000000, 1, {}) .. "
+                      "#table.move({1}, 5, 1, 1, {})",
+                      out, sizeof out),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "1,1,2,300");
+  ASSERT(run_chunk(L, "return table.move({}, math.mininteger, "
+                      "math.maxinteger, 1)", out, sizeof out) != ORCH_OK);
+  ASSERT_CONTAINS(out, "table.move");
+  orch__lua_close(L);
+  orch__config_deinit(&c);
+}
