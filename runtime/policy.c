@@ -1509,7 +1509,7 @@ static int scan_dir(const char *dir, psnap **out, orch_report_fn report,
     snap_unref(s);
     return rc;
   }
-  qsort(s->mods, s->n, sizeof *s->mods, cmp_pmod);
+  if (s->n) qsort(s->mods, s->n, sizeof *s->mods, cmp_pmod);
   *out = s;
   return ORCH_OK;
 }
