@@ -1,7 +1,12 @@
 /* json.c converts between Lua values and jansson's json_t, for plan files
  * written in Lua, hook arguments and hook results. Tables whose keys are
  * exactly 1..n become arrays, other tables objects; an empty table is an
- * empty object. Uses the Lua C API and jansson. */
+ * empty object. A table reached twice is copied twice (JSON has no
+ * sharing), so the copy is bounded: its estimated size is charged against
+ * what is left of a sandbox state's memory cap (policy.c), or against
+ * CONVERT_MAX_BYTES for other states. The conversion raises no Lua error
+ * (it allocates nothing from Lua), so it may run inside a protected call.
+ * Uses the Lua C API and jansson. */
 #include "orch_int.h"
 
 #include <lauxlib.h>
@@ -9,8 +14,55 @@
 #include <stdio.h>
 #include <string.h>
 
+#define CONVERT_MAX_BYTES (256u << 20) /* states without a memory cap */
+/* Estimated heap bytes of jansson's copy (with malloc's overhead),
+ * measured on glibc: a value, what a table adds, what a key adds. */
+#define VALUE_BYTES 48
+#define TABLE_BYTES 128
+#define KEY_BYTES 64
+
+/* One conversion's bound: bytes left to spend on json_t nodes. */
+typedef struct conv {
+  size_t left, limit;
+  bool capped; /* limit is a sandbox's remaining memory cap */
+} conv;
+
 static json_t *to_json(lua_State *L, int idx, int depth, int max_depth,
-                       char *path, size_t pathlen, char *err, size_t errlen);
+                       char *path, size_t pathlen, conv *cv, char *err,
+                       size_t errlen);
+
+/* Charges n more bytes of output; false (with the message) past the
+ * bound. */
+static bool charge(conv *cv, size_t n, const char *path, char *err,
+                   size_t errlen) {
+  if (n <= cv->left) {
+    cv->left -= n;
+    return true;
+  }
+  if (cv->capped)
+    orch__err(err, errlen, ORCH_ELIMIT,
+              "%s: its JSON copy would pass the memory cap (%zu bytes left; "
+              "a table reached more than once is copied each time)",
+              path[0] ? path : "value", cv->limit);
+  else
+    orch__err(err, errlen, ORCH_ELIMIT,
+              "%s: its JSON copy would take more than %zu bytes (a table "
+              "reached more than once is copied each time)",
+              path[0] ? path : "value", cv->limit);
+  return false;
+}
+
+/* A number key as Lua's tostring writes it ("%.14g", floats that look
+ * like integers with ".0"), without allocating from Lua. */
+static void number_key(lua_State *L, int idx, char *buf, size_t n) {
+  if (lua_isinteger(L, idx)) {
+    snprintf(buf, n, "%lld", (long long)lua_tointeger(L, idx));
+    return;
+  }
+  snprintf(buf, n, "%.14g", (double)lua_tonumber(L, idx));
+  if (buf[strspn(buf, "-0123456789")] == '\0' && strlen(buf) + 3 <= n)
+    strcat(buf, ".0");
+}
 
 /* Length of the array part if t at idx is a sequence 1..n, else -1. */
 static long seq_len(lua_State *L, int idx) {
@@ -31,7 +83,7 @@ static long seq_len(lua_State *L, int idx) {
 }
 
 static json_t *table_to_json(lua_State *L, int idx, int depth, int max_depth,
-                             char *path, size_t pathlen, char *err,
+                             char *path, size_t pathlen, conv *cv, char *err,
                              size_t errlen) {
   size_t plen = strlen(path);
   long n = seq_len(L, idx);
@@ -41,7 +93,7 @@ static json_t *table_to_json(lua_State *L, int idx, int depth, int max_depth,
       snprintf(path + plen, pathlen - plen, "[%ld]", i);
       lua_rawgeti(L, idx, i);
       json_t *v = to_json(L, lua_gettop(L), depth + 1, max_depth, path,
-                          pathlen, err, errlen);
+                          pathlen, cv, err, errlen);
       lua_pop(L, 1);
       if (!v) { json_decref(a); return NULL; }
       json_array_append_new(a, v);
@@ -57,9 +109,7 @@ static json_t *table_to_json(lua_State *L, int idx, int depth, int max_depth,
     if (lua_type(L, -2) == LUA_TSTRING) {
       k = lua_tostring(L, -2);
     } else if (lua_type(L, -2) == LUA_TNUMBER) {
-      lua_pushvalue(L, -2);
-      snprintf(key, sizeof key, "%s", lua_tostring(L, -1));
-      lua_pop(L, 1);
+      number_key(L, -2, key, sizeof key);
       k = key;
     } else {
       orch__err(err, errlen, ORCH_EINVAL, "%s: a key of type %s",
@@ -69,8 +119,14 @@ static json_t *table_to_json(lua_State *L, int idx, int depth, int max_depth,
       return NULL;
     }
     snprintf(path + plen, pathlen - plen, "%s%s", plen ? "." : "", k);
+    if (!charge(cv, KEY_BYTES + strlen(k), path, err, errlen)) {
+      path[plen] = '\0';
+      lua_pop(L, 2);
+      json_decref(o);
+      return NULL;
+    }
     json_t *v = to_json(L, lua_gettop(L), depth + 1, max_depth, path, pathlen,
-                        err, errlen);
+                        cv, err, errlen);
     path[plen] = '\0';
     if (!v) { lua_pop(L, 2); json_decref(o); return NULL; }
     json_object_set_new(o, k, v);
@@ -80,13 +136,15 @@ static json_t *table_to_json(lua_State *L, int idx, int depth, int max_depth,
 }
 
 static json_t *to_json(lua_State *L, int idx, int depth, int max_depth,
-                       char *path, size_t pathlen, char *err, size_t errlen) {
+                       char *path, size_t pathlen, conv *cv, char *err,
+                       size_t errlen) {
   if (depth > max_depth) {
     orch__err(err, errlen, ORCH_ELIMIT,
               "%s: nested deeper than the limit of %d", path[0] ? path : "value",
               max_depth);
     return NULL;
   }
+  if (!charge(cv, VALUE_BYTES, path, err, errlen)) return NULL;
   switch (lua_type(L, idx)) {
   case LUA_TNIL: return json_null();
   case LUA_TBOOLEAN: return json_boolean(lua_toboolean(L, idx));
@@ -104,6 +162,7 @@ static json_t *to_json(lua_State *L, int idx, int depth, int max_depth,
   case LUA_TSTRING: {
     size_t len;
     const char *s = lua_tolstring(L, idx, &len);
+    if (!charge(cv, len, path, err, errlen)) return NULL;
     json_t *v = json_stringn(s, len);
     if (!v)
       orch__err(err, errlen, ORCH_EINVAL, "%s: string is not valid UTF-8",
@@ -115,7 +174,9 @@ static json_t *to_json(lua_State *L, int idx, int depth, int max_depth,
       orch__err(err, errlen, ORCH_ELIMIT, "%s: too deep", path);
       return NULL;
     }
-    return table_to_json(L, idx, depth, max_depth, path, pathlen, err, errlen);
+    if (!charge(cv, TABLE_BYTES, path, err, errlen)) return NULL;
+    return table_to_json(L, idx, depth, max_depth, path, pathlen, cv, err,
+                         errlen);
   case LUA_TLIGHTUSERDATA:
     if (lua_touserdata(L, idx) == NULL) return json_null(); /* cjson.null */
     /* fall through */
@@ -129,8 +190,42 @@ static json_t *to_json(lua_State *L, int idx, int depth, int max_depth,
 json_t *orch__lua_to_json(lua_State *L, int idx, int max_depth, char *err,
                           size_t errlen) {
   char path[512] = "";
+  conv cv;
+  cv.limit = orch__lua_mem_left(L, &cv.capped);
+  if (!cv.capped || cv.limit > CONVERT_MAX_BYTES) {
+    cv.limit = CONVERT_MAX_BYTES;
+    cv.capped = false;
+  }
+  cv.left = cv.limit;
   idx = lua_absindex(L, idx);
-  return to_json(L, idx, 0, max_depth, path, sizeof path, err, errlen);
+  return to_json(L, idx, 0, max_depth, path, sizeof path, &cv, err, errlen);
+}
+
+size_t orch__json_text_cost(const char *s, size_t n) {
+  /* every value but the root follows a '[', ',' or ':'; every table is a
+   * '[' or '{'; every key is followed by a ':'. Malformed text only makes
+   * the estimate larger, never smaller than what jansson builds. */
+  size_t values = 1, tables = 0, keys = 0, strbytes = 0;
+  bool in_str = false;
+  for (size_t i = 0; i < n; i++) {
+    char c = s[i];
+    if (in_str) {
+      if (c == '\\') { i++; strbytes++; }
+      else if (c == '"') in_str = false;
+      else strbytes++;
+      continue;
+    }
+    switch (c) {
+    case '"': in_str = true; break;
+    case '[': values++; tables++; break;
+    case '{': tables++; break;
+    case ',': values++; break;
+    case ':': keys++; break;
+    default: break;
+    }
+  }
+  return values * VALUE_BYTES + tables * TABLE_BYTES + keys * KEY_BYTES +
+         strbytes;
 }
 
 void orch__lua_push_json(lua_State *L, const json_t *v) {

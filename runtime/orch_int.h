@@ -400,13 +400,20 @@ void orch__lua_close(lua_State *L);
  * "message" (with the chunk's file:line) to err and pops it. */
 int orch__lua_pcall(lua_State *L, int nargs, int nres, char *err,
                     size_t errlen);
+/* Bytes a sandbox state may still allocate under its memory cap
+ * (*capped true), or SIZE_MAX for a state not made by policy.c. */
+size_t orch__lua_mem_left(lua_State *L, bool *capped /* OUT */);
 
 /* ---- json.c: Lua values <-> jansson ---------------------------------- */
 
 /* Converts the value at idx to JSON (tables with 1..n keys are arrays).
- * Functions, userdata and cycles are errors naming the key path. */
+ * Functions, userdata, cycles and a copy larger than what is left of the
+ * state's memory cap are errors naming the key path. Raises no Lua error. */
 json_t *orch__lua_to_json(lua_State *L, int idx, int max_depth, char *err,
                           size_t errlen);
+/* About how many heap bytes jansson's tree for the JSON text s takes (an
+ * upper estimate, by one pass over the text, allocating nothing). */
+size_t orch__json_text_cost(const char *s, size_t n);
 /* Pushes a JSON value as a Lua value (null becomes nil in tables is
  * avoided: it becomes json.null lightuserdata). */
 void orch__lua_push_json(lua_State *L, const json_t *v);

@@ -360,6 +360,7 @@ static void call_end(lua_State *L) {
 static char K_TEMPLATE; /* the allow-list: name -> value */
 static char K_INNER_MT; /* metatable of an env's inner table */
 static char K_ENVS;     /* weak set of env tables (for rawset) */
+static char K_VIEWS;    /* weak set of read-only views (for rawset) */
 static char K_LOADED;   /* module name -> module table */
 static char K_PROXIES;  /* module name -> read-only proxy */
 static char K_LOADING;  /* sentinel while a module loads */
@@ -445,6 +446,15 @@ static bool is_env(lua_State *L, int idx) {
   return r;
 }
 
+static bool is_view(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_VIEWS);
+  lua_pushvalue(L, idx);
+  bool r = lua_rawget(L, -2) != LUA_TNIL;
+  lua_pop(L, 2);
+  return r;
+}
+
 static int l_rawset(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checkany(L, 2);
@@ -452,6 +462,9 @@ static int l_rawset(lua_State *L) {
   if (is_env(L, 1))
     return luaL_error(L, "script attempted to write the global table "
                          "(keep state in locals or module tables)");
+  if (is_view(L, 1))
+    return luaL_error(L, "rawset: module and library tables are read-only "
+                         "outside their module");
   lua_settop(L, 3);
   lua_rawset(L, 1);
   return 1;
@@ -535,30 +548,29 @@ static int proxy_newindex(lua_State *L) {
   return luaL_error(L, "module tables are read-only outside their module");
 }
 
-/* Pushes a new table holding a private copy of the allow-list (library
- * tables copied too, so one chunk cannot change what another sees), whose
- * reads of missing names raise. [-0, +1] */
+/* __newindex of a library view; upvalue 1 names the library. */
+static int lib_newindex(lua_State *L) {
+  const char *k = lua_tostring(L, 2);
+  return luaL_error(L, "library tables are read-only in the script sandbox "
+                       "(assigning '%s.%s'; keep your own in a local)",
+                    lua_tostring(L, lua_upvalueindex(1)),
+                    k ? k : luaL_typename(L, 2));
+}
+
+/* Pushes a new table holding a copy of the allow-list, whose reads of
+ * missing names raise. Its library tables are the state's read-only views
+ * (setup_state), shared by every chunk: nothing to copy per chunk, and no
+ * chunk can change what another (or a later step) sees. [-0, +1] */
 static void push_inner(lua_State *L) {
-  lua_newtable(L);                                 /* inner */
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_TEMPLATE);  /* inner T */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_TEMPLATE);  /* T */
+  lua_createtable(L, 0, 32);                       /* T inner */
   lua_pushnil(L);
-  while (lua_next(L, -2)) {                        /* inner T k v */
-    if (lua_type(L, -1) == LUA_TTABLE) {
-      lua_newtable(L);                             /* ... k v copy */
-      lua_pushnil(L);
-      while (lua_next(L, -3)) {
-        lua_pushvalue(L, -2);
-        lua_insert(L, -2);
-        lua_rawset(L, -4);
-      }
-      if (lua_getmetatable(L, -2)) lua_setmetatable(L, -2);
-      lua_remove(L, -2);                           /* ... k copy */
-    }
+  while (lua_next(L, -3)) {                        /* T inner k v */
     lua_pushvalue(L, -2);
     lua_insert(L, -2);
-    lua_rawset(L, -5);                             /* inner[k] = v */
+    lua_rawset(L, -4);                             /* inner[k] = v */
   }
-  lua_pop(L, 1);                                   /* inner */
+  lua_remove(L, -2);                               /* inner */
   lua_rawgetp(L, LUA_REGISTRYINDEX, &K_INNER_MT);
   lua_setmetatable(L, -2);
 }
@@ -628,17 +640,22 @@ static int l_load(lua_State *L) {
 
 /* Pushes the read-only proxy of the module table at the top (replacing it):
  * code that requires a module can call it but not rewrite it. */
+
+/* The iterator pairs(proxy) returns: next over the module table, which
+ * only it holds (upvalue 1); its state argument (the proxy) is ignored, so
+ * pairs hands out nothing writable. */
 static int proxy_next(lua_State *L) {
   lua_settop(L, 2);
-  if (lua_next(L, 1)) return 2;
+  if (lua_next(L, lua_upvalueindex(1))) return 2;
   lua_pushnil(L);
   return 1;
 }
 
 static int proxy_pairs_fn(lua_State *L) {
   lua_getmetatable(L, 1);
-  lua_pushcfunction(L, proxy_next);
-  lua_getfield(L, -2, "__index");
+  lua_getfield(L, -1, "__index");
+  lua_pushcclosure(L, proxy_next, 1);
+  lua_pushvalue(L, 1);
   lua_pushnil(L);
   return 3;
 }
@@ -648,6 +665,56 @@ static int proxy_len(lua_State *L) {
   lua_getfield(L, -1, "__index");
   lua_pushinteger(L, (lua_Integer)luaL_len(L, -1));
   return 1;
+}
+
+/* table.move(a1, f, e, t [, a2]) with the range refused past the
+ * instruction budget: the stock one loops in C, where the count hook never
+ * runs, so table.move({}, 1, 2^53, 1, {}) would hold the worker for good.
+ * Upvalue 1 is the stock function. */
+static int l_table_move(lua_State *L) {
+  lua_Integer f = luaL_checkinteger(L, 2), e = luaL_checkinteger(L, 3);
+  if (e >= f && is_sandbox(L)) {
+    int limit = SBX(L)->budget; /* the count is e - f + 1 > limit */
+    if ((lua_Unsigned)e - (lua_Unsigned)f >= (lua_Unsigned)limit)
+      return luaL_error(L, "table.move: the range %I..%I has more elements "
+                           "than the instruction budget allows (%d)",
+                        f, e, limit);
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
+/* Replaces the table at the top by a read-only view of it: reads go to
+ * the table, writes raise through newindex (a C function, or a closure
+ * over a library's name when lib is not NULL), pairs and # see the table;
+ * rawset refuses the view. [-1, +1] */
+static void push_view(lua_State *L, lua_CFunction newindex, const char *lib) {
+  lua_newtable(L);                          /* t view */
+  lua_createtable(L, 0, 5);                 /* t view mt */
+  lua_pushvalue(L, -3);
+  lua_setfield(L, -2, "__index");
+  if (lib) {
+    lua_pushstring(L, lib);
+    lua_pushcclosure(L, newindex, 1);
+  } else {
+    lua_pushcfunction(L, newindex);
+  }
+  lua_setfield(L, -2, "__newindex");
+  lua_pushcfunction(L, proxy_pairs_fn);
+  lua_setfield(L, -2, "__pairs");
+  lua_pushcfunction(L, proxy_len);
+  lua_setfield(L, -2, "__len");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_setmetatable(L, -2);                  /* t view */
+  lua_remove(L, -2);                        /* view */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_VIEWS);
+  lua_pushvalue(L, -2);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
 }
 
 static int require_module(lua_State *L, const char *name);
@@ -663,19 +730,7 @@ static int l_require(lua_State *L) {
   if (lua_getfield(L, -1, name) == LUA_TTABLE) return 1;
   lua_pop(L, 2);
   require_module(L, name);                  /* module */
-  lua_newtable(L);                          /* module proxy */
-  lua_createtable(L, 0, 5);                 /* module proxy mt */
-  lua_pushvalue(L, -3);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, proxy_newindex);
-  lua_setfield(L, -2, "__newindex");
-  lua_pushcfunction(L, proxy_pairs_fn);
-  lua_setfield(L, -2, "__pairs");
-  lua_pushcfunction(L, proxy_len);
-  lua_setfield(L, -2, "__len");
-  lua_pushboolean(L, 0);
-  lua_setfield(L, -2, "__metatable");
-  lua_setmetatable(L, -2);                  /* module proxy */
+  push_view(L, proxy_newindex, NULL);       /* proxy */
   lua_rawgetp(L, LUA_REGISTRYINDEX, &K_PROXIES);
   lua_pushvalue(L, -2);
   lua_setfield(L, -2, name);
@@ -725,7 +780,15 @@ typedef struct box {
   char *p;
   size_t len, cap;
   json_t *j;
+  size_t reserved; /* of the state's cap, for j (malloc'd by jansson) */
 } box;
+
+static void box_release(lua_State *L, box *b) {
+  if (b->j) json_decref(b->j);
+  b->j = NULL;
+  if (b->reserved && is_sandbox(L)) SBX(L)->used -= b->reserved;
+  b->reserved = 0;
+}
 
 static int box_gc(lua_State *L) {
   box *b = lua_touserdata(L, 1);
@@ -733,8 +796,7 @@ static int box_gc(lua_State *L) {
   lua_Alloc f = lua_getallocf(L, &ud);
   if (b->p) f(ud, b->p, b->cap, 0);
   b->p = NULL;
-  if (b->j) json_decref(b->j);
-  b->j = NULL;
+  box_release(L, b);
   return 0;
 }
 
@@ -885,18 +947,37 @@ static int l_json_encode(lua_State *L) {
   return 1;
 }
 
+/* jansson builds its tree with malloc, outside the state's allocator: the
+ * tree's estimated size is reserved from the cap (refused when it does not
+ * fit) before jansson runs, and released when the tree is freed, so the
+ * Lua copy built from it must fit in what is left. */
 static int l_json_decode(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
   box *b = push_box(L);
+  if (is_sandbox(L)) {
+    sbx *x = SBX(L);
+    size_t need = orch__json_text_cost(s, n);
+    size_t left = x->used < x->max ? x->max - x->used : 0;
+    if (need > left) {
+      x->mem_tripped = true; /* reported as the memory cap (ELIMIT) */
+      return luaL_error(L, "json.decode: a document of %I bytes needs "
+                           "about %I bytes, more than the %I left under "
+                           "the memory cap", (lua_Integer)n,
+                        (lua_Integer)need, (lua_Integer)left);
+    }
+    x->used += need;
+    b->reserved = need;
+  }
   json_error_t e;
   b->j = json_loadb(s, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
-  if (!b->j)
+  if (!b->j) {
+    box_release(L, b);
     return luaL_error(L, "json.decode: %s (line %d, column %d)", e.text,
                       e.line, e.column);
+  }
   orch__lua_push_json(L, b->j);
-  json_decref(b->j);
-  b->j = NULL;
+  box_release(L, b);
   return 1;
 }
 
@@ -918,6 +999,12 @@ static int setup_state(lua_State *L) {
       "rawget", "rawlen", "select", "tonumber", "tostring", "type",
       "_VERSION", NULL};
   static const char *const os_names[] = {"time", "clock", "date", NULL};
+  lua_newtable(L);                                  /* weak keys */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &K_VIEWS);
   luaL_requiref(L, LUA_GNAME, luaopen_base, 1);     /* G */
   luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 0);
   luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 0);
@@ -928,6 +1015,9 @@ static int setup_state(lua_State *L) {
    * there, ("").dump is nil too. */
   lua_pushnil(L);
   lua_setfield(L, -6, "dump");
+  lua_getfield(L, -4, "move");
+  lua_pushcclosure(L, l_table_move, 1);
+  lua_setfield(L, -5, "move");
 
   lua_newtable(L);                                  /* ... T */
   int T = lua_gettop(L);
@@ -968,6 +1058,16 @@ static int setup_state(lua_State *L) {
                                    {NULL, NULL}};
   luaL_newlib(L, orchf);
   lua_setfield(L, T, "orch");
+  /* the library tables become read-only views, shared by every chunk of
+   * the state (the string table behind its view is also the string
+   * metatable's __index, which scripts cannot reach) */
+  static const char *const libs[] = {"string", "table", "math", "utf8",
+                                     "os", "json", "orch", NULL};
+  for (const char *const *l = libs; *l; l++) {
+    lua_getfield(L, T, *l);
+    push_view(L, lib_newindex, *l);
+    lua_setfield(L, T, *l);
+  }
   lua_pushvalue(L, T);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &K_TEMPLATE);
   lua_settop(L, 0);
@@ -1122,6 +1222,10 @@ static int call_error(lua_State *L, int st, bool budget, bool mem,
     rc = orch__err(err, errlen, ORCH_ELIMIT,
                    "%s: memory cap exceeded (%zu bytes)%s",
                    file ? file : "script", x->max, in);
+  } else if (mem && msg && strstr(msg, "memory cap")) {
+    /* a refusal that says more (json.decode's) */
+    if (what) snprintf(in, sizeof in, " (in %s)", what);
+    rc = orch__err(err, errlen, ORCH_ELIMIT, "%s%s", msg, in);
   } else {
     if (what) snprintf(in, sizeof in, " (in %s)", what);
     rc = orch__err(err, errlen, ORCH_ESCRIPT, "%s%s",
@@ -1148,6 +1252,14 @@ static int pcall_budget(lua_State *L, int nargs, int nres, const char *file,
   bool budget = x->budget_tripped, mem = x->mem_tripped;
   call_end(L);
   int rc = ORCH_OK;
+  if (st == LUA_OK && budget) {
+    /* A pcall in tail position (`return pcall(loop)`) returns straight to
+     * C, with no Lua instruction left for the re-armed hook to stop: the
+     * spent budget still fails the call, whatever it returned. */
+    lua_settop(L, base);
+    lua_pushliteral(L, "instruction budget exceeded");
+    st = LUA_ERRRUN;
+  }
   if (st != LUA_OK) rc = call_error(L, st, budget, mem, file, what, err, errlen);
   lua_remove(L, base);
   return rc;
@@ -1258,15 +1370,71 @@ static int cmp_pmod(const void *a, const void *b) {
   return strcmp(((const pmod *)a)->name, ((const pmod *)b)->name);
 }
 
-/* Adds dir[/sub]/NAME.lua files to s; unreadable ones go to report. */
+/* A module file (or a whole subdirectory) that is listed but could not be
+ * read: not a deletion. */
+typedef struct unread {
+  char *name; /* the module, or for a subdirectory its prefix "routing." */
+  char *path;
+  char *err;  /* "path: why" */
+  bool dir;
+} unread;
+
+typedef struct unreads {
+  unread *v;
+  size_t n;
+} unreads;
+
+static void unreads_deinit(unreads *u) {
+  for (size_t i = 0; i < u->n; i++) {
+    free(u->v[i].name);
+    free(u->v[i].path);
+    free(u->v[i].err);
+  }
+  free(u->v);
+  u->v = NULL;
+  u->n = 0;
+}
+
+static int unreads_add(unreads *u, char *name, const char *path,
+                       const char *err, bool dir) {
+  unread *nv = realloc(u->v, (u->n + 1) * sizeof *nv);
+  if (!nv) { free(name); return ORCH_ENOMEM; }
+  u->v = nv;
+  unread *e = &u->v[u->n];
+  e->name = name;
+  e->path = orch__strdup(path);
+  e->err = orch__strdup(err);
+  e->dir = dir;
+  if (!e->name || !e->path || !e->err) {
+    free(e->name);
+    free(e->path);
+    free(e->err);
+    return ORCH_ENOMEM;
+  }
+  u->n++;
+  return ORCH_OK;
+}
+
+/* Adds dir[/sub]/NAME.lua files to s; unreadable ones (and subdirectories)
+ * go to report and to bad (each may be NULL). */
 static int scan_one(psnap *s, size_t *cap, const char *dir, const char *sub,
-                    orch_report_fn report, void *ud, int *problems) {
+                    orch_report_fn report, void *ud, int *problems,
+                    unreads *bad) {
   char *path = sub ? orch__asprintf("%s/%s", dir, sub) : orch__strdup(dir);
   if (!path) return ORCH_ENOMEM;
   DIR *d = opendir(path);
   int rc = ORCH_OK;
   if (!d) {
     rc = sub ? ORCH_OK : ORCH_ENOTFOUND;
+    if (sub) {
+      char e[512];
+      snprintf(e, sizeof e, "%s: cannot open the directory: %s", path,
+               strerror(errno));
+      if (report) report(ud, path, 0, e);
+      if (problems) (*problems)++;
+      if (bad) rc = unreads_add(bad, orch__asprintf("%s.", sub), path, e,
+                                true);
+    }
     goto done;
   }
   struct dirent *de;
@@ -1280,7 +1448,7 @@ static int scan_one(psnap *s, size_t *cap, const char *dir, const char *sub,
     bool isdir = stat(fp, &st) == 0 && S_ISDIR(st.st_mode);
     if (isdir && !sub && ident(n, nl)) {
       free(fp);
-      rc = scan_one(s, cap, dir, n, report, ud, problems);
+      rc = scan_one(s, cap, dir, n, report, ud, problems, bad);
       if (rc) break;
       continue;
     }
@@ -1293,9 +1461,18 @@ static int scan_one(psnap *s, size_t *cap, const char *dir, const char *sub,
     size_t len = 0;
     int frc = orch__read_file(fp, SCRIPT_MAX_BYTES, &src, &len, e, sizeof e);
     if (frc) {
+      if (frc == ORCH_ELIMIT) /* read_file names plan_max_bytes */
+        snprintf(e, sizeof e, "%s: over the limit of %u bytes for a script",
+                 fp, SCRIPT_MAX_BYTES);
       if (report) report(ud, fp, 0, e);
       if (problems) (*problems)++;
+      if (bad) {
+        char *name = sub ? orch__asprintf("%s.%.*s", sub, (int)(nl - 4), n)
+                         : orch__asprintf("%.*s", (int)(nl - 4), n);
+        rc = unreads_add(bad, name, fp, e, false);
+      }
       free(fp);
+      if (rc) break;
       continue;
     }
     free(fp);
@@ -1318,20 +1495,21 @@ done:
   return rc;
 }
 
-/* Reads every module under dir into a new snapshot (gen 0). A missing dir
+/* Reads every module under dir into a new snapshot (gen 0); what is listed
+ * but unreadable goes to report and bad (each may be NULL). A missing dir
  * is ORCH_ENOTFOUND with *out NULL. */
 static int scan_dir(const char *dir, psnap **out, orch_report_fn report,
-                    void *ud, int *problems) {
+                    void *ud, int *problems, unreads *bad) {
   *out = NULL;
   psnap *s = snap_empty();
   if (!s) return ORCH_ENOMEM;
   size_t cap = 0;
-  int rc = scan_one(s, &cap, dir, NULL, report, ud, problems);
+  int rc = scan_one(s, &cap, dir, NULL, report, ud, problems, bad);
   if (rc) {
     snap_unref(s);
     return rc;
   }
-  qsort(s->mods, s->n, sizeof *s->mods, cmp_pmod);
+  if (s->n) qsort(s->mods, s->n, sizeof *s->mods, cmp_pmod);
   *out = s;
   return ORCH_OK;
 }
@@ -1395,6 +1573,7 @@ typedef struct rejected {
   char *name;
   pmod *mod; /* the refused content; NULL: its removal was refused */
   char *err; /* why (file:line: message) */
+  bool unreadable; /* the file is listed but could not be read */
 } rejected;
 
 typedef struct pwatch pwatch;
@@ -1454,6 +1633,7 @@ static void rej_set(orch__policy *p, const char *name, const pmod *m,
   rejected *r = &p->rej[p->nrej];
   r->name = orch__strdup(name);
   r->mod = NULL;
+  r->unreadable = false;
   r->err = orch__strdup(why ? why : "");
   if (!r->name || !r->err) {
     free(r->name);
@@ -1472,6 +1652,63 @@ static void rej_set(orch__policy *p, const char *name, const pmod *m,
   p->nrej++;
 }
 
+static const unread *unread_find(const unreads *u, const char *name) {
+  for (size_t i = 0; i < u->n; i++)
+    if (!strcmp(u->v[i].name, name)) return &u->v[i];
+  return NULL;
+}
+
+/* A listed module file (or subdirectory) that cannot be read keeps what is
+ * serving: cur's modules it covers are put into disk as they are, so the
+ * scan sees no change there. Only a name gone from the listing is a
+ * deletion. Returns disk, or a new snapshot in its place (NULL: out of
+ * memory, disk released). */
+static psnap *keep_unread(psnap *disk, const psnap *cur, const unreads *bad) {
+  for (size_t i = 0; i < bad->n && disk; i++) {
+    const unread *u = &bad->v[i];
+    size_t nl = strlen(u->name);
+    for (size_t j = 0; j < cur->n && disk; j++) {
+      const pmod *c = &cur->mods[j];
+      bool covered = u->dir ? strncmp(c->name, u->name, nl) == 0
+                            : strcmp(c->name, u->name) == 0;
+      if (!covered || snap_find(disk, c->name)) continue;
+      psnap *nd = snap_with(disk, c->name, c);
+      snap_unref(disk);
+      disk = nd;
+    }
+  }
+  return disk;
+}
+
+/* Records each unreadable file as a refusal, once while its error stands
+ * (logged, counted, the last error, an event), and forgets those readable
+ * again. Under scan_mu. */
+static void refuse_unread(orch__policy *p, const unreads *bad, unsigned gen) {
+  for (size_t i = 0; i < p->nrej;) {
+    if (p->rej[i].unreadable && !unread_find(bad, p->rej[i].name))
+      rej_drop(p, p->rej[i].name); /* moves the last entry to i */
+    else
+      i++;
+  }
+  for (size_t i = 0; i < bad->n; i++) {
+    const unread *u = &bad->v[i];
+    rejected *r = rej_find(p, u->name);
+    if (r && r->unreadable && !strcmp(r->err, u->err)) continue;
+    rej_set(p, u->name, NULL, u->err);
+    if ((r = rej_find(p, u->name))) r->unreadable = true;
+    log_refusal(u->err);
+    atomic_fetch_add(&p->refusals, 1);
+    pthread_mutex_lock(&p->mu);
+    snprintf(p->last_err, sizeof p->last_err, "%s", u->err);
+    pthread_mutex_unlock(&p->mu);
+    if (p->on_event) {
+      char label[300]; /* a subdirectory "routing." is "routing.*" */
+      snprintf(label, sizeof label, "%s%s", u->name, u->dir ? "*" : "");
+      p->on_event(p->on_event_ud, label, u->path, gen, u->err);
+    }
+  }
+}
+
 /* Applies the change of module name (disk's version, or its removal). */
 static psnap *apply(const psnap *base, const psnap *disk, const char *name) {
   return snap_with(base, name, snap_find(disk, name));
@@ -1486,8 +1723,9 @@ static int rescan(orch__policy *p, bool initial) {
   size_t npend = 0;
   int rc = ORCH_OK;
   char err[1024];
+  unreads bad = {NULL, 0};
   pthread_mutex_lock(&p->scan_mu);
-  rc = scan_dir(p->dir, &disk, NULL, NULL, NULL);
+  rc = scan_dir(p->dir, &disk, NULL, NULL, NULL, &bad);
   if (rc == ORCH_ENOTFOUND) {
     rc = ORCH_OK;
     if (!initial) goto done; /* a vanished dir unloads nothing */
@@ -1499,6 +1737,7 @@ static int rescan(orch__policy *p, bool initial) {
   cur = snap_ref(p->cur);
   pthread_mutex_unlock(&p->mu);
   working = snap_ref(cur);
+  if (!(disk = keep_unread(disk, cur, &bad))) { rc = ORCH_ENOMEM; goto done; }
 
   /* the changed names, less contents refused before */
   pending = calloc(disk->n + cur->n + 1, sizeof *pending);
@@ -1510,7 +1749,10 @@ static int rescan(orch__policy *p, bool initial) {
       const char *name = s->mods[i].name;
       if (side && snap_find(disk, name)) continue; /* seen */
       const pmod *d = snap_find(disk, name), *c = snap_find(cur, name);
-      if (pmod_same(d, c)) { rej_drop(p, name); continue; }
+      if (pmod_same(d, c)) {
+        if (!unread_find(&bad, name)) rej_drop(p, name);
+        continue;
+      }
       rejected *r = rej_find(p, name);
       if (r && pmod_same(r->mod, d)) continue;
       pending[npend++] = (char *)name;
@@ -1580,8 +1822,10 @@ static int rescan(orch__policy *p, bool initial) {
   for (size_t i = 0; i < npend; i++)
     emit(p, pending[i], snap_find(disk, pending[i]), working->gen,
          done[i] ? NULL : errs ? errs[i] : "refused");
-  /* the error stands while a refused content is still what is on disk */
-  bool standing = false;
+  refuse_unread(p, &bad, working->gen);
+  /* the error stands while a refused content is still what is on disk, or
+   * a file is still unreadable */
+  bool standing = bad.n > 0;
   for (size_t i = 0; i < p->nrej; i++) {
     rejected *r = &p->rej[i];
     if (pmod_same(r->mod, snap_find(disk, r->name))) standing = true;
@@ -1598,6 +1842,7 @@ done:
   snap_unref(working);
   snap_unref(cur);
   snap_unref(disk);
+  unreads_deinit(&bad);
   pthread_mutex_unlock(&p->scan_mu);
   return rc;
 }
@@ -2055,12 +2300,33 @@ static int numbers_to_json(lua_State *L, const centry *e, json_t **out,
     *out = json_real(lua_tonumber(L, -1));
     return *out ? ORCH_OK : ORCH_ENOMEM;
   }
-  size_t n = lua_rawlen(L, -1), count = 0;
+  /* an array only when every key is an integer 1..n (as seq_len in
+   * json.c); positive integer keys with a gap are a missing entry, an
+   * error: a failed reward is recorded as an error, never as a number */
+  size_t count = 0, nint = 0;
+  lua_Integer maxk = 0;
   lua_pushnil(L);
   while (lua_next(L, -2)) {
     count++;
+    if (lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1) {
+      nint++;
+      if (lua_tointeger(L, -2) > maxk) maxk = lua_tointeger(L, -2);
+    }
     lua_pop(L, 1);
   }
+  if ((size_t)maxk != nint) {
+    lua_Integer miss = 1;
+    while (lua_rawgeti(L, -1, miss) != LUA_TNIL) {
+      lua_pop(L, 1);
+      miss++;
+    }
+    lua_pop(L, 1);
+    return orch__err(err, errlen, ORCH_ESCRIPT,
+                     "%s: %s returned nil for '%lld' (a hole in its list of "
+                     "%lld), expected a finite number", e->m->path, e->what,
+                     (long long)miss, (long long)maxk);
+  }
+  size_t n = nint;
   bool array = n > 0 && count == n;
   json_t *j = array ? json_array() : json_object();
   if (!j) return ORCH_ENOMEM;
@@ -2181,6 +2447,13 @@ lua_State *orch__lua_new_sandbox(const orch__config *cfg, char *err,
                    NULL, err, errlen);
 }
 
+size_t orch__lua_mem_left(lua_State *L, bool *capped) {
+  *capped = is_sandbox(L);
+  if (!*capped) return SIZE_MAX;
+  sbx *x = SBX(L);
+  return x->used < x->max ? x->max - x->used : 0;
+}
+
 void orch__lua_close(lua_State *L) {
   if (L && !is_sandbox(L)) lua_close(L);
   else state_close(L);
@@ -2245,7 +2518,7 @@ int orch_scripts_check(orch_runtime *rt, const char *dir,
   if (!dir) dir = cfg && cfg->scripts_dir ? cfg->scripts_dir : "scripts";
   psnap *snap = NULL;
   int problems = 0;
-  int rc = scan_dir(dir, &snap, report, ud, &problems);
+  int rc = scan_dir(dir, &snap, report, ud, &problems, NULL);
   if (rc == ORCH_ENOTFOUND) {
     if (report) report(ud, dir, 0, "cannot open the scripts directory");
     return ORCH_ENOTFOUND;

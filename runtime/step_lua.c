@@ -15,6 +15,61 @@ typedef struct {
   char *code;
 } lua_params;
 
+/* do_step's input, and what it found for run to take after the call. */
+typedef struct result {
+  orch_graph *g;
+  uint32_t idx;
+  bool failed;    /* nil, message: the message is the string left */
+  json_t *j;      /* a table result as JSON (run frees it) */
+  char jerr[512]; /* why a table result is not JSON */
+} result;
+
+/* Protected, under the budget: calls the chunk with {id, deps} and turns
+ * what it returned into one string (a message or a scalar output) or
+ * res->j. Stack on entry: res chunk; leaves one value (nil when the output
+ * is res->j or there is none). */
+static int do_step(lua_State *L) {
+  result *res = lua_touserdata(L, 1);
+  orch_graph *g = res->g;
+  uint32_t idx = res->idx;
+  /* A fresh environment per step over the sandbox's globals, so one step
+   * cannot leave globals behind for the next. */
+  lua_createtable(L, 0, 0);
+  lua_createtable(L, 0, 1);
+  lua_pushglobaltable(L);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, -2);
+  if (!lua_setupvalue(L, 2, 1)) lua_pop(L, 1);
+  lua_createtable(L, 0, 2);
+  lua_pushstring(L, orch__step_id(g, idx));
+  lua_setfield(L, -2, "id");
+  uint32_t nd = g->dep_off[idx + 1] - g->dep_off[idx];
+  lua_createtable(L, 0, (int)nd);
+  for (uint32_t e = g->dep_off[idx]; e < g->dep_off[idx + 1]; e++) {
+    const orch__step *d = &g->steps[g->deps[e]];
+    if (d->output) lua_pushstring(L, d->output);
+    else lua_pushboolean(L, 0);
+    lua_setfield(L, -2, orch__step_id(g, g->deps[e]));
+  }
+  lua_setfield(L, -2, "deps");
+  lua_call(L, 1, 2);                     /* res r1 r2 */
+  if (lua_isnil(L, 2) && !lua_isnil(L, 3)) {
+    res->failed = true;
+    luaL_tolstring(L, 3, NULL);          /* runs a __tostring, budgeted */
+    return 1;
+  }
+  if (lua_istable(L, 2)) {
+    res->j = orch__lua_to_json(L, 2, 64, res->jerr, sizeof res->jerr);
+    if (!res->j && !res->jerr[0])
+      snprintf(res->jerr, sizeof res->jerr, "cannot convert it");
+    lua_pushnil(L);
+    return 1;
+  }
+  if (lua_isnil(L, 2)) return 1;
+  luaL_tolstring(L, 2, NULL);
+  return 1;
+}
+
 static int run(orch__run *r, uint32_t idx, orch__worker *w) {
   orch_graph *g = r->g;
   orch__step *s = &g->steps[idx];
@@ -31,6 +86,7 @@ static int run(orch__run *r, uint32_t idx, orch__worker *w) {
   }
   int top = lua_gettop(L);
   int rc = ORCH_OK;
+  result res = {.g = g, .idx = idx};
   char name[300];
   snprintf(name, sizeof name, "=step '%s'", orch__step_id(g, idx));
   if (luaL_loadbufferx(L, lp->code, strlen(lp->code), name, "t") != LUA_OK) {
@@ -38,54 +94,34 @@ static int run(orch__run *r, uint32_t idx, orch__worker *w) {
     rc = ORCH_ESCRIPT;
     goto done;
   }
-  /* A fresh environment per step over the sandbox's globals, so one step
-   * cannot leave globals behind for the next. */
-  lua_createtable(L, 0, 0);
-  lua_createtable(L, 0, 1);
-  lua_pushglobaltable(L);
-  lua_setfield(L, -2, "__index");
-  lua_setmetatable(L, -2);
-  if (!lua_setupvalue(L, -2, 1)) lua_pop(L, 1);
-  lua_createtable(L, 0, 2);
-  lua_pushstring(L, orch__step_id(g, idx));
-  lua_setfield(L, -2, "id");
-  uint32_t nd = g->dep_off[idx + 1] - g->dep_off[idx];
-  lua_createtable(L, 0, (int)nd);
-  for (uint32_t e = g->dep_off[idx]; e < g->dep_off[idx + 1]; e++) {
-    const orch__step *d = &g->steps[g->deps[e]];
-    if (d->output) lua_pushstring(L, d->output);
-    else lua_pushboolean(L, 0);
-    lua_setfield(L, -2, orch__step_id(g, g->deps[e]));
-  }
-  lua_setfield(L, -2, "deps");
-  if (orch__lua_pcall(L, 1, 2, err, sizeof err) != ORCH_OK) {
+  /* the chunk, its input and the conversion of what it returns (a
+   * __tostring, a table) run in one protected call under the budget */
+  lua_pushcfunction(L, do_step);
+  lua_insert(L, -2);
+  lua_pushlightuserdata(L, &res);
+  lua_insert(L, -2);
+  if (orch__lua_pcall(L, 2, 1, err, sizeof err) != ORCH_OK) {
     orch__step_set_error(s, "%s", err);
     rc = ORCH_ESCRIPT;
     goto done;
   }
-  if (lua_isnil(L, -2) && !lua_isnil(L, -1)) {
-    orch__step_set_error(s, "%s", luaL_tolstring(L, -1, NULL));
+  if (res.failed) {
+    orch__step_set_error(s, "%s", lua_tostring(L, -1));
     rc = ORCH_ESTEP;
-    goto done;
-  }
-  lua_pop(L, 1);
-  if (lua_istable(L, -1)) {
-    json_t *j = orch__lua_to_json(L, -1, 64, err, sizeof err);
-    if (!j) {
-      orch__step_set_error(s, "result: %s", err);
-      rc = ORCH_ESCRIPT;
-      goto done;
-    }
-    char *txt = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
-    json_decref(j);
+  } else if (res.jerr[0]) {
+    orch__step_set_error(s, "result: %s", res.jerr);
+    rc = ORCH_ESCRIPT;
+  } else if (res.j) {
+    char *txt = json_dumps(res.j, JSON_COMPACT | JSON_ENCODE_ANY);
     if (txt) orch__step_set_output(s, txt, strlen(txt));
     free(txt);
-  } else if (!lua_isnil(L, -1)) {
+  } else if (lua_type(L, -1) == LUA_TSTRING) {
     size_t n;
-    const char *p = luaL_tolstring(L, -1, &n);
+    const char *p = lua_tolstring(L, -1, &n);
     orch__step_set_output(s, p, n);
   }
 done:
+  json_decref(res.j);
   lua_settop(L, top);
   return rc;
 }

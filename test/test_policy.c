@@ -1306,3 +1306,466 @@ TEST(policy_odd_modules_fail_cleanly_and_the_state_goes_on) {
   rm_rf(dir);
   free(dir);
 }
+
+/* ---- lua steps: what a chunk returns is converted under the limits ------ */
+
+/* Runs the lua steps codes[0..n) in one graph on one worker (so they share
+ * its state); returns the graph for the caller to look at and free. */
+static orch_graph *run_lua_steps(const char *const *codes, size_t n,
+                                 const char *budget_k, int *rc) {
+  char err[512];
+  orch_runtime *rt = NULL;
+  orch_graph *g = NULL;
+  *rc = -1;
+  if (orch_runtime_new(&rt, NULL, err, sizeof err)) return NULL;
+  orch_runtime_set(rt, "workers", "1", err, sizeof err);
+  orch_runtime_set(rt, "scripts_dir", "/nonexistent/orch-scripts", err,
+                   sizeof err);
+  if (budget_k) orch_runtime_set(rt, "lua_budget", budget_k, err, sizeof err);
+  orch_graph_new(&g);
+  for (size_t i = 0; i < n; i++) {
+    char id[32];
+    snprintf(id, sizeof id, "s%zu", i);
+    json_t *s = json_pack("{s:s, s:s, s:s}", "id", id, "kind", "lua", "code",
+                          codes[i]);
+    char *txt = json_dumps(s, JSON_COMPACT);
+    orch_graph_add_json(g, txt, err, sizeof err);
+    free(txt);
+    json_decref(s);
+  }
+  *rc = orch_run(rt, g, err, sizeof err);
+  orch_runtime_free(rt);
+  return g;
+}
+
+TEST(lua_step_result_tostring_runs_protected_and_budgeted) {
+  const char *codes[] = {
+      "return nil, setmetatable({}, {__tostring = function() error('boom') "
+      "end})",
+      "return nil, setmetatable({}, {__tostring = function() while true do "
+      "end end})",
+      "return nil, setmetatable({}, {__tostring = function() return 'why' "
+      "end})",
+      "return 'fine'",
+  };
+  int rc;
+  orch_graph *g = run_lua_steps(codes, 4, "1000", &rc);
+  ASSERT(g);
+  ASSERT_EQ(orch_step_status(g, 0), ORCH_FAILED);
+  ASSERT_CONTAINS(orch_step_error(g, 0), "boom");
+  ASSERT_EQ(orch_step_status(g, 1), ORCH_FAILED);
+  ASSERT_CONTAINS(orch_step_error(g, 1), "instruction budget exceeded");
+  ASSERT_EQ(orch_step_status(g, 2), ORCH_FAILED);
+  ASSERT_STR_EQ(orch_step_error(g, 2), "why");
+  ASSERT_EQ(orch_step_status(g, 3), ORCH_PASSED);
+  ASSERT_STR_EQ(orch_step_output(g, 3), "fine");
+  orch_graph_free(g);
+}
+
+/* ---- converting results to JSON is bounded ------------------------------ */
+
+TEST(json_result_of_shared_tables_stops_at_the_cap) {
+  char *dir = tmpdir_new(), err[512];
+  put(dir, "policies/big.lua",
+      "local M = {}\n"
+      "function M.shared()\n"
+      "  local t = {} for i = 1, 22 do t = {t, t} end return t\n"
+      "end\n"
+      "function M.small()\n"
+      "  local t = {'x'} return {a = t, b = t, c = {t, t}}\n"
+      "end\n"
+      "return M\n");
+  orch__config c = test_cfg(dir);
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  ASSERT(s);
+  json_t *out = NULL;
+  long rss0 = rss_kb();
+  double t0 = now_ms();
+  ASSERT_EQ(orch__policy_call(s, "policies.big", "shared", NULL, &out, err,
+                              sizeof err),
+            ORCH_ESCRIPT);
+  double ms = now_ms() - t0;
+  long grew_mb = (rss_kb() - rss0) / 1024;
+  ASSERT(out == NULL);
+  ASSERT_CONTAINS(err, "memory cap");
+  fprintf(stderr, "  shared tables: %.0f ms, RSS +%ld MB: %s\n", ms, grew_mb,
+          err);
+  ASSERT(ms < (UNDER_ASAN ? 3000 : 500));
+  ASSERT(grew_mb < 128); /* the cap is 64 MiB */
+  /* a table shared a few times is still data */
+  ASSERT_EQ(orch__policy_call(s, "policies.big", "small", NULL, &out, err,
+                              sizeof err),
+            ORCH_OK);
+  char *txt = json_dumps(out, JSON_COMPACT | JSON_SORT_KEYS);
+  ASSERT_STR_EQ(txt, "{\"a\":[\"x\"],\"b\":[\"x\"],\"c\":[[\"x\"],[\"x\"]]}");
+  free(txt);
+  json_decref(out);
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
+
+TEST(json_decode_stops_at_the_cap_before_jansson_allocates) {
+  char err[512], out[1024];
+  orch__config c;
+  orch__config_defaults(&c);
+  c.lua_mem_max = 32u << 20;
+  lua_State *L = orch__lua_new_sandbox(&c, err, sizeof err);
+  ASSERT(L);
+  long rss0 = rss_kb();
+  double t0 = now_ms();
+  int rc = run_chunk(L,
+                     "local s = '[' .. string.rep('[],', 4000000) .. '[]]' "
+                     "return #json.decode(s)",
+                     out, sizeof out);
+  ASSERT_EQ(rc, ORCH_ELIMIT);
+  long grew_mb = (rss_kb() - rss0) / 1024;
+  fprintf(stderr, "  decode: %.0f ms, RSS +%ld MB: %s\n", now_ms() - t0,
+          grew_mb, out);
+  ASSERT_CONTAINS(out, "json.decode");
+  ASSERT_CONTAINS(out, "memory cap");
+  ASSERT(grew_mb < 64); /* the input string itself is 12 MB */
+  /* inside pcall: the script sees the error, the state goes on */
+  ASSERT_EQ(run_chunk(L,
+                      "local s = '[' .. string.rep('{},', 4000000) .. '{}]' "
+                      "local ok, e = pcall(json.decode, s) "
+                      "return tostring(ok) .. ' ' .. e",
+                      out, sizeof out),
+            ORCH_OK);
+  ASSERT_CONTAINS(out, "false");
+  ASSERT_CONTAINS(out, "memory cap");
+  /* ordinary documents still decode, also many of them */
+  ASSERT_EQ(run_chunk(L,
+                      "local n = 0 for i = 1, 200 do "
+                      "local t = json.decode('{\"a\": [1, 2.5, \"x\\\\u00e9\", "
+                      "null, true], \"b\": {\"c\": \"d\"}}') "
+                      "n = n + #t.a end "
+                      "return n .. json.encode(json.decode("
+                      "'{\"k\": [1, 2.5, \"\\\\u00e9\"]}'))",
+                      out, sizeof out),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "1000{\"k\":[1,2.5,\"\xc3\xa9\"]}");
+  orch__lua_close(L);
+  orch__config_deinit(&c);
+}
+
+/* ---- what a step can reach of the shared state is read-only ------------- */
+
+TEST(sandbox_pairs_on_a_module_view_gives_no_way_to_the_module) {
+  char *dir = tmpdir_new(), err[512], out[1024], tier[32];
+  put(dir, "routing/complexity.lua", COMPLEXITY);
+  orch__config c = test_cfg(dir);
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  lua_State *L = orch__lstate_L(s);
+  /* pairs still lists the module's functions */
+  ASSERT_EQ(run_chunk(L,
+                      "local n = {} for k in pairs(require "
+                      "'routing.complexity') do n[#n + 1] = k end "
+                      "table.sort(n) return table.concat(n, ',')",
+                      out, sizeof out),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "classify,selftest");
+  /* the state it returns is the view, not the module */
+  int rc = run_chunk(L,
+                     "local _, real = pairs(require 'routing.complexity') "
+                     "real.classify = function() return 'strong' end",
+                     out, sizeof out);
+  ASSERT(rc != ORCH_OK);
+  ASSERT_CONTAINS(out, "module tables are read-only");
+  const char *keys[] = {"title"};
+  const char *vals[] = {"Format this simple document"};
+  ASSERT_EQ(orch__policy_call_fields(s, "routing.complexity", "classify",
+                                     keys, vals, 1, tier, sizeof tier, err,
+                                     sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(tier, "fast");
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
+
+TEST(sandbox_library_tables_are_read_only_views_shared_by_steps) {
+  const char *codes[] = {
+      "string.lower = function() return 'poisoned' end",
+      "rawset(string, 'lower', function() return 'poisoned' end)",
+      "require('json').encode = function() return 'poisoned' end",
+      "rawset(require('json'), 'encode', function() return 'poisoned' end)",
+      "local _, t = pairs(math) t.floor = function() return 'poisoned' end",
+      "os.time = function() return 0 end",
+      /* what the steps above tried to change is unchanged */
+      "return string.lower('ABC') .. ('DEF'):lower() .. json.encode({1}) .. "
+      "require('json').encode({2}) .. math.floor(2.5) .. "
+      "tostring(os.time() > 0) .. #string.rep('x', 3)",
+      /* reading and iterating work as before */
+      "local n = 0 for k, v in pairs(string) do n = n + 1 end "
+      "return tostring(n > 10) .. tostring(string.dump == nil)",
+  };
+  int rc;
+  orch_graph *g = run_lua_steps(codes, ORCH__ARRAY_LEN(codes), NULL, &rc);
+  ASSERT(g);
+  for (size_t i = 0; i < 6; i++) {
+    ASSERT_EQ(orch_step_status(g, i), ORCH_FAILED);
+    ASSERT_CONTAINS(orch_step_error(g, i), "read-only");
+  }
+  ASSERT_CONTAINS(orch_step_error(g, 0), "'string.lower'");
+  ASSERT_EQ(orch_step_status(g, 6), ORCH_PASSED);
+  ASSERT_STR_EQ(orch_step_output(g, 6), "abcdef[1][2]2true3");
+  ASSERT_EQ(orch_step_status(g, 7), ORCH_FAILED); /* string.dump: denied */
+  ASSERT_CONTAINS(orch_step_error(g, 7), "'string.dump' is not available");
+  orch_graph_free(g);
+}
+
+/* ---- a listed file that cannot be read is a refusal, not a deletion ----- */
+
+/* Counts the events of one module (loads and refusals) a scan reports. */
+typedef struct evlog {
+  int loads, refusals;
+  char last[512];
+} evlog;
+
+static void on_ev(void *ud, const char *module, const char *file,
+                  unsigned gen, const char *error) {
+  evlog *l = ud;
+  (void)module, (void)file, (void)gen;
+  if (error) {
+    l->refusals++;
+    snprintf(l->last, sizeof l->last, "%s", error);
+  } else {
+    l->loads++;
+  }
+}
+
+TEST(reload_keeps_a_module_whose_file_became_unreadable) {
+  char *dir = tmpdir_new(), err[512], out[64], last[1024];
+  put(dir, "routing/complexity.lua", version_src(1, 0));
+  orch__config c = test_cfg(dir);
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  evlog ev;
+  memset(&ev, 0, sizeof ev);
+  orch__policy_set_events(p, on_ev, &ev);
+  ASSERT_EQ(ev.loads, 1);
+  /* grows past 1 MiB (a long comment): refused, v1 keeps serving */
+  size_t big = (1u << 20) + 100;
+  char *src = malloc(big + 1);
+  memset(src, '-', big);
+  memcpy(src, "return {} --", 12);
+  src[big] = '\0';
+  put(dir, "routing/complexity.lua", src);
+  free(src);
+  ASSERT_EQ(orch__policy_rescan(p), ORCH_OK);
+  ASSERT_EQ(orch__policy_generation(p), 1);
+  ASSERT_EQ(orch__policy_last_error(p, last, sizeof last), 1);
+  ASSERT_CONTAINS(last, "routing/complexity.lua");
+  ASSERT_CONTAINS(last, "over the limit of 1048576 bytes for a script");
+  ASSERT_EQ(ev.refusals, 1);
+  ASSERT(!orch__lstate_sync(s));
+  ASSERT_EQ(orch__policy_call_string(s, "routing.complexity", "classify",
+                                     NULL, out, sizeof out, err, sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "v1");
+  /* the same state again: not refused (or logged) twice */
+  ASSERT_EQ(orch__policy_rescan(p), ORCH_OK);
+  ASSERT_EQ(ev.refusals, 1);
+  ASSERT_EQ(orch__policy_generation(p), 1);
+  /* a dangling symlink in its place: listed, unreadable, still v1 */
+  char *path = orch__asprintf("%s/routing/complexity.lua", dir);
+  unlink(path);
+  ASSERT_EQ(symlink("/nonexistent/orch-complexity.lua", path), 0);
+  ASSERT_EQ(orch__policy_rescan(p), ORCH_OK);
+  ASSERT_EQ(orch__policy_generation(p), 1);
+  ASSERT_EQ(orch__policy_last_error(p, last, sizeof last), 1);
+  ASSERT_CONTAINS(last, "No such file or directory");
+  ASSERT_EQ(ev.refusals, 2);
+  orch__lstate_sync(s);
+  ASSERT_EQ(orch__policy_call_string(s, "routing.complexity", "classify",
+                                     NULL, out, sizeof out, err, sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "v1");
+  /* readable again with the serving content: the error clears */
+  unlink(path);
+  put(dir, "routing/complexity.lua", version_src(1, 0));
+  ASSERT_EQ(orch__policy_rescan(p), ORCH_OK);
+  ASSERT_EQ(orch__policy_last_error(p, last, sizeof last), 1);
+  ASSERT_STR_EQ(last, "");
+  /* a new version loads as usual; a file gone from the listing unloads */
+  put(dir, "routing/complexity.lua", version_src(2, 0));
+  ASSERT_EQ(orch__policy_rescan(p), ORCH_OK);
+  ASSERT_EQ(orch__policy_generation(p), 2);
+  unlink(path);
+  ASSERT_EQ(orch__policy_rescan(p), ORCH_OK);
+  ASSERT_EQ(orch__policy_generation(p), 3);
+  orch__lstate_sync(s);
+  ASSERT_EQ(orch__policy_call_string(s, "routing.complexity", "classify",
+                                     NULL, out, sizeof out, err, sizeof err),
+            ORCH_ENOTFOUND);
+  free(path);
+  orch__policy_set_events(p, NULL, NULL);
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
+
+TEST(budget_is_not_swallowed_by_a_pcall_in_tail_position) {
+  char *dir = tmpdir_new(), err[512], out[64];
+  put(dir, "policies/tail.lua",
+      "local M = {}\n"
+      "local function loop() while true do end end\n"
+      "function M.tail() return pcall(loop) end\n"
+      "function M.xtail() return xpcall(loop, function(m) return m end) end\n"
+      "function M.ok() return 'ok' end\n"
+      "return M\n");
+  orch__config c = test_cfg(dir);
+  c.lua_budget = 1000;
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  json_t *j = NULL;
+  ASSERT_EQ(orch__policy_call(s, "policies.tail", "tail", NULL, &j, err,
+                              sizeof err),
+            ORCH_ELIMIT);
+  ASSERT(j == NULL);
+  ASSERT_CONTAINS(err, "instruction budget exceeded");
+  ASSERT_CONTAINS(err, "policies/tail.lua:2:");
+  ASSERT_EQ(orch__policy_call_string(s, "policies.tail", "xtail", NULL, out,
+                                     sizeof out, err, sizeof err),
+            ORCH_ELIMIT);
+  ASSERT_EQ(orch__policy_call_string(s, "policies.tail", "ok", NULL, out,
+                                     sizeof out, err, sizeof err),
+            ORCH_OK);
+  /* a lua step and a plain chunk alike */
+  lua_State *L = orch__lstate_L(s);
+  ASSERT_EQ(run_chunk(L, "return pcall(function() while true do end end)",
+                      out, sizeof out),
+            ORCH_ELIMIT);
+  const char *codes[] = {"return pcall(function() while true do end end)"};
+  int rc;
+  orch_graph *g = run_lua_steps(codes, 1, "1000", &rc);
+  ASSERT(g);
+  ASSERT_EQ(orch_step_status(g, 0), ORCH_FAILED);
+  ASSERT_CONTAINS(orch_step_error(g, 0), "instruction budget exceeded");
+  orch_graph_free(g);
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
+
+TEST(reward_table_with_a_hole_is_an_error_not_a_zero) {
+  char *dir = tmpdir_new(), err[512];
+  put(dir, "rewards/holes.lua",
+      "local M = {}\n"
+      "function M.named_hole() return {0.1, nil, 0.3, extra = 0.5} end\n"
+      "function M.hole() local t = {0.1, 0.2, 0.3} t[2] = nil return t end\n"
+      "function M.from2() return {[2] = 0.2, [3] = 0.3} end\n"
+      "function M.mixed() return {0.1, 0.2, extra = 0.5} end\n"
+      "function M.seq() return {0.1, 0.2, 0.3} end\n"
+      "return M\n");
+  orch__config c = test_cfg(dir);
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  static const struct {
+    const char *fn, *want;
+  } cases[] = {{"named_hole", "holes.named_hole() returned nil for '2'"},
+               {"hole", "holes.hole() returned nil for '2'"},
+               {"from2", "holes.from2() returned nil for '1'"}};
+  for (size_t i = 0; i < ORCH__ARRAY_LEN(cases); i++) {
+    json_t *out = NULL;
+    int rc = orch__policy_call_numbers(s, "rewards.holes", cases[i].fn, NULL,
+                                       &out, err, sizeof err);
+    if (rc != ORCH_ESCRIPT || out || !strstr(err, cases[i].want))
+      orch_test_fail(__FILE__, __LINE__, "%s: rc %d out %p '%s'",
+                     cases[i].fn, rc, (void *)out, err);
+    json_decref(out);
+  }
+  json_t *out = NULL;
+  ASSERT_EQ(orch__policy_call_numbers(s, "rewards.holes", "mixed", NULL,
+                                      &out, err, sizeof err),
+            ORCH_OK);
+  ASSERT(json_is_object(out));
+  ASSERT_EQ(json_object_size(out), 3);
+  ASSERT(fabs(json_real_value(json_object_get(out, "extra")) - 0.5) < 1e-9);
+  json_decref(out);
+  ASSERT_EQ(orch__policy_call_numbers(s, "rewards.holes", "seq", NULL, &out,
+                                      err, sizeof err),
+            ORCH_OK);
+  ASSERT(json_is_array(out));
+  ASSERT_EQ(json_array_size(out), 3);
+  json_decref(out);
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
+
+/* ---- C calls the count hook cannot stop are bounded another way --------- */
+
+TEST(keywords_dedup_of_a_long_list_is_linear) {
+  char err[512], out[1024];
+  orch__config c;
+  orch__config_defaults(&c);
+  lua_State *L = orch__lua_new_sandbox(&c, err, sizeof err);
+  ASSERT(L);
+  double t0 = now_ms();
+  ASSERT_EQ(run_chunk(L,
+                      "local l = {} for i = 1, 80000 do l[i] = 'kw' .. i end "
+                      "l[#l + 1] = 'KW7' l[#l + 1] = '  kw8 ' "
+                      "local m = orch.keywords(l, {whole = true}) "
+                      "return m.count(10, 'kw7 kw8 kw80000 kw80001') .. ' ' "
+                      ".. table.concat(m.matched('kw7 KW8'), ',')",
+                      out, sizeof out),
+            ORCH_OK);
+  double ms = now_ms() - t0;
+  fprintf(stderr, "  80,000 keywords: %.0f ms\n", ms);
+  ASSERT_STR_EQ(out, "3 kw7,kw8"); /* duplicates kept once, first spelling */
+  ASSERT(ms < (UNDER_ASAN ? 5000 : 1000));
+  orch__lua_close(L);
+  orch__config_deinit(&c);
+}
+
+TEST(sandbox_table_move_refuses_a_range_past_the_budget) {
+  char err[512], out[1024];
+  orch__config c;
+  orch__config_defaults(&c);
+  c.lua_budget = 1000; /* 1,000,000 instructions */
+  lua_State *L = orch__lua_new_sandbox(&c, err, sizeof err);
+  ASSERT(L);
+  double t0 = now_ms();
+  ASSERT_EQ(run_chunk(L, "return table.move({}, 1, 2^53, 1, {})", out,
+                      sizeof out),
+            ORCH_ESCRIPT);
+  ASSERT(now_ms() - t0 < 1000);
+  ASSERT_CONTAINS(out, "table.move: the range 1..9007199254740992 has more "
+                       "elements than the instruction budget allows "
+                       "(1000000)");
+  ASSERT_EQ(run_chunk(L, "return #table.move({}, 1, 1000001, 1, {})", out,
+                      sizeof out),
+            ORCH_ESCRIPT);
+  /* within the budget, and the odd ranges, as stock */
+  ASSERT_EQ(run_chunk(L,
+                      "return table.concat(table.move({1, 2, 3}, 1, 3, 2), "
+                      "',') .. #table.move({}, 1, 1000000, 1, {}) .. "
+                      "#table.move({1}, 5, 1, 1, {})",
+                      out, sizeof out),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "1,1,2,300");
+  ASSERT(run_chunk(L, "return table.move({}, math.mininteger, "
+                      "math.maxinteger, 1)", out, sizeof out) != ORCH_OK);
+  ASSERT_CONTAINS(out, "table.move");
+  orch__lua_close(L);
+  orch__config_deinit(&c);
+}
