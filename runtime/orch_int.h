@@ -850,6 +850,10 @@ typedef void (*orch__reject_fn)(void *ud, size_t row, const char *msg);
 typedef struct orch__backend {
   const char *name;
   int (*connect)(void **conn, const char *url, char *err, size_t errlen);
+  /* Optional (NULL: connect): for callers that only read (status,
+   * migrate --status); never creates the database, ORCH_ENOTFOUND with
+   * "no such database: PATH" when it is not there. */
+  int (*connect_ro)(void **conn, const char *url, char *err, size_t errlen);
   void (*disconnect)(void *conn);
   /* Applies pending migrations (or only reports, status_only). */
   int (*migrate)(void *conn, int status_only, orch_report_fn report,

@@ -1231,6 +1231,8 @@ void orch__store_stats_get(orch__store *s, orch__store_stats *out) {
 
 static int query_conn(orch__store *s, void **conn, char *err, size_t errlen) {
   if (s->writer_started) orch__store_flush(s, 10000);
+  if (s->read_only && s->be->connect_ro)
+    return s->be->connect_ro(conn, s->conninfo, err, errlen);
   return s->be->connect(conn, s->conninfo, err, errlen);
 }
 
@@ -1339,7 +1341,9 @@ ORCH_API int orch_migrate(const char *db, int status_only,
   void *c = NULL;
   int rc = orch__store_backend_for(db, &be, &conninfo, err, errlen);
   if (rc != ORCH_OK) return rc;
-  rc = be->connect(&c, conninfo, err, errlen);
+  rc = status_only && be->connect_ro
+           ? be->connect_ro(&c, conninfo, err, errlen) /* only reads */
+           : be->connect(&c, conninfo, err, errlen);
   if (rc != ORCH_OK) return rc;
   rc = be->migrate(c, status_only, report, ud, err, errlen);
   be->disconnect(c);

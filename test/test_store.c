@@ -224,9 +224,42 @@ TEST(store_sqlite_migrations_twice_are_a_noop) {
   snprintf(url, sizeof url, "sqlite:%s/m.db", d);
   mig_log st = {0};
   char err[256];
+  /* --status only reads: no database yet is an error, not a new file */
+  ASSERT_EQ(orch_migrate(url, 1, mig_report, &st, err, sizeof err), ORCH_ENOTFOUND);
+  FILE *f = fopen(url + 7, "w"); /* an empty file is an empty database */
+  ASSERT(f != NULL);
+  fclose(f);
   ASSERT_EQ(orch_migrate(url, 1, mig_report, &st, err, sizeof err), ORCH_OK);
   ASSERT(st.pending >= 1);
   migrate_twice(url, true);
+  rm_rf(d);
+  free(d);
+}
+
+/* status and migrate --status only read: a typo'd path is reported, not
+ * created as an empty database. */
+TEST(store_sqlite_read_only_uses_do_not_create_a_database) {
+  char *d = tmpdir_new();
+  char url[700], path[600], err[512] = "";
+  snprintf(path, sizeof path, "%s/typo.db", d);
+  snprintf(url, sizeof url, "sqlite:%s", path);
+  char *json = NULL;
+  ASSERT(orch__store_status_json(url, NULL, &json, err, sizeof err) != ORCH_OK);
+  ASSERT(json == NULL);
+  ASSERT_CONTAINS(err, "no such database: ");
+  ASSERT_CONTAINS(err, path);
+  ASSERT(access(path, F_OK) != 0);
+  err[0] = '\0';
+  ASSERT(orch_migrate(url, 1, NULL, NULL, err, sizeof err) != ORCH_OK);
+  ASSERT_CONTAINS(err, "no such database: ");
+  ASSERT(access(path, F_OK) != 0);
+  /* migrate proper creates it; then both read-only uses work */
+  ASSERT_EQ(orch_migrate(url, 0, NULL, NULL, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(access(path, F_OK), 0);
+  ASSERT_EQ(orch_migrate(url, 1, NULL, NULL, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch__store_status_json(url, NULL, &json, err, sizeof err), ORCH_OK);
+  ASSERT_CONTAINS(json, "\"active\"");
+  free(json);
   rm_rf(d);
   free(d);
 }
