@@ -206,6 +206,9 @@ typedef struct qitem {
 
 typedef struct spool {
   char *path;
+  char *base;            /* the default spool whose numbered siblings
+                            (base.1 .. base.64) this one sweeps; NULL when
+                            the path was given explicitly */
   int fd;                /* -1: no spool (read-only store) */
   pthread_mutex_t mu;    /* guards end, head, dirty, fd writes/truncation */
   uint64_t end;          /* bytes of whole frames in the file */
@@ -559,13 +562,45 @@ static int decode(const unsigned char *p, size_t n, orch__row *row,
 
 /* ---- spool -------------------------------------------------------------- */
 
+/* Checks the frames of fd from offset 0 and sets *good to the end of the
+ * last whole frame before the first short, oversized or corrupt one.
+ * ORCH_OK or ORCH_ENOMEM. */
+static int spool_scan(int fd, uint64_t size, uint64_t *good) {
+  unsigned char *buf = NULL;
+  size_t bufcap = 0;
+  uint64_t pos = 0;
+  int rc = ORCH_OK;
+  orch__row row;
+  orch__val vals[MAX_COLS];
+  while (pos + FRAME_HDR <= size) {
+    unsigned char hdr[FRAME_HDR];
+    if (pread(fd, hdr, FRAME_HDR, (off_t)pos) != FRAME_HDR) break;
+    uint32_t len = get_u32(hdr), crc = get_u32(hdr + 4);
+    if (len == 0 || len > MAX_FRAME || pos + FRAME_HDR + len > size) break;
+    if (len > bufcap) {
+      unsigned char *nb = realloc(buf, len);
+      if (!nb) {
+        rc = ORCH_ENOMEM;
+        break;
+      }
+      buf = nb;
+      bufcap = len;
+    }
+    if (pread(fd, buf, len, (off_t)(pos + FRAME_HDR)) != (ssize_t)len) break;
+    if (crc32c(buf, len) != crc || decode(buf, len, &row, vals) != 0) break;
+    pos += FRAME_HDR + len;
+  }
+  free(buf);
+  *good = pos;
+  return rc;
+}
+
 /* Opens (creating) the spool, locks it against other processes, checks
  * every frame and cuts a torn or corrupt tail. */
 static int spool_open(orch__store *s, const char *path, char *err,
                       size_t errlen) {
   spool *sp = &s->sp;
   int rc = ORCH_OK;
-  unsigned char *buf = NULL;
   sp->path = orch__strdup(path);
   if (!sp->path) return ORCH_ENOMEM;
   sp->fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
@@ -586,28 +621,8 @@ static int spool_open(orch__store *s, const char *path, char *err,
     goto done;
   }
   uint64_t size = (uint64_t)st.st_size, pos = 0;
-  size_t bufcap = 0;
-  orch__row row;
-  orch__val vals[MAX_COLS];
-  while (pos + FRAME_HDR <= size) {
-    unsigned char hdr[FRAME_HDR];
-    if (pread(sp->fd, hdr, FRAME_HDR, (off_t)pos) != FRAME_HDR) break;
-    uint32_t len = get_u32(hdr), crc = get_u32(hdr + 4);
-    if (len == 0 || len > MAX_FRAME || pos + FRAME_HDR + len > size) break;
-    if (len > bufcap) {
-      unsigned char *nb = realloc(buf, len);
-      if (!nb) {
-        rc = ORCH_ENOMEM;
-        goto done;
-      }
-      buf = nb;
-      bufcap = len;
-    }
-    if (pread(sp->fd, buf, len, (off_t)(pos + FRAME_HDR)) != (ssize_t)len)
-      break;
-    if (crc32c(buf, len) != crc || decode(buf, len, &row, vals) != 0) break;
-    pos += FRAME_HDR + len;
-  }
+  rc = spool_scan(sp->fd, size, &pos);
+  if (rc != ORCH_OK) goto done;
   if (pos < size) {
     s->cut_bytes = size - pos;
     if (ftruncate(sp->fd, (off_t)pos) != 0) {
@@ -624,12 +639,16 @@ static int spool_open(orch__store *s, const char *path, char *err,
   sp->end = pos;
   sp->head = 0;
 done:
-  free(buf);
   if (rc != ORCH_OK && sp->fd >= 0) {
     close(sp->fd);
     sp->fd = -1;
   }
   return rc;
+}
+
+/* Whether more bytes of frames fit under the cap. sp->mu held. */
+static bool spool_fits(const spool *sp, uint64_t more) {
+  return sp->end + more <= sp->cap;
 }
 
 /* Appends the frames of a list of queue items in as few writes as it can.
@@ -646,7 +665,7 @@ static size_t spool_append(orch__store *s, qitem *list, bool *failed) {
   size_t cnt = 0;
   for (qitem *it = list; it; it = it->next) {
     uint64_t fl = FRAME_HDR + (uint64_t)it->len;
-    if (end0 + size + fl > sp->cap) break;
+    if (!spool_fits(sp, size + fl)) break;
     put_u32(it->data, it->len);
     put_u32(it->data + 4, crc32c(it->data + FRAME_HDR, it->len));
     size += fl;
@@ -724,6 +743,117 @@ static uint64_t spool_pending(orch__store *s) {
   uint64_t n = s->sp.end - s->sp.head;
   pthread_mutex_unlock(&s->sp.mu);
   return n;
+}
+
+/* Appends the whole frames of another spool file (fd, locked by us; its
+ * frames are checked first and a torn tail is left out) to ours, in slices
+ * of whole frames so that puts spilling meanwhile interleave between them,
+ * then fsyncs ours. ORCH_OK when every good frame is now in our spool (the
+ * caller may then empty the source: a crash before that only means the
+ * frames are replayed twice, which the upserts and log keys absorb),
+ * ORCH_ELIMIT when they do not fit under our cap, ORCH_EIO, ORCH_ENOMEM. */
+static int spool_adopt(orch__store *s, int fd, const char *path) {
+  spool *sp = &s->sp;
+  struct stat st;
+  if (fstat(fd, &st) != 0) return ORCH_EIO;
+  uint64_t size = (uint64_t)st.st_size, good = 0, pos = 0;
+  int rc = spool_scan(fd, size, &good);
+  if (rc != ORCH_OK) return rc;
+  if (good < size) {
+    s->cut_bytes += size - good;
+    fprintf(stderr,
+            "orchestrate: store: spool %s: %" PRIu64
+            " bytes of torn or corrupt tail at offset %" PRIu64 " left out\n",
+            path, size - good, good);
+  }
+  size_t cap = good > REPLAY_CHUNK ? REPLAY_CHUNK : (size_t)good;
+  unsigned char *buf = cap ? malloc(cap) : NULL;
+  if (cap && !buf) return ORCH_ENOMEM;
+  while (pos < good) {
+    size_t want = good - pos > cap ? cap : (size_t)(good - pos);
+    if (pread(fd, buf, want, (off_t)pos) != (ssize_t)want) {
+      rc = ORCH_EIO;
+      break;
+    }
+    size_t n = 0; /* whole frames in buf */
+    while (n + FRAME_HDR <= want &&
+           n + FRAME_HDR + get_u32(buf + n) <= want)
+      n += FRAME_HDR + get_u32(buf + n);
+    if (n == 0) { /* one frame larger than the slice */
+      size_t fl = FRAME_HDR + (size_t)get_u32(buf);
+      unsigned char *nb = realloc(buf, fl);
+      if (!nb) {
+        rc = ORCH_ENOMEM;
+        break;
+      }
+      buf = nb;
+      cap = fl;
+      continue;
+    }
+    pthread_mutex_lock(&sp->mu);
+    if (!spool_fits(sp, n)) {
+      rc = ORCH_ELIMIT;
+    } else {
+      size_t done_b = 0;
+      while (done_b < n) {
+        ssize_t w = write(sp->fd, buf + done_b, n - done_b);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) break;
+        done_b += (size_t)w;
+      }
+      if (done_b < n) { /* cut the partial slice */
+        if (ftruncate(sp->fd, (off_t)sp->end) != 0) {
+          /* the open-time scan cuts it then */
+        }
+        rc = ORCH_EIO;
+      } else {
+        sp->end += n;
+        sp->dirty = true;
+      }
+    }
+    pthread_mutex_unlock(&sp->mu);
+    if (rc != ORCH_OK) break;
+    pos += n;
+  }
+  free(buf);
+  if (rc == ORCH_OK && fdatasync(sp->fd) != 0) rc = ORCH_EIO;
+  return rc;
+}
+
+/* Takes over what other processes left in the default spool and its
+ * numbered siblings: each one that has content and that no live process
+ * holds (flock, non-blocking) is appended to ours (spool_adopt) and then
+ * emptied. Files are emptied, never removed: another process may have
+ * opened the name already and would lock a file no one else sees. */
+static void spool_sweep(orch__store *s) {
+  spool *sp = &s->sp;
+  if (!sp->base || sp->fd < 0) return;
+  for (int k = 0; k <= 64; k++) {
+    char *p = k ? orch__asprintf("%s.%d", sp->base, k) : orch__strdup(sp->base);
+    if (!p) return;
+    struct stat st;
+    int fd = -1;
+    if (strcmp(p, sp->path) == 0 || stat(p, &st) != 0 || st.st_size == 0)
+      goto next;
+    fd = open(p, O_RDWR | O_CLOEXEC);
+    if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) != 0) goto next; /* live */
+    int rc = spool_adopt(s, fd, p);
+    if (rc == ORCH_OK) {
+      if (ftruncate(fd, 0) != 0)
+        set_error(s, "spool %s: emptying after takeover: %s", p,
+                  strerror(errno));
+      fprintf(stderr,
+              "orchestrate: store: spool %s: took over %lld bytes another "
+              "process left\n",
+              p, (long long)st.st_size);
+    } else {
+      set_error(s, "spool %s: left for later, taking it over failed: %s", p,
+                rc == ORCH_ELIMIT ? "our spool is full" : orch_strerror(rc));
+    }
+  next:
+    if (fd >= 0) close(fd); /* releases the lock */
+    free(p);
+  }
 }
 
 /* ---- the writer thread -------------------------------------------------- */
@@ -902,6 +1032,9 @@ static void *writer_main(void *arg) {
   memset(&w, 0, sizeof w);
   w.s = arg;
   orch__store *s = w.s;
+  /* sibling spools are swept every 100 ticks (5 s) while connected */
+  const int64_t sweep_ns = (int64_t)s->o.flush_ms * 100 * 1000000;
+  int64_t next_sweep = mono_ns() + sweep_ns;
   for (;;) {
     pthread_mutex_lock(&s->q_mu);
     if (!s->q_head && !s->stop) {
@@ -957,6 +1090,10 @@ static void *writer_main(void *arg) {
       }
     }
     if (w.conn) w_replay(&w);
+    if (w.conn && mono_ns() >= next_sweep) {
+      spool_sweep(s); /* what processes that ended meanwhile left */
+      next_sweep = mono_ns() + sweep_ns;
+    }
     spool_sync(s);
     if (stopping) {
       /* Last round: replay what the spool holds while the db answers. */
@@ -1086,6 +1223,11 @@ int orch__store_open(orch__store **out, const char *url,
     free(alt);
   }
   if (rc != ORCH_OK) goto done;
+  if (!explicit_path) {
+    s->sp.base = spath;
+    spath = NULL;
+    spool_sweep(s);
+  }
   if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
     rc = orch__err(err, errlen, ORCH_ENOMEM, "store: cannot start the writer");
     goto done;
@@ -1117,6 +1259,7 @@ void orch__store_close(orch__store *s) {
   }
   if (s->sp.fd >= 0) close(s->sp.fd); /* releases the flock */
   free(s->sp.path);
+  free(s->sp.base);
   free(s->conninfo);
   pthread_mutex_destroy(&s->q_mu);
   pthread_cond_destroy(&s->q_cv);

@@ -8,10 +8,12 @@
 #include "orch_int.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <libpq-fe.h>
 #include <math.h>
 #include <signal.h>
 #include <sqlite3.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -727,6 +729,89 @@ TEST(store_full_disk_under_the_spool_is_an_error_not_a_crash) {
   free(d);
 }
 
+
+/* Two writers at once while the database is down: the second takes
+ * PATH.spool.1. A later process holding the default spool replays the
+ * numbered one too, at open and while it runs (every 100 ticks), and never
+ * touches one that another live process holds. */
+static void put_steps(orch__store *s, const char *sid, int n) {
+  for (int i = 0; i < n; i++) {
+    char id[16];
+    snprintf(id, sizeof id, "s%d", i);
+    orch__rec r = step_rec(sid, id, i, "passed", "out");
+    ASSERT_EQ(orch__store_put(s, &r), ORCH_OK);
+  }
+}
+
+static off_t file_size(const char *path) {
+  struct stat sb;
+  return stat(path, &sb) == 0 ? sb.st_size : -1;
+}
+
+TEST(store_replays_numbered_spools_left_by_concurrent_writers) {
+  char *d = tmpdir_new();
+  char url[700], dbpath[600], spool1[700], spool2[700];
+  snprintf(dbpath, sizeof dbpath, "%s/x.db", d);
+  snprintf(url, sizeof url, "sqlite:%s", dbpath);
+  snprintf(spool1, sizeof spool1, "%s.spool.1", dbpath);
+  snprintf(spool2, sizeof spool2, "%s.spool.2", dbpath);
+  unsetenv("ORCH_SPOOL");
+  ASSERT_EQ(mkdir(dbpath, 0700), 0); /* a directory: SQLite cannot open it */
+  orch__store *a = NULL, *b = NULL, *c = NULL;
+  char err[512] = "";
+  orch__store_opts o = {0};
+  o.flush_ms = 10; /* sweeps every second */
+  ASSERT_EQ(orch__store_open(&a, url, &o, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch__store_open(&b, url, &o, err, sizeof err), ORCH_OK);
+  char sa[37], sb_[37];
+  uuid_new(sa);
+  uuid_new(sb_);
+  put_steps(a, sa, 50);
+  put_steps(b, sb_, 50);
+  orch__store_close(a);
+  orch__store_close(b);
+  off_t size1 = file_size(spool1);
+  ASSERT(size1 > 50 * 40);
+  char *copy = malloc((size_t)size1);
+  FILE *f = fopen(spool1, "rb");
+  ASSERT(f && fread(copy, 1, (size_t)size1, f) == (size_t)size1);
+  fclose(f);
+  ASSERT_EQ(rmdir(dbpath), 0); /* the database is back */
+
+  /* a new process takes the default spool and the stranded .1 */
+  ASSERT_EQ(orch__store_open(&c, url, &o, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch__store_flush(c, 10000), ORCH_OK);
+  orch__store_stats st;
+  orch__store_stats_get(c, &st);
+  ASSERT_EQ(st.replayed, 100);
+  ASSERT_EQ(db_count(url, "SELECT count(*) FROM orch_run_steps WHERE session_id = $1",
+                     sa), 50);
+  ASSERT_EQ(db_count(url, "SELECT count(*) FROM orch_run_steps WHERE session_id = $1",
+                     sb_), 50);
+  ASSERT_EQ(file_size(spool1), 0); /* emptied */
+
+  /* .2 held by a live process (here: our own lock) is left alone; once
+   * its holder is gone the running store takes it over */
+  int fd = open(spool2, O_RDWR | O_CREAT, 0600);
+  ASSERT(fd >= 0);
+  ASSERT_EQ(flock(fd, LOCK_EX | LOCK_NB), 0);
+  ASSERT_EQ(write(fd, copy, (size_t)size1), size1);
+  usleep(2500000); /* two sweeps */
+  ASSERT_EQ(file_size(spool2), size1);
+  close(fd);
+  for (int waited = 0; waited < 5000 && file_size(spool2) != 0; waited += 50)
+    usleep(50000);
+  ASSERT_EQ(orch__store_flush(c, 10000), ORCH_OK);
+  orch__store_stats_get(c, &st);
+  orch__store_close(c);
+  ASSERT_EQ(file_size(spool2), 0);
+  ASSERT_EQ(st.replayed, 150); /* the same 50 again: upserts absorb them */
+  ASSERT_EQ(db_count(url, "SELECT count(*) FROM orch_run_steps WHERE session_id = $1",
+                     sb_), 50);
+  free(copy);
+  rm_rf(d);
+  free(d);
+}
 /* ---- crash while spooling -------------------------------------------------- */
 
 TEST(store_slow_crash_while_spooling_replays_up_to_the_last_fsync) {
