@@ -535,7 +535,8 @@ typedef struct orch__store_opts {
   const char *spool_path;  /* NULL: ORCH_SPOOL env, else sqlite: PATH.spool,
                               PostgreSQL: ORCH_SPOOL_DIR (or .)/
                               orchestrate-pg-<hash of url>.spool */
-  uint64_t spool_cap;      /* spool file size cap in bytes; 0: 1 GiB */
+  uint64_t spool_cap;      /* spool bytes waiting for replay; the file may
+                              grow to twice that; 0: 1 GiB */
   size_t batch;            /* records per transaction; 0: 5000 */
   unsigned flush_ms;       /* writer tick: spool fsync, reconnect; 0: 50 */
   unsigned backoff_max_ms; /* reconnect backoff ceiling; 0: 5000 */

@@ -213,8 +213,11 @@ typedef struct spool {
   pthread_mutex_t mu;    /* guards end, head, dirty, fd writes/truncation */
   uint64_t end;          /* bytes of whole frames in the file */
   uint64_t head;         /* replay position (frames before it are in the db) */
-  uint64_t cap;
+  uint64_t cap;          /* on the bytes waiting (end - head); the file
+                            itself may grow to twice that (spool_fits) */
   bool dirty;            /* written since the last fsync */
+  bool side_stuck;       /* a failed compaction left PATH.compact: no more
+                            compactions this run (writer thread only) */
 } spool;
 
 struct orch__store {
@@ -646,9 +649,12 @@ done:
   return rc;
 }
 
-/* Whether more bytes of frames fit under the cap. sp->mu held. */
+/* Whether more bytes of frames fit: the bytes waiting for replay (end -
+ * head) stay under the cap, and the file (replayed frames not yet
+ * compacted away included) under twice the cap. sp->mu held. */
 static bool spool_fits(const spool *sp, uint64_t more) {
-  return sp->end + more <= sp->cap;
+  uint64_t file_max = sp->cap > UINT64_MAX / 2 ? UINT64_MAX : 2 * sp->cap;
+  return sp->end - sp->head + more <= sp->cap && sp->end + more <= file_max;
 }
 
 /* Appends the frames of a list of queue items in as few writes as it can.
@@ -751,8 +757,10 @@ static uint64_t spool_pending(orch__store *s) {
  * then fsyncs ours. ORCH_OK when every good frame is now in our spool (the
  * caller may then empty the source: a crash before that only means the
  * frames are replayed twice, which the upserts and log keys absorb),
- * ORCH_ELIMIT when they do not fit under our cap, ORCH_EIO, ORCH_ENOMEM. */
-static int spool_adopt(orch__store *s, int fd, const char *path) {
+ * ORCH_ELIMIT when they do not fit under our cap (force: the cap is not
+ * applied, for frames that must not be dropped), ORCH_EIO, ORCH_ENOMEM. */
+static int spool_adopt(orch__store *s, int fd, const char *path,
+                       bool force) {
   spool *sp = &s->sp;
   struct stat st;
   if (fstat(fd, &st) != 0) return ORCH_EIO;
@@ -791,7 +799,7 @@ static int spool_adopt(orch__store *s, int fd, const char *path) {
       continue;
     }
     pthread_mutex_lock(&sp->mu);
-    if (!spool_fits(sp, n)) {
+    if (!force && !spool_fits(sp, n)) {
       rc = ORCH_ELIMIT;
     } else {
       size_t done_b = 0;
@@ -820,6 +828,151 @@ static int spool_adopt(orch__store *s, int fd, const char *path) {
   return rc;
 }
 
+/* A compaction's side file: PATH.compact beside the spool PATH. */
+static char *side_path(const char *path) {
+  return orch__asprintf("%s.compact", path);
+}
+
+/* Copies bytes [from, to) of in to the end of out (opened O_APPEND or
+ * positioned there) through buf (REPLAY_CHUNK bytes). */
+static bool copy_range(int in, uint64_t from, uint64_t to, int out,
+                       unsigned char *buf) {
+  while (from < to) {
+    size_t n = to - from > REPLAY_CHUNK ? REPLAY_CHUNK : (size_t)(to - from);
+    if (pread(in, buf, n, (off_t)from) != (ssize_t)n) return false;
+    for (size_t done_b = 0; done_b < n;) {
+      ssize_t w = write(out, buf + done_b, n - done_b);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        if (w == 0) errno = ENOSPC;
+        return false;
+      }
+      done_b += (size_t)w;
+    }
+    from += n;
+  }
+  return true;
+}
+
+/* Makes a directory entry made in path's directory durable. */
+static void fsync_dir_of(const char *path) {
+  const char *slash = strrchr(path, '/');
+  char *dir = slash ? orch__asprintf("%.*s", (int)(slash - path + 1), path)
+                    : orch__strdup(".");
+  if (!dir) return;
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    fsync(fd);
+    close(fd);
+  }
+  free(dir);
+}
+
+/* Recovers from a compaction that a crash interrupted: the side file of
+ * main_path (whose lock we hold) has every frame that waited when it began
+ * (fsynced before the spool was cut), the spool some, all or none of them.
+ * Its good frames are appended to our spool whatever the cap (a frame that
+ * is now there twice is replayed twice: the upserts absorb it), then it is
+ * removed. ORCH_OK also when there is no side file. */
+static int spool_take_side(orch__store *s, const char *main_path) {
+  char *side = side_path(main_path);
+  if (!side) return ORCH_ENOMEM;
+  int rc = ORCH_OK;
+  int fd = open(side, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno != ENOENT) rc = ORCH_EIO;
+    goto done;
+  }
+  rc = spool_adopt(s, fd, side, true);
+  if (rc == ORCH_OK) {
+    unlink(side);
+    fprintf(stderr,
+            "orchestrate: store: spool %s: recovered the frames of an "
+            "interrupted compaction (%s)\n",
+            s->sp.path, side);
+  }
+done:
+  if (fd >= 0) close(fd);
+  free(side);
+  return rc;
+}
+
+/* Moves the frames still waiting for replay to the front of the spool once
+ * the replayed ones before them are many (at least a quarter of the cap, or
+ * 64 MiB, and at least as many bytes as wait), so that a spool the writer
+ * never quite catches up with (a queue that keeps spilling while the
+ * database is up) does not grow to its cap. Writer thread only.
+ *
+ * Crash-safe in three steps: (1) copy [head, end) to PATH.compact and
+ * fsync it and its directory entry; (2) under the spool mutex, add what
+ * puts appended meanwhile to the side file, cut the spool to zero, copy
+ * the side file back, and set head = 0; (3) fsync the spool, remove the
+ * side file. A crash before (2) leaves the spool whole (the replayed
+ * frames are replayed again at open: the upserts absorb them); during or
+ * after it, the side file holds every frame that had been fsynced, and
+ * spool_take_side appends it at the next open. Puts that spill wait for
+ * the mutex during (2): a copy of at most the waiting bytes, rare. */
+static void spool_compact(orch__store *s) {
+  spool *sp = &s->sp;
+  if (sp->side_stuck) return;
+  uint64_t min_head = sp->cap / 4 < (64u << 20) ? sp->cap / 4 : (64u << 20);
+  pthread_mutex_lock(&sp->mu);
+  uint64_t head = sp->head, end0 = sp->end;
+  pthread_mutex_unlock(&sp->mu);
+  if (head == 0 || head < min_head || end0 - head > head) return;
+  char *side = side_path(sp->path);
+  unsigned char *buf = malloc(REPLAY_CHUNK);
+  int fd = -1, e = 0;
+  bool cut = false, ok = false;
+  uint64_t len = 0;
+  if (!side || !buf) goto done;
+  fd = open(side, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0 || !copy_range(sp->fd, head, end0, fd, buf) ||
+      fdatasync(fd) != 0) {
+    e = errno;
+    goto done;
+  }
+  fsync_dir_of(side);
+  pthread_mutex_lock(&sp->mu);
+  uint64_t end1 = sp->end;
+  len = end1 - head;
+  if (!copy_range(sp->fd, end0, end1, fd, buf) || ftruncate(sp->fd, 0) != 0) {
+    e = errno;
+    pthread_mutex_unlock(&sp->mu);
+    goto done;
+  }
+  cut = true;
+  ok = copy_range(fd, 0, len, sp->fd, buf); /* O_APPEND: lands at 0 */
+  if (ok) {
+    sp->head = 0;
+    sp->end = len;
+  } else { /* the side file keeps them for the next open */
+    e = errno;
+    if (ftruncate(sp->fd, 0) != 0) {
+      /* the open-time scan cuts a partial frame */
+    }
+    sp->head = sp->end = 0;
+  }
+  sp->dirty = true;
+  pthread_mutex_unlock(&sp->mu);
+  if (ok && fdatasync(sp->fd) != 0) {
+    e = errno;
+    ok = false;
+  }
+done:
+  if (fd >= 0) close(fd);
+  if (side && (ok || !cut)) {
+    unlink(side); /* done, or the spool was never touched */
+  } else if (cut) {
+    sp->side_stuck = true;
+    set_error(s, "spool %s: compaction failed (%s): the %" PRIu64
+              " bytes that waited are kept in %s and replayed at the next "
+              "open", sp->path, strerror(e), len, side);
+  }
+  free(side);
+  free(buf);
+}
+
 /* Takes over what other processes left in the default spool and its
  * numbered siblings: each one that has content and that no live process
  * holds (flock, non-blocking) is appended to ours (spool_adopt) and then
@@ -831,21 +984,26 @@ static void spool_sweep(orch__store *s) {
   for (int k = 0; k <= 64; k++) {
     char *p = k ? orch__asprintf("%s.%d", sp->base, k) : orch__strdup(sp->base);
     if (!p) return;
-    struct stat st;
+    struct stat st, side;
     int fd = -1;
-    if (strcmp(p, sp->path) == 0 || stat(p, &st) != 0 || st.st_size == 0)
-      goto next;
+    if (strcmp(p, sp->path) == 0 || stat(p, &st) != 0) goto next;
+    char *ps = side_path(p); /* an interrupted compaction's frames */
+    bool has_side = ps && stat(ps, &side) == 0;
+    free(ps);
+    if (st.st_size == 0 && !has_side) goto next;
     fd = open(p, O_RDWR | O_CLOEXEC);
     if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) != 0) goto next; /* live */
-    int rc = spool_adopt(s, fd, p);
+    int rc = spool_adopt(s, fd, p, false);
+    if (rc == ORCH_OK && has_side) rc = spool_take_side(s, p);
     if (rc == ORCH_OK) {
       if (ftruncate(fd, 0) != 0)
         set_error(s, "spool %s: emptying after takeover: %s", p,
                   strerror(errno));
-      fprintf(stderr,
-              "orchestrate: store: spool %s: took over %lld bytes another "
-              "process left\n",
-              p, (long long)st.st_size);
+      if (st.st_size > 0)
+        fprintf(stderr,
+                "orchestrate: store: spool %s: took over %lld bytes another "
+                "process left\n",
+                p, (long long)st.st_size);
     } else {
       set_error(s, "spool %s: left for later, taking it over failed: %s", p,
                 rc == ORCH_ELIMIT ? "our spool is full" : orch_strerror(rc));
@@ -1095,6 +1253,7 @@ static void *writer_main(void *arg) {
       next_sweep = mono_ns() + sweep_ns;
     }
     spool_sync(s);
+    spool_compact(s);
     if (stopping) {
       /* Last round: replay what the spool holds while the db answers. */
       while (w.conn && spool_pending(s) > 0) {
@@ -1223,6 +1382,13 @@ int orch__store_open(orch__store **out, const char *url,
     free(alt);
   }
   if (rc != ORCH_OK) goto done;
+  rc = spool_take_side(s, s->sp.path);
+  if (rc != ORCH_OK) {
+    rc = orch__err(err, errlen, rc,
+                   "spool %s: recovering an interrupted compaction: %s",
+                   s->sp.path, orch_strerror(rc));
+    goto done;
+  }
   if (!explicit_path) {
     s->sp.base = spath;
     spath = NULL;

@@ -812,6 +812,107 @@ TEST(store_replays_numbered_spools_left_by_concurrent_writers) {
   rm_rf(d);
   free(d);
 }
+
+/* The database is up but the queue spills (every put here: queue_max_bytes
+ * 1) and the producer keeps 20-40 KB waiting, never letting the writer
+ * (10 records a round) catch up fully. About 4 MB pass through a spool
+ * capped at 256 KiB: it must be compacted and its cap judged on the bytes
+ * waiting, not on the file size (which grew by every spilled byte until
+ * records were dropped at about 1,300). */
+TEST(store_spilling_queue_compacts_the_spool_and_drops_nothing) {
+  char *d = tmpdir_new();
+  char url[600], spool[600];
+  snprintf(url, sizeof url, "sqlite:%s/c.db", d);
+  snprintf(spool, sizeof spool, "%s/c.spool", d);
+  orch__store *s = NULL;
+  char err[512] = "";
+  orch__store_opts o = {0};
+  o.spool_path = spool;
+  o.queue_max_bytes = 1;
+  o.batch = 10;
+  o.spool_cap = 256 * 1024;
+  ASSERT_EQ(orch__store_open(&s, url, &o, err, sizeof err), ORCH_OK);
+  const int N = 20000;
+  int first_drop = -1;
+  off_t max_size = 0;
+  uint64_t max_wait = 0;
+  char sid[37];
+  uuid_new(sid);
+  orch__store_stats st;
+  for (int i = 0; i < N; i++) {
+    char id[32];
+    snprintf(id, sizeof id, "c%d", i);
+    orch__rec r = step_rec(sid, id, i, "passed", "out");
+    if (orch__store_put(s, &r) != ORCH_OK && first_drop < 0) first_drop = i;
+    orch__store_stats_get(s, &st);
+    if (st.spool_bytes > max_wait) max_wait = st.spool_bytes;
+    if (st.spool_bytes < 40 * 1024) continue;
+    struct stat sb;
+    if (stat(spool, &sb) == 0 && sb.st_size > max_size) max_size = sb.st_size;
+    while (st.spool_bytes > 20 * 1024) { /* let the writer replay some */
+      usleep(20);
+      orch__store_stats_get(s, &st);
+    }
+  }
+  ASSERT_EQ(orch__store_flush(s, 60000), ORCH_OK);
+  orch__store_stats_get(s, &st);
+  orch__store_close(s);
+  printf("  first drop %d, at most %llu bytes waiting, spool file at most "
+         "%lld bytes\n",
+         first_drop, (unsigned long long)max_wait, (long long)max_size);
+  ASSERT_EQ(first_drop, -1);
+  ASSERT_EQ(st.records_dropped_total, 0);
+  ASSERT_EQ(st.spooled, N);
+  ASSERT_EQ(st.replayed, N);
+  ASSERT(max_size <= 2 * (off_t)o.spool_cap);
+  ASSERT_EQ(db_count(url, "SELECT count(*) FROM orch_run_steps WHERE session_id = $1",
+                     sid), N);
+  rm_rf(d);
+  free(d);
+}
+
+/* A crash in the middle of a compaction leaves the side file with the
+ * unreplayed frames and a main file cut anywhere: reopening replays every
+ * record (a duplicate is harmless: upserts and log keys absorb it). */
+TEST(store_crash_mid_compaction_loses_no_record) {
+  char *d = tmpdir_new();
+  char down[600], up[600], spool[600], side[700];
+  snprintf(down, sizeof down, "sqlite:%s/no/such/dir/x.db", d);
+  snprintf(up, sizeof up, "sqlite:%s/ok.db", d);
+  snprintf(spool, sizeof spool, "%s/m.spool", d);
+  snprintf(side, sizeof side, "%s.compact", spool);
+  orch__store *s = NULL;
+  char err[512] = "";
+  orch__store_opts o = {0};
+  o.spool_path = spool;
+  ASSERT_EQ(orch__store_open(&s, down, &o, err, sizeof err), ORCH_OK);
+  for (int i = 0; i < 2000; i++) {
+    char tt[32];
+    snprintf(tt, sizeof tt, "m%d", i);
+    orch__rec r = explore_rec("jr-m", tt);
+    ASSERT_EQ(orch__store_put(s, &r), ORCH_OK);
+  }
+  orch__store_close(s);
+  /* the side file holds every frame; the main file was being rewritten
+   * when the power went: cut in the middle of a frame */
+  char cmd[2048];
+  snprintf(cmd, sizeof cmd, "cp '%s' '%s'", spool, side);
+  ASSERT_EQ(system(cmd), 0);
+  struct stat sb;
+  ASSERT_EQ(stat(spool, &sb), 0);
+  ASSERT_EQ(truncate(spool, sb.st_size / 3), 0);
+  ASSERT_EQ(orch__store_open(&s, up, &o, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch__store_flush(s, 10000), ORCH_OK);
+  orch__store_close(s);
+  ASSERT_EQ(db_count(up, "SELECT count(DISTINCT task_type) FROM jr_exploration_log", NULL),
+            2000);
+  ASSERT_EQ(db_count(up, "SELECT count(*) FROM jr_exploration_log", NULL), 2000);
+  ASSERT(access(side, F_OK) != 0); /* recovered, then removed */
+  ASSERT_EQ(stat(spool, &sb), 0);
+  ASSERT_EQ(sb.st_size, 0);
+  rm_rf(d);
+  free(d);
+}
 /* ---- crash while spooling -------------------------------------------------- */
 
 TEST(store_slow_crash_while_spooling_replays_up_to_the_last_fsync) {
