@@ -239,7 +239,7 @@ struct orch__store {
   _Atomic int64_t seq;     /* hybrid clock for rec_seq (microseconds) */
   _Atomic uint64_t keyctr;
   char key_prefix[17];
-  uint64_t cut_bytes;
+  _Atomic uint64_t cut_bytes; /* also added to by the writer's sweep */
   atomic_int connected;
   pthread_mutex_t st_mu;   /* guards last_error */
   char last_error[256], last_drop[256];
@@ -637,7 +637,7 @@ static int spool_open(orch__store *s, const char *path, char *err,
     fprintf(stderr,
             "orchestrate: store: spool %s: cut %" PRIu64
             " bytes of torn or corrupt tail at offset %" PRIu64 "\n",
-            path, s->cut_bytes, pos);
+            path, size - pos, pos);
   }
   sp->end = pos;
   sp->head = 0;
