@@ -552,7 +552,8 @@ typedef struct orch__store_opts {
   const char *spool_path;  /* NULL: ORCH_SPOOL env, else sqlite: PATH.spool,
                               PostgreSQL: ORCH_SPOOL_DIR (or .)/
                               orchestrate-pg-<hash of url>.spool */
-  uint64_t spool_cap;      /* spool file size cap in bytes; 0: 1 GiB */
+  uint64_t spool_cap;      /* spool bytes waiting for replay; the file may
+                              grow to twice that; 0: 1 GiB */
   size_t batch;            /* records per transaction; 0: 5000 */
   unsigned flush_ms;       /* writer tick: spool fsync, reconnect; 0: 50 */
   unsigned backoff_max_ms; /* reconnect backoff ceiling; 0: 5000 */
@@ -870,6 +871,10 @@ typedef void (*orch__reject_fn)(void *ud, size_t row, const char *msg);
 typedef struct orch__backend {
   const char *name;
   int (*connect)(void **conn, const char *url, char *err, size_t errlen);
+  /* Optional (NULL: connect): for callers that only read (status,
+   * migrate --status); never creates the database, ORCH_ENOTFOUND with
+   * "no such database: PATH" when it is not there. */
+  int (*connect_ro)(void **conn, const char *url, char *err, size_t errlen);
   void (*disconnect)(void *conn);
   /* Applies pending migrations (or only reports, status_only). */
   int (*migrate)(void *conn, int status_only, orch_report_fn report,

@@ -206,12 +206,18 @@ typedef struct qitem {
 
 typedef struct spool {
   char *path;
+  char *base;            /* the default spool whose numbered siblings
+                            (base.1 .. base.64) this one sweeps; NULL when
+                            the path was given explicitly */
   int fd;                /* -1: no spool (read-only store) */
   pthread_mutex_t mu;    /* guards end, head, dirty, fd writes/truncation */
   uint64_t end;          /* bytes of whole frames in the file */
   uint64_t head;         /* replay position (frames before it are in the db) */
-  uint64_t cap;
+  uint64_t cap;          /* on the bytes waiting (end - head); the file
+                            itself may grow to twice that (spool_fits) */
   bool dirty;            /* written since the last fsync */
+  bool side_stuck;       /* a failed compaction left PATH.compact: no more
+                            compactions this run (writer thread only) */
 } spool;
 
 struct orch__store {
@@ -233,7 +239,7 @@ struct orch__store {
   _Atomic int64_t seq;     /* hybrid clock for rec_seq (microseconds) */
   _Atomic uint64_t keyctr;
   char key_prefix[17];
-  uint64_t cut_bytes;
+  _Atomic uint64_t cut_bytes; /* also added to by the writer's sweep */
   atomic_int connected;
   pthread_mutex_t st_mu;   /* guards last_error */
   char last_error[256], last_drop[256];
@@ -572,13 +578,45 @@ static int decode(const unsigned char *p, size_t n, orch__row *row,
 
 /* ---- spool -------------------------------------------------------------- */
 
+/* Checks the frames of fd from offset 0 and sets *good to the end of the
+ * last whole frame before the first short, oversized or corrupt one.
+ * ORCH_OK or ORCH_ENOMEM. */
+static int spool_scan(int fd, uint64_t size, uint64_t *good) {
+  unsigned char *buf = NULL;
+  size_t bufcap = 0;
+  uint64_t pos = 0;
+  int rc = ORCH_OK;
+  orch__row row;
+  orch__val vals[MAX_COLS];
+  while (pos + FRAME_HDR <= size) {
+    unsigned char hdr[FRAME_HDR];
+    if (pread(fd, hdr, FRAME_HDR, (off_t)pos) != FRAME_HDR) break;
+    uint32_t len = get_u32(hdr), crc = get_u32(hdr + 4);
+    if (len == 0 || len > MAX_FRAME || pos + FRAME_HDR + len > size) break;
+    if (len > bufcap) {
+      unsigned char *nb = realloc(buf, len);
+      if (!nb) {
+        rc = ORCH_ENOMEM;
+        break;
+      }
+      buf = nb;
+      bufcap = len;
+    }
+    if (pread(fd, buf, len, (off_t)(pos + FRAME_HDR)) != (ssize_t)len) break;
+    if (crc32c(buf, len) != crc || decode(buf, len, &row, vals) != 0) break;
+    pos += FRAME_HDR + len;
+  }
+  free(buf);
+  *good = pos;
+  return rc;
+}
+
 /* Opens (creating) the spool, locks it against other processes, checks
  * every frame and cuts a torn or corrupt tail. */
 static int spool_open(orch__store *s, const char *path, char *err,
                       size_t errlen) {
   spool *sp = &s->sp;
   int rc = ORCH_OK;
-  unsigned char *buf = NULL;
   sp->path = orch__strdup(path);
   if (!sp->path) return ORCH_ENOMEM;
   sp->fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
@@ -599,28 +637,8 @@ static int spool_open(orch__store *s, const char *path, char *err,
     goto done;
   }
   uint64_t size = (uint64_t)st.st_size, pos = 0;
-  size_t bufcap = 0;
-  orch__row row;
-  orch__val vals[MAX_COLS];
-  while (pos + FRAME_HDR <= size) {
-    unsigned char hdr[FRAME_HDR];
-    if (pread(sp->fd, hdr, FRAME_HDR, (off_t)pos) != FRAME_HDR) break;
-    uint32_t len = get_u32(hdr), crc = get_u32(hdr + 4);
-    if (len == 0 || len > MAX_FRAME || pos + FRAME_HDR + len > size) break;
-    if (len > bufcap) {
-      unsigned char *nb = realloc(buf, len);
-      if (!nb) {
-        rc = ORCH_ENOMEM;
-        goto done;
-      }
-      buf = nb;
-      bufcap = len;
-    }
-    if (pread(sp->fd, buf, len, (off_t)(pos + FRAME_HDR)) != (ssize_t)len)
-      break;
-    if (crc32c(buf, len) != crc || decode(buf, len, &row, vals) != 0) break;
-    pos += FRAME_HDR + len;
-  }
+  rc = spool_scan(sp->fd, size, &pos);
+  if (rc != ORCH_OK) goto done;
   if (pos < size) {
     s->cut_bytes = size - pos;
     if (ftruncate(sp->fd, (off_t)pos) != 0) {
@@ -632,17 +650,24 @@ static int spool_open(orch__store *s, const char *path, char *err,
     fprintf(stderr,
             "orchestrate: store: spool %s: cut %" PRIu64
             " bytes of torn or corrupt tail at offset %" PRIu64 "\n",
-            path, s->cut_bytes, pos);
+            path, size - pos, pos);
   }
   sp->end = pos;
   sp->head = 0;
 done:
-  free(buf);
   if (rc != ORCH_OK && sp->fd >= 0) {
     close(sp->fd);
     sp->fd = -1;
   }
   return rc;
+}
+
+/* Whether more bytes of frames fit: the bytes waiting for replay (end -
+ * head) stay under the cap, and the file (replayed frames not yet
+ * compacted away included) under twice the cap. sp->mu held. */
+static bool spool_fits(const spool *sp, uint64_t more) {
+  uint64_t file_max = sp->cap > UINT64_MAX / 2 ? UINT64_MAX : 2 * sp->cap;
+  return sp->end - sp->head + more <= sp->cap && sp->end + more <= file_max;
 }
 
 /* Appends the frames of a list of queue items in as few writes as it can.
@@ -659,7 +684,7 @@ static size_t spool_append(orch__store *s, qitem *list, bool *failed) {
   size_t cnt = 0;
   for (qitem *it = list; it; it = it->next) {
     uint64_t fl = FRAME_HDR + (uint64_t)it->len;
-    if (end0 + size + fl > sp->cap) break;
+    if (!spool_fits(sp, size + fl)) break;
     put_u32(it->data, it->len);
     put_u32(it->data + 4, crc32c(it->data + FRAME_HDR, it->len));
     size += fl;
@@ -737,6 +762,269 @@ static uint64_t spool_pending(orch__store *s) {
   uint64_t n = s->sp.end - s->sp.head;
   pthread_mutex_unlock(&s->sp.mu);
   return n;
+}
+
+/* Appends the whole frames of another spool file (fd, locked by us; its
+ * frames are checked first and a torn tail is left out) to ours, in slices
+ * of whole frames so that puts spilling meanwhile interleave between them,
+ * then fsyncs ours. ORCH_OK when every good frame is now in our spool (the
+ * caller may then empty the source: a crash before that only means the
+ * frames are replayed twice, which the upserts and log keys absorb),
+ * ORCH_ELIMIT when they do not fit under our cap (force: the cap is not
+ * applied, for frames that must not be dropped), ORCH_EIO, ORCH_ENOMEM. */
+static int spool_adopt(orch__store *s, int fd, const char *path,
+                       bool force) {
+  spool *sp = &s->sp;
+  struct stat st;
+  if (fstat(fd, &st) != 0) return ORCH_EIO;
+  uint64_t size = (uint64_t)st.st_size, good = 0, pos = 0;
+  int rc = spool_scan(fd, size, &good);
+  if (rc != ORCH_OK) return rc;
+  if (good < size) {
+    s->cut_bytes += size - good;
+    fprintf(stderr,
+            "orchestrate: store: spool %s: %" PRIu64
+            " bytes of torn or corrupt tail at offset %" PRIu64 " left out\n",
+            path, size - good, good);
+  }
+  size_t cap = good > REPLAY_CHUNK ? REPLAY_CHUNK : (size_t)good;
+  unsigned char *buf = cap ? malloc(cap) : NULL;
+  if (cap && !buf) return ORCH_ENOMEM;
+  while (pos < good) {
+    size_t want = good - pos > cap ? cap : (size_t)(good - pos);
+    if (pread(fd, buf, want, (off_t)pos) != (ssize_t)want) {
+      rc = ORCH_EIO;
+      break;
+    }
+    size_t n = 0; /* whole frames in buf */
+    while (n + FRAME_HDR <= want &&
+           n + FRAME_HDR + get_u32(buf + n) <= want)
+      n += FRAME_HDR + get_u32(buf + n);
+    if (n == 0) { /* one frame larger than the slice */
+      size_t fl = FRAME_HDR + (size_t)get_u32(buf);
+      unsigned char *nb = realloc(buf, fl);
+      if (!nb) {
+        rc = ORCH_ENOMEM;
+        break;
+      }
+      buf = nb;
+      cap = fl;
+      continue;
+    }
+    pthread_mutex_lock(&sp->mu);
+    if (!force && !spool_fits(sp, n)) {
+      rc = ORCH_ELIMIT;
+    } else {
+      size_t done_b = 0;
+      while (done_b < n) {
+        ssize_t w = write(sp->fd, buf + done_b, n - done_b);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) break;
+        done_b += (size_t)w;
+      }
+      if (done_b < n) { /* cut the partial slice */
+        if (ftruncate(sp->fd, (off_t)sp->end) != 0) {
+          /* the open-time scan cuts it then */
+        }
+        rc = ORCH_EIO;
+      } else {
+        sp->end += n;
+        sp->dirty = true;
+      }
+    }
+    pthread_mutex_unlock(&sp->mu);
+    if (rc != ORCH_OK) break;
+    pos += n;
+  }
+  free(buf);
+  if (rc == ORCH_OK && fdatasync(sp->fd) != 0) rc = ORCH_EIO;
+  return rc;
+}
+
+/* A compaction's side file: PATH.compact beside the spool PATH. */
+static char *side_path(const char *path) {
+  return orch__asprintf("%s.compact", path);
+}
+
+/* Copies bytes [from, to) of in to the end of out (opened O_APPEND or
+ * positioned there) through buf (REPLAY_CHUNK bytes). */
+static bool copy_range(int in, uint64_t from, uint64_t to, int out,
+                       unsigned char *buf) {
+  while (from < to) {
+    size_t n = to - from > REPLAY_CHUNK ? REPLAY_CHUNK : (size_t)(to - from);
+    if (pread(in, buf, n, (off_t)from) != (ssize_t)n) return false;
+    for (size_t done_b = 0; done_b < n;) {
+      ssize_t w = write(out, buf + done_b, n - done_b);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        if (w == 0) errno = ENOSPC;
+        return false;
+      }
+      done_b += (size_t)w;
+    }
+    from += n;
+  }
+  return true;
+}
+
+/* Makes a directory entry made in path's directory durable. */
+static void fsync_dir_of(const char *path) {
+  const char *slash = strrchr(path, '/');
+  char *dir = slash ? orch__asprintf("%.*s", (int)(slash - path + 1), path)
+                    : orch__strdup(".");
+  if (!dir) return;
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    fsync(fd);
+    close(fd);
+  }
+  free(dir);
+}
+
+/* Recovers from a compaction that a crash interrupted: the side file of
+ * main_path (whose lock we hold) has every frame that waited when it began
+ * (fsynced before the spool was cut), the spool some, all or none of them.
+ * Its good frames are appended to our spool whatever the cap (a frame that
+ * is now there twice is replayed twice: the upserts absorb it), then it is
+ * removed. ORCH_OK also when there is no side file. */
+static int spool_take_side(orch__store *s, const char *main_path) {
+  char *side = side_path(main_path);
+  if (!side) return ORCH_ENOMEM;
+  int rc = ORCH_OK;
+  int fd = open(side, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno != ENOENT) rc = ORCH_EIO;
+    goto done;
+  }
+  rc = spool_adopt(s, fd, side, true);
+  if (rc == ORCH_OK) {
+    unlink(side);
+    fprintf(stderr,
+            "orchestrate: store: spool %s: recovered the frames of an "
+            "interrupted compaction (%s)\n",
+            s->sp.path, side);
+  }
+done:
+  if (fd >= 0) close(fd);
+  free(side);
+  return rc;
+}
+
+/* Moves the frames still waiting for replay to the front of the spool once
+ * the replayed ones before them are many (at least a quarter of the cap, or
+ * 64 MiB, and at least as many bytes as wait), so that a spool the writer
+ * never quite catches up with (a queue that keeps spilling while the
+ * database is up) does not grow to its cap. Writer thread only.
+ *
+ * Crash-safe in three steps: (1) copy [head, end) to PATH.compact and
+ * fsync it and its directory entry; (2) under the spool mutex, add what
+ * puts appended meanwhile to the side file, cut the spool to zero, copy
+ * the side file back, and set head = 0; (3) fsync the spool, remove the
+ * side file. A crash before (2) leaves the spool whole (the replayed
+ * frames are replayed again at open: the upserts absorb them); during or
+ * after it, the side file holds every frame that had been fsynced, and
+ * spool_take_side appends it at the next open. Puts that spill wait for
+ * the mutex during (2): a copy of at most the waiting bytes, rare. */
+static void spool_compact(orch__store *s) {
+  spool *sp = &s->sp;
+  if (sp->side_stuck) return;
+  uint64_t min_head = sp->cap / 4 < (64u << 20) ? sp->cap / 4 : (64u << 20);
+  pthread_mutex_lock(&sp->mu);
+  uint64_t head = sp->head, end0 = sp->end;
+  pthread_mutex_unlock(&sp->mu);
+  if (head == 0 || head < min_head || end0 - head > head) return;
+  char *side = side_path(sp->path);
+  unsigned char *buf = malloc(REPLAY_CHUNK);
+  int fd = -1, e = 0;
+  bool cut = false, ok = false;
+  uint64_t len = 0;
+  if (!side || !buf) goto done;
+  fd = open(side, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0 || !copy_range(sp->fd, head, end0, fd, buf) ||
+      fdatasync(fd) != 0) {
+    e = errno;
+    goto done;
+  }
+  fsync_dir_of(side);
+  pthread_mutex_lock(&sp->mu);
+  uint64_t end1 = sp->end;
+  len = end1 - head;
+  if (!copy_range(sp->fd, end0, end1, fd, buf) || ftruncate(sp->fd, 0) != 0) {
+    e = errno;
+    pthread_mutex_unlock(&sp->mu);
+    goto done;
+  }
+  cut = true;
+  ok = copy_range(fd, 0, len, sp->fd, buf); /* O_APPEND: lands at 0 */
+  if (ok) {
+    sp->head = 0;
+    sp->end = len;
+  } else { /* the side file keeps them for the next open */
+    e = errno;
+    if (ftruncate(sp->fd, 0) != 0) {
+      /* the open-time scan cuts a partial frame */
+    }
+    sp->head = sp->end = 0;
+  }
+  sp->dirty = true;
+  pthread_mutex_unlock(&sp->mu);
+  if (ok && fdatasync(sp->fd) != 0) {
+    e = errno;
+    ok = false;
+  }
+done:
+  if (fd >= 0) close(fd);
+  if (side && (ok || !cut)) {
+    unlink(side); /* done, or the spool was never touched */
+  } else if (cut) {
+    sp->side_stuck = true;
+    set_error(s, "spool %s: compaction failed (%s): the %" PRIu64
+              " bytes that waited are kept in %s and replayed at the next "
+              "open", sp->path, strerror(e), len, side);
+  }
+  free(side);
+  free(buf);
+}
+
+/* Takes over what other processes left in the default spool and its
+ * numbered siblings: each one that has content and that no live process
+ * holds (flock, non-blocking) is appended to ours (spool_adopt) and then
+ * emptied. Files are emptied, never removed: another process may have
+ * opened the name already and would lock a file no one else sees. */
+static void spool_sweep(orch__store *s) {
+  spool *sp = &s->sp;
+  if (!sp->base || sp->fd < 0) return;
+  for (int k = 0; k <= 64; k++) {
+    char *p = k ? orch__asprintf("%s.%d", sp->base, k) : orch__strdup(sp->base);
+    if (!p) return;
+    struct stat st, side;
+    int fd = -1;
+    if (strcmp(p, sp->path) == 0 || stat(p, &st) != 0) goto next;
+    char *ps = side_path(p); /* an interrupted compaction's frames */
+    bool has_side = ps && stat(ps, &side) == 0;
+    free(ps);
+    if (st.st_size == 0 && !has_side) goto next;
+    fd = open(p, O_RDWR | O_CLOEXEC);
+    if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) != 0) goto next; /* live */
+    int rc = spool_adopt(s, fd, p, false);
+    if (rc == ORCH_OK && has_side) rc = spool_take_side(s, p);
+    if (rc == ORCH_OK) {
+      if (ftruncate(fd, 0) != 0)
+        set_error(s, "spool %s: emptying after takeover: %s", p,
+                  strerror(errno));
+      if (st.st_size > 0)
+        fprintf(stderr,
+                "orchestrate: store: spool %s: took over %lld bytes another "
+                "process left\n",
+                p, (long long)st.st_size);
+    } else {
+      set_error(s, "spool %s: left for later, taking it over failed: %s", p,
+                rc == ORCH_ELIMIT ? "our spool is full" : orch_strerror(rc));
+    }
+  next:
+    if (fd >= 0) close(fd); /* releases the lock */
+    free(p);
+  }
 }
 
 /* ---- the writer thread -------------------------------------------------- */
@@ -916,6 +1204,9 @@ static void *writer_main(void *arg) {
   memset(&w, 0, sizeof w);
   w.s = arg;
   orch__store *s = w.s;
+  /* sibling spools are swept every 100 ticks (5 s) while connected */
+  const int64_t sweep_ns = (int64_t)s->o.flush_ms * 100 * 1000000;
+  int64_t next_sweep = mono_ns() + sweep_ns;
   for (;;) {
     pthread_mutex_lock(&s->q_mu);
     if (!s->q_head && !s->stop) {
@@ -971,7 +1262,12 @@ static void *writer_main(void *arg) {
       }
     }
     if (w.conn) w_replay(&w);
+    if (w.conn && mono_ns() >= next_sweep) {
+      spool_sweep(s); /* what processes that ended meanwhile left */
+      next_sweep = mono_ns() + sweep_ns;
+    }
     spool_sync(s);
+    spool_compact(s);
     if (stopping) {
       /* Last round: replay what the spool holds while the db answers. */
       while (w.conn && spool_pending(s) > 0) {
@@ -1100,6 +1396,18 @@ int orch__store_open(orch__store **out, const char *url,
     free(alt);
   }
   if (rc != ORCH_OK) goto done;
+  rc = spool_take_side(s, s->sp.path);
+  if (rc != ORCH_OK) {
+    rc = orch__err(err, errlen, rc,
+                   "spool %s: recovering an interrupted compaction: %s",
+                   s->sp.path, orch_strerror(rc));
+    goto done;
+  }
+  if (!explicit_path) {
+    s->sp.base = spath;
+    spath = NULL;
+    spool_sweep(s);
+  }
   if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
     rc = orch__err(err, errlen, ORCH_ENOMEM, "store: cannot start the writer");
     goto done;
@@ -1131,6 +1439,7 @@ void orch__store_close(orch__store *s) {
   }
   if (s->sp.fd >= 0) close(s->sp.fd); /* releases the flock */
   free(s->sp.path);
+  free(s->sp.base);
   free(s->conninfo);
   pthread_mutex_destroy(&s->q_mu);
   pthread_cond_destroy(&s->q_cv);
@@ -1245,7 +1554,9 @@ void orch__store_stats_get(orch__store *s, orch__store_stats *out) {
 
 static int query_conn(orch__store *s, void **conn, char *err, size_t errlen) {
   if (s->writer_started) orch__store_flush(s, 10000);
-  int rc = s->be->connect(conn, s->conninfo, err, errlen);
+  int rc = s->read_only && s->be->connect_ro
+               ? s->be->connect_ro(conn, s->conninfo, err, errlen)
+               : s->be->connect(conn, s->conninfo, err, errlen);
   if (rc == ORCH_OK && s->be->set_timeout)
     s->be->set_timeout(*conn, s->o.timeout_ms);
   return rc;
@@ -1356,7 +1667,9 @@ ORCH_API int orch_migrate(const char *db, int status_only,
   void *c = NULL;
   int rc = orch__store_backend_for(db, &be, &conninfo, err, errlen);
   if (rc != ORCH_OK) return rc;
-  rc = be->connect(&c, conninfo, err, errlen);
+  rc = status_only && be->connect_ro
+           ? be->connect_ro(&c, conninfo, err, errlen) /* only reads */
+           : be->connect(&c, conninfo, err, errlen);
   if (rc != ORCH_OK) return rc;
   rc = be->migrate(c, status_only, report, ud, err, errlen);
   be->disconnect(c);

@@ -5,11 +5,13 @@
  * their own handle. Used by store.c only, through orch__backend_sqlite. */
 #include "orch_int.h"
 
+#include <errno.h>
 #include <math.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 typedef struct sq {
   sqlite3 *db;
@@ -32,14 +34,22 @@ static void sq_disconnect(void *conn) {
   free(c);
 }
 
-static int sq_connect(void **out, const char *path, char *err,
-                      size_t errlen) {
+/* Opens path; create = 0 for callers that only read, so a typo'd path is
+ * reported instead of left behind as an empty database. */
+static int sq_open(void **out, const char *path, bool create, char *err,
+                   size_t errlen) {
   sq *c = calloc(1, sizeof *c);
   if (!c) return ORCH_ENOMEM;
   int rc = sqlite3_open_v2(path, &c->db,
-                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                               SQLITE_OPEN_NOMUTEX,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX |
+                               (create ? SQLITE_OPEN_CREATE : 0),
                            NULL);
+  struct stat sb;
+  if (rc != SQLITE_OK && !create && stat(path, &sb) != 0 && errno == ENOENT) {
+    snprintf(err, errlen, "no such database: %s", path);
+    sq_disconnect(c);
+    return ORCH_ENOTFOUND;
+  }
   if (rc != SQLITE_OK) {
     rc = sq_err(err, errlen, ORCH_ESTORE, path, c->db);
     sq_disconnect(c);
@@ -57,6 +67,16 @@ static int sq_connect(void **out, const char *path, char *err,
   }
   *out = c;
   return ORCH_OK;
+}
+
+static int sq_connect(void **out, const char *path, char *err,
+                      size_t errlen) {
+  return sq_open(out, path, true, err, errlen);
+}
+
+static int sq_connect_ro(void **out, const char *path, char *err,
+                         size_t errlen) {
+  return sq_open(out, path, false, err, errlen);
 }
 
 static int exec_sql(sq *c, const char *sql, char *err, size_t errlen) {
@@ -514,6 +534,7 @@ static int sq_script_refusals(void *conn,
 const orch__backend orch__backend_sqlite = {
     .name = "sqlite",
     .connect = sq_connect,
+    .connect_ro = sq_connect_ro,
     .disconnect = sq_disconnect,
     .migrate = sq_migrate,
     .write = sq_write,

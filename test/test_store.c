@@ -9,10 +9,12 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <libpq-fe.h>
 #include <math.h>
 #include <signal.h>
 #include <sqlite3.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -225,9 +227,42 @@ TEST(store_sqlite_migrations_twice_are_a_noop) {
   snprintf(url, sizeof url, "sqlite:%s/m.db", d);
   mig_log st = {0};
   char err[256];
+  /* --status only reads: no database yet is an error, not a new file */
+  ASSERT_EQ(orch_migrate(url, 1, mig_report, &st, err, sizeof err), ORCH_ENOTFOUND);
+  FILE *f = fopen(url + 7, "w"); /* an empty file is an empty database */
+  ASSERT(f != NULL);
+  fclose(f);
   ASSERT_EQ(orch_migrate(url, 1, mig_report, &st, err, sizeof err), ORCH_OK);
   ASSERT(st.pending >= 1);
   migrate_twice(url, true);
+  rm_rf(d);
+  free(d);
+}
+
+/* status and migrate --status only read: a typo'd path is reported, not
+ * created as an empty database. */
+TEST(store_sqlite_read_only_uses_do_not_create_a_database) {
+  char *d = tmpdir_new();
+  char url[700], path[600], err[512] = "";
+  snprintf(path, sizeof path, "%s/typo.db", d);
+  snprintf(url, sizeof url, "sqlite:%s", path);
+  char *json = NULL;
+  ASSERT(orch__store_status_json(url, NULL, &json, err, sizeof err) != ORCH_OK);
+  ASSERT(json == NULL);
+  ASSERT_CONTAINS(err, "no such database: ");
+  ASSERT_CONTAINS(err, path);
+  ASSERT(access(path, F_OK) != 0);
+  err[0] = '\0';
+  ASSERT(orch_migrate(url, 1, NULL, NULL, err, sizeof err) != ORCH_OK);
+  ASSERT_CONTAINS(err, "no such database: ");
+  ASSERT(access(path, F_OK) != 0);
+  /* migrate proper creates it; then both read-only uses work */
+  ASSERT_EQ(orch_migrate(url, 0, NULL, NULL, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(access(path, F_OK), 0);
+  ASSERT_EQ(orch_migrate(url, 1, NULL, NULL, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch__store_status_json(url, NULL, &json, err, sizeof err), ORCH_OK);
+  ASSERT_CONTAINS(json, "\"active\"");
+  free(json);
   rm_rf(d);
   free(d);
 }
@@ -839,6 +874,190 @@ TEST(store_full_disk_under_the_spool_is_an_error_not_a_crash) {
   free(d);
 }
 
+
+/* Two writers at once while the database is down: the second takes
+ * PATH.spool.1. A later process holding the default spool replays the
+ * numbered one too, at open and while it runs (every 100 ticks), and never
+ * touches one that another live process holds. */
+static void put_steps(orch__store *s, const char *sid, int n) {
+  for (int i = 0; i < n; i++) {
+    char id[16];
+    snprintf(id, sizeof id, "s%d", i);
+    orch__rec r = step_rec(sid, id, i, "passed", "out");
+    ASSERT_EQ(orch__store_put(s, &r), ORCH_OK);
+  }
+}
+
+static off_t file_size(const char *path) {
+  struct stat sb;
+  return stat(path, &sb) == 0 ? sb.st_size : -1;
+}
+
+TEST(store_replays_numbered_spools_left_by_concurrent_writers) {
+  char *d = tmpdir_new();
+  char url[700], dbpath[600], spool1[700], spool2[700];
+  snprintf(dbpath, sizeof dbpath, "%s/x.db", d);
+  snprintf(url, sizeof url, "sqlite:%s", dbpath);
+  snprintf(spool1, sizeof spool1, "%s.spool.1", dbpath);
+  snprintf(spool2, sizeof spool2, "%s.spool.2", dbpath);
+  unsetenv("ORCH_SPOOL");
+  ASSERT_EQ(mkdir(dbpath, 0700), 0); /* a directory: SQLite cannot open it */
+  orch__store *a = NULL, *b = NULL, *c = NULL;
+  char err[512] = "";
+  orch__store_opts o = {0};
+  o.flush_ms = 10; /* sweeps every second */
+  ASSERT_EQ(orch__store_open(&a, url, &o, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch__store_open(&b, url, &o, err, sizeof err), ORCH_OK);
+  char sa[37], sb_[37];
+  uuid_new(sa);
+  uuid_new(sb_);
+  put_steps(a, sa, 50);
+  put_steps(b, sb_, 50);
+  orch__store_close(a);
+  orch__store_close(b);
+  off_t size1 = file_size(spool1);
+  ASSERT(size1 > 50 * 40);
+  char *copy = malloc((size_t)size1);
+  FILE *f = fopen(spool1, "rb");
+  ASSERT(f && fread(copy, 1, (size_t)size1, f) == (size_t)size1);
+  fclose(f);
+  ASSERT_EQ(rmdir(dbpath), 0); /* the database is back */
+
+  /* a new process takes the default spool and the stranded .1 */
+  ASSERT_EQ(orch__store_open(&c, url, &o, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch__store_flush(c, 10000), ORCH_OK);
+  orch__store_stats st;
+  orch__store_stats_get(c, &st);
+  ASSERT_EQ(st.replayed, 100);
+  ASSERT_EQ(db_count(url, "SELECT count(*) FROM orch_run_steps WHERE session_id = $1",
+                     sa), 50);
+  ASSERT_EQ(db_count(url, "SELECT count(*) FROM orch_run_steps WHERE session_id = $1",
+                     sb_), 50);
+  ASSERT_EQ(file_size(spool1), 0); /* emptied */
+
+  /* .2 held by a live process (here: our own lock) is left alone; once
+   * its holder is gone the running store takes it over */
+  int fd = open(spool2, O_RDWR | O_CREAT, 0600);
+  ASSERT(fd >= 0);
+  ASSERT_EQ(flock(fd, LOCK_EX | LOCK_NB), 0);
+  ASSERT_EQ(write(fd, copy, (size_t)size1), size1);
+  usleep(2500000); /* two sweeps */
+  ASSERT_EQ(file_size(spool2), size1);
+  close(fd);
+  for (int waited = 0; waited < 5000 && file_size(spool2) != 0; waited += 50)
+    usleep(50000);
+  ASSERT_EQ(orch__store_flush(c, 10000), ORCH_OK);
+  orch__store_stats_get(c, &st);
+  orch__store_close(c);
+  ASSERT_EQ(file_size(spool2), 0);
+  ASSERT_EQ(st.replayed, 150); /* the same 50 again: upserts absorb them */
+  ASSERT_EQ(db_count(url, "SELECT count(*) FROM orch_run_steps WHERE session_id = $1",
+                     sb_), 50);
+  free(copy);
+  rm_rf(d);
+  free(d);
+}
+
+/* The database is up but the queue spills (every put here: queue_max_bytes
+ * 1) and the producer keeps 20-40 KB waiting, never letting the writer
+ * (10 records a round) catch up fully. About 4 MB pass through a spool
+ * capped at 256 KiB: it must be compacted and its cap judged on the bytes
+ * waiting, not on the file size (which grew by every spilled byte until
+ * records were dropped at about 1,300). */
+TEST(store_spilling_queue_compacts_the_spool_and_drops_nothing) {
+  char *d = tmpdir_new();
+  char url[600], spool[600];
+  snprintf(url, sizeof url, "sqlite:%s/c.db", d);
+  snprintf(spool, sizeof spool, "%s/c.spool", d);
+  orch__store *s = NULL;
+  char err[512] = "";
+  orch__store_opts o = {0};
+  o.spool_path = spool;
+  o.queue_max_bytes = 1;
+  o.batch = 10;
+  o.spool_cap = 256 * 1024;
+  ASSERT_EQ(orch__store_open(&s, url, &o, err, sizeof err), ORCH_OK);
+  const int N = 20000;
+  int first_drop = -1;
+  off_t max_size = 0;
+  uint64_t max_wait = 0;
+  char sid[37];
+  uuid_new(sid);
+  orch__store_stats st;
+  for (int i = 0; i < N; i++) {
+    char id[32];
+    snprintf(id, sizeof id, "c%d", i);
+    orch__rec r = step_rec(sid, id, i, "passed", "out");
+    if (orch__store_put(s, &r) != ORCH_OK && first_drop < 0) first_drop = i;
+    orch__store_stats_get(s, &st);
+    if (st.spool_bytes > max_wait) max_wait = st.spool_bytes;
+    if (st.spool_bytes < 40 * 1024) continue;
+    struct stat sb;
+    if (stat(spool, &sb) == 0 && sb.st_size > max_size) max_size = sb.st_size;
+    while (st.spool_bytes > 20 * 1024) { /* let the writer replay some */
+      usleep(20);
+      orch__store_stats_get(s, &st);
+    }
+  }
+  ASSERT_EQ(orch__store_flush(s, 60000), ORCH_OK);
+  orch__store_stats_get(s, &st);
+  orch__store_close(s);
+  printf("  first drop %d, at most %llu bytes waiting, spool file at most "
+         "%lld bytes\n",
+         first_drop, (unsigned long long)max_wait, (long long)max_size);
+  ASSERT_EQ(first_drop, -1);
+  ASSERT_EQ(st.records_dropped_total, 0);
+  ASSERT_EQ(st.spooled, N);
+  ASSERT_EQ(st.replayed, N);
+  ASSERT(max_size <= 2 * (off_t)o.spool_cap);
+  ASSERT_EQ(db_count(url, "SELECT count(*) FROM orch_run_steps WHERE session_id = $1",
+                     sid), N);
+  rm_rf(d);
+  free(d);
+}
+
+/* A crash in the middle of a compaction leaves the side file with the
+ * unreplayed frames and a main file cut anywhere: reopening replays every
+ * record (a duplicate is harmless: upserts and log keys absorb it). */
+TEST(store_crash_mid_compaction_loses_no_record) {
+  char *d = tmpdir_new();
+  char down[600], up[600], spool[600], side[700];
+  snprintf(down, sizeof down, "sqlite:%s/no/such/dir/x.db", d);
+  snprintf(up, sizeof up, "sqlite:%s/ok.db", d);
+  snprintf(spool, sizeof spool, "%s/m.spool", d);
+  snprintf(side, sizeof side, "%s.compact", spool);
+  orch__store *s = NULL;
+  char err[512] = "";
+  orch__store_opts o = {0};
+  o.spool_path = spool;
+  ASSERT_EQ(orch__store_open(&s, down, &o, err, sizeof err), ORCH_OK);
+  for (int i = 0; i < 2000; i++) {
+    char tt[32];
+    snprintf(tt, sizeof tt, "m%d", i);
+    orch__rec r = explore_rec("jr-m", tt);
+    ASSERT_EQ(orch__store_put(s, &r), ORCH_OK);
+  }
+  orch__store_close(s);
+  /* the side file holds every frame; the main file was being rewritten
+   * when the power went: cut in the middle of a frame */
+  char cmd[2048];
+  snprintf(cmd, sizeof cmd, "cp '%s' '%s'", spool, side);
+  ASSERT_EQ(system(cmd), 0);
+  struct stat sb;
+  ASSERT_EQ(stat(spool, &sb), 0);
+  ASSERT_EQ(truncate(spool, sb.st_size / 3), 0);
+  ASSERT_EQ(orch__store_open(&s, up, &o, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch__store_flush(s, 10000), ORCH_OK);
+  orch__store_close(s);
+  ASSERT_EQ(db_count(up, "SELECT count(DISTINCT task_type) FROM jr_exploration_log", NULL),
+            2000);
+  ASSERT_EQ(db_count(up, "SELECT count(*) FROM jr_exploration_log", NULL), 2000);
+  ASSERT(access(side, F_OK) != 0); /* recovered, then removed */
+  ASSERT_EQ(stat(spool, &sb), 0);
+  ASSERT_EQ(sb.st_size, 0);
+  rm_rf(d);
+  free(d);
+}
 /* ---- crash while spooling -------------------------------------------------- */
 
 TEST(store_slow_crash_while_spooling_replays_up_to_the_last_fsync) {
