@@ -875,6 +875,10 @@ typedef struct orch__backend {
    * migrate --status); never creates the database, ORCH_ENOTFOUND with
    * "no such database: PATH" when it is not there. */
   int (*connect_ro)(void **conn, const char *url, char *err, size_t errlen);
+  /* A quick look at the address before anything is written (NULL: none):
+   * ORCH_ECONFIG for what no retry can fix (a file that is not a
+   * database), ORCH_OK otherwise. Never waits for a lock. */
+  int (*precheck)(const char *url, char *err, size_t errlen);
   void (*disconnect)(void *conn);
   /* Applies pending migrations (or only reports, status_only). */
   int (*migrate)(void *conn, int status_only, orch_report_fn report,

@@ -1343,6 +1343,8 @@ int orch__store_open(orch__store **out, const char *url,
   *out = NULL;
   rc = orch__store_backend_for(url, &be, &conninfo, err, errlen);
   if (rc != ORCH_OK) return rc;
+  if (be->precheck && (rc = be->precheck(conninfo, err, errlen)) != ORCH_OK)
+    return rc;
   orch__store *s = calloc(1, sizeof *s);
   if (!s) return ORCH_ENOMEM;
   s->be = be;

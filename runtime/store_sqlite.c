@@ -531,8 +531,27 @@ static int sq_script_refusals(void *conn,
   return rc;
 }
 
+/* A file that is there, not empty, and does not start with SQLite's header
+ * is not a database: no retry will make it one (it was taken for a
+ * database that is down, the records went to the spool for good and the
+ * run said nothing was wrong). Reads 16 bytes: no lock, no wait. */
+static int sq_precheck(const char *path, char *err, size_t errlen) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return ORCH_OK; /* created later, or its directory is reported */
+  char head[16];
+  size_t n = fread(head, 1, sizeof head, f);
+  fclose(f);
+  if (n == 0 || (n == sizeof head && !memcmp(head, "SQLite format 3", 16)))
+    return ORCH_OK;
+  return orch__err(err, errlen, ORCH_ECONFIG,
+                   "sqlite: %s: not a SQLite database (the file has other "
+                   "content)",
+                   path);
+}
+
 const orch__backend orch__backend_sqlite = {
     .name = "sqlite",
+    .precheck = sq_precheck,
     .connect = sq_connect,
     .connect_ro = sq_connect_ro,
     .disconnect = sq_disconnect,

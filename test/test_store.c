@@ -1461,3 +1461,38 @@ TEST(store_pg_messages_never_show_a_password) {
   orch__redact_conninfo(tiny, sizeof tiny, "host=h password=pw");
   ASSERT_STR_EQ(tiny, "host=h ");
 }
+
+/* A file that is not a database is refused at open with the reason (it was
+ * taken for a database that is down: the records went to a spool for good
+ * while the run reported success), and left as it was; an empty file is a
+ * new database. */
+TEST(store_sqlite_refuses_a_file_that_is_not_a_database) {
+  char *d = tmpdir_new();
+  char path[600], url[620];
+  snprintf(path, sizeof path, "%s/junk.db", d);
+  FILE *f = fopen(path, "wb");
+  ASSERT(f != NULL);
+  fputs("junk, not SQLite at all", f);
+  fclose(f);
+  snprintf(url, sizeof url, "sqlite:%s", path);
+  orch__store *s = NULL;
+  char err[512] = "";
+  ASSERT_EQ(orch__store_open(&s, url, NULL, err, sizeof err), ORCH_ECONFIG);
+  ASSERT_CONTAINS(err, "not a SQLite database");
+  ASSERT_CONTAINS(err, path);
+  struct stat st;
+  ASSERT_EQ(stat(path, &st), 0);
+  ASSERT_EQ(st.st_size, 23);
+  char sp[640];
+  snprintf(sp, sizeof sp, "%s.spool", path);
+  ASSERT(access(sp, F_OK) != 0); /* no spool made for it either */
+  snprintf(path, sizeof path, "%s/empty.db", d);
+  f = fopen(path, "wb");
+  ASSERT(f != NULL);
+  fclose(f);
+  snprintf(url, sizeof url, "sqlite:%s", path);
+  ASSERT_EQ(orch__store_open(&s, url, NULL, err, sizeof err), ORCH_OK);
+  orch__store_close(s);
+  rm_rf(d);
+  free(d);
+}
