@@ -133,7 +133,8 @@ struct orch_graph {
   uint32_t *efrom, *eto; /* edge k: eto[k] depends on efrom[k] */
   size_t nedges, edges_cap;
   char **pending_names; /* (step, dep name) pairs resolved at validate */
-  uint32_t *pending_from;
+  uint32_t *pending_from; /* the step, NONE when it was not added yet: */
+  char **pending_ids;     /* then its id, else NULL (NULL: no such entry) */
   size_t npending, pending_cap;
   /* after validate: CSR of dependencies and dependents */
   uint32_t *dep_off, *deps;   /* deps of i: deps[dep_off[i]..dep_off[i+1]) */
