@@ -246,6 +246,9 @@ char *orch_runtime_stats(orch_runtime *rt) {
   return txt;
 }
 
+static void close_on_loop(void *arg);
+static void runtime_stop(orch_runtime *rt);
+
 int orch__runtime_start(orch_runtime *rt, char *err, size_t errlen) {
   int rc = ORCH_OK;
   pthread_mutex_lock(&rt->mu);
@@ -269,19 +272,26 @@ int orch__runtime_start(orch_runtime *rt, char *err, size_t errlen) {
   if ((rc = orch__pool_new(&rt->pool, rt, n, err, errlen))) goto done;
   rt->started = true;
 done:
+  /* A start that failed is undone, so that the next run starts afresh
+   * rather than beside a second loop and engine. */
+  if (rc) runtime_stop(rt);
   pthread_mutex_unlock(&rt->mu);
   return rc;
 }
 
 static void close_on_loop(void *arg) {
   orch_runtime *rt = arg;
-  atomic_store(&rt->cancel_ready, false);
-  uv_close((uv_handle_t *)&rt->cancel_async, NULL);
+  /* Set by init_on_loop: false when a start failed before it. */
+  if (atomic_load(&rt->cancel_ready)) {
+    atomic_store(&rt->cancel_ready, false);
+    uv_close((uv_handle_t *)&rt->cancel_async, NULL);
+  }
   orch__policy_unwatch(rt->policy);
 }
 
-void orch_runtime_free(orch_runtime *rt) {
-  if (!rt) return;
+/* Stops what orch__runtime_start started, in the reverse order; each part
+ * may be missing. */
+static void runtime_stop(orch_runtime *rt) {
   orch__pool_free(rt->pool); /* workers first: they post to the loop */
   if (rt->loop) {
     orch__loop_call(rt->loop, close_on_loop, rt);
@@ -290,6 +300,17 @@ void orch_runtime_free(orch_runtime *rt) {
   orch__lstate_free(rt->loop_ls); /* the loop is gone: no one uses it */
   orch__policy_free(rt->policy); /* after the loop: unwatched there */
   orch__store_close(rt->store); /* flushes what the run recorded */
+  rt->pool = NULL;
+  rt->loop = NULL;
+  rt->loop_ls = NULL;
+  rt->policy = NULL;
+  rt->store = NULL;
+  rt->started = false;
+}
+
+void orch_runtime_free(orch_runtime *rt) {
+  if (!rt) return;
+  runtime_stop(rt);
   free(rt->db_url);
   free(rt->db_default);
   orch__config_deinit(&rt->cfg);
