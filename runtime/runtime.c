@@ -187,19 +187,33 @@ int orch_runtime_resume(orch_runtime *rt, const char *session_id,
                    "session %s has no recorded plan to resume", session_id);
     goto done;
   }
+  /* The store took the id in any case; its records use lowercase. */
+  char sid[sizeof rt->resume_id];
+  snprintf(sid, sizeof sid, "%s", session_id);
+  for (char *c = sid; *c; c++)
+    if (*c >= 'A' && *c <= 'F') *c = (char)(*c - 'A' + 'a');
   doc = orch__asprintf("{\"steps\":%s}", si.steps_json);
   if (!doc) { rc = ORCH_ENOMEM; goto done; }
   char name[64];
-  snprintf(name, sizeof name, "session %.36s", session_id);
+  snprintf(name, sizeof name, "session %.36s", sid);
   if ((rc = orch_graph_parse(rt, doc, strlen(doc), name, &g, err, errlen)))
     goto done;
+  /* What the session row says beside the steps (sched.c record_session
+   * reads it from the plan): as recorded, not the defaults. */
+  json_t *meta = json_object();
+  if (!meta) { rc = ORCH_ENOMEM; goto done; }
+  if (si.task_id) json_object_set_new(meta, "task_id", json_string(si.task_id));
+  if (si.jr_name) json_object_set_new(meta, "agent", json_string(si.jr_name));
+  if (si.model_tier) json_object_set_new(meta, "tier", json_string(si.model_tier));
+  json_decref((json_t *)g->plan_meta);
+  g->plan_meta = meta;
   size_t npassed = 0;
-  if ((rc = orch__store_resume_mark(rt->store, session_id, g, &npassed, msg,
+  if ((rc = orch__store_resume_mark(rt->store, sid, g, &npassed, msg,
                                     sizeof msg))) {
-    orch__err(err, errlen, rc, "session %s: %s", session_id, msg);
+    orch__err(err, errlen, rc, "session %s: %s", sid, msg);
     goto done;
   }
-  snprintf(rt->resume_id, sizeof rt->resume_id, "%s", session_id);
+  snprintf(rt->resume_id, sizeof rt->resume_id, "%s", sid);
   *out = g;
   g = NULL;
 done:
