@@ -784,7 +784,9 @@ int orch__store_record_step(orch__store *s, const char *session_id,
 /* Resume: marks every step of g that has a "passed" record in session_id
  * as ORCH_PASSED with its recorded output, attempts and generation
  * (g validated, before the run). *npassed: how many. Steps not in g are
- * ignored. The scheduler must then treat PASSED steps as already done. */
+ * ignored. The scheduler must then treat PASSED steps as already done.
+ * The other recorded steps keep their attempts, the base their attempts
+ * in the new run count on from. */
 int orch__store_resume_mark(orch__store *s, const char *session_id,
                             orch_graph *g, size_t *npassed, char *err,
                             size_t errlen);

@@ -983,9 +983,9 @@ static void db_text(const char *url, const char *sql, const char *arg,
 }
 
 /* Resume keeps what the session row said of the plan (task id, agent,
- * tier) and records under the session's own (lowercase) id however it was
- * typed. */
-TEST(store_resume_keeps_the_session_row_and_a_canonical_id) {
+ * tier), counts a re-run step's attempts on from the first run's, and
+ * records under the session's own (lowercase) id however it was typed. */
+TEST(store_resume_keeps_the_session_row_attempts_and_a_canonical_id) {
   char *d = tmpdir_new();
   char url[600], err[512] = "";
   snprintf(url, sizeof url, "sqlite:%s/r.db", d);
@@ -1013,6 +1013,7 @@ TEST(store_resume_keeps_the_session_row_and_a_canonical_id) {
   ASSERT_EQ(orch_runtime_resume(rt, upper, &g, err, sizeof err), ORCH_OK);
   ASSERT_EQ(orch_run(rt, g, err, sizeof err), ORCH_ESTEP);
   ASSERT_STR_EQ(orch_runtime_session(rt), sid);
+  ASSERT_EQ(orch_step_attempts(g, 1), 2); /* b: once before, once now */
   orch_graph_free(g);
   orch_runtime_free(rt);
 
@@ -1029,6 +1030,10 @@ TEST(store_resume_keeps_the_session_row_and_a_canonical_id) {
   db_text(url, "SELECT model_tier FROM jr_execution_sessions WHERE session_id = ?1",
           sid, txt, sizeof txt);
   ASSERT_STR_EQ(txt, "fast");
+  ASSERT_EQ(db_count(url, "SELECT attempts FROM orch_run_steps WHERE "
+                          "session_id = ?1 AND step_id = 'b'", sid), 2);
+  ASSERT_EQ(db_count(url, "SELECT attempts FROM orch_run_steps WHERE "
+                          "session_id = ?1 AND step_id = 'a'", sid), 1);
   rm_rf(d);
   free(d);
 }
