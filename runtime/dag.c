@@ -33,9 +33,13 @@ void orch_graph_free(orch_graph *g) {
     free(s->output);
     free(s->error);
   }
-  for (size_t i = 0; i < g->npending; i++) free(g->pending_names[i]);
+  for (size_t i = 0; i < g->npending; i++) {
+    free(g->pending_names[i]);
+    if (g->pending_ids) free(g->pending_ids[i]);
+  }
   free(g->pending_names);
   free(g->pending_from);
+  free(g->pending_ids);
   free(g->steps);
   free(g->ids);
   free(g->hash);
@@ -290,12 +294,10 @@ static int add_edge(orch_graph *g, uint32_t from, uint32_t to) {
   return ORCH_OK;
 }
 
-int orch__graph_depend_idx(orch_graph *g, uint32_t idx, const char *dep,
-                           size_t deplen) {
-  if (g->validated) return ORCH_ESTATE;
-  uint32_t d = lookup(g, dep, deplen);
-  if (d != NONE) return add_edge(g, d, idx);
-  /* Not known yet: resolve at validation, so order of adds is free. */
+/* An edge to resolve at validation, so the order of adds is free: step idx
+ * (or, idx NONE, the step named id, not added yet) depends on dep. */
+static int add_pending(orch_graph *g, uint32_t idx, const char *id,
+                       const char *dep, size_t deplen) {
   if (g->npending == g->pending_cap) {
     size_t ncap = g->pending_cap ? g->pending_cap * 2 : 16;
     char **nn = realloc(g->pending_names, ncap * sizeof *nn);
@@ -304,30 +306,44 @@ int orch__graph_depend_idx(orch_graph *g, uint32_t idx, const char *dep,
     uint32_t *nf = realloc(g->pending_from, ncap * sizeof *nf);
     if (!nf) return ORCH_ENOMEM;
     g->pending_from = nf;
+    if (g->pending_ids) {
+      char **ni = realloc(g->pending_ids, ncap * sizeof *ni);
+      if (!ni) return ORCH_ENOMEM;
+      g->pending_ids = ni;
+    }
     g->pending_cap = ncap;
   }
+  if (id && !g->pending_ids) {
+    /* The first dependent by name: the ids array from here on. */
+    g->pending_ids = calloc(g->pending_cap, sizeof *g->pending_ids);
+    if (!g->pending_ids) return ORCH_ENOMEM;
+  }
   char *name = orch__strndup(dep, deplen);
-  if (!name) return ORCH_ENOMEM;
+  char *idcopy = id ? orch__strdup(id) : NULL;
+  if (!name || (id && !idcopy)) {
+    free(name);
+    free(idcopy);
+    return ORCH_ENOMEM;
+  }
   g->pending_names[g->npending] = name;
   g->pending_from[g->npending] = idx;
+  if (g->pending_ids) g->pending_ids[g->npending] = idcopy;
   g->npending++;
   return ORCH_OK;
+}
+
+int orch__graph_depend_idx(orch_graph *g, uint32_t idx, const char *dep,
+                           size_t deplen) {
+  if (g->validated) return ORCH_ESTATE;
+  uint32_t d = lookup(g, dep, deplen);
+  if (d != NONE) return add_edge(g, d, idx);
+  return add_pending(g, idx, NULL, dep, deplen);
 }
 
 int orch_graph_depend_index(orch_graph *g, size_t step, size_t dep) {
   if (!g || step >= g->n || dep >= g->n) return ORCH_EINVAL;
   if (g->validated) return ORCH_ESTATE;
   return add_edge(g, (uint32_t)dep, (uint32_t)step);
-}
-
-static long find_or_err(orch_graph *g, const char *id) {
-  long i = orch_graph_find(g, id);
-  if (i < 0) {
-    char msg[400];
-    snprintf(msg, sizeof msg, "no step '%.300s'", id ? id : "(null)");
-    set_err(g, ORCH_ENOTFOUND, msg);
-  }
-  return i;
 }
 
 int orch_graph_depend(orch_graph *g, const char *id, const char *dep) {
@@ -337,14 +353,17 @@ int orch_graph_depend(orch_graph *g, const char *id, const char *dep) {
   if (g->n && g->steps[g->n - 1].id != ORCH__ANON &&
       strcmp(g->ids + g->steps[g->n - 1].id, id) == 0)
     return orch__graph_depend_idx(g, (uint32_t)(g->n - 1), dep, strlen(dep));
-  long i = find_or_err(g, id);
-  if (i < 0) return ORCH_ENOTFOUND;
-  return orch__graph_depend_idx(g, (uint32_t)i, dep, strlen(dep));
+  long i = orch_graph_find(g, id);
+  if (i >= 0) return orch__graph_depend_idx(g, (uint32_t)i, dep, strlen(dep));
+  /* The step itself is not added yet: resolved at validation too. */
+  if (g->validated) return ORCH_ESTATE;
+  return add_pending(g, NONE, id, dep, strlen(dep));
 }
 
+/* A failed set leaves the graph as it was: nothing to report later. */
 int orch_graph_set_cost(orch_graph *g, const char *id, double ms) {
-  long i = g ? find_or_err(g, id) : -1;
-  if (i < 0) return g ? ORCH_ENOTFOUND : ORCH_EINVAL;
+  long i = g && id ? orch_graph_find(g, id) : -1;
+  if (i < 0) return g && id ? ORCH_ENOTFOUND : ORCH_EINVAL;
   if (!(ms >= 0)) return ORCH_EINVAL;
   g->steps[i].cost = (float)ms;
   g->steps[i].flags |= ORCH__SF_HAS_COST;
@@ -352,8 +371,8 @@ int orch_graph_set_cost(orch_graph *g, const char *id, double ms) {
 }
 
 int orch_graph_set_timeout(orch_graph *g, const char *id, double ms) {
-  long i = g ? find_or_err(g, id) : -1;
-  if (i < 0) return g ? ORCH_ENOTFOUND : ORCH_EINVAL;
+  long i = g && id ? orch_graph_find(g, id) : -1;
+  if (i < 0) return g && id ? ORCH_ENOTFOUND : ORCH_EINVAL;
   if (!(ms >= 0)) return ORCH_EINVAL;
   g->steps[i].timeout_ms = (float)ms;
   return ORCH_OK;
@@ -442,16 +461,35 @@ int orch_graph_validate(orch_graph *g, char *err, size_t errlen) {
   if (g->err_code) return orch__err(err, errlen, g->err_code, "%s", g->err_msg);
   if (g->n == 0)
     return orch__err(err, errlen, ORCH_EPLAN, "empty graph: no steps");
+  /* The names first, all of them, and only then the edges: a failure
+   * leaves the list as it was, for a later add and validation. */
   for (size_t i = 0; i < g->npending; i++) {
     const char *name = g->pending_names[i];
-    uint32_t d = lookup(g, name, strlen(name));
-    if (d == NONE)
+    const char *id = g->pending_ids ? g->pending_ids[i] : NULL;
+    if (id && lookup(g, id, strlen(id)) == NONE)
+      return orch__err(err, errlen, ORCH_EPLAN,
+                       "unknown step '%s' given a dependency on '%s'", id,
+                       name);
+    if (lookup(g, name, strlen(name)) == NONE)
       return orch__err(err, errlen, ORCH_EPLAN,
                        "step '%s' depends on unknown step '%s'",
-                       orch__step_id(g, g->pending_from[i]), name);
-    if ((rc = add_edge(g, d, g->pending_from[i]))) return rc;
+                       id ? id : orch__step_id(g, g->pending_from[i]), name);
   }
-  for (size_t i = 0; i < g->npending; i++) free(g->pending_names[i]);
+  if (g->npending && g->nedges + g->npending > g->edges_cap &&
+      (rc = grow_edges(g, g->nedges + g->npending)))
+    return orch__err(err, errlen, rc, "no room for the graph's edges");
+  for (size_t i = 0; i < g->npending; i++) { /* cannot fail: room made */
+    const char *name = g->pending_names[i];
+    const char *id = g->pending_ids ? g->pending_ids[i] : NULL;
+    uint32_t to = id ? lookup(g, id, strlen(id)) : g->pending_from[i];
+    add_edge(g, lookup(g, name, strlen(name)), to);
+  }
+  for (size_t i = 0; i < g->npending; i++) {
+    free(g->pending_names[i]);
+    if (g->pending_ids) free(g->pending_ids[i]);
+  }
+  free(g->pending_ids);
+  g->pending_ids = NULL;
   g->npending = 0;
   size_t n = g->n, ne = g->nedges;
   /* One pass over the edges as added: self-dependencies, counts per

@@ -165,8 +165,9 @@ ORCH_API int orch_graph_add_sleep(orch_graph *g, const char *id, double ms);
 /* Any kind, from one step object in the plan's JSON form. */
 ORCH_API int orch_graph_add_json(orch_graph *g, const char *step_json,
                                  char *err, size_t errlen);
-/* id depends on dep (dep must finish first). Unknown ids are reported by
- * orch_graph_validate, so steps may be added in any order. */
+/* id depends on dep (dep must finish first). Either may be added after
+ * this call: unknown ids are reported by orch_graph_validate, so steps may
+ * be added in any order. */
 ORCH_API int orch_graph_depend(orch_graph *g, const char *id,
                                const char *dep);
 /* The same by index (steps are numbered 0.. in the order they were added):
@@ -181,6 +182,9 @@ ORCH_API int orch_graph_depend_index(orch_graph *g, size_t step, size_t dep);
  * is sized on the first named step). Only a hint: more can still be added.
  * ORCH_ESTATE after validation, ORCH_ELIMIT past 2^32 - 2 steps. */
 ORCH_API int orch_graph_reserve(orch_graph *g, size_t nsteps, size_t nedges);
+/* The step's cost estimate (for priorities and the critical path) and its
+ * timeout, in ms. The step must exist: ORCH_ENOTFOUND otherwise, and the
+ * graph is left as it was. */
 ORCH_API int orch_graph_set_cost(orch_graph *g, const char *id, double ms);
 ORCH_API int orch_graph_set_timeout(orch_graph *g, const char *id,
                                     double ms);

@@ -139,7 +139,8 @@ struct orch_graph {
   uint32_t *efrom, *eto; /* edge k: eto[k] depends on efrom[k] */
   size_t nedges, edges_cap;
   char **pending_names; /* (step, dep name) pairs resolved at validate */
-  uint32_t *pending_from;
+  uint32_t *pending_from; /* the step, NONE when it was not added yet: */
+  char **pending_ids;     /* then its id, else NULL (NULL: no such entry) */
   size_t npending, pending_cap;
   /* after validate: CSR of dependencies and dependents */
   uint32_t *dep_off, *deps;   /* deps of i: deps[dep_off[i]..dep_off[i+1]) */
@@ -804,7 +805,9 @@ int orch__store_record_step(orch__store *s, const char *session_id,
 /* Resume: marks every step of g that has a "passed" record in session_id
  * as ORCH_PASSED with its recorded output, attempts and generation
  * (g validated, before the run). *npassed: how many. Steps not in g are
- * ignored. The scheduler must then treat PASSED steps as already done. */
+ * ignored. The scheduler must then treat PASSED steps as already done.
+ * The other recorded steps keep their attempts, the base their attempts
+ * in the new run count on from. */
 int orch__store_resume_mark(orch__store *s, const char *session_id,
                             orch_graph *g, size_t *npassed, char *err,
                             size_t errlen);

@@ -187,19 +187,33 @@ int orch_runtime_resume(orch_runtime *rt, const char *session_id,
                    "session %s has no recorded plan to resume", session_id);
     goto done;
   }
+  /* The store took the id in any case; its records use lowercase. */
+  char sid[sizeof rt->resume_id];
+  snprintf(sid, sizeof sid, "%s", session_id);
+  for (char *c = sid; *c; c++)
+    if (*c >= 'A' && *c <= 'F') *c = (char)(*c - 'A' + 'a');
   doc = orch__asprintf("{\"steps\":%s}", si.steps_json);
   if (!doc) { rc = ORCH_ENOMEM; goto done; }
   char name[64];
-  snprintf(name, sizeof name, "session %.36s", session_id);
+  snprintf(name, sizeof name, "session %.36s", sid);
   if ((rc = orch_graph_parse(rt, doc, strlen(doc), name, &g, err, errlen)))
     goto done;
+  /* What the session row says beside the steps (sched.c record_session
+   * reads it from the plan): as recorded, not the defaults. */
+  json_t *meta = json_object();
+  if (!meta) { rc = ORCH_ENOMEM; goto done; }
+  if (si.task_id) json_object_set_new(meta, "task_id", json_string(si.task_id));
+  if (si.jr_name) json_object_set_new(meta, "agent", json_string(si.jr_name));
+  if (si.model_tier) json_object_set_new(meta, "tier", json_string(si.model_tier));
+  json_decref((json_t *)g->plan_meta);
+  g->plan_meta = meta;
   size_t npassed = 0;
-  if ((rc = orch__store_resume_mark(rt->store, session_id, g, &npassed, msg,
+  if ((rc = orch__store_resume_mark(rt->store, sid, g, &npassed, msg,
                                     sizeof msg))) {
-    orch__err(err, errlen, rc, "session %s: %s", session_id, msg);
+    orch__err(err, errlen, rc, "session %s: %s", sid, msg);
     goto done;
   }
-  snprintf(rt->resume_id, sizeof rt->resume_id, "%s", session_id);
+  snprintf(rt->resume_id, sizeof rt->resume_id, "%s", sid);
   *out = g;
   g = NULL;
 done:
@@ -246,6 +260,9 @@ char *orch_runtime_stats(orch_runtime *rt) {
   return txt;
 }
 
+static void close_on_loop(void *arg);
+static void runtime_stop(orch_runtime *rt);
+
 int orch__runtime_start(orch_runtime *rt, char *err, size_t errlen) {
   int rc = ORCH_OK;
   pthread_mutex_lock(&rt->mu);
@@ -269,19 +286,26 @@ int orch__runtime_start(orch_runtime *rt, char *err, size_t errlen) {
   if ((rc = orch__pool_new(&rt->pool, rt, n, err, errlen))) goto done;
   rt->started = true;
 done:
+  /* A start that failed is undone, so that the next run starts afresh
+   * rather than beside a second loop and engine. */
+  if (rc) runtime_stop(rt);
   pthread_mutex_unlock(&rt->mu);
   return rc;
 }
 
 static void close_on_loop(void *arg) {
   orch_runtime *rt = arg;
-  atomic_store(&rt->cancel_ready, false);
-  uv_close((uv_handle_t *)&rt->cancel_async, NULL);
+  /* Set by init_on_loop: false when a start failed before it. */
+  if (atomic_load(&rt->cancel_ready)) {
+    atomic_store(&rt->cancel_ready, false);
+    uv_close((uv_handle_t *)&rt->cancel_async, NULL);
+  }
   orch__policy_unwatch(rt->policy);
 }
 
-void orch_runtime_free(orch_runtime *rt) {
-  if (!rt) return;
+/* Stops what orch__runtime_start started, in the reverse order; each part
+ * may be missing. */
+static void runtime_stop(orch_runtime *rt) {
   orch__pool_free(rt->pool); /* workers first: they post to the loop */
   if (rt->loop) {
     orch__loop_call(rt->loop, close_on_loop, rt);
@@ -290,6 +314,17 @@ void orch_runtime_free(orch_runtime *rt) {
   orch__lstate_free(rt->loop_ls); /* the loop is gone: no one uses it */
   orch__policy_free(rt->policy); /* after the loop: unwatched there */
   orch__store_close(rt->store); /* flushes what the run recorded */
+  rt->pool = NULL;
+  rt->loop = NULL;
+  rt->loop_ls = NULL;
+  rt->policy = NULL;
+  rt->store = NULL;
+  rt->started = false;
+}
+
+void orch_runtime_free(orch_runtime *rt) {
+  if (!rt) return;
+  runtime_stop(rt);
   free(rt->db_url);
   free(rt->db_default);
   orch__config_deinit(&rt->cfg);

@@ -1,8 +1,9 @@
 /* sched.c provides the run: dependency counters, the ready queue, dispatch,
  * failure propagation, cancellation and the in-flight limit. A step starts
- * the moment its last dependency finishes; there are no level barriers. When
- * the in-flight limit binds, ready steps wait in a heap ordered by their
- * longest remaining path (critical path first). All of a run's state changes
+ * the moment its last dependency finishes; there are no level barriers. With
+ * an in-flight limit, ready steps go through a heap ordered by their longest
+ * remaining path (critical path first), and free slots are filled from it
+ * once all the steps a round released are in. All of a run's state changes
  * on the loop thread (libuv's work/done split): workers and the host thread
  * only post completions, with one exception for speed: a worker step that
  * passed and whose dependents all run on workers is completed by the worker
@@ -403,12 +404,17 @@ static bool has_slot(const orch__run *r) {
   return !r->max_parallel || atomic_load(&r->running) < r->max_parallel;
 }
 
+/* Without a limit a ready step starts at once. With one, it always goes
+ * through the heap and process() fills the free slots from it at the end
+ * of the round: one completion may release several steps, and the first
+ * released must not take a free slot before a later one on a longer path
+ * is even seen. Every caller is inside a round (process, run_start). */
 static void make_ready(orch__run *r, uint32_t v) {
   if (atomic_load(&r->canceled)) {
     skip(r, v, NONE);
     return;
   }
-  if (has_slot(r) && !r->nheap) start_step(r, v);
+  if (!r->max_parallel) start_step(r, v);
   else heap_push(r, v);
 }
 

@@ -21,7 +21,8 @@ typedef struct llm_params {
   char *name;    /* a task name for routing/agents.lua (find_*, fix_*...) */
   char *agent, *backup; /* who answers, and who takes over on a timeout */
   bool on_backup;       /* the backup agent has taken over */
-  int attempt_base;     /* the primary's attempts, before the backup's */
+  int attempt_base;     /* attempts before this call's: an earlier run's
+                           (resume), then the primary's before the backup's */
   orch__llm_call *old_call; /* the primary's call, kept for its record */
   char *role;    /* "task" or "synthesis": prompt rendered by gap.lua */
   int stream;     /* -1: config default */
@@ -350,8 +351,8 @@ static void call_done(orch__llm_call *call, void *ud) {
   if (res && res->code == ORCH_ETIMEDOUT && p->backup && !p->on_backup &&
       !atomic_load(&r->canceled)) {
     /* The primary agent timed out: its backup takes the step over. */
-    if (r->rt->store) record_attempts(r, p->idx, res, 0);
-    p->attempt_base = (int)res->nattempts;
+    if (r->rt->store) record_attempts(r, p->idx, res, p->attempt_base);
+    p->attempt_base += (int)res->nattempts;
     fprintf(stderr, "orchestrate: step '%s': %s timed out; %s takes over\n",
             orch__step_id(r->g, p->idx), p->agent ? p->agent : "the agent",
             p->backup);
@@ -434,6 +435,9 @@ static int start(orch__run *r, uint32_t idx) {
     return ORCH_ENOMEM;
   }
   if (p->name && !p->agent) route_agents(lr, p);
+  /* The step's first call counts on from the attempts it had (a resumed
+   * session's earlier run; start_step counted this start already). */
+  if (!p->on_backup) p->attempt_base = s->attempts > 0 ? s->attempts - 1 : 0;
   /* A call the primary agent left (timed out) is kept for the record. */
   if (p->call && p->on_backup) {
     orch__llm_call_free(p->old_call);

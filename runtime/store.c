@@ -1762,12 +1762,14 @@ typedef struct resume_ctx {
 
 static int resume_row(void *ud, const orch__step_row *row) {
   resume_ctx *c = ud;
-  if (!row->status || strcmp(row->status, "passed") != 0) return 0;
   long i = orch_graph_find(c->g, row->step_id);
   if (i < 0) return 0; /* the plan changed: a step no longer there */
   orch__step *st = &c->g->steps[i];
-  st->status = ORCH_PASSED;
   st->attempts = (uint8_t)(row->attempts > 255 ? 255 : row->attempts);
+  /* A step to run again keeps its count as the base of its new attempts:
+   * they get new numbers (orch_llm_calls is keyed by the attempt). */
+  if (!row->status || strcmp(row->status, "passed") != 0) return 0;
+  st->status = ORCH_PASSED;
   st->generation = row->generation;
   if (row->output) orch__step_set_output(st, row->output, strlen(row->output));
   c->passed++;

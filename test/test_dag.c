@@ -161,3 +161,53 @@ TEST(dag_depend_by_index) {
   ASSERT_STR_EQ(orch_step_id(g, orch_step_dep(g, 1, 0)), "a");
   orch_graph_free(g);
 }
+
+/* orch.h: "steps may be added in any order". A dependent not added yet is
+ * resolved at validation like a dependency; a call that fails leaves no
+ * error behind in the graph. */
+TEST(dag_depend_before_the_dependent_is_added) {
+  orch_graph *g = NULL;
+  char err[256];
+  orch_graph_new(&g);
+  ASSERT_EQ(orch_graph_add_fn(g, "a", noop, NULL), ORCH_OK);
+  ASSERT_EQ(orch_graph_depend(g, "b", "a"), ORCH_OK);
+  ASSERT_EQ(orch_graph_depend(g, "c", "later"), ORCH_OK);
+  ASSERT_EQ(orch_graph_add_fn(g, "b", noop, NULL), ORCH_OK);
+  ASSERT_EQ(orch_graph_depend(g, "b", "a"), ORCH_OK); /* again: one edge */
+  ASSERT_EQ(orch_graph_add_fn(g, "later", noop, NULL), ORCH_OK);
+  ASSERT_EQ(orch_graph_add_fn(g, "c", noop, NULL), ORCH_OK);
+  ASSERT_EQ(orch_graph_validate(g, err, sizeof err), ORCH_OK);
+  long b = orch_graph_find(g, "b"), c = orch_graph_find(g, "c");
+  ASSERT_EQ(orch_step_ndeps(g, (size_t)b), 1);
+  ASSERT_EQ(orch_step_dep(g, (size_t)b, 0), orch_graph_find(g, "a"));
+  ASSERT_EQ(orch_step_ndeps(g, (size_t)c), 1);
+  ASSERT_EQ(orch_step_dep(g, (size_t)c, 0), orch_graph_find(g, "later"));
+  ASSERT_EQ(orch_step_level(g, (size_t)b), 1);
+  orch_graph_free(g);
+
+  /* Never added: validation names it. */
+  orch_graph_new(&g);
+  ASSERT_EQ(orch_graph_add_fn(g, "a", noop, NULL), ORCH_OK);
+  ASSERT_EQ(orch_graph_depend(g, "ghost", "a"), ORCH_OK);
+  ASSERT_EQ(orch_graph_validate(g, err, sizeof err), ORCH_EPLAN);
+  ASSERT_CONTAINS(err, "unknown step 'ghost'");
+  ASSERT_EQ(orch_graph_add_fn(g, "ghost", noop, NULL), ORCH_OK);
+  ASSERT_EQ(orch_graph_validate(g, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch_step_ndeps(g, (size_t)orch_graph_find(g, "ghost")), 1);
+  orch_graph_free(g);
+}
+
+TEST(dag_set_cost_or_timeout_on_unknown_id_does_not_poison) {
+  orch_graph *g = NULL;
+  char err[256];
+  orch_graph_new(&g);
+  ASSERT_EQ(orch_graph_add_fn(g, "a", noop, NULL), ORCH_OK);
+  ASSERT_EQ(orch_graph_set_cost(g, "b", 5), ORCH_ENOTFOUND);
+  ASSERT_EQ(orch_graph_set_timeout(g, "b", 5), ORCH_ENOTFOUND);
+  ASSERT_EQ(orch_graph_add_fn(g, "b", noop, NULL), ORCH_OK);
+  ASSERT_EQ(orch_graph_set_cost(g, "b", 5), ORCH_OK);
+  ASSERT_EQ(orch_graph_set_timeout(g, "b", 5), ORCH_OK);
+  ASSERT_EQ(orch_graph_validate(g, err, sizeof err), ORCH_OK);
+  ASSERT(orch_step_cost(g, (size_t)orch_graph_find(g, "b")) == 5);
+  orch_graph_free(g);
+}

@@ -1602,3 +1602,82 @@ TEST(llm_parse_threads_config_is_checked) {
   ASSERT_EQ(orch__llm_config_check(s, err, sizeof err), ORCH_OK);
   json_decref(s);
 }
+
+/* A resumed llm step numbers its attempts on from the first run's, so
+ * orch_llm_calls keeps every attempt of the session (the key is session,
+ * step, attempt) and orch_run_steps.attempts counts them all. */
+TEST(llm_resume_numbers_attempts_after_the_first_run) {
+  mini_llm *m = mini_llm_start();
+  ASSERT(m);
+  char db[] = "/tmp/orch-llm-db-XXXXXX";
+  int fd = mkstemp(db);
+  ASSERT(fd >= 0);
+  close(fd);
+  unlink(db);
+  char extra[256], err[512];
+  snprintf(extra, sizeof extra, "  store = { url = 'sqlite:%s' },\n", db);
+  /* Four 500s: the first run gives up after its attempts (4 with
+   * policies/retry.lua, 2 with the config's max_attempts); the resumed
+   * run's attempts come after them, passing or not. */
+  static const char plan[] =
+      "{\"steps\":[{\"id\":\"s\",\"kind\":\"llm\",\"prompt\":\"x\","
+      "\"tier\":\"local\",\"model\":\"flaky=4\"}]}";
+  orch_runtime *rt = rt_with_mini(m, extra);
+  ASSERT(rt);
+  orch_graph *g = NULL;
+  ASSERT_EQ(orch_graph_parse(rt, plan, sizeof plan - 1, "plan", &g, err,
+                             sizeof err), 0);
+  ASSERT_EQ(orch_run(rt, g, err, sizeof err), ORCH_ESTEP);
+  int first = orch_step_attempts(g, 0);
+  ASSERT(first >= 2);
+  char session[64];
+  snprintf(session, sizeof session, "%s", orch_runtime_session(rt));
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+  rt = rt_with_mini(m, extra);
+  ASSERT(rt);
+  ASSERT_EQ(orch_runtime_resume(rt, session, &g, err, sizeof err), 0);
+  orch_run(rt, g, err, sizeof err);
+  int total = orch_step_attempts(g, 0);
+  ASSERT(total > first);
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+  mini_llm_stop(m);
+
+  sqlite3 *s = NULL;
+  ASSERT_EQ(sqlite3_open(db, &s), SQLITE_OK);
+  sqlite3_stmt *q = NULL;
+  ASSERT_EQ(sqlite3_prepare_v2(s,
+                               "SELECT attempt, http_status, tokens_in "
+                               "FROM orch_llm_calls WHERE session_id = ? "
+                               "ORDER BY attempt",
+                               -1, &q, NULL),
+            SQLITE_OK);
+  sqlite3_bind_text(q, 1, session, -1, SQLITE_TRANSIENT);
+  int rows = 0, in_order = 1, ok_tokens = -1;
+  while (sqlite3_step(q) == SQLITE_ROW) {
+    rows++;
+    if (sqlite3_column_int(q, 0) != rows) in_order = 0;
+    if (sqlite3_column_int(q, 1) == 200) ok_tokens = sqlite3_column_int(q, 2);
+  }
+  sqlite3_finalize(q);
+  ASSERT_EQ(sqlite3_prepare_v2(s,
+                               "SELECT attempts FROM orch_run_steps WHERE "
+                               "session_id = ? AND step_id = 's'",
+                               -1, &q, NULL),
+            SQLITE_OK);
+  sqlite3_bind_text(q, 1, session, -1, SQLITE_TRANSIENT);
+  int attempts = sqlite3_step(q) == SQLITE_ROW ? sqlite3_column_int(q, 0) : -1;
+  sqlite3_finalize(q);
+  sqlite3_close(s);
+  unlink(db);
+  char side[300];
+  snprintf(side, sizeof side, "%s-wal", db);
+  unlink(side);
+  snprintf(side, sizeof side, "%s-shm", db);
+  unlink(side);
+  ASSERT_EQ(rows, total); /* 1..total, none overwritten */
+  ASSERT(in_order);
+  ASSERT(ok_tokens != 0); /* a passing attempt kept its usage */
+  ASSERT_EQ(attempts, total);
+}

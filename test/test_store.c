@@ -1496,3 +1496,75 @@ TEST(store_sqlite_refuses_a_file_that_is_not_a_database) {
   rm_rf(d);
   free(d);
 }
+
+/* A text column of one row ($1 = arg), "" when none; sqlite only. */
+static void db_text(const char *url, const char *sql, const char *arg,
+                    char *out, size_t outlen) {
+  sqlite3 *db = NULL;
+  sqlite3_stmt *st = NULL;
+  out[0] = '\0';
+  if (sqlite3_open(url + 7, &db) == SQLITE_OK &&
+      sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, arg, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+      snprintf(out, outlen, "%s", (const char *)sqlite3_column_text(st, 0));
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+}
+
+/* Resume keeps what the session row said of the plan (task id, agent,
+ * tier), counts a re-run step's attempts on from the first run's, and
+ * records under the session's own (lowercase) id however it was typed. */
+TEST(store_resume_keeps_the_session_row_attempts_and_a_canonical_id) {
+  char *d = tmpdir_new();
+  char url[600], err[512] = "";
+  snprintf(url, sizeof url, "sqlite:%s/r.db", d);
+  static const char plan[] =
+      "{\"task_id\":\"TASK-42\",\"agent\":\"release-team\",\"tier\":\"fast\","
+      "\"steps\":[{\"id\":\"a\",\"kind\":\"shell\",\"run\":\"true\"},"
+      "{\"id\":\"b\",\"kind\":\"shell\",\"run\":\"exit 3\",\"deps\":[\"a\"]}]}";
+  orch_runtime *rt = NULL;
+  orch_graph *g = NULL;
+  ASSERT_EQ(orch_runtime_new(&rt, NULL, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch_runtime_set(rt, "db", url, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch_graph_parse(rt, plan, sizeof plan - 1, "plan", &g, err,
+                             sizeof err), ORCH_OK);
+  ASSERT_EQ(orch_run(rt, g, err, sizeof err), ORCH_ESTEP);
+  char sid[37], upper[37];
+  snprintf(sid, sizeof sid, "%s", orch_runtime_session(rt));
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+  for (int i = 0; i < 37; i++)
+    upper[i] = (char)(sid[i] >= 'a' && sid[i] <= 'f' ? sid[i] - 32 : sid[i]);
+  ASSERT(strcmp(upper, sid) != 0);
+
+  ASSERT_EQ(orch_runtime_new(&rt, NULL, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch_runtime_set(rt, "db", url, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch_runtime_resume(rt, upper, &g, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch_run(rt, g, err, sizeof err), ORCH_ESTEP);
+  ASSERT_STR_EQ(orch_runtime_session(rt), sid);
+  ASSERT_EQ(orch_step_attempts(g, 1), 2); /* b: once before, once now */
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+
+  char txt[128];
+  ASSERT_EQ(db_count(url, "SELECT count(*) FROM jr_execution_sessions", NULL), 1);
+  ASSERT_EQ(db_count(url, "SELECT count(*) FROM orch_run_steps WHERE "
+                          "session_id <> ?1", sid), 0);
+  db_text(url, "SELECT task_id FROM jr_execution_sessions WHERE session_id = ?1",
+          sid, txt, sizeof txt);
+  ASSERT_STR_EQ(txt, "TASK-42");
+  db_text(url, "SELECT jr_name FROM jr_execution_sessions WHERE session_id = ?1",
+          sid, txt, sizeof txt);
+  ASSERT_STR_EQ(txt, "release-team");
+  db_text(url, "SELECT model_tier FROM jr_execution_sessions WHERE session_id = ?1",
+          sid, txt, sizeof txt);
+  ASSERT_STR_EQ(txt, "fast");
+  ASSERT_EQ(db_count(url, "SELECT attempts FROM orch_run_steps WHERE "
+                          "session_id = ?1 AND step_id = 'b'", sid), 2);
+  ASSERT_EQ(db_count(url, "SELECT attempts FROM orch_run_steps WHERE "
+                          "session_id = ?1 AND step_id = 'a'", sid), 1);
+  rm_rf(d);
+  free(d);
+}
