@@ -531,18 +531,23 @@ static int sq_script_refusals(void *conn,
   return rc;
 }
 
-/* A file that is there, not empty, and does not start with SQLite's header
- * is not a database: no retry will make it one (it was taken for a
- * database that is down, the records went to the spool for good and the
- * run said nothing was wrong). Reads 16 bytes: no lock, no wait. */
+/* A file that is there and is not a database: no retry will make it one
+ * (it was taken for a database that is down, the records went to the spool
+ * for good and the run said nothing was wrong). Asked of SQLite itself, on
+ * a read-only connection that does not wait for locks: reading the file
+ * directly would not do, since closing any descriptor of a database file
+ * drops the POSIX locks this process's other connections hold on it, and a
+ * database shared with other processes would then be corrupted. Anything
+ * but "not a database" (missing, busy, unreadable) is left to the writer. */
 static int sq_precheck(const char *path, char *err, size_t errlen) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return ORCH_OK; /* created later, or its directory is reported */
-  char head[16];
-  size_t n = fread(head, 1, sizeof head, f);
-  fclose(f);
-  if (n == 0 || (n == sizeof head && !memcmp(head, "SQLite format 3", 16)))
-    return ORCH_OK;
+  sqlite3 *db = NULL;
+  int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
+                           NULL);
+  if (rc == SQLITE_OK)
+    rc = sqlite3_exec(db, "PRAGMA schema_version", NULL, NULL, NULL);
+  bool notadb = (sqlite3_extended_errcode(db) & 0xff) == SQLITE_NOTADB;
+  sqlite3_close(db);
+  if (!notadb) return ORCH_OK;
   return orch__err(err, errlen, ORCH_ECONFIG,
                    "sqlite: %s: not a SQLite database (the file has other "
                    "content)",
