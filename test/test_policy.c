@@ -1501,12 +1501,12 @@ TEST(sandbox_library_tables_are_read_only_views_shared_by_steps) {
       "local _, t = pairs(math) t.floor = function() return 'poisoned' end",
       "os.time = function() return 0 end",
       /* what the steps above tried to change is unchanged */
-      "return string.lower('ABC') .. ('DEF'):lower() .. json.encode({1}) .. "
-      "require('json').encode({2}) .. math.floor(2.5) .. "
-      "tostring(os.time() > 0) .. #string.rep('x', 3)",
+      ("return string.lower('ABC') .. ('DEF'):lower() .. json.encode({1}) .. "
+       "require('json').encode({2}) .. math.floor(2.5) .. "
+       "tostring(os.time() > 0) .. #string.rep('x', 3)"),
       /* reading and iterating work as before */
-      "local n = 0 for k, v in pairs(string) do n = n + 1 end "
-      "return tostring(n > 10) .. tostring(string.dump == nil)",
+      ("local n = 0 for k, v in pairs(string) do n = n + 1 end "
+       "return tostring(n > 10) .. tostring(string.dump == nil)"),
   };
   int rc;
   orch_graph *g = run_lua_steps(codes, ORCH__ARRAY_LEN(codes), NULL, &rc);
