@@ -444,10 +444,14 @@ int orch__policy_new(orch__policy **out /* OUT */, const orch__config *cfg,
 void orch__policy_free(orch__policy *p);
 /* Loop thread: watches the directory and its subdirectories; a change is
  * checked on the engine's own checker thread ~20 ms later and published
- * when it passes. Missing directory: ORCH_OK, nothing watched. */
+ * when it passes. The watches follow the path: a directory replaced under
+ * it (mv, a symlink swap) is watched and rescanned, seen at once after a
+ * move event or within 2 s by a timer on the loop. Missing directory:
+ * ORCH_OK, nothing watched. */
 int orch__policy_watch(orch__policy *p, uv_loop_t *loop);
-/* Loop thread, before the loop stops: closes the watches (their close
- * callbacks run on the loop's next iteration) and joins the checker. */
+/* Loop thread, before the loop stops: closes the watches and their timer
+ * (the close callbacks run on the loop's next iteration) and joins the
+ * checker. */
 void orch__policy_unwatch(orch__policy *p);
 /* Rescans now, synchronously (any thread): a reload without the watch. */
 int orch__policy_rescan(orch__policy *p);

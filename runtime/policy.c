@@ -27,6 +27,9 @@
 #define SCRIPT_MAX_BYTES (1u << 20)       /* one script file */
 #define JSON_MAX_DEPTH 64                 /* json.encode nesting */
 #define RELOAD_DEBOUNCE_MS 20
+#define FOLLOW_MS 2000                    /* is the scripts dir replaced? */
+#define FOLLOW_QUICK_MS 50                /* ... soon after it moved away */
+#define FOLLOW_QUICK_N 40
 #define FN_CACHE_MAX 16
 #define WATCH_TICK_MS 2                   /* the budget watchdog's period */
 #define BUDGET_SIGNAL (SIGRTMAX - 3)      /* arms the budget in a long call */
@@ -2577,12 +2580,30 @@ unsigned orch_runtime_scripts(orch_runtime *rt, char *buf, size_t buflen) {
 
 /* ---- hot reload: file watches on the loop, checks on a thread ----------- */
 
+/* The watches follow the path, not the directory first found there: each
+ * watched directory (the root and its subdirectories) keeps the identity,
+ * device and inode after following symlinks, it had when its watch started.
+ * A create, move or delete event, and a timer every FOLLOW_MS (a symlink
+ * swapped in the root's parent reaches no watch), compare each path's
+ * identity now with the watched one: a replaced root drops every watch and
+ * the new tree is watched and rescanned; a replaced subdirectory is watched
+ * afresh; one gone is dropped. All of this runs on the loop thread. */
+
+typedef struct wdir {
+  uv_fs_event_t *h;
+  char *path;
+  dev_t dev;
+  ino_t ino;
+  bool on; /* h is started, on the directory dev/ino */
+} wdir;
+
 struct pwatch {
   orch__policy *p;
   uv_loop_t *loop;
-  uv_fs_event_t **h;
-  char **hdir;
-  size_t nh, caph;
+  uv_timer_t *timer; /* the identity check */
+  wdir *d;           /* d[0] is the root, when nd > 0 */
+  size_t nd, capd;
+  int quick;         /* fast re-checks left while the root is missing */
   pthread_t thr;
   pthread_mutex_t mu; /* guards dirty and stop; never held with p's locks */
   pthread_cond_t cv;
@@ -2594,57 +2615,136 @@ static void handle_free_cb(uv_handle_t *h) { free(h); }
 static void fs_cb(uv_fs_event_t *h, const char *filename, int events,
                   int status);
 
-/* Loop thread: starts (or restarts) the watch of dir. */
-static void watch_dir(pwatch *w, const char *dir) {
-  for (size_t i = 0; i < w->nh; i++) {
-    if (strcmp(w->hdir[i], dir) == 0) {
-      /* the directory may have been replaced: watch it afresh */
-      uv_fs_event_stop(w->h[i]);
-      uv_fs_event_start(w->h[i], fs_cb, dir, 0);
+/* Any thread: asks the checker thread for a rescan. */
+static void mark_dirty(pwatch *w) {
+  pthread_mutex_lock(&w->mu);
+  w->dirty = true;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+static bool same_dir(const wdir *x, const struct stat *st) {
+  return x->on && x->dev == st->st_dev && x->ino == st->st_ino;
+}
+
+/* Loop thread: closes the watch d[i]; the last one takes its place. */
+static void wdir_drop(pwatch *w, size_t i) {
+  if (w->d[i].on) uv_fs_event_stop(w->d[i].h);
+  uv_close((uv_handle_t *)w->d[i].h, handle_free_cb);
+  free(w->d[i].path);
+  w->d[i] = w->d[--w->nd];
+}
+
+/* Loop thread: (re)starts the watch d[i] on the directory its path names
+ * now, whose identity is st. st is taken before the start, so a directory
+ * replaced in between differs from it at the next check. */
+static void wdir_start(wdir *x, const struct stat *st) {
+  if (x->on) uv_fs_event_stop(x->h);
+  x->on = uv_fs_event_start(x->h, fs_cb, x->path, 0) == 0;
+  x->dev = st->st_dev;
+  x->ino = st->st_ino;
+}
+
+/* Loop thread: watches dir (identity st) unless it is watched already. */
+static void watch_dir(pwatch *w, const char *dir, const struct stat *st) {
+  for (size_t i = 0; i < w->nd; i++)
+    if (strcmp(w->d[i].path, dir) == 0) {
+      if (!same_dir(&w->d[i], st)) wdir_start(&w->d[i], st);
       return;
     }
-  }
-  if (w->nh == w->caph) {
-    size_t nc = w->caph ? w->caph * 2 : 8;
-    uv_fs_event_t **nh = realloc(w->h, nc * sizeof *nh);
-    if (!nh) return;
-    w->h = nh;
-    char **nd = realloc(w->hdir, nc * sizeof *nd);
+  if (w->nd == w->capd) {
+    size_t nc = w->capd ? w->capd * 2 : 8;
+    wdir *nd = realloc(w->d, nc * sizeof *nd);
     if (!nd) return;
-    w->hdir = nd;
-    w->caph = nc;
+    w->d = nd;
+    w->capd = nc;
   }
-  uv_fs_event_t *h = malloc(sizeof *h);
-  char *d = orch__strdup(dir);
-  if (!h || !d || uv_fs_event_init(w->loop, h)) {
-    free(h);
-    free(d);
+  wdir x = {malloc(sizeof *x.h), orch__strdup(dir), 0, 0, false};
+  if (!x.h || !x.path || uv_fs_event_init(w->loop, x.h)) {
+    free(x.h);
+    free(x.path);
     return;
   }
-  h->data = w;
-  if (uv_fs_event_start(h, fs_cb, dir, 0)) {
-    uv_close((uv_handle_t *)h, handle_free_cb);
-    free(d);
+  x.h->data = w;
+  wdir_start(&x, st);
+  if (!x.on) {
+    uv_close((uv_handle_t *)x.h, handle_free_cb);
+    free(x.path);
     return;
   }
-  w->h[w->nh] = h;
-  w->hdir[w->nh++] = d;
+  w->d[w->nd++] = x;
+}
+
+/* Loop thread: watches the root, then each subdirectory not watched yet. */
+static void watch_tree(pwatch *w) {
+  const char *root = w->p->dir;
+  struct stat st;
+  if (stat(root, &st) != 0 || !S_ISDIR(st.st_mode)) return;
+  watch_dir(w, root, &st);
+  if (w->nd == 0) return; /* no root, no subdirectory in its place */
+  DIR *d = opendir(root);
+  if (!d) return;
+  struct dirent *de;
+  while ((de = readdir(d))) {
+    if (de->d_name[0] == '.') continue;
+    char *sub = orch__asprintf("%s/%s", root, de->d_name);
+    if (sub && stat(sub, &st) == 0 && S_ISDIR(st.st_mode))
+      watch_dir(w, sub, &st);
+    free(sub);
+  }
+  closedir(d);
+}
+
+/* Loop thread: follows what the watched paths name now (see above); a
+ * change asks for a rescan. Returns false while the root is missing. */
+static bool follow(pwatch *w) {
+  struct stat st;
+  bool root = stat(w->p->dir, &st) == 0 && S_ISDIR(st.st_mode);
+  bool changed = false;
+  if (w->nd && (!root || !same_dir(&w->d[0], &st))) {
+    while (w->nd) wdir_drop(w, w->nd - 1);
+    changed = true;
+  }
+  for (size_t i = w->nd; i-- > 1;) { /* downwards: a drop moves the last */
+    if (stat(w->d[i].path, &st) != 0 || !S_ISDIR(st.st_mode)) {
+      wdir_drop(w, i);
+      changed = true;
+    } else if (!same_dir(&w->d[i], &st)) {
+      wdir_start(&w->d[i], &st);
+      changed = true;
+    }
+  }
+  if (root) {
+    size_t before = w->nd;
+    watch_tree(w);
+    if (w->nd != before) changed = true;
+  }
+  if (changed) mark_dirty(w);
+  return root;
+}
+
+static void follow_cb(uv_timer_t *t) {
+  pwatch *w = t->data;
+  /* a root moved away is often moved back or replaced at once (mv, mv):
+   * look again soon for a while, then every FOLLOW_MS */
+  if (!follow(w) && w->quick > 0) {
+    w->quick--;
+    uv_timer_start(t, follow_cb, FOLLOW_QUICK_MS, FOLLOW_MS);
+  }
 }
 
 static void fs_cb(uv_fs_event_t *h, const char *filename, int events,
                   int status) {
   pwatch *w = h->data;
-  if (filename && h == w->h[0] && filename[0] != '.') {
-    /* a directory appearing in the root gets its own watch */
-    char *sub = orch__asprintf("%s/%s", w->p->dir, filename);
-    struct stat st;
-    if (sub && stat(sub, &st) == 0 && S_ISDIR(st.st_mode)) watch_dir(w, sub);
-    free(sub);
+  (void)filename;
+  (void)status;
+  if (events & UV_RENAME) {
+    /* created, moved or deleted, perhaps a watched directory itself: check
+     * on the loop's next turn, not here where h may be closed */
+    w->quick = FOLLOW_QUICK_N;
+    uv_timer_start(w->timer, follow_cb, 0, FOLLOW_MS);
   }
-  pthread_mutex_lock(&w->mu);
-  w->dirty = true;
-  pthread_cond_signal(&w->cv);
-  pthread_mutex_unlock(&w->mu);
+  mark_dirty(w);
 }
 
 /* The checker thread: after a change, waits RELOAD_DEBOUNCE_MS for the
@@ -2677,6 +2777,7 @@ int orch__policy_watch(orch__policy *p, uv_loop_t *loop) {
     return ORCH_OK; /* nothing to watch: no scripts, fallbacks serve */
   pwatch *w = calloc(1, sizeof *w);
   if (!w) return ORCH_ENOMEM;
+  int rc = ORCH_OK;
   w->p = p;
   w->loop = loop;
   pthread_mutex_init(&w->mu, NULL);
@@ -2685,38 +2786,28 @@ int orch__policy_watch(orch__policy *p, uv_loop_t *loop) {
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&w->cv, &ca);
   pthread_condattr_destroy(&ca);
-  watch_dir(w, p->dir);
-  if (w->nh == 0) {
-    pthread_cond_destroy(&w->cv);
-    pthread_mutex_destroy(&w->mu);
-    free(w);
-    return ORCH_EIO;
+  p->watch = w; /* from here on, orch__policy_unwatch undoes it all */
+  w->timer = malloc(sizeof *w->timer);
+  if (!w->timer || uv_timer_init(loop, w->timer)) {
+    free(w->timer);
+    w->timer = NULL;
+    rc = ORCH_ENOMEM;
+    goto done;
   }
-  DIR *d = opendir(p->dir);
-  if (d) {
-    struct dirent *de;
-    while ((de = readdir(d))) {
-      if (de->d_name[0] == '.') continue;
-      char *sub = orch__asprintf("%s/%s", p->dir, de->d_name);
-      if (sub && stat(sub, &st) == 0 && S_ISDIR(st.st_mode))
-        watch_dir(w, sub);
-      free(sub);
-    }
-    closedir(d);
-  }
+  w->timer->data = w;
+  watch_tree(w);
+  if (w->nd == 0) { rc = ORCH_EIO; goto done; }
+  uv_timer_start(w->timer, follow_cb, FOLLOW_MS, FOLLOW_MS);
   if (pthread_create(&w->thr, NULL, checker_main, w)) {
-    p->watch = w;
-    orch__policy_unwatch(p);
-    return ORCH_ENOMEM;
+    rc = ORCH_ENOMEM;
+    goto done;
   }
   w->running = true;
-  p->watch = w;
   /* a change between the initial load and this watch is not missed */
-  pthread_mutex_lock(&w->mu);
-  w->dirty = true;
-  pthread_cond_signal(&w->cv);
-  pthread_mutex_unlock(&w->mu);
-  return ORCH_OK;
+  mark_dirty(w);
+done:
+  if (rc) orch__policy_unwatch(p);
+  return rc;
 }
 
 /* Stops the checker thread (waiting for a scan in progress). */
@@ -2736,13 +2827,12 @@ void orch__policy_unwatch(orch__policy *p) {
   if (!p || !p->watch) return;
   pwatch *w = p->watch;
   unwatch_now(p);
-  for (size_t i = 0; i < w->nh; i++) {
-    uv_fs_event_stop(w->h[i]);
-    uv_close((uv_handle_t *)w->h[i], handle_free_cb);
-    free(w->hdir[i]);
+  while (w->nd) wdir_drop(w, w->nd - 1);
+  free(w->d);
+  if (w->timer) {
+    uv_timer_stop(w->timer);
+    uv_close((uv_handle_t *)w->timer, handle_free_cb);
   }
-  free(w->h);
-  free(w->hdir);
   pthread_cond_destroy(&w->cv);
   pthread_mutex_destroy(&w->mu);
   free(w);

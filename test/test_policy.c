@@ -866,6 +866,124 @@ TEST(watch_reloads_a_rewrite_within_a_fraction_of_a_second) {
   free(dir);
 }
 
+/* The scripts directory replaced under the watch: the deploy moves a fresh
+ * copy over it (mv), or points a symlink at a new release. The watch must
+ * follow the path, not the directory it first saw. */
+
+/* A copy of version v of routing/complexity.lua in base/name. */
+static char *release(const char *base, const char *name, int v) {
+  char *d = orch__asprintf("%s/%s", base, name);
+  mkdir(d, 0755);
+  put(d, "routing/complexity.lua", version_src(v, 0));
+  return d;
+}
+
+TEST(watch_follows_a_scripts_directory_replaced_by_mv) {
+  char *base = tmpdir_new(), err[512];
+  char *dir = release(base, "r2", 1);
+  char *fresh = release(base, "r2.new", 2);
+  char *old = orch__asprintf("%s/r2.old", base);
+  orch__config c = test_cfg(dir);
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  looper l;
+  ASSERT_EQ(looper_start(&l, p), 0);
+  ASSERT(wait_for(s, "v1", 10) >= 0);
+  usleep(50 * 1000);
+  ASSERT_EQ(rename(dir, old), 0);
+  ASSERT_EQ(rename(fresh, dir), 0);
+  /* the swap itself is seen (the moved root reports it) */
+  ASSERT(wait_for(s, "v2", 5000) >= 0);
+  /* and an edit in the new directory is seen too: the watch moved with
+   * the path (before, it stayed on r2.old and this never reloaded) */
+  usleep(50 * 1000);
+  put(dir, "routing/complexity.lua", version_src(3, 0));
+  ASSERT(wait_for(s, "v3", 5000) >= 0);
+  /* an edit in the old directory changes nothing */
+  put(old, "routing/complexity.lua", version_src(4, 0));
+  usleep(300 * 1000);
+  ASSERT(wait_for(s, "v3", 10) >= 0);
+  /* a subdirectory replaced the same way is followed too */
+  char *sub = orch__asprintf("%s/routing", dir);
+  char *subold = orch__asprintf("%s/routing.old", dir);
+  char *subnew = orch__asprintf("%s/routing.new", dir);
+  mkdir(subnew, 0755);
+  put(subnew, "complexity.lua", version_src(5, 0));
+  ASSERT_EQ(rename(sub, subold), 0);
+  ASSERT_EQ(rename(subnew, sub), 0);
+  ASSERT(wait_for(s, "v5", 5000) >= 0);
+  usleep(50 * 1000);
+  put(dir, "routing/complexity.lua", version_src(6, 0));
+  ASSERT(wait_for(s, "v6", 5000) >= 0);
+  /* a root missing for a while (its watches dropped; nothing unloads) is
+   * watched again when a directory is moved back in */
+  char *gone = orch__asprintf("%s/r2.gone", base);
+  char *back = release(base, "r2.back", 7);
+  ASSERT_EQ(rename(dir, gone), 0);
+  usleep(300 * 1000);
+  ASSERT(wait_for(s, "v6", 10) >= 0);
+  ASSERT_EQ(rename(back, dir), 0);
+  ASSERT(wait_for(s, "v7", 5000) >= 0);
+  usleep(50 * 1000);
+  put(dir, "routing/complexity.lua", version_src(8, 0));
+  ASSERT(wait_for(s, "v8", 5000) >= 0);
+  free(gone);
+  free(back);
+  looper_stop(&l);
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(base);
+  free(sub);
+  free(subold);
+  free(subnew);
+  free(old);
+  free(fresh);
+  free(dir);
+  free(base);
+}
+
+TEST(watch_follows_a_scripts_symlink_swapped_to_a_new_release) {
+  char *base = tmpdir_new(), err[512];
+  char *r1 = release(base, "release-1", 1);
+  char *r2 = release(base, "release-2", 2);
+  char *link = orch__asprintf("%s/scripts", base);
+  char *tmp = orch__asprintf("%s/.scripts.tmp", base);
+  ASSERT_EQ(symlink("release-1", link), 0);
+  orch__config c = test_cfg(link);
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  looper l;
+  ASSERT_EQ(looper_start(&l, p), 0);
+  ASSERT(wait_for(s, "v1", 10) >= 0);
+  usleep(50 * 1000);
+  /* `ln -sfn release-2 scripts`, done atomically as deploy tools do: no
+   * event reaches a watch inside either release */
+  ASSERT_EQ(symlink("release-2", tmp), 0);
+  ASSERT_EQ(rename(tmp, link), 0);
+  /* the periodic check (every 2 s) notices; bounded for a loaded box */
+  ASSERT(wait_for(s, "v2", 8000) >= 0);
+  usleep(50 * 1000);
+  put(link, "routing/complexity.lua", version_src(3, 0));
+  ASSERT(wait_for(s, "v3", 5000) >= 0);
+  /* editing the release no longer linked changes nothing */
+  put(r1, "routing/complexity.lua", version_src(4, 0));
+  usleep(300 * 1000);
+  ASSERT(wait_for(s, "v3", 10) >= 0);
+  looper_stop(&l);
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(base);
+  free(tmp);
+  free(link);
+  free(r2);
+  free(r1);
+  free(base);
+}
+
 /* 20,000 calls from two threads while complexity.lua is rewritten 50
  * times, some rewrites broken: no call fails, no call sees a broken
  * version, every generation a call ran under is one that was published
