@@ -376,6 +376,7 @@ struct orch_runtime {
   char *db_default;            /* used when none of those is set (CLI) */
   char session_id[40];         /* of the current or last run */
   char resume_id[40];          /* set by orch_runtime_resume for one run */
+  int64_t resume_tokens;       /* the resumed session's recorded total */
   int64_t session_tokens_before; /* tokens of the session's earlier runs
                                     in this process (ask: plan, tasks) */
   int64_t t0_wall_ms;          /* the run's start, wall clock */

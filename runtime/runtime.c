@@ -214,6 +214,9 @@ int orch_runtime_resume(orch_runtime *rt, const char *session_id,
     goto done;
   }
   snprintf(rt->resume_id, sizeof rt->resume_id, "%s", sid);
+  /* the total goes on from the session's earlier runs: the steps restored
+   * as passed made no call in this process and report no usage */
+  rt->resume_tokens = si.total_tokens > 0 ? si.total_tokens : 0;
   *out = g;
   g = NULL;
 done:

@@ -837,7 +837,9 @@ static void run_start(void *arg) {
   bool resumed = rt->store && rt->resume_id[0];
   if (rt->store) {
     if (!rt->resume_id[0] || strcmp(rt->resume_id, rt->session_id) != 0)
-      rt->session_tokens_before = 0; /* not a continuation in this process */
+      /* not a continuation in this process: a resumed session's total as
+       * recorded, else none */
+      rt->session_tokens_before = rt->resume_id[0] ? rt->resume_tokens : 0;
     if (rt->resume_id[0]) snprintf(rt->session_id, sizeof rt->session_id, "%s", rt->resume_id);
     else orch__store_uuid(rt->session_id);
     rt->t0_wall_ms = orch__store_wall_ms();

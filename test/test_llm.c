@@ -1681,3 +1681,75 @@ TEST(llm_resume_numbers_attempts_after_the_first_run) {
   ASSERT(ok_tokens != 0); /* a passing attempt kept its usage */
   ASSERT_EQ(attempts, total);
 }
+
+/* A resumed session's total_tokens goes on from its earlier runs: the step
+ * restored as passed made no call in the resuming process, and its tokens
+ * were dropped from the total. */
+TEST(llm_resume_keeps_the_session_token_total_of_earlier_runs) {
+  mini_llm *m = mini_llm_start();
+  ASSERT(m);
+  char db[] = "/tmp/orch-llm-db-XXXXXX";
+  int fd = mkstemp(db);
+  ASSERT(fd >= 0);
+  close(fd);
+  unlink(db);
+  char extra[256], err[512];
+  snprintf(extra, sizeof extra, "  store = { url = 'sqlite:%s' },\n", db);
+  /* a passes at once; b fails its first run's attempts (500s) and passes
+   * when resumed */
+  static const char plan[] =
+      "{\"steps\":[{\"id\":\"a\",\"kind\":\"llm\",\"prompt\":\"first\","
+      "\"tier\":\"local\"},{\"id\":\"b\",\"kind\":\"llm\",\"prompt\":\"x\","
+      "\"tier\":\"local\",\"model\":\"flaky=4\"}]}";
+  orch_runtime *rt = rt_with_mini(m, extra);
+  ASSERT(rt);
+  orch_graph *g = NULL;
+  ASSERT_EQ(orch_graph_parse(rt, plan, sizeof plan - 1, "plan", &g, err,
+                             sizeof err), 0);
+  ASSERT_EQ(orch_run(rt, g, err, sizeof err), ORCH_ESTEP);
+  ASSERT_EQ(orch_step_status(g, 0), ORCH_PASSED);
+  char session[64];
+  snprintf(session, sizeof session, "%s", orch_runtime_session(rt));
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+  for (int round = 0; round < 3; round++) { /* until b passes */
+    rt = rt_with_mini(m, extra);
+    ASSERT(rt);
+    ASSERT_EQ(orch_runtime_resume(rt, session, &g, err, sizeof err), 0);
+    int rc = orch_run(rt, g, err, sizeof err);
+    orch_graph_free(g);
+    orch_runtime_free(rt);
+    if (rc == ORCH_OK) break;
+  }
+  mini_llm_stop(m);
+  sqlite3 *s = NULL;
+  ASSERT_EQ(sqlite3_open(db, &s), SQLITE_OK);
+  sqlite3_stmt *q = NULL;
+  ASSERT_EQ(sqlite3_prepare_v2(
+                s,
+                "SELECT (SELECT total_tokens FROM jr_execution_sessions WHERE "
+                "session_id = ?1), (SELECT sum(tokens_in + tokens_out) FROM "
+                "orch_run_steps WHERE session_id = ?1), (SELECT "
+                "tokens_in + tokens_out FROM orch_run_steps WHERE session_id "
+                "= ?1 AND step_id = 'a'), (SELECT status FROM orch_run_steps "
+                "WHERE session_id = ?1 AND step_id = 'b')",
+                -1, &q, NULL),
+            SQLITE_OK);
+  sqlite3_bind_text(q, 1, session, -1, SQLITE_TRANSIENT);
+  ASSERT_EQ(sqlite3_step(q), SQLITE_ROW);
+  long total = sqlite3_column_int64(q, 0), steps = sqlite3_column_int64(q, 1),
+       a_tokens = sqlite3_column_int64(q, 2);
+  char bstatus[16];
+  snprintf(bstatus, sizeof bstatus, "%s", (const char *)sqlite3_column_text(q, 3));
+  sqlite3_finalize(q);
+  sqlite3_close(s);
+  unlink(db);
+  char side[300];
+  snprintf(side, sizeof side, "%s-wal", db);
+  unlink(side);
+  snprintf(side, sizeof side, "%s-shm", db);
+  unlink(side);
+  ASSERT_STR_EQ(bstatus, "passed");
+  ASSERT(a_tokens > 0);
+  ASSERT_EQ(total, steps); /* a's tokens and b's, not b's alone */
+}
