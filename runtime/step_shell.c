@@ -35,7 +35,8 @@ typedef struct child {
   uv_timer_t timeout;
   uv_pipe_t out, err;
   orch__buf obuf, ebuf;
-  size_t max, dropped;
+  size_t max;
+  size_t out_dropped, err_dropped; /* bytes over max, not kept */
   int open_handles;
   int status;
   bool exited, out_eof, err_eof, timed_out, canceled, done;
@@ -71,18 +72,19 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   buf->len = sizeof chunk;
 }
 
-static void keep(child *c, orch__buf *b, const char *p, size_t n) {
+static void keep(child *c, bool is_out, const char *p, size_t n) {
+  orch__buf *b = is_out ? &c->obuf : &c->ebuf;
   size_t room = c->max > b->len ? c->max - b->len : 0;
   size_t take = n < room ? n : room;
   if (take) orch__buf_add(b, p, take);
-  c->dropped += n - take;
+  *(is_out ? &c->out_dropped : &c->err_dropped) += n - take;
 }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   child *c = s->data;
   bool is_out = s == (uv_stream_t *)&c->out;
   if (n > 0) {
-    keep(c, is_out ? &c->obuf : &c->ebuf, buf->base, (size_t)n);
+    keep(c, is_out, buf->base, (size_t)n);
     return;
   }
   if (n == 0) return;
@@ -166,12 +168,13 @@ static void finish_if_done(child *c) {
     orch__step_set_error(s, "killed by signal %d%s%s", WTERMSIG(st),
                          *etail ? ": " : "", etail);
   }
-  if (c->dropped && s->status == ORCH_PASSED) {
-    /* Kept output is capped; say how much was not kept. */
+  if (c->out_dropped && s->status == ORCH_PASSED) {
+    /* Kept output is capped; say how much of stdout was not kept (what
+     * stderr loses is its business: only its tail is ever shown). */
     char note[96];
     int n = snprintf(note, sizeof note,
                      "\n[orchestrate: %zu bytes of output over the limit not kept]",
-                     c->dropped);
+                     c->out_dropped);
     orch__buf_add(&c->obuf, note, (size_t)n);
     orch__step_set_output(s, c->obuf.p, c->obuf.len);
   }
