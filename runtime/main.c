@@ -289,6 +289,45 @@ static double dur(const orch_graph *g, size_t i) {
   return a >= 0 && b >= a ? b - a : 0;
 }
 
+/* A JSON string of text from a step (a tool's stderr need not be UTF-8):
+ * each byte that does not start a valid UTF-8 character becomes U+FFFD,
+ * so the key is never lost (json_string refuses invalid UTF-8). NULL only
+ * when out of memory. */
+static json_t *json_text(const char *s) {
+  json_t *j = json_string(s);
+  if (j) return j;
+  size_t len = strlen(s), o = 0;
+  unsigned char *p = (unsigned char *)s;
+  char *fix = malloc(len * 3 + 1); /* one byte becomes at most three */
+  if (!fix) return NULL;
+  for (size_t i = 0; i < len;) {
+    unsigned c = p[i], min = 0;
+    size_t n = 0;
+    if (c >= 0xC0 && c < 0xE0) { n = 1; min = 0x80; c &= 0x1F; }
+    else if (c >= 0xE0 && c < 0xF0) { n = 2; min = 0x800; c &= 0x0F; }
+    else if (c >= 0xF0 && c < 0xF8) { n = 3; min = 0x10000; c &= 0x07; }
+    bool ok = c < 0x80 || n > 0;
+    for (size_t k = 1; ok && k <= n; k++) {
+      if (i + k >= len || (p[i + k] & 0xC0) != 0x80) ok = false;
+      else c = (c << 6) | (p[i + k] & 0x3F);
+    }
+    if (ok && n && (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)))
+      ok = false;
+    if (ok) {
+      memcpy(fix + o, s + i, n + 1);
+      o += n + 1;
+      i += n + 1;
+    } else { /* as orch__utf8_repair: one U+FFFD, then the next byte */
+      memcpy(fix + o, "\xEF\xBF\xBD", 3);
+      o += 3;
+      i++;
+    }
+  }
+  j = json_stringn(fix, o);
+  free(fix);
+  return j;
+}
+
 static int cmd_run(int argc, char **argv) {
   opts o = {0};
   int ex = parse_opts(argc, argv, &o, "json dry workers max-parallel db resume");
@@ -372,7 +411,7 @@ static int cmd_run(int argc, char **argv) {
         json_t *jo = json_string(out); /* NULL when not UTF-8 */
         json_object_set_new(s, "output", jo ? jo : json_string("(output is not UTF-8)"));
       }
-      if (e) json_object_set_new(s, "error", json_string(e));
+      if (e) json_object_set_new(s, "error", json_text(e));
       char *det = orch_step_details(g, i);
       if (det) {
         json_t *d = json_loads(det, 0, NULL);

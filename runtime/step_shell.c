@@ -134,9 +134,15 @@ static void unlink_child(child *c) {
   if (c->next) c->next->prev = c->prev;
 }
 
+/* The last n bytes of b or a few less: the tail starts on a character,
+ * not inside a UTF-8 sequence (bytes that are not UTF-8 at all stay as
+ * they are; a JSON writer must repair them). */
 static const char *tail(const orch__buf *b, size_t n) {
   if (!b->p) return "";
-  return b->len > n ? b->p + b->len - n : b->p;
+  if (b->len <= n) return b->p;
+  const char *t = b->p + b->len - n;
+  for (int k = 0; k < 3 && ((unsigned char)*t & 0xC0) == 0x80; k++) t++;
+  return t;
 }
 
 static void finish_if_done(child *c) {

@@ -121,6 +121,14 @@ describe("a shell step", function()
     assert.is_nil(out:find("\27", 1, true))
   end)
 
+  it("whose stderr is not UTF-8 keeps its error in --json, bad bytes as U+FFFD", function()
+    local code, _, by = run_plan({ { id = "s", kind = "shell",
+                                     run = "printf 'bad \\377 byte\\n' >&2; exit 2" } }, "--db none")
+    assert.are.equal(1, code)
+    assert.are.equal(2, by.s.exit_status)
+    assert.are.equal("exit status 2: bad \u{FFFD} byte\n", by.s.error)
+  end)
+
   it("is killed at its timeout, with its children", function()
     local marker = os.tmpname()
     os.remove(marker)

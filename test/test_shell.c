@@ -50,3 +50,25 @@ TEST(shell_stderr_over_the_limit_leaves_stdout_alone) {
   orch_graph_free(g);
   orch_runtime_free(rt);
 }
+
+/* stderr's kept tail (2000 bytes) would start inside a two-byte
+ * character: 1500 x U+00E9 and a newline are 3001 bytes. */
+TEST(shell_stderr_tail_starts_on_a_character) {
+  orch_runtime *rt = new_rt(NULL);
+  orch_graph *g = NULL;
+  ASSERT(rt);
+  ASSERT_EQ(run_one(rt,
+                    "{\"id\":\"a\",\"kind\":\"shell\",\"run\":"
+                    "\"i=0; while [ $i -lt 1500 ]; do printf '\\\\303\\\\251'; "
+                    "i=$((i+1)); done >&2; echo >&2; exit 3\"}",
+                    &g),
+            ORCH_ESTEP);
+  const char *e = orch_step_error(g, 0);
+  ASSERT_CONTAINS(e, "exit status 3: ");
+  const char *t = strstr(e, ": ") + 2;
+  ASSERT_EQ((unsigned char)t[0], 0xC3);
+  ASSERT_EQ((unsigned char)t[1], 0xA9);
+  ASSERT_EQ(strlen(t), 1999); /* 999 characters and the newline */
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+}
