@@ -2,8 +2,10 @@
  * posix_spawn in its own process group, stdout and stderr read through
  * pipes on the event loop (kept up to output_max_bytes each), the exit
  * watched with a pidfd (or a short poll where pidfds are missing), and a
- * timeout that kills the whole group. No worker thread ever waits on a
- * child. Uses libuv and sched.c. */
+ * timeout that kills the whole group. The step ends with its shell: a
+ * process that left the group (setsid) and still holds the pipes gets
+ * GRACE_MS more, then the pipes are closed. No worker thread ever waits
+ * on a child. Uses libuv and sched.c. */
 #include "orch_int.h"
 
 #include <errno.h>
@@ -17,6 +19,10 @@
 #include <unistd.h>
 
 extern char **environ;
+
+/* How long the pipes stay open after the shell exited: enough for what a
+ * finished writer left in them, not for one that outlives the step. */
+enum { GRACE_MS = 150 };
 
 typedef struct shell_params {
   char *run;
@@ -32,7 +38,7 @@ typedef struct child {
   int pidfd;
   uv_poll_t exit_poll; /* on the pidfd */
   uv_timer_t exit_timer; /* polls waitpid when there is no pidfd */
-  uv_timer_t timeout;
+  uv_timer_t timeout; /* the step's timeout; GRACE_MS once the shell exited */
   uv_pipe_t out, err;
   orch__buf obuf, ebuf;
   size_t max;
@@ -64,9 +70,11 @@ static void close_handle(child *c, uv_handle_t *h) {
   (void)c;
 }
 
+/* Reads land here, on the loop thread only. */
+static __thread char chunk[65536];
+
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   (void)h;
-  static __thread char chunk[65536];
   (void)suggested;
   buf->base = chunk;
   buf->len = sizeof chunk;
@@ -95,6 +103,34 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   finish_if_done(c);
 }
 
+/* Stops reading a stream whose EOF has not come, as if it had: what is
+ * in the pipe already is taken first, in a bounded number of reads (the
+ * writer may never stop). Closing the handle later closes our end. */
+static void cut(child *c, bool is_out) {
+  uv_pipe_t *p = is_out ? &c->out : &c->err;
+  bool *eof = is_out ? &c->out_eof : &c->err_eof;
+  uv_os_fd_t fd;
+  if (*eof) return;
+  if (uv_fileno((uv_handle_t *)p, &fd) == 0)
+    for (int k = 0; k < 16; k++) {
+      ssize_t n = read(fd, chunk, sizeof chunk); /* non-blocking */
+      if (n <= 0) break;
+      keep(c, is_out, chunk, (size_t)n);
+    }
+  uv_read_stop((uv_stream_t *)p);
+  *eof = true;
+}
+
+/* The shell is gone and the pipes are still open: a process outside the
+ * group holds them. The step ends with what was read. */
+static void cut_pipes(child *c) {
+  cut(c, true);
+  cut(c, false);
+  finish_if_done(c);
+}
+
+static void on_grace(uv_timer_t *h) { cut_pipes(h->data); }
+
 static void reap(child *c) {
   int st;
   pid_t p = waitpid(c->pid, &st, WNOHANG);
@@ -106,7 +142,13 @@ static void reap(child *c) {
   /* What the shell left running in its process group would hold the pipes
    * open and outlive the step: it goes with it. */
   kill(-c->pid, SIGKILL);
+  uv_timer_stop(&c->timeout);
+  if (c->timed_out || c->canceled) { /* killed: nothing more to wait for */
+    cut_pipes(c);
+    return;
+  }
   finish_if_done(c);
+  if (!c->done) uv_timer_start(&c->timeout, on_grace, GRACE_MS, 0);
 }
 
 static void on_exit_poll(uv_poll_t *h, int status, int events) {
@@ -124,7 +166,7 @@ static void kill_group(child *c) {
 static void on_timeout(uv_timer_t *h) {
   child *c = h->data;
   c->timed_out = true;
-  kill_group(c);
+  kill_group(c); /* reap cuts the pipes */
 }
 
 static void unlink_child(child *c) {
@@ -294,7 +336,8 @@ static void cancel(orch__run *r, uint32_t idx) {
   for (child *c = ss ? ss->head : NULL; c; c = c->next)
     if (c->idx == idx) {
       c->canceled = true;
-      kill_group(c);
+      if (c->exited) cut_pipes(c); /* in its grace period */
+      else kill_group(c); /* reap cuts the pipes */
       return;
     }
 }

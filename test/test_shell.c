@@ -4,7 +4,10 @@
 #include "orch.h"
 #include "test.h"
 
+#include <signal.h>
 #include <stdio.h>
+#include <time.h>
+#include <unistd.h>
 
 static orch_runtime *new_rt(const char *max) {
   orch_runtime *rt = NULL;
@@ -24,6 +27,36 @@ static int run_one(orch_runtime *rt, const char *step_json,
   if (rc) return rc;
   if ((rc = orch_graph_add_json(*g, step_json, err, sizeof err))) return rc;
   return orch_run(rt, *g, err, sizeof err);
+}
+
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* A step whose command starts a grandchild that leaves the process group
+ * (setsid) and keeps stdout and stderr open; *pidfile gets its PID. */
+static void held_pipes_step(char *json, size_t cap, char *pidfile,
+                            const char *rest, const char *extra) {
+  snprintf(pidfile, 64, "/tmp/orch-test-shell-%ld.pid", (long)getpid());
+  unlink(pidfile);
+  snprintf(json, cap,
+           "{\"id\":\"a\",\"kind\":\"shell\",\"run\":"
+           "\"setsid sleep 4 & echo $! > %s; %s\"%s}",
+           pidfile, rest, extra);
+}
+
+/* Kills the grandchild by its recorded PID (never by name). */
+static void kill_held(const char *pidfile) {
+  FILE *f = fopen(pidfile, "r");
+  long pid = 0;
+  if (f) {
+    if (fscanf(f, "%ld", &pid) != 1) pid = 0;
+    fclose(f);
+  }
+  if (pid > 0) kill((pid_t)pid, SIGKILL);
+  unlink(pidfile);
 }
 
 TEST(shell_stderr_over_the_limit_leaves_stdout_alone) {
@@ -69,6 +102,76 @@ TEST(shell_stderr_tail_starts_on_a_character) {
   ASSERT_EQ((unsigned char)t[0], 0xC3);
   ASSERT_EQ((unsigned char)t[1], 0xA9);
   ASSERT_EQ(strlen(t), 1999); /* 999 characters and the newline */
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+}
+
+TEST(shell_ends_soon_after_its_shell_when_a_grandchild_holds_the_pipes) {
+  orch_runtime *rt = new_rt(NULL);
+  orch_graph *g = NULL;
+  char json[512], pidfile[64];
+  ASSERT(rt);
+  held_pipes_step(json, sizeof json, pidfile, "sleep 0.2; echo started",
+                  ",\"timeout_ms\":3000");
+  double t0 = now_ms();
+  int rc = run_one(rt, json, &g);
+  double took = now_ms() - t0;
+  kill_held(pidfile);
+  ASSERT_EQ(rc, ORCH_OK);
+  ASSERT_EQ(orch_step_status(g, 0), ORCH_PASSED);
+  ASSERT_EQ(orch_step_exit_status(g, 0), 0);
+  ASSERT_STR_EQ(orch_step_output(g, 0), "started\n");
+  ASSERT(took < 1500);
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+}
+
+TEST(shell_timeout_ends_the_step_when_a_grandchild_holds_the_pipes) {
+  orch_runtime *rt = new_rt(NULL);
+  orch_graph *g = NULL;
+  char json[512], pidfile[64];
+  ASSERT(rt);
+  held_pipes_step(json, sizeof json, pidfile, "echo started; sleep 30",
+                  ",\"timeout_ms\":300");
+  double t0 = now_ms();
+  int rc = run_one(rt, json, &g);
+  double took = now_ms() - t0;
+  kill_held(pidfile);
+  ASSERT_EQ(rc, ORCH_ESTEP);
+  ASSERT_EQ(orch_step_status(g, 0), ORCH_FAILED);
+  ASSERT_CONTAINS(orch_step_error(g, 0), "timed out after 300 ms");
+  ASSERT_STR_EQ(orch_step_output(g, 0), "started\n");
+  ASSERT(orch_step_finished_ms(g, 0) < 1500);
+  ASSERT(took < 1500);
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+}
+
+static int cancel_run(orch_step_ctx *ctx, void *ud) {
+  (void)ctx;
+  orch_runtime_cancel(ud);
+  return ORCH_OK;
+}
+
+TEST(shell_cancel_ends_the_step_when_a_grandchild_holds_the_pipes) {
+  orch_runtime *rt = new_rt(NULL);
+  orch_graph *g = NULL;
+  char json[512], pidfile[64], err[256];
+  ASSERT(rt);
+  held_pipes_step(json, sizeof json, pidfile, "sleep 30", "");
+  ASSERT_EQ(orch_graph_new(&g), ORCH_OK);
+  ASSERT_EQ(orch_graph_add_json(g, json, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch_graph_add_sleep(g, "wait", 300), ORCH_OK);
+  ASSERT_EQ(orch_graph_add_fn(g, "cancel", cancel_run, rt), ORCH_OK);
+  ASSERT_EQ(orch_graph_depend(g, "cancel", "wait"), ORCH_OK);
+  double t0 = now_ms();
+  int rc = orch_run(rt, g, err, sizeof err);
+  double took = now_ms() - t0;
+  kill_held(pidfile);
+  ASSERT_EQ(rc, ORCH_ECANCELED);
+  ASSERT_EQ(orch_step_status(g, 0), ORCH_FAILED);
+  ASSERT_CONTAINS(orch_step_error(g, 0), "canceled");
+  ASSERT(took < 1500);
   orch_graph_free(g);
   orch_runtime_free(rt);
 }
