@@ -241,14 +241,23 @@ done:
 static orch_runtime *sig_rt;
 static volatile sig_atomic_t sig_count;
 
-static void on_sigint(int sig) {
-  (void)sig;
+/* SIGINT and SIGTERM: the first cancels the run (children's groups
+ * killed, what was recorded kept); the next exits at once, but kills the
+ * shell steps' process groups first, so none is left running. */
+static void on_signal(int sig) {
   if (sig_count++ == 0 && sig_rt) {
     orch_runtime_cancel(sig_rt);
     return;
   }
-  signal(SIGINT, SIG_DFL);
-  raise(SIGINT);
+  orch_shell_kill_all();
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+static void catch_signals(orch_runtime *rt) {
+  sig_rt = rt;
+  signal(SIGINT, rt ? on_signal : SIG_DFL);
+  signal(SIGTERM, rt ? on_signal : SIG_DFL);
 }
 
 static void progress(void *ud, size_t done, size_t total, size_t running,
@@ -348,12 +357,10 @@ static int cmd_run(int argc, char **argv) {
     }
   } else if ((ex = load_plan(rt, o.file, &g))) goto done;
   if (!o.json && isatty(STDERR_FILENO)) orch_runtime_on_progress(rt, progress, NULL, 100);
-  sig_rt = rt;
-  signal(SIGINT, on_sigint);
+  catch_signals(rt);
   char err[1024] = "";
   int rc = orch_run(rt, g, err, sizeof err);
-  signal(SIGINT, SIG_DFL);
-  sig_rt = NULL;
+  catch_signals(NULL);
   if (rc != ORCH_OK && rc != ORCH_ESTEP && rc != ORCH_ECANCELED) {
     fprintf(stderr, "orchestrate: %s\n", err);
     ex = exit_for(rc);
@@ -564,13 +571,11 @@ static int cmd_ask(int argc, char **argv) {
   orch_runtime *rt = NULL;
   if ((ex = open_runtime(&o, &rt))) return ex;
   if (!o.json && isatty(STDERR_FILENO)) orch_runtime_on_progress(rt, progress, NULL, 100);
-  sig_rt = rt;
-  signal(SIGINT, on_sigint);
+  catch_signals(rt);
   char err[2048] = "";
   char *txt = NULL;
   int rc = orch_ask(rt, o.file, o.plan, o.json ? NULL : print_levels, NULL, &txt, err, sizeof err);
-  signal(SIGINT, SIG_DFL);
-  sig_rt = NULL;
+  catch_signals(NULL);
   json_error_t je;
   json_t *doc = txt ? json_loads(txt, 0, &je) : NULL;
   if (o.json && txt) printf("%s\n", txt);

@@ -24,6 +24,13 @@ extern char **environ;
  * finished writer left in them, not for one that outlives the step. */
 enum { GRACE_MS = 150 };
 
+/* The process groups of the running shells of the whole process, for
+ * orch_shell_kill_all in a signal handler: a slot is taken (0 -> pgid)
+ * when a shell starts and given back once it is reaped and its group
+ * killed. No lock: a signal may come at any instant. */
+enum { TRACKED_MAX = 4096 };
+static atomic_int tracked[TRACKED_MAX];
+
 typedef struct shell_params {
   char *run;
   char *cwd;
@@ -36,6 +43,7 @@ typedef struct child {
   uint32_t idx;
   pid_t pid;
   int pidfd;
+  int slot; /* in tracked[], -1 when the table was full */
   uv_poll_t exit_poll; /* on the pidfd */
   uv_timer_t exit_timer; /* polls waitpid when there is no pidfd */
   uv_timer_t timeout; /* the step's timeout; GRACE_MS once the shell exited */
@@ -131,6 +139,30 @@ static void cut_pipes(child *c) {
 
 static void on_grace(uv_timer_t *h) { cut_pipes(h->data); }
 
+static void track(child *c) {
+  c->slot = -1;
+  for (int i = 0; i < TRACKED_MAX; i++) {
+    int free_slot = 0;
+    if (atomic_load_explicit(&tracked[i], memory_order_relaxed) == 0 &&
+        atomic_compare_exchange_strong(&tracked[i], &free_slot, (int)c->pid)) {
+      c->slot = i;
+      return;
+    }
+  }
+}
+
+static void untrack(child *c) {
+  if (c->slot >= 0) atomic_store(&tracked[c->slot], 0);
+  c->slot = -1;
+}
+
+void orch_shell_kill_all(void) {
+  for (int i = 0; i < TRACKED_MAX; i++) {
+    int pgid = atomic_load(&tracked[i]);
+    if (pgid > 0) kill(-(pid_t)pgid, SIGKILL);
+  }
+}
+
 static void reap(child *c) {
   int st;
   pid_t p = waitpid(c->pid, &st, WNOHANG);
@@ -142,6 +174,7 @@ static void reap(child *c) {
   /* What the shell left running in its process group would hold the pipes
    * open and outlive the step: it goes with it. */
   kill(-c->pid, SIGKILL);
+  untrack(c);
   uv_timer_stop(&c->timeout);
   if (c->timed_out || c->canceled) { /* killed: nothing more to wait for */
     cut_pipes(c);
@@ -291,6 +324,7 @@ static int start(orch__run *r, uint32_t idx) {
   c->r = r;
   c->idx = idx;
   c->max = r->rt->cfg.output_max_bytes;
+  track(c);
   c->pidfd = (int)syscall(SYS_pidfd_open, c->pid, 0);
   uv_pipe_init(loop, &c->out, 0);
   uv_pipe_init(loop, &c->err, 0);

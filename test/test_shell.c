@@ -4,6 +4,7 @@
 #include "orch.h"
 #include "test.h"
 
+#include <dirent.h>
 #include <signal.h>
 #include <stdio.h>
 #include <time.h>
@@ -172,6 +173,75 @@ TEST(shell_cancel_ends_the_step_when_a_grandchild_holds_the_pipes) {
   ASSERT_EQ(orch_step_status(g, 0), ORCH_FAILED);
   ASSERT_CONTAINS(orch_step_error(g, 0), "canceled");
   ASSERT(took < 1500);
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+}
+
+/* How many processes of group pgid are alive, zombies not counted (they
+ * wait for an init that may be slow to reap them). */
+static int live_in_group(pid_t pgid) {
+  int n = 0;
+  DIR *d = opendir("/proc");
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    char path[300], buf[512], state;
+    long pgrp;
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f) continue;
+    size_t len = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[len] = '\0';
+    char *p = strrchr(buf, ')'); /* after the command name */
+    if (p && sscanf(p + 1, " %c %*d %ld", &state, &pgrp) == 2 &&
+        pgrp == (long)pgid && state != 'Z' && state != 'X')
+      n++;
+  }
+  if (d) closedir(d);
+  return n;
+}
+
+/* Waits for the shell step to write its PID (its process group), then
+ * kills every tracked group, as a host's second Ctrl-C does. */
+static int kill_all_when_started(orch_step_ctx *ctx, void *ud) {
+  const char *pidfile = ud;
+  (void)ctx;
+  for (int k = 0; k < 200 && access(pidfile, R_OK) != 0; k++) usleep(10000);
+  usleep(50000); /* the shell is past its echo */
+  orch_shell_kill_all();
+  return ORCH_OK;
+}
+
+TEST(shell_kill_all_kills_the_running_groups) {
+  orch_runtime *rt = new_rt(NULL);
+  orch_graph *g = NULL;
+  char json[512], pidfile[64], err[256];
+  ASSERT(rt);
+  snprintf(pidfile, sizeof pidfile, "/tmp/orch-test-shell-%ld.pgid", (long)getpid());
+  unlink(pidfile);
+  snprintf(json, sizeof json,
+           "{\"id\":\"a\",\"kind\":\"shell\",\"run\":"
+           "\"echo $$ > %s; sleep 30 & sleep 30\"}", pidfile);
+  ASSERT_EQ(orch_graph_new(&g), ORCH_OK);
+  ASSERT_EQ(orch_graph_add_json(g, json, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch_graph_add_fn(g, "killer", kill_all_when_started, pidfile), ORCH_OK);
+  double t0 = now_ms();
+  int rc = orch_run(rt, g, err, sizeof err);
+  double took = now_ms() - t0;
+  FILE *f = fopen(pidfile, "r");
+  long pgid = 0;
+  if (f) {
+    if (fscanf(f, "%ld", &pgid) != 1) pgid = 0;
+    fclose(f);
+  }
+  unlink(pidfile);
+  if (pgid > 0 && took >= 5000) kill(-(pid_t)pgid, SIGKILL);
+  ASSERT(pgid > 0);
+  ASSERT(took < 5000);
+  ASSERT_EQ(rc, ORCH_ESTEP);
+  ASSERT_CONTAINS(orch_step_error(g, 0), "killed by signal 9");
+  ASSERT_EQ(live_in_group((pid_t)pgid), 0);
   orch_graph_free(g);
   orch_runtime_free(rt);
 }
