@@ -337,6 +337,25 @@ static json_t *json_text(const char *s) {
   return j;
 }
 
+/* The steps by level, in index order within a level (the order of a
+ * loop over levels of a loop over steps, in O(n)): a topological order.
+ * NULL when out of memory; free it. */
+static size_t *by_level(const orch_graph *g) {
+  size_t n = orch_graph_size(g), nl = orch_graph_levels(g);
+  size_t *order = malloc((n ? n : 1) * sizeof *order);
+  size_t *at = calloc(nl + 1, sizeof *at); /* where each level starts */
+  if (!order || !at) {
+    free(order);
+    free(at);
+    return NULL;
+  }
+  for (size_t i = 0; i < n; i++) at[orch_step_level(g, i) + 1]++;
+  for (size_t l = 0; l < nl; l++) at[l + 1] += at[l];
+  for (size_t i = 0; i < n; i++) order[at[orch_step_level(g, i)]++] = i;
+  free(at);
+  return order;
+}
+
 static int cmd_run(int argc, char **argv) {
   opts o = {0};
   int ex = parse_opts(argc, argv, &o, "json dry workers max-parallel db resume");
@@ -346,6 +365,7 @@ static int cmd_run(int argc, char **argv) {
   orch_runtime *rt = NULL;
   orch_graph *g = NULL;
   double *longest = NULL;
+  size_t *order = NULL;
   if ((ex = open_runtime(&o, &rt))) return ex;
   if (o.resume) {
     char rerr[1024];
@@ -369,29 +389,31 @@ static int cmd_run(int argc, char **argv) {
   size_t n = orch_graph_size(g);
   double seq = 0;
   size_t counts[5] = {0};
-  /* Longest path over measured durations, in index order of a topological
-   * sort: dependencies are always finished before dependents start, so
-   * sorting by finish time gives such an order. */
+  /* Longest path over measured durations, the steps visited by level: a
+   * step's dependencies are all on lower levels, so before it. */
   longest = calloc(n ? n : 1, sizeof *longest);
+  order = by_level(g);
+  if (!longest || !order) {
+    fprintf(stderr, "orchestrate: out of memory\n");
+    ex = EX_SOFTWARE;
+    goto done;
+  }
   double crit = 0;
   for (size_t i = 0; i < n; i++) {
     seq += dur(g, i);
     int st = orch_step_status(g, i);
     if (st >= 0 && st < 5) counts[st]++;
   }
-  /* levels order is topological as well */
-  size_t nl = orch_graph_levels(g);
-  for (size_t l = 0; l < nl; l++)
-    for (size_t i = 0; i < n; i++) {
-      if (orch_step_level(g, i) != l) continue;
-      double best = 0;
-      for (size_t j = 0; j < orch_step_ndeps(g, i); j++) {
-        double d = longest[orch_step_dep(g, i, j)];
-        if (d > best) best = d;
-      }
-      longest[i] = best + dur(g, i);
-      if (longest[i] > crit) crit = longest[i];
+  for (size_t k = 0; k < n; k++) {
+    size_t i = order[k];
+    double best = 0;
+    for (size_t j = 0; j < orch_step_ndeps(g, i); j++) {
+      double d = longest[orch_step_dep(g, i, j)];
+      if (d > best) best = d;
     }
+    longest[i] = best + dur(g, i);
+    if (longest[i] > crit) crit = longest[i];
+  }
   long par = o.max_parallel ? strtol(o.max_parallel, NULL, 10) : 0;
   double bound = crit;
   if (par > 0 && seq / (double)par > bound) bound = seq / (double)par;
@@ -466,6 +488,7 @@ static int cmd_run(int argc, char **argv) {
   report_stats(rt);
   ex = exit_for(rc);
 done:
+  free(order);
   free(longest);
   orch_graph_free(g);
   orch_runtime_free(rt);
@@ -552,13 +575,15 @@ static int cmd_migrate(int argc, char **argv) {
 static void print_levels(void *ud, const orch_graph *g) {
   (void)ud;
   size_t n = orch_graph_size(g), nl = orch_graph_levels(g);
+  size_t *order = by_level(g), k = 0;
   printf("plan: %zu tasks and the answer, %zu levels\n", n - 1, nl);
-  for (size_t l = 0; l < nl; l++) {
+  for (size_t l = 0; order && l < nl; l++) {
     printf("  level %zu:", l);
-    for (size_t i = 0; i < n; i++)
-      if (orch_step_level(g, i) == l) printf(" %s", orch_step_id(g, i));
+    for (; k < n && orch_step_level(g, order[k]) == l; k++)
+      printf(" %s", orch_step_id(g, order[k]));
     printf("\n");
   }
+  free(order);
   fflush(stdout);
 }
 

@@ -306,6 +306,29 @@ describe("the run summary", function()
     end
   end)
 
+  it("of a 100,000-step chain comes right after the run, its bound the chain's sum #slow", function()
+    -- steps added last to first: index order is not an order of the chain
+    local steps, n = {}, 100000
+    for i = 1, n do
+      steps[i] = { id = "c" .. i, kind = "sleep", ms = 0, deps = i < n and { "c" .. (i + 1) } or nil }
+    end
+    local plan = h.plan(steps)
+    local t0 = os.time()
+    local code, out = h.cli("run --db none " .. plan)
+    local took = os.time() - t0
+    assert.are.equal(0, code)
+    assert.matches("passed: 100000 passed, 0 failed, 0 skipped of 100000 steps", out, 1, true)
+    assert.is_true(took <= 3, "took " .. took .. " s")
+    local _, doc = run_plan({
+      { id = "x", kind = "sleep", ms = 20, deps = { "y" } },
+      { id = "y", kind = "sleep", ms = 20, deps = { "z" } },
+      { id = "z", kind = "sleep", ms = 20 },
+      { id = "w", kind = "sleep", ms = 1 },
+    }, "--db none --max-parallel 4")
+    assert.is_true(math.abs(doc.bound_ms - (doc.sequential_ms - (doc.steps[4].finished_ms
+      - doc.steps[4].started_ms))) < 0.01, doc.bound_ms .. " vs " .. doc.sequential_ms)
+  end)
+
   it("prints a readable summary without --json", function()
     local code, out = h.cli("run " .. h.plan({ { id = "only", kind = "shell", run = "true" } }))
     assert.are.equal(0, code)
