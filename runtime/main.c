@@ -241,14 +241,23 @@ done:
 static orch_runtime *sig_rt;
 static volatile sig_atomic_t sig_count;
 
-static void on_sigint(int sig) {
-  (void)sig;
+/* SIGINT and SIGTERM: the first cancels the run (children's groups
+ * killed, what was recorded kept); the next exits at once, but kills the
+ * shell steps' process groups first, so none is left running. */
+static void on_signal(int sig) {
   if (sig_count++ == 0 && sig_rt) {
     orch_runtime_cancel(sig_rt);
     return;
   }
-  signal(SIGINT, SIG_DFL);
-  raise(SIGINT);
+  orch_shell_kill_all();
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+static void catch_signals(orch_runtime *rt) {
+  sig_rt = rt;
+  signal(SIGINT, rt ? on_signal : SIG_DFL);
+  signal(SIGTERM, rt ? on_signal : SIG_DFL);
 }
 
 static void progress(void *ud, size_t done, size_t total, size_t running,
@@ -289,6 +298,64 @@ static double dur(const orch_graph *g, size_t i) {
   return a >= 0 && b >= a ? b - a : 0;
 }
 
+/* A JSON string of text from a step (a tool's stderr need not be UTF-8):
+ * each byte that does not start a valid UTF-8 character becomes U+FFFD,
+ * so the key is never lost (json_string refuses invalid UTF-8). NULL only
+ * when out of memory. */
+static json_t *json_text(const char *s) {
+  json_t *j = json_string(s);
+  if (j) return j;
+  size_t len = strlen(s), o = 0;
+  unsigned char *p = (unsigned char *)s;
+  char *fix = malloc(len * 3 + 1); /* one byte becomes at most three */
+  if (!fix) return NULL;
+  for (size_t i = 0; i < len;) {
+    unsigned c = p[i], min = 0;
+    size_t n = 0;
+    if (c >= 0xC0 && c < 0xE0) { n = 1; min = 0x80; c &= 0x1F; }
+    else if (c >= 0xE0 && c < 0xF0) { n = 2; min = 0x800; c &= 0x0F; }
+    else if (c >= 0xF0 && c < 0xF8) { n = 3; min = 0x10000; c &= 0x07; }
+    bool ok = c < 0x80 || n > 0;
+    for (size_t k = 1; ok && k <= n; k++) {
+      if (i + k >= len || (p[i + k] & 0xC0) != 0x80) ok = false;
+      else c = (c << 6) | (p[i + k] & 0x3F);
+    }
+    if (ok && n && (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)))
+      ok = false;
+    if (ok) {
+      memcpy(fix + o, s + i, n + 1);
+      o += n + 1;
+      i += n + 1;
+    } else { /* as orch__utf8_repair: one U+FFFD, then the next byte */
+      memcpy(fix + o, "\xEF\xBF\xBD", 3);
+      o += 3;
+      i++;
+    }
+  }
+  j = json_stringn(fix, o);
+  free(fix);
+  return j;
+}
+
+/* The steps by level, in index order within a level (the order of a
+ * loop over levels of a loop over steps, in O(n)): a topological order.
+ * NULL when out of memory; free it. */
+static size_t *by_level(const orch_graph *g) {
+  size_t n = orch_graph_size(g), nl = orch_graph_levels(g);
+  size_t *order = malloc((n ? n : 1) * sizeof *order);
+  size_t *at = calloc(nl + 1, sizeof *at); /* where each level starts */
+  if (!order || !at) {
+    free(order);
+    free(at);
+    return NULL;
+  }
+  for (size_t i = 0; i < n; i++) at[orch_step_level(g, i) + 1]++;
+  for (size_t l = 0; l < nl; l++) at[l + 1] += at[l];
+  for (size_t i = 0; i < n; i++) order[at[orch_step_level(g, i)]++] = i;
+  free(at);
+  return order;
+}
+
 static int cmd_run(int argc, char **argv) {
   opts o = {0};
   int ex = parse_opts(argc, argv, &o, "json dry workers max-parallel db resume");
@@ -298,6 +365,7 @@ static int cmd_run(int argc, char **argv) {
   orch_runtime *rt = NULL;
   orch_graph *g = NULL;
   double *longest = NULL;
+  size_t *order = NULL;
   if ((ex = open_runtime(&o, &rt))) return ex;
   if (o.resume) {
     char rerr[1024];
@@ -309,12 +377,10 @@ static int cmd_run(int argc, char **argv) {
     }
   } else if ((ex = load_plan(rt, o.file, &g))) goto done;
   if (!o.json && isatty(STDERR_FILENO)) orch_runtime_on_progress(rt, progress, NULL, 100);
-  sig_rt = rt;
-  signal(SIGINT, on_sigint);
+  catch_signals(rt);
   char err[1024] = "";
   int rc = orch_run(rt, g, err, sizeof err);
-  signal(SIGINT, SIG_DFL);
-  sig_rt = NULL;
+  catch_signals(NULL);
   if (rc != ORCH_OK && rc != ORCH_ESTEP && rc != ORCH_ECANCELED) {
     fprintf(stderr, "orchestrate: %s\n", err);
     ex = exit_for(rc);
@@ -323,29 +389,31 @@ static int cmd_run(int argc, char **argv) {
   size_t n = orch_graph_size(g);
   double seq = 0;
   size_t counts[5] = {0};
-  /* Longest path over measured durations, in index order of a topological
-   * sort: dependencies are always finished before dependents start, so
-   * sorting by finish time gives such an order. */
+  /* Longest path over measured durations, the steps visited by level: a
+   * step's dependencies are all on lower levels, so before it. */
   longest = calloc(n ? n : 1, sizeof *longest);
+  order = by_level(g);
+  if (!longest || !order) {
+    fprintf(stderr, "orchestrate: out of memory\n");
+    ex = EX_SOFTWARE;
+    goto done;
+  }
   double crit = 0;
   for (size_t i = 0; i < n; i++) {
     seq += dur(g, i);
     int st = orch_step_status(g, i);
     if (st >= 0 && st < 5) counts[st]++;
   }
-  /* levels order is topological as well */
-  size_t nl = orch_graph_levels(g);
-  for (size_t l = 0; l < nl; l++)
-    for (size_t i = 0; i < n; i++) {
-      if (orch_step_level(g, i) != l) continue;
-      double best = 0;
-      for (size_t j = 0; j < orch_step_ndeps(g, i); j++) {
-        double d = longest[orch_step_dep(g, i, j)];
-        if (d > best) best = d;
-      }
-      longest[i] = best + dur(g, i);
-      if (longest[i] > crit) crit = longest[i];
+  for (size_t k = 0; k < n; k++) {
+    size_t i = order[k];
+    double best = 0;
+    for (size_t j = 0; j < orch_step_ndeps(g, i); j++) {
+      double d = longest[orch_step_dep(g, i, j)];
+      if (d > best) best = d;
     }
+    longest[i] = best + dur(g, i);
+    if (longest[i] > crit) crit = longest[i];
+  }
   long par = o.max_parallel ? strtol(o.max_parallel, NULL, 10) : 0;
   double bound = crit;
   if (par > 0 && seq / (double)par > bound) bound = seq / (double)par;
@@ -372,7 +440,7 @@ static int cmd_run(int argc, char **argv) {
         json_t *jo = json_string(out); /* NULL when not UTF-8 */
         json_object_set_new(s, "output", jo ? jo : json_string("(output is not UTF-8)"));
       }
-      if (e) json_object_set_new(s, "error", json_string(e));
+      if (e) json_object_set_new(s, "error", json_text(e));
       char *det = orch_step_details(g, i);
       if (det) {
         json_t *d = json_loads(det, 0, NULL);
@@ -420,6 +488,7 @@ static int cmd_run(int argc, char **argv) {
   report_stats(rt);
   ex = exit_for(rc);
 done:
+  free(order);
   free(longest);
   orch_graph_free(g);
   orch_runtime_free(rt);
@@ -506,13 +575,15 @@ static int cmd_migrate(int argc, char **argv) {
 static void print_levels(void *ud, const orch_graph *g) {
   (void)ud;
   size_t n = orch_graph_size(g), nl = orch_graph_levels(g);
+  size_t *order = by_level(g), k = 0;
   printf("plan: %zu tasks and the answer, %zu levels\n", n - 1, nl);
-  for (size_t l = 0; l < nl; l++) {
+  for (size_t l = 0; order && l < nl; l++) {
     printf("  level %zu:", l);
-    for (size_t i = 0; i < n; i++)
-      if (orch_step_level(g, i) == l) printf(" %s", orch_step_id(g, i));
+    for (; k < n && orch_step_level(g, order[k]) == l; k++)
+      printf(" %s", orch_step_id(g, order[k]));
     printf("\n");
   }
+  free(order);
   fflush(stdout);
 }
 
@@ -525,13 +596,11 @@ static int cmd_ask(int argc, char **argv) {
   orch_runtime *rt = NULL;
   if ((ex = open_runtime(&o, &rt))) return ex;
   if (!o.json && isatty(STDERR_FILENO)) orch_runtime_on_progress(rt, progress, NULL, 100);
-  sig_rt = rt;
-  signal(SIGINT, on_sigint);
+  catch_signals(rt);
   char err[2048] = "";
   char *txt = NULL;
   int rc = orch_ask(rt, o.file, o.plan, o.json ? NULL : print_levels, NULL, &txt, err, sizeof err);
-  signal(SIGINT, SIG_DFL);
-  sig_rt = NULL;
+  catch_signals(NULL);
   json_error_t je;
   json_t *doc = txt ? json_loads(txt, 0, &je) : NULL;
   if (o.json && txt) printf("%s\n", txt);

@@ -214,6 +214,13 @@ ORCH_API int orch_run(orch_runtime *rt, orch_graph *g, char *err,
  * final status for every step. Safe from any thread and from a signal
  * handler. */
 ORCH_API void orch_runtime_cancel(orch_runtime *rt);
+/* Kills (SIGKILL) the process group of every shell step running in this
+ * process, in any runtime, for a host about to exit at once (a second
+ * Ctrl-C) that has no time to cancel. Only atomic loads and kill(2) over
+ * a fixed table: safe in a signal handler. A process that left its
+ * step's group is not reached; neither are the steps started while
+ * more than 4096 run at once (orch_runtime_cancel reaches those). */
+ORCH_API void orch_shell_kill_all(void);
 
 /* ---- the main job ------------------------------------------------------- */
 

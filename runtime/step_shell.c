@@ -2,8 +2,10 @@
  * posix_spawn in its own process group, stdout and stderr read through
  * pipes on the event loop (kept up to output_max_bytes each), the exit
  * watched with a pidfd (or a short poll where pidfds are missing), and a
- * timeout that kills the whole group. No worker thread ever waits on a
- * child. Uses libuv and sched.c. */
+ * timeout that kills the whole group. The step ends with its shell: a
+ * process that left the group (setsid) and still holds the pipes gets
+ * GRACE_MS more, then the pipes are closed. No worker thread ever waits
+ * on a child. Uses libuv and sched.c. */
 #include "orch_int.h"
 
 #include <errno.h>
@@ -18,6 +20,17 @@
 
 extern char **environ;
 
+/* How long the pipes stay open after the shell exited: enough for what a
+ * finished writer left in them, not for one that outlives the step. */
+enum { GRACE_MS = 150 };
+
+/* The process groups of the running shells of the whole process, for
+ * orch_shell_kill_all in a signal handler: a slot is taken (0 -> pgid)
+ * when a shell starts and given back once it is reaped and its group
+ * killed. No lock: a signal may come at any instant. */
+enum { TRACKED_MAX = 4096 };
+static atomic_int tracked[TRACKED_MAX];
+
 typedef struct shell_params {
   char *run;
   char *cwd;
@@ -30,12 +43,14 @@ typedef struct child {
   uint32_t idx;
   pid_t pid;
   int pidfd;
+  int slot; /* in tracked[], -1 when the table was full */
   uv_poll_t exit_poll; /* on the pidfd */
   uv_timer_t exit_timer; /* polls waitpid when there is no pidfd */
-  uv_timer_t timeout;
+  uv_timer_t timeout; /* the step's timeout; GRACE_MS once the shell exited */
   uv_pipe_t out, err;
   orch__buf obuf, ebuf;
-  size_t max, dropped;
+  size_t max;
+  size_t out_dropped, err_dropped; /* bytes over max, not kept */
   int open_handles;
   int status;
   bool exited, out_eof, err_eof, timed_out, canceled, done;
@@ -63,26 +78,29 @@ static void close_handle(child *c, uv_handle_t *h) {
   (void)c;
 }
 
+/* Reads land here, on the loop thread only. */
+static __thread char chunk[65536];
+
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   (void)h;
-  static __thread char chunk[65536];
   (void)suggested;
   buf->base = chunk;
   buf->len = sizeof chunk;
 }
 
-static void keep(child *c, orch__buf *b, const char *p, size_t n) {
+static void keep(child *c, bool is_out, const char *p, size_t n) {
+  orch__buf *b = is_out ? &c->obuf : &c->ebuf;
   size_t room = c->max > b->len ? c->max - b->len : 0;
   size_t take = n < room ? n : room;
   if (take) orch__buf_add(b, p, take);
-  c->dropped += n - take;
+  *(is_out ? &c->out_dropped : &c->err_dropped) += n - take;
 }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   child *c = s->data;
   bool is_out = s == (uv_stream_t *)&c->out;
   if (n > 0) {
-    keep(c, is_out ? &c->obuf : &c->ebuf, buf->base, (size_t)n);
+    keep(c, is_out, buf->base, (size_t)n);
     return;
   }
   if (n == 0) return;
@@ -91,6 +109,58 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   if (is_out) c->out_eof = true;
   else c->err_eof = true;
   finish_if_done(c);
+}
+
+/* Stops reading a stream whose EOF has not come, as if it had: what is
+ * in the pipe already is taken first, in a bounded number of reads (the
+ * writer may never stop). Closing the handle later closes our end. */
+static void cut(child *c, bool is_out) {
+  uv_pipe_t *p = is_out ? &c->out : &c->err;
+  bool *eof = is_out ? &c->out_eof : &c->err_eof;
+  uv_os_fd_t fd;
+  if (*eof) return;
+  if (uv_fileno((uv_handle_t *)p, &fd) == 0)
+    for (int k = 0; k < 16; k++) {
+      ssize_t n = read(fd, chunk, sizeof chunk); /* non-blocking */
+      if (n <= 0) break;
+      keep(c, is_out, chunk, (size_t)n);
+    }
+  uv_read_stop((uv_stream_t *)p);
+  *eof = true;
+}
+
+/* The shell is gone and the pipes are still open: a process outside the
+ * group holds them. The step ends with what was read. */
+static void cut_pipes(child *c) {
+  cut(c, true);
+  cut(c, false);
+  finish_if_done(c);
+}
+
+static void on_grace(uv_timer_t *h) { cut_pipes(h->data); }
+
+static void track(child *c) {
+  c->slot = -1;
+  for (int i = 0; i < TRACKED_MAX; i++) {
+    int free_slot = 0;
+    if (atomic_load_explicit(&tracked[i], memory_order_relaxed) == 0 &&
+        atomic_compare_exchange_strong(&tracked[i], &free_slot, (int)c->pid)) {
+      c->slot = i;
+      return;
+    }
+  }
+}
+
+static void untrack(child *c) {
+  if (c->slot >= 0) atomic_store(&tracked[c->slot], 0);
+  c->slot = -1;
+}
+
+void orch_shell_kill_all(void) {
+  for (int i = 0; i < TRACKED_MAX; i++) {
+    int pgid = atomic_load(&tracked[i]);
+    if (pgid > 0) kill(-(pid_t)pgid, SIGKILL);
+  }
 }
 
 static void reap(child *c) {
@@ -104,7 +174,14 @@ static void reap(child *c) {
   /* What the shell left running in its process group would hold the pipes
    * open and outlive the step: it goes with it. */
   kill(-c->pid, SIGKILL);
+  untrack(c);
+  uv_timer_stop(&c->timeout);
+  if (c->timed_out || c->canceled) { /* killed: nothing more to wait for */
+    cut_pipes(c);
+    return;
+  }
   finish_if_done(c);
+  if (!c->done) uv_timer_start(&c->timeout, on_grace, GRACE_MS, 0);
 }
 
 static void on_exit_poll(uv_poll_t *h, int status, int events) {
@@ -122,7 +199,7 @@ static void kill_group(child *c) {
 static void on_timeout(uv_timer_t *h) {
   child *c = h->data;
   c->timed_out = true;
-  kill_group(c);
+  kill_group(c); /* reap cuts the pipes */
 }
 
 static void unlink_child(child *c) {
@@ -132,9 +209,15 @@ static void unlink_child(child *c) {
   if (c->next) c->next->prev = c->prev;
 }
 
+/* The last n bytes of b or a few less: the tail starts on a character,
+ * not inside a UTF-8 sequence (bytes that are not UTF-8 at all stay as
+ * they are; a JSON writer must repair them). */
 static const char *tail(const orch__buf *b, size_t n) {
   if (!b->p) return "";
-  return b->len > n ? b->p + b->len - n : b->p;
+  if (b->len <= n) return b->p;
+  const char *t = b->p + b->len - n;
+  for (int k = 0; k < 3 && ((unsigned char)*t & 0xC0) == 0x80; k++) t++;
+  return t;
 }
 
 static void finish_if_done(child *c) {
@@ -166,12 +249,13 @@ static void finish_if_done(child *c) {
     orch__step_set_error(s, "killed by signal %d%s%s", WTERMSIG(st),
                          *etail ? ": " : "", etail);
   }
-  if (c->dropped && s->status == ORCH_PASSED) {
-    /* Kept output is capped; say how much was not kept. */
+  if (c->out_dropped && s->status == ORCH_PASSED) {
+    /* Kept output is capped; say how much of stdout was not kept (what
+     * stderr loses is its business: only its tail is ever shown). */
     char note[96];
     int n = snprintf(note, sizeof note,
                      "\n[orchestrate: %zu bytes of output over the limit not kept]",
-                     c->dropped);
+                     c->out_dropped);
     orch__buf_add(&c->obuf, note, (size_t)n);
     orch__step_set_output(s, c->obuf.p, c->obuf.len);
   }
@@ -240,6 +324,7 @@ static int start(orch__run *r, uint32_t idx) {
   c->r = r;
   c->idx = idx;
   c->max = r->rt->cfg.output_max_bytes;
+  track(c);
   c->pidfd = (int)syscall(SYS_pidfd_open, c->pid, 0);
   uv_pipe_init(loop, &c->out, 0);
   uv_pipe_init(loop, &c->err, 0);
@@ -285,7 +370,8 @@ static void cancel(orch__run *r, uint32_t idx) {
   for (child *c = ss ? ss->head : NULL; c; c = c->next)
     if (c->idx == idx) {
       c->canceled = true;
-      kill_group(c);
+      if (c->exited) cut_pipes(c); /* in its grace period */
+      else kill_group(c); /* reap cuts the pipes */
       return;
     }
 }

@@ -121,6 +121,14 @@ describe("a shell step", function()
     assert.is_nil(out:find("\27", 1, true))
   end)
 
+  it("whose stderr is not UTF-8 keeps its error in --json, bad bytes as U+FFFD", function()
+    local code, _, by = run_plan({ { id = "s", kind = "shell",
+                                     run = "printf 'bad \\377 byte\\n' >&2; exit 2" } }, "--db none")
+    assert.are.equal(1, code)
+    assert.are.equal(2, by.s.exit_status)
+    assert.are.equal("exit status 2: bad \u{FFFD} byte\n", by.s.error)
+  end)
+
   it("is killed at its timeout, with its children", function()
     local marker = os.tmpname()
     os.remove(marker)
@@ -190,6 +198,81 @@ describe("cancel", function()
     ps:close()
     assert.are.equal(0, n)
   end)
+
+  -- A plan whose shell step writes its PID and its child's to pidfile, and
+  -- the running CLI's PID.
+  local function start_cli(pidfile)
+    local plan = h.plan({
+      { id = "long", kind = "shell", run = "echo $$ > " .. pidfile .. "; sleep 30 & echo $! >> "
+        .. pidfile .. "; wait" },
+      { id = "next", kind = "sleep", ms = 1, deps = { "long" } },
+    })
+    local out = os.tmpname()
+    local p = io.popen(h.bin .. " run --db none --json " .. plan .. " > " .. out .. " 2>&1 & echo $!")
+    local pid = p:read("l")
+    p:close()
+    local pids = {}
+    local t0 = os.time()
+    repeat
+      os.execute("sleep 0.05")
+      pids = {}
+      local f = io.open(pidfile)
+      if f then
+        for l in f:lines() do pids[#pids + 1] = l end
+        f:close()
+      end
+    until #pids == 2 or os.time() - t0 > 5
+    assert.are.equal(2, #pids)
+    return pid, pids, out
+  end
+
+  -- Alive: a process that is not a zombie (an init may be slow to reap).
+  local function alive(pid)
+    local f = io.open("/proc/" .. pid .. "/stat")
+    if not f then return false end
+    local st = f:read("a")
+    f:close()
+    return st:match("%) (%a)") ~= "Z"
+  end
+
+  it("by SIGTERM on the CLI kills children and reports the run canceled #nosan", function()
+    local pidfile = os.tmpname()
+    os.remove(pidfile)
+    local pid, pids, out = start_cli(pidfile)
+    os.execute("kill -TERM " .. pid)
+    local t0 = os.time()
+    local doc
+    repeat
+      os.execute("sleep 0.1")
+      local ok, d = pcall(h.json().decode, h.read(out))
+      if ok then doc = d end
+    until doc or os.time() - t0 > 5
+    for _, p in ipairs(pids) do
+      if alive(p) then os.execute("kill -KILL " .. p) end
+    end
+    assert.is_not_nil(doc)
+    assert.are.equal("canceled", doc.status)
+    assert.are.equal("failed", doc.steps[1].status)
+    assert.matches("canceled", doc.steps[1].error)
+    assert.are.equal("skipped", doc.steps[2].status)
+    assert.is_false(alive(pids[1]), "the shell outlived the run")
+    assert.is_false(alive(pids[2]), "the shell's child outlived the run")
+  end)
+
+  it("by a second signal exits at once and leaves no child running #nosan", function()
+    local pidfile = os.tmpname()
+    os.remove(pidfile)
+    local pid, pids = start_cli(pidfile)
+    os.execute("kill -TERM " .. pid .. "; kill -TERM " .. pid)
+    local t0 = os.time()
+    repeat os.execute("sleep 0.05") until not alive(pid) or os.time() - t0 > 5
+    local left = {}
+    for _, p in ipairs(pids) do
+      if alive(p) then left[#left + 1] = p; os.execute("kill -KILL " .. p) end
+    end
+    assert.is_false(alive(pid), "orchestrate is still running")
+    assert.are.same({}, left)
+  end)
 end)
 
 describe("a 10,000-wide fan of sleep steps", function()
@@ -221,6 +304,29 @@ describe("the run summary", function()
       assert.is_number(s.started_ms)
       assert.is_number(s.finished_ms)
     end
+  end)
+
+  it("of a 100,000-step chain comes right after the run, its bound the chain's sum #slow", function()
+    -- steps added last to first: index order is not an order of the chain
+    local steps, n = {}, 100000
+    for i = 1, n do
+      steps[i] = { id = "c" .. i, kind = "sleep", ms = 0, deps = i < n and { "c" .. (i + 1) } or nil }
+    end
+    local plan = h.plan(steps)
+    local t0 = os.time()
+    local code, out = h.cli("run --db none " .. plan)
+    local took = os.time() - t0
+    assert.are.equal(0, code)
+    assert.matches("passed: 100000 passed, 0 failed, 0 skipped of 100000 steps", out, 1, true)
+    assert.is_true(took <= 3, "took " .. took .. " s")
+    local _, doc = run_plan({
+      { id = "x", kind = "sleep", ms = 20, deps = { "y" } },
+      { id = "y", kind = "sleep", ms = 20, deps = { "z" } },
+      { id = "z", kind = "sleep", ms = 20 },
+      { id = "w", kind = "sleep", ms = 1 },
+    }, "--db none --max-parallel 4")
+    assert.is_true(math.abs(doc.bound_ms - (doc.sequential_ms - (doc.steps[4].finished_ms
+      - doc.steps[4].started_ms))) < 0.01, doc.bound_ms .. " vs " .. doc.sequential_ms)
   end)
 
   it("prints a readable summary without --json", function()
