@@ -26,27 +26,30 @@ static const struct setting {
   size_t off;
   double min;
   const char *doc;
+  double max; /* 0: none beyond the type's */
 } settings[] = {
+    /* a thread and a Lua state each: a typo of a zero or three must not
+     * start a million threads (2.4 GB before the first failed) */
     {"workers", T_INT, offsetof(orch__config, workers), 0,
-     "worker threads (0: one per core)"},
+     "worker threads (0: one per core)", 1024},
     {"max_parallel", T_INT, offsetof(orch__config, max_parallel), 0,
-     "steps in flight per run (0: unlimited)"},
+     "steps in flight per run (0: unlimited)", 0},
     {"scripts_dir", T_STR, offsetof(orch__config, scripts_dir), 0,
-     "directory of the Lua policy scripts"},
+     "directory of the Lua policy scripts", 0},
     {"plan_max_bytes", T_SIZE, offsetof(orch__config, plan_max_bytes), 1,
-     "largest plan file accepted"},
+     "largest plan file accepted", 0},
     {"json_max_depth", T_INT, offsetof(orch__config, json_max_depth), 1,
-     "deepest JSON nesting accepted in a plan"},
+     "deepest JSON nesting accepted in a plan", 0},
     {"output_max_bytes", T_SIZE, offsetof(orch__config, output_max_bytes), 0,
-     "stdout/stderr kept per shell step"},
+     "stdout/stderr kept per shell step", 0},
     {"shell_timeout_ms", T_NUM, offsetof(orch__config, shell_timeout_ms), 0,
-     "default shell step timeout (0: none)"},
+     "default shell step timeout (0: none)", 0},
     {"dry_run_ms", T_NUM, offsetof(orch__config, dry_run_ms), 0,
-     "simulated duration of an llm step under --dry-run"},
+     "simulated duration of an llm step under --dry-run", 0},
     {"lua_budget", T_INT, offsetof(orch__config, lua_budget), 1,
-     "instructions per Lua call, in thousands"},
+     "instructions per Lua call, in thousands", 0},
     {"lua_mem_max", T_SIZE, offsetof(orch__config, lua_mem_max), 65536,
-     "bytes of memory per Lua state"},
+     "bytes of memory per Lua state", 0},
 };
 
 /* Tables that belong to other subsystems; they check their own keys. */
@@ -130,8 +133,12 @@ static int store_value(orch__config *c, const struct setting *s, json_t *v,
   double d = json_number_value(v);
   if (d < s->min)
     return orch__err(err, errlen, ORCH_ECONFIG,
-                     "%s: '%s' must be at least %g, got %g", where, s->key,
+                     "%s: '%s' must be at least %.15g, got %.15g", where, s->key,
                      s->min, d);
+  if (s->max > 0 && d > s->max)
+    return orch__err(err, errlen, ORCH_ECONFIG,
+                     "%s: '%s' must be at most %.15g, got %.15g", where, s->key,
+                     s->max, d);
   switch (s->type) {
   case T_INT:
     if (d > 1e9)

@@ -4,6 +4,7 @@
  * 78 configuration. */
 #include "orch.h"
 
+#include <ctype.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
@@ -30,7 +31,8 @@ static const char usage[] =
     "      --max-parallel N           steps in flight at most (default: unlimited)\n"
     "      --dry-run                  simulate llm steps as sleeps\n"
     "      --db URL                   record into URL (postgresql://..., sqlite:PATH,\n"
-    "                                 none); default: ORCH_DB, else sqlite:orchestrate.db\n"
+    "                                 none); default: ORCH_DB, else the config's\n"
+    "                                 store.url, else sqlite:orchestrate.db\n"
     "  run --resume SESSION [--db URL]  run what a recorded session has not passed yet\n"
     "  check [DIR]                    compile and self-check the Lua scripts (default: scripts)\n"
     "  mock-llm [--port N] [--host H] serve the mock LLM (OpenAI + Anthropic APIs)\n"
@@ -59,6 +61,7 @@ static int exit_for(int rc) {
   case ORCH_EPLAN: case ORCH_ECYCLE: case ORCH_ELIMIT: case ORCH_EIO:
   case ORCH_ESCRIPT: return EX_DATAERR;
   case ORCH_ECONFIG: return EX_CONFIG;
+  case ORCH_ENOTFOUND: return EX_DATAERR; /* the session, database, ... named */
   default: return EX_SOFTWARE;
   }
 }
@@ -91,8 +94,18 @@ typedef struct {
 } opts;
 
 static int parse_opts(int argc, char **argv, opts *o, const char *allowed) {
+  bool only_args = false; /* after "--": a request may start with '-' */
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i];
+    if (!only_args && strcmp(a, "--") == 0) {
+      only_args = true;
+      continue;
+    }
+    if (only_args) {
+      if (o->file) return usage_error("unexpected argument '%s'", a);
+      o->file = a;
+      continue;
+    }
 #define NEEDS(flag)                                                      \
   if (!strstr(allowed, flag)) return usage_error("option %s is not for this command", a); \
   if (i + 1 >= argc) return usage_error("option %s needs a value", a)
@@ -115,7 +128,8 @@ static int parse_opts(int argc, char **argv, opts *o, const char *allowed) {
       NEEDS("port");
       char *end;
       long p = strtol(argv[++i], &end, 10);
-      if (*end || p < 0 || p > 65535) return usage_error("bad port '%s'", argv[i]);
+      if (end == argv[i] || *end || p < 0 || p > 65535)
+        return usage_error("bad port '%s' (0-65535; 0: any free port)", argv[i]);
       o->port = (int)p;
     } else if (a[0] == '-' && a[1]) return usage_error("unknown option %s", a);
     else if (!o->file) o->file = a;
@@ -356,12 +370,25 @@ static size_t *by_level(const orch_graph *g) {
   return order;
 }
 
+/* A session id as the store writes them: a UUID, in either case. */
+static bool is_session_id(const char *s) {
+  if (strlen(s) != 36) return false;
+  for (int i = 0; i < 36; i++) {
+    bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+    if (dash ? s[i] != '-' : !isxdigit((unsigned char)s[i])) return false;
+  }
+  return true;
+}
+
 static int cmd_run(int argc, char **argv) {
   opts o = {0};
   int ex = parse_opts(argc, argv, &o, "json dry workers max-parallel db resume");
   if (ex) return ex;
   if (!o.file && !o.resume) return usage_error("run needs a FILE or --resume SESSION%s", "");
   if (o.file && o.resume) return usage_error("run takes a FILE or --resume SESSION, not both%s", "");
+  if (o.resume && !is_session_id(o.resume))
+    return usage_error("--resume: '%s' is not a session id (a UUID, as "
+                       "`orchestrate status` lists them)", o.resume);
   orch_runtime *rt = NULL;
   orch_graph *g = NULL;
   double *longest = NULL;
@@ -414,7 +441,7 @@ static int cmd_run(int argc, char **argv) {
     longest[i] = best + dur(g, i);
     if (longest[i] > crit) crit = longest[i];
   }
-  long par = o.max_parallel ? strtol(o.max_parallel, NULL, 10) : 0;
+  long par = orch_runtime_max_parallel(rt); /* --max-parallel or the config */
   double bound = crit;
   if (par > 0 && seq / (double)par > bound) bound = seq / (double)par;
   double makespan = orch_graph_makespan_ms(g);
@@ -559,12 +586,31 @@ static void report_migration(void *ud, const char *name, int applied,
   printf("%-40s %s\n", name, msg);
 }
 
+/* The store status and migrate work on: the one run and ask record into
+ * (--db, else ORCH_DB, else the config's store.url, else
+ * sqlite:orchestrate.db). */
+static int store_of(const opts *o, const char *cmd, char *out, size_t outlen) {
+  orch_runtime *rt = NULL;
+  int ex = open_runtime(o, &rt);
+  if (ex) return ex;
+  const char *url = orch_runtime_store_url(rt);
+  if (url) snprintf(out, outlen, "%s", url);
+  orch_runtime_free(rt);
+  if (!url) {
+    fprintf(stderr, "orchestrate: %s: no store to read (--db none)\n", cmd);
+    return EX_USAGE;
+  }
+  return 0;
+}
+
 static int cmd_migrate(int argc, char **argv) {
   opts o = {0};
   int ex = parse_opts(argc, argv, &o, "db status");
   if (ex) return ex;
+  char db[2048];
+  if ((ex = store_of(&o, "migrate", db, sizeof db))) return ex;
   char err[1024];
-  int rc = orch_migrate(o.db, o.status_only, report_migration, NULL, err, sizeof err);
+  int rc = orch_migrate(db, o.status_only, report_migration, NULL, err, sizeof err);
   if (rc) {
     fprintf(stderr, "orchestrate: migrate: %s\n", err);
     return exit_for(rc);
@@ -593,6 +639,9 @@ static int cmd_ask(int argc, char **argv) {
   int ex = parse_opts(argc, argv, &o, "json plan workers max-parallel db");
   if (ex) return ex;
   if (!o.file) return usage_error("ask needs a REQUEST (in quotes)%s", "");
+  const char *q = o.file;
+  while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r') q++;
+  if (!*q) return usage_error("ask needs a REQUEST: it is empty%s", "");
   orch_runtime *rt = NULL;
   if ((ex = open_runtime(&o, &rt))) return ex;
   if (!o.json && isatty(STDERR_FILENO)) orch_runtime_on_progress(rt, progress, NULL, 100);
@@ -643,8 +692,8 @@ static int cmd_status(int argc, char **argv) {
   opts o = {0};
   int ex = parse_opts(argc, argv, &o, "json db");
   if (ex) return ex;
-  const char *db = o.db ? o.db : getenv("ORCH_DB");
-  if (!db || !*db) db = "sqlite:orchestrate.db";
+  char db[2048];
+  if ((ex = store_of(&o, "status", db, sizeof db))) return ex;
   char err[1024];
   char *txt = NULL;
   int rc = orch_status_json(db, o.file, &txt, err, sizeof err);

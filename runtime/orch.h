@@ -87,8 +87,16 @@ ORCH_API int orch_runtime_set(orch_runtime *rt, const char *key,
 
 /* The session id of the current or last run ("" before the first run with
  * a store). Runs are recorded when the runtime has a store: the "db"
- * setting (orch_runtime_set), the config's store.url, or ORCH_DB. */
+ * setting (orch_runtime_set), ORCH_DB, or the config's store.url. */
 ORCH_API const char *orch_runtime_session(const orch_runtime *rt);
+
+/* The store the runtime records into: the "db" setting, else ORCH_DB, else
+ * the config's store.url, else the "db_default" setting; NULL for none
+ * ("none", or nothing set). Borrowed: valid while rt and its settings. */
+ORCH_API const char *orch_runtime_store_url(const orch_runtime *rt);
+
+/* The in-flight limit of its runs (the max_parallel setting; 0: none). */
+ORCH_API int orch_runtime_max_parallel(const orch_runtime *rt);
 
 /* Rebuilds the graph of a recorded session from the store, marking the
  * steps that already passed; orch_run then runs only the others, recording

@@ -115,15 +115,25 @@ static int cores(void) {
   return n > 0 ? (int)n : 1;
 }
 
-/* The store's URL: the "db" setting, the config's store.url, ORCH_DB. */
+/* The store's URL: the "db" setting (--db), else ORCH_DB, else the
+ * config's store.url, else "db_default" (the CLI's file). */
 static const char *store_url(const orch_runtime *rt) {
   if (rt->db_url) return rt->db_url;
+  const char *env = getenv("ORCH_DB");
+  if (env && *env) return env;
   json_t *st = rt->cfg.sections ? json_object_get(rt->cfg.sections, "store") : NULL;
   json_t *url = st ? json_object_get(st, "url") : NULL;
   if (json_is_string(url)) return json_string_value(url);
-  const char *env = getenv("ORCH_DB");
-  if (env && *env) return env;
   return rt->db_default;
+}
+
+int orch_runtime_max_parallel(const orch_runtime *rt) {
+  return rt && rt->cfg.max_parallel > 0 ? rt->cfg.max_parallel : 0;
+}
+
+const char *orch_runtime_store_url(const orch_runtime *rt) {
+  const char *url = rt ? store_url(rt) : NULL;
+  return url && strcmp(url, "none") != 0 ? url : NULL;
 }
 
 /* Records what the policy engine did to a script (orch_script_events), so
@@ -153,7 +163,11 @@ static int open_store(orch_runtime *rt, char *err, size_t errlen) {
   orch__store_opts o = {0};
   char msg[512];
   int rc = orch__store_open(&rt->store, url, &o, msg, sizeof msg);
-  if (rc) return orch__err(err, errlen, ORCH_ESTORE, "store: %s", msg);
+  /* a bad address, or a file that is not a database, is the operator's to
+   * fix (ECONFIG); a spool that cannot be made stays a store error */
+  if (rc)
+    return orch__err(err, errlen, rc == ORCH_ECONFIG ? ORCH_ECONFIG : ORCH_ESTORE,
+                     "store: %s", msg);
   orch__policy_set_events(rt->policy, on_script_event, rt);
   return ORCH_OK;
 }
@@ -173,13 +187,14 @@ int orch_runtime_resume(orch_runtime *rt, const char *session_id,
   if (!rt || !session_id || !out) return ORCH_EINVAL;
   if ((rc = orch__runtime_start(rt, err, errlen))) return rc;
   if (!rt->store)
-    return orch__err(err, errlen, ORCH_ESTORE,
-                     "resume needs a store (--db, store.url or ORCH_DB)");
+    return orch__err(err, errlen, ORCH_ECONFIG,
+                     "resume needs a store (--db, ORCH_DB or store.url; not "
+                     "none)");
   /* Records of the interrupted run may still be queued: write them first. */
   orch__store_flush(rt->store, 5000);
   rc = orch__store_session_summary(rt->store, session_id, &si, msg, sizeof msg);
-  if (rc) {
-    orch__err(err, errlen, rc, "session %s: %s", session_id, msg);
+  if (rc) { /* the store's message names the session */
+    orch__err(err, errlen, rc, "%s", msg);
     goto done;
   }
   if (!si.steps_json || !*si.steps_json) {

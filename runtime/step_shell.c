@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -315,7 +316,14 @@ static int start(orch__run *r, uint32_t idx) {
   char *argv[] = {(char *)"/bin/sh", (char *)"-c", sp->run, NULL};
   int e = posix_spawn(&c->pid, "/bin/sh", &fa, &at, argv, environ);
   if (e) {
-    orch__step_set_error(s, "cannot start /bin/sh: %s", strerror(e));
+    /* the chdir to cwd runs in the child before the exec: its failure
+     * comes back as the spawn's, so name the directory when it is the one */
+    struct stat cs;
+    if (sp->cwd && (stat(sp->cwd, &cs) != 0 || !S_ISDIR(cs.st_mode)))
+      orch__step_set_error(s, "cannot start in cwd '%s': %s", sp->cwd,
+                           strerror(e));
+    else
+      orch__step_set_error(s, "cannot start /bin/sh: %s", strerror(e));
     goto fail;
   }
   close(po[1]);
