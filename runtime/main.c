@@ -255,7 +255,8 @@ done:
 static orch_runtime *sig_rt;
 static volatile sig_atomic_t sig_count;
 
-/* SIGINT and SIGTERM: the first cancels the run (children's groups
+/* SIGINT, SIGTERM and SIGHUP (the terminal closed): the first cancels the
+ * run (children's groups
  * killed, what was recorded kept); the next exits at once, but kills the
  * shell steps' process groups first, so none is left running. */
 static void on_signal(int sig) {
@@ -272,6 +273,7 @@ static void catch_signals(orch_runtime *rt) {
   sig_rt = rt;
   signal(SIGINT, rt ? on_signal : SIG_DFL);
   signal(SIGTERM, rt ? on_signal : SIG_DFL);
+  signal(SIGHUP, rt ? on_signal : SIG_DFL);
 }
 
 static void progress(void *ud, size_t done, size_t total, size_t running,

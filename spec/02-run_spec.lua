@@ -235,11 +235,12 @@ describe("cancel", function()
     return st:match("%) (%a)") ~= "Z"
   end
 
-  it("by SIGTERM on the CLI kills children and reports the run canceled #nosan", function()
+  for _, sig in ipairs({ "TERM", "HUP" }) do
+  it("by SIG" .. sig .. " on the CLI kills children and reports the run canceled #nosan", function()
     local pidfile = os.tmpname()
     os.remove(pidfile)
     local pid, pids, out = start_cli(pidfile)
-    os.execute("kill -TERM " .. pid)
+    os.execute("kill -" .. sig .. " " .. pid)
     local t0 = os.time()
     local doc
     repeat
@@ -258,6 +259,7 @@ describe("cancel", function()
     assert.is_false(alive(pids[1]), "the shell outlived the run")
     assert.is_false(alive(pids[2]), "the shell's child outlived the run")
   end)
+  end
 
   it("by a second signal exits at once and leaves no child running #nosan", function()
     local pidfile = os.tmpname()
