@@ -45,7 +45,7 @@ CTEST   := $(BUILD)/test_c
 TEST_SRCS := $(wildcard test/test_*.c)
 TEST_OBJS := $(TEST_SRCS:test/%.c=$(BUILD)/tobj/%.o)
 
-.PHONY: all deps test test-fast bench demo install uninstall clean help FORCE
+.PHONY: all deps test test-fast bench demo fuzz install uninstall clean help FORCE
 FORCE:
 
 all: $(LIBA) $(LIBSO) $(BIN) $(LUAMOD) $(EMBED) $(BUILD)/orch.pc
@@ -56,6 +56,7 @@ help:
 	@echo "make demo     run the main job end to end"
 	@echo "make test     build and run every test (also under ASan/UBSan)"
 	@echo "make bench    run the benchmarks, write bench/RESULTS.md"
+	@echo "make fuzz     fuzz the plan parsers (clang libFuzzer; FUZZ_SECONDS=60)"
 	@echo "make install  PREFIX=/usr/local DESTDIR="
 
 $(BUILD)/obj/%.o: runtime/%.c
@@ -130,6 +131,29 @@ bench: .deps-ok all
 demo: .deps-ok all
 	@sh examples/demo.sh
 
+# ---- fuzzing (clang's libFuzzer, ASan + UBSan) -----------------------
+# make fuzz [FUZZ_SECONDS=60]: builds build-fuzz/fuzz_plan and fuzz_gap
+# from the sources and runs each for FUZZ_SECONDS over fuzz/corpus (new
+# inputs go to build-fuzz/corpus-*, crashes to build-fuzz/). Not part of
+# make test.
+FUZZ_SECONDS ?= 60
+FUZZ_DIR := build-fuzz
+FUZZ_FLAGS = -std=c11 -D_GNU_SOURCE -pthread -O1 -g -fno-omit-frame-pointer \
+  -fsanitize=fuzzer,address,undefined -I$(FUZZ_DIR)/gen -Iruntime $(PKG_CFLAGS)
+
+$(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c $(LIB_SRCS) $(BUILD)/gen/store_sql.c
+	@mkdir -p $(FUZZ_DIR)/gen
+	cp $(BUILD)/gen/*.h $(BUILD)/gen/store_sql.c $(FUZZ_DIR)/gen/
+	clang $(FUZZ_FLAGS) -o $@ $< $(LIB_SRCS) $(FUZZ_DIR)/gen/store_sql.c \
+	  $(PKG_LIBS) -lm
+
+fuzz: .deps-ok all $(FUZZ_DIR)/fuzz_plan $(FUZZ_DIR)/fuzz_gap
+	@mkdir -p $(FUZZ_DIR)/corpus-plan $(FUZZ_DIR)/corpus-gap
+	cd $(FUZZ_DIR) && ./fuzz_plan -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+	  -dict=../fuzz/plan.dict corpus-plan ../fuzz/corpus/plan
+	cd $(FUZZ_DIR) && FUZZ_SCRIPTS=../scripts ./fuzz_gap -max_total_time=$(FUZZ_SECONDS) \
+	  -max_len=2048 -dict=../fuzz/plan.dict corpus-gap ../fuzz/corpus/gap
+
 # ---- install ----------------------------------------------------------
 
 install: all
@@ -153,6 +177,6 @@ uninstall:
 	rm -rf $(DESTDIR)$(PREFIX)/share/orchestrate
 
 clean:
-	rm -rf build build-asan .deps-ok
+	rm -rf build build-asan build-fuzz .deps-ok
 
 -include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(BUILD)/obj/main.d $(BUILD)/obj/luamod.d

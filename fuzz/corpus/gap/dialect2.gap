@@ -1,0 +1,4 @@
+T1: Search for X
+- Dependencies: none
+T2: Compare
+- Dependencies: T1
