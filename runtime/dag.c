@@ -225,6 +225,56 @@ int orch__graph_add(orch_graph *g, const char *id, size_t idlen, int kind,
   return ORCH_OK;
 }
 
+/* Empties hash slot h and moves back the entries after it that probed past
+ * it (linear probing's deletion: no tombstones, every probe stays exact). */
+static void hash_remove(orch_graph *g, size_t h) {
+  size_t mask = g->hash_cap - 1;
+  g->hash[2 * h] = 0;
+  for (size_t j = (h + 1) & mask; g->hash[2 * j]; j = (j + 1) & mask) {
+    size_t home = g->hash[2 * j + 1] & mask;
+    /* The entry at j stays when its home lies in (h, j], cyclically. */
+    if (h <= j ? (h < home && home <= j) : (h < home || home <= j)) continue;
+    g->hash[2 * h] = g->hash[2 * j];
+    g->hash[2 * h + 1] = g->hash[2 * j + 1];
+    g->hash[2 * j] = 0;
+    h = j;
+  }
+}
+
+orch__graph_mark orch__graph_mark_now(const orch_graph *g) {
+  return (orch__graph_mark){.n = g->n, .ids_len = g->ids_len,
+                            .nedges = g->nedges, .npending = g->npending};
+}
+
+void orch__graph_undo(orch_graph *g, const orch__graph_mark *m) {
+  while (g->n > m->n) {
+    uint32_t i = (uint32_t)(g->n - 1);
+    orch__step *s = &g->steps[i];
+    const orch__kind *k = orch__kinds[s->kind];
+    if (k && k->free) k->free(s);
+    free(s->output);
+    free(s->error);
+    g->nkind[s->kind]--;
+    if (s->id == ORCH__ANON) {
+      g->nanon--;
+    } else {
+      const char *id = g->ids + s->id;
+      size_t len = strlen(id);
+      uint32_t found;
+      size_t h = probe(g, id, len, hash_str(id, len), &found);
+      if (found == i) hash_remove(g, h);
+    }
+    g->n--;
+  }
+  g->ids_len = m->ids_len;
+  g->nedges = m->nedges;
+  for (size_t i = m->npending; i < g->npending; i++) {
+    free(g->pending_names[i]);
+    if (g->pending_ids) free(g->pending_ids[i]);
+  }
+  g->npending = m->npending;
+}
+
 int orch__graph_add_anon(orch_graph *g, int kind, uint32_t *idx) {
   if (g->validated || g->ran) return ORCH_ESTATE;
   int rc = grow_steps(g);

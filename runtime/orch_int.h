@@ -175,6 +175,16 @@ int orch__graph_add(orch_graph *g, const char *id, size_t idlen, int kind,
                     uint32_t *idx /* OUT */, char *err, size_t errlen);
 /* An anonymous step (no id, no hash entry). */
 int orch__graph_add_anon(orch_graph *g, int kind, uint32_t *idx /* OUT */);
+/* The graph's extent now, and its return to it: orch__graph_undo removes
+ * every step, id, edge and pending dependency added after the mark (the
+ * steps' kind parameters freed, their ids out of the hash), so a call that
+ * fails half-way leaves the graph exactly as it was. Not after validation
+ * (no add can happen then). */
+typedef struct orch__graph_mark {
+  size_t n, ids_len, nedges, npending;
+} orch__graph_mark;
+orch__graph_mark orch__graph_mark_now(const orch_graph *g);
+void orch__graph_undo(orch_graph *g, const orch__graph_mark *m);
 int orch__graph_depend_idx(orch_graph *g, uint32_t idx, const char *dep,
                            size_t deplen);
 

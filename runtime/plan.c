@@ -159,56 +159,79 @@ int orch__plan_add_step(orch_graph *g, json_t *obj, const char *where,
   snprintf(at, sizeof at, "%s ('%.256s')", where, ids);
   int rc = check_keys(obj, orch__kinds[kind], at, err, errlen);
   if (rc) return rc;
+  /* The kind's fields and the common ones are read into the added step;
+   * a failure on the way takes the step out again, with its id, edges and
+   * parameters: the caller's graph is as before the call. */
+  orch__graph_mark mark = orch__graph_mark_now(g);
   uint32_t idx;
   rc = orch__graph_add(g, ids, idlen, kind, &idx, msg, sizeof msg);
   if (rc) return orch__err(err, errlen, rc, "%s: %s", where, msg);
-  snprintf(at, sizeof at, "%s ('%.256s')", where, ids);
   orch__step *s = &g->steps[idx];
   rc = orch__kinds[kind]->parse(g, s, obj, at, err, errlen);
-  if (rc) return rc;
+  if (rc) {
+    if (rc == ORCH_ENOMEM) orch__err(err, errlen, rc, "%s: out of memory", at);
+    goto done;
+  }
   json_t *deps = json_object_get(obj, "deps");
   if (!deps) deps = json_object_get(obj, "dependencies");
   if (json_is_object(deps) && json_object_size(deps) == 0)
     deps = NULL; /* an empty Lua table encodes as {} */
-  if (deps && !json_is_array(deps) && !json_is_null(deps))
-    return orch__err(err, errlen, ORCH_EPLAN,
-                     "%s: \"deps\" must be a list of step ids", at);
+  if (deps && !json_is_array(deps) && !json_is_null(deps)) {
+    rc = orch__err(err, errlen, ORCH_EPLAN,
+                   "%s: \"deps\" must be a list of step ids", at);
+    goto done;
+  }
   size_t i;
   json_t *d;
   json_array_foreach(deps, i, d) {
-    if (!json_is_string(d))
-      return orch__err(err, errlen, ORCH_EPLAN,
-                       "%s: \"deps\"[%zu] must be a step id string", at, i);
+    if (!json_is_string(d)) {
+      rc = orch__err(err, errlen, ORCH_EPLAN,
+                     "%s: \"deps\"[%zu] must be a step id string", at, i);
+      goto done;
+    }
     rc = orch__check_id(json_string_value(d), json_string_length(d), msg,
                         sizeof msg);
-    if (rc) return orch__err(err, errlen, rc, "%s: dependency: %s", at, msg);
+    if (rc) {
+      orch__err(err, errlen, rc, "%s: dependency: %s", at, msg);
+      goto done;
+    }
     if ((rc = orch__graph_depend_idx(g, idx, json_string_value(d),
-                                     json_string_length(d))))
-      return rc;
+                                     json_string_length(d)))) {
+      orch__err(err, errlen, rc, "%s: dependency: %s", at, orch_strerror(rc));
+      goto done;
+    }
   }
   json_t *cost = json_object_get(obj, "cost_ms");
   if (cost) {
-    if (!json_is_number(cost) || json_number_value(cost) < 0)
-      return orch__err(err, errlen, ORCH_EPLAN,
-                       "%s: \"cost_ms\" must be a number >= 0", at);
+    if (!json_is_number(cost) || json_number_value(cost) < 0) {
+      rc = orch__err(err, errlen, ORCH_EPLAN,
+                     "%s: \"cost_ms\" must be a number >= 0", at);
+      goto done;
+    }
     s->cost = (float)json_number_value(cost);
     s->flags |= ORCH__SF_HAS_COST;
   }
   json_t *always = json_object_get(obj, "always");
   if (always) {
-    if (!json_is_boolean(always))
-      return orch__err(err, errlen, ORCH_EPLAN,
-                       "%s: \"always\" must be true or false", at);
+    if (!json_is_boolean(always)) {
+      rc = orch__err(err, errlen, ORCH_EPLAN,
+                     "%s: \"always\" must be true or false", at);
+      goto done;
+    }
     if (json_is_true(always)) s->flags |= ORCH__SF_ALWAYS;
   }
   json_t *tmo = json_object_get(obj, "timeout_ms");
   if (tmo) {
-    if (!json_is_number(tmo) || json_number_value(tmo) < 0)
-      return orch__err(err, errlen, ORCH_EPLAN,
-                       "%s: \"timeout_ms\" must be a number >= 0", at);
+    if (!json_is_number(tmo) || json_number_value(tmo) < 0) {
+      rc = orch__err(err, errlen, ORCH_EPLAN,
+                     "%s: \"timeout_ms\" must be a number >= 0", at);
+      goto done;
+    }
     s->timeout_ms = (float)json_number_value(tmo);
   }
-  return ORCH_OK;
+done:
+  if (rc) orch__graph_undo(g, &mark);
+  return rc;
 }
 
 int orch_graph_add_json(orch_graph *g, const char *step_json, char *err,

@@ -460,9 +460,16 @@ const orch__kind orch__kind_shell = {.name = "shell", .where = ORCH__ON_LOOP,
 
 int orch_graph_add_shell(orch_graph *g, const char *id, const char *command) {
   if (!g || !id || !command) return ORCH_EINVAL;
+  /* The parameters first: a failed add leaves no step without them. */
+  shell_params *sp = new_params(command);
+  if (!sp) return ORCH_ENOMEM;
   uint32_t idx;
   int rc = orch__graph_add(g, id, strlen(id), ORCH__KIND_SHELL, &idx, NULL, 0);
-  if (rc) return rc;
-  if (!(g->steps[idx].u.p = new_params(command))) return ORCH_ENOMEM;
+  if (rc) {
+    orch__step tmp = {.u.p = sp};
+    free_params(&tmp);
+    return rc;
+  }
+  g->steps[idx].u.p = sp;
   return ORCH_OK;
 }

@@ -211,3 +211,88 @@ TEST(dag_set_cost_or_timeout_on_unknown_id_does_not_poison) {
   ASSERT(orch_step_cost(g, (size_t)orch_graph_find(g, "b")) == 5);
   orch_graph_free(g);
 }
+
+/* A step refused by orch_graph_add_json leaves the graph as it was: no
+ * half-built step without its parameters (a run crashed on it), none that
+ * runs with the refused value, no edge, pending name or id left behind. */
+TEST(dag_refused_json_step_leaves_the_graph_as_it_was) {
+  static const char *const bad[] = {
+      "{\"id\":\"x\",\"kind\":\"shell\",\"run\":5}",
+      "{\"id\":\"x\",\"kind\":\"shell\",\"run\":\"true\",\"cwd\":5}",
+      "{\"id\":\"x\",\"kind\":\"shell\",\"run\":\"true\",\"writes\":[\"f\",5]}",
+      "{\"id\":\"x\",\"kind\":\"lua\",\"code\":5}",
+      "{\"id\":\"x\",\"kind\":\"edit\",\"file\":\"f\"}",
+      "{\"id\":\"x\",\"kind\":\"llm\"}",
+      "{\"id\":\"x\",\"kind\":\"llm\",\"prompt\":\"p\",\"role\":\"boss\"}",
+      "{\"id\":\"x\",\"kind\":\"sleep\",\"ms\":-1}",
+      "{\"id\":\"x\",\"kind\":\"sleep\",\"ms\":1,\"cost_ms\":-1}",
+      "{\"id\":\"x\",\"kind\":\"sleep\",\"ms\":1,\"always\":1}",
+      "{\"id\":\"x\",\"kind\":\"sleep\",\"ms\":1,\"timeout_ms\":-1}",
+      "{\"id\":\"x\",\"kind\":\"sleep\",\"ms\":1,\"deps\":\"a\"}",
+      "{\"id\":\"x\",\"kind\":\"sleep\",\"ms\":1,\"deps\":[\"a\",5]}",
+      "{\"id\":\"x\",\"kind\":\"sleep\",\"ms\":1,\"deps\":[\"later\",\"\"]}",
+  };
+  orch_runtime *rt = NULL;
+  char err[512];
+  ASSERT_EQ(orch_runtime_new(&rt, NULL, err, sizeof err), ORCH_OK);
+  for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+    orch_graph *g = NULL;
+    long count = 0;
+    ASSERT_EQ(orch_graph_new(&g), ORCH_OK);
+    ASSERT_EQ(orch_graph_add_fn(g, "a", count_fn, &count), ORCH_OK);
+    err[0] = '\0';
+    if (orch_graph_add_json(g, bad[k], err, sizeof err) != ORCH_EPLAN) {
+      orch_test_fail(__FILE__, __LINE__, "accepted: %s", bad[k]);
+      return;
+    }
+    ASSERT_CONTAINS(err, "'x'");
+    ASSERT_EQ(orch_graph_size(g), 1);
+    ASSERT_EQ(orch_graph_find(g, "x"), -1);
+    ASSERT_EQ(orch_graph_validate(g, err, sizeof err), ORCH_OK);
+    ASSERT_EQ(orch_step_ndeps(g, 0), 0);
+    ASSERT_EQ(orch_run(rt, g, err, sizeof err), ORCH_OK);
+    ASSERT_EQ(count, 1);
+    orch_graph_free(g);
+
+    /* The same id, added right after the refusal, is the step it says. */
+    ASSERT_EQ(orch_graph_new(&g), ORCH_OK);
+    ASSERT_EQ(orch_graph_add_fn(g, "a", count_fn, &count), ORCH_OK);
+    ASSERT_EQ(orch_graph_add_json(g, bad[k], err, sizeof err), ORCH_EPLAN);
+    ASSERT_EQ(orch_graph_add_json(
+                  g, "{\"id\":\"x\",\"kind\":\"sleep\",\"ms\":1,\"deps\":[\"a\"]}",
+                  err, sizeof err),
+              ORCH_OK);
+    ASSERT_EQ(orch_graph_find(g, "x"), 1);
+    ASSERT_EQ(orch_graph_validate(g, err, sizeof err), ORCH_OK);
+    ASSERT_EQ(orch_step_ndeps(g, 1), 1);
+    ASSERT_STR_EQ(orch_step_kind(g, 1), "sleep");
+    ASSERT(orch_step_cost(g, 1) == 1);
+    ASSERT_EQ(orch_run(rt, g, err, sizeof err), ORCH_OK);
+    ASSERT_EQ(orch_step_status(g, 1), ORCH_PASSED);
+    orch_graph_free(g);
+  }
+  orch_runtime_free(rt);
+}
+
+/* Taking a refused step out of the id hash keeps every other id findable,
+ * whatever the collisions and growth before it. */
+TEST(dag_refused_steps_leave_the_id_hash_whole) {
+  orch_graph *g = NULL;
+  char id[32], js[96], err[256];
+  ASSERT_EQ(orch_graph_new(&g), ORCH_OK);
+  for (int i = 0; i < 5000; i++) {
+    snprintf(id, sizeof id, "n%d", i);
+    ASSERT_EQ(orch_graph_add_fn(g, id, noop, NULL), ORCH_OK);
+    snprintf(js, sizeof js, "{\"id\":\"x%d\",\"kind\":\"sleep\",\"ms\":-1}", i);
+    ASSERT_EQ(orch_graph_add_json(g, js, err, sizeof err), ORCH_EPLAN);
+  }
+  ASSERT_EQ(orch_graph_size(g), 5000);
+  for (int i = 0; i < 5000; i++) {
+    snprintf(id, sizeof id, "n%d", i);
+    ASSERT_EQ(orch_graph_find(g, id), i);
+    snprintf(id, sizeof id, "x%d", i);
+    ASSERT_EQ(orch_graph_find(g, id), -1);
+  }
+  ASSERT_EQ(orch_graph_validate(g, err, sizeof err), ORCH_OK);
+  orch_graph_free(g);
+}
