@@ -184,11 +184,10 @@ static uint32_t init_step(orch_graph *g, uint32_t id, int kind) {
 int orch__graph_add(orch_graph *g, const char *id, size_t idlen, int kind,
                     uint32_t *idx, char *err, size_t errlen) {
   char msg[400];
+  /* Each failure is the caller's to report, not the graph's: a refused
+   * add leaves nothing behind for a later validation to trip on. */
   int rc = orch__check_id(id, idlen, msg, sizeof msg);
-  if (rc) {
-    orch__err(err, errlen, rc, "%s", msg);
-    return set_err(g, rc, msg);
-  }
+  if (rc) return orch__err(err, errlen, rc, "%s", msg);
   if (g->validated || g->ran) {
     return orch__err(err, errlen, ORCH_ESTATE,
                      "graph is already validated; add steps before");
@@ -201,9 +200,8 @@ int orch__graph_add(orch_graph *g, const char *id, size_t idlen, int kind,
   size_t slot = probe(g, id, idlen, hv, &found);
   if (found == NONE) found = anon_index(g, id, idlen);
   if (found != NONE) {
-    snprintf(msg, sizeof msg, "duplicate step id '%.*s'", (int)idlen, id);
-    orch__err(err, errlen, ORCH_EPLAN, "%s", msg);
-    return set_err(g, ORCH_EPLAN, msg);
+    return orch__err(err, errlen, ORCH_EPLAN, "duplicate step id '%.*s'",
+                     (int)idlen, id);
   }
   if ((rc = grow_steps(g))) return rc;
   if (g->ids_len + idlen + 1 > g->ids_cap) {

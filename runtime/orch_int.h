@@ -158,7 +158,8 @@ struct orch_graph {
   void *plan_meta;  /* json_t of a loaded plan's top-level extras, or NULL */
   void *plan_steps; /* json_t array of the plan's steps as loaded, or NULL */
   uint32_t nkind[ORCH__NKINDS_MAX]; /* steps of each kind */
-  int err_code;    /* first error of an add call, reported at validate */
+  int err_code;    /* a validation that cannot be tried again (a cycle
+                      or no memory once the raw edges were dropped) */
   char err_msg[512];
 };
 

@@ -19,6 +19,12 @@ static int noop(orch_step_ctx *ctx, void *ud) {
   return ORCH_OK;
 }
 
+static int count_fn(orch_step_ctx *ctx, void *ud) {
+  (void)ctx;
+  __atomic_fetch_add((long *)ud, 1, __ATOMIC_RELAXED);
+  return ORCH_OK;
+}
+
 static size_t heap_in_use(void) {
   struct mallinfo2 mi = mallinfo2();
   return mi.uordblks + mi.hblkhd;
@@ -103,15 +109,44 @@ TEST(dag_bad_ids_refused) {
   ASSERT_EQ(orch_graph_add_fn(g, "bad\xff", noop, NULL), ORCH_EPLAN);
   ASSERT_EQ(orch_graph_add_fn(g, "", noop, NULL), ORCH_EPLAN);
   char err[256];
+  /* Refused, so not added: the graph is still empty. */
   ASSERT_EQ(orch_graph_validate(g, err, sizeof err), ORCH_EPLAN);
-  ASSERT_CONTAINS(err, "over the limit of 256 bytes");
+  ASSERT_CONTAINS(err, "empty graph");
+  ASSERT_EQ(orch_graph_add_json(g, "{\"id\":\"bad\\u0001\",\"ms\":1}", err,
+                                sizeof err),
+            ORCH_EPLAN);
+  ASSERT_CONTAINS(err, "control byte");
   orch_graph_free(g);
 }
 
-static int count_fn(orch_step_ctx *ctx, void *ud) {
-  (void)ctx;
-  __atomic_fetch_add((long *)ud, 1, __ATOMIC_RELAXED);
-  return ORCH_OK;
+/* A refused add returns its error and leaves none in the graph: the host
+ * that goes on with other steps gets a graph that validates and runs. */
+TEST(dag_refused_add_leaves_no_error_behind) {
+  orch_runtime *rt = NULL;
+  orch_graph *g = NULL;
+  char err[256];
+  long count = 0;
+  ASSERT_EQ(orch_runtime_new(&rt, NULL, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch_graph_new(&g), ORCH_OK);
+  ASSERT_EQ(orch_graph_add_fn(g, "a", count_fn, &count), ORCH_OK);
+  ASSERT_EQ(orch_graph_add_fn(g, "a", count_fn, &count), ORCH_EPLAN);
+  ASSERT_EQ(orch_graph_add_sleep(g, "a", 1), ORCH_EPLAN);
+  ASSERT_EQ(orch_graph_add_shell(g, "a", "true"), ORCH_EPLAN);
+  ASSERT_EQ(orch_graph_add_fn(g, "bad\xff", count_fn, &count), ORCH_EPLAN);
+  ASSERT_EQ(orch_graph_add_json(g, "{\"id\":\"a\",\"ms\":1}", err, sizeof err),
+            ORCH_EPLAN);
+  ASSERT_CONTAINS(err, "duplicate step id 'a'");
+  ASSERT_EQ(orch_graph_add_fn(g, "b", count_fn, &count), ORCH_OK);
+  ASSERT_EQ(orch_graph_depend(g, "b", "a"), ORCH_OK);
+  ASSERT_EQ(orch_graph_depend(g, "c", "b"), ORCH_OK); /* c: added below */
+  ASSERT_EQ(orch_graph_add_fn(g, "c", count_fn, &count), ORCH_OK);
+  ASSERT_EQ(orch_graph_size(g), 3);
+  ASSERT_EQ(orch_graph_validate(g, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch_graph_levels(g), 3);
+  ASSERT_EQ(orch_run(rt, g, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(count, 3);
+  orch_graph_free(g);
+  orch_runtime_free(rt);
 }
 
 TEST(run_many_fn_steps_each_once) {

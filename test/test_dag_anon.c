@@ -42,8 +42,11 @@ TEST(dag_anon_steps_are_named_by_index) {
   ASSERT_EQ(orch_graph_find(g, "#"), -1);
   /* A named step may not take an anonymous step's name. */
   ASSERT_EQ(orch_graph_add_fn(g, "#0", noop, NULL), ORCH_EPLAN);
-  ASSERT_EQ(orch_graph_validate(g, err, sizeof err), ORCH_EPLAN);
+  ASSERT_EQ(orch_graph_add_json(g, "{\"id\":\"#0\",\"ms\":1}", err, sizeof err),
+            ORCH_EPLAN);
   ASSERT_CONTAINS(err, "duplicate step id '#0'");
+  ASSERT_EQ(orch_graph_size(g), 4); /* refused: nothing added, no error kept */
+  ASSERT_EQ(orch_graph_validate(g, err, sizeof err), ORCH_OK);
   orch_graph_free(g);
 
   ASSERT_EQ(orch_graph_new(&g), ORCH_OK);
