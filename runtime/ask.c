@@ -263,7 +263,10 @@ static void add_totals(json_t *doc, const json_t *llm) {
 int orch_ask(orch_runtime *rt, const char *request, int plan,
              orch_plan_fn on_plan, void *ud, char **out, char *err,
              size_t errlen) {
-  if (!rt || !request || !out) return ORCH_EINVAL;
+  if (!rt || !request || !out)
+    return orch__err(err, errlen, ORCH_EINVAL,
+                     "orch_ask: the runtime, the request and out are needed "
+                     "(one is NULL)");
   *out = NULL;
   int rc = orch__runtime_start(rt, err, errlen);
   if (rc) return rc;

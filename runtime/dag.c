@@ -195,7 +195,7 @@ int orch__graph_add(orch_graph *g, const char *id, size_t idlen, int kind,
   size_t named = g->n - g->nanon + 1;
   if (named * 2 > g->hash_cap &&
       hash_grow(g, named > g->hint_steps ? named : g->hint_steps))
-    return ORCH_ENOMEM;
+    return orch__err(err, errlen, ORCH_ENOMEM, "out of memory for the id hash");
   uint32_t hv = hash_str(id, idlen), found;
   size_t slot = probe(g, id, idlen, hv, &found);
   if (found == NONE) found = anon_index(g, id, idlen);
@@ -203,13 +203,18 @@ int orch__graph_add(orch_graph *g, const char *id, size_t idlen, int kind,
     return orch__err(err, errlen, ORCH_EPLAN, "duplicate step id '%.*s'",
                      (int)idlen, id);
   }
-  if ((rc = grow_steps(g))) return rc;
+  if ((rc = grow_steps(g)))
+    return orch__err(err, errlen, rc, rc == ORCH_ELIMIT
+                                          ? "over the limit of 2^32 - 2 steps"
+                                          : "out of memory for the steps");
   if (g->ids_len + idlen + 1 > g->ids_cap) {
     size_t ncap = g->ids_cap ? g->ids_cap + g->ids_cap / 2 : 4096;
     while (ncap < g->ids_len + idlen + 1) ncap *= 2;
-    if (ncap > UINT32_MAX) return ORCH_ELIMIT;
+    if (ncap > UINT32_MAX)
+      return orch__err(err, errlen, ORCH_ELIMIT,
+                       "the ids are over the limit of 4 GiB in all");
     char *ni = realloc(g->ids, ncap);
-    if (!ni) return ORCH_ENOMEM;
+    if (!ni) return orch__err(err, errlen, ORCH_ENOMEM, "out of memory for the ids");
     g->ids = ni;
     g->ids_cap = ncap;
   }

@@ -1658,7 +1658,10 @@ ORCH_API int orch_mock_start(orch_mock **out /* OUT */, const char *host,
   int rc = ORCH_EINVAL, fd = -1;
   struct sockaddr_storage ss;
   socklen_t sl;
-  if (!out) return ORCH_EINVAL;
+  if (!out) {
+    set_err(err, errlen, "orch_mock_start: out is needed (it is NULL)");
+    return ORCH_EINVAL;
+  }
   *out = NULL;
   if (port < 0 || port > 65535) {
     set_err(err, errlen, "port %d out of range", port);

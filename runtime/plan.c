@@ -236,7 +236,10 @@ done:
 
 int orch_graph_add_json(orch_graph *g, const char *step_json, char *err,
                         size_t errlen) {
-  if (!g || !step_json) return ORCH_EINVAL;
+  if (!g || !step_json)
+    return orch__err(err, errlen, ORCH_EINVAL,
+                     "orch_graph_add_json: the graph and the step JSON are "
+                     "needed (one is NULL)");
   json_error_t je;
   json_t *obj = json_loads(step_json, 0, &je);
   if (!obj)
@@ -261,7 +264,8 @@ static int from_doc(json_t *doc, const char *name, orch_graph **out,
   if (!json_is_array(steps))
     return orch__err(err, errlen, ORCH_EPLAN,
                      "%s: a plan needs \"steps\", a list of steps", name);
-  if ((rc = orch_graph_new(&g))) return rc;
+  if ((rc = orch_graph_new(&g)))
+    return orch__err(err, errlen, rc, "%s: out of memory", name);
   size_t i;
   json_t *st;
   json_array_foreach(steps, i, st) {
@@ -389,7 +393,10 @@ static bool ends_with(const char *s, const char *suffix) {
 int orch_graph_parse(orch_runtime *rt, const char *text, size_t len,
                      const char *name, orch_graph **out, char *err,
                      size_t errlen) {
-  if (!text || !out) return ORCH_EINVAL;
+  if (!text || !out)
+    return orch__err(err, errlen, ORCH_EINVAL,
+                     "orch_graph_parse: the text and out are needed (one is "
+                     "NULL)");
   if (!name) name = "plan";
   size_t max = rt ? rt->cfg.plan_max_bytes : (16u << 20);
   if (len > max)
@@ -423,7 +430,10 @@ int orch_graph_parse(orch_runtime *rt, const char *text, size_t len,
 
 int orch_graph_load(orch_runtime *rt, const char *path, orch_graph **out,
                     char *err, size_t errlen) {
-  if (!path || !out) return ORCH_EINVAL;
+  if (!path || !out)
+    return orch__err(err, errlen, ORCH_EINVAL,
+                     "orch_graph_load: the path and out are needed (one is "
+                     "NULL)");
   char *text = NULL;
   size_t len = 0;
   size_t max = rt ? rt->cfg.plan_max_bytes : (16u << 20);

@@ -216,13 +216,20 @@ int orch__read_file(const char *path, size_t max, char **out, size_t *len,
                                                      : 65536;
   size_t n = 0;
   buf = malloc(cap);
-  if (!buf) { rc = ORCH_ENOMEM; goto done; }
+  if (!buf) {
+    rc = orch__err(err, errlen, ORCH_ENOMEM, "%s: out of memory reading it", path);
+    goto done;
+  }
   for (;;) {
     if (n + 1 >= cap) {
       if (cap > max + 1) break;
       size_t ncap = cap * 2;
       char *nb = realloc(buf, ncap);
-      if (!nb) { rc = ORCH_ENOMEM; goto done; }
+      if (!nb) {
+        rc = orch__err(err, errlen, ORCH_ENOMEM, "%s: out of memory reading it",
+                       path);
+        goto done;
+      }
       buf = nb;
       cap = ncap;
     }

@@ -331,3 +331,33 @@ TEST(dag_refused_steps_leave_the_id_hash_whole) {
   ASSERT_EQ(orch_graph_validate(g, err, sizeof err), ORCH_OK);
   orch_graph_free(g);
 }
+
+/* orch.h: "every call that can fail ... writes a message ... into the
+ * caller's buffer", also when it fails on a NULL argument. */
+TEST(api_null_arguments_write_the_error_buffer) {
+  orch_graph *g = NULL, *out = NULL;
+  char *txt = NULL;
+  char err[256];
+  ASSERT_EQ(orch_graph_new(&g), ORCH_OK);
+#define STALE(call)                                                    \
+  do {                                                                 \
+    strcpy(err, "STALE");                                              \
+    ASSERT_EQ((call), ORCH_EINVAL);                                    \
+    if (!strcmp(err, "STALE") || !err[0]) {                            \
+      orch_test_fail(__FILE__, __LINE__, "%s left err \"%s\"", #call,  \
+                     err);                                             \
+      return;                                                          \
+    }                                                                  \
+  } while (0)
+  STALE(orch_graph_add_json(NULL, "{\"id\":\"a\",\"ms\":1}", err, sizeof err));
+  STALE(orch_graph_add_json(g, NULL, err, sizeof err));
+  STALE(orch_graph_parse(NULL, NULL, 0, "p", &out, err, sizeof err));
+  STALE(orch_graph_parse(NULL, "{}", 2, "p", NULL, err, sizeof err));
+  STALE(orch_graph_load(NULL, NULL, &out, err, sizeof err));
+  STALE(orch_graph_load(NULL, "plan.json", NULL, err, sizeof err));
+  STALE(orch_ask(NULL, "q", 0, NULL, NULL, &txt, err, sizeof err));
+  STALE(orch_mock_start(NULL, "127.0.0.1", 0, err, sizeof err));
+#undef STALE
+  ASSERT(out == NULL && txt == NULL);
+  orch_graph_free(g);
+}
