@@ -169,6 +169,7 @@ ORCH_API int orch_graph_add_host_fn(orch_graph *g, const char *id,
                                     orch_step_fn fn, void *ud);
 ORCH_API int orch_graph_add_shell(orch_graph *g, const char *id,
                                   const char *command);
+/* ms from 0 to 2592000000 (30 days); else (inf, NaN) ORCH_EINVAL. */
 ORCH_API int orch_graph_add_sleep(orch_graph *g, const char *id, double ms);
 /* Any kind, from one step object in the plan's JSON form. */
 ORCH_API int orch_graph_add_json(orch_graph *g, const char *step_json,

@@ -367,8 +367,12 @@ void orch__sched_cancel(orch_runtime *rt);
 int64_t orch__run_now(const orch__run *r);
 
 /* step_sleep.c: starts a timer that passes step idx after ms (also used to
- * simulate llm steps under --dry-run). Loop thread. */
+ * simulate llm steps under --dry-run). Loop thread. A duration that is not
+ * a number from 0 to ORCH__SLEEP_MAX_MS fails the step, with a message. */
 int orch__sleep_start(orch__run *r, uint32_t idx, double ms);
+/* The longest sleep, in ms: 30 days. Longer (or infinite, or NaN) is a
+ * mistake, and would not convert to the timer's integer ms. */
+#define ORCH__SLEEP_MAX_MS 2592000000.0
 
 /* ---- runtime.c ------------------------------------------------------- */
 

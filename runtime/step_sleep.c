@@ -53,18 +53,26 @@ int orch__sleep_start(orch__run *r, uint32_t idx, double ms) {
     if (!ss) return ORCH_ENOMEM;
     r->kind_state[ORCH__KIND_SLEEP] = ss;
   }
+  if (!(ms >= 0 && ms <= ORCH__SLEEP_MAX_MS)) {
+    /* Checked here too: a dry run sleeps for an llm step's cost_ms. */
+    orch__step_set_error(&r->g->steps[idx],
+                         "step '%s': a sleep of %g ms is out of range (0 to "
+                         "%.0f ms, 30 days)",
+                         orch__step_id(r->g, idx), ms, ORCH__SLEEP_MAX_MS);
+    return ORCH_EINVAL;
+  }
   timer *t = calloc(1, sizeof *t);
   if (!t) return ORCH_ENOMEM;
   t->r = r;
   t->idx = idx;
-  t->due_ns = uv_hrtime() + (ms > 0 ? (uint64_t)(ms * 1e6) : 0);
+  t->due_ns = uv_hrtime() + (uint64_t)(ms * 1e6);
   uv_timer_init(orch__loop_uv(r->rt->loop), &t->t);
   t->t.data = t;
   t->next = ss->head;
   if (ss->head) ss->head->prev = t;
   ss->head = t;
   /* libuv timers have millisecond resolution; round to the nearest. */
-  uint64_t delay = ms <= 0 ? 0 : (uint64_t)(ms + 0.5);
+  uint64_t delay = (uint64_t)(ms + 0.5);
   uv_timer_start(&t->t, fire, delay, 0);
   return ORCH_OK;
 }
@@ -73,10 +81,13 @@ static int parse(orch_graph *g, orch__step *s, json_t *obj, const char *where,
                  char *err, size_t errlen) {
   (void)g;
   json_t *ms = json_object_get(obj, "ms");
-  if (!json_is_number(ms) || json_number_value(ms) < 0)
+  double v = json_is_number(ms) ? json_number_value(ms) : -1;
+  if (!(v >= 0 && v <= ORCH__SLEEP_MAX_MS))
     return orch__err(err, errlen, ORCH_EPLAN,
-                     "%s: a sleep step needs \"ms\", a number >= 0", where);
-  s->u.ms = json_number_value(ms);
+                     "%s: a sleep step needs \"ms\", a number from 0 to %.0f "
+                     "(30 days)",
+                     where, ORCH__SLEEP_MAX_MS);
+  s->u.ms = v;
   return ORCH_OK;
 }
 
@@ -109,7 +120,7 @@ const orch__kind orch__kind_sleep = {.name = "sleep", .where = ORCH__ON_LOOP,
                                      .cancel = cancel, .cost = cost};
 
 int orch_graph_add_sleep(orch_graph *g, const char *id, double ms) {
-  if (!g || !id || !(ms >= 0)) return ORCH_EINVAL;
+  if (!g || !id || !(ms >= 0 && ms <= ORCH__SLEEP_MAX_MS)) return ORCH_EINVAL;
   uint32_t idx;
   int rc = orch__graph_add(g, id, strlen(id), ORCH__KIND_SLEEP, &idx, NULL, 0);
   if (rc) return rc;

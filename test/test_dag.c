@@ -4,6 +4,7 @@
 #include "orch.h"
 
 #include <malloc.h>
+#include <math.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -360,4 +361,57 @@ TEST(api_null_arguments_write_the_error_buffer) {
 #undef STALE
   ASSERT(out == NULL && txt == NULL);
   orch_graph_free(g);
+}
+
+/* A sleep of inf, NaN or more than 30 days is refused, naming the step:
+ * its conversion to integer ms was undefined (such a sleep "passed" at
+ * once, with a critical path of inf). */
+TEST(dag_sleep_out_of_range_is_refused) {
+  orch_graph *g = NULL;
+  char err[512];
+  ASSERT_EQ(orch_graph_new(&g), ORCH_OK);
+  ASSERT_EQ(orch_graph_add_sleep(g, "s", INFINITY), ORCH_EINVAL);
+  ASSERT_EQ(orch_graph_add_sleep(g, "s", NAN), ORCH_EINVAL);
+  ASSERT_EQ(orch_graph_add_sleep(g, "s", 1e300), ORCH_EINVAL);
+  ASSERT_EQ(orch_graph_add_sleep(g, "s", 2592000001.0), ORCH_EINVAL);
+  ASSERT_EQ(orch_graph_add_sleep(g, "s", -1), ORCH_EINVAL);
+  ASSERT_EQ(orch_graph_size(g), 0);
+  ASSERT_EQ(orch_graph_add_json(g, "{\"id\":\"s\",\"kind\":\"sleep\",\"ms\":1e300}",
+                                err, sizeof err),
+            ORCH_EPLAN);
+  ASSERT_CONTAINS(err, "'s'");
+  ASSERT_CONTAINS(err, "from 0 to 2592000000 (30 days)");
+  ASSERT_EQ(orch_graph_size(g), 0);
+  ASSERT_EQ(orch_graph_add_sleep(g, "s", 2592000000.0), ORCH_OK); /* 30 days */
+  ASSERT_EQ(orch_graph_add_json(g, "{\"id\":\"t\",\"ms\":2592000000}", err,
+                                sizeof err),
+            ORCH_OK);
+  ASSERT_EQ(orch_graph_validate(g, err, sizeof err), ORCH_OK);
+  double cost = 0;
+  ASSERT_EQ(orch_graph_critical_path(g, NULL, 0, &cost), 1);
+  ASSERT(cost == 2592000000.0);
+  orch_graph_free(g);
+}
+
+/* A dry run sleeps for an llm step's cost_ms: out of range, the step fails
+ * with a message instead of passing at once. */
+TEST(dag_dry_run_sleep_out_of_range_fails_the_step) {
+  orch_runtime *rt = NULL;
+  orch_graph *g = NULL;
+  char err[512];
+  ASSERT_EQ(orch_runtime_new(&rt, NULL, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch_runtime_set(rt, "dry_run", "true", err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch_graph_new(&g), ORCH_OK);
+  ASSERT_EQ(orch_graph_add_json(g, "{\"id\":\"m\",\"prompt\":\"p\",\"cost_ms\":1e300}",
+                                err, sizeof err),
+            ORCH_OK);
+  ASSERT_EQ(orch_graph_add_json(g, "{\"id\":\"n\",\"prompt\":\"p\",\"cost_ms\":1}",
+                                err, sizeof err),
+            ORCH_OK);
+  ASSERT_EQ(orch_run(rt, g, err, sizeof err), ORCH_ESTEP);
+  ASSERT_EQ(orch_step_status(g, 0), ORCH_FAILED);
+  ASSERT_CONTAINS(orch_step_error(g, 0), "step 'm': a sleep of inf ms is out of range");
+  ASSERT_EQ(orch_step_status(g, 1), ORCH_PASSED);
+  orch_graph_free(g);
+  orch_runtime_free(rt);
 }
