@@ -171,7 +171,9 @@ ORCH_API int orch_graph_add_shell(orch_graph *g, const char *id,
                                   const char *command);
 /* ms from 0 to 2592000000 (30 days); else (inf, NaN) ORCH_EINVAL. */
 ORCH_API int orch_graph_add_sleep(orch_graph *g, const char *id, double ms);
-/* Any kind, from one step object in the plan's JSON form. */
+/* Any kind, from one step object in the plan's JSON form. An add that
+ * fails (any orch_graph_add_*) adds nothing and leaves no error in the
+ * graph: its return code (and err) is the whole report. */
 ORCH_API int orch_graph_add_json(orch_graph *g, const char *step_json,
                                  char *err, size_t errlen);
 /* id depends on dep (dep must finish first). Either may be added after
