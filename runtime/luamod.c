@@ -16,14 +16,20 @@ int orch__lua_keywords(lua_State *L);
 #define RT_MT "orch.runtime"
 #define G_MT "orch.graph"
 
+/* A graph and the runtime it runs on are "running" while l_g_run is in
+ * orch_run: a step's function must not free either under the run (the run
+ * writes into the graph and joins the runtime's threads). l_g_run keeps both
+ * on its stack meanwhile, so neither can be collected. */
 typedef struct {
   orch_runtime *rt;
+  int running;
 } lrt;
 
 typedef struct {
   orch_graph *g;
   lua_State *L; /* the state that runs the Lua function steps */
   int fns;      /* registry ref of {id = function} */
+  int running;
 } lgraph;
 
 static int push_err(lua_State *L, const char *msg) {
@@ -42,6 +48,7 @@ static int l_runtime(lua_State *L) {
   }
   lrt *r = lua_newuserdatauv(L, sizeof *r, 0);
   r->rt = NULL;
+  r->running = 0;
   luaL_setmetatable(L, RT_MT);
   char err[1024];
   if (orch_runtime_new(&r->rt, config, err, sizeof err)) return push_err(L, err);
@@ -64,17 +71,34 @@ static int l_runtime(lua_State *L) {
   return 1;
 }
 
-static lrt *check_rt(lua_State *L, int i) { return luaL_checkudata(L, i, RT_MT); }
+static lrt *check_rt(lua_State *L, int i) {
+  lrt *r = luaL_checkudata(L, i, RT_MT);
+  if (!r->rt) luaL_error(L, "runtime already closed");
+  return r;
+}
 
+/* __gc: only lua_close can collect a runtime in use by a run (os.exit(c,
+ * true) from a step); freeing it would join the threads the run waits on,
+ * so it is left to the process's exit. */
 static int l_rt_gc(lua_State *L) {
-  lrt *r = check_rt(L, 1);
+  lrt *r = luaL_checkudata(L, 1, RT_MT);
+  if (r->running) return 0;
   orch_runtime_free(r->rt);
   r->rt = NULL;
   return 0;
 }
 
+/* rt:close(): again is a no-op. */
+static int l_rt_close(lua_State *L) {
+  lrt *r = luaL_checkudata(L, 1, RT_MT);
+  if (r->running)
+    return luaL_error(L, "the runtime is running a graph: close it after g:run returns");
+  return l_rt_gc(L);
+}
+
 static int l_rt_cancel(lua_State *L) {
-  orch_runtime_cancel(check_rt(L, 1)->rt);
+  lrt *r = luaL_checkudata(L, 1, RT_MT);
+  if (r->rt) orch_runtime_cancel(r->rt);
   return 0;
 }
 
@@ -88,6 +112,7 @@ static int l_graph(lua_State *L) {
   lgraph *g = lua_newuserdatauv(L, sizeof *g, 0);
   g->g = NULL;
   g->fns = LUA_NOREF;
+  g->running = 0;
   luaL_setmetatable(L, G_MT);
   if (orch_graph_new(&g->g)) return luaL_error(L, "out of memory");
   lua_newtable(L);
@@ -106,14 +131,17 @@ static int l_load(lua_State *L) {
   lgraph *g = lua_newuserdatauv(L, sizeof *g, 0);
   g->g = og;
   g->L = L;
+  g->running = 0;
   luaL_setmetatable(L, G_MT);
   lua_newtable(L);
   g->fns = luaL_ref(L, LUA_REGISTRYINDEX);
   return 1;
 }
 
+/* __gc: as for the runtime, a graph in use by a run is left to the exit. */
 static int l_g_gc(lua_State *L) {
   lgraph *g = luaL_checkudata(L, 1, G_MT);
+  if (g->running) return 0;
   orch_graph_free(g->g);
   g->g = NULL;
   if (g->fns != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, g->fns);
@@ -121,9 +149,13 @@ static int l_g_gc(lua_State *L) {
   return 0;
 }
 
-typedef struct {
-  lgraph *g;
-} fn_ud;
+/* g:free(): again is a no-op. */
+static int l_g_free(lua_State *L) {
+  lgraph *g = luaL_checkudata(L, 1, G_MT);
+  if (g->running)
+    return luaL_error(L, "the graph is running: free it after g:run returns");
+  return l_g_gc(L);
+}
 
 /* A Lua-function step: called on the thread running orch_run, which is the
  * thread of the state that built the graph. fn(deps) -> output | nil, err */
@@ -296,11 +328,16 @@ static int l_rt_session(lua_State *L) {
 static int l_g_run(lua_State *L) {
   lgraph *g = check_g(L, 1);
   lrt *r = check_rt(L, 2);
-  if (g->L != L && lua_pushthread(L) == 0) { /* coroutine: fine, same thread */ }
-  lua_settop(L, 2);
+  /* from a step of a run of the same graph or runtime: orch_run would say
+   * so too, but the flags below must stay the outer run's */
+  if (g->running) return push_err(L, "the graph is running");
+  if (r->running) return push_err(L, "this runtime is already running a graph");
+  lua_settop(L, 2); /* graph, runtime: referenced until orch_run returns */
   g->L = L;
   char err[1024] = "";
+  g->running = r->running = 1;
   int rc = orch_run(r->rt, g->g, err, sizeof err);
+  g->running = r->running = 0;
   if (rc != ORCH_OK && rc != ORCH_ESTEP && rc != ORCH_ECANCELED) return push_err(L, err);
   lua_createtable(L, 0, 4);
   lua_pushstring(L, rc == ORCH_OK ? "passed" : rc == ORCH_ECANCELED ? "canceled" : "failed");
@@ -395,12 +432,12 @@ static int l_status(lua_State *L) {
 
 int luaopen_orch(lua_State *L);
 __attribute__((visibility("default"))) int luaopen_orch(lua_State *L) {
-  static const luaL_Reg rt_methods[] = {{"cancel", l_rt_cancel}, {"close", l_rt_gc},
+  static const luaL_Reg rt_methods[] = {{"cancel", l_rt_cancel}, {"close", l_rt_close},
                                         {"session", l_rt_session}, {NULL, NULL}};
   static const luaL_Reg g_methods[] = {
       {"add", l_g_add},       {"depend", l_g_depend},     {"validate", l_g_validate},
       {"run", l_g_run},       {"step", l_g_step},         {"size", l_g_size},
-      {"levels", l_g_levels}, {"critical_path", l_g_critical}, {"free", l_g_gc},
+      {"levels", l_g_levels}, {"critical_path", l_g_critical}, {"free", l_g_free},
       {NULL, NULL}};
   static const luaL_Reg funcs[] = {
       {"runtime", l_runtime}, {"graph", l_graph}, {"load", l_load},

@@ -1,0 +1,61 @@
+-- The Lua module's edges: objects used by a running graph, the shapes of a
+-- step table and of orch.runtime's settings, garbage, and the messages.
+local orch = require("orch")
+
+-- Runs a Lua chunk in a child lua5.4 (same LUA_CPATH, and LD_PRELOAD under
+-- the sanitizers): a crash or a hang there fails the spec, not busted.
+-- Returns the exit code and stdout+stderr.
+local function child(code)
+  local path = os.tmpname() .. ".lua"
+  local f = assert(io.open(path, "w"))
+  f:write(code)
+  f:close()
+  local p = io.popen("timeout 20 lua5.4 " .. path .. " 2>&1; echo \"__EXIT:$?\"")
+  local out = p:read("a")
+  p:close()
+  os.remove(path)
+  local rc = tonumber(out:match("__EXIT:(%d+)%s*$"))
+  return rc, out:gsub("__EXIT:%d+%s*$", "")
+end
+
+local function add_error(step)
+  local g = orch.graph()
+  local ok, err = pcall(g.add, g, step)
+  assert.is_false(ok, "no error")
+  return err
+end
+
+describe("a graph or runtime in use by a run", function()
+  for _, what in ipairs({ "g:free()", "rt:close()" }) do
+    it("refuses " .. what .. " from a step, and the run ends normally", function()
+      local rc, out = child([[
+        local orch = require "orch"
+        local rt = orch.runtime{ workers = 1 }
+        local g = orch.graph()
+        g:add{ id = "a", fn = function() ]] .. what .. [[ return "x" end }
+        g:add{ id = "b", kind = "sleep", ms = 10, deps = { "a" } }
+        local res = g:run(rt)
+        print("status", res.status, g:step("a").status, g:step("b").status)
+        print("error", g:step("a").error)
+        g:free()
+        rt:close()
+        print("done")
+      ]])
+      assert.are.equal(0, rc, out)
+      assert.matches("status\tfailed\tfailed\tskipped", out, 1, true)
+      assert.matches("error\t[^\n]*is running", out)
+      assert.matches("done", out, 1, true)
+    end)
+  end
+
+  it("are freed after the run by either call", function()
+    local rt = orch.runtime({ workers = 1 })
+    local g = orch.graph()
+    g:add({ id = "a", fn = function() return "x" end })
+    assert.are.equal("passed", g:run(rt).status)
+    g:free()
+    rt:close()
+    assert.has_error(function() g:size() end, "graph already freed")
+    assert.has_error(function() rt:session() end, "runtime already closed")
+  end)
+end)
