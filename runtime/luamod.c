@@ -28,9 +28,24 @@ typedef struct {
 typedef struct {
   orch_graph *g;
   lua_State *L; /* the state that runs the Lua function steps */
-  int fns;      /* registry ref of {id = function} */
+  int fns;      /* during a run: L's stack index of {id = function} */
   int running;
 } lgraph;
+
+/* The functions of a graph's steps sit in {id = function}, the graph
+ * userdata's user value: a function that refers to its own graph makes a
+ * cycle the collector can see (a registry reference would anchor it). */
+static lgraph *new_graph(lua_State *L) {
+  lgraph *g = lua_newuserdatauv(L, sizeof *g, 1);
+  g->g = NULL;
+  g->L = L;
+  g->fns = 0;
+  g->running = 0;
+  luaL_setmetatable(L, G_MT);
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, 1);
+  return g;
+}
 
 static int push_err(lua_State *L, const char *msg) {
   lua_pushnil(L);
@@ -109,15 +124,8 @@ static lgraph *check_g(lua_State *L, int i) {
 }
 
 static int l_graph(lua_State *L) {
-  lgraph *g = lua_newuserdatauv(L, sizeof *g, 0);
-  g->g = NULL;
-  g->fns = LUA_NOREF;
-  g->running = 0;
-  luaL_setmetatable(L, G_MT);
+  lgraph *g = new_graph(L);
   if (orch_graph_new(&g->g)) return luaL_error(L, "out of memory");
-  lua_newtable(L);
-  g->fns = luaL_ref(L, LUA_REGISTRYINDEX);
-  g->L = L;
   return 1;
 }
 
@@ -128,13 +136,7 @@ static int l_load(lua_State *L) {
   char err[2048];
   orch_graph *og = NULL;
   if (orch_graph_load(rt, path, &og, err, sizeof err)) return push_err(L, err);
-  lgraph *g = lua_newuserdatauv(L, sizeof *g, 0);
-  g->g = og;
-  g->L = L;
-  g->running = 0;
-  luaL_setmetatable(L, G_MT);
-  lua_newtable(L);
-  g->fns = luaL_ref(L, LUA_REGISTRYINDEX);
+  new_graph(L)->g = og;
   return 1;
 }
 
@@ -144,8 +146,8 @@ static int l_g_gc(lua_State *L) {
   if (g->running) return 0;
   orch_graph_free(g->g);
   g->g = NULL;
-  if (g->fns != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, g->fns);
-  g->fns = LUA_NOREF;
+  lua_pushnil(L); /* the functions go too */
+  lua_setiuservalue(L, 1, 1);
   return 0;
 }
 
@@ -163,8 +165,7 @@ static int run_lua_fn(orch_step_ctx *ctx, void *ud) {
   lgraph *g = ud;
   lua_State *L = g->L;
   int top = lua_gettop(L);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, g->fns);
-  lua_getfield(L, -1, orch_ctx_id(ctx));
+  lua_getfield(L, g->fns, orch_ctx_id(ctx));
   lua_newtable(L);
   long i = orch_graph_find(g->g, orch_ctx_id(ctx));
   for (size_t j = 0; i >= 0 && j < orch_step_ndeps(g->g, (size_t)i); j++) {
@@ -228,7 +229,7 @@ static int l_g_add(lua_State *L) {
       snprintf(err, sizeof err, "step id '%.64s' is not valid: 1 to 256 "
                "bytes of UTF-8, no control bytes", id);
     if (rc == ORCH_OK) {
-      lua_rawgeti(L, LUA_REGISTRYINDEX, g->fns);
+      lua_getiuservalue(L, 1, 1);
       lua_pushvalue(L, -2);
       lua_setfield(L, -2, id);
       lua_pop(L, 1);
@@ -333,7 +334,9 @@ static int l_g_run(lua_State *L) {
   if (g->running) return push_err(L, "the graph is running");
   if (r->running) return push_err(L, "this runtime is already running a graph");
   lua_settop(L, 2); /* graph, runtime: referenced until orch_run returns */
+  lua_getiuservalue(L, 1, 1);
   g->L = L;
+  g->fns = lua_gettop(L);
   char err[1024] = "";
   g->running = r->running = 1;
   int rc = orch_run(r->rt, g->g, err, sizeof err);

@@ -59,3 +59,28 @@ describe("a graph or runtime in use by a run", function()
     assert.has_error(function() rt:session() end, "runtime already closed")
   end)
 end)
+
+describe("graphs whose functions capture the graph", function()
+  it("are collected", function()
+    local alive = setmetatable({}, { __mode = "k" })
+    for _ = 1, 1000 do
+      local g = orch.graph()
+      g:add({ id = "a", fn = function() return g:size() end })
+      alive[g] = true
+    end
+    collectgarbage()
+    collectgarbage()
+    local n = 0
+    for _ in pairs(alive) do n = n + 1 end
+    assert.are.equal(0, n)
+  end)
+
+  it("still run their functions", function()
+    local g = orch.graph()
+    g:add({ id = "a", fn = function() return "n=" .. g:size() end })
+    g:add({ id = "b", fn = function(d) return d.a .. "!" end, deps = { "a" } })
+    collectgarbage()
+    assert.are.equal("passed", g:run(orch.runtime({ workers = 1 })).status)
+    assert.are.equal("n=2!", g:step("b").output)
+  end)
+end)
