@@ -159,14 +159,14 @@ static int l_g_free(lua_State *L) {
   return l_g_gc(L);
 }
 
-/* A Lua-function step: called on the thread running orch_run, which is the
- * thread of the state that built the graph. fn(deps) -> output | nil, err */
-static int run_lua_fn(orch_step_ctx *ctx, void *ud) {
-  lgraph *g = ud;
-  lua_State *L = g->L;
-  int top = lua_gettop(L);
-  lua_getfield(L, g->fns, orch_ctx_id(ctx));
-  lua_newtable(L);
+/* The body of a Lua-function step, under lua_pcall so that nothing (a
+ * __tostring that raises, memory) can longjmp through orch_run.
+ * Stack: [ctx, g, fns] -> [ORCH_OK | ORCH_ESTEP] */
+static int call_step(lua_State *L) {
+  orch_step_ctx *ctx = lua_touserdata(L, 1);
+  lgraph *g = lua_touserdata(L, 2);
+  lua_getfield(L, 3, orch_ctx_id(ctx)); /* 4: fn */
+  lua_newtable(L);                      /* 5: {dep id = output | false} */
   long i = orch_graph_find(g->g, orch_ctx_id(ctx));
   for (size_t j = 0; i >= 0 && j < orch_step_ndeps(g->g, (size_t)i); j++) {
     size_t d = orch_step_dep(g->g, (size_t)i, j);
@@ -176,16 +176,40 @@ static int run_lua_fn(orch_step_ctx *ctx, void *ud) {
     lua_setfield(L, -2, orch_step_id(g->g, d));
   }
   int rc = ORCH_OK;
-  if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
-    orch_ctx_set_error(ctx, "%s", lua_tostring(L, -1));
+  size_t n;
+  if (lua_pcall(L, 1, 2, 0) != LUA_OK) { /* 4: the error object */
+    orch_ctx_set_error(ctx, "%s", luaL_tolstring(L, 4, NULL));
     rc = ORCH_ESTEP;
-  } else if (lua_isnil(L, -2) && !lua_isnil(L, -1)) {
-    orch_ctx_set_error(ctx, "%s", luaL_tolstring(L, -1, NULL));
+  } else if (lua_isnil(L, 4) && !lua_isnil(L, 5)) { /* nil, err */
+    orch_ctx_set_error(ctx, "%s", luaL_tolstring(L, 5, NULL));
     rc = ORCH_ESTEP;
-  } else if (!lua_isnil(L, -2)) {
-    size_t n;
-    const char *s = luaL_tolstring(L, -2, &n);
+  } else if (!lua_isnil(L, 4)) {
+    const char *s = luaL_tolstring(L, 4, &n);
     orch_ctx_set_output(ctx, s, n);
+  }
+  lua_pushinteger(L, rc);
+  return 1;
+}
+
+/* A Lua-function step: called on the thread running orch_run, which is the
+ * thread of the state that built the graph, in l_g_run's frame (g->fns is
+ * an index of it). fn(deps) -> output | nil, err */
+static int run_lua_fn(orch_step_ctx *ctx, void *ud) {
+  lgraph *g = ud;
+  lua_State *L = g->L;
+  int top = lua_gettop(L);
+  lua_pushcfunction(L, call_step);
+  lua_pushlightuserdata(L, ctx);
+  lua_pushlightuserdata(L, g);
+  lua_pushvalue(L, g->fns);
+  int rc;
+  if (lua_pcall(L, 3, 1, 0) == LUA_OK) {
+    rc = (int)lua_tointeger(L, -1);
+  } else { /* making the message failed: say what we have */
+    const char *msg = lua_tostring(L, -1);
+    orch_ctx_set_error(ctx, "the step's error could not be shown: %s",
+                       msg ? msg : luaL_typename(L, -1));
+    rc = ORCH_ESTEP;
   }
   lua_settop(L, top);
   return rc;
