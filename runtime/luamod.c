@@ -230,6 +230,17 @@ static void add_deps(lua_State *L, lgraph *g, const char *id, int t) {
   lua_pop(L, 1);
 }
 
+/* Raises unless every key of the step table at t is a string (lua_tostring
+ * would convert a number key in place and break lua_next). */
+static void check_names(lua_State *L, int t, const char *id) {
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "step '%s': key %s is not a name", id, luaL_tolstring(L, -1, NULL));
+  }
+}
+
 /* g:add{id=, fn=function|run=cmd|ms=n|kind=..., deps={...}, cost_ms=, timeout_ms=} */
 static int l_g_add(lua_State *L) {
   lgraph *g = check_g(L, 1);
@@ -237,6 +248,7 @@ static int l_g_add(lua_State *L) {
   lua_getfield(L, 2, "id");
   const char *id = lua_tostring(L, -1);
   if (!id) return luaL_error(L, "a step needs an id");
+  check_names(L, 2, id);
   lua_getfield(L, 2, "fn");
   int rc;
   char err[1024] = "";
@@ -267,8 +279,8 @@ static int l_g_add(lua_State *L) {
     lua_newtable(L);
     lua_pushnil(L);
     while (lua_next(L, 2)) {
-      const char *k = lua_tostring(L, -2);
-      if (k && strcmp(k, "deps") != 0 && strcmp(k, "fn") != 0) {
+      const char *k = lua_tostring(L, -2); /* a string: check_names */
+      if (strcmp(k, "deps") != 0 && strcmp(k, "fn") != 0) {
         lua_pushvalue(L, -2);
         lua_insert(L, -2);
         lua_settable(L, -4);

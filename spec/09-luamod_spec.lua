@@ -85,6 +85,18 @@ describe("graphs whose functions capture the graph", function()
   end)
 end)
 
+describe("a step table with a key that is not a name", function()
+  it("says so for a plan step", function()
+    assert.matches("step 'a': key 1 is not a name",
+      add_error({ "x", id = "a", kind = "shell", run = "echo" }), 1, true)
+  end)
+
+  it("says so for a function step", function()
+    assert.matches("step 'a': key 1 is not a name",
+      add_error({ "x", id = "a", fn = function() end }), 1, true)
+  end)
+end)
+
 describe("a function step that raises", function()
   local function run_one(fn)
     local g = orch.graph()
