@@ -215,15 +215,38 @@ static int run_lua_fn(orch_step_ctx *ctx, void *ud) {
   return rc;
 }
 
-static void add_deps(lua_State *L, lgraph *g, const char *id, int t) {
-  lua_getfield(L, t, "deps");
-  if (lua_istable(L, -1)) {
+/* A step's "deps" (field of the table at t): nil, one step id, or a list
+ * of them. check_deps raises on anything else, before the step is added;
+ * add_deps then adds the edges. Stack: unchanged. */
+static void check_deps(lua_State *L, int t, const char *id) {
+  int ty = lua_getfield(L, t, "deps");
+  if (ty == LUA_TTABLE) {
     lua_Integer n = luaL_len(L, -1);
     for (lua_Integer k = 1; k <= n; k++) {
       lua_rawgeti(L, -1, k);
-      const char *d = lua_tostring(L, -1);
-      if (!d) luaL_error(L, "step '%s': deps[%d] must be a step id", id, (int)k);
-      orch_graph_depend(g->g, id, d);
+      if (!lua_isstring(L, -1))
+        luaL_error(L, "step '%s': deps[%d] must be a step id", id, (int)k);
+      lua_pop(L, 1);
+    }
+  } else if (ty != LUA_TNIL && ty != LUA_TSTRING) {
+    luaL_error(L, "step '%s': \"deps\" must be a list of step ids", id);
+  }
+  lua_pop(L, 1);
+}
+
+static void add_dep(lua_State *L, lgraph *g, const char *id, const char *dep) {
+  int rc = orch_graph_depend(g->g, id, dep);
+  if (rc) luaL_error(L, "step '%s': dependency '%s': %s", id, dep, orch_strerror(rc));
+}
+
+static void add_deps(lua_State *L, lgraph *g, const char *id, int t) {
+  if (lua_getfield(L, t, "deps") == LUA_TSTRING) {
+    add_dep(L, g, id, lua_tostring(L, -1));
+  } else if (lua_istable(L, -1)) {
+    lua_Integer n = luaL_len(L, -1);
+    for (lua_Integer k = 1; k <= n; k++) {
+      lua_rawgeti(L, -1, k);
+      add_dep(L, g, id, lua_tostring(L, -1));
       lua_pop(L, 1);
     }
   }
@@ -249,6 +272,7 @@ static int l_g_add(lua_State *L) {
   const char *id = lua_tostring(L, -1);
   if (!id) return luaL_error(L, "a step needs an id");
   check_names(L, 2, id);
+  check_deps(L, 2, id);
   lua_getfield(L, 2, "fn");
   int rc;
   char err[1024] = "";

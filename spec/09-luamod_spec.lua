@@ -60,6 +60,28 @@ describe("a graph or runtime in use by a run", function()
   end)
 end)
 
+describe("deps", function()
+  it("given as one string is a one-step list", function()
+    local g = orch.graph()
+    g:add({ id = "a", ms = 1 })
+    g:add({ id = "b", ms = 1, deps = "a" })
+    g:add({ id = "c", fn = function(d) return d.a end, deps = "a" })
+    assert.are.same({ { "a" }, { "b", "c" } }, g:levels())
+  end)
+
+  it("of any other type is refused before the step is added", function()
+    for _, bad in ipairs({ 5, true, function() end }) do
+      for _, step in ipairs({ { id = "b", ms = 1, deps = bad }, { id = "b", fn = function() end, deps = bad } }) do
+        local g = orch.graph()
+        local ok, err = pcall(g.add, g, step)
+        assert.is_false(ok)
+        assert.matches("step 'b': \"deps\" must be a list of step ids", err, 1, true)
+        assert.are.equal(0, g:size())
+      end
+    end
+  end)
+end)
+
 describe("graphs whose functions capture the graph", function()
   it("are collected", function()
     local alive = setmetatable({}, { __mode = "k" })
