@@ -264,65 +264,146 @@ static void check_names(lua_State *L, int t, const char *id) {
   }
 }
 
-/* g:add{id=, fn=function|run=cmd|ms=n|kind=..., deps={...}, cost_ms=, timeout_ms=} */
+/* The keys a function step reads; the others are refused as plan files
+ * refuse them (plan.c's check_keys), "_"-prefixed ones being notes. */
+static const char *const fn_keys[] = {"id", "fn", "deps", "cost_ms", "timeout_ms", NULL};
+
+/* Edit distance of a and b, capped at 3 (plan.c's, to suggest a spelling). */
+static int distance(const char *a, const char *b) {
+  size_t la = strlen(a), lb = strlen(b);
+  if (la > 40 || lb > 40) return 3;
+  int row[41];
+  for (size_t j = 0; j <= lb; j++) row[j] = (int)j;
+  for (size_t i = 1; i <= la; i++) {
+    int diag = row[0];
+    row[0] = (int)i;
+    for (size_t j = 1; j <= lb; j++) {
+      int up = row[j];
+      int best = diag + (a[i - 1] != b[j - 1]);
+      if (up + 1 < best) best = up + 1;
+      if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+      row[j] = best;
+      diag = up;
+    }
+  }
+  return row[lb] < 3 ? row[lb] : 3;
+}
+
+/* Raises on a key of the step table at t that a function step does not
+ * read, with the closest known key (a misspelling, or k a prefix of it). */
+static void check_fn_keys(lua_State *L, int t, const char *id) {
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    lua_pop(L, 1);
+    const char *k = lua_tostring(L, -1); /* a string: check_names */
+    int known = k[0] == '_';
+    const char *best = NULL;
+    int bd = 3;
+    for (const char *const *c = fn_keys; *c && !known; c++) {
+      known = strcmp(*c, k) == 0;
+      size_t n = strlen(k);
+      int d = (n >= 3 && !strncmp(*c, k, n)) ? 1 : distance(k, *c);
+      if (d < bd) {
+        bd = d;
+        best = *c;
+      }
+    }
+    if (known) continue;
+    if (strcmp(k, "kind") == 0)
+      luaL_error(L, "step '%s': a step with \"fn\" takes no \"kind\" (it runs the function)", id);
+    luaL_error(L, "step '%s': unknown key \"%s\" for a fn step%s%s%s (its keys: id, fn, "
+               "deps, cost_ms, timeout_ms)", id, k, best ? " (did you mean \"" : "",
+               best ? best : "", best ? "\"?)" : "");
+  }
+}
+
+/* The step table's t[key], a number of ms >= 0, or -1 when absent. */
+static double opt_ms(lua_State *L, int t, const char *key, const char *id) {
+  int ty = lua_getfield(L, t, key);
+  double v = ty == LUA_TNIL ? -1 : lua_tonumber(L, -1);
+  if (ty != LUA_TNIL && (ty != LUA_TNUMBER || !(v >= 0)))
+    luaL_error(L, "step '%s': \"%s\" must be a number >= 0", id, key);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* Adds the function step id (its function at fn) or, into err, says why
+ * not. */
+static int add_fn_step(lua_State *L, lgraph *g, const char *id, int fn, char *err,
+                       size_t errlen) {
+  double cost = opt_ms(L, 2, "cost_ms", id), timeout = opt_ms(L, 2, "timeout_ms", id);
+  long had = orch_graph_find(g->g, id);
+  int rc = orch_graph_add_host_fn(g->g, id, run_lua_fn, g);
+  /* the C call says only the code: name the problem as a plan would */
+  if (rc == ORCH_ESTATE)
+    snprintf(err, errlen, "step '%s': the graph already ran (or was "
+             "validated): add steps before", id);
+  else if (rc == ORCH_EPLAN && had >= 0)
+    snprintf(err, errlen, "duplicate step id '%s'", id);
+  else if (rc == ORCH_EPLAN)
+    snprintf(err, errlen, "step id '%.64s' is not valid: 1 to 256 "
+             "bytes of UTF-8, no control bytes", id);
+  if (rc) return rc;
+  lua_getiuservalue(L, 1, 1);
+  lua_pushvalue(L, fn);
+  lua_setfield(L, -2, id);
+  lua_pop(L, 1);
+  if (cost >= 0) orch_graph_set_cost(g->g, id, cost);
+  if (timeout >= 0) orch_graph_set_timeout(g->g, id, timeout);
+  return ORCH_OK;
+}
+
+/* Adds any other step through the plan's JSON form, which checks its keys
+ * (deps are added by add_deps). */
+static int add_plan_step(lua_State *L, lgraph *g, const char *id, char *err,
+                         size_t errlen) {
+  int top = lua_gettop(L);
+  lua_getglobal(L, "require");
+  lua_pushstring(L, "cjson");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "encode");
+  lua_newtable(L);
+  lua_pushnil(L);
+  while (lua_next(L, 2)) {
+    const char *k = lua_tostring(L, -2); /* a string: check_names */
+    if (strcmp(k, "deps") != 0) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_settable(L, -4);
+    } else {
+      lua_pop(L, 1);
+    }
+  }
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK)
+    return luaL_error(L, "step '%s': %s", id, lua_tostring(L, -1));
+  int rc = orch_graph_add_json(g->g, lua_tostring(L, -1), err, errlen);
+  lua_settop(L, top);
+  return rc;
+}
+
+/* g:add{id=, fn=function|run=cmd|ms=n|kind=..., deps={...}, cost_ms=, timeout_ms=}
+ * -> g | nil, err. A misshapen table raises. */
 static int l_g_add(lua_State *L) {
   lgraph *g = check_g(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
-  lua_getfield(L, 2, "id");
-  const char *id = lua_tostring(L, -1);
+  lua_settop(L, 2);
+  lua_getfield(L, 2, "id"); /* 3 */
+  const char *id = lua_tostring(L, 3);
   if (!id) return luaL_error(L, "a step needs an id");
   check_names(L, 2, id);
   check_deps(L, 2, id);
-  lua_getfield(L, 2, "fn");
-  int rc;
+  int fty = lua_getfield(L, 2, "fn"); /* 4 */
+  if (fty != LUA_TNIL && fty != LUA_TFUNCTION)
+    return luaL_error(L, "step '%s': \"fn\" must be a function", id);
   char err[1024] = "";
-  if (lua_isfunction(L, -1)) {
-    long had = orch_graph_find(g->g, id);
-    rc = orch_graph_add_host_fn(g->g, id, run_lua_fn, g);
-    /* the C call says only the code: name the problem as a plan would */
-    if (rc == ORCH_ESTATE)
-      snprintf(err, sizeof err, "step '%s': the graph already ran (or was "
-               "validated): add steps before", id);
-    else if (rc == ORCH_EPLAN && had >= 0)
-      snprintf(err, sizeof err, "duplicate step id '%s'", id);
-    else if (rc == ORCH_EPLAN)
-      snprintf(err, sizeof err, "step id '%.64s' is not valid: 1 to 256 "
-               "bytes of UTF-8, no control bytes", id);
-    if (rc == ORCH_OK) {
-      lua_getiuservalue(L, 1, 1);
-      lua_pushvalue(L, -2);
-      lua_setfield(L, -2, id);
-      lua_pop(L, 1);
-    }
+  int rc;
+  if (fty == LUA_TFUNCTION) {
+    check_fn_keys(L, 2, id);
+    rc = add_fn_step(L, g, id, 4, err, sizeof err);
   } else {
-    /* Everything else goes through the plan's JSON form. */
-    lua_getglobal(L, "require");
-    lua_pushstring(L, "cjson");
-    lua_call(L, 1, 1);
-    lua_getfield(L, -1, "encode");
-    lua_newtable(L);
-    lua_pushnil(L);
-    while (lua_next(L, 2)) {
-      const char *k = lua_tostring(L, -2); /* a string: check_names */
-      if (strcmp(k, "deps") != 0 && strcmp(k, "fn") != 0) {
-        lua_pushvalue(L, -2);
-        lua_insert(L, -2);
-        lua_settable(L, -4);
-      } else {
-        lua_pop(L, 1);
-      }
-    }
-    if (lua_pcall(L, 1, 1, 0) != LUA_OK) return luaL_error(L, "step '%s': %s", id, lua_tostring(L, -1));
-    rc = orch_graph_add_json(g->g, lua_tostring(L, -1), err, sizeof err);
-    lua_pop(L, 2);
+    rc = add_plan_step(L, g, id, err, sizeof err);
   }
-  lua_pop(L, 1);
   if (rc) return push_err(L, err[0] ? err : orch_strerror(rc));
-  lua_getfield(L, 2, "cost_ms");
-  if (lua_isnumber(L, -1)) orch_graph_set_cost(g->g, id, lua_tonumber(L, -1));
-  lua_getfield(L, 2, "timeout_ms");
-  if (lua_isnumber(L, -1)) orch_graph_set_timeout(g->g, id, lua_tonumber(L, -1));
-  lua_pop(L, 2);
   add_deps(L, g, id, 2);
   lua_settop(L, 1);
   return 1;

@@ -154,3 +154,38 @@ describe("a function step that raises", function()
     assert.matches("^table: ", s.error)
   end)
 end)
+
+describe("a function step with a key it does not read", function()
+  it("is refused with the key and a suggestion, as in plan files", function()
+    local err = add_error({ id = "b", fn = function() end, dep = { "x" } })
+    assert.matches('step \'b\': unknown key "dep" for a fn step (did you mean "deps"?)', err, 1, true)
+    err = add_error({ id = "b", fn = function() end, timout_ms = 5 })
+    assert.matches('unknown key "timout_ms" for a fn step (did you mean "timeout_ms"?)', err, 1, true)
+    assert.matches("its keys: id, fn, deps, cost_ms, timeout_ms", err, 1, true)
+  end)
+
+  it("is refused with another kind", function()
+    assert.matches('step \'b\': a step with "fn" takes no "kind"',
+      add_error({ id = "b", kind = "shell", fn = function() end }), 1, true)
+  end)
+
+  it("accepts the keys it reads, and notes starting with _", function()
+    local g = orch.graph()
+    assert.truthy(g:add({ id = "a", fn = function() end, cost_ms = 5, timeout_ms = 100, _why = "x" }))
+    assert.truthy(g:add({ id = "b", fn = function() end, deps = { "a" }, cost_ms = 7 }))
+    local _, cost = g:critical_path()
+    assert.are.equal(12, cost)
+  end)
+
+  it("refuses a cost or timeout that is not a number >= 0", function()
+    assert.matches('step \'a\': "cost_ms" must be a number >= 0',
+      add_error({ id = "a", fn = function() end, cost_ms = -1 }), 1, true)
+    assert.matches('step \'a\': "timeout_ms" must be a number >= 0',
+      add_error({ id = "a", fn = function() end, timeout_ms = "soon" }), 1, true)
+  end)
+
+  it("or an fn that is not a function", function()
+    assert.matches('step \'a\': "fn" must be a function',
+      add_error({ id = "a", kind = "sleep", ms = 1, fn = "print" }), 1, true)
+  end)
+end)
