@@ -53,12 +53,20 @@ static int push_err(lua_State *L, const char *msg) {
   return 2;
 }
 
-/* orch.runtime{workers=, max_parallel=, config=, dry_run=} */
+/* orch.runtime{config=, <setting>=...} -> runtime | nil, err. Every key but
+ * config goes to orch_runtime_set, which knows the settings (workers,
+ * max_parallel, db, dry_run, lua_mem_max, ...): a key or value it refuses
+ * is the script's mistake and raises; a config file that fails to load is
+ * nil, err. Stack: [opts] -> [opts, runtime] */
 static int l_runtime(lua_State *L) {
   const char *config = NULL;
+  if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
   if (lua_istable(L, 1)) {
-    lua_getfield(L, 1, "config");
-    config = lua_tostring(L, -1);
+    int ty = lua_getfield(L, 1, "config");
+    if (ty != LUA_TNIL && ty != LUA_TSTRING)
+      return luaL_error(L, "orch.runtime: 'config' must be a file name");
+    config = lua_tostring(L, -1); /* the table keeps it */
     lua_pop(L, 1);
   }
   lrt *r = lua_newuserdatauv(L, sizeof *r, 0);
@@ -67,21 +75,20 @@ static int l_runtime(lua_State *L) {
   luaL_setmetatable(L, RT_MT);
   char err[1024];
   if (orch_runtime_new(&r->rt, config, err, sizeof err)) return push_err(L, err);
-  if (lua_istable(L, 1)) {
-    static const char *const keys[] = {"workers", "max_parallel", "scripts_dir", "db",
-                                       "shell_timeout_ms", "dry_run",
-                                       "output_max_bytes", "lua_budget"};
-    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
-      lua_getfield(L, 1, keys[i]);
-      if (!lua_isnil(L, -1)) {
-        const char *v = lua_isboolean(L, -1) ? (lua_toboolean(L, -1) ? "1" : "0")
-                                             : lua_tostring(L, -1);
-        if (!v) return luaL_error(L, "orch.runtime: '%s' has a bad value", keys[i]);
-        if (orch_runtime_set(r->rt, keys[i], v, err, sizeof err))
-          return push_err(L, err);
-      }
-      lua_pop(L, 1);
-    }
+  if (!lua_istable(L, 1)) return 1;
+  lua_pushnil(L);
+  while (lua_next(L, 1)) { /* opts, runtime, key, value */
+    if (lua_type(L, 3) != LUA_TSTRING)
+      return luaL_error(L, "orch.runtime: key %s is not a setting name",
+                        luaL_tolstring(L, 3, NULL));
+    const char *k = lua_tostring(L, 3), *v;
+    int ty = lua_type(L, 4);
+    if (ty == LUA_TBOOLEAN) v = lua_toboolean(L, 4) ? "true" : "false";
+    else if (ty == LUA_TNUMBER || ty == LUA_TSTRING) v = lua_tostring(L, 4); /* a copy */
+    else return luaL_error(L, "orch.runtime: '%s' must be a string, a number or a boolean", k);
+    if (strcmp(k, "config") != 0 && orch_runtime_set(r->rt, k, v, err, sizeof err))
+      return luaL_error(L, "orch.runtime: %s", err);
+    lua_settop(L, 3);
   }
   return 1;
 }
