@@ -416,10 +416,20 @@ static int l_g_add(lua_State *L) {
   return 1;
 }
 
+/* g:depend(id, dep) -> g | nil, err. Unknown ids are reported by
+ * g:validate (or g:run), so steps may come in any order. */
 static int l_g_depend(lua_State *L) {
   lgraph *g = check_g(L, 1);
-  int rc = orch_graph_depend(g->g, luaL_checkstring(L, 2), luaL_checkstring(L, 3));
-  if (rc) return push_err(L, orch_strerror(rc));
+  const char *id = luaL_checkstring(L, 2), *dep = luaL_checkstring(L, 3);
+  int rc = orch_graph_depend(g->g, id, dep);
+  if (rc) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot make '%s' depend on '%s': %s", id, dep,
+                    rc == ORCH_ESTATE ? "the graph already ran (or was validated): "
+                                        "add dependencies before"
+                                      : orch_strerror(rc));
+    return 2;
+  }
   lua_settop(L, 1);
   return 1;
 }
