@@ -80,8 +80,12 @@ ORCH_API int orch_runtime_new(orch_runtime **out /* OUT */,
 ORCH_API void orch_runtime_free(orch_runtime *rt);
 
 /* Overrides one setting by its config key ("workers", "max_parallel",
- * "scripts_dir", ...), before the first run. The value is parsed as the
- * key's type; a wrong key or value is ORCH_ECONFIG with a message. */
+ * "scripts_dir", ...), or "db", "db_default", "dry_run". The value is parsed
+ * as the key's type; a wrong key or value is ORCH_ECONFIG with a message.
+ * What the runtime reads as it starts (workers, db, db_default, scripts_dir,
+ * lua_budget, lua_mem_max, json_max_depth) is ORCH_ESTATE after the first
+ * run; the others (max_parallel, dry_run, dry_run_ms, shell_timeout_ms,
+ * output_max_bytes, plan_max_bytes) apply from the next run or parse. */
 ORCH_API int orch_runtime_set(orch_runtime *rt, const char *key,
                               const char *value, char *err, size_t errlen);
 

@@ -52,21 +52,33 @@ int orch_runtime_new(orch_runtime **out, const char *config_file, char *err,
   return ORCH_OK;
 }
 
+/* The settings copied into the subsystems as the runtime starts: the pool
+ * (workers), the store (db, db_default), the policy engine and the Lua
+ * states it and the workers make (scripts_dir, lua_budget, lua_mem_max,
+ * json_max_depth). A change after the start would do nothing, or half (a
+ * Lua plan parsed later would see a budget the steps never do), so it is
+ * refused. The others are read by each run, step or parse. */
+static const char *const start_keys[] = {
+    "workers",    "db",          "db_default",     "scripts_dir",
+    "lua_budget", "lua_mem_max", "json_max_depth",
+};
+
 int orch_runtime_set(orch_runtime *rt, const char *key, const char *value,
                      char *err, size_t errlen) {
   if (!rt || !key || !value) return ORCH_EINVAL;
-  if (rt->started && (strcmp(key, "workers") == 0))
-    return orch__err(err, errlen, ORCH_ESTATE,
-                     "'workers' cannot change after the first run");
+  if (rt->started)
+    for (size_t i = 0; i < ORCH__ARRAY_LEN(start_keys); i++)
+      if (strcmp(key, start_keys[i]) == 0)
+        return orch__err(err, errlen, ORCH_ESTATE,
+                         "'%s' is read when the runtime starts: set it before "
+                         "the first run",
+                         key);
   if (strcmp(key, "db_default") == 0) {
     free(rt->db_default);
     rt->db_default = orch__strdup(value);
     return ORCH_OK;
   }
   if (strcmp(key, "db") == 0) {
-    if (rt->started)
-      return orch__err(err, errlen, ORCH_ESTATE,
-                       "'db' cannot change after the first run");
     free(rt->db_url);
     rt->db_url = *value ? orch__strdup(value) : NULL;
     return ORCH_OK;
