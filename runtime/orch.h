@@ -112,7 +112,8 @@ ORCH_API int orch_runtime_resume(orch_runtime *rt, const char *session_id,
 /* The runtime's counters as JSON text (free with orch_free): the store's
  * writer (backend, connected, written, spooled, replayed,
  * records_dropped_total, last_error, last_drop) and the scripts
- * (generation, last reload error). */
+ * (generation, last reload error). A message's bytes that are not UTF-8
+ * read U+FFFD. NULL when out of memory. */
 ORCH_API char *orch_runtime_stats(orch_runtime *rt);
 
 /* Waits up to timeout_ms until every record of the runtime's runs is in the

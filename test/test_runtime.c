@@ -4,7 +4,9 @@
 #include "test.h"
 
 #include <dirent.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Threads of this process, from /proc/self/task. */
 static int thread_count(void) {
@@ -180,4 +182,48 @@ TEST(runtime_set_between_runs_applies_to_the_next) {
             ORCH_ELIMIT);
   ASSERT_CONTAINS(err, "plan_max_bytes");
   orch_runtime_free(rt);
+}
+
+/* A scripts directory with one module that fails as it loads, its message
+ * quoting a byte that is not UTF-8 (Lua's "\xff" escape in the source). */
+static char *bad_byte_scripts(void) {
+  char tmpl[] = "/tmp/orch-rt-XXXXXX";
+  if (!mkdtemp(tmpl)) return NULL;
+  char path[256];
+  snprintf(path, sizeof path, "%s/rewards", tmpl);
+  mkdir(path, 0755);
+  snprintf(path, sizeof path, "%s/rewards/bad.lua", tmpl);
+  FILE *f = fopen(path, "w");
+  if (!f) return NULL;
+  fputs("error('a bad byte: \\xff here')\n", f);
+  fclose(f);
+  return strdup(tmpl);
+}
+
+/* The stats keep their scripts section when the last error quotes a byte
+ * that is not UTF-8: the byte reads U+FFFD, the rest as it was. */
+TEST(runtime_stats_keep_a_section_whose_message_is_not_utf8) {
+  char *dir = bad_byte_scripts(), err[512], path[512];
+  ASSERT(dir);
+  orch_runtime *rt = NULL;
+  ASSERT_EQ(orch_runtime_new(&rt, NULL, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch_runtime_set(rt, "scripts_dir", dir, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch_runtime_set(rt, "db", "none", err, sizeof err), ORCH_OK);
+  ASSERT_EQ(run_step(rt, "{\"id\":\"a\",\"kind\":\"sleep\",\"ms\":1}", NULL),
+            ORCH_OK);
+  char last[512];
+  orch_runtime_scripts(rt, last, sizeof last);
+  ASSERT_CONTAINS(last, "a bad byte: \xff here");
+  char *stats = orch_runtime_stats(rt);
+  ASSERT(stats);
+  ASSERT_CONTAINS(stats, "\"scripts\":{");
+  ASSERT_CONTAINS(stats, "a bad byte: \xEF\xBF\xBD here");
+  orch_free(stats);
+  orch_runtime_free(rt);
+  snprintf(path, sizeof path, "%s/rewards/bad.lua", dir);
+  unlink(path);
+  snprintf(path, sizeof path, "%s/rewards", dir);
+  rmdir(path);
+  rmdir(dir);
+  free(dir);
 }
