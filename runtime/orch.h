@@ -303,8 +303,10 @@ ORCH_API const char *orch_ctx_dep_output(const orch_step_ctx *ctx,
 typedef void (*orch_report_fn)(void *ud, const char *file, int line,
                                const char *msg);
 /* Compiles every script under dir and runs each module's selftest() in a
- * fresh sandbox with the runtime's limits (rt may be NULL: defaults).
- * Returns the number of failing scripts (0: all good), or an ORCH_E* code. */
+ * fresh sandbox with the runtime's limits (rt may be NULL: defaults; dir
+ * NULL: the runtime's scripts_dir). Returns the number of failing scripts
+ * (0: all good), or an ORCH_E* code: ORCH_ENOTFOUND, reported, when dir
+ * cannot be opened or holds no script module. */
 ORCH_API int orch_scripts_check(orch_runtime *rt, const char *dir,
                                 orch_report_fn report, void *ud);
 /* The generation of the scripts serving now, and the last reload error
