@@ -8,6 +8,7 @@
 
 #include "orch_paths.h" /* ORCH_DATADIR, generated from PREFIX */
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <lauxlib.h>
 #include <limits.h>
@@ -16,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <unistd.h>
 
 enum { T_INT, T_SIZE, T_NUM, T_STR };
@@ -56,25 +58,50 @@ static const struct setting {
 static const char *const sections[] = {"tiers", "llm", "store", "server",
                                        "policy", "providers"};
 
-/* The scripts when no setting names them: ./scripts when there is one (a
+/* Is dir a scripts directory of ours? Ours hold policies/retry.lua; a
+ * project's own scripts/ (deploy.sh, ...) does not. */
+static bool our_scripts(const char *dir) {
+  char *probe = orch__asprintf("%s/policies/retry.lua", dir);
+  bool ours = probe && access(probe, R_OK) == 0;
+  free(probe);
+  return ours;
+}
+
+/* The file this code was loaded from (PATH_MAX bytes at out): liborch.so or
+ * orch.so as the loader found it, or the program when the static library
+ * is linked into it (build/orchestrate, build/test_c). Not /proc/self/exe
+ * alone: for a host linking liborch.so, or lua5.4 loading orch.so, that is
+ * the host's binary. For the program dladdr names argv[0], so its own
+ * mapping (the one holding its program headers) is read from the kernel. */
+static bool library_file(char *out) {
+  Dl_info self, prog;
+  if (!dladdr((void *)&orch__config_defaults, &self) || !self.dli_fname)
+    return false;
+  void *phdr = (void *)getauxval(AT_PHDR);
+  if (phdr && dladdr(phdr, &prog) && prog.dli_fbase == self.dli_fbase) {
+    ssize_t n = readlink("/proc/self/exe", out, PATH_MAX - 1);
+    if (n <= 0) return false;
+    out[n] = '\0';
+    return true;
+  }
+  return realpath(self.dli_fname, out) != NULL;
+}
+
+/* The scripts when no setting names them: ./scripts when it is ours (a
  * checkout), else the installed ones, else those of the build tree the
- * running program was built in (build/orchestrate run from elsewhere
- * before `make install`: ../scripts beside it, taken only when it holds
- * policies/retry.lua, so a host's own scripts/ is never mistaken for
- * ours). With none of them, the installed path, for the error to name. */
+ * library was built in (build/orchestrate, build/liborch.so or build/orch.so
+ * used from elsewhere before `make install`: ../scripts beside it, when it
+ * is ours). With none of them, the installed path, for the error to name. */
 static char *default_scripts_dir(void) {
-  if (access("scripts", F_OK) == 0) return orch__strdup("scripts");
+  if (our_scripts("scripts")) return orch__strdup("scripts");
   if (access(ORCH_DATADIR "/scripts", F_OK) == 0)
     return orch__strdup(ORCH_DATADIR "/scripts");
-  char exe[PATH_MAX], dir[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-  char *slash = n > 0 ? (exe[n] = '\0', strrchr(exe, '/')) : NULL;
+  char lib[PATH_MAX], dir[PATH_MAX];
+  char *slash = library_file(lib) ? strrchr(lib, '/') : NULL;
   if (slash) {
     *slash = '\0';
-    char *up = orch__asprintf("%s/../scripts", exe);
-    char *probe = up ? orch__asprintf("%s/policies/retry.lua", up) : NULL;
-    bool ours = probe && access(probe, R_OK) == 0 && realpath(up, dir);
-    free(probe);
+    char *up = orch__asprintf("%s/../scripts", lib);
+    bool ours = up && our_scripts(up) && realpath(up, dir);
     free(up);
     if (ours) return orch__strdup(dir);
   }

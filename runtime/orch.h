@@ -80,8 +80,12 @@ ORCH_API int orch_runtime_new(orch_runtime **out /* OUT */,
 ORCH_API void orch_runtime_free(orch_runtime *rt);
 
 /* Overrides one setting by its config key ("workers", "max_parallel",
- * "scripts_dir", ...), before the first run. The value is parsed as the
- * key's type; a wrong key or value is ORCH_ECONFIG with a message. */
+ * "scripts_dir", ...), or "db", "db_default", "dry_run". The value is parsed
+ * as the key's type; a wrong key or value is ORCH_ECONFIG with a message.
+ * What the runtime reads as it starts (workers, db, db_default, scripts_dir,
+ * lua_budget, lua_mem_max, json_max_depth) is ORCH_ESTATE after the first
+ * run; the others (max_parallel, dry_run, dry_run_ms, shell_timeout_ms,
+ * output_max_bytes, plan_max_bytes) apply from the next run or parse. */
 ORCH_API int orch_runtime_set(orch_runtime *rt, const char *key,
                               const char *value, char *err, size_t errlen);
 
@@ -108,7 +112,8 @@ ORCH_API int orch_runtime_resume(orch_runtime *rt, const char *session_id,
 /* The runtime's counters as JSON text (free with orch_free): the store's
  * writer (backend, connected, written, spooled, replayed,
  * records_dropped_total, last_error, last_drop) and the scripts
- * (generation, last reload error). */
+ * (generation, last reload error). A message's bytes that are not UTF-8
+ * read U+FFFD. NULL when out of memory. */
 ORCH_API char *orch_runtime_stats(orch_runtime *rt);
 
 /* Waits up to timeout_ms until every record of the runtime's runs is in the
@@ -301,8 +306,10 @@ ORCH_API const char *orch_ctx_dep_output(const orch_step_ctx *ctx,
 typedef void (*orch_report_fn)(void *ud, const char *file, int line,
                                const char *msg);
 /* Compiles every script under dir and runs each module's selftest() in a
- * fresh sandbox with the runtime's limits (rt may be NULL: defaults).
- * Returns the number of failing scripts (0: all good), or an ORCH_E* code. */
+ * fresh sandbox with the runtime's limits (rt may be NULL: defaults; dir
+ * NULL: the runtime's scripts_dir). Returns the number of failing scripts
+ * (0: all good), or an ORCH_E* code: ORCH_ENOTFOUND, reported, when dir
+ * cannot be opened or holds no script module. */
 ORCH_API int orch_scripts_check(orch_runtime *rt, const char *dir,
                                 orch_report_fn report, void *ud);
 /* The generation of the scripts serving now, and the last reload error

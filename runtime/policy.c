@@ -2527,6 +2527,16 @@ int orch_scripts_check(orch_runtime *rt, const char *dir,
     return ORCH_ENOTFOUND;
   }
   if (rc) return rc;
+  if (snap->n == 0 && problems == 0) {
+    /* a directory of something else (a project's own scripts/ of shell
+     * files): "all scripts compile" would be true of nothing */
+    snap_unref(snap);
+    if (report)
+      report(ud, dir, 0,
+             "no script modules (*.lua, at the top or one directory down, "
+             "as routing/, rewards/, policies/)");
+    return ORCH_ENOTFOUND;
+  }
   /* each module in a fresh state; the errors are reported after, those of
    * modules that fail on their own first, then those that fail only
    * because a module they require does (one line each, naming it) */

@@ -52,21 +52,33 @@ int orch_runtime_new(orch_runtime **out, const char *config_file, char *err,
   return ORCH_OK;
 }
 
+/* The settings copied into the subsystems as the runtime starts: the pool
+ * (workers), the store (db, db_default), the policy engine and the Lua
+ * states it and the workers make (scripts_dir, lua_budget, lua_mem_max,
+ * json_max_depth). A change after the start would do nothing, or half (a
+ * Lua plan parsed later would see a budget the steps never do), so it is
+ * refused. The others are read by each run, step or parse. */
+static const char *const start_keys[] = {
+    "workers",    "db",          "db_default",     "scripts_dir",
+    "lua_budget", "lua_mem_max", "json_max_depth",
+};
+
 int orch_runtime_set(orch_runtime *rt, const char *key, const char *value,
                      char *err, size_t errlen) {
   if (!rt || !key || !value) return ORCH_EINVAL;
-  if (rt->started && (strcmp(key, "workers") == 0))
-    return orch__err(err, errlen, ORCH_ESTATE,
-                     "'workers' cannot change after the first run");
+  if (rt->started)
+    for (size_t i = 0; i < ORCH__ARRAY_LEN(start_keys); i++)
+      if (strcmp(key, start_keys[i]) == 0)
+        return orch__err(err, errlen, ORCH_ESTATE,
+                         "'%s' is read when the runtime starts: set it before "
+                         "the first run",
+                         key);
   if (strcmp(key, "db_default") == 0) {
     free(rt->db_default);
     rt->db_default = orch__strdup(value);
     return ORCH_OK;
   }
   if (strcmp(key, "db") == 0) {
-    if (rt->started)
-      return orch__err(err, errlen, ORCH_ESTATE,
-                       "'db' cannot change after the first run");
     free(rt->db_url);
     rt->db_url = *value ? orch__strdup(value) : NULL;
     return ORCH_OK;
@@ -253,27 +265,46 @@ int orch_runtime_flush(orch_runtime *rt, unsigned timeout_ms) {
   return orch__store_flush(rt->store, timeout_ms);
 }
 
+/* Messages quote what failed: a script's bytes, a database's words, a
+ * path, and may be cut inside a character. json_pack refuses invalid UTF-8
+ * (and with it the whole section), so each string is repaired first. */
+static int set_section(json_t *doc, const char *key, json_t *section) {
+  return section ? json_object_set_new(doc, key, section) : -1;
+}
+
 char *orch_runtime_stats(orch_runtime *rt) {
   if (!rt) return NULL;
+  char *txt = NULL, *last_error = NULL, *last_drop = NULL, *script_error = NULL;
   json_t *doc = json_object();
+  if (!doc) goto done;
   if (rt->store) {
     orch__store_stats st;
     orch__store_stats_get(rt->store, &st);
-    json_object_set_new(doc, "store", json_pack(
+    last_error = orch__utf8_repair(st.last_error, strlen(st.last_error));
+    last_drop = orch__utf8_repair(st.last_drop, strlen(st.last_drop));
+    if (!last_error || !last_drop) goto done;
+    if (set_section(doc, "store", json_pack(
         "{s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:s}",
         "backend", st.backend, "connected", st.connected,
         "queued", (json_int_t)st.queued, "written", (json_int_t)st.written,
         "spooled", (json_int_t)st.spooled, "replayed", (json_int_t)st.replayed,
         "rejected", (json_int_t)st.rejected,
         "records_dropped_total", (json_int_t)st.records_dropped_total,
-        "spool_bytes", (json_int_t)st.spool_bytes, "last_error", st.last_error,
-        "last_drop", st.last_drop));
+        "spool_bytes", (json_int_t)st.spool_bytes, "last_error", last_error,
+        "last_drop", last_drop)))
+      goto done;
   }
   char err[512] = "";
   unsigned gen = rt->policy ? orch_runtime_scripts(rt, err, sizeof err) : 0;
-  json_object_set_new(doc, "scripts", json_pack("{s:i, s:s}", "generation", (int)gen,
-                                                "last_error", err));
-  char *txt = json_dumps(doc, JSON_COMPACT);
+  if (!(script_error = orch__utf8_repair(err, strlen(err)))) goto done;
+  if (set_section(doc, "scripts", json_pack("{s:i, s:s}", "generation", (int)gen,
+                                            "last_error", script_error)))
+    goto done;
+  txt = json_dumps(doc, JSON_COMPACT);
+done:
+  free(last_error);
+  free(last_drop);
+  free(script_error);
   json_decref(doc);
   return txt;
 }

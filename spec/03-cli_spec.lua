@@ -54,6 +54,51 @@ describe("the orchestrate command", function()
     assert.matches("all scripts compile and pass their self-checks", out, 1, true)
   end)
 
+  it("takes a project's own scripts/ for none of its policy scripts", function()
+    local dir = h.tmpdir()
+    -- a project with scripts of its own (shell), no policies/retry.lua
+    assert(os.execute("mkdir -p " .. dir .. "/scripts && echo 'echo hi' > " ..
+                      dir .. "/scripts/deploy.sh"))
+    local cwd = io.popen("pwd"):read("l")
+    local code, out, err = h.cli("plan " .. h.sh_quote(cwd .. "/examples/plan.gap"),
+                                 { env = "cd " .. dir .. " &&" })
+    local code2, out2, err2 = h.cli("check", { env = "cd " .. dir .. " &&" })
+    os.execute("rm -rf " .. dir)
+    assert.are.equal(0, code, err)
+    assert.matches("5 steps", out, 1, true)
+    -- check looks at the build tree's scripts, not at deploy.sh
+    assert.are.equal(0, code2, err2)
+    assert.matches("all scripts compile", out2, 1, true)
+  end)
+
+  it("fails check on a directory with no script modules, saying so", function()
+    local dir = h.tmpdir()
+    assert(os.execute("echo 'echo hi' > " .. dir .. "/deploy.sh"))
+    local code, out, err = h.cli("check " .. dir)
+    os.execute("rm -rf " .. dir)
+    assert.are_not.equal(0, code)
+    assert.matches(dir .. ": no script modules", err, 1, true)
+    assert.is_nil(out:match("all scripts compile"))
+  end)
+
+  it("finds the build tree's scripts from orch.so loaded by lua5.4 elsewhere", function()
+    local dir = h.tmpdir()
+    local cwd = io.popen("pwd"):read("l")
+    local prog = h.write([[
+      local orch = require("orch")
+      local rt = assert(orch.runtime{ db = "none" })
+      local g, err = orch.load(arg[1], rt)
+      io.write(g and ("steps " .. g:size()) or ("error " .. tostring(err)))
+    ]], ".lua")
+    local p = io.popen("cd " .. dir .. " && lua5.4 " .. prog .. " " ..
+                       h.sh_quote(cwd .. "/examples/plan.gap") .. " 2>&1")
+    local out = p:read("a")
+    p:close()
+    os.remove(prog)
+    os.execute("rm -rf " .. dir)
+    assert.are.equal("steps 5", out)
+  end)
+
   it("exits 65 on a missing plan file, naming it", function()
     local code, _, err = h.cli("run /nonexistent/plan.json")
     assert.are.equal(65, code)

@@ -1887,3 +1887,17 @@ TEST(sandbox_table_move_refuses_a_range_past_the_budget) {
   orch__lua_close(L);
   orch__config_deinit(&c);
 }
+
+/* A directory without a module (a project's scripts/ of shell files) fails
+ * the check, saying so, rather than "all scripts compile". */
+TEST(scripts_check_fails_a_directory_with_no_modules) {
+  char *dir = tmpdir_new();
+  put(dir, "deploy.sh", "echo deploy\n");
+  reports r;
+  memset(&r, 0, sizeof r);
+  ASSERT_EQ(orch_scripts_check(NULL, dir, on_report, &r), ORCH_ENOTFOUND);
+  ASSERT_EQ(r.n, 1);
+  ASSERT_CONTAINS(r.text[0], "no script modules");
+  rm_rf(dir);
+  free(dir);
+}
