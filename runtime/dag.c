@@ -417,7 +417,7 @@ int orch_graph_depend(orch_graph *g, const char *id, const char *dep) {
 int orch_graph_set_cost(orch_graph *g, const char *id, double ms) {
   long i = g && id ? orch_graph_find(g, id) : -1;
   if (i < 0) return g && id ? ORCH_ENOTFOUND : ORCH_EINVAL;
-  if (!(ms >= 0)) return ORCH_EINVAL;
+  if (!(ms >= 0 && ms <= ORCH__SLEEP_MAX_MS)) return ORCH_EINVAL;
   g->steps[i].cost = (float)ms;
   g->steps[i].flags |= ORCH__SF_HAS_COST;
   return ORCH_OK;
@@ -426,7 +426,7 @@ int orch_graph_set_cost(orch_graph *g, const char *id, double ms) {
 int orch_graph_set_timeout(orch_graph *g, const char *id, double ms) {
   long i = g && id ? orch_graph_find(g, id) : -1;
   if (i < 0) return g && id ? ORCH_ENOTFOUND : ORCH_EINVAL;
-  if (!(ms >= 0)) return ORCH_EINVAL;
+  if (!(ms >= 0 && ms <= ORCH__SLEEP_MAX_MS)) return ORCH_EINVAL;
   g->steps[i].timeout_ms = (float)ms;
   return ORCH_OK;
 }

@@ -199,7 +199,8 @@ ORCH_API int orch_graph_depend_index(orch_graph *g, size_t step, size_t dep);
  * ORCH_ESTATE after validation, ORCH_ELIMIT past 2^32 - 2 steps. */
 ORCH_API int orch_graph_reserve(orch_graph *g, size_t nsteps, size_t nedges);
 /* The step's cost estimate (for priorities and the critical path) and its
- * timeout, in ms. The step must exist: ORCH_ENOTFOUND otherwise, and the
+ * timeout, in ms, each from 0 to 2592000000 (30 days; else, inf or NaN,
+ * ORCH_EINVAL). The step must exist: ORCH_ENOTFOUND otherwise, and the
  * graph is left as it was. */
 ORCH_API int orch_graph_set_cost(orch_graph *g, const char *id, double ms);
 ORCH_API int orch_graph_set_timeout(orch_graph *g, const char *id,

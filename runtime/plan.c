@@ -203,9 +203,11 @@ int orch__plan_add_step(orch_graph *g, json_t *obj, const char *where,
   }
   json_t *cost = json_object_get(obj, "cost_ms");
   if (cost) {
-    if (!json_is_number(cost) || json_number_value(cost) < 0) {
+    if (!json_is_number(cost) || !(json_number_value(cost) >= 0 &&
+                                   json_number_value(cost) <= ORCH__SLEEP_MAX_MS)) {
       rc = orch__err(err, errlen, ORCH_EPLAN,
-                     "%s: \"cost_ms\" must be a number >= 0", at);
+                     "%s: \"cost_ms\" must be a number from 0 to %.0f (30 days)",
+                     at, ORCH__SLEEP_MAX_MS);
       goto done;
     }
     s->cost = (float)json_number_value(cost);
@@ -222,9 +224,12 @@ int orch__plan_add_step(orch_graph *g, json_t *obj, const char *where,
   }
   json_t *tmo = json_object_get(obj, "timeout_ms");
   if (tmo) {
-    if (!json_is_number(tmo) || json_number_value(tmo) < 0) {
+    if (!json_is_number(tmo) || !(json_number_value(tmo) >= 0 &&
+                                  json_number_value(tmo) <= ORCH__SLEEP_MAX_MS)) {
       rc = orch__err(err, errlen, ORCH_EPLAN,
-                     "%s: \"timeout_ms\" must be a number >= 0", at);
+                     "%s: \"timeout_ms\" must be a number from 0 to %.0f (30 "
+                     "days; 0: none)",
+                     at, ORCH__SLEEP_MAX_MS);
       goto done;
     }
     s->timeout_ms = (float)json_number_value(tmo);

@@ -47,4 +47,12 @@ describe("a plan step", function()
     assert.are.equal(65, code)
     assert.matches("is a directory, not a file", err, 1, true)
   end)
+
+  it("with a timeout or cost past 30 days (or infinite) is refused", function()
+    for _, k in ipairs({ "timeout_ms", "cost_ms" }) do
+      local code, err = plan_error({ { id = "a", kind = "shell", run = "true", [k] = 1e300 } })
+      assert.are.equal(65, code)
+      assert.matches('"' .. k .. '" must be a number from 0 to 2592000000', err, 1, true)
+    end
+  end)
 end)

@@ -393,16 +393,22 @@ TEST(dag_sleep_out_of_range_is_refused) {
   orch_graph_free(g);
 }
 
-/* A dry run sleeps for an llm step's cost_ms: out of range, the step fails
- * with a message instead of passing at once. */
+/* A dry run sleeps for an llm step's cost_ms, else dry_run_ms: out of
+ * range (a cost_ms is refused in the plan, dry_run_ms is a setting), the
+ * step fails with a message instead of passing at once. */
 TEST(dag_dry_run_sleep_out_of_range_fails_the_step) {
   orch_runtime *rt = NULL;
   orch_graph *g = NULL;
   char err[512];
   ASSERT_EQ(orch_runtime_new(&rt, NULL, err, sizeof err), ORCH_OK);
   ASSERT_EQ(orch_runtime_set(rt, "dry_run", "true", err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch_runtime_set(rt, "dry_run_ms", "1e300", err, sizeof err), ORCH_OK);
   ASSERT_EQ(orch_graph_new(&g), ORCH_OK);
   ASSERT_EQ(orch_graph_add_json(g, "{\"id\":\"m\",\"prompt\":\"p\",\"cost_ms\":1e300}",
+                                err, sizeof err),
+            ORCH_EPLAN);
+  ASSERT_CONTAINS(err, "\"cost_ms\" must be a number from 0 to 2592000000");
+  ASSERT_EQ(orch_graph_add_json(g, "{\"id\":\"m\",\"prompt\":\"p\"}",
                                 err, sizeof err),
             ORCH_OK);
   ASSERT_EQ(orch_graph_add_json(g, "{\"id\":\"n\",\"prompt\":\"p\",\"cost_ms\":1}",
@@ -410,7 +416,7 @@ TEST(dag_dry_run_sleep_out_of_range_fails_the_step) {
             ORCH_OK);
   ASSERT_EQ(orch_run(rt, g, err, sizeof err), ORCH_ESTEP);
   ASSERT_EQ(orch_step_status(g, 0), ORCH_FAILED);
-  ASSERT_CONTAINS(orch_step_error(g, 0), "step 'm': a sleep of inf ms is out of range");
+  ASSERT_CONTAINS(orch_step_error(g, 0), "step 'm': a sleep of 1e+300 ms is out of range");
   ASSERT_EQ(orch_step_status(g, 1), ORCH_PASSED);
   orch_graph_free(g);
   orch_runtime_free(rt);
