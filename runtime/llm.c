@@ -714,7 +714,9 @@ typedef struct sse {
 struct orch__llm_call {
   orch__llm *l;
   orch__llm_call *prev, *next; /* in l->calls while running */
-  char *tier_name, *model, *system, *prompt, *fault;
+  char *tier_name, *system, *prompt, *fault;
+  char *model; /* the step's model, for its first tier only; or NULL */
+  int first_tier;
   int max_tokens, stream_req;
   long timeout_ms;
   void (*done)(orch__llm_call *c, void *ud);
@@ -753,6 +755,14 @@ static void finish(orch__llm_call *c, int code, const char *msg);
 static void finish_now(orch__llm_call *c, int code, const char *msg);
 
 static void timer_closed(uv_handle_t *h) { free(h); }
+
+/* The model a tier is asked for: the step's on the tier it named (or
+ * routing chose), each fallback tier its own (another provider, another
+ * price list: the step's model means nothing there). */
+static const char *tier_model(const orch__llm_call *c, int tier) {
+  return c->model && tier == c->first_tier ? c->model
+                                           : c->l->tiers[tier].model;
+}
 
 static int ensure_timer(orch__llm_call *c) {
   if (c->timer) return ORCH_OK;
@@ -803,7 +813,7 @@ static orch__llm_attempt *new_attempt(orch__llm_call *c) {
   memset(a, 0, sizeof *a);
   const llm_tier *t = &c->l->tiers[c->tier];
   a->tier = orch__strdup(t->name);
-  a->model = orch__strdup(c->model ? c->model : t->model);
+  a->model = orch__strdup(tier_model(c, c->tier));
   a->provider = prov_names[t->provider];
   a->tokens_in = a->tokens_out = -1;
   a->ttft_ms = -1;
@@ -875,7 +885,7 @@ static json_t *body_refill(orch__llm_call *c, const llm_tier *t,
 }
 
 static char *build_body(orch__llm_call *c, const llm_tier *t) {
-  const char *model = c->model ? c->model : t->model;
+  const char *model = tier_model(c, (int)(t - c->l->tiers));
   int mt = c->max_tokens > 0 ? c->max_tokens
            : t->max_tokens > 0 ? t->max_tokens
                                : c->l->max_tokens;
@@ -1640,7 +1650,7 @@ static void finish_now(orch__llm_call *c, int code, const char *msg) {
   r->error = code ? orch__strdup(msg ? msg : "failed") : NULL;
   if (r->error) orch__llm_redact(l, &r->error);
   r->tier = orch__strdup(t->name);
-  r->model = orch__strdup(c->model ? c->model : t->model);
+  r->model = orch__strdup(tier_model(c, c->tier));
   r->provider = prov_names[t->provider];
   if (code == ORCH_OK) {
     r->text = c->text.p ? c->text.p : orch__strdup("");
@@ -1742,7 +1752,7 @@ int orch__llm_call_start(orch__llm *l, const orch__llm_req *req,
     free(m);
     return ORCH_OK;
   }
-  c->tier = (int)(t - l->tiers);
+  c->tier = c->first_tier = (int)(t - l->tiers);
   c->starting = true;
   begin_tier(c, c->tier, NULL);
   c->starting = false;

@@ -146,8 +146,23 @@ static const char conf_basic[] = BASE_CONF
     "\"slow\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":"
     "\"latency=1000\"},"
     "\"trickle\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":"
-    "\"slow=150\"}"
+    "\"slow=150\"},"
+    "\"oa_an\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":"
+    "\"ok\",\"fallback\":\"an\"}"
     "}}";
+
+/* Runs one call with a model of the caller's (the step's "model"). */
+static orch__llm_call *call_model(lctx *c, const char *tier,
+                                  const char *model, const char *prompt,
+                                  int stream) {
+  orch__llm_req rq = {.tier = tier, .model = model, .prompt = prompt,
+                      .stream = stream, .done = call_done, .ud = c};
+  orch__llm_call *call;
+  int before = c->done;
+  if (orch__llm_call_start(c->l, &rq, &call)) return NULL;
+  lrun(c, before + 1, 20000);
+  return call;
+}
 
 TEST(llm_openai_whole_answer_has_text_usage_and_cost) {
   lctx c;
@@ -362,6 +377,33 @@ TEST(llm_quota_429_falls_back_without_retrying) {
   ASSERT_STR_EQ(r->attempts[0].action, "fallback");
   ASSERT_STR_EQ(r->tier, "oa");
   orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+/* The step's model is its own tier's: a fallback tier (here another
+ * provider) sends its own model. */
+TEST(llm_a_step_model_applies_to_its_own_tier_not_the_fallbacks) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  for (int stream = 0; stream < 2; stream++) {
+    orch__llm_call *call = call_model(&c, "oa_an", "500", "x", stream);
+    const orch__llm_result *r = orch__llm_call_result(call);
+    if (r->code) fprintf(stderr, "  stream %d: %s\n", stream, r->error);
+    ASSERT_EQ(r->code, ORCH_OK);
+    ASSERT_EQ(r->nattempts, 3);
+    ASSERT_STR_EQ(r->attempts[0].tier, "oa_an");
+    ASSERT_STR_EQ(r->attempts[0].model, "500");
+    ASSERT_STR_EQ(r->attempts[1].model, "500");
+    ASSERT_STR_EQ(r->attempts[2].tier, "an");
+    ASSERT_STR_EQ(r->attempts[2].model, "ok");
+    ASSERT_STR_EQ(r->tier, "an");
+    ASSERT_STR_EQ(r->model, "ok");
+    ASSERT_STR_EQ(r->provider, "anthropic");
+    json_t *j = orch__llm_result_json(r);
+    ASSERT_STR_EQ(json_string_value(json_object_get(j, "model")), "ok");
+    json_decref(j);
+    orch__llm_call_free(call);
+  }
   ASSERT_EQ(lctx_deinit(&c), 0);
 }
 
