@@ -637,13 +637,60 @@ void orch__llm_redact(const orch__llm *l, char **s) {
 
 /* ---- the retry policy ------------------------------------------------ */
 
-/* Does an error body say the quota or budget is spent (not a rate)? */
+/* Does a 429's body say the quota or budget is spent (not a rate)? Only
+ * the string values of "code" and "type" keys count, never the message:
+ * rate-limit texts speak of quota too (Azure's links .../quotaincrease,
+ * Gemini's says "check quota"). Read as retry.lua's quota_spent reads it,
+ * by the same scan without a JSON parser (its gmatch of
+ * "key"%s*:%s*"value"), so the twins agree on any body. */
+static const char *const quota_words[] = {"insufficient_quota", "billing",
+                                          "credit", "budget"};
+
+static bool json_space(char ch) {
+  return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' ||
+         ch == '\f' || ch == '\v';
+}
+
+/* One "key": "value" at p (key: letters), or NULL; *end after it. */
+static bool key_value_at(const char *p, const char **key, size_t *klen,
+                         const char **val, size_t *vlen, const char **end) {
+  if (*p != '"') return false;
+  const char *k = ++p;
+  while ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')) p++;
+  if (p == k || *p != '"') return false;
+  *key = k;
+  *klen = (size_t)(p - k);
+  for (p++; json_space(*p); p++) {}
+  if (*p != ':') return false;
+  for (p++; json_space(*p); p++) {}
+  if (*p != '"') return false;
+  *val = ++p;
+  while (*p && *p != '"') p++;
+  if (!*p) return false;
+  *vlen = (size_t)(p - *val);
+  *end = p + 1;
+  return true;
+}
+
 static bool says_quota(const char *body) {
   if (!body) return false;
-  static const char *const words[] = {"insufficient_quota", "quota",
-                                      "billing", "budget", "credit balance"};
-  for (size_t i = 0; i < ORCH__ARRAY_LEN(words); i++)
-    if (strcasestr(body, words[i])) return true;
+  const char *p = body;
+  while (*p) {
+    const char *k, *v, *end;
+    size_t kl, vl;
+    if (!key_value_at(p, &k, &kl, &v, &vl, &end)) {
+      p++;
+      continue;
+    }
+    p = end;
+    if (!(kl == 4 && (!memcmp(k, "code", 4) || !memcmp(k, "type", 4))))
+      continue;
+    for (size_t i = 0; i < ORCH__ARRAY_LEN(quota_words); i++) {
+      size_t wl = strlen(quota_words[i]);
+      for (size_t j = 0; j + wl <= vl; j++)
+        if (!strncasecmp(v + j, quota_words[i], wl)) return true;
+    }
+  }
   return false;
 }
 
@@ -651,7 +698,8 @@ void orch__llm_decide(const orch__llm_retry_opts *o, int attempt, int status,
                       const char *error, long retry_after_ms, const char *body,
                       orch__llm_decision *d) {
   memset(d, 0, sizeof *d);
-  if (status == 429 && says_quota(body)) {
+  /* a Retry-After says when to come back: a rate, whatever the body */
+  if (status == 429 && retry_after_ms < 0 && says_quota(body)) {
     d->action = ORCH__LLM_FALLBACK;
     snprintf(d->reason, sizeof d->reason, "quota or budget exhausted (429)");
     return;

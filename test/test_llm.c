@@ -407,6 +407,26 @@ TEST(llm_a_step_model_applies_to_its_own_tier_not_the_fallbacks) {
   ASSERT_EQ(lctx_deinit(&c), 0);
 }
 
+/* Azure's rate-limit 429 links .../quotaincrease and sends Retry-After:
+ * a rate limit, retried when it says, not a spent quota. */
+TEST(llm_a_rate_limit_that_mentions_quota_is_retried_after_retry_after) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  int64_t t0 = tnow();
+  orch__llm_call *call = call_model(&c, "oa_an", "flaky-azure=1", "x", 0);
+  double ms = (double)(tnow() - t0) / 1e6;
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_OK);
+  ASSERT_EQ(r->nattempts, 2);
+  ASSERT_EQ(r->attempts[0].http_status, 429);
+  ASSERT_STR_EQ(r->attempts[0].action, "retry");
+  ASSERT(r->attempts[0].delay_ms >= 1000 && r->attempts[0].delay_ms <= 1100);
+  ASSERT_STR_EQ(r->tier, "oa_an");
+  ASSERT(ms >= 1000);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
 TEST(llm_honours_retry_after_timed) {
   lctx c;
   ASSERT_EQ(lctx_init(&c, conf_basic), 0);
@@ -623,6 +643,113 @@ TEST(llm_decide_spreads_retries_with_full_jitter) {
   }
   orch__llm_decide(&o, 1, 529, NULL, -1, NULL, &d);
   ASSERT_EQ(d.action, ORCH__LLM_RETRY);
+}
+
+/* 429 bodies: a spent quota or budget (by the error's code or type), or a
+ * rate limit whatever its message says (Azure's and Gemini's speak of
+ * quota). 1: quota spent. */
+static const struct {
+  const char *body;
+  int quota;
+} bodies_429[] = {
+    {"{\"error\":{\"message\":\"You exceeded your current quota\","
+     "\"type\":\"insufficient_quota\",\"code\":\"insufficient_quota\"}}", 1},
+    {"{\"type\":\"error\",\"error\":{\"type\":\"billing_error\","
+     "\"message\":\"Your credit balance is too low\"}}", 1},
+    {"{\"error\":{\"code\":\"credit_limit_reached\"}}", 1},
+    {"{\"error\":{\"type\" :\n \"Budget_Exceeded\"}}", 1},
+    {"{\"error\":{\"code\":\"429\",\"message\":\"Requests to the "
+     "ChatCompletions_Create Operation have exceeded token rate limit. "
+     "Please retry after 1 second. Please go here: "
+     "https://aka.ms/oai/quotaincrease\"}}", 0},
+    {"{\"error\":{\"code\":429,\"message\":\"Resource has been exhausted "
+     "(e.g. check quota).\",\"status\":\"RESOURCE_EXHAUSTED\"}}", 0},
+    {"{\"error\":{\"message\":\"Rate limit reached\",\"type\":\"requests\","
+     "\"code\":\"rate_limit_exceeded\"}}", 0},
+    {"{\"error\":{\"message\":\"Your credit balance is too low; check "
+     "billing\"}}", 0},
+    {"{\"error\":{\"message\":\"say \\\"type\\\":\\\"billing\\\"\"}}", 0},
+    {"quota billing budget credit", 0},
+    {"", 0},
+};
+
+TEST(llm_decide_tells_a_spent_quota_from_a_rate_limit) {
+  orch__llm_retry_opts o = {.max_attempts = 4, .base_ms = 10,
+                            .max_ms = 100, .retry_after_cap_ms = 60000};
+  orch__llm_decision d;
+  for (size_t i = 0; i < sizeof bodies_429 / sizeof *bodies_429; i++) {
+    orch__llm_decide(&o, 1, 429, NULL, -1, bodies_429[i].body, &d);
+    if ((d.action == ORCH__LLM_FALLBACK) != bodies_429[i].quota)
+      fprintf(stderr, "  body %zu: %s\n", i, bodies_429[i].body);
+    ASSERT_EQ(d.action, bodies_429[i].quota ? ORCH__LLM_FALLBACK
+                                            : ORCH__LLM_RETRY);
+    /* a Retry-After says when to come back: a rate limit, whatever the body */
+    orch__llm_decide(&o, 1, 429, NULL, 1500, bodies_429[i].body, &d);
+    ASSERT_EQ(d.action, ORCH__LLM_RETRY);
+    ASSERT(d.delay_ms >= 1500);
+    orch__llm_decide(&o, 1, 429, NULL, 0, bodies_429[i].body, &d);
+    ASSERT_EQ(d.action, ORCH__LLM_RETRY);
+  }
+}
+
+/* The built-in twin and scripts/policies/retry.lua decide alike: the same
+ * action on every case (their reasons' words differ). */
+TEST(llm_decide_agrees_with_retry_lua) {
+  orch__config cfg;
+  orch__config_defaults(&cfg);
+  free(cfg.scripts_dir);
+  cfg.scripts_dir = orch__strdup("scripts");
+  orch__policy *p = NULL;
+  char err[512];
+  ASSERT_EQ(orch__policy_new(&p, &cfg, err, sizeof err), ORCH_OK);
+  orch__lstate *ls = orch__lstate_new(p, err, sizeof err);
+  ASSERT(ls);
+  /* the script's own numbers, so that attempts and caps line up */
+  orch__llm_retry_opts o = {.max_attempts = 4, .base_ms = 500,
+                            .max_ms = 30000, .retry_after_cap_ms = 60000};
+  static const int statuses[] = {0, 200, 400, 401, 404, 408, 409, 429, 500,
+                                 503, 529};
+  static const long ras[] = {-1, 0, 1000, 60000, 60001};
+  size_t n = 0;
+  for (int attempt = 1; attempt <= 4; attempt++)
+    for (size_t si = 0; si < sizeof statuses / sizeof *statuses; si++)
+      for (size_t ri = 0; ri < sizeof ras / sizeof *ras; ri++)
+        for (size_t bi = 0; bi < sizeof bodies_429 / sizeof *bodies_429;
+             bi++) {
+          int st = statuses[si];
+          const char *body = bodies_429[bi].body;
+          const char *error = st == 0 || st == 200 ? "timeout" : NULL;
+          orch__llm_decision d;
+          orch__llm_decide(&o, attempt, st, error, ras[ri], body, &d);
+          json_t *arg = json_pack("{s:i,s:i,s:s}", "attempt", attempt,
+                                  "status", st, "body", body);
+          if (error) json_object_set_new(arg, "error", json_string(error));
+          if (ras[ri] >= 0)
+            json_object_set_new(arg, "retry_after_ms",
+                                json_integer(ras[ri]));
+          json_t *out = NULL;
+          int rc = orch__policy_call(ls, "policies.retry", "decide", arg,
+                                     &out, err, sizeof err);
+          json_decref(arg);
+          if (rc) fprintf(stderr, "  retry.lua: %s\n", err);
+          ASSERT_EQ(rc, ORCH_OK);
+          const char *la = json_string_value(json_object_get(out, "action"));
+          const char *ca = d.action == ORCH__LLM_RETRY      ? "retry"
+                           : d.action == ORCH__LLM_FALLBACK ? "fallback"
+                                                            : "fail";
+          if (!la || strcmp(la, ca))
+            fprintf(stderr,
+                    "  attempt %d status %d retry-after %ld body %zu: C %s "
+                    "(%s), retry.lua %s\n",
+                    attempt, st, ras[ri], bi, ca, d.reason, la ? la : "?");
+          ASSERT_STR_EQ(la, ca);
+          json_decref(out);
+          n++;
+        }
+  ASSERT(n > 1000);
+  orch__lstate_free(ls);
+  orch__policy_free(p);
+  orch__config_deinit(&cfg);
 }
 
 TEST(llm_config_check_names_the_bad_key) {
