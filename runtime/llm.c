@@ -756,6 +756,8 @@ typedef struct sse {
   size_t off;      /* bytes of the stream consumed */
   size_t line_off; /* stream offset of the current line's start */
   size_t data_off; /* stream offset of the event's first data value */
+  unsigned bom;    /* bytes of a leading U+FEFF matched; 3: read past */
+  bool cr;         /* the last line ended with \r: a \n next is its end */
   bool done;       /* [DONE] or message_stop seen */
 } sse;
 
@@ -1073,7 +1075,6 @@ static void sse_dispatch(orch__llm_call *c) {
 
 static void sse_line(orch__llm_call *c, char *p, size_t n) {
   sse *s = &c->sse;
-  if (n && p[n - 1] == '\r') p[--n] = '\0';
   if (n == 0) {
     sse_dispatch(c);
     return;
@@ -1106,8 +1107,41 @@ static int on_data(orch__http_req *req, const char *p, size_t n) {
     return 0;
   }
   sse *s = &c->sse;
+  /* One U+FEFF at the start is no part of the first field (SSE spec);
+   * its bytes count in the offsets. Bytes that only began one belong to
+   * the first line. */
+  static const char bom[] = "\xef\xbb\xbf";
+  while (n && s->bom < 3) {
+    if (*p == bom[s->bom]) {
+      s->bom++;
+      s->off++;
+      p++;
+      n--;
+      if (s->bom == 3) s->line_off = s->off;
+      continue;
+    }
+    if (orch__buf_add(&s->line, bom, s->bom)) {
+      c->perr = ORCH_ENOMEM;
+      snprintf(c->perr_msg, sizeof c->perr_msg, "out of memory");
+    }
+    s->bom = 3;
+  }
+  /* A line ends at \r, \n or \r\n, the \n of which may come in the next
+   * read (s->cr). */
   while (n && !c->perr) {
+    if (s->cr) {
+      s->cr = false;
+      if (*p == '\n') {
+        s->off++;
+        p++;
+        n--;
+        s->line_off = s->off;
+        continue;
+      }
+    }
     const char *nl = memchr(p, '\n', n);
+    const char *cr = memchr(p, '\r', nl ? (size_t)(nl - p) : n);
+    if (cr) nl = cr;
     size_t take = nl ? (size_t)(nl - p) : n;
     if (orch__buf_add(&s->line, p, take)) {
       c->perr = ORCH_ENOMEM;
@@ -1117,7 +1151,8 @@ static int on_data(orch__http_req *req, const char *p, size_t n) {
     p += take;
     n -= take;
     if (!nl) break;
-    s->off++; /* the newline */
+    s->cr = *p == '\r';
+    s->off++; /* the line end */
     p++;
     n--;
     if (!s->line.p && orch__buf_add(&s->line, "", 0)) {

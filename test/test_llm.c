@@ -306,6 +306,80 @@ TEST(llm_truncated_stream_names_the_byte_and_is_retried) {
   ASSERT_EQ(lctx_deinit(&c), 0);
 }
 
+/* A byte offset from a message ("... at byte N ..."), or -1. */
+static long byte_of(const char *msg) {
+  const char *p = msg ? strstr(msg, "at byte ") : NULL;
+  return p ? strtol(p + 8, NULL, 10) : -1;
+}
+
+/* A leading U+FEFF is not part of the first field's name: the first event
+ * (Anthropic's message_start, with the input tokens) is kept. */
+TEST(llm_stream_with_a_bom_keeps_its_first_event) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  const char *tiers[] = {"oa", "an"};
+  for (int i = 0; i < 2; i++) {
+    orch__llm_call *call = call_model(&c, tiers[i], "ok+bom", "hello", 1);
+    const orch__llm_result *r = orch__llm_call_result(call);
+    ASSERT_EQ(r->code, ORCH_OK);
+    ASSERT_STR_EQ(r->text, "echo: hello");
+    ASSERT_EQ(r->tokens_in, 11);
+    ASSERT_EQ(r->tokens_out, 7);
+    ASSERT_EQ(r->nattempts, 1);
+    orch__llm_call_free(call);
+  }
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+/* \r, \n and \r\n all end a line, also a \r\n cut between two reads. */
+TEST(llm_stream_with_cr_or_crlf_line_ends_is_read) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  const char *tiers[] = {"oa", "an"};
+  const char *models[] = {"ok+cr", "ok+crlf", "ok+crlf-split", "ok+bom+cr"};
+  for (int i = 0; i < 2; i++)
+    for (size_t k = 0; k < sizeof models / sizeof *models; k++) {
+      orch__llm_call *call = call_model(&c, tiers[i], models[k], "hello", 1);
+      const orch__llm_result *r = orch__llm_call_result(call);
+      if (r->code) fprintf(stderr, "  %s %s: %s\n", tiers[i], models[k],
+                           r->error);
+      ASSERT_EQ(r->code, ORCH_OK);
+      ASSERT_STR_EQ(r->text, "echo: hello");
+      ASSERT_EQ(r->tokens_in, 11);
+      ASSERT_EQ(r->tokens_out, 7);
+      ASSERT_EQ(r->nattempts, 1);
+      orch__llm_call_free(call);
+    }
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+/* The byte a broken event is named at counts every byte of the stream:
+ * the line ends as sent and the BOM. The break sits after the first
+ * event's two line ends. */
+TEST(llm_malformed_stream_event_names_the_byte_as_sent) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  const char *models[] = {"malformed", "malformed+cr", "malformed+crlf",
+                          "malformed+bom", "malformed+crlf-split"};
+  const long extra[] = {0, 0, 2, 3, 2};
+  long base = -1;
+  for (size_t k = 0; k < sizeof models / sizeof *models; k++) {
+    orch__llm_call *call = call_model(&c, "oa", models[k], "x", 1);
+    const orch__llm_result *r = orch__llm_call_result(call);
+    ASSERT_EQ(r->code, ORCH_EIO);
+    ASSERT_CONTAINS(r->attempts[0].error, "malformed JSON in stream event");
+    long at = byte_of(r->attempts[0].error);
+    ASSERT(at > 0);
+    if (k == 0) base = at;
+    if (at != base + extra[k])
+      fprintf(stderr, "  %s: %s (want byte %ld)\n", models[k],
+              r->attempts[0].error, base + extra[k]);
+    ASSERT_EQ(at, base + extra[k]);
+    orch__llm_call_free(call);
+  }
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
 TEST(llm_stalled_stream_stops_at_the_idle_timeout_without_leaks) {
   lctx c;
   ASSERT_EQ(lctx_init(&c, conf_basic), 0);
