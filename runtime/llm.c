@@ -759,6 +759,8 @@ typedef struct sse {
   unsigned bom;    /* bytes of a leading U+FEFF matched; 3: read past */
   bool cr;         /* the last line ended with \r: a \n next is its end */
   bool done;       /* [DONE] or message_stop seen */
+  bool started;    /* the first 2xx byte came: `whole` is decided */
+  bool whole;      /* not text/event-stream: one JSON answer, in c->raw */
 } sse;
 
 struct orch__llm_call {
@@ -1107,6 +1109,23 @@ static int on_data(orch__http_req *req, const char *p, size_t n) {
     return 0;
   }
   sse *s = &c->sse;
+  if (!s->started) {
+    /* a server that ignores stream:true answers with a whole body */
+    s->started = true;
+    s->whole = req->content_type[0] &&
+               strncasecmp(req->content_type, "text/event-stream", 17) != 0;
+  }
+  if (s->whole) {
+    if (c->raw.len + n > req->max_body) {
+      c->perr = ORCH_ELIMIT;
+      snprintf(c->perr_msg, sizeof c->perr_msg,
+               "response larger than %zu bytes", req->max_body);
+    } else if (orch__buf_add(&c->raw, p, n)) {
+      c->perr = ORCH_ENOMEM;
+      snprintf(c->perr_msg, sizeof c->perr_msg, "out of memory");
+    }
+    n = 0; /* to the error check below */
+  }
   /* One U+FEFF at the start is no part of the first field (SSE spec);
    * its bytes count in the offsets. Bytes that only began one belong to
    * the first line. */
@@ -1491,7 +1510,8 @@ static void http_done_rest(orch__llm_call *c, bool parsed) {
     if (ok_status && req->result != ORCH_ETIMEDOUT &&
         req->result != ORCH_ECANCELED)
       msg = orch__asprintf("truncated %s at byte %zu: %s",
-                           c->stream ? "stream" : "response", req->bytes_in,
+                           c->stream && !c->sse.whole ? "stream" : "response",
+                           req->bytes_in,
                            req->error);
     else
       msg = orch__strdup(req->error);
@@ -1500,6 +1520,12 @@ static void http_done_rest(orch__llm_call *c, bool parsed) {
     char *pm = provider_message(body, blen);
     msg = orch__asprintf("HTTP %ld: %s", req->status, pm ? pm : "");
     free(pm);
+  } else if (c->stream && c->sse.whole) {
+    parse_whole(c, body, blen);
+    if (c->perr) {
+      code = c->perr;
+      msg = orch__strdup(c->perr_msg);
+    }
   } else if (c->stream) {
     if (!c->sse.done) {
       code = ORCH_EIO;
@@ -1521,7 +1547,8 @@ static void http_done_rest(orch__llm_call *c, bool parsed) {
     a->error = code ? orch__strdup(msg) : NULL;
     a->latency_ms = ms_between(req->t_start_ns, req->t_end_ns);
     a->start_ms = ms_between(c->t0_ns, req->t_start_ns);
-    int64_t ft = c->stream ? c->t_first_token_ns : req->t_first_byte_ns;
+    int64_t ft = c->stream && !c->sse.whole ? c->t_first_token_ns
+                                            : req->t_first_byte_ns;
     a->ttft_ms = ft ? ms_between(req->t_start_ns, ft) : -1;
     a->tokens_in = c->tin;
     a->tokens_out = c->tout;

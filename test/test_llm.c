@@ -380,6 +380,27 @@ TEST(llm_malformed_stream_event_names_the_byte_as_sent) {
   ASSERT_EQ(lctx_deinit(&c), 0);
 }
 
+/* A server that ignores stream:true answers with one application/json
+ * body: that is a whole answer, not a truncated stream. */
+TEST(llm_a_stream_answered_with_a_whole_json_body_is_read_whole) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  const char *tiers[] = {"oa", "an"};
+  for (int i = 0; i < 2; i++) {
+    orch__llm_call *call = call_model(&c, tiers[i], "json-stream", "hi", 1);
+    const orch__llm_result *r = orch__llm_call_result(call);
+    if (r->code) fprintf(stderr, "  %s: %s\n", tiers[i], r->error);
+    ASSERT_EQ(r->code, ORCH_OK);
+    ASSERT_STR_EQ(r->text, "echo: hi");
+    ASSERT_EQ(r->tokens_in, 11);
+    ASSERT_EQ(r->tokens_out, 7);
+    ASSERT_EQ(r->nattempts, 1);
+    ASSERT(r->finish_reason);
+    orch__llm_call_free(call);
+  }
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
 TEST(llm_stalled_stream_stops_at_the_idle_timeout_without_leaks) {
   lctx c;
   ASSERT_EQ(lctx_init(&c, conf_basic), 0);
