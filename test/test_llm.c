@@ -1143,6 +1143,47 @@ TEST(llm_kind_runs_a_graph_with_dependency_context) {
   mini_llm_stop(m);
 }
 
+/* A dependency's output or error that is not UTF-8 reaches a GAP task's
+ * and the synthesis's prompt repaired (U+FFFD), as in a plain step's,
+ * not as "(no result)". */
+TEST(llm_kind_gap_prompts_keep_a_dependency_output_that_is_not_utf8) {
+  mini_llm *m = mini_llm_start();
+  ASSERT(m);
+  orch_runtime *rt = rt_with_mini(m, NULL);
+  ASSERT(rt);
+  static const char plan[] =
+      "{\"steps\":["
+      "{\"id\":\"a\",\"kind\":\"shell\",\"run\":\"printf 'bin \\\\377 out'\"},"
+      "{\"id\":\"f\",\"kind\":\"shell\",\"run\":\"printf 'bad \\\\376 err' "
+      ">&2; exit 3\"},"
+      "{\"id\":\"t\",\"kind\":\"llm\",\"role\":\"task\",\"prompt\":\"use a\","
+      "\"request\":\"R\",\"deps\":[\"a\"]},"
+      "{\"id\":\"s\",\"kind\":\"llm\",\"role\":\"synthesis\",\"prompt\":"
+      "\"sum\",\"request\":\"R\",\"always\":true,\"deps\":[\"a\",\"f\"]}]}";
+  orch_graph *g = NULL;
+  char err[512];
+  ASSERT_EQ(orch_graph_parse(rt, plan, sizeof plan - 1, "plan", &g, err,
+                             sizeof err),
+            0);
+  orch_run(rt, g, err, sizeof err); /* f fails */
+  long a = orch_graph_find(g, "a"), t = orch_graph_find(g, "t"),
+       s = orch_graph_find(g, "s");
+  ASSERT_STR_EQ(orch_step_output(g, (size_t)a), "bin \xff out");
+  const char *to = orch_step_output(g, (size_t)t);
+  ASSERT(to);
+  ASSERT_CONTAINS(to, "Task t");
+  ASSERT_CONTAINS(to, "bin \xef\xbf\xbd out");
+  ASSERT(!strstr(to, "(no result)"));
+  const char *so = orch_step_output(g, (size_t)s);
+  ASSERT(so);
+  ASSERT_CONTAINS(so, "bin \xef\xbf\xbd out");
+  ASSERT_CONTAINS(so, "bad \xef\xbf\xbd err");
+  ASSERT(!strstr(so, "(no result)"));
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+  mini_llm_stop(m);
+}
+
 TEST(llm_kind_fails_a_step_with_the_provider_message_and_skips_dependents) {
   mini_llm *m = mini_llm_start();
   ASSERT(m);
