@@ -168,6 +168,7 @@ void orch__http_req_reset(orch__http_req *req) {
   req->result = ORCH_OK;
   req->error[0] = '\0';
   req->retry_after_ms = -1;
+  req->content_type[0] = '\0';
   req->body_len = 0;
   req->t_start_ns = req->t_first_byte_ns = req->t_end_ns = 0;
   req->t_last_byte_ns = 0;
@@ -213,6 +214,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
   /* A new status line (a redirect or 100-continue) starts over. */
   if (len > 5 && memcmp(p, "HTTP/", 5) == 0) {
     req->retry_after_ms = -1;
+    req->content_type[0] = '\0';
     return len;
   }
   const char *colon = memchr(p, ':', len);
@@ -227,6 +229,9 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
   } else if (klen == 11 && strncasecmp(p, "retry-after", 11) == 0) {
     if (req->retry_after_ms < 0)
       req->retry_after_ms = parse_retry_after(v, (size_t)(e - v), false);
+  } else if (klen == 12 && strncasecmp(p, "content-type", 12) == 0) {
+    snprintf(req->content_type, sizeof req->content_type, "%.*s",
+             (int)(e - v), v);
   }
   return len;
 }

@@ -637,13 +637,60 @@ void orch__llm_redact(const orch__llm *l, char **s) {
 
 /* ---- the retry policy ------------------------------------------------ */
 
-/* Does an error body say the quota or budget is spent (not a rate)? */
+/* Does a 429's body say the quota or budget is spent (not a rate)? Only
+ * the string values of "code" and "type" keys count, never the message:
+ * rate-limit texts speak of quota too (Azure's links .../quotaincrease,
+ * Gemini's says "check quota"). Read as retry.lua's quota_spent reads it,
+ * by the same scan without a JSON parser (its gmatch of
+ * "key"%s*:%s*"value"), so the twins agree on any body. */
+static const char *const quota_words[] = {"insufficient_quota", "billing",
+                                          "credit", "budget"};
+
+static bool json_space(char ch) {
+  return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' ||
+         ch == '\f' || ch == '\v';
+}
+
+/* One "key": "value" at p (key: letters), or NULL; *end after it. */
+static bool key_value_at(const char *p, const char **key, size_t *klen,
+                         const char **val, size_t *vlen, const char **end) {
+  if (*p != '"') return false;
+  const char *k = ++p;
+  while ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')) p++;
+  if (p == k || *p != '"') return false;
+  *key = k;
+  *klen = (size_t)(p - k);
+  for (p++; json_space(*p); p++) {}
+  if (*p != ':') return false;
+  for (p++; json_space(*p); p++) {}
+  if (*p != '"') return false;
+  *val = ++p;
+  while (*p && *p != '"') p++;
+  if (!*p) return false;
+  *vlen = (size_t)(p - *val);
+  *end = p + 1;
+  return true;
+}
+
 static bool says_quota(const char *body) {
   if (!body) return false;
-  static const char *const words[] = {"insufficient_quota", "quota",
-                                      "billing", "budget", "credit balance"};
-  for (size_t i = 0; i < ORCH__ARRAY_LEN(words); i++)
-    if (strcasestr(body, words[i])) return true;
+  const char *p = body;
+  while (*p) {
+    const char *k, *v, *end;
+    size_t kl, vl;
+    if (!key_value_at(p, &k, &kl, &v, &vl, &end)) {
+      p++;
+      continue;
+    }
+    p = end;
+    if (!(kl == 4 && (!memcmp(k, "code", 4) || !memcmp(k, "type", 4))))
+      continue;
+    for (size_t i = 0; i < ORCH__ARRAY_LEN(quota_words); i++) {
+      size_t wl = strlen(quota_words[i]);
+      for (size_t j = 0; j + wl <= vl; j++)
+        if (!strncasecmp(v + j, quota_words[i], wl)) return true;
+    }
+  }
   return false;
 }
 
@@ -651,7 +698,8 @@ void orch__llm_decide(const orch__llm_retry_opts *o, int attempt, int status,
                       const char *error, long retry_after_ms, const char *body,
                       orch__llm_decision *d) {
   memset(d, 0, sizeof *d);
-  if (status == 429 && says_quota(body)) {
+  /* a Retry-After says when to come back: a rate, whatever the body */
+  if (status == 429 && retry_after_ms < 0 && says_quota(body)) {
     d->action = ORCH__LLM_FALLBACK;
     snprintf(d->reason, sizeof d->reason, "quota or budget exhausted (429)");
     return;
@@ -708,13 +756,19 @@ typedef struct sse {
   size_t off;      /* bytes of the stream consumed */
   size_t line_off; /* stream offset of the current line's start */
   size_t data_off; /* stream offset of the event's first data value */
+  unsigned bom;    /* bytes of a leading U+FEFF matched; 3: read past */
+  bool cr;         /* the last line ended with \r: a \n next is its end */
   bool done;       /* [DONE] or message_stop seen */
+  bool started;    /* the first 2xx byte came: `whole` is decided */
+  bool whole;      /* not text/event-stream: one JSON answer, in c->raw */
 } sse;
 
 struct orch__llm_call {
   orch__llm *l;
   orch__llm_call *prev, *next; /* in l->calls while running */
-  char *tier_name, *model, *system, *prompt, *fault;
+  char *tier_name, *system, *prompt, *fault;
+  char *model; /* the step's model, for its first tier only; or NULL */
+  int first_tier;
   int max_tokens, stream_req;
   long timeout_ms;
   void (*done)(orch__llm_call *c, void *ud);
@@ -753,6 +807,14 @@ static void finish(orch__llm_call *c, int code, const char *msg);
 static void finish_now(orch__llm_call *c, int code, const char *msg);
 
 static void timer_closed(uv_handle_t *h) { free(h); }
+
+/* The model a tier is asked for: the step's on the tier it named (or
+ * routing chose), each fallback tier its own (another provider, another
+ * price list: the step's model means nothing there). */
+static const char *tier_model(const orch__llm_call *c, int tier) {
+  return c->model && tier == c->first_tier ? c->model
+                                           : c->l->tiers[tier].model;
+}
 
 static int ensure_timer(orch__llm_call *c) {
   if (c->timer) return ORCH_OK;
@@ -803,7 +865,7 @@ static orch__llm_attempt *new_attempt(orch__llm_call *c) {
   memset(a, 0, sizeof *a);
   const llm_tier *t = &c->l->tiers[c->tier];
   a->tier = orch__strdup(t->name);
-  a->model = orch__strdup(c->model ? c->model : t->model);
+  a->model = orch__strdup(tier_model(c, c->tier));
   a->provider = prov_names[t->provider];
   a->tokens_in = a->tokens_out = -1;
   a->ttft_ms = -1;
@@ -875,7 +937,7 @@ static json_t *body_refill(orch__llm_call *c, const llm_tier *t,
 }
 
 static char *build_body(orch__llm_call *c, const llm_tier *t) {
-  const char *model = c->model ? c->model : t->model;
+  const char *model = tier_model(c, (int)(t - c->l->tiers));
   int mt = c->max_tokens > 0 ? c->max_tokens
            : t->max_tokens > 0 ? t->max_tokens
                                : c->l->max_tokens;
@@ -1015,7 +1077,6 @@ static void sse_dispatch(orch__llm_call *c) {
 
 static void sse_line(orch__llm_call *c, char *p, size_t n) {
   sse *s = &c->sse;
-  if (n && p[n - 1] == '\r') p[--n] = '\0';
   if (n == 0) {
     sse_dispatch(c);
     return;
@@ -1048,8 +1109,58 @@ static int on_data(orch__http_req *req, const char *p, size_t n) {
     return 0;
   }
   sse *s = &c->sse;
+  if (!s->started) {
+    /* a server that ignores stream:true answers with a whole body */
+    s->started = true;
+    s->whole = req->content_type[0] &&
+               strncasecmp(req->content_type, "text/event-stream", 17) != 0;
+  }
+  if (s->whole) {
+    if (c->raw.len + n > req->max_body) {
+      c->perr = ORCH_ELIMIT;
+      snprintf(c->perr_msg, sizeof c->perr_msg,
+               "response larger than %zu bytes", req->max_body);
+    } else if (orch__buf_add(&c->raw, p, n)) {
+      c->perr = ORCH_ENOMEM;
+      snprintf(c->perr_msg, sizeof c->perr_msg, "out of memory");
+    }
+    n = 0; /* to the error check below */
+  }
+  /* One U+FEFF at the start is no part of the first field (SSE spec);
+   * its bytes count in the offsets. Bytes that only began one belong to
+   * the first line. */
+  static const char bom[] = "\xef\xbb\xbf";
+  while (n && s->bom < 3) {
+    if (*p == bom[s->bom]) {
+      s->bom++;
+      s->off++;
+      p++;
+      n--;
+      if (s->bom == 3) s->line_off = s->off;
+      continue;
+    }
+    if (orch__buf_add(&s->line, bom, s->bom)) {
+      c->perr = ORCH_ENOMEM;
+      snprintf(c->perr_msg, sizeof c->perr_msg, "out of memory");
+    }
+    s->bom = 3;
+  }
+  /* A line ends at \r, \n or \r\n, the \n of which may come in the next
+   * read (s->cr). */
   while (n && !c->perr) {
+    if (s->cr) {
+      s->cr = false;
+      if (*p == '\n') {
+        s->off++;
+        p++;
+        n--;
+        s->line_off = s->off;
+        continue;
+      }
+    }
     const char *nl = memchr(p, '\n', n);
+    const char *cr = memchr(p, '\r', nl ? (size_t)(nl - p) : n);
+    if (cr) nl = cr;
     size_t take = nl ? (size_t)(nl - p) : n;
     if (orch__buf_add(&s->line, p, take)) {
       c->perr = ORCH_ENOMEM;
@@ -1059,7 +1170,8 @@ static int on_data(orch__http_req *req, const char *p, size_t n) {
     p += take;
     n -= take;
     if (!nl) break;
-    s->off++; /* the newline */
+    s->cr = *p == '\r';
+    s->off++; /* the line end */
     p++;
     n--;
     if (!s->line.p && orch__buf_add(&s->line, "", 0)) {
@@ -1398,7 +1510,8 @@ static void http_done_rest(orch__llm_call *c, bool parsed) {
     if (ok_status && req->result != ORCH_ETIMEDOUT &&
         req->result != ORCH_ECANCELED)
       msg = orch__asprintf("truncated %s at byte %zu: %s",
-                           c->stream ? "stream" : "response", req->bytes_in,
+                           c->stream && !c->sse.whole ? "stream" : "response",
+                           req->bytes_in,
                            req->error);
     else
       msg = orch__strdup(req->error);
@@ -1407,6 +1520,12 @@ static void http_done_rest(orch__llm_call *c, bool parsed) {
     char *pm = provider_message(body, blen);
     msg = orch__asprintf("HTTP %ld: %s", req->status, pm ? pm : "");
     free(pm);
+  } else if (c->stream && c->sse.whole) {
+    parse_whole(c, body, blen);
+    if (c->perr) {
+      code = c->perr;
+      msg = orch__strdup(c->perr_msg);
+    }
   } else if (c->stream) {
     if (!c->sse.done) {
       code = ORCH_EIO;
@@ -1428,7 +1547,8 @@ static void http_done_rest(orch__llm_call *c, bool parsed) {
     a->error = code ? orch__strdup(msg) : NULL;
     a->latency_ms = ms_between(req->t_start_ns, req->t_end_ns);
     a->start_ms = ms_between(c->t0_ns, req->t_start_ns);
-    int64_t ft = c->stream ? c->t_first_token_ns : req->t_first_byte_ns;
+    int64_t ft = c->stream && !c->sse.whole ? c->t_first_token_ns
+                                            : req->t_first_byte_ns;
     a->ttft_ms = ft ? ms_between(req->t_start_ns, ft) : -1;
     a->tokens_in = c->tin;
     a->tokens_out = c->tout;
@@ -1640,7 +1760,7 @@ static void finish_now(orch__llm_call *c, int code, const char *msg) {
   r->error = code ? orch__strdup(msg ? msg : "failed") : NULL;
   if (r->error) orch__llm_redact(l, &r->error);
   r->tier = orch__strdup(t->name);
-  r->model = orch__strdup(c->model ? c->model : t->model);
+  r->model = orch__strdup(tier_model(c, c->tier));
   r->provider = prov_names[t->provider];
   if (code == ORCH_OK) {
     r->text = c->text.p ? c->text.p : orch__strdup("");
@@ -1742,7 +1862,7 @@ int orch__llm_call_start(orch__llm *l, const orch__llm_req *req,
     free(m);
     return ORCH_OK;
   }
-  c->tier = (int)(t - l->tiers);
+  c->tier = c->first_tier = (int)(t - l->tiers);
   c->starting = true;
   begin_tier(c, c->tier, NULL);
   c->starting = false;

@@ -984,6 +984,8 @@ struct orch__http_req {
   int curl_code;    /* CURLcode, for diagnostics */
   char error[256];  /* message when result != ORCH_OK */
   long retry_after_ms; /* Retry-After / retry-after-ms, -1 when absent */
+  char content_type[64]; /* the response's Content-Type ("" when none;
+                            cut at 63 bytes) */
   char *body;       /* owned: the buffered response, NUL-terminated */
   size_t body_len, body_cap;
   size_t bytes_in;

@@ -204,6 +204,18 @@ static void lua_decide(void *ud, const orch__llm_retry_opts *o, int attempt,
   json_decref(out);
 }
 
+/* A JSON string of s, with U+FFFD for each byte that is not UTF-8 (a
+ * dependency's output or error may hold any bytes: json_string would
+ * refuse it and the prompt would say "(no result)"). */
+static json_t *json_utf8(const char *s) {
+  size_t n = strlen(s);
+  if (orch__utf8_valid(s, n, NULL)) return json_stringn(s, n);
+  char *t = orch__utf8_repair(s, n);
+  json_t *j = t ? json_string(t) : NULL;
+  free(t);
+  return j;
+}
+
 /* A GAP task or the synthesis: gap.lua's task_prompt / synthesis_prompt
  * render the prompt from the request, the step's text and each
  * dependency's description, status and result. NULL: use the plain form. */
@@ -223,9 +235,9 @@ static char *gap_prompt(orch__run *r, uint32_t idx, const llm_params *p,
     json_object_set_new(o, "description",
                         json_string(dp && dp->prompt ? dp->prompt : orch__step_id(g, d)));
     json_object_set_new(o, "status", json_string(orch_status_name(ds->status)));
-    if (ds->output) json_object_set_new(o, "result", json_stringn(ds->output, strlen(ds->output)));
+    if (ds->output) json_object_set_new(o, "result", json_utf8(ds->output));
     if (ds->status != ORCH_PASSED && ds->error)
-      json_object_set_new(o, "error", json_string(ds->error));
+      json_object_set_new(o, "error", json_utf8(ds->error));
     json_array_append_new(list, o);
   }
   if (synth) {

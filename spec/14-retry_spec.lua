@@ -87,14 +87,16 @@ describe("the retry policy", function()
                   reason = "HTTP 429: Retry-After 120000 ms is over the cap of 60000 ms" }, r)
   end)
 
-  it("falls back on a 429 that says the quota or budget is spent", function()
+  it("falls back on a 429 whose error code or type says the quota or budget is spent", function()
     local bodies = {
       '{"error":{"message":"You exceeded your current quota","type":"insufficient_quota"}}',
-      '{"error":{"message":"Your credit balance is too low; check billing"}}',
-      '{"error":{"message":"Monthly budget exceeded"}}',
+      '{"error":{"message":"You exceeded your current quota","code":"insufficient_quota"}}',
+      '{"type":"error","error":{"type":"billing_error","message":"Your credit balance is too low"}}',
+      '{"error":{"code":"credit_limit_reached","message":"Out of credits"}}',
+      '{"error":{"type" : "budget_exceeded","message":"Monthly budget exceeded"}}',
     }
     for _, b in ipairs(bodies) do
-      local r = decide({ attempt = 1, status = 429, body = b, retry_after_ms = 10 })
+      local r = decide({ attempt = 1, status = 429, body = b })
       assert.equal("fallback", r.action, b)
       assert.matches("^HTTP 429: quota or budget spent", r.reason)
     end
@@ -103,6 +105,26 @@ describe("the retry policy", function()
   it("retries a 429 that is only a rate limit", function()
     local r = decide({ attempt = 1, status = 429, body = '{"error":{"message":"Rate limit reached"}}' })
     assert.equal("retry", r.action)
+  end)
+
+  it("retries a rate limit whose message speaks of quota", function()
+    local bodies = {
+      -- Azure OpenAI: its rate-limit text links the quota page
+      '{"error":{"code":"429","message":"Requests to the ChatCompletions_Create Operation have exceeded token rate limit. Please retry after 1 second. Please go here: https://aka.ms/oai/quotaincrease if you would like to further increase the default rate limit."}}',
+      -- Gemini
+      '{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED"}}',
+      '{"error":{"message":"Your credit balance is too low; check billing"}}',
+      '{"error":{"message":"say \\"type\\":\\"billing\\" in a message"}}',
+    }
+    for _, b in ipairs(bodies) do
+      assert.equal("retry", decide({ attempt = 1, status = 429, body = b }).action, b)
+    end
+  end)
+
+  it("retries a 429 after its Retry-After even when the code says quota", function()
+    local r = decide({ attempt = 1, status = 429, retry_after_ms = 2000, rand = const(0),
+                       body = '{"error":{"type":"insufficient_quota"}}' })
+    assert.same({ action = "retry", delay_ms = 2000 }, r)
   end)
 
   it("falls back after the last attempt", function()

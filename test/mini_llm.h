@@ -6,7 +6,13 @@
  *   ok | latency=MS | 429 | 429-quota | retry-after=S | retry-after-ms=MS |
  *   500 | 529 | 400 | reset | malformed | truncate | stall | slow=MS |
  *   nousage | flaky=N (the first N requests of that model get a 500) |
- *   flaky-ra=N (the first N get a 429 with Retry-After: 1)
+ *   flaky-ra=N (the first N get a 429 with Retry-After: 1) |
+ *   429-azure (Azure's rate limit: Retry-After: 1, a text linking
+ *   .../quotaincrease) | flaky-azure=N | json-stream (a stream request
+ *   answered with one application/json body).
+ * A stream's line ends and start change with a suffix: +cr (\r only),
+ * +crlf, +crlf-split (each \r\n cut between two reads), +bom (U+FEFF
+ * first); they combine: "malformed+bom+cr".
  * It also counts requests and keeps the last Authorization / x-api-key. */
 #ifndef MINI_LLM_H
 #define MINI_LLM_H

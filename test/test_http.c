@@ -38,6 +38,7 @@ typedef struct streamer { /* state of a streamed answer */
   size_t cut;       /* stop (truncate/stall) at this offset, or len */
   int stall;        /* after cut: hold the connection open */
   long chunk_delay; /* ms between events (slow) */
+  int split_cr;     /* one chunk per line end, cut between \r and \n */
 } streamer;
 
 static void msleep(long ms) {
@@ -55,10 +56,12 @@ static ssize_t stream_cb(void *cls, uint64_t pos, char *buf, size_t max) {
     return MHD_CONTENT_READER_END_WITH_ERROR;
   }
   if (s->chunk_delay && s->off) msleep(s->chunk_delay);
-  /* one event (up to the blank line) per call */
+  /* one event (up to the blank line) per call; with split_cr up to the
+   * next \r, so that a \r\n line end arrives in two reads */
   size_t end = s->off;
-  const char *e = strstr(s->text + s->off, "\n\n");
-  end = e ? (size_t)(e - s->text) + 2 : s->len;
+  const char *e = s->split_cr ? strchr(s->text + s->off, '\r')
+                              : strstr(s->text + s->off, "\n\n");
+  end = e ? (size_t)(e - s->text) + (s->split_cr ? 1 : 2) : s->len;
   if (end > s->cut) end = s->cut;
   size_t n = end - s->off;
   if (n > max) n = max;
@@ -142,6 +145,19 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c,
   const char *fault = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                                   "X-Mock-Fault");
   if (!fault) fault = model ? model : "ok";
+  /* line-end and BOM modifiers of a stream: "ok+cr", "malformed+crlf",
+   * "ok+crlf-split" (each \r\n cut between two reads), "ok+bom" */
+  char base[64];
+  int eol = 0, bom = 0; /* eol: 0 \n, 1 \r, 2 \r\n, 3 \r\n split */
+  snprintf(base, sizeof base, "%s", fault);
+  for (char *plus; (plus = strrchr(base, '+')); *plus = '\0') {
+    if (strcmp(plus, "+cr") == 0) eol = 1;
+    else if (strcmp(plus, "+crlf") == 0) eol = 2;
+    else if (strcmp(plus, "+crlf-split") == 0) eol = 3;
+    else if (strcmp(plus, "+bom") == 0) bom = 1;
+    else break;
+  }
+  fault = base;
   bool stream = json_is_true(json_object_get(req, "stream"));
   json_t *msgs = json_object_get(req, "messages");
   const char *prompt = json_string_value(json_object_get(
@@ -160,18 +176,21 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c,
   if (strcmp(fault, "nousage") == 0) nousage = 1;
   int flaky_n = 0, flaky_ra = 0;
   if (sscanf(fault, "flaky=%d", &flaky_n) == 1 ||
-      (sscanf(fault, "flaky-ra=%d", &flaky_n) == 1 && (flaky_ra = 1))) {
+      (sscanf(fault, "flaky-ra=%d", &flaky_n) == 1 && (flaky_ra = 1)) ||
+      (sscanf(fault, "flaky-azure=%d", &flaky_n) == 1 && (flaky_ra = 2))) {
     int seen = 0;
     pthread_mutex_lock(&m->mu);
     for (int i = 0; i < 16; i++) {
-      if (!m->flaky[i].model[0]) snprintf(m->flaky[i].model, 64, "%s", fault);
+      if (!m->flaky[i].model[0])
+        snprintf(m->flaky[i].model, sizeof m->flaky[i].model, "%.63s", fault);
       if (strcmp(m->flaky[i].model, fault) == 0) {
         seen = ++m->flaky[i].seen;
         break;
       }
     }
     pthread_mutex_unlock(&m->mu);
-    if (seen <= flaky_n) fault = flaky_ra ? "retry-after=1" : "500";
+    if (seen <= flaky_n)
+      fault = flaky_ra == 2 ? "429-azure" : flaky_ra ? "retry-after=1" : "500";
   }
   long ra = 0;
   if (strcmp(fault, "reset") == 0) {
@@ -186,6 +205,16 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c,
                 strdup("{\"error\":{\"message\":\"You exceeded your current "
                        "quota\",\"type\":\"insufficient_quota\"}}"),
                 NULL, NULL);
+  } else if (strcmp(fault, "429-azure") == 0) {
+    /* Azure OpenAI's rate limit: its text links the quota page */
+    ret = reply(c, 429, "application/json",
+                strdup("{\"error\":{\"code\":\"429\",\"message\":\"Requests "
+                       "to the ChatCompletions_Create Operation have exceeded "
+                       "token rate limit of your current OpenAI S0 pricing "
+                       "tier. Please retry after 1 second. Please go here: "
+                       "https://aka.ms/oai/quotaincrease if you would like to "
+                       "further increase the default rate limit.\"}}"),
+                "Retry-After", "1");
   } else if (sscanf(fault, "retry-after=%ld", &ra) == 1) {
     char v[32];
     snprintf(v, sizeof v, "%ld", ra);
@@ -213,7 +242,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c,
     ret = reply(c, 200, "application/json",
                 strdup("{\"choices\":[{\"message\":{\"content\":\"x\"}]"),
                 NULL, NULL);
-  } else if (!stream) {
+  } else if (!stream || strcmp(fault, "json-stream") == 0) {
+    /* json-stream: a server that ignores stream:true */
     json_t *o;
     if (anthropic)
       o = json_pack("{s:s,s:s,s:[{s:s,s:s}],s:s}", "type", "message", "role",
@@ -277,15 +307,30 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c,
       acc = n;
     }
     for (int i = 0; i < 3; i++) free(parts[i]);
-    streamer *s = calloc(1, sizeof *s);
-    s->m = m;
-    s->len = strlen(acc);
-    s->cut = s->len;
     if (strcmp(fault, "malformed") == 0) {
       /* break the second event's JSON */
       char *second = strstr(strstr(acc, "\n\n") + 2, "data: ");
       second[6] = '#';
-    } else if (strcmp(fault, "truncate") == 0) {
+    }
+    if (eol || bom) { /* the same events, other line ends; a BOM first */
+      size_t nl = 0, al = strlen(acc);
+      for (size_t i = 0; i < al; i++) nl += acc[i] == '\n';
+      char *t = malloc(al + nl + 4), *o = t;
+      if (bom) o += sprintf(o, "\xef\xbb\xbf");
+      for (size_t i = 0; i < al; i++) {
+        if (acc[i] != '\n' || !eol) *o++ = acc[i];
+        else if (eol == 1) *o++ = '\r';
+        else *o++ = '\r', *o++ = '\n';
+      }
+      *o = '\0';
+      free(acc);
+      acc = t;
+    }
+    streamer *s = calloc(1, sizeof *s);
+    s->m = m;
+    s->len = strlen(acc);
+    s->cut = s->len;
+    if (strcmp(fault, "truncate") == 0) {
       s->cut = s->len / 2;
     } else if (strcmp(fault, "stall") == 0) {
       s->cut = s->len / 2;
@@ -293,6 +338,10 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c,
     }
     s->text = acc;
     s->chunk_delay = slow;
+    if (eol == 3) {
+      s->split_cr = 1;
+      if (!s->chunk_delay) s->chunk_delay = 5; /* reads of their own */
+    }
     struct MHD_Response *r = MHD_create_response_from_callback(
         MHD_SIZE_UNKNOWN, 4096, stream_cb, s, stream_free);
     MHD_add_response_header(r, "Content-Type", "text/event-stream");
@@ -370,7 +419,7 @@ typedef struct ctx {
   uv_timer_t tick; /* keeps UV_RUN_ONCE from blocking for long */
   orch__http *h;
   mini_llm *m;
-  char base[128];
+  char base[64];
   int done;
 } ctx;
 

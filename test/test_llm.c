@@ -146,8 +146,23 @@ static const char conf_basic[] = BASE_CONF
     "\"slow\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":"
     "\"latency=1000\"},"
     "\"trickle\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":"
-    "\"slow=150\"}"
+    "\"slow=150\"},"
+    "\"oa_an\":{\"base_url\":\"http://127.0.0.1:@PORT@/v1\",\"model\":"
+    "\"ok\",\"fallback\":\"an\"}"
     "}}";
+
+/* Runs one call with a model of the caller's (the step's "model"). */
+static orch__llm_call *call_model(lctx *c, const char *tier,
+                                  const char *model, const char *prompt,
+                                  int stream) {
+  orch__llm_req rq = {.tier = tier, .model = model, .prompt = prompt,
+                      .stream = stream, .done = call_done, .ud = c};
+  orch__llm_call *call;
+  int before = c->done;
+  if (orch__llm_call_start(c->l, &rq, &call)) return NULL;
+  lrun(c, before + 1, 20000);
+  return call;
+}
 
 TEST(llm_openai_whole_answer_has_text_usage_and_cost) {
   lctx c;
@@ -291,6 +306,101 @@ TEST(llm_truncated_stream_names_the_byte_and_is_retried) {
   ASSERT_EQ(lctx_deinit(&c), 0);
 }
 
+/* A byte offset from a message ("... at byte N ..."), or -1. */
+static long byte_of(const char *msg) {
+  const char *p = msg ? strstr(msg, "at byte ") : NULL;
+  return p ? strtol(p + 8, NULL, 10) : -1;
+}
+
+/* A leading U+FEFF is not part of the first field's name: the first event
+ * (Anthropic's message_start, with the input tokens) is kept. */
+TEST(llm_stream_with_a_bom_keeps_its_first_event) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  const char *tiers[] = {"oa", "an"};
+  for (int i = 0; i < 2; i++) {
+    orch__llm_call *call = call_model(&c, tiers[i], "ok+bom", "hello", 1);
+    const orch__llm_result *r = orch__llm_call_result(call);
+    ASSERT_EQ(r->code, ORCH_OK);
+    ASSERT_STR_EQ(r->text, "echo: hello");
+    ASSERT_EQ(r->tokens_in, 11);
+    ASSERT_EQ(r->tokens_out, 7);
+    ASSERT_EQ(r->nattempts, 1);
+    orch__llm_call_free(call);
+  }
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+/* \r, \n and \r\n all end a line, also a \r\n cut between two reads. */
+TEST(llm_stream_with_cr_or_crlf_line_ends_is_read) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  const char *tiers[] = {"oa", "an"};
+  const char *models[] = {"ok+cr", "ok+crlf", "ok+crlf-split", "ok+bom+cr"};
+  for (int i = 0; i < 2; i++)
+    for (size_t k = 0; k < sizeof models / sizeof *models; k++) {
+      orch__llm_call *call = call_model(&c, tiers[i], models[k], "hello", 1);
+      const orch__llm_result *r = orch__llm_call_result(call);
+      if (r->code) fprintf(stderr, "  %s %s: %s\n", tiers[i], models[k],
+                           r->error);
+      ASSERT_EQ(r->code, ORCH_OK);
+      ASSERT_STR_EQ(r->text, "echo: hello");
+      ASSERT_EQ(r->tokens_in, 11);
+      ASSERT_EQ(r->tokens_out, 7);
+      ASSERT_EQ(r->nattempts, 1);
+      orch__llm_call_free(call);
+    }
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+/* The byte a broken event is named at counts every byte of the stream:
+ * the line ends as sent and the BOM. The break sits after the first
+ * event's two line ends. */
+TEST(llm_malformed_stream_event_names_the_byte_as_sent) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  const char *models[] = {"malformed", "malformed+cr", "malformed+crlf",
+                          "malformed+bom", "malformed+crlf-split"};
+  const long extra[] = {0, 0, 2, 3, 2};
+  long base = -1;
+  for (size_t k = 0; k < sizeof models / sizeof *models; k++) {
+    orch__llm_call *call = call_model(&c, "oa", models[k], "x", 1);
+    const orch__llm_result *r = orch__llm_call_result(call);
+    ASSERT_EQ(r->code, ORCH_EIO);
+    ASSERT_CONTAINS(r->attempts[0].error, "malformed JSON in stream event");
+    long at = byte_of(r->attempts[0].error);
+    ASSERT(at > 0);
+    if (k == 0) base = at;
+    if (at != base + extra[k])
+      fprintf(stderr, "  %s: %s (want byte %ld)\n", models[k],
+              r->attempts[0].error, base + extra[k]);
+    ASSERT_EQ(at, base + extra[k]);
+    orch__llm_call_free(call);
+  }
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+/* A server that ignores stream:true answers with one application/json
+ * body: that is a whole answer, not a truncated stream. */
+TEST(llm_a_stream_answered_with_a_whole_json_body_is_read_whole) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  const char *tiers[] = {"oa", "an"};
+  for (int i = 0; i < 2; i++) {
+    orch__llm_call *call = call_model(&c, tiers[i], "json-stream", "hi", 1);
+    const orch__llm_result *r = orch__llm_call_result(call);
+    if (r->code) fprintf(stderr, "  %s: %s\n", tiers[i], r->error);
+    ASSERT_EQ(r->code, ORCH_OK);
+    ASSERT_STR_EQ(r->text, "echo: hi");
+    ASSERT_EQ(r->tokens_in, 11);
+    ASSERT_EQ(r->tokens_out, 7);
+    ASSERT_EQ(r->nattempts, 1);
+    ASSERT(r->finish_reason);
+    orch__llm_call_free(call);
+  }
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
 TEST(llm_stalled_stream_stops_at_the_idle_timeout_without_leaks) {
   lctx c;
   ASSERT_EQ(lctx_init(&c, conf_basic), 0);
@@ -361,6 +471,53 @@ TEST(llm_quota_429_falls_back_without_retrying) {
   ASSERT_EQ(r->attempts[0].http_status, 429);
   ASSERT_STR_EQ(r->attempts[0].action, "fallback");
   ASSERT_STR_EQ(r->tier, "oa");
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+/* The step's model is its own tier's: a fallback tier (here another
+ * provider) sends its own model. */
+TEST(llm_a_step_model_applies_to_its_own_tier_not_the_fallbacks) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  for (int stream = 0; stream < 2; stream++) {
+    orch__llm_call *call = call_model(&c, "oa_an", "500", "x", stream);
+    const orch__llm_result *r = orch__llm_call_result(call);
+    if (r->code) fprintf(stderr, "  stream %d: %s\n", stream, r->error);
+    ASSERT_EQ(r->code, ORCH_OK);
+    ASSERT_EQ(r->nattempts, 3);
+    ASSERT_STR_EQ(r->attempts[0].tier, "oa_an");
+    ASSERT_STR_EQ(r->attempts[0].model, "500");
+    ASSERT_STR_EQ(r->attempts[1].model, "500");
+    ASSERT_STR_EQ(r->attempts[2].tier, "an");
+    ASSERT_STR_EQ(r->attempts[2].model, "ok");
+    ASSERT_STR_EQ(r->tier, "an");
+    ASSERT_STR_EQ(r->model, "ok");
+    ASSERT_STR_EQ(r->provider, "anthropic");
+    json_t *j = orch__llm_result_json(r);
+    ASSERT_STR_EQ(json_string_value(json_object_get(j, "model")), "ok");
+    json_decref(j);
+    orch__llm_call_free(call);
+  }
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+/* Azure's rate-limit 429 links .../quotaincrease and sends Retry-After:
+ * a rate limit, retried when it says, not a spent quota. */
+TEST(llm_a_rate_limit_that_mentions_quota_is_retried_after_retry_after) {
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  int64_t t0 = tnow();
+  orch__llm_call *call = call_model(&c, "oa_an", "flaky-azure=1", "x", 0);
+  double ms = (double)(tnow() - t0) / 1e6;
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_OK);
+  ASSERT_EQ(r->nattempts, 2);
+  ASSERT_EQ(r->attempts[0].http_status, 429);
+  ASSERT_STR_EQ(r->attempts[0].action, "retry");
+  ASSERT(r->attempts[0].delay_ms >= 1000 && r->attempts[0].delay_ms <= 1100);
+  ASSERT_STR_EQ(r->tier, "oa_an");
+  ASSERT(ms >= 1000);
   orch__llm_call_free(call);
   ASSERT_EQ(lctx_deinit(&c), 0);
 }
@@ -581,6 +738,113 @@ TEST(llm_decide_spreads_retries_with_full_jitter) {
   }
   orch__llm_decide(&o, 1, 529, NULL, -1, NULL, &d);
   ASSERT_EQ(d.action, ORCH__LLM_RETRY);
+}
+
+/* 429 bodies: a spent quota or budget (by the error's code or type), or a
+ * rate limit whatever its message says (Azure's and Gemini's speak of
+ * quota). 1: quota spent. */
+static const struct {
+  const char *body;
+  int quota;
+} bodies_429[] = {
+    {"{\"error\":{\"message\":\"You exceeded your current quota\","
+     "\"type\":\"insufficient_quota\",\"code\":\"insufficient_quota\"}}", 1},
+    {"{\"type\":\"error\",\"error\":{\"type\":\"billing_error\","
+     "\"message\":\"Your credit balance is too low\"}}", 1},
+    {"{\"error\":{\"code\":\"credit_limit_reached\"}}", 1},
+    {"{\"error\":{\"type\" :\n \"Budget_Exceeded\"}}", 1},
+    {"{\"error\":{\"code\":\"429\",\"message\":\"Requests to the "
+     "ChatCompletions_Create Operation have exceeded token rate limit. "
+     "Please retry after 1 second. Please go here: "
+     "https://aka.ms/oai/quotaincrease\"}}", 0},
+    {"{\"error\":{\"code\":429,\"message\":\"Resource has been exhausted "
+     "(e.g. check quota).\",\"status\":\"RESOURCE_EXHAUSTED\"}}", 0},
+    {"{\"error\":{\"message\":\"Rate limit reached\",\"type\":\"requests\","
+     "\"code\":\"rate_limit_exceeded\"}}", 0},
+    {"{\"error\":{\"message\":\"Your credit balance is too low; check "
+     "billing\"}}", 0},
+    {"{\"error\":{\"message\":\"say \\\"type\\\":\\\"billing\\\"\"}}", 0},
+    {"quota billing budget credit", 0},
+    {"", 0},
+};
+
+TEST(llm_decide_tells_a_spent_quota_from_a_rate_limit) {
+  orch__llm_retry_opts o = {.max_attempts = 4, .base_ms = 10,
+                            .max_ms = 100, .retry_after_cap_ms = 60000};
+  orch__llm_decision d;
+  for (size_t i = 0; i < sizeof bodies_429 / sizeof *bodies_429; i++) {
+    orch__llm_decide(&o, 1, 429, NULL, -1, bodies_429[i].body, &d);
+    if ((d.action == ORCH__LLM_FALLBACK) != bodies_429[i].quota)
+      fprintf(stderr, "  body %zu: %s\n", i, bodies_429[i].body);
+    ASSERT_EQ(d.action, bodies_429[i].quota ? ORCH__LLM_FALLBACK
+                                            : ORCH__LLM_RETRY);
+    /* a Retry-After says when to come back: a rate limit, whatever the body */
+    orch__llm_decide(&o, 1, 429, NULL, 1500, bodies_429[i].body, &d);
+    ASSERT_EQ(d.action, ORCH__LLM_RETRY);
+    ASSERT(d.delay_ms >= 1500);
+    orch__llm_decide(&o, 1, 429, NULL, 0, bodies_429[i].body, &d);
+    ASSERT_EQ(d.action, ORCH__LLM_RETRY);
+  }
+}
+
+/* The built-in twin and scripts/policies/retry.lua decide alike: the same
+ * action on every case (their reasons' words differ). */
+TEST(llm_decide_agrees_with_retry_lua) {
+  orch__config cfg;
+  orch__config_defaults(&cfg);
+  free(cfg.scripts_dir);
+  cfg.scripts_dir = orch__strdup("scripts");
+  orch__policy *p = NULL;
+  char err[512];
+  ASSERT_EQ(orch__policy_new(&p, &cfg, err, sizeof err), ORCH_OK);
+  orch__lstate *ls = orch__lstate_new(p, err, sizeof err);
+  ASSERT(ls);
+  /* the script's own numbers, so that attempts and caps line up */
+  orch__llm_retry_opts o = {.max_attempts = 4, .base_ms = 500,
+                            .max_ms = 30000, .retry_after_cap_ms = 60000};
+  static const int statuses[] = {0, 200, 400, 401, 404, 408, 409, 429, 500,
+                                 503, 529};
+  static const long ras[] = {-1, 0, 1000, 60000, 60001};
+  size_t n = 0;
+  for (int attempt = 1; attempt <= 4; attempt++)
+    for (size_t si = 0; si < sizeof statuses / sizeof *statuses; si++)
+      for (size_t ri = 0; ri < sizeof ras / sizeof *ras; ri++)
+        for (size_t bi = 0; bi < sizeof bodies_429 / sizeof *bodies_429;
+             bi++) {
+          int st = statuses[si];
+          const char *body = bodies_429[bi].body;
+          const char *error = st == 0 || st == 200 ? "timeout" : NULL;
+          orch__llm_decision d;
+          orch__llm_decide(&o, attempt, st, error, ras[ri], body, &d);
+          json_t *arg = json_pack("{s:i,s:i,s:s}", "attempt", attempt,
+                                  "status", st, "body", body);
+          if (error) json_object_set_new(arg, "error", json_string(error));
+          if (ras[ri] >= 0)
+            json_object_set_new(arg, "retry_after_ms",
+                                json_integer(ras[ri]));
+          json_t *out = NULL;
+          int rc = orch__policy_call(ls, "policies.retry", "decide", arg,
+                                     &out, err, sizeof err);
+          json_decref(arg);
+          if (rc) fprintf(stderr, "  retry.lua: %s\n", err);
+          ASSERT_EQ(rc, ORCH_OK);
+          const char *la = json_string_value(json_object_get(out, "action"));
+          const char *ca = d.action == ORCH__LLM_RETRY      ? "retry"
+                           : d.action == ORCH__LLM_FALLBACK ? "fallback"
+                                                            : "fail";
+          if (!la || strcmp(la, ca))
+            fprintf(stderr,
+                    "  attempt %d status %d retry-after %ld body %zu: C %s "
+                    "(%s), retry.lua %s\n",
+                    attempt, st, ras[ri], bi, ca, d.reason, la ? la : "?");
+          ASSERT_STR_EQ(la, ca);
+          json_decref(out);
+          n++;
+        }
+  ASSERT(n > 1000);
+  orch__lstate_free(ls);
+  orch__policy_free(p);
+  orch__config_deinit(&cfg);
 }
 
 TEST(llm_config_check_names_the_bad_key) {
@@ -874,6 +1138,47 @@ TEST(llm_kind_runs_a_graph_with_dependency_context) {
   ASSERT_EQ(t.tokens_out, 21);
   ASSERT(t.cost > 0);
   ASSERT_EQ(orch_step_attempts(g, (size_t)a), 1);
+  orch_graph_free(g);
+  orch_runtime_free(rt);
+  mini_llm_stop(m);
+}
+
+/* A dependency's output or error that is not UTF-8 reaches a GAP task's
+ * and the synthesis's prompt repaired (U+FFFD), as in a plain step's,
+ * not as "(no result)". */
+TEST(llm_kind_gap_prompts_keep_a_dependency_output_that_is_not_utf8) {
+  mini_llm *m = mini_llm_start();
+  ASSERT(m);
+  orch_runtime *rt = rt_with_mini(m, NULL);
+  ASSERT(rt);
+  static const char plan[] =
+      "{\"steps\":["
+      "{\"id\":\"a\",\"kind\":\"shell\",\"run\":\"printf 'bin \\\\377 out'\"},"
+      "{\"id\":\"f\",\"kind\":\"shell\",\"run\":\"printf 'bad \\\\376 err' "
+      ">&2; exit 3\"},"
+      "{\"id\":\"t\",\"kind\":\"llm\",\"role\":\"task\",\"prompt\":\"use a\","
+      "\"request\":\"R\",\"deps\":[\"a\"]},"
+      "{\"id\":\"s\",\"kind\":\"llm\",\"role\":\"synthesis\",\"prompt\":"
+      "\"sum\",\"request\":\"R\",\"always\":true,\"deps\":[\"a\",\"f\"]}]}";
+  orch_graph *g = NULL;
+  char err[512];
+  ASSERT_EQ(orch_graph_parse(rt, plan, sizeof plan - 1, "plan", &g, err,
+                             sizeof err),
+            0);
+  orch_run(rt, g, err, sizeof err); /* f fails */
+  long a = orch_graph_find(g, "a"), t = orch_graph_find(g, "t"),
+       s = orch_graph_find(g, "s");
+  ASSERT_STR_EQ(orch_step_output(g, (size_t)a), "bin \xff out");
+  const char *to = orch_step_output(g, (size_t)t);
+  ASSERT(to);
+  ASSERT_CONTAINS(to, "Task t");
+  ASSERT_CONTAINS(to, "bin \xef\xbf\xbd out");
+  ASSERT(!strstr(to, "(no result)"));
+  const char *so = orch_step_output(g, (size_t)s);
+  ASSERT(so);
+  ASSERT_CONTAINS(so, "bin \xef\xbf\xbd out");
+  ASSERT_CONTAINS(so, "bad \xef\xbf\xbd err");
+  ASSERT(!strstr(so, "(no result)"));
   orch_graph_free(g);
   orch_runtime_free(rt);
   mini_llm_stop(m);

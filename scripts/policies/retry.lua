@@ -4,7 +4,9 @@
 -- Delay: full jitter, uniform in [0, min(MAX_DELAY_MS, BASE_DELAY_MS * 2^(attempt-1))];
 -- a Retry-After (ms) is honoured up to RETRY_AFTER_CAP_MS (plus a small
 -- spread so that many steps told the same wait do not return in a burst);
--- above the cap, fall back at once.
+-- above the cap, fall back at once. A 429 whose error code or type says
+-- the quota or budget is spent (OpenAI's insufficient_quota, billing or
+-- credit errors) falls back at once, unless it came with a Retry-After.
 
 local MAX_ATTEMPTS = 4           -- attempts per tier; then fall back
 local BASE_DELAY_MS = 500
@@ -12,7 +14,9 @@ local MAX_DELAY_MS = 30000       -- cap of the exponential backoff
 local RETRY_AFTER_CAP_MS = 60000 -- a longer Retry-After falls back at once
 local RETRY_AFTER_SPREAD = 0.1   -- + uniform [0, 10%] of the Retry-After
 local RETRY_STATUS = { [408] = true, [409] = true, [429] = true }  -- and 5xx
-local QUOTA_WORDS = { "insufficient_quota", "quota", "billing", "budget" }
+-- a 429 whose error code or type holds one of these (never its message,
+-- and never with a Retry-After) says the quota or budget is spent
+local QUOTA_WORDS = { "insufficient_quota", "billing", "credit", "budget" }
 local NO_RETRY_ERRORS = { cancelled = true, canceled = true }  -- status 0 kinds
 local COOLDOWN = { failures = 5, window_ms = 10000, cooldown_ms = 30000 }
 
@@ -45,11 +49,19 @@ local function message_of(body)
   return (scrub.scrub(m))
 end
 
+-- The quota word in an error's "code" or "type" value, or nil. Messages do
+-- not count: rate-limit texts speak of quota too (Azure links
+-- .../quotaincrease, Gemini says "check quota"). llm.c's twin scans the
+-- same way.
 local function quota_spent(body)
   if type(body) ~= "string" then return nil end
-  local low = body:lower()
-  for _, w in ipairs(M.QUOTA_WORDS) do
-    if low:find(w, 1, true) then return w end
+  for key, value in body:gmatch('"(%a+)"%s*:%s*"([^"]*)"') do
+    if key == "code" or key == "type" then
+      local low = value:lower()
+      for _, w in ipairs(M.QUOTA_WORDS) do
+        if low:find(w, 1, true) then return w end
+      end
+    end
   end
   return nil
 end
@@ -95,7 +107,7 @@ function M.decide(a)
     if NO_RETRY_ERRORS[a.error] then
       return { action = "fail", reason = describe(a) }
     end
-  elseif status == 429 then
+  elseif status == 429 and ra == nil then
     local w = quota_spent(a.body)
     if w then
       return { action = "fallback",
@@ -146,6 +158,12 @@ function M.selftest()
   check(r.action == "fallback", "Retry-After over the cap")
   r = M.decide({ attempt = 1, status = 429, body = '{"error":{"code":"insufficient_quota"}}' })
   check(r.action == "fallback", "quota")
+  r = M.decide({ attempt = 1, status = 429, rand = zero,
+                 body = '{"error":{"message":"see https://aka.ms/oai/quotaincrease"}}' })
+  check(r.action == "retry", "a rate limit that mentions quota")
+  r = M.decide({ attempt = 1, status = 429, retry_after_ms = 1000, rand = zero,
+                 body = '{"error":{"type":"insufficient_quota"}}' })
+  check(r.action == "retry" and r.delay_ms == 1000, "quota with a Retry-After")
   r = M.decide({ attempt = 1, status = 401, body = '{"error":{"message":"bad key"}}' })
   check(r.action == "fail" and r.reason:find("bad key", 1, true), "4xx")
   r = M.decide({ attempt = M.MAX_ATTEMPTS, status = 500 })
