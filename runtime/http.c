@@ -551,15 +551,19 @@ static void finish_req(orch__http *h, orch__http_req *req, CURLcode cc) {
       if (!req->error[0]) set_error(req, ORCH_EIO, "aborted by the reader");
       else req->result = req->result ? req->result : ORCH_EIO;
     } else if (cc == CURLE_OPERATION_TIMEDOUT) {
-      double ct = 0;
-      curl_easy_getinfo(e, CURLINFO_CONNECT_TIME, &ct);
-      if (ct <= 0 && req->bytes_in == 0)
-        set_error(req, ORCH_ETIMEDOUT, "connect timed out after %ld ms",
-                  req->connect_timeout_ms > 0 ? req->connect_timeout_ms
-                                              : req->timeout_ms);
+      /* Which one fired, told by how long the transfer ran: the connect
+       * timeout only before the first byte and when it is the shorter
+       * (the nearer to the time taken); curl's connect time is no guide,
+       * it is 0 on a reused connection */
+      curl_off_t us = 0;
+      curl_easy_getinfo(e, CURLINFO_TOTAL_TIME_T, &us);
+      long cto = req->connect_timeout_ms, to = req->timeout_ms;
+      bool connect = cto > 0 && req->bytes_in == 0 &&
+                     (to <= 0 || (cto < to && us / 1000 < (cto + to) / 2));
+      if (connect)
+        set_error(req, ORCH_ETIMEDOUT, "connect timed out after %ld ms", cto);
       else
-        set_error(req, ORCH_ETIMEDOUT, "timed out after %ld ms (total)",
-                  req->timeout_ms);
+        set_error(req, ORCH_ETIMEDOUT, "timed out after %ld ms (total)", to);
     } else {
       /* curl's own message, more precise; prefixed with the code's text
        * unless it already ends with it (connect errors do) */
