@@ -65,8 +65,8 @@ typedef struct llm_tier {
   double price_in, price_out; /* USD per million tokens */
   int max_tokens;             /* 0: llm default */
   int stream;                 /* -1: llm default */
-  const char *key_env; /* set when the endpoint is a hosted API that wants a
-                          key and the tier has none: the variable to set */
+  char *key_env; /* set when the endpoint is a hosted API that wants a key
+                    and the tier has none: the variable to set (owned) */
   llm_ep *ep;
 } llm_tier;
 
@@ -276,6 +276,7 @@ static void tier_deinit(llm_tier *t) {
   }
   free(t->fallback);
   free(t->ca_file);
+  free(t->key_env);
   memset(t, 0, sizeof *t);
 }
 
@@ -315,10 +316,10 @@ static int tier_set(orch__llm *l, const char *name, int provider,
    * at once, with a message that says what to set, not tried four times */
   t->key_env = NULL;
   if (!t->api_key && strncmp(t->base_url, "https://api.openai.com", 22) == 0)
-    t->key_env = "OPENAI_API_KEY";
+    t->key_env = orch__strdup("OPENAI_API_KEY");
   if (!t->api_key &&
       strncmp(t->base_url, "https://api.anthropic.com", 25) == 0)
-    t->key_env = "ANTHROPIC_API_KEY";
+    t->key_env = orch__strdup("ANTHROPIC_API_KEY");
   if (!t->name || !t->base_url || !t->url || !t->model) return ORCH_ENOMEM;
   return ORCH_OK;
 }
@@ -467,11 +468,14 @@ int orch__llm_new_json(orch__llm **out, json_t *sections, uv_loop_t *loop,
     const char *model = jstr(t, "model");
     if (!model && prov == PROV_OPENAI) model = env_nonempty("OPENAI_MODEL");
     if (!model) model = name;
-    const char *key = jstr(t, "api_key");
-    if (!key && jstr(t, "api_key_env")) key = env_nonempty(jstr(t, "api_key_env"));
+    /* api_key_env, when given, is the only place the key may come from:
+     * the provider's variable would send another service's key to this
+     * tier's server */
+    const char *key = jstr(t, "api_key"), *kvar = jstr(t, "api_key_env");
     if (!key)
-      key = env_nonempty(prov == PROV_OPENAI ? "OPENAI_API_KEY"
-                                             : "ANTHROPIC_API_KEY");
+      key = env_nonempty(kvar ? kvar
+                         : prov == PROV_OPENAI ? "OPENAI_API_KEY"
+                                               : "ANTHROPIC_API_KEY");
     json_t *st = json_object_get(t, "stream");
     const char *caf = jstr(t, "ca_file");
     if ((rc = tier_set(l, name, prov, base, model, key, jstr(t, "fallback"),
@@ -481,7 +485,11 @@ int orch__llm_new_json(orch__llm **out, json_t *sections, uv_loop_t *loop,
       orch__err(err, errlen, rc, "tiers.%s: cannot set the tier", name);
       goto fail;
     }
-    if (caf && !(tier_find(l, name)->ca_file = orch__strdup(caf))) {
+    llm_tier *nt = tier_find(l, name);
+    bool named = nt->key_env && kvar; /* the variable to set is this one */
+    if (named) free(nt->key_env);
+    if ((named && !(nt->key_env = orch__strdup(kvar))) ||
+        (caf && !(nt->ca_file = orch__strdup(caf)))) {
       rc = orch__err(err, errlen, ORCH_ENOMEM, "out of memory");
       goto fail;
     }

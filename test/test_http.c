@@ -357,6 +357,116 @@ void mini_llm_stop(mini_llm *m) {
   free(m);
 }
 
+/* ---- canned_srv (see mini_llm.h) ------------------------------------- */
+
+struct canned_srv {
+  int lfd, port, status;
+  const char *ctype;
+  char *body;
+  size_t len;
+  pthread_t th;
+  atomic_int stop, requests;
+  pthread_mutex_t mu; /* guards auth */
+  char auth[256];
+};
+
+static void *canned_main(void *arg) {
+  canned_srv *s = arg;
+  while (!atomic_load(&s->stop)) {
+    struct pollfd p = {.fd = s->lfd, .events = POLLIN};
+    if (poll(&p, 1, 20) <= 0) continue;
+    int fd = accept(s->lfd, NULL, NULL);
+    if (fd < 0) continue;
+    char buf[16384];
+    size_t have = 0, need = 0;
+    while (!need || have < need) { /* the request: headers and body */
+      struct pollfd q = {.fd = fd, .events = POLLIN};
+      if (poll(&q, 1, 2000) <= 0) break;
+      ssize_t n = recv(fd, buf + have, sizeof buf - 1 - have, 0);
+      if (n <= 0) break;
+      have += (size_t)n;
+      buf[have] = '\0';
+      char *end = strstr(buf, "\r\n\r\n");
+      if (end && !need) {
+        const char *cl = strcasestr(buf, "content-length:");
+        need = (size_t)(end + 4 - buf) + (cl ? (size_t)atol(cl + 15) : 0);
+      }
+      if (have == sizeof buf - 1) break;
+    }
+    atomic_fetch_add(&s->requests, 1);
+    const char *a = strcasestr(buf, "\r\nauthorization: ");
+    pthread_mutex_lock(&s->mu);
+    s->auth[0] = '\0';
+    if (a) {
+      a += 17;
+      size_t n = strcspn(a, "\r\n");
+      snprintf(s->auth, sizeof s->auth, "%.*s", (int)n, a);
+    }
+    pthread_mutex_unlock(&s->mu);
+    char head[256];
+    int hl = snprintf(head, sizeof head,
+                      "HTTP/1.1 %d X\r\nContent-Type: %s\r\nContent-Length: "
+                      "%zu\r\nConnection: close\r\n\r\n",
+                      s->status, s->ctype, s->len);
+    bool ok = send(fd, head, (size_t)hl, MSG_NOSIGNAL) == hl;
+    for (size_t off = 0; ok && off < s->len;) {
+      ssize_t n = send(fd, s->body + off, s->len - off, MSG_NOSIGNAL);
+      if (n <= 0) break;
+      off += (size_t)n;
+    }
+    close(fd);
+  }
+  return NULL;
+}
+
+canned_srv *canned_start(int status, const char *ctype, const char *body,
+                         size_t len) {
+  canned_srv *s = calloc(1, sizeof *s);
+  if (!s || !(s->body = malloc(len ? len : 1))) {
+    free(s);
+    return NULL;
+  }
+  memcpy(s->body, body, len);
+  s->len = len;
+  s->status = status;
+  s->ctype = ctype;
+  pthread_mutex_init(&s->mu, NULL);
+  s->lfd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t sl = sizeof sa;
+  if (s->lfd < 0 || bind(s->lfd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
+      listen(s->lfd, 64) != 0 ||
+      getsockname(s->lfd, (struct sockaddr *)&sa, &sl) != 0 ||
+      pthread_create(&s->th, NULL, canned_main, s) != 0) {
+    if (s->lfd >= 0) close(s->lfd);
+    free(s->body);
+    free(s);
+    return NULL;
+  }
+  s->port = ntohs(sa.sin_port);
+  return s;
+}
+
+int canned_port(const canned_srv *s) { return s->port; }
+int canned_requests(const canned_srv *s) {
+  return atomic_load(&((canned_srv *)s)->requests);
+}
+void canned_auth(canned_srv *s, char *buf, size_t cap) {
+  pthread_mutex_lock(&s->mu);
+  snprintf(buf, cap, "%s", s->auth);
+  pthread_mutex_unlock(&s->mu);
+}
+void canned_stop(canned_srv *s) {
+  if (!s) return;
+  atomic_store(&s->stop, 1);
+  pthread_join(s->th, NULL);
+  close(s->lfd);
+  pthread_mutex_destroy(&s->mu);
+  free(s->body);
+  free(s);
+}
+
 /* ---- HTTP engine tests --------------------------------------------- */
 
 static int64_t now_ns_t(void) {

@@ -675,6 +675,53 @@ TEST(llm_a_hosted_tier_without_a_key_is_skipped_saying_what_to_set) {
   ASSERT_EQ(lctx_deinit(&c), 0);
 }
 
+#define OK_BODY                                                         \
+  "{\"choices\":[{\"message\":{\"content\":\"hi\"},\"finish_reason\":" \
+  "\"stop\"}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}"
+
+/* A tier that names api_key_env sends that variable's key, or none when
+ * it is unset: never OPENAI_API_KEY, to a server that is not OpenAI's.
+ * On a hosted API the tier is then skipped, saying which variable to set. */
+TEST(llm_api_key_env_is_the_only_key_a_tier_sends) {
+  canned_srv *s = canned_start(200, "application/json", OK_BODY,
+                               sizeof OK_BODY - 1);
+  ASSERT(s);
+  char conf[1024], auth[256];
+  snprintf(conf, sizeof conf,
+           "{\"tiers\":{\"a\":{\"base_url\":\"http://127.0.0.1:%d/v1\","
+           "\"model\":\"x\",\"api_key_env\":\"ORCH_TEST_GROQ_KEY\"},"
+           "\"hosted\":{\"model\":\"x\",\"api_key_env\":"
+           "\"ORCH_TEST_GROQ_KEY\"}}}",
+           canned_port(s));
+  for (int set = 0; set < 2; set++) {
+    env_save();
+    setenv("OPENAI_API_KEY", "sk-test-OPENAI-0123456789abcdef", 1);
+    if (set) setenv("ORCH_TEST_GROQ_KEY", "gsk_test_GROQ_0123456789", 1);
+    else unsetenv("ORCH_TEST_GROQ_KEY");
+    lctx c;
+    int rc = lctx_init(&c, conf);
+    env_restore();
+    unsetenv("ORCH_TEST_GROQ_KEY");
+    ASSERT_EQ(rc, 0);
+    orch__llm_call *call = call1(&c, "a", "x", 0);
+    ASSERT_EQ(orch__llm_call_result(call)->code, ORCH_OK);
+    canned_auth(s, auth, sizeof auth);
+    ASSERT_STR_EQ(auth, set ? "Bearer gsk_test_GROQ_0123456789" : "");
+    orch__llm_call_free(call);
+    if (!set) {
+      call = call1(&c, "hosted", "x", 0);
+      const orch__llm_result *r = orch__llm_call_result(call);
+      ASSERT_EQ(r->code, ORCH_ECONFIG);
+      ASSERT_STR_EQ(r->attempts[0].action, "no_key");
+      ASSERT_CONTAINS(r->error, "set ORCH_TEST_GROQ_KEY");
+      orch__llm_call_free(call);
+    }
+    ASSERT_EQ(lctx_deinit(&c), 0);
+  }
+  ASSERT_EQ(canned_requests(s), 2);
+  canned_stop(s);
+}
+
 TEST(llm_only_openai_base_url_serves_every_tier) {
   uv_loop_t loop;
   uv_loop_init(&loop);
