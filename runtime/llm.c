@@ -11,6 +11,7 @@
  * API keys live only here and are redacted from every message we make. */
 #include "orch_int.h"
 
+#include <ctype.h>
 #include <curl/curl.h>
 #include <math.h>
 #include <pthread.h>
@@ -623,13 +624,15 @@ static void redact_in(const orch__llm *l, orch__buf *b) {
       *b = nb;
     }
   }
-  /* key-shaped tokens a provider echoes back ("sk-...", "sk-ant-...") */
+  /* key-shaped tokens a provider echoes back ("sk-...", "sk-ant-..."):
+   * at a word start and as long as a key, so "task-priority-level" stays */
   for (char *p = b->p; (p = strstr(p, "sk-"));) {
     char *e = p + 3;
     while (*e && *e != ' ' && *e != '"' && *e != '\'' && *e != ',' &&
            *e != '.' && *e != '\n')
       e++;
-    if (e - p >= 8) memset(p + 3, '*', (size_t)(e - p - 3));
+    bool word_start = p == b->p || !isalnum((unsigned char)p[-1]);
+    if (word_start && e - p >= 20) memset(p + 3, '*', (size_t)(e - p - 3));
     p = e;
   }
 }

@@ -722,6 +722,19 @@ TEST(llm_api_key_env_is_the_only_key_a_tier_sends) {
   canned_stop(s);
 }
 
+/* The key-shaped rule masks sk- tokens at a word start and of a key's
+ * length, not words that contain "sk-". */
+TEST(llm_redact_masks_key_shaped_tokens_not_words) {
+  char *m = strdup("task-priority-level, disk-usage-alert-threshold-high, "
+                   "sk-short; key sk-proj-abcdefghijklmnopqrst. "
+                   "(sk-ant-api03-abcdefghijklmnop)");
+  orch__llm_redact(NULL, &m);
+  ASSERT_CONTAINS(m, "task-priority-level, disk-usage-alert-threshold-high, "
+                     "sk-short; key sk-****");
+  ASSERT(!strstr(m, "abcdefghij"));
+  free(m);
+}
+
 TEST(llm_only_openai_base_url_serves_every_tier) {
   uv_loop_t loop;
   uv_loop_init(&loop);
