@@ -15,6 +15,7 @@
 #include <curl/curl.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -646,6 +647,27 @@ void orch__llm_redact(const orch__llm *l, char **s) {
   *s = b.p;
 }
 
+/* Provider text for a message: the first n bytes of s, redacted, then cut
+ * to at most max bytes ("..." marks a cut). Redaction comes first: a key
+ * cut in two is found by neither rule, and its first part would show.
+ * Returns a new string (NULL: out of memory). */
+static char *clean_text(const orch__llm *l, const char *s, size_t n,
+                        size_t max) {
+  orch__buf b = {0};
+  if (orch__buf_add(&b, s, n) || orch__buf_add(&b, "", 0)) {
+    orch__buf_deinit(&b);
+    return NULL;
+  }
+  redact_in(l, &b);
+  b.len = strlen(b.p); /* redaction may have changed it */
+  if (b.len > max) {
+    char *m = orch__asprintf("%.*s...", (int)max, b.p);
+    orch__buf_deinit(&b);
+    return m;
+  }
+  return b.p;
+}
+
 /* ---- the retry policy ------------------------------------------------ */
 
 /* Does an error body say the quota or budget is spent (not a rate)? */
@@ -921,6 +943,22 @@ static void attempt_reset(orch__llm_call *c) {
   c->perr_msg[0] = '\0';
 }
 
+/* The attempt's parse error, with provider text in it: made whole, then
+ * redacted and cut to fit perr_msg (see clean_text). */
+static void set_perr(orch__llm_call *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_perr(orch__llm_call *c, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  char *m = orch__vasprintf(fmt, ap);
+  va_end(ap);
+  char *t = m ? clean_text(c->l, m, strlen(m), sizeof c->perr_msg - 4) : NULL;
+  c->perr = code;
+  snprintf(c->perr_msg, sizeof c->perr_msg, "%s", t ? t : "out of memory");
+  free(t);
+  free(m);
+}
+
 static void got_text(orch__llm_call *c, const char *s, size_t n) {
   if (!n) return;
   if (!c->t_first_token_ns) c->t_first_token_ns = orch__now_ns();
@@ -949,8 +987,7 @@ static void sse_event(orch__llm_call *c, json_t *o) {
     json_t *e = json_object_get(o, "error");
     if (e) {
       const char *m = json_string_value(json_object_get(e, "message"));
-      c->perr = ORCH_EHTTP;
-      snprintf(c->perr_msg, sizeof c->perr_msg, "error event in stream: %s",
+      set_perr(c, ORCH_EHTTP, "error event in stream: %s",
                m ? m : "(no message)");
       return;
     }
@@ -991,9 +1028,8 @@ static void sse_event(orch__llm_call *c, json_t *o) {
     json_t *e = json_object_get(o, "error");
     const char *m = json_string_value(json_object_get(e, "message"));
     const char *et = json_string_value(json_object_get(e, "type"));
-    c->perr = ORCH_EHTTP;
-    snprintf(c->perr_msg, sizeof c->perr_msg, "error event in stream: %s%s%s",
-             et ? et : "", et && m ? ": " : "", m ? m : "");
+    set_perr(c, ORCH_EHTTP, "error event in stream: %s%s%s", et ? et : "",
+             et && m ? ": " : "", m ? m : "");
   }
 }
 
@@ -1009,9 +1045,7 @@ static void sse_dispatch(orch__llm_call *c) {
     json_error_t je;
     json_t *o = json_loadb(s->data.p, s->data.len, 0, &je);
     if (!o) {
-      c->perr = ORCH_EIO;
-      snprintf(c->perr_msg, sizeof c->perr_msg,
-               "malformed JSON in stream event at byte %zu: %s",
+      set_perr(c, ORCH_EIO, "malformed JSON in stream event at byte %zu: %s",
                s->data_off + (size_t)(je.position > 0 ? je.position : 0),
                je.text);
     } else {
@@ -1095,9 +1129,7 @@ static void parse_whole(orch__llm_call *c, const char *body, size_t len) {
   json_error_t je;
   json_t *o = json_loadb(body ? body : "", len, 0, &je);
   if (!o) {
-    c->perr = ORCH_EIO;
-    snprintf(c->perr_msg, sizeof c->perr_msg,
-             "malformed JSON in response at byte %d (of %zu): %s",
+    set_perr(c, ORCH_EIO, "malformed JSON in response at byte %d (of %zu): %s",
              je.position, len, je.text);
     return;
   }
@@ -1143,7 +1175,8 @@ done:
 }
 
 /* The provider's own message from an error body, or a clean prefix. */
-static char *provider_message(const char *body, size_t len) {
+static char *provider_message(const orch__llm *l, const char *body,
+                              size_t len) {
   if (!body || !len) return orch__strdup("(empty body)");
   json_t *o = json_loadb(body, len, 0, NULL);
   char *m = NULL;
@@ -1157,13 +1190,15 @@ static char *provider_message(const char *body, size_t len) {
     if (s) m = ty ? orch__asprintf("%s: %s", ty, s) : orch__strdup(s);
     json_decref(o);
   }
-  if (!m) {
-    size_t n = len < 200 ? len : 200;
-    m = malloc(n + 4);
-    if (!m) return NULL;
+  if (!m) { /* the start, redacted before it is cut (see clean_text) */
+    size_t n = len < ERRBODY_MAX ? len : ERRBODY_MAX;
+    char *raw = malloc(n + 1);
+    if (!raw) return NULL;
     for (size_t i = 0; i < n; i++)
-      m[i] = (unsigned char)body[i] < 0x20 ? ' ' : body[i];
-    strcpy(m + n, len > n ? "..." : "");
+      raw[i] = (unsigned char)body[i] < 0x20 ? ' ' : body[i];
+    raw[n] = '\0';
+    m = clean_text(l, raw, n, 200);
+    free(raw);
   }
   return m;
 }
@@ -1415,7 +1450,7 @@ static void http_done_rest(orch__llm_call *c, bool parsed) {
       msg = orch__strdup(req->error);
   } else if (!ok_status) {
     code = ORCH_EHTTP;
-    char *pm = provider_message(body, blen);
+    char *pm = provider_message(l, body, blen);
     msg = orch__asprintf("HTTP %ld: %s", req->status, pm ? pm : "");
     free(pm);
   } else if (c->stream) {
@@ -1461,12 +1496,18 @@ static void http_done_rest(orch__llm_call *c, bool parsed) {
   orch__llm_decision d;
   int dstatus = code == ORCH_EHTTP ? st : (ok_status ? st : 0);
   if (code == ORCH_EHTTP && ok_status) dstatus = 500; /* error event */
+  /* the policy reads the body's start and may quote it: redacted first */
+  char *rbody =
+      body ? clean_text(l, body, blen < ERRBODY_MAX ? blen : ERRBODY_MAX,
+                        ERRBODY_MAX)
+           : NULL;
   if (l->decider)
     l->decider(l->decider_ud, &l->retry, c->attempt, dstatus, msg,
-               req->retry_after_ms, body, &d);
+               req->retry_after_ms, rbody, &d);
   else
     orch__llm_decide(&l->retry, c->attempt, dstatus, msg, req->retry_after_ms,
-                     body, &d);
+                     rbody, &d);
+  free(rbody);
   if (d.action == ORCH__LLM_RETRY) {
     if (a) {
       a->action = "retry";

@@ -43,6 +43,13 @@ describe("the retry policy", function()
     assert.equal("HTTP 401 Unauthorized: Incorrect API key provided: [KEY]", r.reason)
   end)
 
+  it("redacts a key that crosses the cut whole, before cutting", function()
+    local body = '{"error":{"message":"' .. ("x"):rep(290)
+      .. ' sk-proj-abcdefghijklmnopqrstuvwxyz0123"}}'
+    local r = decide({ attempt = 1, status = 400, body = body })
+    assert.is_nil(r.reason:find("sk-", 1, true))
+  end)
+
   it("cuts a long error body in the reason", function()
     local r = decide({ attempt = 1, status = 400, body = ("x"):rep(5000) })
     assert.is_true(#r.reason < 400)

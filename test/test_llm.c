@@ -722,6 +722,78 @@ TEST(llm_api_key_env_is_the_only_key_a_tier_sends) {
   canned_stop(s);
 }
 
+#define KEY2 "gsk_test_SECRET_0123456789abcdefghij"
+
+/* One call to a tier on a canned_srv (status, body), stream or not; the
+ * tier's key is KEY2. */
+static orch__llm_call *canned_call(lctx *c, canned_srv **s, int status,
+                                   const char *ctype, const char *body,
+                                   size_t len, int stream) {
+  *s = canned_start(status, ctype, body, len);
+  if (!*s) return NULL;
+  char conf[1024];
+  snprintf(conf, sizeof conf,
+           "{\"llm\":{\"max_attempts\":1,\"cooldown\":{\"failures\":0}},"
+           "\"tiers\":{\"t\":{\"base_url\":\"http://127.0.0.1:%d/v1\","
+           "\"model\":\"x\",\"api_key\":\"" KEY2 "\",\"price_in\":1,"
+           "\"price_out\":2}}}",
+           canned_port(*s));
+  if (lctx_init(c, conf)) return NULL;
+  return call1(c, "t", "x", stream);
+}
+
+static void canned_end(lctx *c, canned_srv *s, orch__llm_call *call) {
+  orch__llm_call_free(call);
+  lctx_deinit(c);
+  canned_stop(s);
+}
+
+static char decided_body[70000];
+static void record_decide(void *ud, const orch__llm_retry_opts *o,
+                          int attempt, int status, const char *error,
+                          long retry_after_ms, const char *body,
+                          orch__llm_decision *d) {
+  (void)ud;
+  snprintf(decided_body, sizeof decided_body, "%s", body ? body : "");
+  orch__llm_decide(o, attempt, status, error, retry_after_ms, body, d);
+}
+
+/* A key the provider echoes where a message is cut (an error body's first
+ * 200 bytes, a stream error event, the body the retry policy reads) is
+ * redacted whole: the cut comes after the redaction, so no prefix leaks. */
+TEST(llm_a_key_across_a_message_cut_is_redacted_whole) {
+  char body[512];
+  snprintf(body, sizeof body, "%190s %s tail", "x", KEY2); /* key at 191 */
+  lctx c;
+  canned_srv *s;
+  orch__llm_call *call = canned_call(&c, &s, 400, "text/plain", body,
+                                     strlen(body), 0);
+  ASSERT(call);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_CONTAINS(r->error, "HTTP 400");
+  ASSERT(!strstr(r->error, "gsk_"));
+  ASSERT(!strstr(r->attempts[0].error, "gsk_"));
+  canned_end(&c, s, call);
+  /* the retry policy is given the body redacted */
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  orch__llm_set_decider(c.l, record_decide, NULL);
+  call = call1(&c, "bad", "x", 0);
+  ASSERT_CONTAINS(decided_body, "Incorrect API key");
+  ASSERT(!strstr(decided_body, "SECRET"));
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+  /* a stream's error event, its message cut to fit */
+  snprintf(body, sizeof body,
+           "data: {\"error\":{\"message\":\"%280s%s\"}}\n\n", "y", KEY2);
+  call = canned_call(&c, &s, 200, "text/event-stream", body, strlen(body), 1);
+  ASSERT(call);
+  r = orch__llm_call_result(call);
+  ASSERT_CONTAINS(r->attempts[0].error, "error event in stream");
+  ASSERT(!strstr(r->attempts[0].error, "gsk_"));
+  ASSERT(!strstr(r->error, "gsk_"));
+  canned_end(&c, s, call);
+}
+
 /* The key-shaped rule masks sk- tokens at a word start and of a key's
  * length, not words that contain "sk-". */
 TEST(llm_redact_masks_key_shaped_tokens_not_words) {

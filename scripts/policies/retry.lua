@@ -34,15 +34,16 @@ local MAX_MESSAGE = 300
 
 -- The provider's message from an error body, without a JSON parser:
 -- "message": "..." when there is one, else the body's start; anything
--- key-like, e-mail, IP or phone in it is redacted (policies/scrub.lua).
+-- key-like, e-mail, IP or phone in it is redacted (policies/scrub.lua)
+-- before it is cut, so that a key across the cut is found whole.
 local function message_of(body)
   if type(body) ~= "string" or body == "" then return nil end
   body = body:sub(1, 8 * MAX_MESSAGE)
   local m = body:match('"message"%s*:%s*"(.-)"%s*[,}]')
   if not m then m = body:match('"error"%s*:%s*"(.-)"%s*[,}]') end
-  m = (m or body):gsub("%s+", " ")
+  m = scrub.scrub((m or body):gsub("%s+", " "))
   if #m > MAX_MESSAGE then m = m:sub(1, MAX_MESSAGE) .. "..." end
-  return (scrub.scrub(m))
+  return m
 end
 
 local function quota_spent(body)
