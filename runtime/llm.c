@@ -563,8 +563,17 @@ json_t *orch__llm_describe(const orch__llm *l) {
 
 static json_t *jtok(long v) { return v >= 0 ? json_integer(v) : json_null(); }
 static json_t *jms(double v) { return v >= 0 ? json_real(v) : json_null(); }
+/* s as a JSON string, with U+FFFD for bytes that are not UTF-8 (provider
+ * text, a cut message): json_string would give NULL and drop the key */
 static json_t *jstr_or_null(const char *s) {
-  return s ? json_string(s) : json_null();
+  if (!s) return json_null();
+  json_t *j = json_string(s);
+  if (!j) {
+    char *t = orch__utf8_repair(s, strlen(s));
+    j = t ? json_string(t) : NULL;
+    free(t);
+  }
+  return j ? j : json_null();
 }
 
 json_t *orch__llm_result_json(const orch__llm_result *r) {
@@ -638,19 +647,37 @@ static void redact_in(const orch__llm *l, orch__buf *b) {
   }
 }
 
+/* b's text as UTF-8: U+FFFD for each bad byte. */
+static void utf8_in(orch__buf *b) {
+  size_t n = strlen(b->p);
+  if (orch__utf8_valid(b->p, n, NULL)) return;
+  char *r = orch__utf8_repair(b->p, n);
+  if (!r) { /* cannot copy: blank what is not ASCII */
+    for (char *p = b->p; *p; p++)
+      if ((unsigned char)*p >= 0x80) *p = '?';
+    return;
+  }
+  orch__buf_deinit(b);
+  b->p = r;
+  b->len = strlen(r);
+  b->cap = b->len + 1;
+}
+
 void orch__llm_redact(const orch__llm *l, char **s) {
   if (!*s) return;
   orch__buf b = {0};
   if (orch__buf_add(&b, *s, strlen(*s))) return;
   redact_in(l, &b);
+  utf8_in(&b);
   free(*s);
   *s = b.p;
 }
 
-/* Provider text for a message: the first n bytes of s, redacted, then cut
- * to at most max bytes ("..." marks a cut). Redaction comes first: a key
- * cut in two is found by neither rule, and its first part would show.
- * Returns a new string (NULL: out of memory). */
+/* Provider text for a message: the first n bytes of s, redacted, made
+ * UTF-8, then cut to at most max bytes between two characters ("..."
+ * marks a cut). Redaction comes first: a key cut in two is found by
+ * neither rule, and its first part would show. Returns a new string
+ * (NULL: out of memory). */
 static char *clean_text(const orch__llm *l, const char *s, size_t n,
                         size_t max) {
   orch__buf b = {0};
@@ -659,8 +686,10 @@ static char *clean_text(const orch__llm *l, const char *s, size_t n,
     return NULL;
   }
   redact_in(l, &b);
+  utf8_in(&b);
   b.len = strlen(b.p); /* redaction may have changed it */
   if (b.len > max) {
+    while (max > 0 && ((unsigned char)b.p[max] & 0xC0) == 0x80) max--;
     char *m = orch__asprintf("%.*s...", (int)max, b.p);
     orch__buf_deinit(&b);
     return m;

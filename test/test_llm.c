@@ -807,6 +807,68 @@ TEST(llm_redact_masks_key_shaped_tokens_not_words) {
   free(m);
 }
 
+static bool valid_utf8(const char *s) {
+  return s && orch__utf8_valid(s, strlen(s), NULL);
+}
+
+/* Provider text enters messages as UTF-8, cut between characters: an
+ * error body in Latin-1 or cut inside a character, a stream error event
+ * cut to fit; the attempt's "error" stays in the JSON. */
+TEST(llm_provider_text_in_messages_stays_utf8) {
+  static const struct {
+    int status;
+    const char *ctype, *body;
+    int stream;
+  } cases[] = {
+      {400, "text/plain", "\xe9" "chec de la requ\xeate", 0},
+      {400, "text/plain",
+       "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+       "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+       "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+       "\xc3\xa9\xc3\xa9 and more", 0}, /* an é across byte 200 */
+      {200, "text/event-stream", NULL, 1},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char body[1024];
+    if (cases[i].body) snprintf(body, sizeof body, "%s", cases[i].body);
+    else /* 276 + the prefix's 23 bytes: a 3-byte character across 300 */
+      snprintf(body, sizeof body,
+               "data: {\"error\":{\"message\":\"%276s\xe6\x97\xa5\xe6\x97\xa5"
+               "\"}}\n\n", "y");
+    lctx c;
+    canned_srv *s;
+    orch__llm_call *call = canned_call(&c, &s, cases[i].status,
+                                       cases[i].ctype, body, strlen(body),
+                                       cases[i].stream);
+    ASSERT(call);
+    const orch__llm_result *r = orch__llm_call_result(call);
+    ASSERT(r->code != ORCH_OK);
+    ASSERT(valid_utf8(r->error));
+    ASSERT(valid_utf8(r->attempts[0].error));
+    json_t *j = orch__llm_result_json(r);
+    json_t *e = json_object_get(json_array_get(json_object_get(j, "attempts"),
+                                               0), "error");
+    ASSERT(json_is_string(e));
+    json_decref(j);
+    canned_end(&c, s, call);
+  }
+  /* and a result holding bytes that are not UTF-8 keeps every key */
+  char bt[] = "t\xff", bm[] = "m\xc3", be[] = "bad \xe9";
+  orch__llm_attempt a = {.tier = bt, .model = bm, .provider = "openai",
+                         .action = "fail", .error = be, .cost = -1,
+                         .tokens_in = -1, .tokens_out = -1, .ttft_ms = -1};
+  orch__llm_result res = {.tier = bt, .model = bm, .code = ORCH_EHTTP,
+                          .attempts = &a, .nattempts = 1, .cost = -1,
+                          .tokens_in = -1, .tokens_out = -1, .ttft_ms = -1};
+  json_t *j = orch__llm_result_json(&res);
+  ASSERT(json_is_string(json_object_get(j, "tier")));
+  ASSERT(json_is_string(json_object_get(j, "model")));
+  json_t *ja = json_array_get(json_object_get(j, "attempts"), 0);
+  ASSERT(json_is_string(json_object_get(ja, "error")));
+  ASSERT(json_is_string(json_object_get(ja, "tier")));
+  json_decref(j);
+}
+
 TEST(llm_only_openai_base_url_serves_every_tier) {
   uv_loop_t loop;
   uv_loop_init(&loop);
