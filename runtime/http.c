@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #define HTTP_MAX_BODY_DEFAULT (64u << 20) /* refuse larger responses */
+#define HTTP_ERRBODY_MAX (64u << 10) /* of a status >= 300: kept, rest read */
 #define HTTP_EASY_CACHE 256               /* idle easy handles kept */
 #define HTTP_URL_CACHE 32 /* URLs kept parsed per engine (CURLOPT_CURLU) */
 #ifndef HTTP_SHARDS
@@ -251,6 +252,14 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
     }
     return len;
   }
+  /* An error answer's start says what went wrong: the rest is read and
+   * dropped, the transfer does not fail (a 400 with a huge body was a
+   * "response larger than" transport error, and retried) */
+  size_t all = len;
+  if (req->status >= 300 && req->body_len + len > HTTP_ERRBODY_MAX)
+    len = req->body_len < HTTP_ERRBODY_MAX ? HTTP_ERRBODY_MAX - req->body_len
+                                           : 0;
+  if (!len) return all;
   if (req->body_len + len > req->max_body) {
     req->priv_aborted = 2;
     return 0;
@@ -276,7 +285,7 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
   memcpy(req->body + req->body_len, p, len);
   req->body_len += len;
   req->body[req->body_len] = '\0';
-  return len;
+  return all;
 }
 
 /* An easy handle with the options every request shares; the cache keeps

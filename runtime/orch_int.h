@@ -953,7 +953,9 @@ struct orch__http_req {
   struct curl_slist *headers; /* owned; add with orch__http_req_header */
   long connect_timeout_ms, timeout_ms; /* 0: none */
   long idle_timeout_ms; /* abort when no byte arrives for this long */
-  size_t max_body;      /* response cap when buffering (default 64 MiB) */
+  size_t max_body;      /* response cap when buffering (default 64 MiB);
+                           a status >= 300 keeps its first 64 KiB and
+                           drops the rest, not failing */
   const char *ca_file;  /* PEM bundle to verify TLS peers; NULL: system */
   /* Streaming: called for each received chunk instead of buffering;
    * return non-zero to abort (set req->error/result first). */

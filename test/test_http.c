@@ -805,6 +805,44 @@ TEST(http_stops_at_the_total_timeout) {
   ASSERT_EQ(ctx_deinit(&c), 0);
 }
 
+/* An error answer keeps the start of its body (64 KiB) and drops the
+ * rest: the transfer completes with the status, whatever the body's size;
+ * a 2xx body is kept whole. */
+TEST(http_keeps_the_start_of_an_error_body_and_completes) {
+  size_t n = 200 << 10;
+  char *big = malloc(n);
+  ASSERT(big);
+  memset(big, 'e', n);
+  for (int ok = 0; ok < 2; ok++) {
+    canned_srv *s = canned_start(ok ? 200 : 400, "text/plain", big, n);
+    ASSERT(s);
+    ctx c;
+    ASSERT_EQ(ctx_init(&c), 0);
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/x", canned_port(s));
+    orch__http_req r;
+    orch__http_req_init(&r);
+    r.url = url;
+    r.on_done = req_done;
+    r.ud = &c;
+    r.max_body = 100 << 10; /* a 2xx above it still fails */
+    orch__http_submit(c.h, &r);
+    run_until(&c, 1, 5000);
+    if (ok) {
+      ASSERT_EQ(r.result, ORCH_ELIMIT);
+    } else {
+      ASSERT_EQ(r.result, ORCH_OK);
+      ASSERT_EQ(r.status, 400);
+      ASSERT_EQ(r.body_len, 64 << 10);
+      ASSERT_EQ(r.bytes_in, n);
+    }
+    orch__http_req_deinit(&r);
+    ASSERT_EQ(ctx_deinit(&c), 0);
+    canned_stop(s);
+  }
+  free(big);
+}
+
 TEST(http_cancel_ends_a_request_at_once) {
   ctx c;
   ASSERT_EQ(ctx_init(&c), 0);

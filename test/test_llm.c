@@ -807,6 +807,30 @@ TEST(llm_redact_masks_key_shaped_tokens_not_words) {
   free(m);
 }
 
+/* A 4xx with a body above the response cap (65 MiB) is the provider's
+ * answer, read in part: one attempt, failed with its message, not a
+ * transport error retried with the whole body each time. */
+TEST(llm_a_huge_error_body_is_an_answer_not_a_transport_error) {
+  size_t n = (size_t)65 << 20;
+  char *big = malloc(n);
+  ASSERT(big);
+  memset(big, 'z', n);
+  memcpy(big, "quota? no: bad request ", 23);
+  lctx c;
+  canned_srv *s;
+  orch__llm_call *call = canned_call(&c, &s, 400, "text/plain", big, n, 0);
+  free(big);
+  ASSERT(call);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_EHTTP);
+  ASSERT_EQ(r->nattempts, 1);
+  ASSERT_STR_EQ(r->attempts[0].action, "fail");
+  ASSERT_EQ(r->attempts[0].http_status, 400);
+  ASSERT_CONTAINS(r->error, "HTTP 400: quota? no: bad request zzz");
+  ASSERT(!strstr(r->error, "larger"));
+  canned_end(&c, s, call);
+}
+
 static bool valid_utf8(const char *s) {
   return s && orch__utf8_valid(s, strlen(s), NULL);
 }
