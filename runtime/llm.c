@@ -1737,17 +1737,21 @@ static void finish_now(orch__llm_call *c, int code, const char *msg) {
     r->tokens_in = r->tokens_out = -1;
     r->ttft_ms = -1;
   }
-  /* cost: every attempt that reported usage, at its tier's prices */
+  /* cost: each attempt whose usage is known (both counts), at its tier's
+   * prices; the call's is unknown when an answer (2xx: billed) had its
+   * usage unknown, failed or not */
   double cost = 0;
-  bool known = code != ORCH_OK || (r->tokens_in >= 0 && r->tokens_out >= 0);
+  bool known = true;
   for (size_t i = 0; i < r->nattempts; i++) {
     orch__llm_attempt *a = &r->attempts[i];
-    if (a->tokens_in < 0 && a->tokens_out < 0) continue;
+    bool billed = a->http_status >= 200 && a->http_status < 300;
     const llm_tier *at = a->tier ? tier_find(l, a->tier) : NULL;
-    if (!at) continue;
-    a->cost = ((double)(a->tokens_in > 0 ? a->tokens_in : 0) * at->price_in +
-               (double)(a->tokens_out > 0 ? a->tokens_out : 0) * at->price_out) /
-              1e6;
+    if (a->tokens_in < 0 || a->tokens_out < 0 || !at) {
+      if (billed) known = false;
+      continue;
+    }
+    a->cost = ((double)a->tokens_in * at->price_in +
+               (double)a->tokens_out * at->price_out) / 1e6;
     cost += a->cost;
   }
   r->cost = known ? cost : -1;

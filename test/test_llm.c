@@ -831,6 +831,46 @@ TEST(llm_a_huge_error_body_is_an_answer_not_a_transport_error) {
   canned_end(&c, s, call);
 }
 
+/* Cost is known only from both counts: an answer without tokens_out has
+ * none (not the price of its tokens_in), and a failed call whose answers
+ * (2xx, billed) had unknown usage has an unknown cost, not 0. */
+TEST(llm_cost_is_unknown_when_any_billed_usage_is) {
+  static const char part[] =
+      "{\"choices\":[{\"message\":{\"content\":\"hi\"},\"finish_reason\":"
+      "\"stop\"}],\"usage\":{\"prompt_tokens\":10}}";
+  lctx c;
+  canned_srv *s;
+  orch__llm_call *call = canned_call(&c, &s, 200, "application/json", part,
+                                     sizeof part - 1, 0);
+  ASSERT(call);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_OK);
+  ASSERT_EQ(r->tokens_in, 10);
+  ASSERT(r->attempts[0].cost < 0);
+  ASSERT(r->cost < 0);
+  json_t *j = orch__llm_result_json(r);
+  ASSERT(json_is_null(json_object_get(
+      json_array_get(json_object_get(j, "attempts"), 0), "cost")));
+  json_decref(j);
+  canned_end(&c, s, call);
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  call = call1(&c, "truncate", "x", 1); /* 2xx, cut before the usage */
+  r = orch__llm_call_result(call);
+  ASSERT(r->code != ORCH_OK);
+  ASSERT_EQ(r->attempts[0].http_status, 200);
+  ASSERT(r->cost < 0);
+  j = orch__llm_result_json(r);
+  ASSERT(json_is_null(json_object_get(j, "cost")));
+  json_decref(j);
+  orch__llm_call_free(call);
+  call = call1(&c, "bad", "x", 0); /* a 400 bills nothing: cost 0 */
+  r = orch__llm_call_result(call);
+  ASSERT(r->code != ORCH_OK);
+  ASSERT(r->cost == 0);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
 static bool valid_utf8(const char *s) {
   return s && orch__utf8_valid(s, strlen(s), NULL);
 }
