@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #define HTTP_MAX_BODY_DEFAULT (64u << 20) /* refuse larger responses */
+#define HTTP_ERRBODY_MAX (64u << 10) /* of a status >= 300: kept, rest read */
 #define HTTP_EASY_CACHE 256               /* idle easy handles kept */
 #define HTTP_URL_CACHE 32 /* URLs kept parsed per engine (CURLOPT_CURLU) */
 #ifndef HTTP_SHARDS
@@ -256,6 +257,14 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
     }
     return len;
   }
+  /* An error answer's start says what went wrong: the rest is read and
+   * dropped, the transfer does not fail (a 400 with a huge body was a
+   * "response larger than" transport error, and retried) */
+  size_t all = len;
+  if (req->status >= 300 && req->body_len + len > HTTP_ERRBODY_MAX)
+    len = req->body_len < HTTP_ERRBODY_MAX ? HTTP_ERRBODY_MAX - req->body_len
+                                           : 0;
+  if (!len) return all;
   if (req->body_len + len > req->max_body) {
     req->priv_aborted = 2;
     return 0;
@@ -281,7 +290,7 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
   memcpy(req->body + req->body_len, p, len);
   req->body_len += len;
   req->body[req->body_len] = '\0';
-  return len;
+  return all;
 }
 
 /* An easy handle with the options every request shares; the cache keeps
@@ -556,15 +565,19 @@ static void finish_req(orch__http *h, orch__http_req *req, CURLcode cc) {
       if (!req->error[0]) set_error(req, ORCH_EIO, "aborted by the reader");
       else req->result = req->result ? req->result : ORCH_EIO;
     } else if (cc == CURLE_OPERATION_TIMEDOUT) {
-      double ct = 0;
-      curl_easy_getinfo(e, CURLINFO_CONNECT_TIME, &ct);
-      if (ct <= 0 && req->bytes_in == 0)
-        set_error(req, ORCH_ETIMEDOUT, "connect timed out after %ld ms",
-                  req->connect_timeout_ms > 0 ? req->connect_timeout_ms
-                                              : req->timeout_ms);
+      /* Which one fired, told by how long the transfer ran: the connect
+       * timeout only before the first byte and when it is the shorter
+       * (the nearer to the time taken); curl's connect time is no guide,
+       * it is 0 on a reused connection */
+      curl_off_t us = 0;
+      curl_easy_getinfo(e, CURLINFO_TOTAL_TIME_T, &us);
+      long cto = req->connect_timeout_ms, to = req->timeout_ms;
+      bool connect = cto > 0 && req->bytes_in == 0 &&
+                     (to <= 0 || (cto < to && us / 1000 < (cto + to) / 2));
+      if (connect)
+        set_error(req, ORCH_ETIMEDOUT, "connect timed out after %ld ms", cto);
       else
-        set_error(req, ORCH_ETIMEDOUT, "timed out after %ld ms (total)",
-                  req->timeout_ms);
+        set_error(req, ORCH_ETIMEDOUT, "timed out after %ld ms (total)", to);
     } else {
       /* curl's own message, more precise; prefixed with the code's text
        * unless it already ends with it (connect errors do) */

@@ -11,9 +11,11 @@
  * API keys live only here and are redacted from every message we make. */
 #include "orch_int.h"
 
+#include <ctype.h>
 #include <curl/curl.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,8 +67,8 @@ typedef struct llm_tier {
   double price_in, price_out; /* USD per million tokens */
   int max_tokens;             /* 0: llm default */
   int stream;                 /* -1: llm default */
-  const char *key_env; /* set when the endpoint is a hosted API that wants a
-                          key and the tier has none: the variable to set */
+  char *key_env; /* set when the endpoint is a hosted API that wants a key
+                    and the tier has none: the variable to set (owned) */
   llm_ep *ep;
 } llm_tier;
 
@@ -276,6 +278,7 @@ static void tier_deinit(llm_tier *t) {
   }
   free(t->fallback);
   free(t->ca_file);
+  free(t->key_env);
   memset(t, 0, sizeof *t);
 }
 
@@ -315,10 +318,10 @@ static int tier_set(orch__llm *l, const char *name, int provider,
    * at once, with a message that says what to set, not tried four times */
   t->key_env = NULL;
   if (!t->api_key && strncmp(t->base_url, "https://api.openai.com", 22) == 0)
-    t->key_env = "OPENAI_API_KEY";
+    t->key_env = orch__strdup("OPENAI_API_KEY");
   if (!t->api_key &&
       strncmp(t->base_url, "https://api.anthropic.com", 25) == 0)
-    t->key_env = "ANTHROPIC_API_KEY";
+    t->key_env = orch__strdup("ANTHROPIC_API_KEY");
   if (!t->name || !t->base_url || !t->url || !t->model) return ORCH_ENOMEM;
   return ORCH_OK;
 }
@@ -467,11 +470,14 @@ int orch__llm_new_json(orch__llm **out, json_t *sections, uv_loop_t *loop,
     const char *model = jstr(t, "model");
     if (!model && prov == PROV_OPENAI) model = env_nonempty("OPENAI_MODEL");
     if (!model) model = name;
-    const char *key = jstr(t, "api_key");
-    if (!key && jstr(t, "api_key_env")) key = env_nonempty(jstr(t, "api_key_env"));
+    /* api_key_env, when given, is the only place the key may come from:
+     * the provider's variable would send another service's key to this
+     * tier's server */
+    const char *key = jstr(t, "api_key"), *kvar = jstr(t, "api_key_env");
     if (!key)
-      key = env_nonempty(prov == PROV_OPENAI ? "OPENAI_API_KEY"
-                                             : "ANTHROPIC_API_KEY");
+      key = env_nonempty(kvar ? kvar
+                         : prov == PROV_OPENAI ? "OPENAI_API_KEY"
+                                               : "ANTHROPIC_API_KEY");
     json_t *st = json_object_get(t, "stream");
     const char *caf = jstr(t, "ca_file");
     if ((rc = tier_set(l, name, prov, base, model, key, jstr(t, "fallback"),
@@ -481,7 +487,11 @@ int orch__llm_new_json(orch__llm **out, json_t *sections, uv_loop_t *loop,
       orch__err(err, errlen, rc, "tiers.%s: cannot set the tier", name);
       goto fail;
     }
-    if (caf && !(tier_find(l, name)->ca_file = orch__strdup(caf))) {
+    llm_tier *nt = tier_find(l, name);
+    bool named = nt->key_env && kvar; /* the variable to set is this one */
+    if (named) free(nt->key_env);
+    if ((named && !(nt->key_env = orch__strdup(kvar))) ||
+        (caf && !(nt->ca_file = orch__strdup(caf)))) {
       rc = orch__err(err, errlen, ORCH_ENOMEM, "out of memory");
       goto fail;
     }
@@ -553,8 +563,17 @@ json_t *orch__llm_describe(const orch__llm *l) {
 
 static json_t *jtok(long v) { return v >= 0 ? json_integer(v) : json_null(); }
 static json_t *jms(double v) { return v >= 0 ? json_real(v) : json_null(); }
+/* s as a JSON string, with U+FFFD for bytes that are not UTF-8 (provider
+ * text, a cut message): json_string would give NULL and drop the key */
 static json_t *jstr_or_null(const char *s) {
-  return s ? json_string(s) : json_null();
+  if (!s) return json_null();
+  json_t *j = json_string(s);
+  if (!j) {
+    char *t = orch__utf8_repair(s, strlen(s));
+    j = t ? json_string(t) : NULL;
+    free(t);
+  }
+  return j ? j : json_null();
 }
 
 json_t *orch__llm_result_json(const orch__llm_result *r) {
@@ -615,15 +634,33 @@ static void redact_in(const orch__llm *l, orch__buf *b) {
       *b = nb;
     }
   }
-  /* key-shaped tokens a provider echoes back ("sk-...", "sk-ant-...") */
+  /* key-shaped tokens a provider echoes back ("sk-...", "sk-ant-..."):
+   * at a word start and as long as a key, so "task-priority-level" stays */
   for (char *p = b->p; (p = strstr(p, "sk-"));) {
     char *e = p + 3;
     while (*e && *e != ' ' && *e != '"' && *e != '\'' && *e != ',' &&
            *e != '.' && *e != '\n')
       e++;
-    if (e - p >= 8) memset(p + 3, '*', (size_t)(e - p - 3));
+    bool word_start = p == b->p || !isalnum((unsigned char)p[-1]);
+    if (word_start && e - p >= 20) memset(p + 3, '*', (size_t)(e - p - 3));
     p = e;
   }
+}
+
+/* b's text as UTF-8: U+FFFD for each bad byte. */
+static void utf8_in(orch__buf *b) {
+  size_t n = strlen(b->p);
+  if (orch__utf8_valid(b->p, n, NULL)) return;
+  char *r = orch__utf8_repair(b->p, n);
+  if (!r) { /* cannot copy: blank what is not ASCII */
+    for (char *p = b->p; *p; p++)
+      if ((unsigned char)*p >= 0x80) *p = '?';
+    return;
+  }
+  orch__buf_deinit(b);
+  b->p = r;
+  b->len = strlen(r);
+  b->cap = b->len + 1;
 }
 
 void orch__llm_redact(const orch__llm *l, char **s) {
@@ -631,8 +668,33 @@ void orch__llm_redact(const orch__llm *l, char **s) {
   orch__buf b = {0};
   if (orch__buf_add(&b, *s, strlen(*s))) return;
   redact_in(l, &b);
+  utf8_in(&b);
   free(*s);
   *s = b.p;
+}
+
+/* Provider text for a message: the first n bytes of s, redacted, made
+ * UTF-8, then cut to at most max bytes between two characters ("..."
+ * marks a cut). Redaction comes first: a key cut in two is found by
+ * neither rule, and its first part would show. Returns a new string
+ * (NULL: out of memory). */
+static char *clean_text(const orch__llm *l, const char *s, size_t n,
+                        size_t max) {
+  orch__buf b = {0};
+  if (orch__buf_add(&b, s, n) || orch__buf_add(&b, "", 0)) {
+    orch__buf_deinit(&b);
+    return NULL;
+  }
+  redact_in(l, &b);
+  utf8_in(&b);
+  b.len = strlen(b.p); /* redaction may have changed it */
+  if (b.len > max) {
+    while (max > 0 && ((unsigned char)b.p[max] & 0xC0) == 0x80) max--;
+    char *m = orch__asprintf("%.*s...", (int)max, b.p);
+    orch__buf_deinit(&b);
+    return m;
+  }
+  return b.p;
 }
 
 /* ---- the retry policy ------------------------------------------------ */
@@ -972,6 +1034,22 @@ static void attempt_reset(orch__llm_call *c) {
   c->perr_msg[0] = '\0';
 }
 
+/* The attempt's parse error, with provider text in it: made whole, then
+ * redacted and cut to fit perr_msg (see clean_text). */
+static void set_perr(orch__llm_call *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_perr(orch__llm_call *c, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  char *m = orch__vasprintf(fmt, ap);
+  va_end(ap);
+  char *t = m ? clean_text(c->l, m, strlen(m), sizeof c->perr_msg - 4) : NULL;
+  c->perr = code;
+  snprintf(c->perr_msg, sizeof c->perr_msg, "%s", t ? t : "out of memory");
+  free(t);
+  free(m);
+}
+
 static void got_text(orch__llm_call *c, const char *s, size_t n) {
   if (!n) return;
   if (!c->t_first_token_ns) c->t_first_token_ns = orch__now_ns();
@@ -1000,8 +1078,7 @@ static void sse_event(orch__llm_call *c, json_t *o) {
     json_t *e = json_object_get(o, "error");
     if (e) {
       const char *m = json_string_value(json_object_get(e, "message"));
-      c->perr = ORCH_EHTTP;
-      snprintf(c->perr_msg, sizeof c->perr_msg, "error event in stream: %s",
+      set_perr(c, ORCH_EHTTP, "error event in stream: %s",
                m ? m : "(no message)");
       return;
     }
@@ -1042,9 +1119,8 @@ static void sse_event(orch__llm_call *c, json_t *o) {
     json_t *e = json_object_get(o, "error");
     const char *m = json_string_value(json_object_get(e, "message"));
     const char *et = json_string_value(json_object_get(e, "type"));
-    c->perr = ORCH_EHTTP;
-    snprintf(c->perr_msg, sizeof c->perr_msg, "error event in stream: %s%s%s",
-             et ? et : "", et && m ? ": " : "", m ? m : "");
+    set_perr(c, ORCH_EHTTP, "error event in stream: %s%s%s", et ? et : "",
+             et && m ? ": " : "", m ? m : "");
   }
 }
 
@@ -1060,9 +1136,7 @@ static void sse_dispatch(orch__llm_call *c) {
     json_error_t je;
     json_t *o = json_loadb(s->data.p, s->data.len, 0, &je);
     if (!o) {
-      c->perr = ORCH_EIO;
-      snprintf(c->perr_msg, sizeof c->perr_msg,
-               "malformed JSON in stream event at byte %zu: %s",
+      set_perr(c, ORCH_EIO, "malformed JSON in stream event at byte %zu: %s",
                s->data_off + (size_t)(je.position > 0 ? je.position : 0),
                je.text);
     } else {
@@ -1196,9 +1270,7 @@ static void parse_whole(orch__llm_call *c, const char *body, size_t len) {
   json_error_t je;
   json_t *o = json_loadb(body ? body : "", len, 0, &je);
   if (!o) {
-    c->perr = ORCH_EIO;
-    snprintf(c->perr_msg, sizeof c->perr_msg,
-             "malformed JSON in response at byte %d (of %zu): %s",
+    set_perr(c, ORCH_EIO, "malformed JSON in response at byte %d (of %zu): %s",
              je.position, len, je.text);
     return;
   }
@@ -1244,7 +1316,8 @@ done:
 }
 
 /* The provider's own message from an error body, or a clean prefix. */
-static char *provider_message(const char *body, size_t len) {
+static char *provider_message(const orch__llm *l, const char *body,
+                              size_t len) {
   if (!body || !len) return orch__strdup("(empty body)");
   json_t *o = json_loadb(body, len, 0, NULL);
   char *m = NULL;
@@ -1258,13 +1331,15 @@ static char *provider_message(const char *body, size_t len) {
     if (s) m = ty ? orch__asprintf("%s: %s", ty, s) : orch__strdup(s);
     json_decref(o);
   }
-  if (!m) {
-    size_t n = len < 200 ? len : 200;
-    m = malloc(n + 4);
-    if (!m) return NULL;
+  if (!m) { /* the start, redacted before it is cut (see clean_text) */
+    size_t n = len < ERRBODY_MAX ? len : ERRBODY_MAX;
+    char *raw = malloc(n + 1);
+    if (!raw) return NULL;
     for (size_t i = 0; i < n; i++)
-      m[i] = (unsigned char)body[i] < 0x20 ? ' ' : body[i];
-    strcpy(m + n, len > n ? "..." : "");
+      raw[i] = (unsigned char)body[i] < 0x20 ? ' ' : body[i];
+    raw[n] = '\0';
+    m = clean_text(l, raw, n, 200);
+    free(raw);
   }
   return m;
 }
@@ -1517,7 +1592,7 @@ static void http_done_rest(orch__llm_call *c, bool parsed) {
       msg = orch__strdup(req->error);
   } else if (!ok_status) {
     code = ORCH_EHTTP;
-    char *pm = provider_message(body, blen);
+    char *pm = provider_message(l, body, blen);
     msg = orch__asprintf("HTTP %ld: %s", req->status, pm ? pm : "");
     free(pm);
   } else if (c->stream && c->sse.whole) {
@@ -1570,12 +1645,18 @@ static void http_done_rest(orch__llm_call *c, bool parsed) {
   orch__llm_decision d;
   int dstatus = code == ORCH_EHTTP ? st : (ok_status ? st : 0);
   if (code == ORCH_EHTTP && ok_status) dstatus = 500; /* error event */
+  /* the policy reads the body's start and may quote it: redacted first */
+  char *rbody =
+      body ? clean_text(l, body, blen < ERRBODY_MAX ? blen : ERRBODY_MAX,
+                        ERRBODY_MAX)
+           : NULL;
   if (l->decider)
     l->decider(l->decider_ud, &l->retry, c->attempt, dstatus, msg,
-               req->retry_after_ms, body, &d);
+               req->retry_after_ms, rbody, &d);
   else
     orch__llm_decide(&l->retry, c->attempt, dstatus, msg, req->retry_after_ms,
-                     body, &d);
+                     rbody, &d);
+  free(rbody);
   if (d.action == ORCH__LLM_RETRY) {
     if (a) {
       a->action = "retry";
@@ -1776,17 +1857,21 @@ static void finish_now(orch__llm_call *c, int code, const char *msg) {
     r->tokens_in = r->tokens_out = -1;
     r->ttft_ms = -1;
   }
-  /* cost: every attempt that reported usage, at its tier's prices */
+  /* cost: each attempt whose usage is known (both counts), at its tier's
+   * prices; the call's is unknown when an answer (2xx: billed) had its
+   * usage unknown, failed or not */
   double cost = 0;
-  bool known = code != ORCH_OK || (r->tokens_in >= 0 && r->tokens_out >= 0);
+  bool known = true;
   for (size_t i = 0; i < r->nattempts; i++) {
     orch__llm_attempt *a = &r->attempts[i];
-    if (a->tokens_in < 0 && a->tokens_out < 0) continue;
+    bool billed = a->http_status >= 200 && a->http_status < 300;
     const llm_tier *at = a->tier ? tier_find(l, a->tier) : NULL;
-    if (!at) continue;
-    a->cost = ((double)(a->tokens_in > 0 ? a->tokens_in : 0) * at->price_in +
-               (double)(a->tokens_out > 0 ? a->tokens_out : 0) * at->price_out) /
-              1e6;
+    if (a->tokens_in < 0 || a->tokens_out < 0 || !at) {
+      if (billed) known = false;
+      continue;
+    }
+    a->cost = ((double)a->tokens_in * at->price_in +
+               (double)a->tokens_out * at->price_out) / 1e6;
     cost += a->cost;
   }
   r->cost = known ? cost : -1;

@@ -968,7 +968,9 @@ struct orch__http_req {
   struct curl_slist *headers; /* owned; add with orch__http_req_header */
   long connect_timeout_ms, timeout_ms; /* 0: none */
   long idle_timeout_ms; /* abort when no byte arrives for this long */
-  size_t max_body;      /* response cap when buffering (default 64 MiB) */
+  size_t max_body;      /* response cap when buffering (default 64 MiB);
+                           a status >= 300 keeps its first 64 KiB and
+                           drops the rest, not failing */
   const char *ca_file;  /* PEM bundle to verify TLS peers; NULL: system */
   /* Streaming: called for each received chunk instead of buffering;
    * return non-zero to abort (set req->error/result first). */
@@ -1106,9 +1108,11 @@ void orch__llm_call_free(orch__llm_call *c);
  * provider, finish_reason, tokens_in, tokens_out, cost (null when unknown),
  * ttft_ms, latency_ms, attempts: [{tier, model, provider, action, status,
  * error, latency_ms, ttft_ms, tokens_in, tokens_out, delay_ms}]}. Holds no
- * key (errors were redacted when made). NULL when r is NULL. */
+ * key (errors were redacted when made); a string that is not UTF-8 comes
+ * with U+FFFD for its bad bytes, never left out. NULL when r is NULL. */
 json_t *orch__llm_result_json(const orch__llm_result *r);
-/* Replaces *s with a copy in which API keys known to l read "[redacted]". */
+/* Replaces *s with a copy in which API keys known to l read "[redacted]",
+ * and each byte that is not UTF-8 reads U+FFFD. */
 void orch__llm_redact(const orch__llm *l, char **s);
 /* Tier names, model, provider and redacted base URL, for `status`. */
 json_t *orch__llm_describe(const orch__llm *l);

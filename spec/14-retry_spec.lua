@@ -43,6 +43,23 @@ describe("the retry policy", function()
     assert.equal("HTTP 401 Unauthorized: Incorrect API key provided: [KEY]", r.reason)
   end)
 
+  it("redacts a key that crosses the cut whole, before cutting", function()
+    local body = '{"error":{"message":"' .. ("x"):rep(290)
+      .. ' sk-proj-abcdefghijklmnopqrstuvwxyz0123"}}'
+    local r = decide({ attempt = 1, status = 400, body = body })
+    assert.is_nil(r.reason:find("sk-", 1, true))
+  end)
+
+  it("gives a reason in UTF-8 for a body that is not, or cut in a character", function()
+    local latin1 = decide({ attempt = 1, status = 400, body = "\xe9chec de la requ\xeate" })
+    assert.is_not_nil(utf8.len(latin1.reason))
+    assert.truthy(latin1.reason:find("\u{FFFD}chec", 1, true))
+    local long = decide({ attempt = 1, status = 400,
+      body = '{"error":{"message":"' .. ("x"):rep(299) .. ("\u{65E5}"):rep(5) .. '"}}' })
+    assert.is_not_nil(utf8.len(long.reason))
+    assert.truthy(long.reason:find(("x"):rep(299) .. "...", 1, true))
+  end)
+
   it("cuts a long error body in the reason", function()
     local r = decide({ attempt = 1, status = 400, body = ("x"):rep(5000) })
     assert.is_true(#r.reason < 400)

@@ -23,4 +23,16 @@ int mini_llm_port(const mini_llm *m);
 unsigned long mini_llm_requests(const mini_llm *m);
 void mini_llm_stop(mini_llm *m);
 
+/* canned_srv: a raw HTTP/1.1 server on 127.0.0.1 that answers every
+ * request with one fixed response (status, content type, body of any size
+ * and bytes; Connection: close), one connection at a time, and keeps the
+ * last request's Authorization header ("" when it had none). */
+typedef struct canned_srv canned_srv;
+canned_srv *canned_start(int status, const char *ctype, const char *body,
+                         size_t len);
+int canned_port(const canned_srv *s);
+int canned_requests(const canned_srv *s);
+void canned_auth(canned_srv *s, char *buf, size_t cap);
+void canned_stop(canned_srv *s);
+
 #endif

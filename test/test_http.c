@@ -406,6 +406,116 @@ void mini_llm_stop(mini_llm *m) {
   free(m);
 }
 
+/* ---- canned_srv (see mini_llm.h) ------------------------------------- */
+
+struct canned_srv {
+  int lfd, port, status;
+  const char *ctype;
+  char *body;
+  size_t len;
+  pthread_t th;
+  atomic_int stop, requests;
+  pthread_mutex_t mu; /* guards auth */
+  char auth[256];
+};
+
+static void *canned_main(void *arg) {
+  canned_srv *s = arg;
+  while (!atomic_load(&s->stop)) {
+    struct pollfd p = {.fd = s->lfd, .events = POLLIN};
+    if (poll(&p, 1, 20) <= 0) continue;
+    int fd = accept(s->lfd, NULL, NULL);
+    if (fd < 0) continue;
+    char buf[16384];
+    size_t have = 0, need = 0;
+    while (!need || have < need) { /* the request: headers and body */
+      struct pollfd q = {.fd = fd, .events = POLLIN};
+      if (poll(&q, 1, 2000) <= 0) break;
+      ssize_t n = recv(fd, buf + have, sizeof buf - 1 - have, 0);
+      if (n <= 0) break;
+      have += (size_t)n;
+      buf[have] = '\0';
+      char *end = strstr(buf, "\r\n\r\n");
+      if (end && !need) {
+        const char *cl = strcasestr(buf, "content-length:");
+        need = (size_t)(end + 4 - buf) + (cl ? (size_t)atol(cl + 15) : 0);
+      }
+      if (have == sizeof buf - 1) break;
+    }
+    atomic_fetch_add(&s->requests, 1);
+    const char *a = strcasestr(buf, "\r\nauthorization: ");
+    pthread_mutex_lock(&s->mu);
+    s->auth[0] = '\0';
+    if (a) {
+      a += 17;
+      size_t n = strcspn(a, "\r\n");
+      snprintf(s->auth, sizeof s->auth, "%.*s", (int)n, a);
+    }
+    pthread_mutex_unlock(&s->mu);
+    char head[256];
+    int hl = snprintf(head, sizeof head,
+                      "HTTP/1.1 %d X\r\nContent-Type: %s\r\nContent-Length: "
+                      "%zu\r\nConnection: close\r\n\r\n",
+                      s->status, s->ctype, s->len);
+    bool ok = send(fd, head, (size_t)hl, MSG_NOSIGNAL) == hl;
+    for (size_t off = 0; ok && off < s->len;) {
+      ssize_t n = send(fd, s->body + off, s->len - off, MSG_NOSIGNAL);
+      if (n <= 0) break;
+      off += (size_t)n;
+    }
+    close(fd);
+  }
+  return NULL;
+}
+
+canned_srv *canned_start(int status, const char *ctype, const char *body,
+                         size_t len) {
+  canned_srv *s = calloc(1, sizeof *s);
+  if (!s || !(s->body = malloc(len ? len : 1))) {
+    free(s);
+    return NULL;
+  }
+  memcpy(s->body, body, len);
+  s->len = len;
+  s->status = status;
+  s->ctype = ctype;
+  pthread_mutex_init(&s->mu, NULL);
+  s->lfd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t sl = sizeof sa;
+  if (s->lfd < 0 || bind(s->lfd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
+      listen(s->lfd, 64) != 0 ||
+      getsockname(s->lfd, (struct sockaddr *)&sa, &sl) != 0 ||
+      pthread_create(&s->th, NULL, canned_main, s) != 0) {
+    if (s->lfd >= 0) close(s->lfd);
+    free(s->body);
+    free(s);
+    return NULL;
+  }
+  s->port = ntohs(sa.sin_port);
+  return s;
+}
+
+int canned_port(const canned_srv *s) { return s->port; }
+int canned_requests(const canned_srv *s) {
+  return atomic_load(&((canned_srv *)s)->requests);
+}
+void canned_auth(canned_srv *s, char *buf, size_t cap) {
+  pthread_mutex_lock(&s->mu);
+  snprintf(buf, cap, "%s", s->auth);
+  pthread_mutex_unlock(&s->mu);
+}
+void canned_stop(canned_srv *s) {
+  if (!s) return;
+  atomic_store(&s->stop, 1);
+  pthread_join(s->th, NULL);
+  close(s->lfd);
+  pthread_mutex_destroy(&s->mu);
+  free(s->body);
+  free(s);
+}
+
 /* ---- HTTP engine tests --------------------------------------------- */
 
 static int64_t now_ns_t(void) {
@@ -723,14 +833,63 @@ TEST(http_stops_at_the_total_timeout) {
   ASSERT_EQ(ctx_init(&c), 0);
   orch__http_req r;
   char url[256];
-  openai_req(&c, &r, url, sizeof url, "latency=600", 0, "x");
-  r.timeout_ms = 200;
-  orch__http_submit(c.h, &r);
-  run_until(&c, 1, 5000);
-  ASSERT_EQ(r.result, ORCH_ETIMEDOUT);
-  ASSERT_CONTAINS(r.error, "timed out");
-  orch__http_req_deinit(&r);
+  /* on a new connection, then on a reused one (whose connect time curl
+   * reports as 0): the total timeout fired, and the message says so */
+  for (int i = 0; i < 3; i++) {
+    openai_req(&c, &r, url, sizeof url, i == 1 ? "ok" : "latency=600", 0,
+               "x");
+    r.timeout_ms = 200;
+    r.connect_timeout_ms = 10000;
+    orch__http_submit(c.h, &r);
+    run_until(&c, i + 1, 5000);
+    if (i == 1) {
+      ASSERT_EQ(r.result, ORCH_OK);
+      orch__http_req_deinit(&r);
+      continue;
+    }
+    ASSERT_EQ(r.result, ORCH_ETIMEDOUT);
+    ASSERT_CONTAINS(r.error, "timed out after 200 ms (total)");
+    orch__http_req_deinit(&r);
+  }
   ASSERT_EQ(ctx_deinit(&c), 0);
+}
+
+/* An error answer keeps the start of its body (64 KiB) and drops the
+ * rest: the transfer completes with the status, whatever the body's size;
+ * a 2xx body is kept whole. */
+TEST(http_keeps_the_start_of_an_error_body_and_completes) {
+  size_t n = 200 << 10;
+  char *big = malloc(n);
+  ASSERT(big);
+  memset(big, 'e', n);
+  for (int ok = 0; ok < 2; ok++) {
+    canned_srv *s = canned_start(ok ? 200 : 400, "text/plain", big, n);
+    ASSERT(s);
+    ctx c;
+    ASSERT_EQ(ctx_init(&c), 0);
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/x", canned_port(s));
+    orch__http_req r;
+    orch__http_req_init(&r);
+    r.url = url;
+    r.on_done = req_done;
+    r.ud = &c;
+    r.max_body = 100 << 10; /* a 2xx above it still fails */
+    orch__http_submit(c.h, &r);
+    run_until(&c, 1, 5000);
+    if (ok) {
+      ASSERT_EQ(r.result, ORCH_ELIMIT);
+    } else {
+      ASSERT_EQ(r.result, ORCH_OK);
+      ASSERT_EQ(r.status, 400);
+      ASSERT_EQ(r.body_len, 64 << 10);
+      ASSERT_EQ(r.bytes_in, n);
+    }
+    orch__http_req_deinit(&r);
+    ASSERT_EQ(ctx_deinit(&c), 0);
+    canned_stop(s);
+  }
+  free(big);
 }
 
 TEST(http_cancel_ends_a_request_at_once) {

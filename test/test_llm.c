@@ -939,6 +939,264 @@ TEST(llm_a_hosted_tier_without_a_key_is_skipped_saying_what_to_set) {
   ASSERT_EQ(lctx_deinit(&c), 0);
 }
 
+#define OK_BODY                                                         \
+  "{\"choices\":[{\"message\":{\"content\":\"hi\"},\"finish_reason\":" \
+  "\"stop\"}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}"
+
+/* A tier that names api_key_env sends that variable's key, or none when
+ * it is unset: never OPENAI_API_KEY, to a server that is not OpenAI's.
+ * On a hosted API the tier is then skipped, saying which variable to set. */
+TEST(llm_api_key_env_is_the_only_key_a_tier_sends) {
+  canned_srv *s = canned_start(200, "application/json", OK_BODY,
+                               sizeof OK_BODY - 1);
+  ASSERT(s);
+  char conf[1024], auth[256];
+  snprintf(conf, sizeof conf,
+           "{\"tiers\":{\"a\":{\"base_url\":\"http://127.0.0.1:%d/v1\","
+           "\"model\":\"x\",\"api_key_env\":\"ORCH_TEST_GROQ_KEY\"},"
+           "\"hosted\":{\"model\":\"x\",\"api_key_env\":"
+           "\"ORCH_TEST_GROQ_KEY\"}}}",
+           canned_port(s));
+  for (int set = 0; set < 2; set++) {
+    env_save();
+    setenv("OPENAI_API_KEY", "sk-test-OPENAI-0123456789abcdef", 1);
+    if (set) setenv("ORCH_TEST_GROQ_KEY", "gsk_test_GROQ_0123456789", 1);
+    else unsetenv("ORCH_TEST_GROQ_KEY");
+    lctx c;
+    int rc = lctx_init(&c, conf);
+    env_restore();
+    unsetenv("ORCH_TEST_GROQ_KEY");
+    ASSERT_EQ(rc, 0);
+    orch__llm_call *call = call1(&c, "a", "x", 0);
+    ASSERT_EQ(orch__llm_call_result(call)->code, ORCH_OK);
+    canned_auth(s, auth, sizeof auth);
+    ASSERT_STR_EQ(auth, set ? "Bearer gsk_test_GROQ_0123456789" : "");
+    orch__llm_call_free(call);
+    if (!set) {
+      call = call1(&c, "hosted", "x", 0);
+      const orch__llm_result *r = orch__llm_call_result(call);
+      ASSERT_EQ(r->code, ORCH_ECONFIG);
+      ASSERT_STR_EQ(r->attempts[0].action, "no_key");
+      ASSERT_CONTAINS(r->error, "set ORCH_TEST_GROQ_KEY");
+      orch__llm_call_free(call);
+    }
+    ASSERT_EQ(lctx_deinit(&c), 0);
+  }
+  ASSERT_EQ(canned_requests(s), 2);
+  canned_stop(s);
+}
+
+#define KEY2 "gsk_test_SECRET_0123456789abcdefghij"
+
+/* One call to a tier on a canned_srv (status, body), stream or not; the
+ * tier's key is KEY2. */
+static orch__llm_call *canned_call(lctx *c, canned_srv **s, int status,
+                                   const char *ctype, const char *body,
+                                   size_t len, int stream) {
+  *s = canned_start(status, ctype, body, len);
+  if (!*s) return NULL;
+  char conf[1024];
+  snprintf(conf, sizeof conf,
+           "{\"llm\":{\"max_attempts\":1,\"cooldown\":{\"failures\":0}},"
+           "\"tiers\":{\"t\":{\"base_url\":\"http://127.0.0.1:%d/v1\","
+           "\"model\":\"x\",\"api_key\":\"" KEY2 "\",\"price_in\":1,"
+           "\"price_out\":2}}}",
+           canned_port(*s));
+  if (lctx_init(c, conf)) return NULL;
+  return call1(c, "t", "x", stream);
+}
+
+static void canned_end(lctx *c, canned_srv *s, orch__llm_call *call) {
+  orch__llm_call_free(call);
+  lctx_deinit(c);
+  canned_stop(s);
+}
+
+static char decided_body[70000];
+static void record_decide(void *ud, const orch__llm_retry_opts *o,
+                          int attempt, int status, const char *error,
+                          long retry_after_ms, const char *body,
+                          orch__llm_decision *d) {
+  (void)ud;
+  snprintf(decided_body, sizeof decided_body, "%s", body ? body : "");
+  orch__llm_decide(o, attempt, status, error, retry_after_ms, body, d);
+}
+
+/* A key the provider echoes where a message is cut (an error body's first
+ * 200 bytes, a stream error event, the body the retry policy reads) is
+ * redacted whole: the cut comes after the redaction, so no prefix leaks. */
+TEST(llm_a_key_across_a_message_cut_is_redacted_whole) {
+  char body[512];
+  snprintf(body, sizeof body, "%190s %s tail", "x", KEY2); /* key at 191 */
+  lctx c;
+  canned_srv *s;
+  orch__llm_call *call = canned_call(&c, &s, 400, "text/plain", body,
+                                     strlen(body), 0);
+  ASSERT(call);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_CONTAINS(r->error, "HTTP 400");
+  ASSERT(!strstr(r->error, "gsk_"));
+  ASSERT(!strstr(r->attempts[0].error, "gsk_"));
+  canned_end(&c, s, call);
+  /* the retry policy is given the body redacted */
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  orch__llm_set_decider(c.l, record_decide, NULL);
+  call = call1(&c, "bad", "x", 0);
+  ASSERT_CONTAINS(decided_body, "Incorrect API key");
+  ASSERT(!strstr(decided_body, "SECRET"));
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+  /* a stream's error event, its message cut to fit */
+  snprintf(body, sizeof body,
+           "data: {\"error\":{\"message\":\"%280s%s\"}}\n\n", "y", KEY2);
+  call = canned_call(&c, &s, 200, "text/event-stream", body, strlen(body), 1);
+  ASSERT(call);
+  r = orch__llm_call_result(call);
+  ASSERT_CONTAINS(r->attempts[0].error, "error event in stream");
+  ASSERT(!strstr(r->attempts[0].error, "gsk_"));
+  ASSERT(!strstr(r->error, "gsk_"));
+  canned_end(&c, s, call);
+}
+
+/* The key-shaped rule masks sk- tokens at a word start and of a key's
+ * length, not words that contain "sk-". */
+TEST(llm_redact_masks_key_shaped_tokens_not_words) {
+  char *m = strdup("task-priority-level, disk-usage-alert-threshold-high, "
+                   "sk-short; key sk-proj-abcdefghijklmnopqrst. "
+                   "(sk-ant-api03-abcdefghijklmnop)");
+  orch__llm_redact(NULL, &m);
+  ASSERT_CONTAINS(m, "task-priority-level, disk-usage-alert-threshold-high, "
+                     "sk-short; key sk-****");
+  ASSERT(!strstr(m, "abcdefghij"));
+  free(m);
+}
+
+/* A 4xx with a body above the response cap (65 MiB) is the provider's
+ * answer, read in part: one attempt, failed with its message, not a
+ * transport error retried with the whole body each time. */
+TEST(llm_a_huge_error_body_is_an_answer_not_a_transport_error) {
+  size_t n = (size_t)65 << 20;
+  char *big = malloc(n);
+  ASSERT(big);
+  memset(big, 'z', n);
+  memcpy(big, "quota? no: bad request ", 23);
+  lctx c;
+  canned_srv *s;
+  orch__llm_call *call = canned_call(&c, &s, 400, "text/plain", big, n, 0);
+  free(big);
+  ASSERT(call);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_EHTTP);
+  ASSERT_EQ(r->nattempts, 1);
+  ASSERT_STR_EQ(r->attempts[0].action, "fail");
+  ASSERT_EQ(r->attempts[0].http_status, 400);
+  ASSERT_CONTAINS(r->error, "HTTP 400: quota? no: bad request zzz");
+  ASSERT(!strstr(r->error, "larger"));
+  canned_end(&c, s, call);
+}
+
+/* Cost is known only from both counts: an answer without tokens_out has
+ * none (not the price of its tokens_in), and a failed call whose answers
+ * (2xx, billed) had unknown usage has an unknown cost, not 0. */
+TEST(llm_cost_is_unknown_when_any_billed_usage_is) {
+  static const char part[] =
+      "{\"choices\":[{\"message\":{\"content\":\"hi\"},\"finish_reason\":"
+      "\"stop\"}],\"usage\":{\"prompt_tokens\":10}}";
+  lctx c;
+  canned_srv *s;
+  orch__llm_call *call = canned_call(&c, &s, 200, "application/json", part,
+                                     sizeof part - 1, 0);
+  ASSERT(call);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_OK);
+  ASSERT_EQ(r->tokens_in, 10);
+  ASSERT(r->attempts[0].cost < 0);
+  ASSERT(r->cost < 0);
+  json_t *j = orch__llm_result_json(r);
+  ASSERT(json_is_null(json_object_get(
+      json_array_get(json_object_get(j, "attempts"), 0), "cost")));
+  json_decref(j);
+  canned_end(&c, s, call);
+  ASSERT_EQ(lctx_init(&c, conf_basic), 0);
+  call = call1(&c, "truncate", "x", 1); /* 2xx, cut before the usage */
+  r = orch__llm_call_result(call);
+  ASSERT(r->code != ORCH_OK);
+  ASSERT_EQ(r->attempts[0].http_status, 200);
+  ASSERT(r->cost < 0);
+  j = orch__llm_result_json(r);
+  ASSERT(json_is_null(json_object_get(j, "cost")));
+  json_decref(j);
+  orch__llm_call_free(call);
+  call = call1(&c, "bad", "x", 0); /* a 400 bills nothing: cost 0 */
+  r = orch__llm_call_result(call);
+  ASSERT(r->code != ORCH_OK);
+  ASSERT(r->cost == 0);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
+static bool valid_utf8(const char *s) {
+  return s && orch__utf8_valid(s, strlen(s), NULL);
+}
+
+/* Provider text enters messages as UTF-8, cut between characters: an
+ * error body in Latin-1 or cut inside a character, a stream error event
+ * cut to fit; the attempt's "error" stays in the JSON. */
+TEST(llm_provider_text_in_messages_stays_utf8) {
+  static const struct {
+    int status;
+    const char *ctype, *body;
+    int stream;
+  } cases[] = {
+      {400, "text/plain", "\xe9" "chec de la requ\xeate", 0},
+      {400, "text/plain",
+       "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+       "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+       "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+       "\xc3\xa9\xc3\xa9 and more", 0}, /* an é across byte 200 */
+      {200, "text/event-stream", NULL, 1},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char body[1024];
+    if (cases[i].body) snprintf(body, sizeof body, "%s", cases[i].body);
+    else /* 276 + the prefix's 23 bytes: a 3-byte character across 300 */
+      snprintf(body, sizeof body,
+               "data: {\"error\":{\"message\":\"%276s\xe6\x97\xa5\xe6\x97\xa5"
+               "\"}}\n\n", "y");
+    lctx c;
+    canned_srv *s;
+    orch__llm_call *call = canned_call(&c, &s, cases[i].status,
+                                       cases[i].ctype, body, strlen(body),
+                                       cases[i].stream);
+    ASSERT(call);
+    const orch__llm_result *r = orch__llm_call_result(call);
+    ASSERT(r->code != ORCH_OK);
+    ASSERT(valid_utf8(r->error));
+    ASSERT(valid_utf8(r->attempts[0].error));
+    json_t *j = orch__llm_result_json(r);
+    json_t *e = json_object_get(json_array_get(json_object_get(j, "attempts"),
+                                               0), "error");
+    ASSERT(json_is_string(e));
+    json_decref(j);
+    canned_end(&c, s, call);
+  }
+  /* and a result holding bytes that are not UTF-8 keeps every key */
+  char bt[] = "t\xff", bm[] = "m\xc3", be[] = "bad \xe9";
+  orch__llm_attempt a = {.tier = bt, .model = bm, .provider = "openai",
+                         .action = "fail", .error = be, .cost = -1,
+                         .tokens_in = -1, .tokens_out = -1, .ttft_ms = -1};
+  orch__llm_result res = {.tier = bt, .model = bm, .code = ORCH_EHTTP,
+                          .attempts = &a, .nattempts = 1, .cost = -1,
+                          .tokens_in = -1, .tokens_out = -1, .ttft_ms = -1};
+  json_t *j = orch__llm_result_json(&res);
+  ASSERT(json_is_string(json_object_get(j, "tier")));
+  ASSERT(json_is_string(json_object_get(j, "model")));
+  json_t *ja = json_array_get(json_object_get(j, "attempts"), 0);
+  ASSERT(json_is_string(json_object_get(ja, "error")));
+  ASSERT(json_is_string(json_object_get(ja, "tier")));
+  json_decref(j);
+}
+
 TEST(llm_only_openai_base_url_serves_every_tier) {
   uv_loop_t loop;
   uv_loop_init(&loop);

@@ -36,17 +36,37 @@ local REASONS = { [400] = "Bad Request", [401] = "Unauthorized",
                   [413] = "Payload Too Large", [422] = "Unprocessable Entity" }
 local MAX_MESSAGE = 300
 
+-- s with U+FFFD for each byte that is not UTF-8 (a Latin-1 or binary body,
+-- one cut inside a character): the decision goes back as JSON.
+local function utf8_repair(s)
+  local out, i = {}, 1
+  while i <= #s do
+    local n, bad = utf8.len(s, i)
+    if n then out[#out + 1] = s:sub(i); break end
+    out[#out + 1] = s:sub(i, bad - 1)
+    out[#out + 1] = "\u{FFFD}"
+    i = bad + 1
+  end
+  return table.concat(out)
+end
+
 -- The provider's message from an error body, without a JSON parser:
 -- "message": "..." when there is one, else the body's start; anything
--- key-like, e-mail, IP or phone in it is redacted (policies/scrub.lua).
+-- key-like, e-mail, IP or phone in it is redacted (policies/scrub.lua)
+-- before it is cut, so that a key across the cut is found whole; the cut
+-- falls between two characters.
 local function message_of(body)
   if type(body) ~= "string" or body == "" then return nil end
   body = body:sub(1, 8 * MAX_MESSAGE)
   local m = body:match('"message"%s*:%s*"(.-)"%s*[,}]')
   if not m then m = body:match('"error"%s*:%s*"(.-)"%s*[,}]') end
-  m = (m or body):gsub("%s+", " ")
-  if #m > MAX_MESSAGE then m = m:sub(1, MAX_MESSAGE) .. "..." end
-  return (scrub.scrub(m))
+  m = utf8_repair(scrub.scrub((m or body):gsub("%s+", " ")))
+  if #m > MAX_MESSAGE then
+    local n = MAX_MESSAGE
+    while n > 0 and (m:byte(n + 1) & 0xC0) == 0x80 do n = n - 1 end
+    m = m:sub(1, n) .. "..."
+  end
+  return m
 end
 
 -- The quota word in an error's "code" or "type" value, or nil. Messages do
