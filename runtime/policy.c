@@ -245,7 +245,15 @@ static struct timespec after_ms(clockid_t clk, long ms) {
 static pthread_mutex_t watch_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t watch_cv = PTHREAD_COND_INITIALIZER;
 static sbx *watch_head;     /* live sandbox states */
-static bool watch_running;  /* the watchdog thread exists */
+/* The watchdog thread while there are states (NULL: none). It is joined
+ * when the last state goes: a detached thread still finishing its last
+ * wait ran code of a library being unloaded (lua5.4 closing orch.so at
+ * exit: a crash one exit in ten). */
+typedef struct watchdog {
+  pthread_t thread;
+  bool stop; /* under watch_mu */
+} watchdog;
+static watchdog *watch_cur;
 
 /* The sandbox call this thread is in, for the signal handler: set by
  * call_begin before the call can be seen running, so its thread-local block
@@ -275,9 +283,9 @@ static void install_budget_signal(void) {
 }
 
 static void *watch_main(void *arg) {
-  (void)arg;
+  watchdog *me = arg;
   pthread_mutex_lock(&watch_mu);
-  while (watch_head) {
+  while (!me->stop) {
     for (sbx *x = watch_head; x; x = x->wnext) {
       unsigned s = atomic_load_explicit(&x->call_seq, memory_order_acquire);
       if ((s & 1) && s == x->seen_seq &&
@@ -290,7 +298,6 @@ static void *watch_main(void *arg) {
     struct timespec ts = after_ms(CLOCK_REALTIME, WATCH_TICK_MS);
     pthread_cond_timedwait(&watch_cv, &watch_mu, &ts);
   }
-  watch_running = false; /* the next state starts a new watchdog */
   pthread_mutex_unlock(&watch_mu);
   return NULL;
 }
@@ -301,14 +308,11 @@ static int watch_add(sbx *x) {
   pthread_once(&once, install_budget_signal);
   int rc = 0;
   pthread_mutex_lock(&watch_mu);
-  if (!watch_running) {
-    pthread_attr_t a;
-    pthread_attr_init(&a);
-    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-    pthread_t t;
-    rc = pthread_create(&t, &a, watch_main, NULL);
-    pthread_attr_destroy(&a);
-    if (rc == 0) watch_running = true;
+  if (!watch_cur) {
+    watchdog *w = calloc(1, sizeof *w);
+    rc = w ? pthread_create(&w->thread, NULL, watch_main, w) : ENOMEM;
+    if (rc == 0) watch_cur = w;
+    else free(w);
   }
   if (rc == 0) {
     x->wprev = NULL;
@@ -321,12 +325,22 @@ static int watch_add(sbx *x) {
 }
 
 static void watch_remove(sbx *x) {
+  watchdog *done = NULL;
   pthread_mutex_lock(&watch_mu);
   if (x->wprev) x->wprev->wnext = x->wnext;
   else watch_head = x->wnext;
   if (x->wnext) x->wnext->wprev = x->wprev;
-  if (!watch_head) pthread_cond_signal(&watch_cv);
+  if (!watch_head && watch_cur) { /* the last state: stop and join it */
+    done = watch_cur;
+    done->stop = true;
+    watch_cur = NULL; /* a state added meanwhile starts a new one */
+    pthread_cond_broadcast(&watch_cv);
+  }
   pthread_mutex_unlock(&watch_mu);
+  if (done) {
+    pthread_join(done->thread, NULL);
+    free(done);
+  }
 }
 
 static void call_begin(lua_State *L) {
