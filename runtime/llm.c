@@ -442,6 +442,10 @@ int orch__llm_new_json(orch__llm **out, json_t *sections, uv_loop_t *loop,
   l->retry.base_ms = jnum(lc, "backoff_base_ms", 500);
   l->retry.max_ms = jnum(lc, "backoff_max_ms", 30000);
   l->retry.retry_after_cap_ms = jnum(lc, "retry_after_cap_ms", 60000);
+  l->retry.set = (json_object_get(lc, "max_attempts") ? ORCH__LLM_SET_ATTEMPTS : 0u) |
+                 (json_object_get(lc, "backoff_base_ms") ? ORCH__LLM_SET_BASE : 0u) |
+                 (json_object_get(lc, "backoff_max_ms") ? ORCH__LLM_SET_MAX : 0u) |
+                 (json_object_get(lc, "retry_after_cap_ms") ? ORCH__LLM_SET_CAP : 0u);
   json_t *cd = json_object_get(lc, "cooldown");
   l->cd_failures = (int)jnum(cd, "failures", 5);
   l->cd_window_ms = (long)jnum(cd, "window_ms", 10000);

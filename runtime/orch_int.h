@@ -1131,7 +1131,16 @@ typedef struct orch__llm_retry_opts {
   int max_attempts;         /* per tier, default 4 */
   double base_ms, max_ms;   /* backoff: full jitter over base*2^(n-1) */
   double retry_after_cap_ms; /* default 60000 */
+  /* which of them the config set (ORCH__LLM_SET_*): handed to retry.lua,
+   * whose own numbers are the defaults */
+  unsigned set;
 } orch__llm_retry_opts;
+enum {
+  ORCH__LLM_SET_ATTEMPTS = 1,
+  ORCH__LLM_SET_BASE = 2,
+  ORCH__LLM_SET_MAX = 4,
+  ORCH__LLM_SET_CAP = 8
+};
 void orch__llm_decide(const orch__llm_retry_opts *o, int attempt,
                       int status, const char *error, long retry_after_ms,
                       const char *body, orch__llm_decision *d);

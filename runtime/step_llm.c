@@ -173,6 +173,21 @@ static void lua_decide(void *ud, const orch__llm_retry_opts *o, int attempt,
     if (body) /* the script reads the start of it only */
       json_object_set_new(arg, "body", json_stringn_nocheck(
                                            body, strnlen(body, 8192)));
+    /* the operator's llm settings, those the config set: the script's own
+     * numbers are the defaults, these win */
+    if (o->set) {
+      json_t *lim = json_object();
+      if (o->set & ORCH__LLM_SET_ATTEMPTS)
+        json_object_set_new(lim, "max_attempts", json_integer(o->max_attempts));
+      if (o->set & ORCH__LLM_SET_BASE)
+        json_object_set_new(lim, "backoff_base_ms", json_real(o->base_ms));
+      if (o->set & ORCH__LLM_SET_MAX)
+        json_object_set_new(lim, "backoff_max_ms", json_real(o->max_ms));
+      if (o->set & ORCH__LLM_SET_CAP)
+        json_object_set_new(lim, "retry_after_cap_ms",
+                            json_real(o->retry_after_cap_ms));
+      json_object_set_new(arg, "limits", lim);
+    }
     rc = orch__policy_call(lr->ls, "policies.retry", "decide", arg, &out, err,
                            sizeof err);
   }

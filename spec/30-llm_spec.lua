@@ -108,6 +108,19 @@ return M
     assert.are.equal(3, step(doc, "a").attempts) -- 2 on flaky, 1 on claude
   end)
 
+  it("keeps to the config's max_attempts and backoff with the shipped retry.lua", function()
+    -- the config says 2 attempts a tier, 5 ms of backoff: retry.lua's own
+    -- numbers (4, 500 ms) are only its defaults
+    local plan = h.plan({ { id = "a", kind = "llm", prompt = "x", tier = "flaky" } })
+    local t0 = os.time()
+    local code, doc, out, err = run(plan, config(base))
+    assert.are.equal(0, code, err .. out)
+    local a = step(doc, "a")
+    assert.are.equal("passed", a.status)
+    assert.are.equal(3, a.attempts) -- 2 on flaky, then claude's answer
+    assert.is_true(os.time() - t0 < 5)
+  end)
+
   it("goes to the tier routing/complexity.lua names when the step names none", function()
     local conf = h.write(([[
 return {

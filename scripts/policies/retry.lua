@@ -86,10 +86,24 @@ local function quota_spent(body)
   return nil
 end
 
--- The backoff for the attempt that just failed (1-based), full jitter.
-function M.backoff_ms(attempt, rand)
-  local ceiling = math.min(M.MAX_DELAY_MS, M.BASE_DELAY_MS * 2 ^ (attempt - 1))
+-- The backoff for the attempt that just failed (1-based), full jitter;
+-- base and max default to BASE_DELAY_MS and MAX_DELAY_MS.
+function M.backoff_ms(attempt, rand, base, max)
+  local ceiling = math.min(max or M.MAX_DELAY_MS, (base or M.BASE_DELAY_MS) * 2 ^ (attempt - 1))
   return math.floor((rand or M.random)() * ceiling)
+end
+
+-- The numbers in force: the operator's llm settings that the config set
+-- (a.limits, from the core), else this script's.
+local function limits(a)
+  local l = type(a.limits) == "table" and a.limits or {}
+  local function num(v, default)
+    return (type(v) == "number" and v == v and v >= 0) and v or default
+  end
+  return { max_attempts = num(l.max_attempts, M.MAX_ATTEMPTS),
+           base = num(l.backoff_base_ms, M.BASE_DELAY_MS),
+           max = num(l.backoff_max_ms, M.MAX_DELAY_MS),
+           cap = num(l.retry_after_cap_ms, M.RETRY_AFTER_CAP_MS) }
 end
 
 local function code(n) return tostring(math.tointeger(n) or n) end
@@ -103,7 +117,10 @@ local function describe(a)
   return s
 end
 
--- decide{attempt=, status=, error=, retry_after_ms=, body=, rand=}
+-- decide{attempt=, status=, error=, retry_after_ms=, body=, rand=, limits=}
+--   limits = {max_attempts=, backoff_base_ms=, backoff_max_ms=,
+--   retry_after_cap_ms=}: the llm settings the config set, over this
+--   script's numbers
 --   -> {action="retry", delay_ms=} | {action="fallback", reason=}
 --    | {action="fail", reason=}
 function M.decide(a)
@@ -141,20 +158,21 @@ function M.decide(a)
     return { action = "fail", reason = reason }
   end
 
-  if attempt >= M.MAX_ATTEMPTS then
+  local lim = limits(a)
+  if attempt >= lim.max_attempts then
     return { action = "fallback",
              reason = ("%s after %d attempts"):format(describe(a), attempt) }
   end
   if ra then
-    if ra > M.RETRY_AFTER_CAP_MS then
+    if ra > lim.cap then
       return { action = "fallback",
                reason = ("%s: Retry-After %d ms is over the cap of %d ms"):format(
-                 describe(a), math.floor(ra), M.RETRY_AFTER_CAP_MS) }
+                 describe(a), math.floor(ra), math.floor(lim.cap)) }
     end
-    local spread = M.RETRY_AFTER_SPREAD * math.max(ra, M.BASE_DELAY_MS)
+    local spread = M.RETRY_AFTER_SPREAD * math.max(ra, lim.base)
     return { action = "retry", delay_ms = math.floor(ra + rand() * spread) }
   end
-  return { action = "retry", delay_ms = M.backoff_ms(attempt, rand) }
+  return { action = "retry", delay_ms = M.backoff_ms(attempt, rand, lim.base, lim.max) }
 end
 
 -- cooldown() -> {failures=, window_ms=, cooldown_ms=}: an endpoint failing
@@ -188,6 +206,11 @@ function M.selftest()
   check(r.action == "fail" and r.reason:find("bad key", 1, true), "4xx")
   r = M.decide({ attempt = M.MAX_ATTEMPTS, status = 500 })
   check(r.action == "fallback", "attempts spent")
+  r = M.decide({ attempt = 2, status = 500, limits = { max_attempts = 2 } })
+  check(r.action == "fallback", "the config's max_attempts")
+  r = M.decide({ attempt = 3, status = 500, rand = one,
+                 limits = { backoff_base_ms = 10, backoff_max_ms = 20 } })
+  check(r.action == "retry" and r.delay_ms <= 20, "the config's backoff")
   return true
 end
 
