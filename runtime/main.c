@@ -540,7 +540,10 @@ static int cmd_check(int argc, char **argv) {
   orch_runtime *rt = NULL;
   if ((ex = open_runtime(&o, &rt))) return ex;
   int count = 0;
-  const char *dir = o.file ? o.file : "scripts";
+  /* the directory checked: the one named, else the runtime's (./scripts,
+   * the installed ones or the build tree's) */
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s", o.file ? o.file : orch_runtime_scripts_dir(rt));
   int rc = orch_scripts_check(rt, o.file, report, &count);
   orch_runtime_free(rt);
   if (rc < 0) {

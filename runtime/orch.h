@@ -102,6 +102,10 @@ ORCH_API const char *orch_runtime_store_url(const orch_runtime *rt);
 /* The in-flight limit of its runs (the max_parallel setting; 0: none). */
 ORCH_API int orch_runtime_max_parallel(const orch_runtime *rt);
 
+/* The directory of the Lua scripts it uses (the scripts_dir setting, else
+ * the default lookup's result). Borrowed. */
+ORCH_API const char *orch_runtime_scripts_dir(const orch_runtime *rt);
+
 /* Rebuilds the graph of a recorded session from the store, marking the
  * steps that already passed; orch_run then runs only the others, recording
  * into the same session. */

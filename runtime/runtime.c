@@ -139,6 +139,10 @@ static const char *store_url(const orch_runtime *rt) {
   return rt->db_default;
 }
 
+const char *orch_runtime_scripts_dir(const orch_runtime *rt) {
+  return rt && rt->cfg.scripts_dir ? rt->cfg.scripts_dir : "scripts";
+}
+
 int orch_runtime_max_parallel(const orch_runtime *rt) {
   return rt && rt->cfg.max_parallel > 0 ? rt->cfg.max_parallel : 0;
 }

@@ -52,6 +52,8 @@ describe("the orchestrate command", function()
     os.execute("rmdir " .. dir)
     assert.are.equal(0, code, err)
     assert.matches("all scripts compile and pass their self-checks", out, 1, true)
+    -- naming the directory it checked: the build tree's, not "scripts"
+    assert.matches("^/.*/scripts: all scripts compile", out)
   end)
 
   it("takes a project's own scripts/ for none of its policy scripts", function()
