@@ -378,6 +378,8 @@ static char K_TEMPLATE; /* the allow-list: name -> value */
 static char K_INNER_MT; /* metatable of an env's inner table */
 static char K_ENVS;     /* weak set of env tables (for rawset) */
 static char K_VIEWS;    /* weak set of read-only views (for rawset) */
+static char K_DEEP;     /* weak-keyed: a table met through a module view
+                           -> its own read-only view */
 static char K_LOADED;   /* module name -> module table */
 static char K_PROXIES;  /* module name -> read-only proxy */
 static char K_LOADING;  /* sentinel while a module loads */
@@ -734,6 +736,93 @@ static void push_view(lua_State *L, lua_CFunction newindex, const char *lib) {
   lua_pop(L, 1);
 }
 
+/* Module views are deep: a table read through one (a module's config
+ * table, a nested list) comes back as a read-only view of its own, so
+ * `require('m').cfg.x = 1` cannot change the module for later steps on the
+ * worker either. Views are cached per table (K_DEEP, weak keys: the
+ * ephemeron lets both go with the table). */
+static void push_deep_view(lua_State *L);
+
+/* The value at the top: a table (not already a view) is replaced by its
+ * cached deep view; anything else stays. [-1, +1] */
+static void deep_wrap(lua_State *L) {
+  if (lua_type(L, -1) != LUA_TTABLE || is_view(L, -1)) return;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_DEEP); /* v cache */
+  lua_pushvalue(L, -2);
+  if (lua_rawget(L, -2) == LUA_TTABLE) {      /* v cache view */
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);                              /* v cache */
+  lua_pushvalue(L, -2);
+  push_deep_view(L);                          /* v cache view */
+  lua_pushvalue(L, -3);
+  lua_pushvalue(L, -2);
+  lua_rawset(L, -4);                          /* cache[v] = view */
+  lua_replace(L, -3);
+  lua_pop(L, 1);                              /* view */
+}
+
+/* __index of a deep view; upvalue 1 is the table. */
+static int deep_index(lua_State *L) {
+  lua_settop(L, 2);
+  lua_gettable(L, lua_upvalueindex(1));
+  deep_wrap(L);
+  return 1;
+}
+
+static int deep_next(lua_State *L) {
+  lua_settop(L, 2);
+  if (lua_next(L, lua_upvalueindex(1))) {
+    deep_wrap(L);
+    return 2;
+  }
+  lua_pushnil(L);
+  return 1;
+}
+
+/* pairs(view): next over the table (the closure's only copy of it), the
+ * values wrapped; the view is the state, so nothing writable leaks. */
+static int deep_pairs(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushcclosure(L, deep_next, 1);
+  lua_pushvalue(L, 1);
+  lua_pushnil(L);
+  return 3;
+}
+
+static int deep_len(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)luaL_len(L, lua_upvalueindex(1)));
+  return 1;
+}
+
+/* Replaces the table at the top by its deep read-only view. [-1, +1] */
+static void push_deep_view(lua_State *L) {
+  lua_newtable(L);                          /* t view */
+  lua_createtable(L, 0, 5);                 /* t view mt */
+  lua_pushvalue(L, -3);
+  lua_pushcclosure(L, deep_index, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, proxy_newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushvalue(L, -3);
+  lua_pushcclosure(L, deep_pairs, 1);
+  lua_setfield(L, -2, "__pairs");
+  lua_pushvalue(L, -3);
+  lua_pushcclosure(L, deep_len, 1);
+  lua_setfield(L, -2, "__len");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_setmetatable(L, -2);                  /* t view */
+  lua_remove(L, -2);                        /* view */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_VIEWS);
+  lua_pushvalue(L, -2);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
 static int require_module(lua_State *L, const char *name);
 
 static int l_require(lua_State *L) {
@@ -747,7 +836,7 @@ static int l_require(lua_State *L) {
   if (lua_getfield(L, -1, name) == LUA_TTABLE) return 1;
   lua_pop(L, 2);
   require_module(L, name);                  /* module */
-  push_view(L, proxy_newindex, NULL);       /* proxy */
+  push_deep_view(L);                        /* proxy */
   lua_rawgetp(L, LUA_REGISTRYINDEX, &K_PROXIES);
   lua_pushvalue(L, -2);
   lua_setfield(L, -2, name);
@@ -1022,6 +1111,12 @@ static int setup_state(lua_State *L) {
   lua_setfield(L, -2, "__mode");
   lua_setmetatable(L, -2);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &K_VIEWS);
+  lua_newtable(L);                                  /* weak keys */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &K_DEEP);
   luaL_requiref(L, LUA_GNAME, luaopen_base, 1);     /* G */
   luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 0);
   luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 0);

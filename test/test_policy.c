@@ -1610,6 +1610,47 @@ TEST(sandbox_pairs_on_a_module_view_gives_no_way_to_the_module) {
   free(dir);
 }
 
+/* A table inside a module (its weights, a keyword list) is read-only
+ * through the module's view too, at any depth and through pairs; reading
+ * it works as before. */
+TEST(sandbox_nested_module_tables_are_read_only) {
+  char *dir = tmpdir_new(), err[512], out[1024];
+  put(dir, "rewards/w.lua",
+      "local M = {weights = {a = 1, list = {10, 20, 30}}}\n"
+      "function M.get() return M.weights.a + M.weights.list[2] end\n"
+      "return M\n");
+  orch__config c = test_cfg(dir);
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  lua_State *L = orch__lstate_L(s);
+  static const char *const writes[] = {
+      "require('rewards.w').weights.a = 100",
+      "require('rewards.w').weights.list[2] = 100",
+      "for k, v in pairs(require('rewards.w').weights) do "
+      "if type(v) == 'table' then v[2] = 100 end end",
+      "rawset(require('rewards.w').weights, 'a', 100)",
+  };
+  for (size_t i = 0; i < sizeof writes / sizeof writes[0]; i++) {
+    int rc = run_chunk(L, writes[i], out, sizeof out);
+    ASSERT(rc != ORCH_OK);
+  }
+  ASSERT_EQ(run_chunk(L,
+                      "local w = require('rewards.w') "
+                      "local n = 0 for _ in pairs(w.weights) do n = n + 1 end "
+                      "return tostring(w.get()) .. ' ' .. #w.weights.list .. "
+                      "' ' .. n .. ' ' .. tostring(w.weights.list == "
+                      "w.weights.list)",
+                      out, sizeof out),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "21 3 2 true"); /* unchanged; one view per table */
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
+
 TEST(sandbox_library_tables_are_read_only_views_shared_by_steps) {
   const char *codes[] = {
       "string.lower = function() return 'poisoned' end",
