@@ -1797,10 +1797,12 @@ static void begin_tier(orch__llm_call *c, int idx, const char *why) {
     char *m;
     /* Each thing once: the policy's reason often quotes the last error
      * ("transport error (...) after 4 attempts") or names the tier */
+    bool names_tier = why && strncmp(why, "tier '", 6) == 0 &&
+                      strncmp(why + 6, name, nl) == 0 && why[6 + nl] == '\'';
     if (why && strstr(why, last))
-      m = orch__asprintf("tier '%s': %s; %s", name, why, end);
-    else if (why && strncmp(why, "tier '", 6) == 0 &&
-             strncmp(why + 6, name, nl) == 0 && why[6 + nl] == '\'')
+      m = names_tier ? orch__asprintf("%s; %s", why, end)
+                     : orch__asprintf("tier '%s': %s; %s", name, why, end);
+    else if (names_tier)
       m = orch__asprintf("%s (%s; %s)", last, why, end);
     else
       m = orch__asprintf("%s (tier '%s'%s%s; %s)", last, name,

@@ -205,7 +205,9 @@ ORCH_API int orch_graph_reserve(orch_graph *g, size_t nsteps, size_t nedges);
 /* The step's cost estimate (for priorities and the critical path) and its
  * timeout, in ms, each from 0 to 2592000000 (30 days; else, inf or NaN,
  * ORCH_EINVAL). The step must exist: ORCH_ENOTFOUND otherwise, and the
- * graph is left as it was. */
+ * graph is left as it was. The timeout is enforced for shell steps (the
+ * group killed) and each attempt of an llm step; other kinds keep it
+ * without enforcing it (a C function cannot be stopped). */
 ORCH_API int orch_graph_set_cost(orch_graph *g, const char *id, double ms);
 ORCH_API int orch_graph_set_timeout(orch_graph *g, const char *id,
                                     double ms);
@@ -284,7 +286,8 @@ ORCH_API unsigned orch_step_generation(const orch_graph *g, size_t i);
 
 /* Kind-specific details of a finished step as JSON text (free with
  * orch_free), NULL when none: for llm steps {tier, model, provider,
- * tokens_in, tokens_out (-1 unknown), cost, ttft_ms, latency_ms, attempts}. */
+ * tokens_in, tokens_out, cost (each null when unknown), ttft_ms,
+ * latency_ms, attempts}. */
 ORCH_API char *orch_step_details(const orch_graph *g, size_t i);
 
 /* The run's makespan in ms (0 before a run). */

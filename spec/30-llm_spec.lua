@@ -121,6 +121,27 @@ return M
     assert.is_true(os.time() - t0 < 5)
   end)
 
+  it("says each thing once in a final error, from retry.lua's reason or a cooldown", function()
+    local conf = h.write(([[
+return {
+  llm = { max_attempts = 2, backoff_base_ms = 1,
+          cooldown = { failures = 2, window_ms = 10000, cooldown_ms = 30000 } },
+  tiers = { strong = { base_url = "%s/v1", model = "m+fault=529", api_key = "k" } },
+}]]):format(base), ".lua")
+    local plan = h.plan({
+      { id = "a", kind = "llm", prompt = "x", tier = "strong" },
+      { id = "b", kind = "llm", prompt = "x", tier = "strong", deps = { "a" }, always = true },
+    })
+    local _, doc, out, err = run(plan, conf)
+    assert.is_table(doc, err .. out)
+    local ea, eb = step(doc, "a").error, step(doc, "b").error
+    assert.matches("^tier 'strong': HTTP 529: overloaded_error", ea)
+    assert.matches("after 2 attempts; no fallback tier$", ea)
+    local _, n = ea:gsub("HTTP 529", "")
+    assert.are.equal(1, n, ea)
+    assert.matches("^tier 'strong' endpoint in cooldown for %d+ ms; no fallback tier$", eb)
+  end)
+
   it("goes to the tier routing/complexity.lua names when the step names none", function()
     local conf = h.write(([[
 return {

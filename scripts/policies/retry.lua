@@ -113,7 +113,10 @@ local function describe(a)
     return "transport error (" .. tostring(a.error or "unknown") .. ")"
   end
   local s = "HTTP " .. code(a.status)
-  if a.error then s = s .. " (" .. tostring(a.error) .. ")" end
+  local e = a.error and tostring(a.error)
+  -- the core's error often says the status already ("HTTP 529: ...")
+  if e and e:sub(1, #s + 1) == s .. ":" then return e end
+  if e then s = s .. " (" .. e .. ")" end
   return s
 end
 
