@@ -1627,8 +1627,8 @@ TEST(sandbox_nested_module_tables_are_read_only) {
   static const char *const writes[] = {
       "require('rewards.w').weights.a = 100",
       "require('rewards.w').weights.list[2] = 100",
-      "for k, v in pairs(require('rewards.w').weights) do "
-      "if type(v) == 'table' then v[2] = 100 end end",
+      ("for k, v in pairs(require('rewards.w').weights) do "
+       "if type(v) == 'table' then v[2] = 100 end end"),
       "rawset(require('rewards.w').weights, 'a', 100)",
   };
   for (size_t i = 0; i < sizeof writes / sizeof writes[0]; i++) {
