@@ -338,6 +338,19 @@ static const char *jstr(json_t *o, const char *k) {
  * all three use it (model OPENAI_MODEL, else the tier's default name);
  * with only OPENAI_API_KEY, fast and strong use api.openai.com; with only
  * Anthropic's variables, all three are Anthropic's. */
+/* What the default OpenAI tiers cost at base: OpenAI's list prices at
+ * api.openai.com, nothing on this machine (a local vLLM, llama.cpp,
+ * Ollama, the mock), unknown (-1) anywhere else (OpenRouter, Azure, a
+ * team's gateway: set price_in / price_out on the tier). */
+static void base_prices(const char *base, double *pin, double *pout) {
+  if (!base || strstr(base, "://api.openai.com")) return; /* list prices */
+  const char *h = strstr(base, "://");
+  h = h ? h + 3 : base;
+  bool loopback = !strncmp(h, "127.", 4) || !strncmp(h, "localhost", 9) ||
+                  !strncmp(h, "[::1]", 5);
+  *pin = *pout = loopback ? 0 : -1;
+}
+
 static int default_tiers(orch__llm *l) {
   const char *obase = env_nonempty("OPENAI_BASE_URL");
   const char *okey = env_nonempty("OPENAI_API_KEY");
@@ -358,14 +371,19 @@ static int default_tiers(orch__llm *l) {
     return tier_set(l, "strong", PROV_ANTHROPIC, b, "claude-sonnet-4-5", akey,
                     NULL, 3.0, 15.0, 0, -1);
   }
+  double fin = 0.15, fout = 0.60, lin = 0, lout = 0, sin = 2.5, sout = 10.0;
+  base_prices(obase, &fin, &fout);
+  base_prices(obase, &lin, &lout);
+  base_prices(obase, &sin, &sout);
   if ((rc = tier_set(l, "fast", PROV_OPENAI,
                      obase ? obase : "https://api.openai.com/v1",
-                     omodel ? omodel : "gpt-4o-mini", okey, "local", 0.15,
-                     0.60, 0, -1)))
+                     omodel ? omodel : "gpt-4o-mini", okey, "local", fin,
+                     fout, 0, -1)))
     return rc;
   if ((rc = tier_set(l, "local", PROV_OPENAI,
                      obase ? obase : "http://127.0.0.1:8000/v1",
-                     omodel ? omodel : "local", okey, "strong", 0, 0, 0, -1)))
+                     omodel ? omodel : "local", okey, "strong", lin, lout, 0,
+                     -1)))
     return rc;
   if (anthropic)
     rc = tier_set(l, "strong", PROV_ANTHROPIC,
@@ -374,7 +392,7 @@ static int default_tiers(orch__llm *l) {
   else
     rc = tier_set(l, "strong", PROV_OPENAI,
                   obase ? obase : "https://api.openai.com/v1",
-                  omodel ? omodel : "gpt-4o", okey, NULL, 2.5, 10.0, 0, -1);
+                  omodel ? omodel : "gpt-4o", okey, NULL, sin, sout, 0, -1);
   return rc;
 }
 
@@ -545,15 +563,17 @@ bool orch__llm_has_tier(const orch__llm *l, const char *name) {
   return false;
 }
 
+static json_t *jms(double v) { return v >= 0 ? json_real(v) : json_null(); }
+
 json_t *orch__llm_describe(const orch__llm *l) {
   json_t *o = json_object();
   for (size_t i = 0; i < l->ntiers; i++) {
     const llm_tier *t = &l->tiers[i];
-    json_t *d = json_pack("{s:s,s:s,s:s,s:f,s:f,s:b}", "provider",
+    json_t *d = json_pack("{s:s,s:s,s:s,s:o,s:o,s:b}", "provider",
                           prov_names[t->provider], "base_url", t->base_url,
-                          "model", t->model, "price_in", t->price_in,
-                          "price_out", t->price_out, "api_key",
-                          t->api_key != NULL);
+                          "model", t->model, "price_in", jms(t->price_in),
+                          "price_out", jms(t->price_out), "api_key",
+                          t->api_key != NULL); /* price null: unknown */
     if (t->fallback) json_object_set_new(d, "fallback", json_string(t->fallback));
     if (t->ep->cooldown_until_ns > orch__now_ns())
       json_object_set_new(d, "cooldown_ms",
@@ -566,7 +586,6 @@ json_t *orch__llm_describe(const orch__llm *l) {
 /* ---- results as JSON -------------------------------------------------- */
 
 static json_t *jtok(long v) { return v >= 0 ? json_integer(v) : json_null(); }
-static json_t *jms(double v) { return v >= 0 ? json_real(v) : json_null(); }
 /* s as a JSON string, with U+FFFD for bytes that are not UTF-8 (provider
  * text, a cut message): json_string would give NULL and drop the key */
 static json_t *jstr_or_null(const char *s) {
@@ -1872,7 +1891,8 @@ static void finish_now(orch__llm_call *c, int code, const char *msg) {
     orch__llm_attempt *a = &r->attempts[i];
     bool billed = a->http_status >= 200 && a->http_status < 300;
     const llm_tier *at = a->tier ? tier_find(l, a->tier) : NULL;
-    if (a->tokens_in < 0 || a->tokens_out < 0 || !at) {
+    if (a->tokens_in < 0 || a->tokens_out < 0 || !at || at->price_in < 0 ||
+        at->price_out < 0) { /* usage or price unknown */
       if (billed) known = false;
       continue;
     }

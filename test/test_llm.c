@@ -1197,6 +1197,46 @@ TEST(llm_provider_text_in_messages_stays_utf8) {
   json_decref(j);
 }
 
+/* The default OpenAI tiers' prices follow where OPENAI_BASE_URL points:
+ * OpenAI's list prices at api.openai.com (or with no base URL), nothing on
+ * this machine, unknown (null: set price_in/price_out) anywhere else. */
+static double tier_price(json_t *d, const char *tier) {
+  json_t *v = json_object_get(json_object_get(d, tier), "price_in");
+  return json_is_number(v) ? json_number_value(v) : -2;
+}
+
+TEST(llm_default_tier_prices_follow_the_base_url) {
+  static const struct {
+    const char *base;
+    double fast, strong;
+  } cases[] = {
+      {NULL, 0.15, 2.5},
+      {"https://api.openai.com/v1", 0.15, 2.5},
+      {"http://127.0.0.1:8000/v1", 0, 0},
+      {"http://localhost:11434/v1", 0, 0},
+      {"https://openrouter.ai/api/v1", -2, -2}, /* null: unknown */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    env_save();
+    if (cases[i].base) setenv("OPENAI_BASE_URL", cases[i].base, 1);
+    setenv("OPENAI_API_KEY", KEY, 1);
+    orch__llm *l = NULL;
+    char err[256];
+    int rc = orch__llm_new_json(&l, NULL, &loop, err, sizeof err);
+    env_restore();
+    ASSERT_EQ(rc, 0);
+    json_t *d = orch__llm_describe(l);
+    ASSERT(tier_price(d, "fast") == cases[i].fast);
+    ASSERT(tier_price(d, "strong") == cases[i].strong);
+    json_decref(d);
+    orch__llm_free(l);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    ASSERT_EQ(uv_loop_close(&loop), 0);
+  }
+}
+
 TEST(llm_only_openai_base_url_serves_every_tier) {
   uv_loop_t loop;
   uv_loop_init(&loop);
