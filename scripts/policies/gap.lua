@@ -696,16 +696,27 @@ function M.synthesis_prompt(t)
 end
 
 -- answer(text) -> the answer in a model's reply: the <answer> block when
--- there is one, without a <think> block; trimmed.
+-- there is one, without a <think> block that starts before it (a
+-- "</think>" inside the answer is text); an unmatched "</answer>" at the
+-- end is dropped; trimmed.
 function M.answer(text)
   str_arg(text, "answer", "text")
   local low = text:lower()
-  local _, tb = low:find("</think>", 1, true)
-  if tb then text, low = text:sub(tb + 1), low:sub(tb + 1) end
+  local aa = low:find("<answer>", 1, true) or math.huge
+  local ta = low:find("<think>", 1, true)
+  local tc, tb = low:find("</think>", ta or 1, true)
+  -- a block with its opener before <answer>, or a missing opener with the
+  -- "</think>" before <answer>
+  if tc and ((ta and ta < aa) or (not ta and tc < aa)) then
+    text, low = text:sub(tb + 1), low:sub(tb + 1)
+  end
   local _, ab = low:find("<answer>", 1, true)
   if ab then
     local c = low:find("</answer>", ab + 1, true)
     text = text:sub(ab + 1, (c or #text + 1) - 1)
+  else
+    text = trim(text)
+    if text:lower():sub(-9) == "</answer>" then text = text:sub(1, -10) end
   end
   return trim(text)
 end
