@@ -379,6 +379,10 @@ local ERRORS = {
     "<plan>\nTask 1: A | Dependencies: none\nTask 2: B | Dependencies -> Task 1\n</plan>",
     'line 3: cannot read the dependencies of task 2 in "Task 2: B | Dependencies -> Task 1"'
     .. ' (write "| Dependencies: Task 1, Task 2" or "| Dependencies: none")' },
+  { "a decimal task number",
+    "<plan>\nTask 1: A | Dependencies: none\nTask 1.5: B | Dependencies: Task 1\n</plan>",
+    'line 3: task number 1.5 is not a whole number in "Task 1.5: B | Dependencies: Task 1"'
+    .. " (number the tasks 1, 2, 3, ...)" },
 }
 
 describe("the GAP plan parser", function()

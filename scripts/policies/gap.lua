@@ -331,6 +331,10 @@ local TASK_PATTERNS = {
   "^t(%d+)%s*[:%.%)%-|]%s*()",
   "^step%s*[#%-_]?%s*(%d+)%s*[:%.%)%-|]%s*()",
 }
+-- "Task 1.5: ..." would read as task 1 described "5: ...": refused.
+local DECIMAL_PATTERNS = {
+  "^task%s*[#%-_]?%s*(%d+%.%d+)", "^t(%d+%.%d+)", "^step%s*[#%-_]?%s*(%d+%.%d+)",
+}
 -- Inside <plan> a blank may be the only separator: "Task 1 Fetch data".
 local STRICT_PATTERNS = {
   "^task%s*[#%-_]?%s*(%d+)%s+()%S",
@@ -415,6 +419,13 @@ local function parse_region(text, strict, first_line)
     end
     if line ~= "" then
       local l = line:lower()
+      for _, p in ipairs(DECIMAL_PATTERNS) do
+        local num = l:match(p)
+        if num then
+          return nil, ("line %d: task number %s is not a whole number in %s "
+            .. "(number the tasks 1, 2, 3, ...)"):format(lineno, num, quote(raw))
+        end
+      end
       local id, pos
       for _, p in ipairs(TASK_PATTERNS) do
         id, pos = l:match(p)
