@@ -155,7 +155,14 @@ describe("rewards.trajectory", function()
     assert.has_error(function() trajectory.reward({ correct = 1 }) end,
       "trajectory.reward: correct must be a boolean, got number")
     assert.has_error(function() trajectory.reward({ correct = true, turns = -1 }) end,
-      "trajectory.reward: turns must be a number >= 0, got -1")
+      "trajectory.reward: turns must be a finite number >= 0, got -1")
+  end)
+
+  it("refuses an infinite count rather than give -inf", function()
+    assert.has_error(function() trajectory.reward({ correct = true, tool_errors = math.huge }) end,
+      "trajectory.reward: tool_errors must be a finite number >= 0, got inf")
+    assert.has_error(function() trajectory.reward({ correct = true, latency_ms = math.huge }) end,
+      "trajectory.reward: latency_ms must be a finite number >= 0, got inf")
   end)
 
   it("passes its selftest", function() assert.is_true(trajectory.selftest()) end)
