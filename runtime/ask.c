@@ -270,6 +270,15 @@ int orch_ask(orch_runtime *rt, const char *request, int plan,
   *out = NULL;
   int rc = orch__runtime_start(rt, err, errlen);
   if (rc) return rc;
+  /* A request that is not UTF-8 would be a NULL JSON string in every hook
+   * and prompt: its bad bytes become U+FFFD here, once. */
+  char *repaired = NULL;
+  size_t rlen = strlen(request), bad;
+  if (!orch__utf8_valid(request, rlen, &bad)) {
+    if (!(repaired = orch__utf8_repair(request, rlen)))
+      return orch__err(err, errlen, ORCH_ENOMEM, "orch_ask: out of memory");
+    request = repaired;
+  }
   ask a = {.rt = rt, .request = request};
   char msg[2048];
   char *text = NULL, *prompt = NULL, *answer = NULL;
@@ -402,5 +411,6 @@ done:
   free(text);
   free(prompt);
   free(answer);
+  free(repaired);
   return rc;
 }

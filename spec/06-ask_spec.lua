@@ -107,6 +107,15 @@ describe("orchestrate ask", function()
     end
   end)
 
+  it("repairs a request that is not valid UTF-8 instead of failing on it", function()
+    local code, out, err = ask("--json --db none --no-plan", "Format this list \255\254 now")
+    assert.are.equal(0, code, err)
+    local doc = h.json().decode(out)
+    assert.are.equal("Format this list \u{FFFD}\u{FFFD} now", doc.request)
+    assert.are.equal("completed", doc.status)
+    assert.is_string(doc.answer)
+  end)
+
   it("answers a simple request with one call under --no-plan", function()
     local code, out = ask("--json --db none --no-plan", "Format this list")
     assert.are.equal(0, code)
