@@ -238,6 +238,9 @@ static char *strip_answer(ask *a, const char *text) {
   return s;
 }
 
+/* The run's tokens and cost. A step that never called a model (skipped
+ * after a failed dependency, attempts 0) adds nothing and leaves the
+ * tokens known. */
 static void add_totals(json_t *doc, const json_t *llm) {
   double cost = 0;
   long tin = 0, tout = 0;
@@ -245,6 +248,7 @@ static void add_totals(json_t *doc, const json_t *llm) {
   size_t i;
   json_t *s;
   json_array_foreach(llm, i, s) {
+    if (json_integer_value(json_object_get(s, "attempts")) == 0) continue;
     json_t *a = json_object_get(s, "tokens_in"), *b = json_object_get(s, "tokens_out"),
            *c = json_object_get(s, "cost");
     if (json_integer_value(a) < 0 || json_integer_value(b) < 0 || !a) unknown = true;

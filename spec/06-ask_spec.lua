@@ -94,6 +94,13 @@ describe("orchestrate ask", function()
     assert.are.equal("passed", by["1"].status)
     assert.are.equal("passed", by.answer.status)
     assert.are.equal("failed", doc.observation["Task 2"].status)
+    -- the skipped tasks called no model: their tokens are not unknown
+    local skipped = 0
+    for _, s in ipairs(doc.steps) do
+      if s.status == "skipped" then skipped = skipped + 1; assert.are.equal(0, s.attempts) end
+    end
+    assert.is_true(skipped > 0)
+    assert.is_false(doc.tokens_unknown)
     assert.matches("Task 2", doc.answer)
     assert.matches("fail", doc.answer)
     -- dependents of the failed task were skipped, naming it
