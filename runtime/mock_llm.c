@@ -456,6 +456,9 @@ static bool parse_item(fault *f, const char *s, size_t n, char *err,
   } else {
     goto bad;
   }
+  /* a later status item replaces an earlier one whole, its retry headers
+   * too ("503;retry-after=2" then "500" sends none) */
+  if (is_status) f->retry_after_s = f->retry_after_ms = -1;
   /* parameters */
   while (semi) {
     const char *p = semi + 1;

@@ -1056,3 +1056,25 @@ TEST(mock_sends_retry_headers_on_other_statuses_when_asked) {
   resp_free(&r);
   orch_mock_free(m);
 }
+
+/* A later status item replaces an earlier one with its retry headers: the
+ * header's 503;retry-after=2, then the model name's 500, sends a bare 500. */
+TEST(mock_later_status_fault_drops_earlier_retry_headers) {
+  orch_mock *m = start();
+  ASSERT(m);
+  resp r;
+  ask(orch_mock_port(m), 0, "m+fault=500", "hi", 0, "503;retry-after=2", 0, &r);
+  ASSERT_EQ(r.status, 500);
+  ASSERT(!has_header(&r, "retry-after"));
+  resp_free(&r);
+  ask(orch_mock_port(m), 0, "gpt-x", "hi", 0, "429;retry-after=5,429-quota", 0, &r);
+  ASSERT_EQ(r.status, 429);
+  ASSERT(!has_header(&r, "retry-after"));
+  ASSERT_CONTAINS(r.body, "insufficient_quota");
+  resp_free(&r);
+  ask(orch_mock_port(m), 0, "gpt-x", "hi", 0, "503;retry-after=2,429", 0, &r);
+  ASSERT_EQ(r.status, 429);
+  ASSERT(has_header(&r, "Retry-After: 1\r\n"));
+  resp_free(&r);
+  orch_mock_free(m);
+}
