@@ -637,6 +637,33 @@ TEST(mock_fault_latency_delays_the_answer) {
   orch_mock_free(m);
 }
 
+/* An injected 400 or 413 waits out the latency like any other status; only
+ * a request that is itself invalid is answered at once. */
+TEST(mock_fault_latency_delays_injected_400_and_413_too) {
+  orch_mock *m = start();
+  ASSERT(m);
+  resp r;
+  ask(orch_mock_port(m), 0, "gpt-x", "hi", 0, "latency=150,400", 0, &r);
+  ASSERT_EQ(r.status, 400);
+  ASSERT(r.ms >= 148);
+  resp_free(&r);
+  ask(orch_mock_port(m), 1, "claude-x", "hi", 0, "latency=150,413", 0, &r);
+  ASSERT_EQ(r.status, 413);
+  ASSERT(r.ms >= 148);
+  resp_free(&r);
+  const char *const hdrs[] = {"X-Mock-Fault: latency=2000", NULL};
+  request(orch_mock_port(m), "/v1/chat/completions", "{not json", hdrs, 0, &r);
+  ASSERT_EQ(r.status, 400);
+  ASSERT(r.ms < 1000);
+  resp_free(&r);
+  ask(orch_mock_port(m), 0, "gpt-x", "hi", 0, "latency=2000,bogus", 0, &r);
+  ASSERT_EQ(r.status, 400);
+  ASSERT_CONTAINS(r.body, "unknown fault");
+  ASSERT(r.ms < 1000);
+  resp_free(&r);
+  orch_mock_free(m);
+}
+
 TEST(mock_fault_429_sends_retry_after_headers) {
   orch_mock *m = start();
   ASSERT(m);
