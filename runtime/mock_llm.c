@@ -871,10 +871,12 @@ static char *synth_reply(const char *text) {
 enum { KIND_TASK, KIND_PLAN, KIND_SYNTH };
 
 /* In this order: synthesis when an <observation> is followed by content;
- * planning when the text says "<plan>" or "write a plan"; a task when it
- * says "your task" (gap.lua's task prompt, which also mentions the final
- * answer); synthesis when it says "final answer" or "<answer>"; else a
- * task. */
+ * a task when it says "your task (task" (gap.lua's task prompt, which
+ * repeats the request: one saying "write a plan" must not make every task
+ * a planning call); planning when the text says "<plan>" or "write a
+ * plan"; a task when it says "your task" (a request such as "Your task:
+ * write a plan" inside gap.lua's planning prompt is still a plan); synthesis
+ * when it says "final answer" or "<answer>"; else a task. */
 static int classify(const char *text) {
   const char *obs = ci_find(text, "<observation>");
   if (obs) {
@@ -882,6 +884,7 @@ static int classify(const char *text) {
     while (isspace((unsigned char)*q)) q++;
     if (*q && *q != '<') return KIND_SYNTH;
   }
+  if (ci_find(text, "your task (task")) return KIND_TASK;
   if (ci_find(text, "<plan>") || ci_find(text, "write a plan"))
     return KIND_PLAN;
   if (ci_find(text, "your task")) return KIND_TASK;
