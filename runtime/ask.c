@@ -238,6 +238,9 @@ static char *strip_answer(ask *a, const char *text) {
   return s;
 }
 
+/* The run's tokens and cost. A step that never called a model (skipped
+ * after a failed dependency, attempts 0) adds nothing and leaves the
+ * tokens known. */
 static void add_totals(json_t *doc, const json_t *llm) {
   double cost = 0;
   long tin = 0, tout = 0;
@@ -245,6 +248,7 @@ static void add_totals(json_t *doc, const json_t *llm) {
   size_t i;
   json_t *s;
   json_array_foreach(llm, i, s) {
+    if (json_integer_value(json_object_get(s, "attempts")) == 0) continue;
     json_t *a = json_object_get(s, "tokens_in"), *b = json_object_get(s, "tokens_out"),
            *c = json_object_get(s, "cost");
     if (json_integer_value(a) < 0 || json_integer_value(b) < 0 || !a) unknown = true;
@@ -270,6 +274,15 @@ int orch_ask(orch_runtime *rt, const char *request, int plan,
   *out = NULL;
   int rc = orch__runtime_start(rt, err, errlen);
   if (rc) return rc;
+  /* A request that is not UTF-8 would be a NULL JSON string in every hook
+   * and prompt: its bad bytes become U+FFFD here, once. */
+  char *repaired = NULL;
+  size_t rlen = strlen(request), bad;
+  if (!orch__utf8_valid(request, rlen, &bad)) {
+    if (!(repaired = orch__utf8_repair(request, rlen)))
+      return orch__err(err, errlen, ORCH_ENOMEM, "orch_ask: out of memory");
+    request = repaired;
+  }
   ask a = {.rt = rt, .request = request};
   char msg[2048];
   char *text = NULL, *prompt = NULL, *answer = NULL;
@@ -402,5 +415,6 @@ done:
   free(text);
   free(prompt);
   free(answer);
+  free(repaired);
   return rc;
 }

@@ -456,6 +456,9 @@ static bool parse_item(fault *f, const char *s, size_t n, char *err,
   } else {
     goto bad;
   }
+  /* a later status item replaces an earlier one whole, its retry headers
+   * too ("503;retry-after=2" then "500" sends none) */
+  if (is_status) f->retry_after_s = f->retry_after_ms = -1;
   /* parameters */
   while (semi) {
     const char *p = semi + 1;
@@ -868,10 +871,12 @@ static char *synth_reply(const char *text) {
 enum { KIND_TASK, KIND_PLAN, KIND_SYNTH };
 
 /* In this order: synthesis when an <observation> is followed by content;
- * planning when the text says "<plan>" or "write a plan"; a task when it
- * says "your task" (gap.lua's task prompt, which also mentions the final
- * answer); synthesis when it says "final answer" or "<answer>"; else a
- * task. */
+ * a task when it says "your task (task" (gap.lua's task prompt, which
+ * repeats the request: one saying "write a plan" must not make every task
+ * a planning call); planning when the text says "<plan>" or "write a
+ * plan"; a task when it says "your task" (a request such as "Your task:
+ * write a plan" inside gap.lua's planning prompt is still a plan); synthesis
+ * when it says "final answer" or "<answer>"; else a task. */
 static int classify(const char *text) {
   const char *obs = ci_find(text, "<observation>");
   if (obs) {
@@ -879,6 +884,7 @@ static int classify(const char *text) {
     while (isspace((unsigned char)*q)) q++;
     if (*q && *q != '<') return KIND_SYNTH;
   }
+  if (ci_find(text, "your task (task")) return KIND_TASK;
   if (ci_find(text, "<plan>") || ci_find(text, "write a plan"))
     return KIND_PLAN;
   if (ci_find(text, "your task")) return KIND_TASK;
@@ -1080,6 +1086,7 @@ typedef struct {
   int api;
   /* decided on the first complete call */
   int status;     /* 0: a normal reply */
+  bool invalid;   /* status is the request's own fault (400, 413): no wait */
   char *errtype, *errmsg;
   fault f;
   bool stream, include_usage;
@@ -1114,6 +1121,13 @@ static void set_error(req *r, int status, const char *type, const char *msg) {
   free(r->errmsg);
   r->errtype = strdup(type);
   r->errmsg = strdup(msg);
+}
+
+/* An error in the request itself (bad JSON, a missing field, an unknown
+ * fault): answered at once, before any injected latency. */
+static void set_invalid(req *r, int status, const char *type, const char *msg) {
+  set_error(r, status, type, msg);
+  r->invalid = true;
 }
 
 static const char *error_type(int api, int status, bool quota) {
@@ -1468,7 +1482,7 @@ static void decide(req *r, struct MHD_Connection *c, const char *hdr_fault) {
   char msg[512];
   r->seq = atomic_fetch_add(&m->seq, 1) + 1;
   if (r->too_big) {
-    set_error(r, 413, error_type(r->api, 413, false),
+    set_invalid(r, 413, error_type(r->api, 413, false),
               "request body too large");
     goto done;
   }
@@ -1476,13 +1490,13 @@ static void decide(req *r, struct MHD_Connection *c, const char *hdr_fault) {
   if (!json_is_object(j)) {
     snprintf(msg, sizeof msg, "invalid JSON body at byte %d: %s",
              je.position, j ? "not an object" : je.text);
-    set_error(r, 400, error_type(r->api, 400, false), msg);
+    set_invalid(r, 400, error_type(r->api, 400, false), msg);
     goto done;
   }
   const char *model = json_string_value(json_object_get(j, "model"));
   json_t *msgs = json_object_get(j, "messages");
   if (!model || !json_is_array(msgs) || json_array_size(msgs) == 0) {
-    set_error(r, 400, error_type(r->api, 400, false),
+    set_invalid(r, 400, error_type(r->api, 400, false),
               !model ? "model: field required"
                      : "messages: a non-empty array is required");
     goto done;
@@ -1492,13 +1506,13 @@ static void decide(req *r, struct MHD_Connection *c, const char *hdr_fault) {
   if (!mt) mt = json_object_get(j, "max_completion_tokens");
   if (r->api == API_ANTHROPIC) {
     if (!json_is_integer(mt)) {
-      set_error(r, 400, "invalid_request_error",
+      set_invalid(r, 400, "invalid_request_error",
                 "max_tokens: field required");
       goto done;
     }
     if (!MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                      "anthropic-version")) {
-      set_error(r, 400, "invalid_request_error",
+      set_invalid(r, 400, "invalid_request_error",
                 "anthropic-version: header is required");
       goto done;
     }
@@ -1536,7 +1550,7 @@ static void decide(req *r, struct MHD_Connection *c, const char *hdr_fault) {
   }
   fault_init(&r->f);
   if (spec.len && !parse_faults(&r->f, spec.s, spec.len, msg, sizeof msg)) {
-    set_error(r, 400, "invalid_request_error", msg);
+    set_invalid(r, 400, "invalid_request_error", msg);
     goto done;
   }
   if (r->f.fail_first) {
@@ -1639,7 +1653,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c,
     decide(r, c, MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                              "X-Mock-Fault"));
   }
-  if (r->status == 400 || r->status == 413) return queue_error(r, c);
+  if (r->invalid) return queue_error(r, c);
   if (r->f.latency_ms && !r->waited) {
     r->waited = true;
     int64_t due = now_ns() + (int64_t)r->f.latency_ms * 1000000;

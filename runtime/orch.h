@@ -254,7 +254,8 @@ typedef void (*orch_plan_fn)(void *ud, const orch_graph *g);
  * steps, and a synthesis. *out: a JSON document (free with orch_free) with
  * the plan, its levels, each step (status, tier, model, tokens, cost,
  * timings), the observation, the answer, the session. ORCH_ESTEP when
- * tasks failed but the answer was written from the others. */
+ * tasks failed but the answer was written from the others. A request that
+ * is not valid UTF-8 is used with its bad bytes as U+FFFD. */
 ORCH_API int orch_ask(orch_runtime *rt, const char *request, int plan,
                       orch_plan_fn on_plan, void *ud, char **out /* OUT */,
                       char *err, size_t errlen);

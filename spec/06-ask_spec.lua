@@ -94,6 +94,13 @@ describe("orchestrate ask", function()
     assert.are.equal("passed", by["1"].status)
     assert.are.equal("passed", by.answer.status)
     assert.are.equal("failed", doc.observation["Task 2"].status)
+    -- the skipped tasks called no model: their tokens are not unknown
+    local skipped = 0
+    for _, s in ipairs(doc.steps) do
+      if s.status == "skipped" then skipped = skipped + 1; assert.are.equal(0, s.attempts) end
+    end
+    assert.is_true(skipped > 0)
+    assert.is_false(doc.tokens_unknown)
     assert.matches("Task 2", doc.answer)
     assert.matches("fail", doc.answer)
     -- dependents of the failed task were skipped, naming it
@@ -105,6 +112,15 @@ describe("orchestrate ask", function()
         end
       end
     end
+  end)
+
+  it("repairs a request that is not valid UTF-8 instead of failing on it", function()
+    local code, out, err = ask("--json --db none --no-plan", "Format this list \255\254 now")
+    assert.are.equal(0, code, err)
+    local doc = h.json().decode(out)
+    assert.are.equal("Format this list \u{FFFD}\u{FFFD} now", doc.request)
+    assert.are.equal("completed", doc.status)
+    assert.is_string(doc.answer)
   end)
 
   it("answers a simple request with one call under --no-plan", function()

@@ -155,7 +155,14 @@ describe("rewards.trajectory", function()
     assert.has_error(function() trajectory.reward({ correct = 1 }) end,
       "trajectory.reward: correct must be a boolean, got number")
     assert.has_error(function() trajectory.reward({ correct = true, turns = -1 }) end,
-      "trajectory.reward: turns must be a number >= 0, got -1")
+      "trajectory.reward: turns must be a finite number >= 0, got -1")
+  end)
+
+  it("refuses an infinite count rather than give -inf", function()
+    assert.has_error(function() trajectory.reward({ correct = true, tool_errors = math.huge }) end,
+      "trajectory.reward: tool_errors must be a finite number >= 0, got inf")
+    assert.has_error(function() trajectory.reward({ correct = true, latency_ms = math.huge }) end,
+      "trajectory.reward: latency_ms must be a finite number >= 0, got inf")
   end)
 
   it("passes its selftest", function() assert.is_true(trajectory.selftest()) end)
@@ -218,6 +225,25 @@ describe("rewards.advantage", function()
       "advantage.compute: rewards[2] must be a number, got string")
     assert.has_error(function() advantage.compute({}) end,
       "advantage.compute: expected {rewards={...}}")
+  end)
+
+  it("gives finite advantages for finite rewards near the limits of a double", function()
+    local a = assert(advantage.compute({ rewards = { 1e308, 1e308, 0 } }))
+    near(1 / 3, a[1] / 1e308); near(1 / 3, a[2] / 1e308); near(-2 / 3, a[3] / 1e308)
+    a = assert(advantage.compute({ rewards = { 1e308, 1e308, 0 }, normalize = true }))
+    near(math.sqrt(0.5), a[1]); near(-2 * math.sqrt(0.5), a[3])
+    a = assert(advantage.compute({ rewards = { 1e308, -1e308, 0 }, baseline = "rloo" }))
+    near(1.5, a[1] / 1e308); near(0, a[3])
+    a = assert(advantage.compute({ rewards = { 0, 1e-200 }, normalize = true, eps = 0 }))
+    near(-1, a[1]); near(1, a[2])
+    a = assert(advantage.compute({ rewards = { 0, 1e-200 }, normalize = true }))
+    near(0, a[1]); near(0, a[2])
+  end)
+
+  it("returns nil and a message when an advantage is beyond a double", function()
+    local a, err = advantage.compute({ rewards = { 1.7e308, -1.7e308 }, baseline = "max" })
+    assert.is_nil(a)
+    assert.equal("the advantage of rollout 2 is not a finite number (-inf)", err)
   end)
 
   it("passes its selftest", function() assert.is_true(advantage.selftest()) end)

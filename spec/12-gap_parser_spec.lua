@@ -294,6 +294,40 @@ T3: Generate report
 - Dependencies T1, T2
 </plan>]], DIAMOND },
 
+  { "single * and _ emphasis around dependency labels", [[
+<plan>
+Task 1: Fetch user data | *Dependencies*: none
+Task 2: Fetch order history | _Dependencies_: Task 1
+Task 3: Generate report (*depends on Task 1, Task 2*)
+</plan>]], { { "1", "Fetch user data", {} }, { "2", "Fetch order history", { "1" } },
+             { "3", "Generate report", { "1", "2" } } } },
+
+  { "emphasis only around whole words, not inside names or products", [[
+<plan>
+Task 1: Rename find_user_ids to *lookup* and compute 2*3*4 | Dependencies: none
+</plan>]], { { "1", "Rename find_user_ids to lookup and compute 2*3*4", {} } } },
+
+  { "Dep:, Prereqs:, Prerequisite: and '=' for the colon", [[
+<plan>
+Task 1: Fetch user data | Dep: none
+Task 2: Fetch order history | Prereqs: Task 1
+Task 3: Generate report | Dependencies = Task 1, Task 2
+Task 4: Mail it | Prerequisite: Task 3
+T5: Archive it
+- Dep: T4
+</plan>]], { { "1", "Fetch user data", {} }, { "2", "Fetch order history", { "1" } },
+             { "3", "Generate report", { "1", "2" } }, { "4", "Mail it", { "3" } },
+             { "5", "Archive it", { "4" } } } },
+
+  { "a dependency list going on over '|', and several labels merged", [[
+<plan>
+Task 1: Fetch user data | Dependencies: none | high priority
+Task 2: Fetch order history | Dependencies: none
+Task 3: Generate report | Dependencies: Task 1 | Task 2 | Tool: writer
+Task 4: Check it | Depends on: Task 1 | Dependencies: Task 3
+</plan>]], { { "1", "Fetch user data", {} }, { "2", "Fetch order history", {} },
+             { "3", "Generate report", { "1", "2" } }, { "4", "Check it", { "1", "3" } } } },
+
   { "prose lines inside the block", [[
 <plan>
 Phase one, in parallel:
@@ -341,6 +375,14 @@ local ERRORS = {
   { "an unreadable dependency line in the published dialect",
     "<plan>\nT1: A\n- Dependencies: none\nT2: B\n- Dependencies: whatever T1 gives\n</plan>",
     'line 5: cannot read dependency "whatever" in "- Dependencies: whatever T1 gives"' },
+  { "a task line naming dependencies in a form it cannot read",
+    "<plan>\nTask 1: A | Dependencies: none\nTask 2: B | Dependencies -> Task 1\n</plan>",
+    'line 3: cannot read the dependencies of task 2 in "Task 2: B | Dependencies -> Task 1"'
+    .. ' (write "| Dependencies: Task 1, Task 2" or "| Dependencies: none")' },
+  { "a decimal task number",
+    "<plan>\nTask 1: A | Dependencies: none\nTask 1.5: B | Dependencies: Task 1\n</plan>",
+    'line 3: task number 1.5 is not a whole number in "Task 1.5: B | Dependencies: Task 1"'
+    .. " (number the tasks 1, 2, 3, ...)" },
 }
 
 describe("the GAP plan parser", function()

@@ -73,6 +73,25 @@ describe("the mock LLM with gap.lua's prompts", function()
     assert.are.equal(200, results["3"].status)
   end)
 
+  it("answers task prompts as tasks when the request itself asks for a plan", function()
+    if not need() then return end
+    local req = "Write a plan in <plan> tags for a trip to Rome [mock-fail-task=2]"
+    local _, reply = H.chat(m, gap.prompt({ request = req }))
+    local plan = assert(gap.parse(reply))
+    local results = {}
+    for _, t in ipairs(plan.tasks) do
+      local status, out = H.chat(m, gap.task_prompt({ request = req,
+        task = { id = t.id, description = t.description } }))
+      results[t.id] = { status = status, out = out }
+    end
+    assert.are.equal(200, results["1"].status)
+    assert.matches("^Result for: Your task %(Task 1%)", results["1"].out)
+    assert.are.equal(400, results["2"].status)
+    -- and a request saying "your task" still gets a plan when it is planned
+    local _, reply2 = H.chat(m, gap.prompt({ request = "Your task: compare two laptops" }))
+    assert.is_truthy(gap.parse(reply2))
+  end)
+
   it("answers the synthesis prompt naming every result and every failure", function()
     if not need() then return end
     local prompt = gap.synthesis_prompt({ request = REQUEST, results = {

@@ -637,6 +637,33 @@ TEST(mock_fault_latency_delays_the_answer) {
   orch_mock_free(m);
 }
 
+/* An injected 400 or 413 waits out the latency like any other status; only
+ * a request that is itself invalid is answered at once. */
+TEST(mock_fault_latency_delays_injected_400_and_413_too) {
+  orch_mock *m = start();
+  ASSERT(m);
+  resp r;
+  ask(orch_mock_port(m), 0, "gpt-x", "hi", 0, "latency=150,400", 0, &r);
+  ASSERT_EQ(r.status, 400);
+  ASSERT(r.ms >= 148);
+  resp_free(&r);
+  ask(orch_mock_port(m), 1, "claude-x", "hi", 0, "latency=150,413", 0, &r);
+  ASSERT_EQ(r.status, 413);
+  ASSERT(r.ms >= 148);
+  resp_free(&r);
+  const char *const hdrs[] = {"X-Mock-Fault: latency=2000", NULL};
+  request(orch_mock_port(m), "/v1/chat/completions", "{not json", hdrs, 0, &r);
+  ASSERT_EQ(r.status, 400);
+  ASSERT(r.ms < 1000);
+  resp_free(&r);
+  ask(orch_mock_port(m), 0, "gpt-x", "hi", 0, "latency=2000,bogus", 0, &r);
+  ASSERT_EQ(r.status, 400);
+  ASSERT_CONTAINS(r.body, "unknown fault");
+  ASSERT(r.ms < 1000);
+  resp_free(&r);
+  orch_mock_free(m);
+}
+
 TEST(mock_fault_429_sends_retry_after_headers) {
   orch_mock *m = start();
   ASSERT(m);
@@ -1053,6 +1080,28 @@ TEST(mock_sends_retry_headers_on_other_statuses_when_asked) {
   ask(orch_mock_port(m), 1, "claude-x", "hi", 0, "529", 0, &r);
   ASSERT_EQ(r.status, 529);
   ASSERT(!has_header(&r, "retry-after"));
+  resp_free(&r);
+  orch_mock_free(m);
+}
+
+/* A later status item replaces an earlier one with its retry headers: the
+ * header's 503;retry-after=2, then the model name's 500, sends a bare 500. */
+TEST(mock_later_status_fault_drops_earlier_retry_headers) {
+  orch_mock *m = start();
+  ASSERT(m);
+  resp r;
+  ask(orch_mock_port(m), 0, "m+fault=500", "hi", 0, "503;retry-after=2", 0, &r);
+  ASSERT_EQ(r.status, 500);
+  ASSERT(!has_header(&r, "retry-after"));
+  resp_free(&r);
+  ask(orch_mock_port(m), 0, "gpt-x", "hi", 0, "429;retry-after=5,429-quota", 0, &r);
+  ASSERT_EQ(r.status, 429);
+  ASSERT(!has_header(&r, "retry-after"));
+  ASSERT_CONTAINS(r.body, "insufficient_quota");
+  resp_free(&r);
+  ask(orch_mock_port(m), 0, "gpt-x", "hi", 0, "503;retry-after=2,429", 0, &r);
+  ASSERT_EQ(r.status, 429);
+  ASSERT(has_header(&r, "Retry-After: 1\r\n"));
   resp_free(&r);
   orch_mock_free(m);
 }

@@ -145,6 +145,31 @@ end
 -- "007" -> "7"
 local function norm_id(digits) return (digits:gsub("^0+(%d)", "%1")) end
 
+-- Drops single emphasis marks around words ("*Deps*:", "_Dependencies_",
+-- "(*depends on Task 1*)"): the marks must not touch a letter, digit or
+-- mark outside ("find_user_ids" and "2*3*4" stay) and the emphasised text
+-- must start and end with a non-blank ("* Task 1 *" stays). Linear: a try
+-- at one mark never looks past the next mark.
+local function unemphasize(line)
+  if not line:find("[%*_]") then return line end
+  local out, from, i = {}, 1, 1
+  while true do
+    local a = line:find("[%*_]", i)
+    if not a then break end
+    local inner, b = line:match("^[%*_]([^%s%*_][^%*_\n]-)" .. "%" .. line:sub(a, a) .. "()", a)
+    if inner and not inner:find("%s$") and not line:sub(a - 1, a - 1):find("[%w_%*]")
+       and not line:sub(b, b):find("[%w_%*]") then
+      out[#out + 1] = line:sub(from, a - 1)
+      out[#out + 1] = inner
+      from, i = b, b
+    else
+      i = a + 1
+    end
+  end
+  out[#out + 1] = line:sub(from)
+  return table.concat(out)
+end
+
 -- Strips list markers, emphasis and code marks; maps unicode dashes.
 local function clean(line)
   line = line:gsub("\u{2014}", "-"):gsub("\u{2013}", "-"):gsub("\u{2212}", "-")
@@ -152,6 +177,7 @@ local function clean(line)
   if line:find("^`[^`]*`$") or line:find("^__.*__$") then  -- `Task 1: ...`
     line = trim(line:sub(2, -2):gsub("^_", ""):gsub("_$", ""))
   end
+  line = unemphasize(line)
   while true do
     local before = line
     line = line:gsub("^[%-%*%+>]+%s*", "")
@@ -189,7 +215,7 @@ local function parse_deps(s)
     id = norm_id(id)
     if not seen[id] then seen[id] = true; ids[#ids + 1] = id end
   end
-  for tok in s:gmatch("[^,;&/%s]+") do
+  for tok in s:gmatch("[^,;&/|%s]+") do
     if not FILLER[tok] then
       local id = tok:match("^t(%d+)$") or tok:match("^#?(%d+)$")
               or tok:match("^task[#%-_]?(%d+)$") or tok:match("^step[#%-_]?(%d+)$")
@@ -210,20 +236,36 @@ local function parse_deps(s)
 end
 
 -- Labels that introduce dependencies on a task line. A strong label counts
--- when a colon follows it; any label counts after a separator ("|", "(",
--- "[", ";", ",", "-") when a readable dependency list follows.
+-- when a colon (or "=") follows it; any label counts after a separator ("|",
+-- "(", "[", ";", ",", "-") when a readable dependency list follows.
 local LABELS = { "dependencies", "dependency", "depends on", "depend on",
-                 "dependent on", "depends", "deps", "prerequisites",
-                 "requires", "needs", "after" }
+                 "dependent on", "depends", "deps", "dep", "prerequisites",
+                 "prerequisite", "prereqs", "prereq", "requires", "needs", "after" }
 local WEAK = { requires = true, needs = true, after = true }
 
--- Splits the rest of a task line into description and dependency text.
--- The last strong label wins ("List deps: npm | Dependencies: none"), else
--- the last weak one. Returns desc, deps|nil (deps is the raw text, or a
--- parsed list when it came from a bare trailing "| 1, 2").
+-- The end (at most stop) of a dependency list starting at init of low: the
+-- list runs on over a "|" followed by more ids ("Task 1 | Task 2") and ends
+-- before one followed by anything else (" | Tool: search", " | high").
+local function list_end(low, init, stop)
+  local p = low:find("|", init, true)
+  while p and p <= stop do
+    local q = low:find("|", p + 1, true)
+    local seg_end = (q and q <= stop) and q - 1 or stop
+    if not parse_deps(low:sub(p + 1, seg_end)) then return p - 1 end
+    p = q
+  end
+  return stop
+end
+
+-- Splits the rest of a task line into description and dependencies ->
+-- desc, {ids...}|nil, or desc, nil, bad token (a list that cannot be read).
+-- The last strong label wins ("List deps: npm | Dependencies: none" keeps
+-- "List deps: npm" as the description), else the last weak one; labels
+-- opening columns right before it add their lists ("| Depends on: Task 1 |
+-- Dependencies: Task 2" gives 1 and 2). A bare trailing "| 1, 2" is a list.
 local function split_deps(rest)
   local low = rest:lower()
-  local found = {}            -- [true] = strong, [false] = weak: {pos, deps}
+  local cands, at = {}, {}    -- {a=, from=, strong=, sep=} by position
   for _, label in ipairs(LABELS) do
     local init = 1
     while true do
@@ -232,27 +274,49 @@ local function split_deps(rest)
       init = a + 1
       local okb = a == 1 or not low:sub(a - 1, a - 1):find("[%w_]")
       local oka = not low:sub(b + 1, b + 1):find("[%w_]")
-      local strong = not WEAK[label]
-      local prev = found[strong]
-      if okb and oka and not (prev and prev[1] >= a) then
-        local after = low:sub(b + 1)
-        local colon = after:match("^%s*:()")
+      if okb and oka and not at[a] then  -- the longest label at a comes first
+        local strong = not WEAK[label]
+        local colon = low:match("^%s*[:=]()", b + 1)
         local before = low:sub(1, a - 1)
-        local sep = before:find("[|%(%[;,%-]%s*$") or not before:find("%S")
-        local deps
+        local sep = before:find("[|%(%[;,%-]%s*$") ~= nil or not before:find("%S")
+        local from
         if colon and (strong or sep) then
-          -- the list ends at a further "| ..." column (" | Tool: search")
-          deps = rest:sub(b + colon):gsub("|.*", "")
-        elseif sep and parse_deps(after) then
-          deps = rest:sub(b + 1)
+          from = colon
+        elseif sep and parse_deps(low:sub(b + 1)) then
+          from = b + 1
         end
-        if deps then found[strong] = { a, deps } end
+        if from then
+          at[a] = true
+          cands[#cands + 1] = { a = a, from = from, strong = strong, sep = sep }
+        end
       end
     end
   end
-  local best = found[true] or found[false]
-  if best then
-    return trim(rstrip(rest:sub(1, best[1] - 1), "%s|;,%(%[%-")), best[2]
+  table.sort(cands, function(x, y) return x.a < y.a end)
+  local k
+  for i = #cands, 1, -1 do
+    if cands[i].strong then k = i; break end
+  end
+  k = k or #cands
+  if k > 0 then
+    local anchor = cands[k]
+    local list, bad = parse_deps(rest:sub(anchor.from, list_end(low, anchor.from, #low)))
+    if not list then return nil, nil, bad end
+    local first = k
+    -- earlier labels opening a column just before the anchor add their lists
+    for i = k - 1, 1, -1 do
+      local c, stop = cands[i], cands[i + 1].a - 1
+      local more = c.sep and parse_deps(rest:sub(c.from, list_end(low, c.from, stop)))
+      if not more then break end
+      first = i
+      local seen = {}
+      for _, d in ipairs(more) do seen[d] = true end
+      for _, d in ipairs(list) do
+        if not seen[d] then seen[d] = true; more[#more + 1] = d end
+      end
+      list = more
+    end
+    return trim(rstrip(rest:sub(1, cands[first].a - 1), "%s|;,%(%[%-")), list
   end
   local pipe = low:match(".*()|")
   if pipe then
@@ -267,14 +331,31 @@ local TASK_PATTERNS = {
   "^t(%d+)%s*[:%.%)%-|]%s*()",
   "^step%s*[#%-_]?%s*(%d+)%s*[:%.%)%-|]%s*()",
 }
+-- "Task 1.5: ..." would read as task 1 described "5: ...": refused.
+local DECIMAL_PATTERNS = {
+  "^task%s*[#%-_]?%s*(%d+%.%d+)", "^t(%d+%.%d+)", "^step%s*[#%-_]?%s*(%d+%.%d+)",
+}
 -- Inside <plan> a blank may be the only separator: "Task 1 Fetch data".
 local STRICT_PATTERNS = {
   "^task%s*[#%-_]?%s*(%d+)%s+()%S",
   "^t%s?(%d+)%s+()%S",
 }
-local DEP_LINE = { "^dependencies%s*:()", "^dependency%s*:()", "^deps%s*:()",
-                   "^depends on%s*:?()", "^depend on%s*:?()",
-                   "^requires%s*:()", "^prerequisites%s*:()" }
+local DEP_LINE = { "^dependencies%s*[:=]()", "^dependency%s*[:=]()", "^deps?%s*[:=]()",
+                   "^depends on%s*:?()", "^depend on%s*:?()", "^requires%s*:()",
+                   "^prerequisites?%s*[:=]()", "^prereqs?%s*[:=]()" }
+
+-- Does the description left of a task line still name dependencies in a
+-- column ("| Dependencies -> Task 1", "(prereq tasks 1)")? Inside <plan>
+-- such a line is an error, so the planner is asked again, rather than a
+-- task that silently depends on nothing.
+local function names_deps(desc)
+  for w in desc:lower():gmatch("[|%(%[;]%s*(%a+)") do
+    if w:find("^depend") or w:find("^prereq") or w == "dep" or w == "deps" then
+      return true
+    end
+  end
+  return false
+end
 
 -- One edit (substitution, deletion, insertion, swap) from "task"?
 local function near_task(w)
@@ -319,6 +400,7 @@ end
 -- Returns tasks (maybe empty) or nil, message.
 local function parse_region(text, strict, first_line)
   local tasks, by_id, last = {}, {}, nil
+  local unread              -- {task, message}: dependencies named, none read
   local lineno = first_line - 1
   for raw in (text .. "\n"):gmatch("([^\n]*)\n") do
     lineno = lineno + 1
@@ -337,6 +419,13 @@ local function parse_region(text, strict, first_line)
     end
     if line ~= "" then
       local l = line:lower()
+      for _, p in ipairs(DECIMAL_PATTERNS) do
+        local num = l:match(p)
+        if num then
+          return nil, ("line %d: task number %s is not a whole number in %s "
+            .. "(number the tasks 1, 2, 3, ...)"):format(lineno, num, quote(raw))
+        end
+      end
       local id, pos
       for _, p in ipairs(TASK_PATTERNS) do
         id, pos = l:match(p)
@@ -358,26 +447,28 @@ local function parse_region(text, strict, first_line)
         local bare = not dep_pos and l:match("^dependencies%s*%-?%s*()")
         if bare and parse_deps(l:sub(bare)) then dep_pos = bare end
       end
+      if id and unread then return nil, unread[2] end
       if id then
         id = norm_id(id)
         if by_id[id] then
           return nil, ("line %d: duplicate task id %s (first on line %d)"):format(
             lineno, id, by_id[id].line)
         end
-        local desc, deps = split_deps(line:sub(pos))
-        if type(deps) == "string" then
-          local list, bad = parse_deps(deps)
-          if not list then
-            return nil, ("line %d: cannot read dependency %q in %s"):format(
-              lineno, bad, quote(raw))
-          end
-          deps = list
+        local desc, deps, bad = split_deps(line:sub(pos))
+        if bad then
+          return nil, ("line %d: cannot read dependency %q in %s"):format(
+            lineno, bad, quote(raw))
         end
         if desc == "" then
           return nil, ("line %d: task %s has no description in %s"):format(
             lineno, id, quote(raw))
         end
         last = { id = id, description = desc, deps = deps or {}, line = lineno }
+        if strict and not deps and names_deps(desc) then
+          unread = { last, ("line %d: cannot read the dependencies of task %s in %s "
+            .. '(write "| Dependencies: Task 1, Task 2" or "| Dependencies: none")'):format(
+            lineno, id, quote(raw)) }
+        end
         tasks[#tasks + 1] = last
         by_id[id] = last
         if #tasks > M.MAX_TASKS then
@@ -398,11 +489,13 @@ local function parse_region(text, strict, first_line)
         for _, d in ipairs(list) do
           if not seen[d] then seen[d] = true; last.deps[#last.deps + 1] = d end
         end
+        if unread and unread[1] == last then unread = nil end
       elseif looks_like_task(l, strict) then
         return nil, ("line %d: cannot read a task in %s"):format(lineno, quote(raw))
       end
     end
   end
+  if unread then return nil, unread[2] end
   return tasks
 end
 
@@ -614,16 +707,27 @@ function M.synthesis_prompt(t)
 end
 
 -- answer(text) -> the answer in a model's reply: the <answer> block when
--- there is one, without a <think> block; trimmed.
+-- there is one, without a <think> block that starts before it (a
+-- "</think>" inside the answer is text); an unmatched "</answer>" at the
+-- end is dropped; trimmed.
 function M.answer(text)
   str_arg(text, "answer", "text")
   local low = text:lower()
-  local _, tb = low:find("</think>", 1, true)
-  if tb then text, low = text:sub(tb + 1), low:sub(tb + 1) end
+  local aa = low:find("<answer>", 1, true) or math.huge
+  local ta = low:find("<think>", 1, true)
+  local tc, tb = low:find("</think>", ta or 1, true)
+  -- a block with its opener before <answer>, or a missing opener with the
+  -- "</think>" before <answer>
+  if tc and ((ta and ta < aa) or (not ta and tc < aa)) then
+    text, low = text:sub(tb + 1), low:sub(tb + 1)
+  end
   local _, ab = low:find("<answer>", 1, true)
   if ab then
     local c = low:find("</answer>", ab + 1, true)
     text = text:sub(ab + 1, (c or #text + 1) - 1)
+  else
+    text = trim(text)
+    if text:lower():sub(-9) == "</answer>" then text = text:sub(1, -10) end
   end
   return trim(text)
 end
@@ -641,6 +745,9 @@ function M.selftest()
   local q = M.parse("<plan>\nT1: Search for X\n- Dependencies: none\nT2: Search for Y\n"
     .. "- Dependencies: none\nT3: Compare them\n- Dependencies: T1, T2\n</plan>")
   check(q and q.tasks[3].id == "3" and q.tasks[3].deps[1] == "1", "dialect 2")
+  local r = M.parse("<plan>\nTask 1: A | *Deps*: none\nTask 2: B | Dep: none\n"
+    .. "Task 3: C | Dependencies: Task 1 | Task 2 | Tool: x\n</plan>")
+  check(r and r.tasks[3].description == "C" and #r.tasks[3].deps == 2, "labels, lists over |")
   local _, e = M.parse("<plan>\nTask 1: A | Dependencies: none\nTaks 2 Fetch\n</plan>")
   check(e == 'line 3: cannot read a task in "Taks 2 Fetch"', "bad line: " .. tostring(e))
   _, e = M.parse("Task 1: A | Dependencies: none\nTask 3: B | Dependencies: 9")

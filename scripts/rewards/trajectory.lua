@@ -18,8 +18,8 @@ local M = { CORRECT = CORRECT, INCORRECT = INCORRECT, FEW_TURNS = FEW_TURNS,
 local function count(t, k)
   local v = t[k]
   if v == nil then return nil end
-  if type(v) ~= "number" or v ~= v or v < 0 then
-    error("trajectory.reward: " .. k .. " must be a number >= 0, got " .. tostring(v), 3)
+  if type(v) ~= "number" or v ~= v or v < 0 or v == math.huge then
+    error("trajectory.reward: " .. k .. " must be a finite number >= 0, got " .. tostring(v), 3)
   end
   return v
 end
@@ -53,6 +53,9 @@ function M.selftest()
   check({ correct = false, turns = M.FEW_TURNS + 1, latency_ms = M.FAST_MS, tool_errors = 2 },
         M.INCORRECT - 2 * M.TOOL_ERROR_PENALTY)
   check({ correct = true }, M.CORRECT)
+  if pcall(M.reward, { correct = true, tool_errors = math.huge }) then
+    error("trajectory selftest: an infinite tool_errors was accepted")
+  end
   return true
 end
 
