@@ -275,27 +275,6 @@ static void check_names(lua_State *L, int t, const char *id) {
  * refuse them (plan.c's check_keys), "_"-prefixed ones being notes. */
 static const char *const fn_keys[] = {"id", "fn", "deps", "cost_ms", "timeout_ms", NULL};
 
-/* Edit distance of a and b, capped at 3 (plan.c's, to suggest a spelling). */
-static int distance(const char *a, const char *b) {
-  size_t la = strlen(a), lb = strlen(b);
-  if (la > 40 || lb > 40) return 3;
-  int row[41];
-  for (size_t j = 0; j <= lb; j++) row[j] = (int)j;
-  for (size_t i = 1; i <= la; i++) {
-    int diag = row[0];
-    row[0] = (int)i;
-    for (size_t j = 1; j <= lb; j++) {
-      int up = row[j];
-      int best = diag + (a[i - 1] != b[j - 1]);
-      if (up + 1 < best) best = up + 1;
-      if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
-      row[j] = best;
-      diag = up;
-    }
-  }
-  return row[lb] < 3 ? row[lb] : 3;
-}
-
 /* Raises on a key of the step table at t that a function step does not
  * read, with the closest known key (a misspelling, or k a prefix of it). */
 static void check_fn_keys(lua_State *L, int t, const char *id) {
@@ -304,18 +283,10 @@ static void check_fn_keys(lua_State *L, int t, const char *id) {
     lua_pop(L, 1);
     const char *k = lua_tostring(L, -1); /* a string: check_names */
     int known = k[0] == '_';
-    const char *best = NULL;
-    int bd = 3;
-    for (const char *const *c = fn_keys; *c && !known; c++) {
+    for (const char *const *c = fn_keys; *c && !known; c++)
       known = strcmp(*c, k) == 0;
-      size_t n = strlen(k);
-      int d = (n >= 3 && !strncmp(*c, k, n)) ? 1 : distance(k, *c);
-      if (d < bd) {
-        bd = d;
-        best = *c;
-      }
-    }
     if (known) continue;
+    const char *best = orch_closest(k, fn_keys);
     if (strcmp(k, "kind") == 0)
       luaL_error(L, "step '%s': a step with \"fn\" takes no \"kind\" (it runs the function)", id);
     luaL_error(L, "step '%s': unknown key \"%s\" for a fn step%s%s%s (its keys: id, fn, "

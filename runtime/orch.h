@@ -180,6 +180,11 @@ ORCH_API int orch_graph_add_shell(orch_graph *g, const char *id,
                                   const char *command);
 /* ms from 0 to 2592000000 (30 days); else (inf, NaN) ORCH_EINVAL. */
 ORCH_API int orch_graph_add_sleep(orch_graph *g, const char *id, double ms);
+/* The word of known (NULL-ended) closest to word, for "did you mean" in a
+ * message: a misspelling (one or two edits) or word a prefix of it
+ * ("timeout" for "timeout_ms"); NULL when none is that close. Borrowed
+ * from known. */
+ORCH_API const char *orch_closest(const char *word, const char *const *known);
 /* Any kind, from one step object in the plan's JSON form. An add that
  * fails (any orch_graph_add_*) adds nothing and leaves no error in the
  * graph: its return code (and err) is the whole report. */

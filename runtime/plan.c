@@ -84,22 +84,31 @@ static bool in_list(const char *const *l, const char *k) {
   return false;
 }
 
-/* The known key closest to k (a misspelling, or k a prefix of it: "timeout"
- * for "timeout_ms"), or NULL. */
-static const char *suggest(const char *const *kind_keys, const char *k) {
+/* How close word is to c: 1 when word is a prefix of c ("timeout" for
+ * "timeout_ms"), else the edit distance, capped at 3. */
+static int closeness(const char *word, const char *c) {
+  size_t n = strlen(word);
+  return (n >= 3 && !strncmp(c, word, n)) ? 1 : distance(word, c);
+}
+
+const char *orch_closest(const char *word, const char *const *known) {
   const char *best = NULL;
   int bd = 3;
-  const char *const *lists[2] = {common_keys, kind_keys};
-  for (int li = 0; li < 2; li++)
-    for (const char *const *c = lists[li]; c && *c; c++) {
-      size_t n = strlen(k);
-      int d = (n >= 3 && !strncmp(*c, k, n)) ? 1 : distance(k, *c);
-      if (d < bd) {
-        bd = d;
-        best = *c;
-      }
+  for (const char *const *c = known; word && c && *c; c++) {
+    int d = closeness(word, *c);
+    if (d < bd) {
+      bd = d;
+      best = *c;
     }
+  }
   return best;
+}
+
+/* The known key closest to k, of the common keys and the kind's, or NULL. */
+static const char *suggest(const char *const *kind_keys, const char *k) {
+  const char *a = orch_closest(k, common_keys), *b = orch_closest(k, kind_keys);
+  if (!a || !b) return a ? a : b;
+  return closeness(k, b) < closeness(k, a) ? b : a;
 }
 
 /* Refuses a key neither common nor the kind's own ("_"-prefixed keys are

@@ -705,6 +705,20 @@ static int l_table_move(lua_State *L) {
   return 1;
 }
 
+/* [t view mt] -> [view]: the metatable sealed and set, the view
+ * registered as one (rawset refuses it). */
+static void finish_view(lua_State *L) {
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_setmetatable(L, -2);                  /* t view */
+  lua_remove(L, -2);                        /* view */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_VIEWS);
+  lua_pushvalue(L, -2);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
 /* Replaces the table at the top by a read-only view of it: reads go to
  * the table, writes raise through newindex (a C function, or a closure
  * over a library's name when lib is not NULL), pairs and # see the table;
@@ -725,15 +739,7 @@ static void push_view(lua_State *L, lua_CFunction newindex, const char *lib) {
   lua_setfield(L, -2, "__pairs");
   lua_pushcfunction(L, proxy_len);
   lua_setfield(L, -2, "__len");
-  lua_pushboolean(L, 0);
-  lua_setfield(L, -2, "__metatable");
-  lua_setmetatable(L, -2);                  /* t view */
-  lua_remove(L, -2);                        /* view */
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_VIEWS);
-  lua_pushvalue(L, -2);
-  lua_pushboolean(L, 1);
-  lua_rawset(L, -3);
-  lua_pop(L, 1);
+  finish_view(L);
 }
 
 /* Module views are deep: a table read through one (a module's config
@@ -812,15 +818,7 @@ static void push_deep_view(lua_State *L) {
   lua_pushvalue(L, -3);
   lua_pushcclosure(L, deep_len, 1);
   lua_setfield(L, -2, "__len");
-  lua_pushboolean(L, 0);
-  lua_setfield(L, -2, "__metatable");
-  lua_setmetatable(L, -2);                  /* t view */
-  lua_remove(L, -2);                        /* view */
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &K_VIEWS);
-  lua_pushvalue(L, -2);
-  lua_pushboolean(L, 1);
-  lua_rawset(L, -3);
-  lua_pop(L, 1);
+  finish_view(L);
 }
 
 static int require_module(lua_State *L, const char *name);
