@@ -812,8 +812,11 @@ void orch__llm_decide(const orch__llm_retry_opts *o, int attempt, int status,
       return;
     }
     /* never earlier than asked; a small spread so a crowd told the same
-     * instant does not come back in one burst */
-    double spread = (double)retry_after_ms / 10; /* retry.lua: + [0, 10%] */
+     * instant (0 included) does not come back in one burst: as retry.lua,
+     * + [0, 10%] of max(Retry-After, base) */
+    double spread = ((double)retry_after_ms > o->base_ms
+                         ? (double)retry_after_ms
+                         : o->base_ms) / 10;
     d->action = ORCH__LLM_RETRY;
     d->delay_ms = (double)retry_after_ms + rand_unit() * spread;
     snprintf(d->reason, sizeof d->reason, "Retry-After %ld ms",
@@ -1147,6 +1150,18 @@ static void sse_event(orch__llm_call *c, json_t *o) {
   }
 }
 
+/* jansson's parse-error message without its quote of the source (" near
+ * '...'": up to 20 bytes of the token it stopped in, which may be the start
+ * of a key too short to match for redaction, or bytes that are not UTF-8);
+ * the byte offset we print says where. */
+static const char *json_err_text(const json_error_t *je, char *out,
+                                 size_t n) {
+  snprintf(out, n, "%s", je->text);
+  char *near = strstr(out, " near '");
+  if (near) *near = '\0';
+  return out;
+}
+
 static void sse_dispatch(orch__llm_call *c) {
   sse *s = &c->sse;
   if (!s->data.len) {
@@ -1159,9 +1174,10 @@ static void sse_dispatch(orch__llm_call *c) {
     json_error_t je;
     json_t *o = json_loadb(s->data.p, s->data.len, 0, &je);
     if (!o) {
+      char why[JSON_ERROR_TEXT_LENGTH];
       set_perr(c, ORCH_EIO, "malformed JSON in stream event at byte %zu: %s",
                s->data_off + (size_t)(je.position > 0 ? je.position : 0),
-               je.text);
+               json_err_text(&je, why, sizeof why));
     } else {
       sse_event(c, o);
       json_decref(o);
@@ -1293,8 +1309,9 @@ static void parse_whole(orch__llm_call *c, const char *body, size_t len) {
   json_error_t je;
   json_t *o = json_loadb(body ? body : "", len, 0, &je);
   if (!o) {
+    char why[JSON_ERROR_TEXT_LENGTH];
     set_perr(c, ORCH_EIO, "malformed JSON in response at byte %d (of %zu): %s",
-             je.position, len, je.text);
+             je.position, len, json_err_text(&je, why, sizeof why));
     return;
   }
   if (t->provider == PROV_OPENAI) {

@@ -787,6 +787,22 @@ TEST(llm_decide_tells_a_spent_quota_from_a_rate_limit) {
   }
 }
 
+/* "Come back now" (Retry-After: 0, retry-after-ms: 0) told to a crowd: they
+ * still spread, over 10% of the base delay, as retry.lua spreads them. */
+TEST(llm_decide_spreads_a_crowd_told_retry_after_zero) {
+  orch__llm_retry_opts o = {.max_attempts = 4, .base_ms = 500,
+                            .max_ms = 30000, .retry_after_cap_ms = 60000};
+  orch__llm_decision d;
+  double hi = 0;
+  for (int i = 0; i < 1000; i++) {
+    orch__llm_decide(&o, 1, 429, NULL, 0, "{}", &d);
+    ASSERT_EQ(d.action, ORCH__LLM_RETRY);
+    ASSERT(d.delay_ms >= 0 && d.delay_ms <= 50);
+    if (d.delay_ms > hi) hi = d.delay_ms;
+  }
+  ASSERT(hi > 40);
+}
+
 /* The built-in twin and scripts/policies/retry.lua decide alike: the same
  * action on every case (their reasons' words differ). */
 TEST(llm_decide_agrees_with_retry_lua) {
@@ -838,6 +854,15 @@ TEST(llm_decide_agrees_with_retry_lua) {
                     "(%s), retry.lua %s\n",
                     attempt, st, ras[ri], bi, ca, d.reason, la ? la : "?");
           ASSERT_STR_EQ(la, ca);
+          /* told when to come back: both wait that long and spread the
+           * crowd over the same 10% of max(Retry-After, base) */
+          if (d.action == ORCH__LLM_RETRY && ras[ri] >= 0) {
+            double hi = (double)ras[ri] +
+                        0.1 * (ras[ri] > 500 ? (double)ras[ri] : 500.0);
+            double ld = json_number_value(json_object_get(out, "delay_ms"));
+            ASSERT(d.delay_ms >= (double)ras[ri] && d.delay_ms <= hi);
+            ASSERT(ld >= (double)ras[ri] && ld <= hi);
+          }
           json_decref(out);
           n++;
         }
@@ -1056,6 +1081,37 @@ TEST(llm_a_key_across_a_message_cut_is_redacted_whole) {
   ASSERT(!strstr(r->attempts[0].error, "gsk_"));
   ASSERT(!strstr(r->error, "gsk_"));
   canned_end(&c, s, call);
+}
+
+/* jansson's own parse-error text quotes the token it stopped in when that
+ * is 20 bytes or less: the start of a key in a malformed answer must not
+ * show (cut, it no longer matches the key to redact it). */
+TEST(llm_a_key_quoted_by_a_json_parse_error_does_not_show) {
+  char body[512];
+  snprintf(body, sizeof body, "{\"a\":\"%.18s\x01\"}", KEY2);
+  for (int stream = 0; stream <= 1; stream++) {
+    char sbody[600];
+    snprintf(sbody, sizeof sbody, "data: %s\n\n", body);
+    lctx c;
+    canned_srv *s;
+    orch__llm_call *call =
+        stream ? canned_call(&c, &s, 200, "text/event-stream", sbody,
+                             strlen(sbody), 1)
+               : canned_call(&c, &s, 200, "application/json", body,
+                             strlen(body), 0);
+    ASSERT(call);
+    const orch__llm_result *r = orch__llm_call_result(call);
+    ASSERT_CONTAINS(r->error, "malformed JSON in");
+    ASSERT_CONTAINS(r->error, "at byte");
+    ASSERT(!strstr(r->error, "SECRET"));
+    ASSERT(!strstr(r->attempts[0].error, "SECRET"));
+    json_t *j = orch__llm_result_json(r);
+    char *d = json_dumps(j, 0);
+    ASSERT(d && !strstr(d, "SECRET"));
+    free(d);
+    json_decref(j);
+    canned_end(&c, s, call);
+  }
 }
 
 /* The key-shaped rule masks sk- tokens at a word start and of a key's
