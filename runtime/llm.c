@@ -887,10 +887,11 @@ struct orch__llm_call {
   char perr_msg[300];
   char *last_error;
   int last_code, last_status;
+  char *trail; /* the tiers left so far and why, for the final error */
 };
 
 static void send_attempt(orch__llm_call *c);
-static void begin_tier(orch__llm_call *c, int tier, const char *why);
+static void begin_tier(orch__llm_call *c, int tier);
 static void finish(orch__llm_call *c, int code, const char *msg);
 static void finish_now(orch__llm_call *c, int code, const char *msg);
 
@@ -1587,6 +1588,39 @@ static void on_http_done(orch__http_req *req) {
   http_done_rest(c, false);
 }
 
+/* Whether why starts by naming tier name ("tier 'strong' endpoint in
+ * cooldown ..."). */
+static bool names_tier(const char *why, const char *name) {
+  size_t nl = strlen(name);
+  return why && strncmp(why, "tier '", 6) == 0 &&
+         strncmp(why + 6, name, nl) == 0 && why[6 + nl] == '\'';
+}
+
+/* Notes why the call left tier name (why: the policy's reason or a skip's;
+ * last: the tier's last error, NULL when it was never tried), each thing
+ * said once: retry.lua's reasons often quote the error, skips name the
+ * tier. The final error tells every tier's part in order: "tier 'local':
+ * transport error (...) after 4 attempts; tier 'strong' has no API key
+ * ...; no fallback tier". */
+static void trail_add(orch__llm_call *c, const char *name, const char *why,
+                      const char *last) {
+  if (!why) why = "failed";
+  bool nt = names_tier(why, name);
+  char *part;
+  if (!last || strstr(why, last))
+    part = nt ? orch__strdup(why) : orch__asprintf("tier '%s': %s", name, why);
+  else if (nt)
+    part = orch__asprintf("%s; %s", why, last);
+  else
+    part = orch__asprintf("tier '%s': %s; %s", name, last, why);
+  if (!part) return;
+  char *all = c->trail ? orch__asprintf("%s; %s", c->trail, part) : part;
+  if (all && all != part) free(part);
+  if (!all) return;
+  free(c->trail);
+  c->trail = all;
+}
+
 /* The rest of a finished transfer (parsed: parse_whole already ran on the
  * executor): the attempt's record, then finish, retry or fall back. */
 static void http_done_rest(orch__llm_call *c, bool parsed) {
@@ -1709,10 +1743,14 @@ static void http_done_rest(orch__llm_call *c, bool parsed) {
     uv_timer_start(c->timer, on_timer, (uint64_t)llround(d.delay_ms), 0);
   } else if (d.action == ORCH__LLM_FALLBACK) {
     if (a) a->action = "fallback";
-    begin_tier(c, t->fallback_idx, d.reason);
+    trail_add(c, t->name, d.reason, msg);
+    begin_tier(c, t->fallback_idx);
   } else {
     if (a) a->action = "fail";
-    char *m = orch__asprintf("%s (tier '%s')", msg ? msg : "failed", t->name);
+    char *m = c->trail ? orch__asprintf("%s; tier '%s': %s", c->trail, t->name,
+                                        msg ? msg : "failed")
+                       : orch__asprintf("%s (tier '%s')", msg ? msg : "failed",
+                                        t->name);
     finish(c, code, m ? m : msg);
     free(m);
   }
@@ -1732,7 +1770,8 @@ static void skip_tier(orch__llm_call *c, const llm_tier *t, int code,
     c->last_error = orch__strdup(why);
     c->last_code = code;
   }
-  begin_tier(c, t->fallback_idx, why);
+  trail_add(c, t->name, why, NULL);
+  begin_tier(c, t->fallback_idx);
 }
 
 static void send_attempt(orch__llm_call *c) {
@@ -1823,27 +1862,14 @@ static int set_headers(orch__llm_call *c, const llm_tier *t) {
 }
 
 /* Starts (or falls back to) tier idx; -1 means there is none left. */
-static void begin_tier(orch__llm_call *c, int idx, const char *why) {
+static void begin_tier(orch__llm_call *c, int idx) {
   orch__llm *l = c->l;
   if (idx < 0 || (c->visited & (1ull << idx))) {
-    const char *last = c->last_error ? c->last_error : "failed";
-    const char *name = l->tiers[c->tier].name;
     const char *end = idx < 0 ? "no fallback tier" : "fallback tiers exhausted";
-    size_t nl = strlen(name);
-    char *m;
-    /* Each thing once: the policy's reason often quotes the last error
-     * ("transport error (...) after 4 attempts") or names the tier */
-    bool names_tier = why && strncmp(why, "tier '", 6) == 0 &&
-                      strncmp(why + 6, name, nl) == 0 && why[6 + nl] == '\'';
-    if (why && strstr(why, last))
-      m = names_tier ? orch__asprintf("%s; %s", why, end)
-                     : orch__asprintf("tier '%s': %s; %s", name, why, end);
-    else if (names_tier)
-      m = orch__asprintf("%s (%s; %s)", last, why, end);
-    else
-      m = orch__asprintf("%s (tier '%s'%s%s; %s)", last, name,
-                         why ? ": " : "", why ? why : "", end);
-    finish(c, c->last_code ? c->last_code : ORCH_EHTTP, m);
+    char *m = orch__asprintf(
+        "%s; %s",
+        c->trail ? c->trail : c->last_error ? c->last_error : "failed", end);
+    finish(c, c->last_code ? c->last_code : ORCH_EHTTP, m ? m : end);
     free(m);
     return;
   }
@@ -1992,7 +2018,7 @@ int orch__llm_call_start(orch__llm *l, const orch__llm_req *req,
   }
   c->tier = c->first_tier = (int)(t - l->tiers);
   c->starting = true;
-  begin_tier(c, c->tier, NULL);
+  begin_tier(c, c->tier);
   c->starting = false;
   return ORCH_OK;
 }
@@ -2043,6 +2069,7 @@ void orch__llm_call_free(orch__llm_call *c) {
   free(c->fault);
   free(c->finish_msg);
   free(c->last_error);
+  free(c->trail);
   free(c->body_json);
   free(c->finish_reason);
   orch__buf_deinit(&c->text);

@@ -638,6 +638,11 @@ static void print_levels(void *ud, const orch_graph *g) {
   fflush(stdout);
 }
 
+static bool env_set(const char *name) {
+  const char *v = getenv(name);
+  return v && *v;
+}
+
 static int cmd_ask(int argc, char **argv) {
   opts o = {0};
   o.plan = -1;
@@ -687,6 +692,16 @@ static int cmd_ask(int argc, char **argv) {
            json_string_value(json_object_get(doc, "session")));
   }
   if (rc) fprintf(stderr, "orchestrate: ask: %s\n", err);
+  if (rc && rc != ORCH_ECANCELED && !env_set("OPENAI_BASE_URL") &&
+      !env_set("OPENAI_API_KEY") && !env_set("ANTHROPIC_API_KEY"))
+    fprintf(stderr,
+            "orchestrate: hint: OPENAI_BASE_URL, OPENAI_API_KEY and "
+            "ANTHROPIC_API_KEY are all unset, so the tiers are the config's "
+            "or the defaults (README, \"Configuration\"). For a dry run "
+            "against the bundled mock:\n"
+            "  orchestrate mock-llm --port 8000 &\n"
+            "  OPENAI_BASE_URL=http://127.0.0.1:8000/v1 orchestrate ask "
+            "\"...\"\n");
   json_decref(doc);
   orch_free(txt);
   orch_runtime_free(rt);

@@ -169,5 +169,35 @@ describe("orchestrate ask", function()
       { env = "OPENAI_BASE_URL=http://127.0.0.1:1/v1" })
     assert.are.equal(1, code)
     assert.matches("answer call failed", err)
+    -- a base URL is set: no hint about setting one
+    assert.is_nil(err:find("hint:", 1, true), err)
+  end)
+
+  it("tells every tier's part when the fallbacks fail too, and hints at the mock when nothing is set", function()
+    -- nobody listens on port 1; the fallback tier has no key to send
+    local conf = h.write([[
+return {
+  llm = { max_attempts = 1 },
+  tiers = {
+    fast = { base_url = "http://127.0.0.1:1/v1", model = "m", api_key = "k", fallback = "far" },
+    ["local"] = { base_url = "http://127.0.0.1:1/v1", model = "m", api_key = "k", fallback = "far" },
+    strong = { base_url = "http://127.0.0.1:1/v1", model = "m", api_key = "k", fallback = "far" },
+    far = { provider = "anthropic", model = "c" },
+  },
+}]], ".lua")
+    local code, _, err = h.cli("ask --db none --no-plan --config " .. conf .. " 'hello'",
+      { env = "env -u OPENAI_BASE_URL -u OPENAI_API_KEY -u ANTHROPIC_API_KEY -u OPENAI_MODEL" })
+    assert.are.equal(1, code, err)
+    local msg = err:match("answer call failed: ([^\n]*)")
+    assert.is_string(msg, err)
+    -- in order: the tier tried and why it was left, then the one skipped
+    assert.matches("^tier '%a+': transport error %(Failed to connect to 127%.0%.0%.1 port 1 .-%) " ..
+                   "after 1 attempts?; tier 'far' has no API key for https://api%.anthropic%.com: " ..
+                   "set ANTHROPIC_API_KEY .-; no fallback tier$", msg)
+    local _, n = msg:gsub("Couldn't connect to server", "")
+    assert.are.equal(1, n, msg)
+    assert.matches("hint: OPENAI_BASE_URL, OPENAI_API_KEY and ANTHROPIC_API_KEY are all unset", err, 1, true)
+    assert.matches("orchestrate mock-llm --port 8000 &", err, 1, true)
+    assert.matches("OPENAI_BASE_URL=http://127.0.0.1:8000/v1 orchestrate ask", err, 1, true)
   end)
 end)

@@ -927,6 +927,44 @@ static void env_restore(void) {
  * key is skipped at once to its fallback, recorded as a "no_key" attempt
  * whose message says what to set; with no fallback the call fails at
  * once, nothing sent. */
+/* After a fallback, the final error tells each tier's part in order, each
+ * thing once, including a tier that failed for good (a 401). */
+TEST(mock_a_final_error_after_fallbacks_tells_every_tier) {
+  lctx c;
+  ASSERT_EQ(lctx_start(&c, "{\"llm\":{\"max_attempts\":2,"
+                           "\"backoff_base_ms\":1,\"backoff_max_ms\":2,"
+                           "\"cooldown\":{\"failures\":0}},\"tiers\":{"
+                           "\"dead\":{\"base_url\":\"http://127.0.0.1:1/v1\","
+                           "\"model\":\"m\",\"api_key\":\"k\",\"fallback\":"
+                           "\"busy\"},\"busy\":{\"base_url\":"
+                           "\"http://127.0.0.1:@PORT@/v1\",\"model\":"
+                           "\"mock-echo+fault=500\",\"api_key\":\"k\","
+                           "\"fallback\":\"refused\"},\"refused\":{"
+                           "\"base_url\":\"http://127.0.0.1:@PORT@/v1\","
+                           "\"model\":\"mock-echo+fault=401\",\"api_key\":"
+                           "\"k\"}}}",
+                       true),
+            0);
+  orch__llm_call *call = call1(&c, "dead", "x", 0);
+  ASSERT(call);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_EHTTP);
+  ASSERT_EQ(r->nattempts, 5);
+  const char *e = r->error;
+  const char *p1 = strstr(e, "tier 'dead': "), *p2 = strstr(e, "tier 'busy': "),
+             *p3 = strstr(e, "tier 'refused': ");
+  if (!p1 || !p2 || !p3) fprintf(stderr, "  error: %s\n", e);
+  ASSERT(p1 == e && p2 > p1 && p3 > p2);
+  ASSERT_CONTAINS(e, "Couldn't connect to server");
+  ASSERT_CONTAINS(e, "HTTP 500");
+  ASSERT_CONTAINS(e, "HTTP 401");
+  ASSERT_EQ(count_of(e, "Couldn't connect to server"), 1);
+  ASSERT_EQ(count_of(e, "HTTP 500"), 1);
+  ASSERT_EQ(count_of(e, "tier 'busy'"), 1);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
 TEST(llm_a_hosted_tier_without_a_key_is_skipped_saying_what_to_set) {
   env_save(); /* no OPENAI_API_KEY / ANTHROPIC_API_KEY to fall back on */
   lctx c;
