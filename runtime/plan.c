@@ -104,8 +104,34 @@ const char *orch_closest(const char *word, const char *const *known) {
   return best;
 }
 
+/* Words other tools use for our keys: spelling does not bring "cmd" near
+ * "command" (it is one edit from "cwd"). The first target the step has
+ * wins. */
+static const struct {
+  const char *word, *to[2];
+} synonyms[] = {
+    {"cmd", {"command", NULL}},          {"exec", {"command", NULL}},
+    {"script", {"command", "code"}},     {"shell", {"command", NULL}},
+    {"depends", {"deps", NULL}},         {"depends_on", {"deps", NULL}},
+    {"dependencies", {"deps", NULL}},    {"needs", {"deps", NULL}},
+    {"after", {"deps", NULL}},           {"requires", {"deps", NULL}},
+    {"type", {"kind", NULL}},            {"text", {"prompt", NULL}},
+    {"message", {"prompt", NULL}},       {"input", {"prompt", NULL}},
+    {"content", {"prompt", NULL}},       {"path", {"file", "cwd"}},
+    {"dir", {"cwd", NULL}},              {"workdir", {"cwd", NULL}},
+    {"duration", {"ms", "timeout_ms"}},  {"seconds", {"ms", NULL}},
+    {"lua", {"code", NULL}},             {"model_tier", {"tier", NULL}},
+};
+
 /* The known key closest to k, of the common keys and the kind's, or NULL. */
 static const char *suggest(const char *const *kind_keys, const char *k) {
+  for (size_t i = 0; i < sizeof synonyms / sizeof *synonyms; i++) {
+    if (strcmp(k, synonyms[i].word)) continue;
+    for (int j = 0; j < 2 && synonyms[i].to[j]; j++) {
+      const char *to = synonyms[i].to[j];
+      if (in_list(kind_keys, to) || in_list(common_keys, to)) return to;
+    }
+  }
   const char *a = orch_closest(k, common_keys), *b = orch_closest(k, kind_keys);
   if (!a || !b) return a ? a : b;
   return closeness(k, b) < closeness(k, a) ? b : a;

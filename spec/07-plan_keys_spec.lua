@@ -22,6 +22,21 @@ describe("a plan step", function()
     assert.matches("step 2 ('q'): unknown key \"tire\" for kind llm (did you mean \"tier\"?)", err, 1, true)
   end)
 
+  it("with another tool's word for a key suggests ours, not the nearest spelling", function()
+    local cases = {
+      { { id = "a", kind = "shell", cmd = "true" }, "cmd", "shell", "command" },
+      { { id = "a", kind = "shell", run = "true", depends_on = {} }, "depends_on", "shell", "deps" },
+      { { id = "a", kind = "llm", text = "hi" }, "text", "llm", "prompt" },
+      { { id = "a", kind = "lua", script = "return 1" }, "script", "lua", "code" },
+      { { id = "a", kind = "shell", run = "true", dir = "/tmp" }, "dir", "shell", "cwd" },
+    }
+    for _, c in ipairs(cases) do
+      local code, err = plan_error({ c[1] })
+      assert.are.equal(65, code, err)
+      assert.matches(("unknown key %q for kind %s (did you mean %q?)"):format(c[2], c[3], c[4]), err, 1, true)
+    end
+  end)
+
   it("with a key of another kind lists its own keys", function()
     local code, err = plan_error({ { id = "a", kind = "sleep", ms = 5, code = "return 1" } })
     assert.are.equal(65, code)
