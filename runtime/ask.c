@@ -244,7 +244,7 @@ static char *strip_answer(ask *a, const char *text) {
 static void add_totals(json_t *doc, const json_t *llm) {
   double cost = 0;
   long tin = 0, tout = 0;
-  bool unknown = false;
+  bool unknown = false, cost_unknown = false;
   size_t i;
   json_t *s;
   json_array_foreach(llm, i, s) {
@@ -257,11 +257,13 @@ static void add_totals(json_t *doc, const json_t *llm) {
       tout += (long)json_integer_value(b);
     }
     if (json_is_number(c)) cost += json_number_value(c);
+    else cost_unknown = true;
   }
   json_object_set_new(doc, "tokens_in", json_integer(tin));
   json_object_set_new(doc, "tokens_out", json_integer(tout));
   json_object_set_new(doc, "tokens_unknown", json_boolean(unknown));
   json_object_set_new(doc, "cost", json_real(cost));
+  json_object_set_new(doc, "cost_unknown", json_boolean(cost_unknown));
 }
 
 int orch_ask(orch_runtime *rt, const char *request, int plan,

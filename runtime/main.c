@@ -382,6 +382,26 @@ static bool is_session_id(const char *s) {
   return true;
 }
 
+/* One model call's summary on its step's line: tier, model, tokens and
+ * cost ("?" for what the provider did not say). */
+static void print_call(const json_t *d) {
+  const char *tier = json_string_value(json_object_get(d, "tier"));
+  const char *model = json_string_value(json_object_get(d, "model"));
+  json_t *a = json_object_get(d, "tokens_in"), *b = json_object_get(d, "tokens_out"),
+         *c = json_object_get(d, "cost");
+  char ti[24] = "?", to[24] = "?", co[32] = "?";
+  if (json_is_integer(a) && json_integer_value(a) >= 0)
+    snprintf(ti, sizeof ti, "%lld", (long long)json_integer_value(a));
+  if (json_is_integer(b) && json_integer_value(b) >= 0)
+    snprintf(to, sizeof to, "%lld", (long long)json_integer_value(b));
+  if (json_is_number(c)) snprintf(co, sizeof co, "%.6f", json_number_value(c));
+  fputs("  ", stdout);
+  put_clean(tier ? tier : "?");
+  fputc(' ', stdout);
+  put_clean(model ? model : "?");
+  printf(", %s+%s tokens, $%s", ti, to, co);
+}
+
 static int cmd_run(int argc, char **argv) {
   opts o = {0};
   int ex = parse_opts(argc, argv, &o, "json dry workers max-parallel db resume");
@@ -448,6 +468,30 @@ static int cmd_run(int argc, char **argv) {
   if (par > 0 && seq / (double)par > bound) bound = seq / (double)par;
   double makespan = orch_graph_makespan_ms(g);
   const char *status = rc == ORCH_OK ? "passed" : rc == ORCH_ECANCELED ? "canceled" : "failed";
+  /* the model calls' tokens and cost, over the steps that made one */
+  json_t **det = calloc(n ? n : 1, sizeof *det);
+  long long tin = 0, tout = 0;
+  double cost = 0;
+  bool calls = false, tok_unknown = false, cost_unknown = false;
+  for (size_t i = 0; det && i < n; i++) {
+    char *d = orch_step_details(g, i);
+    det[i] = d ? json_loads(d, 0, NULL) : NULL;
+    orch_free(d);
+    if (!det[i] || orch_step_attempts(g, i) == 0) continue;
+    calls = true;
+    json_t *a = json_object_get(det[i], "tokens_in"),
+           *b = json_object_get(det[i], "tokens_out"),
+           *c = json_object_get(det[i], "cost");
+    if (!json_is_integer(a) || !json_is_integer(b) || json_integer_value(a) < 0 ||
+        json_integer_value(b) < 0)
+      tok_unknown = true;
+    else {
+      tin += json_integer_value(a);
+      tout += json_integer_value(b);
+    }
+    if (json_is_number(c)) cost += json_number_value(c);
+    else cost_unknown = true;
+  }
   if (o.json) {
     json_t *doc = json_object(), *steps = json_array();
     json_object_set_new(doc, "status", json_string(status));
@@ -470,12 +514,7 @@ static int cmd_run(int argc, char **argv) {
         json_object_set_new(s, "output", jo ? jo : json_string("(output is not UTF-8)"));
       }
       if (e) json_object_set_new(s, "error", json_text(e));
-      char *det = orch_step_details(g, i);
-      if (det) {
-        json_t *d = json_loads(det, 0, NULL);
-        if (d) json_object_set_new(s, "llm", d);
-        orch_free(det);
-      }
+      if (det && det[i]) json_object_set(s, "llm", det[i]);
       json_array_append_new(steps, s);
     }
     json_object_set_new(doc, "steps", steps);
@@ -485,6 +524,13 @@ static int cmd_run(int argc, char **argv) {
     json_object_set_new(doc, "makespan_ms", json_real(makespan));
     json_object_set_new(doc, "bound_ms", json_real(bound));
     json_object_set_new(doc, "sequential_ms", json_real(seq));
+    if (calls) {
+      json_object_set_new(doc, "tokens_in", json_integer((json_int_t)tin));
+      json_object_set_new(doc, "tokens_out", json_integer((json_int_t)tout));
+      json_object_set_new(doc, "tokens_unknown", json_boolean(tok_unknown));
+      json_object_set_new(doc, "cost", json_real(cost));
+      json_object_set_new(doc, "cost_unknown", json_boolean(cost_unknown));
+    }
     json_dumpf(doc, stdout, JSON_INDENT(2));
     fputc('\n', stdout);
     json_decref(doc);
@@ -494,6 +540,8 @@ static int cmd_run(int argc, char **argv) {
       const char *e = orch_step_error(g, i);
       printf("  %-8s %-24s %9.1f ms", orch_status_name(orch_step_status(g, i)),
              orch_step_id(g, i), dur(g, i));
+      if (det && det[i] && orch_step_attempts(g, i) > 0)
+        print_call(det[i]);
       if (e) { /* one line: a provider's or a tool's message may hold
                   newlines or escape sequences; its first 200 bytes */
         char head[201];
@@ -512,8 +560,14 @@ static int cmd_run(int argc, char **argv) {
            counts[ORCH_PASSED], counts[ORCH_FAILED], counts[ORCH_SKIPPED], n);
     printf("makespan %.1f ms; lower bound %.1f ms; sequential %.1f ms (%.2fx)\n",
            makespan, bound, seq, makespan > 0 ? seq / makespan : 0);
+    if (calls)
+      printf("tokens %lld in, %lld out%s; cost $%.6f%s\n", tin, tout,
+             tok_unknown ? " (some unknown)" : "", cost,
+             cost_unknown ? " (some unknown)" : "");
     if (*orch_runtime_session(rt)) printf("session %s\n", orch_runtime_session(rt));
   }
+  for (size_t i = 0; det && i < n; i++) json_decref(det[i]);
+  free(det);
   report_stats(rt);
   ex = exit_for(rc);
 done:
@@ -684,11 +738,12 @@ static int cmd_ask(int argc, char **argv) {
     if (mk > 0)
       printf("tasks took %.0f ms in parallel against %.0f ms one after another (%.2fx)\n",
              mk, sq, sq / mk);
-    printf("tokens %lld in, %lld out%s; cost $%.6f; session %s\n",
+    printf("tokens %lld in, %lld out%s; cost $%.6f%s; session %s\n",
            (long long)json_integer_value(json_object_get(doc, "tokens_in")),
            (long long)json_integer_value(json_object_get(doc, "tokens_out")),
            json_is_true(json_object_get(doc, "tokens_unknown")) ? " (some unknown)" : "",
            json_number_value(json_object_get(doc, "cost")),
+           json_is_true(json_object_get(doc, "cost_unknown")) ? " (some unknown)" : "",
            json_string_value(json_object_get(doc, "session")));
   }
   if (rc) fprintf(stderr, "orchestrate: ask: %s\n", err);

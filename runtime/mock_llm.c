@@ -377,7 +377,7 @@ typedef struct {
   bool quota;
   int retry_after_s;  /* -1: default; -2: omit */
   int retry_after_ms; /* -1: default; -2: omit */
-  bool reset, malformed, truncated;
+  bool reset, malformed, truncated, no_usage;
   int slow_ms, stall_ms;
   int fail_first, ff_status;
   int ff_slow_ms; /* fail-first;slow=MS: the first N are slow, not failed */
@@ -445,6 +445,8 @@ static bool parse_item(fault *f, const char *s, size_t n, char *err,
     f->malformed = true;
   } else if (is_word(name, nn, "truncated") && !val) {
     f->truncated = true;
+  } else if (is_word(name, nn, "no-usage") && !val) {
+    f->no_usage = true;
   } else if (is_word(name, nn, "429-quota") && !val) {
     f->status = 429;
     f->quota = true;
@@ -1282,6 +1284,11 @@ static bool set_int(json_t *o, const char *k, json_int_t v) {
  * reference (the caller drops it). */
 static json_t *full_json_reuse(mloop *lp, const req *r, const char *id) {
   bool an = r->api == API_ANTHROPIC;
+  if (r->f.no_usage) { /* as servers that leave usage out */
+    json_t *t = full_json(r, id);
+    json_object_del(t, "usage");
+    return t;
+  }
   json_t *t = lp ? lp->reply[an] : NULL;
   if (!t) {
     t = full_json(r, id);
@@ -1338,14 +1345,15 @@ static void build_stream(const req *r, body *b, const char *id) {
   size_t n = strlen(s);
   bool an = r->api == API_ANTHROPIC;
   if (an) {
-    body_event(b, "message_start",
-               json_pack("{s:s, s:{s:s, s:s, s:s, s:s, s:[], s:n, s:n, "
-                         "s:{s:I, s:i}}}",
-                         "type", "message_start", "message", "id", id, "type",
-                         "message", "role", "assistant", "model", r->model,
-                         "content", "stop_reason", "stop_sequence", "usage",
-                         "input_tokens", (json_int_t)r->in_tok,
-                         "output_tokens", 1));
+    json_t *ms = json_pack("{s:s, s:{s:s, s:s, s:s, s:s, s:[], s:n, s:n, "
+                           "s:{s:I, s:i}}}",
+                           "type", "message_start", "message", "id", id,
+                           "type", "message", "role", "assistant", "model",
+                           r->model, "content", "stop_reason",
+                           "stop_sequence", "usage", "input_tokens",
+                           (json_int_t)r->in_tok, "output_tokens", 1);
+    if (r->f.no_usage) json_object_del(json_object_get(ms, "message"), "usage");
+    body_event(b, "message_start", ms);
     body_event(b, "content_block_start",
                json_pack("{s:s, s:i, s:{s:s, s:s}}", "type",
                          "content_block_start", "index", 0, "content_block",
@@ -1386,16 +1394,18 @@ static void build_stream(const req *r, body *b, const char *id) {
     body_event(b, "content_block_stop",
                json_pack("{s:s, s:i}", "type", "content_block_stop", "index",
                          0));
-    body_event(b, "message_delta",
-               json_pack("{s:s, s:{s:s, s:n}, s:{s:I}}", "type",
-                         "message_delta", "delta", "stop_reason",
-                         r->cut ? "max_tokens" : "end_turn", "stop_sequence",
-                         "usage", "output_tokens", (json_int_t)r->out_tok));
+    json_t *md = json_pack("{s:s, s:{s:s, s:n}, s:{s:I}}", "type",
+                           "message_delta", "delta", "stop_reason",
+                           r->cut ? "max_tokens" : "end_turn",
+                           "stop_sequence", "usage", "output_tokens",
+                           (json_int_t)r->out_tok);
+    if (r->f.no_usage) json_object_del(md, "usage");
+    body_event(b, "message_delta", md);
     body_event(b, "message_stop", json_pack("{s:s}", "type", "message_stop"));
   } else {
     body_event(b, NULL,
                oa_chunk(r, id, json_object(), r->cut ? "length" : "stop"));
-    if (r->include_usage)
+    if (r->include_usage && !r->f.no_usage)
       body_event(b, NULL,
                  json_pack("{s:s, s:s, s:I, s:s, s:[], s:o}", "id", id,
                            "object", "chat.completion.chunk", "created",

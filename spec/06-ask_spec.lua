@@ -51,6 +51,8 @@ describe("orchestrate ask", function()
     end
     assert.matches("Final answer", doc.answer)
     assert.is_true(doc.tokens_in > 0)
+    assert.is_false(doc.tokens_unknown)
+    assert.is_false(doc.cost_unknown) -- every tier priced (0 on loopback)
     -- one session holds the planning call, the tasks and the answer
     local _, sout = h.cli("status --json --db " .. db .. " " .. doc.session)
     local s = h.json().decode(sout).session

@@ -66,6 +66,56 @@ describe("an llm step", function()
   setup(function() base, stop = start_mock() end)
   teardown(function() stop() end)
 
+  it("sums the calls' tokens and cost for the run, and says what is unknown", function()
+    local conf = h.write(([[
+return {
+  llm = { cooldown = { failures = 0 } },
+  tiers = {
+    ["local"] = { base_url = "%s/v1", model = "mock-echo", price_in = 1, price_out = 2 },
+    claude = { provider = "anthropic", base_url = "%s", model = "mock-echo", api_key = "k",
+               price_in = 3, price_out = 4 },
+    bare = { base_url = "%s/v1", model = "mock-echo+fault=no-usage", price_in = 1, price_out = 2 },
+  },
+}]]):format(base, base, base), ".lua")
+    local plan = h.plan({
+      { id = "a", kind = "llm", prompt = "name a colour" },
+      { id = "b", kind = "llm", prompt = "name a shape", tier = "claude" },
+      { id = "c", kind = "shell", run = "true", deps = { "a", "b" } },
+    })
+    local code, doc, out, err = run(plan, conf)
+    assert.are.equal(0, code, err .. out)
+    local a, b = step(doc, "a").llm, step(doc, "b").llm
+    assert.is_true(a.tokens_in > 0 and b.tokens_in > 0)
+    assert.are.equal(a.tokens_in + b.tokens_in, doc.tokens_in)
+    assert.are.equal(a.tokens_out + b.tokens_out, doc.tokens_out)
+    assert.is_false(doc.tokens_unknown)
+    assert.is_true(a.cost > 0 and b.cost > 0)
+    assert.is_true(math.abs(doc.cost - a.cost - b.cost) < 1e-12)
+    assert.is_false(doc.cost_unknown)
+    -- a server that leaves usage out: unknown, not zero, and said so
+    local plan2 = h.plan({
+      { id = "a", kind = "llm", prompt = "name a colour" },
+      { id = "n", kind = "llm", prompt = "name a shape", tier = "bare" },
+    })
+    code, doc, out, err = run(plan2, conf)
+    assert.are.equal(0, code, err .. out)
+    assert.are.equal(cjson.null, step(doc, "n").llm.tokens_in)
+    assert.are.equal(cjson.null, step(doc, "n").llm.cost)
+    assert.are.equal(step(doc, "a").llm.tokens_in, doc.tokens_in)
+    assert.is_true(doc.tokens_unknown)
+    assert.is_true(doc.cost_unknown)
+    -- the same on the terminal: each call on its step's line, then the sums
+    local code2, txt = h.cli("run --db none --config " .. conf .. " " .. plan2)
+    assert.are.equal(0, code2, txt)
+    assert.matches("^  passed   a%s+[%d.]+ ms  local mock%-echo, %d+%+%d+ tokens, %$[%d.]+\n", txt)
+    assert.matches("\n  passed   n%s+[%d.]+ ms  bare mock%-echo%+fault=no%-usage, %?%+%? tokens, %$%?\n", txt)
+    assert.matches(("tokens %d in, %d out %%(some unknown%%); cost %%$[%%d.]+ %%(some unknown%%)"):format(
+      doc.tokens_in, doc.tokens_out), txt)
+    -- a plan without model calls says nothing of tokens
+    local _, txt3 = h.cli("run --db none " .. h.plan({ { id = "s", kind = "shell", run = "true" } }))
+    assert.is_nil(txt3:find("tokens", 1, true), txt3)
+  end)
+
   it("gets an answer and hands it to the steps that depend on it", function()
     local plan = h.plan({
       { id = "a", kind = "llm", prompt = "name a colour" },

@@ -929,6 +929,45 @@ static void env_restore(void) {
  * once, nothing sent. */
 /* After a fallback, the final error tells each tier's part in order, each
  * thing once, including a tier that failed for good (a 401). */
+/* The mock's no-usage fault: an answer without usage, both APIs, stream or
+ * not; the call passes with its tokens and cost unknown, not zero. */
+TEST(mock_no_usage_answers_record_tokens_as_unknown) {
+  lctx c;
+  ASSERT_EQ(lctx_start(&c, "{\"llm\":{\"cooldown\":{\"failures\":0}},"
+                           "\"tiers\":{\"o\":{\"base_url\":"
+                           "\"http://127.0.0.1:@PORT@/v1\",\"model\":"
+                           "\"mock-echo+fault=no-usage\",\"price_in\":1,"
+                           "\"price_out\":1},\"a\":{\"provider\":"
+                           "\"anthropic\",\"base_url\":"
+                           "\"http://127.0.0.1:@PORT@\",\"api_key\":\"k\","
+                           "\"model\":\"mock-echo+fault=no-usage\","
+                           "\"price_in\":1,\"price_out\":1},"
+                           "\"ok\":{\"base_url\":"
+                           "\"http://127.0.0.1:@PORT@/v1\",\"model\":"
+                           "\"mock-echo\",\"price_in\":1,\"price_out\":1}}}",
+                       true),
+            0);
+  const char *tiers[] = {"o", "a"};
+  for (int t = 0; t < 2; t++)
+    for (int stream = 0; stream <= 1; stream++) {
+      orch__llm_call *call = call1(&c, tiers[t], "hello there", stream);
+      ASSERT(call);
+      const orch__llm_result *r = orch__llm_call_result(call);
+      ASSERT_EQ(r->code, ORCH_OK);
+      ASSERT_STR_EQ(r->text, "hello there");
+      ASSERT_EQ(r->tokens_in, -1);
+      ASSERT_EQ(r->tokens_out, -1);
+      ASSERT(r->cost < 0);
+      orch__llm_call_free(call);
+    }
+  /* and without the fault the same mock says them */
+  orch__llm_call *call = call1(&c, "ok", "hello there", 1);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT(r->tokens_in > 0 && r->tokens_out > 0 && r->cost > 0);
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+}
+
 TEST(mock_a_final_error_after_fallbacks_tells_every_tier) {
   lctx c;
   ASSERT_EQ(lctx_start(&c, "{\"llm\":{\"max_attempts\":2,"
