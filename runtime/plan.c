@@ -137,6 +137,23 @@ static const char *suggest(const char *const *kind_keys, const char *k) {
   return closeness(k, b) < closeness(k, a) ? b : a;
 }
 
+/* The plan kind an unknown kind was probably meant to be: a misspelling,
+ * or another tool's word for it. */
+static const char *kind_suggest(const char *k) {
+  static const char *const kinds[] = {"shell", "sleep", "lua", "llm", "edit",
+                                      NULL};
+  static const struct {
+    const char *word, *kind;
+  } words[] = {{"bash", "shell"},   {"sh", "shell"},    {"command", "shell"},
+               {"cmd", "shell"},    {"exec", "shell"},  {"wait", "sleep"},
+               {"delay", "sleep"},  {"model", "llm"},   {"prompt", "llm"},
+               {"chat", "llm"},     {"ai", "llm"},      {"script", "lua"},
+               {"code", "lua"},     {"patch", "edit"},  {"write", "edit"}};
+  for (size_t i = 0; i < sizeof words / sizeof *words; i++)
+    if (!strcmp(k, words[i].word)) return words[i].kind;
+  return orch_closest(k, kinds);
+}
+
 /* Refuses a key neither common nor the kind's own ("_"-prefixed keys are
  * the author's notes, and ignored). */
 static int check_keys(json_t *obj, const orch__kind *k, const char *at,
@@ -185,11 +202,14 @@ int orch__plan_add_step(orch_graph *g, json_t *obj, const char *where,
                      "llm, edit)",
                      where, ids);
   int kind = orch__kind_by_name(kname);
-  if (kind < 0)
+  if (kind < 0) {
+    const char *sg = kind_suggest(kname);
     return orch__err(err, errlen, ORCH_EPLAN,
-                     "%s: step '%.256s' has unknown kind '%s' (shell, sleep, "
-                     "lua, llm, edit)",
-                     where, ids, kname);
+                     "%s: step '%.256s' has unknown kind '%.64s'%s%s%s "
+                     "(shell, sleep, lua, llm, edit)",
+                     where, ids, kname, sg ? " (did you mean '" : "",
+                     sg ? sg : "", sg ? "'?)" : "");
+  }
   char msg[400];
   snprintf(at, sizeof at, "%s ('%.256s')", where, ids);
   int rc = check_keys(obj, orch__kinds[kind], at, err, errlen);

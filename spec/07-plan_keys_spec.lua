@@ -37,6 +37,18 @@ describe("a plan step", function()
     end
   end)
 
+  it("with an unknown kind suggests the kind it was probably meant to be", function()
+    for _, c in ipairs({ { "shel", "shell" }, { "bash", "shell" }, { "prompt", "llm" }, { "wait", "sleep" } }) do
+      local code, err = plan_error({ { id = "a", kind = c[1], run = "true" } })
+      assert.are.equal(65, code, err)
+      assert.matches(("step 'a' has unknown kind '%s' (did you mean '%s'?) (shell, sleep, lua, llm, edit)"):format(
+        c[1], c[2]), err, 1, true)
+    end
+    local code, err = plan_error({ { id = "a", kind = "frobnicate", run = "true" } })
+    assert.are.equal(65, code)
+    assert.matches("unknown kind 'frobnicate' (shell, sleep, lua, llm, edit)", err, 1, true)
+  end)
+
   it("with a key of another kind lists its own keys", function()
     local code, err = plan_error({ { id = "a", kind = "sleep", ms = 5, code = "return 1" } })
     assert.are.equal(65, code)
