@@ -21,6 +21,8 @@
 #define HTTP_MAX_BODY_DEFAULT (64u << 20) /* refuse larger responses */
 #define HTTP_ERRBODY_MAX (64u << 10) /* of a status >= 300: kept, rest read */
 #define HTTP_EASY_CACHE 256               /* idle easy handles kept */
+#define HTTP_RETRY_AFTER_MAX_MS 1000000000L /* a longer Retry-After reads
+                                               as this (11.6 days) */
 #define HTTP_URL_CACHE 32 /* URLs kept parsed per engine (CURLOPT_CURLU) */
 #ifndef HTTP_SHARDS
 #define HTTP_SHARDS 16     /* at most this many multi handles per engine */
@@ -185,8 +187,16 @@ int orch__http_req_header(orch__http_req *req, const char *line) {
   return ORCH_OK;
 }
 
-/* Parses a Retry-After value: seconds (possibly fractional) or an HTTP date.
- * Returns ms, or -1 when unreadable. */
+/* ms as a long, at most HTTP_RETRY_AFTER_MAX_MS (a double beyond a long's
+ * range has no long value: the conversion is undefined). */
+static long retry_ms(double ms) {
+  return ms > (double)HTTP_RETRY_AFTER_MAX_MS ? HTTP_RETRY_AFTER_MAX_MS
+                                              : (long)ms;
+}
+
+/* Parses a Retry-After value: seconds (possibly fractional) or an HTTP date
+ * (curl_getdate reads years up to 2^31). Returns ms, at most
+ * HTTP_RETRY_AFTER_MAX_MS, or -1 when unreadable. */
 static long parse_retry_after(const char *v, size_t n, bool is_ms) {
   char buf[64];
   if (n >= sizeof buf) return -1;
@@ -197,16 +207,13 @@ static long parse_retry_after(const char *v, size_t n, bool is_ms) {
   double d = strtod(buf, &end);
   if (end != buf && errno == 0) {
     while (*end == ' ' || *end == '\t') end++;
-    if (*end == '\0' && d >= 0) {
-      double ms = is_ms ? d : d * 1000.0;
-      return ms > 1e9 ? 1000000000L : (long)ms;
-    }
+    if (*end == '\0' && d >= 0) return retry_ms(is_ms ? d : d * 1000.0);
   }
   if (is_ms) return -1;
   time_t t = curl_getdate(buf, NULL);
   if (t < 0) return -1;
   double diff = difftime(t, time(NULL));
-  return diff <= 0 ? 0 : (long)(diff * 1000.0);
+  return diff <= 0 ? 0 : retry_ms(diff * 1000.0);
 }
 
 static size_t on_header(char *p, size_t size, size_t n, void *ud) {

@@ -30,6 +30,9 @@ void mini_llm_stop(mini_llm *m);
 typedef struct canned_srv canned_srv;
 canned_srv *canned_start(int status, const char *ctype, const char *body,
                          size_t len);
+/* The same with the response given whole, as sent: status line, headers
+ * (say Connection: close), blank line, body. */
+canned_srv *canned_start_raw(const char *resp, size_t len);
 int canned_port(const canned_srv *s);
 int canned_requests(const canned_srv *s);
 void canned_auth(canned_srv *s, char *buf, size_t cap);

@@ -409,7 +409,7 @@ void mini_llm_stop(mini_llm *m) {
 /* ---- canned_srv (see mini_llm.h) ------------------------------------- */
 
 struct canned_srv {
-  int lfd, port, status;
+  int lfd, port, status; /* status 0: body is the whole response */
   const char *ctype;
   char *body;
   size_t len;
@@ -453,10 +453,12 @@ static void *canned_main(void *arg) {
     }
     pthread_mutex_unlock(&s->mu);
     char head[256];
-    int hl = snprintf(head, sizeof head,
-                      "HTTP/1.1 %d X\r\nContent-Type: %s\r\nContent-Length: "
-                      "%zu\r\nConnection: close\r\n\r\n",
-                      s->status, s->ctype, s->len);
+    int hl = s->status ? snprintf(head, sizeof head,
+                                  "HTTP/1.1 %d X\r\nContent-Type: %s\r\n"
+                                  "Content-Length: %zu\r\nConnection: "
+                                  "close\r\n\r\n",
+                                  s->status, s->ctype, s->len)
+                       : 0;
     bool ok = send(fd, head, (size_t)hl, MSG_NOSIGNAL) == hl;
     for (size_t off = 0; ok && off < s->len;) {
       ssize_t n = send(fd, s->body + off, s->len - off, MSG_NOSIGNAL);
@@ -495,6 +497,10 @@ canned_srv *canned_start(int status, const char *ctype, const char *body,
   }
   s->port = ntohs(sa.sin_port);
   return s;
+}
+
+canned_srv *canned_start_raw(const char *resp, size_t len) {
+  return canned_start(0, NULL, resp, len);
 }
 
 int canned_port(const canned_srv *s) { return s->port; }
@@ -632,6 +638,40 @@ TEST(http_reads_retry_after_in_seconds_and_ms) {
   orch__http_req_deinit(&a);
   orch__http_req_deinit(&b);
   ASSERT_EQ(ctx_deinit(&c), 0);
+}
+
+/* A Retry-After date so far ahead that its milliseconds overflow a long
+ * (curl_getdate reads years up to 2^31) is read as the cap, like a number
+ * of seconds that large, not as a wrapped (negative: absent) value. */
+TEST(http_a_retry_after_date_far_ahead_is_capped) {
+  static const char *const dates[] = {"Fri, 31 Dec 2147483647 23:59:59 GMT",
+                                      "Fri, 31 Dec 99999 23:59:59 GMT"};
+  for (size_t i = 0; i < 2; i++) {
+    char resp[256];
+    int n = snprintf(resp, sizeof resp,
+                     "HTTP/1.1 429 X\r\nRetry-After: %s\r\n"
+                     "Content-Length: 2\r\nConnection: close\r\n\r\n{}",
+                     dates[i]);
+    canned_srv *s = canned_start_raw(resp, (size_t)n);
+    ASSERT(s);
+    ctx c;
+    ASSERT_EQ(ctx_init(&c), 0);
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/x", canned_port(s));
+    orch__http_req r;
+    orch__http_req_init(&r);
+    r.url = url;
+    r.on_done = req_done;
+    r.ud = &c;
+    orch__http_submit(c.h, &r);
+    run_until(&c, 1, 5000);
+    ASSERT_EQ(r.result, ORCH_OK);
+    ASSERT_EQ(r.status, 429);
+    ASSERT_EQ(r.retry_after_ms, 1000000000L);
+    orch__http_req_deinit(&r);
+    ASSERT_EQ(ctx_deinit(&c), 0);
+    canned_stop(s);
+  }
 }
 
 TEST(http_reports_a_reset_connection_as_an_io_error) {
