@@ -1093,9 +1093,15 @@ static void set_finish_reason(orch__llm_call *c, json_t *v) {
   }
 }
 
+/* A usage count: u[k] when it is an integer, else old. One no answer can
+ * have (negative, or above TOKENS_MAX) is unknown, -1: counts are summed
+ * over attempts, steps and runs. */
+#define TOKENS_MAX 1000000000000LL /* a trillion tokens in one answer */
 static long tok(json_t *u, const char *k, long old) {
   json_t *v = json_object_get(u, k);
-  return json_is_integer(v) ? (long)json_integer_value(v) : old;
+  if (!json_is_integer(v)) return old;
+  json_int_t n = json_integer_value(v);
+  return n >= 0 && n <= TOKENS_MAX ? (long)n : -1;
 }
 
 /* One SSE event's JSON, either provider. */

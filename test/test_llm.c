@@ -1268,6 +1268,38 @@ TEST(llm_cost_is_unknown_when_any_billed_usage_is) {
   ASSERT_EQ(lctx_deinit(&c), 0);
 }
 
+/* A usage count no answer can have (negative, or more tokens than any
+ * model reads or writes in one call) is unknown (-1), not a count: sums
+ * of them over a run would go backwards or overflow. */
+TEST(llm_usage_counts_out_of_range_are_unknown) {
+  static const char whole[] =
+      "{\"choices\":[{\"message\":{\"content\":\"hi\"},\"finish_reason\":"
+      "\"stop\"}],\"usage\":{\"prompt_tokens\":-5,"
+      "\"completion_tokens\":9223372036854775807}}";
+  static const char stream[] =
+      "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n"
+      "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,"
+      "\"completion_tokens\":-2}}\n\n"
+      "data: [DONE]\n\n";
+  for (int st = 0; st < 2; st++) {
+    lctx c;
+    canned_srv *s;
+    orch__llm_call *call =
+        canned_call(&c, &s, 200, st ? "text/event-stream" : "application/json",
+                    st ? stream : whole,
+                    st ? sizeof stream - 1 : sizeof whole - 1, st);
+    ASSERT(call);
+    const orch__llm_result *r = orch__llm_call_result(call);
+    ASSERT_EQ(r->code, ORCH_OK);
+    ASSERT_STR_EQ(r->text, "hi");
+    ASSERT_EQ(r->tokens_in, st ? 7 : -1);
+    ASSERT_EQ(r->tokens_out, -1);
+    ASSERT_EQ(r->attempts[0].tokens_out, -1);
+    ASSERT(r->cost < 0); /* billed, usage unknown */
+    canned_end(&c, s, call);
+  }
+}
+
 static bool valid_utf8(const char *s) {
   return s && orch__utf8_valid(s, strlen(s), NULL);
 }
