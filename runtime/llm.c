@@ -1080,7 +1080,11 @@ static void set_perr(orch__llm_call *c, int code, const char *fmt, ...) {
 static void got_text(orch__llm_call *c, const char *s, size_t n) {
   if (!n) return;
   if (!c->t_first_token_ns) c->t_first_token_ns = orch__now_ns();
-  if (orch__buf_add(&c->text, s, n)) {
+  if (c->text.len + n > c->http.max_body) { /* a stream's: see on_data */
+    c->perr = ORCH_ELIMIT;
+    snprintf(c->perr_msg, sizeof c->perr_msg, "answer larger than %zu bytes",
+             c->http.max_body);
+  } else if (orch__buf_add(&c->text, s, n)) {
     c->perr = ORCH_ENOMEM;
     snprintf(c->perr_msg, sizeof c->perr_msg, "out of memory");
   }
@@ -1266,7 +1270,10 @@ static int on_data(orch__http_req *req, const char *p, size_t n) {
     s->bom = 3;
   }
   /* A line ends at \r, \n or \r\n, the \n of which may come in the next
-   * read (s->cr). */
+   * read (s->cr). What a stream holds (the line being read, the event's
+   * data, the answer's text: got_text) stays within max_body, as a whole
+   * answer does: a line or an event that never ends is an error, not a
+   * buffer that grows until the total timeout. */
   while (n && !c->perr) {
     if (s->cr) {
       s->cr = false;
@@ -1282,6 +1289,13 @@ static int on_data(orch__http_req *req, const char *p, size_t n) {
     const char *cr = memchr(p, '\r', nl ? (size_t)(nl - p) : n);
     if (cr) nl = cr;
     size_t take = nl ? (size_t)(nl - p) : n;
+    if (s->line.len + s->data.len + take > req->max_body) {
+      c->perr = ORCH_ELIMIT;
+      snprintf(c->perr_msg, sizeof c->perr_msg,
+               "stream event larger than %zu bytes (at byte %zu)",
+               req->max_body, s->off + take);
+      break;
+    }
     if (orch__buf_add(&s->line, p, take)) {
       c->perr = ORCH_ENOMEM;
       break;

@@ -1300,6 +1300,51 @@ TEST(llm_usage_counts_out_of_range_are_unknown) {
   }
 }
 
+/* A stream holds at most what a whole answer may (64 MiB): an event that
+ * never ends (no line end, or data lines without the blank line) and an
+ * answer's text that keeps growing both stop there with ELIMIT, instead
+ * of buffering until memory or the total timeout runs out. */
+TEST(llm_a_stream_holds_no_more_than_a_whole_answer_may) {
+  size_t cap = (size_t)64 << 20, n = cap + (1 << 20);
+  char *big = malloc(n + 1);
+  ASSERT(big);
+  for (int k = 0; k < 3; k++) {
+    const char *what = "stream event larger than";
+    if (k == 0) { /* one line without an end */
+      memset(big, 'x', n);
+      memcpy(big, "data: ", 6);
+    } else if (k == 1) { /* data lines, no blank line between */
+      memset(big, 'x', n);
+      for (size_t i = 0; i + 65536 <= n; i += 65536) {
+        memcpy(big + i, "data: ", 6);
+        big[i + 65535] = '\n';
+      }
+    } else { /* well-formed events whose text adds up past the cap */
+      static const char pre[] = "data: {\"choices\":[{\"delta\":{\"content\":\"";
+      static const char post[] = "\"}}]}\n\n";
+      size_t ev = 65536, tl = ev - (sizeof pre - 1) - (sizeof post - 1);
+      for (size_t i = 0; i + ev <= n; i += ev) {
+        memcpy(big + i, pre, sizeof pre - 1);
+        memset(big + i + sizeof pre - 1, 'y', tl);
+        memcpy(big + i + sizeof pre - 1 + tl, post, sizeof post - 1);
+      }
+      n -= n % ev;
+      what = "answer larger than";
+    }
+    lctx c;
+    canned_srv *s;
+    orch__llm_call *call =
+        canned_call(&c, &s, 200, "text/event-stream", big, n, 1);
+    ASSERT(call);
+    const orch__llm_result *r = orch__llm_call_result(call);
+    ASSERT_EQ(r->code, ORCH_ELIMIT);
+    ASSERT_EQ(r->attempts[0].code, ORCH_ELIMIT);
+    ASSERT_CONTAINS(r->attempts[0].error, what);
+    canned_end(&c, s, call);
+  }
+  free(big);
+}
+
 static bool valid_utf8(const char *s) {
   return s && orch__utf8_valid(s, strlen(s), NULL);
 }
