@@ -1273,7 +1273,11 @@ static int on_data(orch__http_req *req, const char *p, size_t n) {
    * read (s->cr). What a stream holds (the line being read, the event's
    * data, the answer's text: got_text) stays within max_body, as a whole
    * answer does: a line or an event that never ends is an error, not a
-   * buffer that grows until the total timeout. */
+   * buffer that grows until the total timeout. The next \n is looked
+   * for once, not again at each \r before it (a read of bare \r took a
+   * scan of the rest of the read per line). */
+  const char *lf = NULL; /* the next \n in p[0..n), once lf_known */
+  bool lf_known = false;
   while (n && !c->perr) {
     if (s->cr) {
       s->cr = false;
@@ -1285,7 +1289,11 @@ static int on_data(orch__http_req *req, const char *p, size_t n) {
         continue;
       }
     }
-    const char *nl = memchr(p, '\n', n);
+    if (!lf_known || (lf && lf < p)) {
+      lf = memchr(p, '\n', n);
+      lf_known = true;
+    }
+    const char *nl = lf;
     const char *cr = memchr(p, '\r', nl ? (size_t)(nl - p) : n);
     if (cr) nl = cr;
     size_t take = nl ? (size_t)(nl - p) : n;

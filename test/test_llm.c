@@ -1345,6 +1345,48 @@ TEST(llm_a_stream_holds_no_more_than_a_whole_answer_may) {
   free(big);
 }
 
+/* A stream is read in time proportional to its bytes, whatever its line
+ * ends: 16 MiB of bare \r (each an empty line) once took, for each of
+ * them, a scan for \n across the rest of the read: 6 times as long as
+ * 16 MiB of \n. */
+static double stream_ms(char end, char **err) {
+  static const char head[] =
+      "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
+  static const char tail[] = "data: [DONE]\n\n";
+  size_t mid = (size_t)16 << 20, n = sizeof head - 1 + mid + sizeof tail - 1;
+  char *big = malloc(n);
+  if (!big) return -1;
+  memcpy(big, head, sizeof head - 1);
+  memset(big + sizeof head - 1, end, mid);
+  memcpy(big + sizeof head - 1 + mid, tail, sizeof tail - 1);
+  lctx c;
+  canned_srv *s;
+  int64_t t0 = tnow();
+  orch__llm_call *call =
+      canned_call(&c, &s, 200, "text/event-stream", big, n, 1);
+  double ms = (double)(tnow() - t0) / 1e6;
+  free(big);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  if (!r || r->code != ORCH_OK || strcmp(r->text, "hi") != 0) {
+    *err = strdup(r && r->error ? r->error : "no answer");
+    ms = -1;
+  }
+  canned_end(&c, s, call);
+  return ms;
+}
+
+TEST(llm_a_stream_of_bare_cr_line_ends_reads_in_linear_time) {
+  char *err = NULL;
+  double lf = stream_ms('\n', &err), cr = stream_ms('\r', &err);
+  bool ok = !err;
+  if (err) fprintf(stderr, "  %s\n", err);
+  free(err);
+  ASSERT(ok);
+  fprintf(stderr, "  16 MiB of \\n: %.0f ms, of \\r: %.0f ms\n", lf, cr);
+  ASSERT(lf > 0 && cr > 0);
+  ASSERT(cr < 2 * lf + 250); /* as linear: about the same */
+}
+
 static bool valid_utf8(const char *s) {
   return s && orch__utf8_valid(s, strlen(s), NULL);
 }
