@@ -1077,6 +1077,12 @@ static void set_perr(orch__llm_call *c, int code, const char *fmt, ...) {
   free(m);
 }
 
+/* The attempt ran out of memory reading the answer. */
+static void perr_oom(orch__llm_call *c) {
+  c->perr = ORCH_ENOMEM;
+  snprintf(c->perr_msg, sizeof c->perr_msg, "out of memory reading the answer");
+}
+
 static void got_text(orch__llm_call *c, const char *s, size_t n) {
   if (!n) return;
   if (!c->t_first_token_ns) c->t_first_token_ns = orch__now_ns();
@@ -1085,8 +1091,7 @@ static void got_text(orch__llm_call *c, const char *s, size_t n) {
     snprintf(c->perr_msg, sizeof c->perr_msg, "answer larger than %zu bytes",
              c->http.max_body);
   } else if (orch__buf_add(&c->text, s, n)) {
-    c->perr = ORCH_ENOMEM;
-    snprintf(c->perr_msg, sizeof c->perr_msg, "out of memory");
+    perr_oom(c);
   }
 }
 
@@ -1216,8 +1221,7 @@ static void sse_line(orch__llm_call *c, char *p, size_t n) {
       orch__buf_add(&s->data, "\n", 1);
     else s->data_off = s->line_off + (size_t)(v - p);
     if (orch__buf_add(&s->data, v, vlen) || !s->data.p) {
-      c->perr = ORCH_ENOMEM;
-      snprintf(c->perr_msg, sizeof c->perr_msg, "out of memory");
+      perr_oom(c);
     }
   } else if (flen == 5 && memcmp(p, "event", 5) == 0) {
     size_t m = vlen < sizeof s->event - 1 ? vlen : sizeof s->event - 1;
@@ -1245,8 +1249,7 @@ static int on_data(orch__http_req *req, const char *p, size_t n) {
       snprintf(c->perr_msg, sizeof c->perr_msg,
                "response larger than %zu bytes", req->max_body);
     } else if (orch__buf_add(&c->raw, p, n)) {
-      c->perr = ORCH_ENOMEM;
-      snprintf(c->perr_msg, sizeof c->perr_msg, "out of memory");
+      perr_oom(c);
     }
     n = 0; /* to the error check below */
   }
@@ -1264,8 +1267,7 @@ static int on_data(orch__http_req *req, const char *p, size_t n) {
       continue;
     }
     if (orch__buf_add(&s->line, bom, s->bom)) {
-      c->perr = ORCH_ENOMEM;
-      snprintf(c->perr_msg, sizeof c->perr_msg, "out of memory");
+      perr_oom(c);
     }
     s->bom = 3;
   }
@@ -1305,7 +1307,7 @@ static int on_data(orch__http_req *req, const char *p, size_t n) {
       break;
     }
     if (orch__buf_add(&s->line, p, take)) {
-      c->perr = ORCH_ENOMEM;
+      perr_oom(c);
       break;
     }
     s->off += take;
@@ -1317,7 +1319,7 @@ static int on_data(orch__http_req *req, const char *p, size_t n) {
     p++;
     n--;
     if (!s->line.p && orch__buf_add(&s->line, "", 0)) {
-      c->perr = ORCH_ENOMEM;
+      perr_oom(c);
       break;
     }
     sse_line(c, s->line.p, s->line.len);
