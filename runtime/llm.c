@@ -642,20 +642,28 @@ static void redact_in(const orch__llm *l, orch__buf *b) {
     const char *k = l->tiers[i].api_key;
     if (!k || strlen(k) < 4) continue;
     size_t kl = strlen(k);
-    char *at;
-    while ((at = strstr(b->p, k))) {
-      static const char rep[] = "[redacted]";
-      size_t off = (size_t)(at - b->p), rl = sizeof rep - 1;
-      orch__buf nb = {0};
-      if (orch__buf_add(&nb, b->p, off) || orch__buf_add(&nb, rep, rl) ||
-          orch__buf_add(&nb, at + kl, b->len - off - kl)) {
-        orch__buf_deinit(&nb);
-        memset(b->p, '*', b->len); /* cannot copy: blank it all */
-        return;
-      }
-      orch__buf_deinit(b);
-      *b = nb;
+    const char *at = strstr(b->p, k);
+    if (!at) continue;
+    /* one copy, each key replaced as the copy reaches it (a copy of the
+     * whole text per key found was quadratic in a text full of keys) */
+    static const char rep[] = "[redacted]";
+    orch__buf nb = {0};
+    const char *from = b->p;
+    int rc = ORCH_OK;
+    while (at && !rc) {
+      rc = orch__buf_add(&nb, from, (size_t)(at - from));
+      if (!rc) rc = orch__buf_add(&nb, rep, sizeof rep - 1);
+      from = at + kl;
+      at = strstr(from, k);
     }
+    if (!rc) rc = orch__buf_add(&nb, from, (size_t)(b->p + b->len - from));
+    if (rc) {
+      orch__buf_deinit(&nb);
+      memset(b->p, '*', b->len); /* cannot copy: blank it all */
+      return;
+    }
+    orch__buf_deinit(b);
+    *b = nb;
   }
   /* key-shaped tokens a provider echoes back ("sk-...", "sk-ant-..."):
    * at a word start and as long as a key, so "task-priority-level" stays */

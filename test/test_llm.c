@@ -1204,6 +1204,50 @@ TEST(llm_redact_masks_key_shaped_tokens_not_words) {
   free(m);
 }
 
+/* Redaction is linear in the text: each key found is replaced as the text
+ * is copied once, not by copying the whole text again per key found. A
+ * stream's error event of 1 MiB repeating the key (a server knows it: it
+ * was sent the key) took 29,000 copies of 1 MiB. */
+static double error_event_ms(const char *unit, char **err) {
+  static const char pre[] = "data: {\"error\":{\"message\":\"";
+  static const char post[] = "\"}}\n\n";
+  size_t ul = strlen(unit), reps = ((size_t)1 << 20) / ul;
+  size_t n = sizeof pre - 1 + ul * reps + sizeof post - 1;
+  char *body = malloc(n);
+  if (!body) return -1;
+  memcpy(body, pre, sizeof pre - 1);
+  for (size_t i = 0; i < reps; i++) memcpy(body + sizeof pre - 1 + ul * i, unit, ul);
+  memcpy(body + n - (sizeof post - 1), post, sizeof post - 1);
+  lctx c;
+  canned_srv *s;
+  int64_t t0 = tnow();
+  orch__llm_call *call =
+      canned_call(&c, &s, 200, "text/event-stream", body, n, 1);
+  double ms = (double)(tnow() - t0) / 1e6;
+  free(body);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  if (!r || !r->error || !strstr(r->error, "error event in stream") ||
+      strstr(r->error, KEY2) || strstr(r->attempts[0].error, KEY2)) {
+    *err = strdup(r && r->error ? r->error : "no result");
+    ms = -1;
+  }
+  canned_end(&c, s, call);
+  return ms;
+}
+
+TEST(llm_redact_is_linear_in_the_keys_found) {
+  char *err = NULL;
+  double none = error_event_ms("gsk_test_xxxxxx_0123456789abcdefghij", &err);
+  double keys = error_event_ms(KEY2, &err);
+  bool ok = !err;
+  if (err) fprintf(stderr, "  %s\n", err);
+  free(err);
+  ASSERT(ok);
+  fprintf(stderr, "  1 MiB error event: no key %.0f ms, 29,000 keys %.0f ms\n",
+          none, keys);
+  ASSERT(keys < 3 * none + 100); /* as linear: about the same */
+}
+
 /* A 4xx with a body above the response cap (65 MiB) is the provider's
  * answer, read in part: one attempt, failed with its message, not a
  * transport error retried with the whole body each time. */
