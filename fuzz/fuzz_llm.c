@@ -134,8 +134,8 @@ static orch__llm *engines[2]; /* [1]: with a parse thread */
 static orch__llm *engine_new(int port, int parse_threads) {
   char conf[2048];
   snprintf(conf, sizeof conf,
-           "{\"llm\":{\"max_attempts\":2,\"backoff_base_ms\":1,"
-           "\"backoff_max_ms\":2,\"retry_after_cap_ms\":20,"
+           "{\"llm\":{\"max_attempts\":2,\"backoff_base_ms\":0.2,"
+           "\"backoff_max_ms\":0.5,\"retry_after_cap_ms\":3,"
            "\"connect_timeout_ms\":1000,\"timeout_ms\":2000,"
            "\"idle_timeout_ms\":1000,\"cooldown\":{\"failures\":0},"
            "\"default_tier\":\"oa\",\"parse_threads\":%d},"
@@ -228,7 +228,7 @@ static void check_result(const orch__llm_result *r, int status) {
                              : utf8_text(a->error) && no_key(a->error));
     CHECK(count_ok(a->tokens_in) && count_ok(a->tokens_out));
     CHECK(a->cost == -1 || (isfinite(a->cost) && a->cost >= 0));
-    CHECK(isfinite(a->delay_ms) && a->delay_ms >= 0 && a->delay_ms < 100);
+    CHECK(isfinite(a->delay_ms) && a->delay_ms >= 0 && a->delay_ms < 10);
   }
   json_t *j = orch__llm_result_json(r);
   CHECK(j);
