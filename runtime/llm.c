@@ -635,14 +635,30 @@ json_t *orch__llm_result_json(const orch__llm_result *r) {
 
 /* ---- redaction -------------------------------------------------------- */
 
+/* The first k[0..kl) in [s, end), or NULL. By memchr and memcmp, whose
+ * cost is the bytes they look at: strstr under ASan measures the whole
+ * rest of the text at each call, which made a text full of keys quadratic
+ * to redact in sanitizer builds. */
+static char *find(const char *s, const char *end, const char *k, size_t kl) {
+  while (s < end && (size_t)(end - s) >= kl) {
+    const char *p = memchr(s, k[0], (size_t)(end - s) - kl + 1);
+    if (!p) return NULL;
+    if (memcmp(p, k, kl) == 0) return (char *)p;
+    s = p + 1;
+  }
+  return NULL;
+}
+
 static void redact_in(const orch__llm *l, orch__buf *b) {
   if (!b->p) return;
-  /* every configured key, wherever it appears */
+  /* every configured key, wherever it appears (the text ends at its first
+   * NUL: utf8_in and clean_text read it so) */
   for (size_t i = 0; l && i < l->ntiers; i++) {
     const char *k = l->tiers[i].api_key;
     if (!k || strlen(k) < 4) continue;
     size_t kl = strlen(k);
-    const char *at = strstr(b->p, k);
+    const char *end = b->p + strlen(b->p);
+    const char *at = find(b->p, end, k, kl);
     if (!at) continue;
     /* one copy, each key replaced as the copy reaches it (a copy of the
      * whole text per key found was quadratic in a text full of keys) */
@@ -654,7 +670,7 @@ static void redact_in(const orch__llm *l, orch__buf *b) {
       rc = orch__buf_add(&nb, from, (size_t)(at - from));
       if (!rc) rc = orch__buf_add(&nb, rep, sizeof rep - 1);
       from = at + kl;
-      at = strstr(from, k);
+      at = find(from, end, k, kl);
     }
     if (!rc) rc = orch__buf_add(&nb, from, (size_t)(b->p + b->len - from));
     if (rc) {
@@ -667,7 +683,8 @@ static void redact_in(const orch__llm *l, orch__buf *b) {
   }
   /* key-shaped tokens a provider echoes back ("sk-...", "sk-ant-..."):
    * at a word start and as long as a key, so "task-priority-level" stays */
-  for (char *p = b->p; (p = strstr(p, "sk-"));) {
+  char *end = b->p + strlen(b->p);
+  for (char *p = b->p; (p = find(p, end, "sk-", 3));) {
     char *e = p + 3;
     while (*e && *e != ' ' && *e != '"' && *e != '\'' && *e != ',' &&
            *e != '.' && *e != '\n')
