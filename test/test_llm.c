@@ -1237,8 +1237,15 @@ static double error_event_ms(const char *unit, char **err) {
 
 TEST(llm_redact_is_linear_in_the_keys_found) {
   char *err = NULL;
-  double none = error_event_ms("gsk_test_xxxxxx_0123456789abcdefghij", &err);
-  double keys = error_event_ms(KEY2, &err);
+  double none = 1e9, keys = 1e9;
+  /* the best of up to 3 rounds: a busy machine slows one run, not all */
+  for (int round = 0; round < 3 && !err && (!round || !(keys < 3 * none + 100));
+       round++) {
+    double a = error_event_ms("gsk_test_xxxxxx_0123456789abcdefghij", &err);
+    double b = err ? 0 : error_event_ms(KEY2, &err);
+    if (a < none) none = a;
+    if (b < keys) keys = b;
+  }
   bool ok = !err;
   if (err) fprintf(stderr, "  %s\n", err);
   free(err);
@@ -1421,7 +1428,15 @@ static double stream_ms(char end, char **err) {
 
 TEST(llm_a_stream_of_bare_cr_line_ends_reads_in_linear_time) {
   char *err = NULL;
-  double lf = stream_ms('\n', &err), cr = stream_ms('\r', &err);
+  double lf = 1e9, cr = 1e9;
+  /* the best of up to 3 rounds: a busy machine slows one run, not all */
+  for (int round = 0; round < 3 && !err && (!round || !(cr < 2 * lf + 250));
+       round++) {
+    double a = stream_ms('\n', &err);
+    double b = err ? 0 : stream_ms('\r', &err);
+    if (a < lf) lf = a;
+    if (b < cr) cr = b;
+  }
   bool ok = !err;
   if (err) fprintf(stderr, "  %s\n", err);
   free(err);
