@@ -1412,6 +1412,8 @@ done:
 }
 
 /* The provider's own message from an error body, or a clean prefix. */
+#define PROVIDER_MSG_MAX 1000 /* bytes of a JSON error's message kept */
+
 static char *provider_message(const orch__llm *l, const char *body,
                               size_t len) {
   if (!body || !len) return orch__strdup("(empty body)");
@@ -1424,7 +1426,17 @@ static char *provider_message(const orch__llm *l, const char *body,
     if (!s) s = json_string_value(e);
     if (!s) s = json_string_value(json_object_get(o, "message"));
     if (!s) s = json_string_value(json_object_get(o, "detail"));
-    if (s) m = ty ? orch__asprintf("%s: %s", ty, s) : orch__strdup(s);
+    if (s) {
+      /* a message is for people: its first 1,000 bytes, redacted before
+       * the cut, control bytes as spaces */
+      char *full = ty ? orch__asprintf("%s: %s", ty, s) : orch__strdup(s);
+      if (full) {
+        for (char *q = full; *q; q++)
+          if ((unsigned char)*q < 0x20) *q = ' ';
+        m = clean_text(l, full, strlen(full), PROVIDER_MSG_MAX);
+        free(full);
+      }
+    }
     json_decref(o);
   }
   if (!m) { /* the start, redacted before it is cut (see clean_text) */

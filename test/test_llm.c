@@ -1235,6 +1235,35 @@ static double error_event_ms(const char *unit, char **err) {
   return ms;
 }
 
+/* A JSON error's message is kept to its first 1,000 bytes (a provider may
+ * put a whole document there), redacted before the cut, on one line. */
+TEST(llm_a_long_provider_message_is_cut_after_redaction) {
+  size_t n = 20000;
+  char *body = malloc(n + 200);
+  ASSERT(body);
+  int o = snprintf(body, n + 200, "{\"error\":{\"type\":\"invalid_request_error\","
+                                  "\"message\":\"line one\\nline two ");
+  memset(body + o, 'm', 960);
+  o += 960;
+  o += snprintf(body + o, n + 200 - (size_t)o, "%s ", KEY2); /* across 1,000 */
+  memset(body + o, 'z', n - (size_t)o);
+  snprintf(body + n, 200, "\"}}");
+  lctx c;
+  canned_srv *s;
+  orch__llm_call *call =
+      canned_call(&c, &s, 400, "application/json", body, strlen(body), 0);
+  free(body);
+  ASSERT(call);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_EHTTP);
+  ASSERT_CONTAINS(r->error, "HTTP 400: invalid_request_error: line one line two mmm");
+  ASSERT(strlen(r->error) < 1200);
+  ASSERT(!strstr(r->error, "gsk_"));
+  ASSERT(!strstr(r->error, "zzz"));
+  ASSERT(!strchr(r->error, '\n'));
+  canned_end(&c, s, call);
+}
+
 TEST(llm_redact_is_linear_in_the_keys_found) {
   char *err = NULL;
   double none = 1e9, keys = 1e9;
