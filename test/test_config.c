@@ -164,6 +164,21 @@ TEST(config_memory_is_capped) {
   ASSERT_CONTAINS(err, "out of memory");
 }
 
+/* jansson's keys are UTF-8 C strings: a key with a NUL byte was taken for
+ * the part before it ("workers\0x" set workers), and a key that is not
+ * UTF-8 was left out without a word. */
+TEST(config_refuses_keys_with_a_nul_byte_or_bad_utf8) {
+  char path[PATH_MAX], err[512];
+  ASSERT_EQ(LOAD("return { ['workers\\0x'] = 4 }", 10, path, err),
+            ORCH_ECONFIG);
+  ASSERT_CONTAINS(err, path);
+  ASSERT_CONTAINS(err, "a key has a NUL byte (byte 7)");
+  ASSERT_EQ(LOAD("return { llm = { ['time\\255out_ms'] = 1 } }", 10, path, err),
+            ORCH_ECONFIG);
+  ASSERT_CONTAINS(err, path);
+  ASSERT_CONTAINS(err, "llm: a key is not valid UTF-8 (byte 4)");
+}
+
 /* A number from the command line out of the integer range was cast
  * before it was checked (undefined behaviour); times have the bound a
  * sleep has (libuv's timers take integer milliseconds). */
