@@ -178,9 +178,13 @@ int orch__llm_config_check(json_t *sections, char *err, size_t errlen) {
     if (json_is_object(tiers)) json_object_foreach(tiers, name, t) {
       char path[300];
       snprintf(path, sizeof path, "tiers.%s", name);
-      if (++n > MAX_TIERS)
-        return orch__err(err, errlen, ORCH_ECONFIG, "tiers: more than %d tiers",
-                         MAX_TIERS);
+      /* the built-in fast, local and strong take 3 of the engine's slots */
+      bool builtin = !strcmp(name, "fast") || !strcmp(name, "local") ||
+                     !strcmp(name, "strong");
+      if (!builtin && ++n > MAX_TIERS - 3)
+        return orch__err(err, errlen, ORCH_ECONFIG,
+                         "tiers: more than %d tiers besides fast, local and "
+                         "strong", MAX_TIERS - 3);
       if (!json_is_object(t))
         return orch__err(err, errlen, ORCH_ECONFIG, "%s: expected a table",
                          path);

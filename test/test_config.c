@@ -203,3 +203,36 @@ TEST(config_set_refuses_numbers_out_of_range) {
   ASSERT_EQ(c.plan_max_bytes, 4096);
   orch__config_deinit(&c);
 }
+
+/* A tiers section the check accepts builds an engine: the check allowed
+ * 64 tiers, the engine has 64 slots with fast, local and strong in 3. */
+TEST(config_tier_count_agrees_with_the_engine) {
+  for (int extra = 61; extra <= 62; extra++) {
+    json_t *tiers = json_object();
+    for (int i = 0; i < extra; i++) {
+      char name[16];
+      snprintf(name, sizeof name, "t%d", i);
+      json_object_set_new(tiers, name, json_object());
+    }
+    json_object_set_new(tiers, "fast", json_object()); /* a built-in */
+    json_t *sec = json_pack("{s:o}", "tiers", tiers);
+    char err[256] = "";
+    int rc = orch__llm_config_check(sec, err, sizeof err);
+    if (extra == 62) {
+      json_decref(sec);
+      ASSERT_EQ(rc, ORCH_ECONFIG);
+      ASSERT_CONTAINS(err, "more than 61 tiers besides fast, local and strong");
+      continue;
+    }
+    ASSERT_EQ(rc, ORCH_OK);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    orch__llm *l = NULL;
+    rc = orch__llm_new_json(&l, sec, &loop, err, sizeof err);
+    json_decref(sec);
+    orch__llm_free(l);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    ASSERT_EQ(rc, ORCH_OK);
+  }
+}
