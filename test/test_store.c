@@ -1173,6 +1173,65 @@ TEST(store_spool_keeps_the_frames_around_an_unreadable_one) {
   free(d);
 }
 
+/* A magrpo_cooperation_metrics row (11 columns) with the given period. */
+static pbuf cooperation_frame(const char *jr, int64_t start_ms, int64_t end_ms) {
+  pbuf p = {.n = 0};
+  p.b[p.n++] = ORCH__REC_COOPERATION;
+  p.b[p.n++] = 11;
+  pb_text(&p, jr);
+  pb_int(&p, start_ms);
+  pb_int(&p, end_ms);
+  for (int i = 0; i < 3; i++) pb_int(&p, i);
+  for (int i = 0; i < 3; i++) pb_real(&p, 0.5);
+  pb_int(&p, 1);             /* rec_seq */
+  pb_int(&p, 1700000000000); /* created_at */
+  return p;
+}
+
+/* PostgreSQL: a spooled time far outside what a clock gives (the extremes
+ * of int64) is refused as a bad value, the row alone; COPY's formatting
+ * overflowed on it (undefined behaviour: v->i - 999, and the millisecond
+ * part of INT64_MIN). */
+TEST(store_pg_refuses_a_spooled_time_out_of_range_alone) {
+  const char *url = test_pg();
+  if (!url) return;
+  char *d = tmpdir_new();
+  char spool[600], jr_ok[64], jr_min[64], jr_max[64];
+  snprintf(spool, sizeof spool, "%s/t.spool", d);
+  snprintf(jr_ok, sizeof jr_ok, "jr-time-ok-%d", (int)getpid());
+  snprintf(jr_min, sizeof jr_min, "jr-time-min-%d", (int)getpid());
+  snprintf(jr_max, sizeof jr_max, "jr-time-max-%d", (int)getpid());
+  FILE *f = fopen(spool, "wb");
+  ASSERT(f != NULL);
+  pbuf a = cooperation_frame(jr_min, INT64_MIN + 1, 1700000000000);
+  frame_put(f, &a);
+  pbuf b = cooperation_frame(jr_ok, 1700000000000, 1700000001000);
+  frame_put(f, &b);
+  pbuf c = cooperation_frame(jr_max, 1700000000000, INT64_MAX);
+  frame_put(f, &c);
+  fclose(f);
+  orch__store *s = NULL;
+  char err[512] = "";
+  orch__store_opts o = {0};
+  o.spool_path = spool;
+  ASSERT_EQ(orch__store_open(&s, url, &o, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch__store_flush(s, 10000), ORCH_OK);
+  orch__store_stats st;
+  orch__store_stats_get(s, &st);
+  orch__store_close(s);
+  ASSERT_EQ(st.replayed, 1);
+  ASSERT_EQ(st.rejected, 2);
+  ASSERT_EQ(db_count(url, "SELECT count(*) FROM magrpo_cooperation_metrics "
+                          "WHERE jr_type = $1 AND period_start = "
+                          "'2023-11-14 22:13:20+00'", jr_ok),
+            1);
+  ASSERT_EQ(db_count(url, "SELECT count(*) FROM magrpo_cooperation_metrics "
+                          "WHERE jr_type LIKE 'jr-time-m%'", NULL),
+            0);
+  rm_rf(d);
+  free(d);
+}
+
 /* ---- crash while spooling -------------------------------------------------- */
 
 TEST(store_slow_crash_while_spooling_replays_up_to_the_last_fsync) {
