@@ -236,3 +236,28 @@ TEST(config_tier_count_agrees_with_the_engine) {
     ASSERT_EQ(rc, ORCH_OK);
   }
 }
+
+/* llm.default_tier names a tier the engine will have: the check let any
+ * name through, and the engine refused it at the first llm step instead
+ * of at the runtime's start. */
+TEST(config_llm_default_tier_is_checked_with_the_tiers) {
+  static const struct {
+    const char *json;
+    int rc;
+  } cases[] = {
+      {"{\"llm\": {\"default_tier\": \"dolocal\"}}", ORCH_ECONFIG},
+      {"{\"llm\": {\"default_tier\": \"strong\"}}", ORCH_OK},
+      {"{\"tiers\": {\"mine\": {}}, \"llm\": {\"default_tier\": \"mine\"}}",
+       ORCH_OK},
+      {"{\"tiers\": [], \"llm\": {\"default_tier\": \"mine\"}}", ORCH_ECONFIG},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    json_t *sec = json_loads(cases[i].json, 0, NULL);
+    ASSERT(sec != NULL);
+    char err[256] = "";
+    int rc = orch__llm_config_check(sec, err, sizeof err);
+    json_decref(sec);
+    ASSERT_EQ(rc, cases[i].rc);
+    if (rc) ASSERT_CONTAINS(err, "llm.default_tier: no tier named");
+  }
+}
