@@ -147,12 +147,20 @@ $(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c $(LIB_SRCS) $(BUILD)/gen/store_sql.c
 	clang $(FUZZ_FLAGS) -o $@ $< $(LIB_SRCS) $(FUZZ_DIR)/gen/store_sql.c \
 	  $(PKG_LIBS) -lm
 
-fuzz: .deps-ok all $(FUZZ_DIR)/fuzz_plan $(FUZZ_DIR)/fuzz_gap
+fuzz: .deps-ok all $(FUZZ_DIR)/fuzz_plan $(FUZZ_DIR)/fuzz_gap \
+  $(FUZZ_DIR)/fuzz_spool $(FUZZ_DIR)/fuzz_config
 	@mkdir -p $(FUZZ_DIR)/corpus-plan $(FUZZ_DIR)/corpus-gap
 	cd $(FUZZ_DIR) && ./fuzz_plan -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
 	  -dict=../fuzz/plan.dict corpus-plan ../fuzz/corpus/plan
 	cd $(FUZZ_DIR) && FUZZ_SCRIPTS=../scripts ./fuzz_gap -max_total_time=$(FUZZ_SECONDS) \
 	  -max_len=2048 -dict=../fuzz/plan.dict corpus-gap ../fuzz/corpus/gap
+	@mkdir -p $(FUZZ_DIR)/corpus-spool $(FUZZ_DIR)/corpus-config
+	cd $(FUZZ_DIR) && UBSAN_OPTIONS=halt_on_error=1 ./fuzz_spool \
+	  -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -close_fd_mask=2 \
+	  -dict=../fuzz/spool.dict corpus-spool ../fuzz/corpus/spool
+	cd $(FUZZ_DIR) && UBSAN_OPTIONS=halt_on_error=1 ./fuzz_config \
+	  -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -close_fd_mask=1 \
+	  -dict=../fuzz/config.dict corpus-config ../fuzz/corpus/config
 
 # ---- install ----------------------------------------------------------
 
