@@ -278,6 +278,36 @@ static int config_error(lua_State *L, int status, const char *path,
   return orch__err(err, errlen, ORCH_ECONFIG, "%s: %s", path, msg);
 }
 
+/* Finds a string with a NUL byte in v (nested at most 32 deep, as the
+ * conversion allows): every reader of the config takes its strings as C
+ * strings, which would end there ("sqlite:a.db\0x" read as "sqlite:a.db").
+ * On finding one, path holds its key path and *at the byte. */
+static bool nul_in_strings(json_t *v, char *path, size_t pathlen,
+                           size_t *at) {
+  size_t plen = strlen(path);
+  if (json_is_string(v)) {
+    *at = strlen(json_string_value(v));
+    return *at != json_string_length(v);
+  }
+  if (json_is_array(v)) {
+    size_t i;
+    json_t *x;
+    json_array_foreach(v, i, x) {
+      snprintf(path + plen, pathlen - plen, "[%zu]", i + 1);
+      if (nul_in_strings(x, path, pathlen, at)) return true;
+    }
+  } else if (json_is_object(v)) {
+    const char *k;
+    json_t *x;
+    json_object_foreach(v, k, x) {
+      snprintf(path + plen, pathlen - plen, "%s%s", plen ? "." : "", k);
+      if (nul_in_strings(x, path, pathlen, at)) return true;
+    }
+  }
+  path[plen] = '\0';
+  return false;
+}
+
 int orch__config_load(orch__config *c, const char *path, char *err,
                       size_t errlen) {
   int rc = ORCH_OK;
@@ -341,6 +371,13 @@ int orch__config_load(orch__config *c, const char *path, char *err,
   if (!json_is_object(t)) {
     rc = orch__err(err, errlen, ORCH_ECONFIG,
                    "%s: must return a table with named settings", path);
+    goto done;
+  }
+  char kpath[256] = "";
+  size_t at;
+  if (nul_in_strings(t, kpath, sizeof kpath, &at)) {
+    rc = orch__err(err, errlen, ORCH_ECONFIG,
+                   "%s: '%s' has a NUL byte (byte %zu)", path, kpath, at);
     goto done;
   }
   const char *k;

@@ -179,6 +179,26 @@ TEST(config_refuses_keys_with_a_nul_byte_or_bad_utf8) {
   ASSERT_CONTAINS(err, "llm: a key is not valid UTF-8 (byte 4)");
 }
 
+/* A string value with a NUL byte is refused too: every reader takes the
+ * config's strings as C strings (a store url "sqlite:a.db\0x" was
+ * "sqlite:a.db", a tier's api_key cut short). */
+TEST(config_refuses_string_values_with_a_nul_byte) {
+  char path[PATH_MAX], err[512];
+  ASSERT_EQ(LOAD("return { store = { url = 'sqlite:a.db\0x' } }", 10, path,
+                 err),
+            ORCH_ECONFIG);
+  ASSERT_CONTAINS(err, path);
+  ASSERT_CONTAINS(err, "'store.url' has a NUL byte (byte 11)");
+  ASSERT_EQ(LOAD("return { tiers = { fast = { model = 'a' } },\n"
+                 "  scripts_dir = 'x\0' }", 10, path, err),
+            ORCH_ECONFIG);
+  ASSERT_CONTAINS(err, "'scripts_dir' has a NUL byte (byte 1)");
+  ASSERT_EQ(LOAD("return { server = { list = { 'a', 'b\0' } } }", 10, path,
+                 err),
+            ORCH_ECONFIG);
+  ASSERT_CONTAINS(err, "'server.list[2]' has a NUL byte");
+}
+
 /* A number from the command line out of the integer range was cast
  * before it was checked (undefined behaviour); times have the bound a
  * sleep has (libuv's timers take integer milliseconds). */
