@@ -56,7 +56,7 @@ help:
 	@echo "make demo     run the main job end to end"
 	@echo "make test     build and run every test (also under ASan/UBSan)"
 	@echo "make bench    run the benchmarks, write bench/RESULTS.md"
-	@echo "make fuzz     fuzz the plan parsers and the model client (clang libFuzzer; FUZZ_SECONDS=60 each)"
+	@echo "make fuzz     fuzz plans, provider answers, spools and config files (clang libFuzzer; FUZZ_SECONDS=60 each)"
 	@echo "make install  PREFIX=/usr/local DESTDIR="
 
 $(BUILD)/obj/%.o: runtime/%.c
@@ -132,11 +132,13 @@ demo: .deps-ok all
 	@sh examples/demo.sh
 
 # ---- fuzzing (clang's libFuzzer, ASan + UBSan) -----------------------
-# make fuzz [FUZZ_SECONDS=60]: builds build-fuzz/fuzz_plan, fuzz_gap and
-# fuzz_llm from the sources and runs each for FUZZ_SECONDS over fuzz/corpus
-# (new inputs go to build-fuzz/corpus-*, crashes to build-fuzz/). fuzz_llm
-# serves each input as a provider's answer on loopback to a real model call
-# (see its header for the input layout). Not part of make test.
+# make fuzz [FUZZ_SECONDS=60]: builds build-fuzz/fuzz_plan, fuzz_gap,
+# fuzz_llm, fuzz_spool and fuzz_config from the sources and runs each for
+# FUZZ_SECONDS over fuzz/corpus (new inputs go to build-fuzz/corpus-*,
+# crashes to build-fuzz/). fuzz_llm serves each input as a provider's answer
+# on loopback to a real model call; fuzz_spool replays it as the spool a
+# crash left; fuzz_config loads it as the config file (see each one's header
+# for the input layout). Not part of make test.
 FUZZ_SECONDS ?= 60
 FUZZ_DIR := build-fuzz
 # (UBSan stops at its first report, as in SAN=1 builds: by default it
@@ -151,7 +153,8 @@ $(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c $(LIB_SRCS) $(BUILD)/gen/store_sql.c
 	clang $(FUZZ_FLAGS) -o $@ $< $(LIB_SRCS) $(FUZZ_DIR)/gen/store_sql.c \
 	  $(PKG_LIBS) -lm
 
-fuzz: .deps-ok all $(FUZZ_DIR)/fuzz_plan $(FUZZ_DIR)/fuzz_gap $(FUZZ_DIR)/fuzz_llm
+fuzz: .deps-ok all $(FUZZ_DIR)/fuzz_plan $(FUZZ_DIR)/fuzz_gap $(FUZZ_DIR)/fuzz_llm \
+  $(FUZZ_DIR)/fuzz_spool $(FUZZ_DIR)/fuzz_config
 	@mkdir -p $(FUZZ_DIR)/corpus-plan $(FUZZ_DIR)/corpus-gap $(FUZZ_DIR)/corpus-llm
 	cd $(FUZZ_DIR) && ./fuzz_plan -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
 	  -dict=../fuzz/plan.dict corpus-plan ../fuzz/corpus/plan
@@ -159,6 +162,13 @@ fuzz: .deps-ok all $(FUZZ_DIR)/fuzz_plan $(FUZZ_DIR)/fuzz_gap $(FUZZ_DIR)/fuzz_l
 	  -max_len=2048 -dict=../fuzz/plan.dict corpus-gap ../fuzz/corpus/gap
 	cd $(FUZZ_DIR) && ./fuzz_llm -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
 	  -timeout=30 -dict=../fuzz/llm.dict corpus-llm ../fuzz/corpus/llm
+	@mkdir -p $(FUZZ_DIR)/corpus-spool $(FUZZ_DIR)/corpus-config
+	cd $(FUZZ_DIR) && UBSAN_OPTIONS=halt_on_error=1 ./fuzz_spool \
+	  -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -close_fd_mask=2 \
+	  -dict=../fuzz/spool.dict corpus-spool ../fuzz/corpus/spool
+	cd $(FUZZ_DIR) && UBSAN_OPTIONS=halt_on_error=1 ./fuzz_config \
+	  -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -close_fd_mask=1 \
+	  -dict=../fuzz/config.dict corpus-config ../fuzz/corpus/config
 
 # ---- install ----------------------------------------------------------
 

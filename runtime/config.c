@@ -13,6 +13,7 @@
 #include <lauxlib.h>
 #include <limits.h>
 #include <lualib.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,8 +45,11 @@ static const struct setting {
      "deepest JSON nesting accepted in a plan", 0},
     {"output_max_bytes", T_SIZE, offsetof(orch__config, output_max_bytes), 0,
      "stdout/stderr kept per shell step", 0},
+    /* becomes libuv's integer milliseconds: 30 days at most, as a plan's
+     * timeout_ms (a larger double does not convert) */
     {"shell_timeout_ms", T_NUM, offsetof(orch__config, shell_timeout_ms), 0,
-     "default shell step timeout (0: none)", 0},
+     "default shell step timeout (0: none)", ORCH__SLEEP_MAX_MS},
+    /* checked where it is used: the step fails, naming it */
     {"dry_run_ms", T_NUM, offsetof(orch__config, dry_run_ms), 0,
      "simulated duration of an llm step under --dry-run", 0},
     {"lua_budget", T_INT, offsetof(orch__config, lua_budget), 1,
@@ -179,29 +183,159 @@ static int store_value(orch__config *c, const struct setting *s, json_t *v,
   return ORCH_OK;
 }
 
+/* The config file's limits: a file is data, so these are far above what
+ * one needs and only stop a mistake (or a hostile file) from taking the
+ * process with it. */
+#define CONFIG_BUDGET 10000000        /* instructions */
+#define CONFIG_MEM_MAX (64u << 20)    /* bytes of Lua memory */
+
+/* Shaped like l_alloc in lauxlib.c, with a cap: an allocation that would
+ * take the state past it fails, which Lua reports as a memory error.
+ * Frees and shrinks always succeed. */
+typedef struct cfg_mem {
+  size_t used;
+} cfg_mem;
+
+static void *config_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  cfg_mem *m = ud;
+  if (!ptr) osize = 0; /* osize then encodes the object type */
+  if (nsize == 0) {
+    free(ptr);
+    m->used -= osize;
+    return NULL;
+  }
+  if (nsize > osize && nsize - osize > CONFIG_MEM_MAX - m->used) return NULL;
+  void *np = realloc(ptr, nsize);
+  if (np) m->used = m->used - osize + nsize;
+  return np;
+}
+
+static int config_panic(lua_State *L) {
+  const char *m = lua_tostring(L, -1);
+  fprintf(stderr, "orchestrate: unprotected Lua error in the config: %s\n",
+          m ? m : "(not a string)");
+  return 0; /* Lua aborts */
+}
+
+/* Once the budget is spent, the hook re-arms itself on every instruction
+ * and line, so a pcall in the file cannot swallow the stop: every
+ * instruction its handler runs raises again until the error leaves the
+ * file (as policy.c's budget_hook does). */
 static void config_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
+  lua_sethook(L, config_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
   luaL_error(L, "configuration took too long (instruction budget)");
+}
+
+/* string.rep("", n) copies nothing n times: no allocation fails and no
+ * instruction is counted, so a huge n would spin for ever. Every other
+ * result is bounded by the memory cap before the copying starts. */
+static int config_rep(lua_State *L) {
+  size_t l, lsep;
+  luaL_checklstring(L, 1, &l);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  luaL_optlstring(L, 3, "", &lsep);
+  if (n > 0 && l == 0 && lsep == 0) {
+    lua_pushliteral(L, "");
+    return 1;
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
+/* The functions a config file does not get: loading code and the
+ * collector (a file is data), and what the instruction budget cannot
+ * stop: a finalizer (__gc, needing setmetatable) and xpcall's message
+ * handler run with hooks off, and pattern matching (backtracking in C)
+ * and table.move (a C loop over any range) count no instructions. */
+static const char *const config_removed[][2] = {
+    {NULL, "dofile"},       {NULL, "loadfile"}, {NULL, "load"},
+    {NULL, "require"},      {NULL, "collectgarbage"},
+    {NULL, "setmetatable"}, {NULL, "xpcall"},   {"string", "find"},
+    {"string", "match"},    {"string", "gmatch"}, {"string", "gsub"},
+    {"table", "move"},
+};
+
+/* The error a chunk raised, naming the file: a message with a position
+ * starts with it already; others ("error('x', 0)", an error object that is
+ * not a string, a memory error) get it in front. */
+static int config_error(lua_State *L, int status, const char *path,
+                        char *err, size_t errlen) {
+  if (status == LUA_ERRMEM)
+    return orch__err(err, errlen, ORCH_ECONFIG,
+                     "%s: out of memory (a configuration may take at most "
+                     "%u bytes)", path, CONFIG_MEM_MAX);
+  const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+                                                   : NULL;
+  if (!msg)
+    return orch__err(err, errlen, ORCH_ECONFIG,
+                     "%s: error object is a %s value", path,
+                     luaL_typename(L, -1));
+  if (strncmp(msg, path, strlen(path)) == 0)
+    return orch__err(err, errlen, ORCH_ECONFIG, "%s", msg);
+  return orch__err(err, errlen, ORCH_ECONFIG, "%s: %s", path, msg);
+}
+
+/* Finds a string with a NUL byte in v (nested at most 32 deep, as the
+ * conversion allows): every reader of the config takes its strings as C
+ * strings, which would end there ("sqlite:a.db\0x" read as "sqlite:a.db").
+ * On finding one, path holds its key path and *at the byte. */
+static bool nul_in_strings(json_t *v, char *path, size_t pathlen,
+                           size_t *at) {
+  size_t plen = strlen(path);
+  if (json_is_string(v)) {
+    *at = strlen(json_string_value(v));
+    return *at != json_string_length(v);
+  }
+  if (json_is_array(v)) {
+    size_t i;
+    json_t *x;
+    json_array_foreach(v, i, x) {
+      snprintf(path + plen, pathlen - plen, "[%zu]", i + 1);
+      if (nul_in_strings(x, path, pathlen, at)) return true;
+    }
+  } else if (json_is_object(v)) {
+    const char *k;
+    json_t *x;
+    json_object_foreach(v, k, x) {
+      snprintf(path + plen, pathlen - plen, "%s%s", plen ? "." : "", k);
+      if (nul_in_strings(x, path, pathlen, at)) return true;
+    }
+  }
+  path[plen] = '\0';
+  return false;
 }
 
 int orch__config_load(orch__config *c, const char *path, char *err,
                       size_t errlen) {
   int rc = ORCH_OK;
   json_t *t = NULL;
-  lua_State *L = luaL_newstate();
+  cfg_mem mem = {0}; /* outlives L: lua_close frees through it */
+  lua_State *L = lua_newstate(config_alloc, &mem);
   if (!L) return ORCH_ENOMEM;
-  /* A config file is data: base, string, table and math only. */
+  lua_atpanic(L, config_panic);
+  /* A config file is data: base, string, table and math only, less what
+   * config_removed lists. */
   luaL_requiref(L, "_G", luaopen_base, 1);
   luaL_requiref(L, "string", luaopen_string, 1);
   luaL_requiref(L, "table", luaopen_table, 1);
   luaL_requiref(L, "math", luaopen_math, 1);
   lua_settop(L, 0);
-  static const char *const unsafe[] = {"dofile", "loadfile", "load",
-                                       "require", "collectgarbage"};
-  for (size_t i = 0; i < ORCH__ARRAY_LEN(unsafe); i++) {
+  for (size_t i = 0; i < ORCH__ARRAY_LEN(config_removed); i++) {
+    const char *lib = config_removed[i][0];
+    if (lib) lua_getglobal(L, lib);
+    else lua_pushglobaltable(L);
     lua_pushnil(L);
-    lua_setglobal(L, unsafe[i]);
+    lua_setfield(L, -2, config_removed[i][1]);
+    lua_pop(L, 1);
   }
+  lua_getglobal(L, "string");
+  lua_getfield(L, -1, "rep");
+  lua_pushcclosure(L, config_rep, 1);
+  lua_setfield(L, -2, "rep");
+  lua_settop(L, 0);
   char *text = NULL;
   size_t len = 0;
   rc = orch__read_file(path, 1u << 20, &text, &len, err, errlen);
@@ -211,13 +345,15 @@ int orch__config_load(orch__config *c, const char *path, char *err,
   }
   char chunk[512];
   snprintf(chunk, sizeof chunk, "@%s", path);
-  if (luaL_loadbufferx(L, text, len, chunk, "t") != LUA_OK) {
-    rc = orch__err(err, errlen, ORCH_ECONFIG, "%s", lua_tostring(L, -1));
+  int st = luaL_loadbufferx(L, text, len, chunk, "t");
+  if (st != LUA_OK) {
+    rc = config_error(L, st, path, err, errlen);
     goto done;
   }
-  lua_sethook(L, config_hook, LUA_MASKCOUNT, 10000000);
-  if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
-    rc = orch__err(err, errlen, ORCH_ECONFIG, "%s", lua_tostring(L, -1));
+  lua_sethook(L, config_hook, LUA_MASKCOUNT, CONFIG_BUDGET);
+  st = lua_pcall(L, 0, 1, 0);
+  if (st != LUA_OK) {
+    rc = config_error(L, st, path, err, errlen);
     goto done;
   }
   if (!lua_istable(L, -1)) {
@@ -226,11 +362,22 @@ int orch__config_load(orch__config *c, const char *path, char *err,
                    luaL_typename(L, -1));
     goto done;
   }
-  t = orch__lua_to_json(L, -1, 32, err, errlen);
-  if (!t) { rc = ORCH_ECONFIG; goto done; }
+  char jerr[400];
+  t = orch__lua_to_json(L, -1, 32, jerr, sizeof jerr);
+  if (!t) {
+    rc = orch__err(err, errlen, ORCH_ECONFIG, "%s: %s", path, jerr);
+    goto done;
+  }
   if (!json_is_object(t)) {
     rc = orch__err(err, errlen, ORCH_ECONFIG,
                    "%s: must return a table with named settings", path);
+    goto done;
+  }
+  char kpath[256] = "";
+  size_t at;
+  if (nul_in_strings(t, kpath, sizeof kpath, &at)) {
+    rc = orch__err(err, errlen, ORCH_ECONFIG,
+                   "%s: '%s' has a NUL byte (byte %zu)", path, kpath, at);
     goto done;
   }
   const char *k;
@@ -275,15 +422,20 @@ int orch__config_set(orch__config *c, const char *key, const char *value,
     char *end;
     errno = 0;
     double d = strtod(value, &end);
-    if (errno || end == value || *end)
+    if (errno || end == value || *end || isnan(d))
       return orch__err(err, errlen, ORCH_ECONFIG,
                        "setting '%s': '%s' is not a number", key, value);
-    v = s->type == T_NUM ? json_real(d) : json_integer((json_int_t)d);
-    if (s->type != T_NUM && d != (double)(json_int_t)d) {
-      json_decref(v);
-      return orch__err(err, errlen, ORCH_ECONFIG,
-                       "setting '%s': '%s' is not an integer", key, value);
+    if (s->type != T_NUM) {
+      /* checked before the cast: a double out of json_int_t's range does
+       * not convert (undefined behaviour) */
+      if (!(d >= -9.2e18 && d <= 9.2e18))
+        return orch__err(err, errlen, ORCH_ECONFIG,
+                         "setting '%s': '%s' is out of range", key, value);
+      if (d != floor(d))
+        return orch__err(err, errlen, ORCH_ECONFIG,
+                         "setting '%s': '%s' is not an integer", key, value);
     }
+    v = s->type == T_NUM ? json_real(d) : json_integer((json_int_t)d);
   }
   if (!v)
     return orch__err(err, errlen, ORCH_ECONFIG, "setting '%s': bad value",

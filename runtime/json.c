@@ -107,7 +107,23 @@ static json_t *table_to_json(lua_State *L, int idx, int depth, int max_depth,
     char key[64];
     const char *k;
     if (lua_type(L, -2) == LUA_TSTRING) {
-      k = lua_tostring(L, -2);
+      size_t klen;
+      k = lua_tolstring(L, -2, &klen);
+      /* jansson's keys are UTF-8 C strings: it would take "a\0b" for "a"
+       * and leave a key that is not UTF-8 out, silently */
+      size_t bad;
+      const char *why = strlen(k) != klen ? "has a NUL byte"
+                        : !orch__utf8_valid(k, klen, &bad)
+                            ? "is not valid UTF-8"
+                            : NULL;
+      if (why) {
+        orch__err(err, errlen, ORCH_EINVAL, "%s: a key %s (byte %zu)",
+                  path[0] ? path : "value", why,
+                  strlen(k) != klen ? strlen(k) : bad);
+        lua_pop(L, 2);
+        json_decref(o);
+        return NULL;
+      }
     } else if (lua_type(L, -2) == LUA_TNUMBER) {
       number_key(L, -2, key, sizeof key);
       k = key;
@@ -129,7 +145,13 @@ static json_t *table_to_json(lua_State *L, int idx, int depth, int max_depth,
                         cv, err, errlen);
     path[plen] = '\0';
     if (!v) { lua_pop(L, 2); json_decref(o); return NULL; }
-    json_object_set_new(o, k, v);
+    if (json_object_set_new(o, k, v) != 0) {
+      orch__err(err, errlen, ORCH_ENOMEM, "%s%s%s: out of memory", path,
+                plen ? "." : "", k);
+      lua_pop(L, 2);
+      json_decref(o);
+      return NULL;
+    }
     lua_pop(L, 1);
   }
   return o;

@@ -152,6 +152,12 @@ static int check_str(json_t *o, const char *key, const char *path, char *err,
   return ORCH_OK;
 }
 
+/* A tier the engine will have: a built-in one or one of the section's. */
+static bool tier_known(json_t *tiers, const char *name) {
+  return !strcmp(name, "fast") || !strcmp(name, "local") ||
+         !strcmp(name, "strong") || json_object_get(tiers, name);
+}
+
 int orch__llm_config_check(json_t *sections, char *err, size_t errlen) {
   static const char *const tier_keys[] = {
       "provider", "base_url", "model",     "api_key",    "api_key_env",
@@ -178,9 +184,13 @@ int orch__llm_config_check(json_t *sections, char *err, size_t errlen) {
     if (json_is_object(tiers)) json_object_foreach(tiers, name, t) {
       char path[300];
       snprintf(path, sizeof path, "tiers.%s", name);
-      if (++n > MAX_TIERS)
-        return orch__err(err, errlen, ORCH_ECONFIG, "tiers: more than %d tiers",
-                         MAX_TIERS);
+      /* the built-in fast, local and strong take 3 of the engine's slots */
+      bool builtin = !strcmp(name, "fast") || !strcmp(name, "local") ||
+                     !strcmp(name, "strong");
+      if (!builtin && ++n > MAX_TIERS - 3)
+        return orch__err(err, errlen, ORCH_ECONFIG,
+                         "tiers: more than %d tiers besides fast, local and "
+                         "strong", MAX_TIERS - 3);
       if (!json_is_object(t))
         return orch__err(err, errlen, ORCH_ECONFIG, "%s: expected a table",
                          path);
@@ -214,9 +224,7 @@ int orch__llm_config_check(json_t *sections, char *err, size_t errlen) {
       json_t *f = json_object_get(t, "fallback");
       if (f) {
         const char *fn = json_string_value(f);
-        bool known = json_object_get(tiers, fn) || !strcmp(fn, "fast") ||
-                     !strcmp(fn, "local") || !strcmp(fn, "strong");
-        if (!known)
+        if (!tier_known(tiers, fn))
           return orch__err(err, errlen, ORCH_ECONFIG,
                            "%s.fallback: no tier named \"%s\"", path, fn);
       }
@@ -244,6 +252,12 @@ int orch__llm_config_check(json_t *sections, char *err, size_t errlen) {
                         errlen)) ||
         (rc = check_str(l, "default_tier", "llm", err, errlen)))
       return rc;
+    /* checked now, not at the first llm step, where the engine is built */
+    json_t *dt = json_object_get(l, "default_tier");
+    if (dt && !tier_known(tiers, json_string_value(dt)))
+      return orch__err(err, errlen, ORCH_ECONFIG,
+                       "llm.default_tier: no tier named \"%s\"",
+                       json_string_value(dt));
     json_t *s = json_object_get(l, "stream");
     if (s && !json_is_boolean(s))
       return orch__err(err, errlen, ORCH_ECONFIG,

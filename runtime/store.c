@@ -579,15 +579,16 @@ static int decode(const unsigned char *p, size_t n, orch__row *row,
 /* ---- spool -------------------------------------------------------------- */
 
 /* Checks the frames of fd from offset 0 and sets *good to the end of the
- * last whole frame before the first short, oversized or corrupt one.
- * ORCH_OK or ORCH_ENOMEM. */
+ * last whole frame before the first short, oversized or corrupt one (a
+ * torn write, or bytes that are not ours). A whole frame whose payload does
+ * not decode (its CRC is right: written whole, by a build with other
+ * records) is kept: the frames after it are good, and replay drops it alone,
+ * counted. ORCH_OK or ORCH_ENOMEM. */
 static int spool_scan(int fd, uint64_t size, uint64_t *good) {
   unsigned char *buf = NULL;
   size_t bufcap = 0;
   uint64_t pos = 0;
   int rc = ORCH_OK;
-  orch__row row;
-  orch__val vals[MAX_COLS];
   while (pos + FRAME_HDR <= size) {
     unsigned char hdr[FRAME_HDR];
     if (pread(fd, hdr, FRAME_HDR, (off_t)pos) != FRAME_HDR) break;
@@ -603,7 +604,7 @@ static int spool_scan(int fd, uint64_t size, uint64_t *good) {
       bufcap = len;
     }
     if (pread(fd, buf, len, (off_t)(pos + FRAME_HDR)) != (ssize_t)len) break;
-    if (crc32c(buf, len) != crc || decode(buf, len, &row, vals) != 0) break;
+    if (crc32c(buf, len) != crc) break;
     pos += FRAME_HDR + len;
   }
   free(buf);
@@ -1164,7 +1165,8 @@ static void w_replay(writer *w) {
   }
   ssize_t got = pread(sp->fd, w->rbuf, want, (off_t)head);
   if (got < FRAME_HDR) return;
-  size_t off = 0;
+  size_t off = 0, unreadable = 0;
+  uint64_t first_bad = 0;
   w->b.n = 0;
   while (w->b.n < s->o.batch && off + FRAME_HDR <= (size_t)got) {
     uint32_t len = get_u32(w->rbuf + off);
@@ -1181,16 +1183,20 @@ static void w_replay(writer *w) {
       }
       break;
     }
-    if (batch_add(&w->b, w->rbuf + off + FRAME_HDR, len) != ORCH_OK) {
-      atomic_fetch_add(&s->dropped, 1);
-      set_drop(s, "spool frame at %" PRIu64 " unreadable, dropped",
-                head + off);
-    }
+    int brc = batch_add(&w->b, w->rbuf + off + FRAME_HDR, len);
+    if (brc == ORCH_ENOMEM) break; /* this frame again next round */
+    if (brc != ORCH_OK && unreadable++ == 0) first_bad = head + off;
     off += FRAME_HDR + len;
   }
   if (off == 0) return;
-  if (w_write(w) != ORCH__W_OK) return;
+  if (w_write(w) != ORCH__W_OK) return; /* the same frames next round */
   atomic_fetch_add(&s->replayed, w->b.n - w->b.nrejected);
+  if (unreadable) { /* whole frames (CRC right) that do not decode */
+    atomic_fetch_add(&s->dropped, unreadable);
+    set_drop(s, "spool %s: %zu frame(s) from offset %" PRIu64 " hold no "
+              "record this build can read (another version's?), dropped",
+              sp->path, unreadable, first_bad);
+  }
   pthread_mutex_lock(&sp->mu);
   sp->head = head + off;
   if (sp->head == sp->end) { /* all replayed: start the file over */

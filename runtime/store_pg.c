@@ -21,6 +21,9 @@
 
 #define MIGRATE_LOCK "7310594712" /* pg_advisory_xact_lock key */
 #define W_DATA 2                  /* internal: the rows are bad */
+/* The times copy_row writes as timestamps: years 1 to 9999 (epoch ms) */
+#define TIME_MIN_MS (-62135596800000LL)
+#define TIME_MAX_MS 253402300799999LL
 
 /* Keys this connection has sent, as 64-bit hashes (open addressing, 0 =
  * empty). A key not in the set is probably new: its row goes by a direct
@@ -460,16 +463,20 @@ static bool copy_row(pgc *p, const orch__row *row, bool direct) {
     if (j) p->copybuf[p->copylen++] = '\t';
     switch (v->tag) {
     case 1:
-      if (direct && d->cols[j].type == 'T') {
-        time_t secs = (time_t)(v->i >= 0 ? v->i / 1000 : (v->i - 999) / 1000);
-        int ms = (int)(v->i - (int64_t)secs * 1000);
+      if (direct && d->cols[j].type == 'T' && v->i >= TIME_MIN_MS &&
+          v->i <= TIME_MAX_MS) {
+        int64_t secs = v->i >= 0 ? v->i / 1000 : (v->i - 999) / 1000;
+        int ms = (int)(v->i - secs * 1000);
+        time_t t = (time_t)secs;
         struct tm tm;
-        gmtime_r(&secs, &tm);
-        p->copylen += strftime(p->copybuf + p->copylen, 32,
-                               "%Y-%m-%d %H:%M:%S", &tm);
-        p->copylen += (size_t)snprintf(p->copybuf + p->copylen, 16,
-                                       ".%03d+00", ms);
-      } else {
+        gmtime_r(&t, &tm);
+        p->copylen += (size_t)snprintf(
+            p->copybuf + p->copylen, 36, "%04d-%02d-%02d %02d:%02d:%02d.%03d+00",
+            tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+            tm.tm_min, tm.tm_sec, ms);
+      } else { /* a time outside years 1-9999 (a spool frame from
+                  elsewhere) goes as its number: refused as a bad value,
+                  the row alone */
         p->copylen += (size_t)snprintf(p->copybuf + p->copylen, 32,
                                        "%" PRId64, v->i);
       }

@@ -1058,6 +1058,180 @@ TEST(store_crash_mid_compaction_loses_no_record) {
   rm_rf(d);
   free(d);
 }
+/* ---- spool frames made by hand -------------------------------------------- */
+
+/* A payload as store.c encodes it: [type][ncols], then per column a tag
+ * (0 NULL, 1 int64, 2 double, 3 text: u32 length, bytes), little-endian. */
+typedef struct pbuf {
+  unsigned char b[1024];
+  size_t n;
+} pbuf;
+
+static void pb_u32(pbuf *p, uint32_t v) {
+  for (int i = 0; i < 4; i++) p->b[p->n++] = (unsigned char)(v >> (8 * i));
+}
+static void pb_text(pbuf *p, const char *s) {
+  p->b[p->n++] = 3;
+  pb_u32(p, (uint32_t)strlen(s));
+  memcpy(p->b + p->n, s, strlen(s));
+  p->n += strlen(s);
+}
+static void pb_int(pbuf *p, int64_t v) {
+  p->b[p->n++] = 1;
+  pb_u32(p, (uint32_t)(uint64_t)v);
+  pb_u32(p, (uint32_t)((uint64_t)v >> 32));
+}
+static void pb_real(pbuf *p, double d) {
+  uint64_t u;
+  memcpy(&u, &d, 8);
+  p->b[p->n++] = 2;
+  pb_u32(p, (uint32_t)u);
+  pb_u32(p, (uint32_t)(u >> 32));
+}
+
+static uint32_t crc32c_of(const unsigned char *p, size_t n) {
+  uint32_t c = 0xFFFFFFFFu;
+  while (n--) {
+    c ^= *p++;
+    for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+  }
+  return c ^ 0xFFFFFFFFu;
+}
+
+/* Appends p as a whole frame (length and CRC right) to f. */
+static void frame_put(FILE *f, const pbuf *p) {
+  pbuf h = {.n = 0};
+  pb_u32(&h, (uint32_t)p->n);
+  pb_u32(&h, crc32c_of(p->b, p->n));
+  fwrite(h.b, 1, h.n, f);
+  fwrite(p->b, 1, p->n, f);
+}
+
+/* A jr_exploration_log row (7 columns) with its own rec_key. */
+static pbuf explore_frame(const char *key, const char *task_type) {
+  pbuf p = {.n = 0};
+  p.b[p.n++] = ORCH__REC_EXPLORATION;
+  p.b[p.n++] = 7;
+  pb_text(&p, key);
+  pb_text(&p, "jr-hand");
+  pb_text(&p, task_type);
+  pb_real(&p, 0.5);
+  p.b[p.n++] = 0; /* curiosity_bonus NULL */
+  pb_text(&p, "passed");
+  pb_int(&p, 1700000000000);
+  return p;
+}
+
+/* A frame whose CRC is right but whose payload is no record this build
+ * reads (a build with other columns or record types wrote it) is dropped
+ * alone and counted at replay: the whole frames after it are not cut with
+ * it (they were: the open-time check ended the good part at such a frame,
+ * and the records behind it were lost). */
+TEST(store_spool_keeps_the_frames_around_an_unreadable_one) {
+  char *d = tmpdir_new();
+  char up[600], spool[600];
+  snprintf(up, sizeof up, "sqlite:%s/ok.db", d);
+  snprintf(spool, sizeof spool, "%s/u.spool", d);
+  FILE *f = fopen(spool, "wb");
+  ASSERT(f != NULL);
+  pbuf a = explore_frame("hand-1", "u1");
+  frame_put(f, &a);
+  pbuf cols = explore_frame("hand-x", "ux");
+  cols.b[1] = 8; /* one column more than this build knows */
+  frame_put(f, &cols);
+  pbuf b = explore_frame("hand-2", "u2");
+  frame_put(f, &b);
+  pbuf type = {.n = 0};
+  type.b[type.n++] = 200; /* a record type this build does not have */
+  type.b[type.n++] = 0;
+  frame_put(f, &type);
+  pbuf c = explore_frame("hand-3", "u3");
+  frame_put(f, &c);
+  fclose(f);
+
+  orch__store *s = NULL;
+  char err[512] = "";
+  orch__store_opts o = {0};
+  o.spool_path = spool;
+  ASSERT_EQ(orch__store_open(&s, up, &o, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch__store_flush(s, 10000), ORCH_OK);
+  orch__store_stats st;
+  orch__store_stats_get(s, &st);
+  orch__store_close(s);
+  ASSERT_EQ(st.spool_cut_bytes, 0);
+  ASSERT_EQ(st.replayed, 3);
+  ASSERT_EQ(st.rejected, 0);
+  ASSERT_EQ(st.records_dropped_total, 2);
+  ASSERT_CONTAINS(st.last_drop, "no record this build can read");
+  ASSERT_EQ(db_count(up, "SELECT count(*) FROM jr_exploration_log WHERE "
+                         "jr_type = 'jr-hand'", NULL),
+            3);
+  struct stat sb;
+  ASSERT_EQ(stat(spool, &sb), 0);
+  ASSERT_EQ(sb.st_size, 0);
+  rm_rf(d);
+  free(d);
+}
+
+/* A magrpo_cooperation_metrics row (11 columns) with the given period. */
+static pbuf cooperation_frame(const char *jr, int64_t start_ms, int64_t end_ms) {
+  pbuf p = {.n = 0};
+  p.b[p.n++] = ORCH__REC_COOPERATION;
+  p.b[p.n++] = 11;
+  pb_text(&p, jr);
+  pb_int(&p, start_ms);
+  pb_int(&p, end_ms);
+  for (int i = 0; i < 3; i++) pb_int(&p, i);
+  for (int i = 0; i < 3; i++) pb_real(&p, 0.5);
+  pb_int(&p, 1);             /* rec_seq */
+  pb_int(&p, 1700000000000); /* created_at */
+  return p;
+}
+
+/* PostgreSQL: a spooled time far outside what a clock gives (the extremes
+ * of int64) is refused as a bad value, the row alone; COPY's formatting
+ * overflowed on it (undefined behaviour: v->i - 999, and the millisecond
+ * part of INT64_MIN). */
+TEST(store_pg_refuses_a_spooled_time_out_of_range_alone) {
+  const char *url = test_pg();
+  if (!url) return;
+  char *d = tmpdir_new();
+  char spool[600], jr_ok[64], jr_min[64], jr_max[64];
+  snprintf(spool, sizeof spool, "%s/t.spool", d);
+  snprintf(jr_ok, sizeof jr_ok, "jr-time-ok-%d", (int)getpid());
+  snprintf(jr_min, sizeof jr_min, "jr-time-min-%d", (int)getpid());
+  snprintf(jr_max, sizeof jr_max, "jr-time-max-%d", (int)getpid());
+  FILE *f = fopen(spool, "wb");
+  ASSERT(f != NULL);
+  pbuf a = cooperation_frame(jr_min, INT64_MIN + 1, 1700000000000);
+  frame_put(f, &a);
+  pbuf b = cooperation_frame(jr_ok, 1700000000000, 1700000001000);
+  frame_put(f, &b);
+  pbuf c = cooperation_frame(jr_max, 1700000000000, INT64_MAX);
+  frame_put(f, &c);
+  fclose(f);
+  orch__store *s = NULL;
+  char err[512] = "";
+  orch__store_opts o = {0};
+  o.spool_path = spool;
+  ASSERT_EQ(orch__store_open(&s, url, &o, err, sizeof err), ORCH_OK);
+  ASSERT_EQ(orch__store_flush(s, 10000), ORCH_OK);
+  orch__store_stats st;
+  orch__store_stats_get(s, &st);
+  orch__store_close(s);
+  ASSERT_EQ(st.replayed, 1);
+  ASSERT_EQ(st.rejected, 2);
+  ASSERT_EQ(db_count(url, "SELECT count(*) FROM magrpo_cooperation_metrics "
+                          "WHERE jr_type = $1 AND period_start = "
+                          "'2023-11-14 22:13:20+00'", jr_ok),
+            1);
+  ASSERT_EQ(db_count(url, "SELECT count(*) FROM magrpo_cooperation_metrics "
+                          "WHERE jr_type LIKE 'jr-time-m%'", NULL),
+            0);
+  rm_rf(d);
+  free(d);
+}
+
 /* ---- crash while spooling -------------------------------------------------- */
 
 TEST(store_slow_crash_while_spooling_replays_up_to_the_last_fsync) {

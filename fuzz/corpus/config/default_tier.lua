@@ -1,0 +1,1 @@
+return { llm = { default_tier = "dolocal" } }

@@ -1,0 +1,1 @@
+return {workers=1, ["llm\0x"]={}}
