@@ -314,6 +314,7 @@ static int tier_set(orch__llm *l, const char *name, int provider,
   t->name = orch__strdup(name);
   t->provider = provider;
   t->base_url = orch__strdup(base_url);
+  if (!t->name || !t->base_url) return ORCH_ENOMEM; /* tier_deinit frees */
   /* strip trailing slashes so "{base}/chat/completions" has one */
   size_t n = strlen(t->base_url);
   while (n > 0 && t->base_url[n - 1] == '/') t->base_url[--n] = '\0';
