@@ -1127,6 +1127,25 @@ static pbuf explore_frame(const char *key, const char *task_type) {
  * alone and counted at replay: the whole frames after it are not cut with
  * it (they were: the open-time check ended the good part at such a frame,
  * and the records behind it were lost). */
+/* Opens a store on url with spool, lets it replay the spool, closes it;
+ * st gets its counters. */
+static int replay_spool(const char *url, const char *spool,
+                        orch__store_stats *st) {
+  orch__store *s = NULL;
+  char err[512] = "";
+  orch__store_opts o = {0};
+  o.spool_path = spool;
+  int rc = orch__store_open(&s, url, &o, err, sizeof err);
+  if (rc) {
+    fprintf(stderr, "  %s\n", err);
+    return rc;
+  }
+  rc = orch__store_flush(s, 10000);
+  orch__store_stats_get(s, st);
+  orch__store_close(s);
+  return rc;
+}
+
 TEST(store_spool_keeps_the_frames_around_an_unreadable_one) {
   char *d = tmpdir_new();
   char up[600], spool[600];
@@ -1149,15 +1168,8 @@ TEST(store_spool_keeps_the_frames_around_an_unreadable_one) {
   frame_put(f, &c);
   fclose(f);
 
-  orch__store *s = NULL;
-  char err[512] = "";
-  orch__store_opts o = {0};
-  o.spool_path = spool;
-  ASSERT_EQ(orch__store_open(&s, up, &o, err, sizeof err), ORCH_OK);
-  ASSERT_EQ(orch__store_flush(s, 10000), ORCH_OK);
   orch__store_stats st;
-  orch__store_stats_get(s, &st);
-  orch__store_close(s);
+  ASSERT_EQ(replay_spool(up, spool, &st), ORCH_OK);
   ASSERT_EQ(st.spool_cut_bytes, 0);
   ASSERT_EQ(st.replayed, 3);
   ASSERT_EQ(st.rejected, 0);
@@ -1210,15 +1222,8 @@ TEST(store_pg_refuses_a_spooled_time_out_of_range_alone) {
   pbuf c = cooperation_frame(jr_max, 1700000000000, INT64_MAX);
   frame_put(f, &c);
   fclose(f);
-  orch__store *s = NULL;
-  char err[512] = "";
-  orch__store_opts o = {0};
-  o.spool_path = spool;
-  ASSERT_EQ(orch__store_open(&s, url, &o, err, sizeof err), ORCH_OK);
-  ASSERT_EQ(orch__store_flush(s, 10000), ORCH_OK);
   orch__store_stats st;
-  orch__store_stats_get(s, &st);
-  orch__store_close(s);
+  ASSERT_EQ(replay_spool(url, spool, &st), ORCH_OK);
   ASSERT_EQ(st.replayed, 1);
   ASSERT_EQ(st.rejected, 2);
   ASSERT_EQ(db_count(url, "SELECT count(*) FROM magrpo_cooperation_metrics "
