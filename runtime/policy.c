@@ -705,6 +705,42 @@ static int l_table_move(lua_State *L) {
   return 1;
 }
 
+/* string.rep(s, n [, sep]) with the result's size decided first: "" at
+ * once when it is empty (the stock one copies nothing n times, a C loop
+ * the count hook never sees: string.rep('', 1 << 62) held the worker for
+ * good), and a result larger than the memory cap refused before anything
+ * is copied. Upvalue 1 is the stock function. */
+static int l_string_rep(lua_State *L) {
+  size_t l, lsep;
+  luaL_checklstring(L, 1, &l);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  luaL_optlstring(L, 3, "", &lsep);
+  if (n <= 0 || (l == 0 && lsep == 0)) {
+    lua_pushliteral(L, "");
+    return 1;
+  }
+  if (is_sandbox(L)) {
+    sbx *x = SBX(L);
+    /* n copies and n - 1 separators: l + (n - 1) * (l + lsep) bytes */
+    size_t unit = l + lsep, more = (size_t)n - 1;
+    bool over = unit < l || (more > 0 && unit > (SIZE_MAX - l) / more) ||
+                l + more * unit > x->max;
+    if (over) {
+      x->mem_tripped = true; /* reported as the memory cap (ELIMIT) */
+      char size[64];
+      snprintf(size, sizeof size, "%.0f",
+               (double)l + (double)more * ((double)l + (double)lsep));
+      return luaL_error(L, "string.rep: memory cap exceeded (%I bytes): "
+                           "the result would be %s bytes",
+                        (lua_Integer)x->max, size);
+    }
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
 /* [t view mt] -> [view]: the metatable sealed and set, the view
  * registered as one (rawset refuses it). */
 static void finish_view(lua_State *L) {
@@ -1125,6 +1161,9 @@ static int setup_state(lua_State *L) {
    * there, ("").dump is nil too. */
   lua_pushnil(L);
   lua_setfield(L, -6, "dump");
+  lua_getfield(L, 2, "rep");
+  lua_pushcclosure(L, l_string_rep, 1);
+  lua_setfield(L, 2, "rep");
   lua_getfield(L, -4, "move");
   lua_pushcclosure(L, l_table_move, 1);
   lua_setfield(L, -5, "move");

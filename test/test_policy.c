@@ -1942,3 +1942,56 @@ TEST(scripts_check_fails_a_directory_with_no_modules) {
   rm_rf(dir);
   free(dir);
 }
+
+/* ---- string.rep under the memory cap ------------------------------------ */
+
+TEST(policy_string_rep_returns_or_refuses_at_once) {
+  char err[512], out[1024];
+  orch__config c;
+  orch__config_defaults(&c);
+  c.lua_mem_max = 16u << 20;
+  lua_State *L = orch__lua_new_sandbox(&c, err, sizeof err);
+  ASSERT(L);
+  double t0 = now_ms();
+  /* an empty result is "" at once, however many copies of nothing */
+  ASSERT_EQ(run_chunk(L, "return #string.rep('', 1 << 62) .. "
+                         "#string.rep('', math.maxinteger, '') .. "
+                         "#('x'):rep(0) .. #('x'):rep(-5, ',')",
+                      out, sizeof out),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "0000");
+  /* a result past the cap is refused before anything is copied */
+  static const char *const huge[] = {
+      "return string.rep('', 1 << 62, ',')",
+      "return string.rep('x', 1e9)",
+      "return ('ab'):rep(math.maxinteger, 'cd')",
+      "return string.rep('x', 8 * 1024 * 1024 + 1, 'y')"};
+  for (size_t i = 0; i < ORCH__ARRAY_LEN(huge); i++) {
+    ASSERT_EQ(run_chunk(L, huge[i], out, sizeof out), ORCH_ELIMIT);
+    ASSERT_CONTAINS(out, "string.rep: memory cap exceeded (16777216 bytes): "
+                         "the result would be ");
+  }
+  ASSERT_CONTAINS(out, "would be 16777217 bytes");
+  /* a pcall sees the refusal as an error, and the script goes on */
+  ASSERT_EQ(run_chunk(L, "local ok, e = pcall(string.rep, 'x', 1e12) "
+                         "return tostring(ok) .. ' ' .. e",
+                      out, sizeof out),
+            ORCH_OK);
+  ASSERT_CONTAINS(out, "false string.rep: memory cap exceeded");
+  ASSERT(now_ms() - t0 < 2000);
+  /* within the cap, and the argument errors, as stock */
+  ASSERT_EQ(run_chunk(L, "return ('ab'):rep(3, ', ') .. #string.rep('x', "
+                         "4 * 1024 * 1024, '') .. string.rep(5, 2)",
+                      out, sizeof out),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "ab, ab, ab419430455");
+  ASSERT_EQ(run_chunk(L, "return string.rep('x', 1.5)", out, sizeof out),
+            ORCH_ESCRIPT);
+  ASSERT_CONTAINS(out, "bad argument #2 to 'rep' (number has no integer "
+                       "representation)");
+  ASSERT_EQ(run_chunk(L, "return string.rep(nil, 2)", out, sizeof out),
+            ORCH_ESCRIPT);
+  ASSERT_CONTAINS(out, "bad argument #1 to 'rep' (string expected, got nil)");
+  orch__lua_close(L);
+  orch__config_deinit(&c);
+}
