@@ -1943,7 +1943,7 @@ TEST(scripts_check_fails_a_directory_with_no_modules) {
   free(dir);
 }
 
-/* ---- string.rep under the memory cap ------------------------------------ */
+/* ---- string.rep and the pattern functions under the budget -------------- */
 
 TEST(policy_string_rep_returns_or_refuses_at_once) {
   char err[512], out[1024];
@@ -1994,4 +1994,120 @@ TEST(policy_string_rep_returns_or_refuses_at_once) {
   ASSERT_CONTAINS(out, "bad argument #1 to 'rep' (string expected, got nil)");
   orch__lua_close(L);
   orch__config_deinit(&c);
+}
+
+/* Each of these backtracks for hours in the stock library; the sandbox's
+ * matcher stops at the budget, and a pcall in the script cannot catch
+ * that: the call fails with the budget's error. */
+TEST(policy_pattern_backtracking_stops_at_the_budget) {
+  char err[512], out[1024];
+  orch__config c;
+  orch__config_defaults(&c);
+  c.lua_budget = 2000; /* 2M instructions */
+  lua_State *L = orch__lua_new_sandbox(&c, err, sizeof err);
+  ASSERT(L);
+  static const struct {
+    const char *code, *fn;
+  } slow[] = {
+      {"return string.rep('a', 3000):find('.-.-.-.-b')", "string.find"},
+      {"return ('a'):rep(3000):match('.-.-.-.-b')", "string.match"},
+      {"for x in ('a'):rep(3000):gmatch('.-.-.-.-b') do end", "string.gmatch"},
+      {"return (('a'):rep(3000):gsub('.-.-.-.-b', ''))", "string.gsub"},
+      {"return ('a'):rep(3000):find('(.-)(.-)(.-)(.-)%1%2%3%4b')",
+       "string.find"},
+      {"return ('a'):rep(500000):find('[' .. ('x'):rep(1000) .. ']')",
+       "string.find"},
+      /* a pcall around the match, or around the match in a loop */
+      {"local ok, e = pcall(string.find, ('a'):rep(3000), '.-.-.-.-b') "
+       "return 'escaped: ' .. tostring(e)",
+       "string.find"},
+      {"for i = 1, 100 do pcall(string.gsub, ('a'):rep(3000), '.-.-.-b', '') "
+       "end return 'escaped'",
+       "string.gsub"},
+      {"return select(2, pcall(function() "
+       "local ok = pcall(string.match, ('a'):rep(3000), '.-.-.-.-b') "
+       "return ('x'):find('x') end))",
+       "string.match"},
+      /* many cheap calls add up */
+      {"local s = ('a'):rep(2000) for i = 1, 1e6 do s:find('b') end",
+       "string.find"},
+      {"local s = ('a'):rep(1e6) for i = 1, 1e6 do s:find('b', 1, true) end",
+       "string.find"},
+  };
+  for (size_t i = 0; i < ORCH__ARRAY_LEN(slow); i++) {
+    double t0 = now_ms();
+    int rc = run_chunk(L, slow[i].code, out, sizeof out);
+    double ms = now_ms() - t0;
+    char want[200];
+    snprintf(want, sizeof want, "snippet:1: instruction budget exceeded "
+             "(2000000 instructions) by %s's pattern matching", slow[i].fn);
+    if (rc != ORCH_ELIMIT || !strstr(out, want) || ms > 2000)
+      orch_test_fail(__FILE__, __LINE__, "case %zu: rc %d after %.0f ms: %s",
+                     i, rc, ms, out);
+    /* the state goes on, with a whole budget for the next call */
+    ASSERT_EQ(run_chunk(L, "return ('abc'):find('b') .. ('x'):rep(3)", out,
+                        sizeof out),
+              ORCH_OK);
+    ASSERT_STR_EQ(out, "2xxx");
+  }
+  /* the script's own Lua instructions and its pattern steps each have the
+   * budget: a call may use most of both */
+  ASSERT_EQ(run_chunk(L,
+                      "local n = 0 for i = 1, 300000 do n = n + i end "
+                      "local s = ('ab'):rep(200000) "
+                      "return select(2, s:gsub('a', 'c'))",
+                      out, sizeof out),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "200000");
+  orch__lua_close(L);
+  orch__config_deinit(&c);
+}
+
+/* Through the engine: the report names the script's line and the hook, as
+ * for a loop, and says the pattern matching spent the budget. */
+TEST(policy_pattern_budget_names_file_line_and_hook) {
+  char *dir = tmpdir_new(), err[512], out[64];
+  put(dir, "routing/pat.lua",
+      "local M = {}\n"
+      "function M.slow(task)\n"
+      "  return tostring(task.title:rep(3000):find('.-.-.-.-b'))\n"
+      "end\n"
+      "function M.caught(task)\n"
+      "  local ok = pcall(string.gsub, task.title:rep(3000), '.-.-.-.-b', '')\n"
+      "  return 'escaped'\n"
+      "end\n"
+      "function M.fine(task) return (task.title:gsub('a', 'b')) end\n"
+      "return M\n");
+  orch__config c = test_cfg(dir);
+  c.lua_budget = 2000;
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  ASSERT(s);
+  const char *keys[] = {"title"};
+  const char *vals[] = {"a"};
+  double t0 = now_ms();
+  ASSERT_EQ(orch__policy_call_fields(s, "routing.pat", "slow", keys, vals, 1,
+                                     out, sizeof out, err, sizeof err),
+            ORCH_ELIMIT);
+  ASSERT_CONTAINS(err, "routing/pat.lua:3: instruction budget exceeded "
+                       "(2000000 instructions) by string.find's pattern "
+                       "matching in pat.slow()");
+  ASSERT_EQ(orch__policy_call_fields(s, "routing.pat", "caught", keys, vals,
+                                     1, out, sizeof out, err, sizeof err),
+            ORCH_ELIMIT);
+  ASSERT_CONTAINS(err, "routing/pat.lua:6: instruction budget exceeded "
+                       "(2000000 instructions) by string.gsub's pattern "
+                       "matching in pat.caught()");
+  ASSERT(now_ms() - t0 < 2000);
+  ASSERT_EQ(orch__policy_call_fields(s, "routing.pat", "fine", keys, vals, 1,
+                                     out, sizeof out, err, sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "b");
+  ASSERT(!lua_gethook(orch__lstate_L(s)));
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
 }
