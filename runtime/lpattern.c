@@ -26,7 +26,7 @@
 #define PAT_MAXDEPTH 200
 #define CAP_OPEN (-1) /* a capture whose ')' is not reached yet */
 #define CAP_POS (-2)  /* a position capture, "()" */
-/* A plain find is one memmem: it touches about this many bytes in the time
+/* A plain find (memchr, memcmp) touches about this many bytes in the time
  * the matcher tests one character. */
 #define PLAIN_BYTES_PER_STEP 16
 /* A set "[...]" is tested by a scan of its text: a test of a long set costs
@@ -101,10 +101,11 @@ static int pat_error(pstate *ps, const char *fmt, ...) {
 /* ---- single-character classes ----------------------------------------- */
 
 /* Is byte c in the class %cl? A letter names a class (its upper case the
- * complement); any other cl stands for itself ("%." is a dot). */
-static bool class_has(int c, int cl) {
+ * complement); any other cl stands for itself ("%." is a dot). The class
+ * letters are ASCII: cl | 0x20 is 'a' for 'a' and 'A' only, and so on. */
+static inline bool class_has(int c, int cl) {
   bool in;
-  switch (tolower(cl)) {
+  switch (cl | 0x20) {
     case 'a': in = isalpha(c); break;
     case 'c': in = iscntrl(c); break;
     case 'd': in = isdigit(c); break;
@@ -120,7 +121,7 @@ static bool class_has(int c, int cl) {
     case 'z': in = c == 0; break;
     default: return cl == c;
   }
-  return isupper(cl) ? !in : in;
+  return cl & 0x20 ? in : !in;
 }
 
 /* Is byte c in the set whose '[' is at p and whose closing ']' is at end?
@@ -168,18 +169,21 @@ static const char *class_end(pstate *ps, const char *p) {
 }
 
 /* Is there a subject byte at s, and is it in the class p .. ep? */
-static bool single(pstate *ps, const char *s, const char *p, const char *ep) {
-  STEP(ps, 1);
+static bool single(const pstate *ps, const char *s, const char *p,
+                   const char *ep) {
   if (s >= ps->s_end) return false;
   int c = U(*s);
   switch (*p) {
     case '.': return true;
     case PAT_ESC: return class_has(c, U(p[1]));
-    case '[':
-      STEP(ps, (ep - p) / SET_BYTES_PER_STEP);
-      return set_has(c, p, ep - 1);
+    case '[': return set_has(c, p, ep - 1);
     default: return U(*p) == c;
   }
+}
+
+/* The steps one test of the class p .. ep costs. */
+static long test_cost(const char *p, const char *ep) {
+  return *p == '[' ? 1 + (ep - p) / SET_BYTES_PER_STEP : 1;
 }
 
 /* ---- the matcher -------------------------------------------------------- */
@@ -193,6 +197,7 @@ static const char *greedy(pstate *ps, const char *s, const char *p,
                           const char *ep) {
   ptrdiff_t n = 0;
   while (single(ps, s + n, p, ep)) n++;
+  STEP(ps, (n + 1) * test_cost(p, ep)); /* a run: no longer than s */
   for (; n >= 0; n--) {
     const char *r = pm(ps, s + n, ep + 1);
     if (r) return r;
@@ -204,9 +209,11 @@ static const char *greedy(pstate *ps, const char *s, const char *p,
  * after no repetition, then after one more each time. */
 static const char *lazy(pstate *ps, const char *s, const char *p,
                         const char *ep) {
+  long cost = test_cost(p, ep);
   for (;;) {
     const char *r = pm(ps, s, ep + 1);
     if (r) return r;
+    STEP(ps, cost);
     if (!single(ps, s, p, ep)) return NULL;
     s++;
   }
@@ -240,15 +247,19 @@ static const char *balance(pstate *ps, const char *s, const char *p) {
     pat_error(ps, "malformed pattern (missing arguments to '%%b')");
   if (s >= ps->s_end || *s != p[0]) return NULL;
   int open = 1;
-  for (const char *t = s + 1; t < ps->s_end; t++) {
-    STEP(ps, 1);
+  const char *t = s + 1, *r = NULL;
+  for (; t < ps->s_end; t++) {
     if (*t == p[1]) { /* tested first: %b"" spans one quoted string */
-      if (--open == 0) return t + 1;
+      if (--open == 0) {
+        r = t + 1;
+        break;
+      }
     } else if (*t == p[0]) {
       open++;
     }
   }
-  return NULL;
+  STEP(ps, t - s);
+  return r;
 }
 
 /* %1 .. %9: the text capture d (a digit) took, again at s. */
@@ -267,19 +278,30 @@ static const char *backref(pstate *ps, const char *s, int d) {
 /* Matches pattern p .. p_end at s: the end of the match, or NULL. An item
  * that cannot leave alternatives open continues the loop; one that can
  * (captures, quantifiers) recurses for the rest of the pattern. */
+/* Steps are counted in k, a register, and charged (flushed) at the end
+ * and before anything that may raise or recurse: only runs of single
+ * bytes and dots go uncharged for a while, never longer than the pattern. */
+#define FLUSH()      \
+  do {               \
+    STEP(ps, k);     \
+    k = 0;           \
+  } while (0)
+
 static const char *pm(pstate *ps, const char *s, const char *p) {
   if (ps->depth-- == 0) pat_error(ps, "pattern too complex");
-  STEP(ps, 1);
+  long k = 1;
   const char *end = ps->p_end;
   while (p < end) {
     switch (*p) {
       case '(':
+        FLUSH();
         if (p + 1 < end && p[1] == ')')
           s = open_capture(ps, s, p + 2, CAP_POS);
         else
           s = open_capture(ps, s, p + 1, CAP_OPEN);
         goto done;
       case ')':
+        FLUSH();
         s = close_capture(ps, s, p + 1);
         goto done;
       case '$':
@@ -289,6 +311,7 @@ static const char *pm(pstate *ps, const char *s, const char *p) {
         }
         break;
       case PAT_ESC: {
+        FLUSH();
         int next = p + 1 < end ? U(p[1]) : 0;
         if (next == 'b') {
           s = balance(ps, s, p + 2);
@@ -303,7 +326,7 @@ static const char *pm(pstate *ps, const char *s, const char *p) {
           const char *ep = class_end(ps, p);
           int before = s == ps->s0 ? 0 : U(s[-1]);
           int at = s < ps->s_end ? U(*s) : 0;
-          STEP(ps, 2 + 2 * ((ep - p) / SET_BYTES_PER_STEP));
+          k += 2 * test_cost(p, ep);
           if (set_has(before, p, ep - 1) || !set_has(at, p, ep - 1)) {
             s = NULL;
             goto done;
@@ -319,12 +342,16 @@ static const char *pm(pstate *ps, const char *s, const char *p) {
         }
         break;
       }
+      case '[':
+        FLUSH();
+        break;
       default:
         break;
     }
     /* a single-character class, maybe with a quantifier after it */
     const char *ep = class_end(ps, p);
     int q = ep < end ? *ep : 0;
+    k += test_cost(p, ep);
     if (!single(ps, s, p, ep)) {
       if (q == '*' || q == '?' || q == '-') { /* zero repetitions do */
         p = ep + 1;
@@ -333,6 +360,7 @@ static const char *pm(pstate *ps, const char *s, const char *p) {
       s = NULL;
       goto done;
     }
+    if (q == '?' || q == '+' || q == '*' || q == '-') FLUSH();
     switch (q) {
       case '?': {
         const char *r = pm(ps, s + 1, ep + 1);
@@ -353,6 +381,7 @@ static const char *pm(pstate *ps, const char *s, const char *p) {
     }
   }
 done:
+  STEP(ps, k);
   ps->depth++;
   return s;
 }
@@ -402,6 +431,37 @@ static bool plain_text(const char *p, size_t lp) {
   return true;
 }
 
+/* The first lp-byte text p in s .. s + n, or NULL; *work gets about how
+ * many bytes that took. memchr for p's first byte and a compare at each
+ * one, as the stock library does (fast on text: memmem is ten times
+ * slower on a few kB); once the compares cost more than the scan (a p
+ * like "aaab" in "aaaa..."), memmem, linear, does the rest. */
+static const char *find_text(const char *s, size_t n, const char *p,
+                             size_t lp, size_t *work) {
+  *work = lp;
+  if (lp == 0) return s;
+  if (lp > n) return NULL;
+  const char *at = s, *last = s + (n - lp); /* the last place it fits */
+  size_t compared = 0;
+  while (at <= last) {
+    const char *c = memchr(at, p[0], (size_t)(last - at) + 1);
+    if (!c) break;
+    if (memcmp(c + 1, p + 1, lp - 1) == 0) {
+      *work += (size_t)(c - s) + compared;
+      return c;
+    }
+    compared += lp;
+    at = c + 1;
+    if (compared > 4096 + 4 * (size_t)(at - s)) {
+      c = memmem(at, n - (size_t)(at - s), p, lp);
+      *work += n + compared;
+      return c;
+    }
+  }
+  *work += n + compared;
+  return NULL;
+}
+
 static int find_or_match(lua_State *L, bool find) {
   size_t ls, lp;
   const char *s = luaL_checklstring(L, 1, &ls);
@@ -414,10 +474,9 @@ static int find_or_match(lua_State *L, bool find) {
   pstate ps;
   if (find && (lua_toboolean(L, 4) || plain_text(p, lp))) {
     ps_init(&ps, L, "string.find", s, ls, p, lp);
-    /* linear (glibc's memmem is two-way); charged by the bytes passed */
-    const char *at = memmem(s + init, ls - init, p, lp);
-    size_t passed = (at ? (size_t)(at - s) + lp : ls) - init + lp;
-    STEP(&ps, (long)(passed / PLAIN_BYTES_PER_STEP));
+    size_t work;
+    const char *at = find_text(s + init, ls - init, p, lp, &work);
+    STEP(&ps, (long)(work / PLAIN_BYTES_PER_STEP));
     if (!at) {
       luaL_pushfail(L);
       return 1;
