@@ -14,7 +14,6 @@
 #include <ctype.h>
 #include <lauxlib.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <string.h>
 
@@ -86,18 +85,6 @@ static void out_of_steps(pstate *ps) {
     if (__builtin_expect((*(ps)->left -= (n)) < 0, 0)) out_of_steps(ps); \
   } while (0)
 
-/* As luaL_error, which it is: a message from a C function has no
- * position ("malformed pattern (ends with '%')"). */
-static int pat_error(pstate *ps, const char *fmt, ...) {
-  va_list ap;
-  luaL_where(ps->L, 1);
-  va_start(ap, fmt);
-  lua_pushvfstring(ps->L, fmt, ap);
-  va_end(ap);
-  lua_concat(ps->L, 2);
-  return lua_error(ps->L);
-}
-
 /* ---- single-character classes ----------------------------------------- */
 
 /* Is byte c in the class %cl? A letter names a class (its upper case the
@@ -154,12 +141,14 @@ static const char *class_end(pstate *ps, const char *p) {
   const char *end = ps->p_end;
   switch (*p++) {
     case PAT_ESC:
-      if (p >= end) pat_error(ps, "malformed pattern (ends with '%%')");
+      if (p >= end)
+        luaL_error(ps->L, "malformed pattern (ends with '%%')");
       return p + 1;
     case '[':
       if (p < end && *p == '^') p++;
       do {
-        if (p >= end) pat_error(ps, "malformed pattern (missing ']')");
+        if (p >= end)
+          luaL_error(ps->L, "malformed pattern (missing ']')");
         if (*p++ == PAT_ESC && p < end) p++; /* "%]" is a member */
       } while (p >= end || *p != ']');
       return p + 1;
@@ -221,7 +210,7 @@ static const char *lazy(pstate *ps, const char *s, const char *p,
 
 static const char *open_capture(pstate *ps, const char *s, const char *p,
                                 ptrdiff_t kind) {
-  if (ps->ncap >= PAT_MAXCAPTURES) pat_error(ps, "too many captures");
+  if (ps->ncap >= PAT_MAXCAPTURES) luaL_error(ps->L, "too many captures");
   ps->cap[ps->ncap].at = s;
   ps->cap[ps->ncap].len = kind;
   ps->ncap++;
@@ -234,7 +223,7 @@ static const char *open_capture(pstate *ps, const char *s, const char *p,
 static const char *close_capture(pstate *ps, const char *s, const char *p) {
   int i = ps->ncap - 1;
   while (i >= 0 && ps->cap[i].len != CAP_OPEN) i--;
-  if (i < 0) pat_error(ps, "invalid pattern capture");
+  if (i < 0) luaL_error(ps->L, "invalid pattern capture");
   ps->cap[i].len = s - ps->cap[i].at;
   const char *r = pm(ps, s, p);
   if (!r) ps->cap[i].len = CAP_OPEN;
@@ -244,7 +233,7 @@ static const char *close_capture(pstate *ps, const char *s, const char *p) {
 /* %bxy at p (the x): from an x at s to the y that balances it. */
 static const char *balance(pstate *ps, const char *s, const char *p) {
   if (p + 1 >= ps->p_end)
-    pat_error(ps, "malformed pattern (missing arguments to '%%b')");
+    luaL_error(ps->L, "malformed pattern (missing arguments to '%%b')");
   if (s >= ps->s_end || *s != p[0]) return NULL;
   int open = 1;
   const char *t = s + 1, *r = NULL;
@@ -266,7 +255,7 @@ static const char *balance(pstate *ps, const char *s, const char *p) {
 static const char *backref(pstate *ps, const char *s, int d) {
   int i = d - '1';
   if (i < 0 || i >= ps->ncap || ps->cap[i].len == CAP_OPEN)
-    pat_error(ps, "invalid capture index %%%d", i + 1);
+    luaL_error(ps->L, "invalid capture index %%%d", i + 1);
   ptrdiff_t len = ps->cap[i].len;
   if (len < 0) return NULL; /* a position: never equal to text */
   STEP(ps, len / PLAIN_BYTES_PER_STEP);
@@ -275,20 +264,24 @@ static const char *backref(pstate *ps, const char *s, int d) {
   return NULL;
 }
 
-/* Matches pattern p .. p_end at s: the end of the match, or NULL. An item
- * that cannot leave alternatives open continues the loop; one that can
- * (captures, quantifiers) recurses for the rest of the pattern. */
-/* Steps are counted in k, a register, and charged (flushed) at the end
- * and before anything that may raise or recurse: only runs of single
- * bytes and dots go uncharged for a while, never longer than the pattern. */
-#define FLUSH()      \
-  do {               \
-    STEP(ps, k);     \
-    k = 0;           \
+/* pm's steps are counted in k, a register (a counter in memory, charged
+ * at every test, made gap.lua up to 14% slower), and charged at the end of the
+ * try and before anything that may raise or recurse: only a run of single
+ * bytes and dots goes uncharged for a while, never longer than the
+ * pattern. */
+#define FLUSH()  \
+  do {           \
+    STEP(ps, k); \
+    k = 0;       \
   } while (0)
 
+/* Matches pattern p .. p_end at s: the end of the match, or NULL. An item
+ * that cannot leave alternatives open continues the loop; one that can
+ * (captures, quantifiers) recurses for the rest of the pattern. The
+ * errors are raised when the matcher first reaches the malformed item, as
+ * the stock library's are: ("x"):find("y[") is nil, no error. */
 static const char *pm(pstate *ps, const char *s, const char *p) {
-  if (ps->depth-- == 0) pat_error(ps, "pattern too complex");
+  if (ps->depth-- == 0) luaL_error(ps->L, "pattern too complex");
   long k = 1;
   const char *end = ps->p_end;
   while (p < end) {
@@ -322,7 +315,7 @@ static const char *pm(pstate *ps, const char *s, const char *p) {
         if (next == 'f') {
           p += 2;
           if (p >= end || *p != '[')
-            pat_error(ps, "missing '[' after '%%f' in pattern");
+            luaL_error(ps->L, "missing '[' after '%%f' in pattern");
           const char *ep = class_end(ps, p);
           int before = s == ps->s0 ? 0 : U(s[-1]);
           int at = s < ps->s_end ? U(*s) : 0;
@@ -392,12 +385,12 @@ done:
  * has no captures, capture 0 is the whole match s .. e. */
 static void push_capture(pstate *ps, int i, const char *s, const char *e) {
   if (i >= ps->ncap) {
-    if (i != 0) pat_error(ps, "invalid capture index %%%d", i + 1);
+    if (i != 0) luaL_error(ps->L, "invalid capture index %%%d", i + 1);
     lua_pushlstring(ps->L, s, (size_t)(e - s));
     return;
   }
   ptrdiff_t len = ps->cap[i].len;
-  if (len == CAP_OPEN) pat_error(ps, "unfinished capture");
+  if (len == CAP_OPEN) luaL_error(ps->L, "unfinished capture");
   if (len == CAP_POS)
     lua_pushinteger(ps->L, (lua_Integer)(ps->cap[i].at - ps->s0) + 1);
   else
@@ -575,7 +568,8 @@ static void add_string(pstate *ps, luaL_Buffer *b, const char *s,
       push_capture(ps, c - '1', s, e);
       luaL_addvalue(b); /* a position becomes its digits */
     } else {
-      pat_error(ps, "invalid use of '%c' in replacement string", PAT_ESC);
+      luaL_error(ps->L, "invalid use of '%c' in replacement string",
+                 PAT_ESC);
     }
     r = pc + 1;
   }
@@ -608,7 +602,7 @@ static bool add_value(pstate *ps, luaL_Buffer *b, const char *s,
     return false;
   }
   if (!lua_isstring(L, -1))
-    pat_error(ps, "invalid replacement value (a %s)", luaL_typename(L, -1));
+    luaL_error(L, "invalid replacement value (a %s)", luaL_typename(L, -1));
   luaL_addvalue(b);
   return true;
 }

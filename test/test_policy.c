@@ -2335,7 +2335,8 @@ static void lua_literals(const char *src, size_t n,
       }
     } else if (c == '"' || c == '\'') {
       size_t j = i + 1;
-      while (j < n && src[j] != c && src[j] != '\n') j += src[j] == '\\' ? 2 : 1;
+      while (j < n && src[j] != c && src[j] != '\n')
+        j += src[j] == '\\' ? 2 : 1;
       if (j < n && src[j] == c) fn(ud, src + i, j + 1 - i);
       i = j + 1;
     } else {
@@ -2500,7 +2501,8 @@ static const char *const SUBJECTS[] = {
     "- [x] **T2** | deps: t1, T3 | review", "1. Do it\n2) Then this\n",
     "## Tasks\n\n1. First\n2. Second: depends on 1\n",
     "{\"error\": {\"message\": \"bad key\", \"type\": \"auth\"}}",
-    "Authorization: Bearer abc.DEF-ghi_123~+/==", "api_key = \"sk-1234567890abcdef\"",
+    "Authorization: Bearer abc.DEF-ghi_123~+/==",
+    "api_key = \"sk-1234567890abcdef\"",
     "mail me at a.b-c@example.com or 10.0.0.1", "call +1 (555) 123-4567",
     "a\0b\0", "\0", "x \xe2\x80\x94 y \xe2\x80\x93 z", "\357\273\277bom\r\nx\r",
     "<think>no</think><plan>1. a</plan>", "none", "n/a", "find_users",
@@ -2572,7 +2574,8 @@ TEST(policy_patterns_match_the_stock_library) {
       uint64_t r = diff_rand(&seed);
       darg init = r % 3 ? D_NIL() : D_INT(inits[(r >> 8) % 8]);
       darg plain = (r >> 16) % 5 ? D_NIL() : (darg){.t = 'b', .i = 1};
-      darg maxn = (r >> 24) % 4 ? D_NIL() : D_INT((lua_Integer)(r >> 32) % 4 - 1);
+      darg maxn =
+          (r >> 24) % 4 ? D_NIL() : D_INT((lua_Integer)(r >> 32) % 4 - 1);
       darg repl = D_CSTR(repls[(r >> 40) % ORCH__ARRAY_LEN(repls)]);
       diff_run(&d, "find", s, p, init, plain, D_NIL());
       diff_run(&d, "match", s, p, init, D_NIL(), D_NIL());
