@@ -133,12 +133,14 @@ demo: .deps-ok all
 
 # ---- fuzzing (clang's libFuzzer, ASan + UBSan) -----------------------
 # make fuzz [FUZZ_SECONDS=60]: builds build-fuzz/fuzz_plan, fuzz_gap,
-# fuzz_llm, fuzz_spool and fuzz_config from the sources and runs each for
-# FUZZ_SECONDS over fuzz/corpus (new inputs go to build-fuzz/corpus-*,
-# crashes to build-fuzz/). fuzz_llm serves each input as a provider's answer
-# on loopback to a real model call; fuzz_spool replays it as the spool a
-# crash left; fuzz_config loads it as the config file (see each one's header
-# for the input layout). Not part of make test.
+# fuzz_llm, fuzz_spool, fuzz_config and fuzz_pattern from the sources and
+# runs each for FUZZ_SECONDS over fuzz/corpus (new inputs go to
+# build-fuzz/corpus-*, crashes to build-fuzz/). fuzz_llm serves each input
+# as a provider's answer on loopback to a real model call; fuzz_spool
+# replays it as the spool a crash left; fuzz_config loads it as the config
+# file; fuzz_pattern runs it as a call of a pattern function in the sandbox
+# and in the stock library and compares the two (see each one's header for
+# the input layout). Not part of make test.
 FUZZ_SECONDS ?= 60
 FUZZ_DIR := build-fuzz
 # (UBSan stops at its first report, as in SAN=1 builds: by default it
@@ -154,7 +156,7 @@ $(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c $(LIB_SRCS) $(BUILD)/gen/store_sql.c
 	  $(PKG_LIBS) -lm
 
 fuzz: .deps-ok all $(FUZZ_DIR)/fuzz_plan $(FUZZ_DIR)/fuzz_gap $(FUZZ_DIR)/fuzz_llm \
-  $(FUZZ_DIR)/fuzz_spool $(FUZZ_DIR)/fuzz_config
+  $(FUZZ_DIR)/fuzz_spool $(FUZZ_DIR)/fuzz_config $(FUZZ_DIR)/fuzz_pattern
 	@mkdir -p $(FUZZ_DIR)/corpus-plan $(FUZZ_DIR)/corpus-gap $(FUZZ_DIR)/corpus-llm
 	cd $(FUZZ_DIR) && ./fuzz_plan -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
 	  -dict=../fuzz/plan.dict corpus-plan ../fuzz/corpus/plan
@@ -169,6 +171,10 @@ fuzz: .deps-ok all $(FUZZ_DIR)/fuzz_plan $(FUZZ_DIR)/fuzz_gap $(FUZZ_DIR)/fuzz_l
 	cd $(FUZZ_DIR) && UBSAN_OPTIONS=halt_on_error=1 ./fuzz_config \
 	  -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -close_fd_mask=1 \
 	  -dict=../fuzz/config.dict corpus-config ../fuzz/corpus/config
+	@mkdir -p $(FUZZ_DIR)/corpus-pattern
+	cd $(FUZZ_DIR) && UBSAN_OPTIONS=halt_on_error=1 ./fuzz_pattern \
+	  -max_total_time=$(FUZZ_SECONDS) -max_len=256 \
+	  -dict=../fuzz/pattern.dict corpus-pattern ../fuzz/corpus/pattern
 
 # ---- install ----------------------------------------------------------
 

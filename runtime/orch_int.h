@@ -421,6 +421,29 @@ int orch__lua_pcall(lua_State *L, int nargs, int nres, char *err,
  * (*capped true), or SIZE_MAX for a state not made by policy.c. */
 size_t orch__lua_mem_left(lua_State *L, bool *capped /* OUT */);
 
+/* The budget of the C loops in a sandboxed call that the count hook cannot
+ * see (lpattern.c's matcher): a call may take as many of their steps as it
+ * has instructions, besides the instructions its Lua code runs. The
+ * counter of steps left in the current call, which the loops decrement, or
+ * NULL for a state not made by policy.c (no budget). */
+long *orch__budget_steps(lua_State *L);
+/* Raises "<what>: pattern matching exceeded the instruction budget (N
+ * instructions)" once the counter is spent, and trips the budget as the
+ * count hook does, so a pcall in the script cannot swallow it: the call
+ * fails with the budget's error. Does not return. */
+void orch__budget_exceeded(lua_State *L, const char *what);
+
+/* ---- lpattern.c: string patterns under the budget --------------------- */
+
+/* string.find, match, gmatch and gsub as Lua 5.4's (same results, same
+ * error messages), written from the reference manual, whose matcher counts
+ * its steps against orch__budget_steps; setup_state puts them in the
+ * sandbox's string table. */
+int orch__str_find(lua_State *L);
+int orch__str_match(lua_State *L);
+int orch__str_gmatch(lua_State *L);
+int orch__str_gsub(lua_State *L);
+
 /* ---- json.c: Lua values <-> jansson ---------------------------------- */
 
 /* Converts the value at idx to JSON (tables with 1..n keys are arrays).

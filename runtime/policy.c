@@ -148,6 +148,8 @@ typedef struct sbx {
   bool budget_tripped;
   int trip_line;
   char trip_src[LUA_IDSIZE];
+  const char *trip_what; /* "string.find": the matcher tripped the budget */
+  long steps;           /* of the C loops (lpattern.c): left in this call */
   const psnap *snap;    /* modules `require` can load (borrowed; may be NULL) */
   /* The budget watchdog (below). */
   lua_State *L;
@@ -206,6 +208,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
   sbx *x = SBX(L);
   if (!x->budget_tripped) {
     x->budget_tripped = true;
+    x->trip_what = NULL;
     x->trip_line = -1;
     x->trip_src[0] = '\0';
     if (lua_getinfo(L, "Sl", ar)) {
@@ -215,6 +218,41 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
     lua_sethook(L, budget_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
   }
   luaL_error(L, "instruction budget exceeded (%d instructions)", x->budget);
+}
+
+/* The C loops the hook cannot see count their own steps (lpattern.c). A
+ * call outside pcall_budget (none should run script code) gets a whole
+ * budget for each use. */
+long *orch__budget_steps(lua_State *L) {
+  if (!is_sandbox(L)) return NULL;
+  sbx *x = SBX(L);
+  if (x->depth == 0) x->steps = x->budget;
+  return &x->steps;
+}
+
+/* The steps are spent: trips the budget where the script called the loop
+ * (the innermost Lua line), re-arming the hook as budget_hook does, and
+ * raises. The counter stays spent, so a pattern call in a handler raises
+ * again. */
+void orch__budget_exceeded(lua_State *L, const char *what) {
+  sbx *x = SBX(L);
+  if (x->depth > 0 && !x->budget_tripped) {
+    x->budget_tripped = true;
+    x->trip_what = what;
+    x->trip_line = -1;
+    x->trip_src[0] = '\0';
+    lua_Debug ar;
+    for (int lv = 0; lua_getstack(L, lv, &ar); lv++) {
+      if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+        x->trip_line = ar.currentline;
+        snprintf(x->trip_src, sizeof x->trip_src, "%s", ar.short_src);
+        break;
+      }
+    }
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
+  }
+  luaL_error(L, "%s: pattern matching exceeded the instruction budget (%d "
+                "instructions)", what, x->budget);
 }
 
 /* ---- the budget watchdog ------------------------------------------------
@@ -347,6 +385,8 @@ static void call_begin(lua_State *L) {
   sbx *x = SBX(L);
   if (x->depth++ == 0) {
     x->budget_tripped = false;
+    x->trip_what = NULL;
+    x->steps = x->budget;
     x->mem_tripped = false;
     if (lua_gethook(L)) lua_sethook(L, NULL, 0, 0);
     pthread_t me = pthread_self();
@@ -698,6 +738,42 @@ static int l_table_move(lua_State *L) {
       return luaL_error(L, "table.move: the range %I..%I has more elements "
                            "than the instruction budget allows (%d)",
                         f, e, limit);
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
+/* string.rep(s, n [, sep]) with the result's size decided first: "" at
+ * once when it is empty (the stock one copies nothing n times, a C loop
+ * the count hook never sees: string.rep('', 1 << 62) held the worker for
+ * good), and a result larger than the memory cap refused before anything
+ * is copied. Upvalue 1 is the stock function. */
+static int l_string_rep(lua_State *L) {
+  size_t l, lsep;
+  luaL_checklstring(L, 1, &l);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  luaL_optlstring(L, 3, "", &lsep);
+  if (n <= 0 || (l == 0 && lsep == 0)) {
+    lua_pushliteral(L, "");
+    return 1;
+  }
+  if (is_sandbox(L)) {
+    sbx *x = SBX(L);
+    /* n copies and n - 1 separators: l + (n - 1) * (l + lsep) bytes */
+    size_t unit = l + lsep, more = (size_t)n - 1;
+    bool over = unit < l || (more > 0 && unit > (SIZE_MAX - l) / more) ||
+                l + more * unit > x->max;
+    if (over) {
+      x->mem_tripped = true; /* reported as the memory cap (ELIMIT) */
+      char size[64];
+      snprintf(size, sizeof size, "%.0f",
+               (double)l + (double)more * ((double)l + (double)lsep));
+      return luaL_error(L, "string.rep: memory cap exceeded (%I bytes): "
+                           "the result would be %s bytes",
+                        (lua_Integer)x->max, size);
+    }
   }
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_insert(L, 1);
@@ -1122,9 +1198,20 @@ static int setup_state(lua_State *L) {
   luaL_requiref(L, LUA_UTF8LIBNAME, luaopen_utf8, 0);
   luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 0);   /* G s t m u os */
   /* The real string table is the string metatable's __index: without dump
-   * there, ("").dump is nil too. */
+   * there, ("").dump is nil too, and s:find is the budgeted one. */
   lua_pushnil(L);
   lua_setfield(L, -6, "dump");
+  static const luaL_Reg budgeted[] = {{"find", orch__str_find},
+                                      {"match", orch__str_match},
+                                      {"gmatch", orch__str_gmatch},
+                                      {"gsub", orch__str_gsub},
+                                      {NULL, NULL}};
+  lua_pushvalue(L, 2);
+  luaL_setfuncs(L, budgeted, 0);
+  lua_getfield(L, -1, "rep");
+  lua_pushcclosure(L, l_string_rep, 1);
+  lua_setfield(L, -2, "rep");
+  lua_pop(L, 1);
   lua_getfield(L, -4, "move");
   lua_pushcclosure(L, l_table_move, 1);
   lua_setfield(L, -5, "move");
@@ -1317,15 +1404,19 @@ static int call_error(lua_State *L, int st, bool budget, bool mem,
   char in[200] = "";
   int rc;
   if (budget) {
+    char by[64] = "";
+    if (x->trip_what)
+      snprintf(by, sizeof by, " by %s's pattern matching", x->trip_what);
     if (what) snprintf(in, sizeof in, " in %s", what);
     if (x->trip_line > 0)
       rc = orch__err(err, errlen, ORCH_ELIMIT,
-                     "%s:%d: instruction budget exceeded (%d instructions)%s",
-                     x->trip_src, x->trip_line, x->budget, in);
+                     "%s:%d: instruction budget exceeded (%d instructions)"
+                     "%s%s",
+                     x->trip_src, x->trip_line, x->budget, by, in);
     else
       rc = orch__err(err, errlen, ORCH_ELIMIT,
-                     "%s: instruction budget exceeded (%d instructions)%s",
-                     file ? file : x->trip_src, x->budget, in);
+                     "%s: instruction budget exceeded (%d instructions)%s%s",
+                     file ? file : x->trip_src, x->budget, by, in);
   } else if (st == LUA_ERRMEM ||
              (mem && msg && strstr(msg, "not enough memory"))) {
     if (what) snprintf(in, sizeof in, " in %s", what);

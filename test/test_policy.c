@@ -7,10 +7,12 @@
 
 #include <dirent.h>
 #include <lauxlib.h>
+#include <lualib.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -1941,4 +1943,730 @@ TEST(scripts_check_fails_a_directory_with_no_modules) {
   ASSERT_CONTAINS(r.text[0], "no script modules");
   rm_rf(dir);
   free(dir);
+}
+
+/* ---- string.rep and the pattern functions under the budget -------------- */
+
+TEST(policy_string_rep_returns_or_refuses_at_once) {
+  char err[512], out[1024];
+  orch__config c;
+  orch__config_defaults(&c);
+  c.lua_mem_max = 16u << 20;
+  lua_State *L = orch__lua_new_sandbox(&c, err, sizeof err);
+  ASSERT(L);
+  double t0 = now_ms();
+  /* an empty result is "" at once, however many copies of nothing */
+  ASSERT_EQ(run_chunk(L, "return #string.rep('', 1 << 62) .. "
+                         "#string.rep('', math.maxinteger, '') .. "
+                         "#('x'):rep(0) .. #('x'):rep(-5, ',')",
+                      out, sizeof out),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "0000");
+  /* a result past the cap is refused before anything is copied */
+  static const char *const huge[] = {
+      "return string.rep('', 1 << 62, ',')",
+      "return string.rep('x', 1e9)",
+      "return ('ab'):rep(math.maxinteger, 'cd')",
+      "return string.rep('x', 8 * 1024 * 1024 + 1, 'y')"};
+  for (size_t i = 0; i < ORCH__ARRAY_LEN(huge); i++) {
+    ASSERT_EQ(run_chunk(L, huge[i], out, sizeof out), ORCH_ELIMIT);
+    ASSERT_CONTAINS(out, "string.rep: memory cap exceeded (16777216 bytes): "
+                         "the result would be ");
+  }
+  ASSERT_CONTAINS(out, "would be 16777217 bytes");
+  /* a pcall sees the refusal as an error, and the script goes on */
+  ASSERT_EQ(run_chunk(L, "local ok, e = pcall(string.rep, 'x', 1e12) "
+                         "return tostring(ok) .. ' ' .. e",
+                      out, sizeof out),
+            ORCH_OK);
+  ASSERT_CONTAINS(out, "false string.rep: memory cap exceeded");
+  ASSERT(now_ms() - t0 < 2000);
+  /* within the cap, and the argument errors, as stock */
+  ASSERT_EQ(run_chunk(L, "return ('ab'):rep(3, ', ') .. #string.rep('x', "
+                         "4 * 1024 * 1024, '') .. string.rep(5, 2)",
+                      out, sizeof out),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "ab, ab, ab419430455");
+  ASSERT_EQ(run_chunk(L, "return string.rep('x', 1.5)", out, sizeof out),
+            ORCH_ESCRIPT);
+  ASSERT_CONTAINS(out, "bad argument #2 to 'rep' (number has no integer "
+                       "representation)");
+  ASSERT_EQ(run_chunk(L, "return string.rep(nil, 2)", out, sizeof out),
+            ORCH_ESCRIPT);
+  ASSERT_CONTAINS(out, "bad argument #1 to 'rep' (string expected, got nil)");
+  orch__lua_close(L);
+  orch__config_deinit(&c);
+}
+
+/* Each of these backtracks for hours in the stock library; the sandbox's
+ * matcher stops at the budget, and a pcall in the script cannot catch
+ * that: the call fails with the budget's error. */
+TEST(policy_pattern_backtracking_stops_at_the_budget) {
+  char err[512], out[1024];
+  orch__config c;
+  orch__config_defaults(&c);
+  c.lua_budget = 2000; /* 2M instructions */
+  lua_State *L = orch__lua_new_sandbox(&c, err, sizeof err);
+  ASSERT(L);
+  static const struct {
+    const char *code, *fn;
+  } slow[] = {
+      {"return string.rep('a', 3000):find('.-.-.-.-b')", "string.find"},
+      {"return ('a'):rep(3000):match('.-.-.-.-b')", "string.match"},
+      {"for x in ('a'):rep(3000):gmatch('.-.-.-.-b') do end", "string.gmatch"},
+      {"return (('a'):rep(3000):gsub('.-.-.-.-b', ''))", "string.gsub"},
+      {"return ('a'):rep(3000):find('(.-)(.-)(.-)(.-)%1%2%3%4b')",
+       "string.find"},
+      {"return ('a'):rep(500000):find('[' .. ('x'):rep(1000) .. ']')",
+       "string.find"},
+      /* a pcall around the match, or around the match in a loop */
+      {"local ok, e = pcall(string.find, ('a'):rep(3000), '.-.-.-.-b') "
+       "return 'escaped: ' .. tostring(e)",
+       "string.find"},
+      {"for i = 1, 100 do pcall(string.gsub, ('a'):rep(3000), '.-.-.-b', '') "
+       "end return 'escaped'",
+       "string.gsub"},
+      {"return select(2, pcall(function() "
+       "local ok = pcall(string.match, ('a'):rep(3000), '.-.-.-.-b') "
+       "return ('x'):find('x') end))",
+       "string.match"},
+      /* many cheap calls add up */
+      {"local s = ('a'):rep(2000) for i = 1, 1e6 do s:find('b') end",
+       "string.find"},
+      {"local s = ('a'):rep(1e6) for i = 1, 1e6 do s:find('b', 1, true) end",
+       "string.find"},
+  };
+  for (size_t i = 0; i < ORCH__ARRAY_LEN(slow); i++) {
+    double t0 = now_ms();
+    int rc = run_chunk(L, slow[i].code, out, sizeof out);
+    double ms = now_ms() - t0;
+    char want[200];
+    snprintf(want, sizeof want, "snippet:1: instruction budget exceeded "
+             "(2000000 instructions) by %s's pattern matching", slow[i].fn);
+    if (rc != ORCH_ELIMIT || !strstr(out, want) || ms > 2000)
+      orch_test_fail(__FILE__, __LINE__, "case %zu: rc %d after %.0f ms: %s",
+                     i, rc, ms, out);
+    /* the state goes on, with a whole budget for the next call */
+    ASSERT_EQ(run_chunk(L, "return ('abc'):find('b') .. ('x'):rep(3)", out,
+                        sizeof out),
+              ORCH_OK);
+    ASSERT_STR_EQ(out, "2xxx");
+  }
+  /* the script's own Lua instructions and its pattern steps each have the
+   * budget: a call may use most of both */
+  ASSERT_EQ(run_chunk(L,
+                      "local n = 0 for i = 1, 300000 do n = n + i end "
+                      "local s = ('ab'):rep(200000) "
+                      "return select(2, s:gsub('a', 'c'))",
+                      out, sizeof out),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "200000");
+  orch__lua_close(L);
+  orch__config_deinit(&c);
+}
+
+/* Through the engine: the report names the script's line and the hook, as
+ * for a loop, and says the pattern matching spent the budget. */
+TEST(policy_pattern_budget_names_file_line_and_hook) {
+  char *dir = tmpdir_new(), err[512], out[64];
+  put(dir, "routing/pat.lua",
+      "local M = {}\n"
+      "function M.slow(task)\n"
+      "  return tostring(task.title:rep(3000):find('.-.-.-.-b'))\n"
+      "end\n"
+      "function M.caught(task)\n"
+      "  local ok = pcall(string.gsub, task.title:rep(3000), '.-.-.-.-b', '')\n"
+      "  return 'escaped'\n"
+      "end\n"
+      "function M.fine(task) return (task.title:gsub('a', 'b')) end\n"
+      "return M\n");
+  orch__config c = test_cfg(dir);
+  c.lua_budget = 2000;
+  orch__policy *p = NULL;
+  ASSERT_EQ(orch__policy_new(&p, &c, err, sizeof err), ORCH_OK);
+  orch__lstate *s = orch__lstate_new(p, err, sizeof err);
+  ASSERT(s);
+  const char *keys[] = {"title"};
+  const char *vals[] = {"a"};
+  double t0 = now_ms();
+  ASSERT_EQ(orch__policy_call_fields(s, "routing.pat", "slow", keys, vals, 1,
+                                     out, sizeof out, err, sizeof err),
+            ORCH_ELIMIT);
+  ASSERT_CONTAINS(err, "routing/pat.lua:3: instruction budget exceeded "
+                       "(2000000 instructions) by string.find's pattern "
+                       "matching in pat.slow()");
+  ASSERT_EQ(orch__policy_call_fields(s, "routing.pat", "caught", keys, vals,
+                                     1, out, sizeof out, err, sizeof err),
+            ORCH_ELIMIT);
+  ASSERT_CONTAINS(err, "routing/pat.lua:6: instruction budget exceeded "
+                       "(2000000 instructions) by string.gsub's pattern "
+                       "matching in pat.caught()");
+  ASSERT(now_ms() - t0 < 2000);
+  ASSERT_EQ(orch__policy_call_fields(s, "routing.pat", "fine", keys, vals, 1,
+                                     out, sizeof out, err, sizeof err),
+            ORCH_OK);
+  ASSERT_STR_EQ(out, "b");
+  ASSERT(!lua_gethook(orch__lstate_L(s)));
+  orch__lstate_free(s);
+  orch__policy_free(p);
+  orch__config_deinit(&c);
+  rm_rf(dir);
+  free(dir);
+}
+
+/* ---- the sandbox's pattern functions against the stock library ----------
+ * The sandbox's find, match, gmatch and gsub (lpattern.c, budgeted) and the
+ * stock ones of a plain lua_State run the same harness on the same
+ * arguments: every result and every error message must be the same. */
+
+/* Both states run this: (op, s, p, a, b, r) -> one string that shows
+ * whether the call raised and each value it gave, typed. */
+static const char DIFF_HARNESS[] =
+    "local op, s, p, a, b, r = ...\n"
+    "local function show(ok, ...)\n"
+    "  local t = {tostring(ok)}\n"
+    "  for i = 1, select('#', ...) do\n"
+    "    local v = select(i, ...)\n"
+    "    t[#t + 1] = type(v) .. ':' .. tostring(v)\n"
+    "  end\n"
+    "  return table.concat(t, '\\1')\n"
+    "end\n"
+    "local function fn(...)\n" /* keeps some matches, refuses one */
+    "  local n, first = select('#', ...), ...\n"
+    "  if first == 'b' then return false end\n"
+    "  if n == 2 then return nil end\n"
+    "  if first == 'c' then return {} end\n"
+    "  if first == 'd' then return 4.5 end\n"
+    "  local t = {}\n"
+    "  for i = 1, n do t[i] = tostring((select(i, ...))) end\n"
+    "  return '[' .. table.concat(t, ',') .. ']'\n"
+    "end\n"
+    "local tbl = {a = 'A', b = false, ab = 7, [1] = 'one', [3] = 'three',\n"
+    "             aa = 'AA', x = true, [' '] = '_'}\n"
+    "local function packed(...) return {n = select('#', ...), ...} end\n"
+    "if op == 'find' then\n"
+    "  return show(pcall(function()\n"
+    "    local t = packed(string.find(s, p, a, b))\n"
+    "    return table.unpack(t, 1, t.n)\n"
+    "  end))\n"
+    "elseif op == 'match' then\n"
+    "  return show(pcall(function()\n"
+    "    local t = packed(s:match(p, a))\n"
+    "    return table.unpack(t, 1, t.n)\n"
+    "  end))\n"
+    "elseif op == 'gmatch' then\n"
+    "  return show(pcall(function()\n"
+    "    local out, it = {}, string.gmatch(s, p, a)\n"
+    "    for _ = 1, 40 do\n"
+    "      local t = packed(it())\n"
+    "      if t.n == 0 then break end\n"
+    "      for i = 1, t.n do\n"
+    "        out[#out + 1] = type(t[i]) .. ':' .. tostring(t[i])\n"
+    "      end\n"
+    "      out[#out + 1] = '|'\n"
+    "    end\n"
+    "    return table.concat(out, ',')\n"
+    "  end))\n"
+    "else\n"
+    "  local repl = r\n"
+    "  if r == 'fn()' then repl = fn elseif r == 'tbl()' then repl = tbl end\n"
+    "  return show(pcall(function()\n"
+    "    local t = packed(string.gsub(s, p, repl, a))\n"
+    "    return table.unpack(t, 1, t.n)\n"
+    "  end))\n"
+    "end\n";
+
+/* An argument: nil, a string, an integer, a float or a boolean. */
+typedef struct darg {
+  char t; /* 'n', 's', 'i', 'f', 'b' */
+  const char *s;
+  size_t len;
+  lua_Integer i;
+  double f;
+} darg;
+
+static darg D_NIL(void) { return (darg){.t = 'n'}; }
+static darg D_STR(const char *s, size_t len) {
+  return (darg){.t = 's', .s = s, .len = len};
+}
+static darg D_CSTR(const char *s) { return D_STR(s, strlen(s)); }
+static darg D_INT(lua_Integer i) { return (darg){.t = 'i', .i = i}; }
+
+static void push_darg(lua_State *L, darg a) {
+  switch (a.t) {
+    case 's': lua_pushlstring(L, a.s, a.len); break;
+    case 'i': lua_pushinteger(L, a.i); break;
+    case 'f': lua_pushnumber(L, a.f); break;
+    case 'b': lua_pushboolean(L, (int)a.i); break;
+    default: lua_pushnil(L);
+  }
+}
+
+typedef struct differ {
+  lua_State *sbx, *stock; /* each holds the harness at index 1 */
+  long runs, skipped, mismatches;
+  char first[1024];       /* the first mismatch, described */
+  char detail[1024];
+} differ;
+
+static void show_darg(char *buf, size_t n, darg a) {
+  switch (a.t) {
+    case 's': {
+      size_t o = 0;
+      buf[o++] = '"';
+      for (size_t i = 0; i < a.len && o + 6 < n; i++) {
+        unsigned char c = (unsigned char)a.s[i];
+        if (c >= 32 && c < 127 && c != '"' && c != '\\') buf[o++] = (char)c;
+        else o += (size_t)snprintf(buf + o, n - o, "\\%u", c);
+      }
+      buf[o++] = '"';
+      buf[o] = '\0';
+      break;
+    }
+    case 'i': snprintf(buf, n, "%lld", (long long)a.i); break;
+    case 'f': snprintf(buf, n, "%g", a.f); break;
+    case 'b': snprintf(buf, n, "%s", a.i ? "true" : "false"); break;
+    default: snprintf(buf, n, "nil");
+  }
+}
+
+/* Runs op on both states; counts a mismatch (keeping the first). */
+static void diff_run(differ *d, const char *op, darg s, darg p, darg a,
+                     darg b, darg r) {
+  char err[512];
+  lua_State *Ls[2] = {d->sbx, d->stock};
+  const char *res[2];
+  size_t len[2];
+  for (int k = 0; k < 2; k++) {
+    lua_State *L = Ls[k];
+    lua_pushvalue(L, 1);
+    lua_pushstring(L, op);
+    push_darg(L, s);
+    push_darg(L, p);
+    push_darg(L, a);
+    push_darg(L, b);
+    push_darg(L, r);
+    if (k == 0) {
+      int rc = orch__lua_pcall(L, 6, 1, err, sizeof err);
+      if (rc == ORCH_ELIMIT && strstr(err, "instruction budget")) {
+        d->skipped++; /* too slow to run the stock one on */
+        return;
+      }
+      if (rc) {
+        lua_pushfstring(L, "harness failed: %s", err);
+      }
+    } else if (lua_pcall(L, 6, 1, 0) != LUA_OK) {
+      /* the harness's own failure is a result too */
+    }
+    res[k] = lua_tolstring(L, -1, &len[k]);
+  }
+  d->runs++;
+  if (res[0] && res[1] && len[0] == len[1] && !memcmp(res[0], res[1], len[0]))
+    goto done;
+  if (d->mismatches++ == 0) {
+    char as[5][200];
+    darg all[5] = {s, p, a, b, r};
+    for (int i = 0; i < 5; i++) show_darg(as[i], sizeof as[i], all[i]);
+    snprintf(d->first, sizeof d->first, "%s(%s, %s, %s, %s, %s)", op, as[0],
+             as[1], as[2], as[3], as[4]);
+    snprintf(d->detail, sizeof d->detail, "sandbox: %s\n    stock:   %s",
+             res[0] ? res[0] : "(null)", res[1] ? res[1] : "(null)");
+    for (char *c = d->detail; *c; c++)
+      if (*c == '\1') *c = '|';
+  }
+done:
+  lua_pop(d->sbx, 1);
+  lua_pop(d->stock, 1);
+}
+
+/* A fixed-seed xorshift, so every run compares the same cases. */
+static uint64_t diff_rand(uint64_t *st) {
+  uint64_t x = *st;
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  return *st = x;
+}
+
+/* Every short string literal in a Lua source (as source text, quotes
+ * included), comments and long strings skipped; fn gets each. */
+static void lua_literals(const char *src, size_t n,
+                         void (*fn)(void *, const char *, size_t), void *ud) {
+  size_t i = 0;
+  while (i < n) {
+    char c = src[i];
+    if (c == '-' && i + 1 < n && src[i + 1] == '-') {
+      i += 2;
+      size_t eq = 0;
+      if (i < n && src[i] == '[') {
+        size_t j = i + 1;
+        while (j < n && src[j] == '=') j++, eq++;
+        if (j < n && src[j] == '[') { /* a long comment */
+          i = j + 1;
+          for (; i < n; i++) {
+            if (src[i] != ']') continue;
+            size_t k = i + 1, e = 0;
+            while (k < n && src[k] == '=') k++, e++;
+            if (k < n && src[k] == ']' && e == eq) {
+              i = k + 1;
+              break;
+            }
+          }
+          continue;
+        }
+      }
+      while (i < n && src[i] != '\n') i++;
+    } else if (c == '[' && i + 1 < n && (src[i + 1] == '[' ||
+                                         src[i + 1] == '=')) {
+      size_t j = i + 1, eq = 0;
+      while (j < n && src[j] == '=') j++, eq++;
+      if (j >= n || src[j] != '[') {
+        i++;
+        continue;
+      }
+      for (i = j + 1; i < n; i++) { /* a long string: text, not patterns */
+        if (src[i] != ']') continue;
+        size_t k = i + 1, e = 0;
+        while (k < n && src[k] == '=') k++, e++;
+        if (k < n && src[k] == ']' && e == eq) {
+          i = k + 1;
+          break;
+        }
+      }
+    } else if (c == '"' || c == '\'') {
+      size_t j = i + 1;
+      while (j < n && src[j] != c && src[j] != '\n')
+        j += src[j] == '\\' ? 2 : 1;
+      if (j < n && src[j] == c) fn(ud, src + i, j + 1 - i);
+      i = j + 1;
+    } else {
+      i++;
+    }
+  }
+}
+
+typedef struct strlist {
+  char **s;
+  size_t *len;
+  size_t n, cap;
+} strlist;
+
+static void strlist_add(strlist *l, const char *s, size_t len) {
+  for (size_t i = 0; i < l->n; i++)
+    if (l->len[i] == len && !memcmp(l->s[i], s, len)) return;
+  if (l->n == l->cap) {
+    l->cap = l->cap ? 2 * l->cap : 256;
+    l->s = realloc(l->s, l->cap * sizeof *l->s);
+    l->len = realloc(l->len, l->cap * sizeof *l->len);
+  }
+  l->s[l->n] = malloc(len + 1);
+  memcpy(l->s[l->n], s, len);
+  l->s[l->n][len] = '\0';
+  l->len[l->n++] = len;
+}
+
+static void strlist_free(strlist *l) {
+  for (size_t i = 0; i < l->n; i++) free(l->s[i]);
+  free(l->s);
+  free(l->len);
+}
+
+typedef struct litctx {
+  lua_State *L; /* a plain state that decodes the literals */
+  strlist *out;
+  size_t found;
+} litctx;
+
+static void on_literal(void *ud, const char *lit, size_t len) {
+  litctx *c = ud;
+  lua_State *L = c->L;
+  lua_pushliteral(L, "return ");
+  lua_pushlstring(L, lit, len);
+  lua_concat(L, 2);
+  size_t n;
+  const char *code = lua_tolstring(L, -1, &n);
+  if (luaL_loadbuffer(L, code, n, "=literal") == LUA_OK &&
+      lua_pcall(L, 0, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING) {
+    const char *s = lua_tolstring(L, -1, &n);
+    if (n <= 200) {
+      strlist_add(c->out, s, n);
+      c->found++;
+    }
+  }
+  lua_settop(L, 0);
+}
+
+/* The string literals of every Lua file in scripts and its subdirectories
+ * (decoded by L, a plain state) into out; returns how many there were. */
+static size_t script_literals(lua_State *L, strlist *out) {
+  litctx c = {L, out, 0};
+  const char *dirs[] = {"scripts", "scripts/policies", "scripts/rewards",
+                        "scripts/routing"};
+  for (size_t d = 0; d < ORCH__ARRAY_LEN(dirs); d++) {
+    DIR *dh = opendir(dirs[d]);
+    if (!dh) continue;
+    struct dirent *de;
+    while ((de = readdir(dh))) {
+      size_t nl = strlen(de->d_name);
+      if (nl < 5 || strcmp(de->d_name + nl - 4, ".lua")) continue;
+      char *path = orch__asprintf("%s/%s", dirs[d], de->d_name);
+      char *text = NULL;
+      size_t len = 0;
+      char err[256];
+      if (orch__read_file(path, 1u << 20, &text, &len, err, sizeof err) ==
+          ORCH_OK)
+        lua_literals(text, len, on_literal, &c);
+      free(text);
+      free(path);
+    }
+    closedir(dh);
+  }
+  return c.found;
+}
+
+/* Patterns no literal spells whole: the ones the scripts build. */
+static const char *const BUILT_PATTERNS[] = {
+    /* gap.lua rstrip(s, "%s") and rstrip(s, "%s|;"); its emphasis */
+    "[^%s][%s]*$", "[^%s|;][%s|;]*$",
+    "^[%*_]([^%s%*_][^%*_\n]-)%*()", "^[%*_]([^%s%*_][^%*_\n]-)%_()",
+    /* complexity.lua's phrases: punctuation escaped, spaces any run */
+    "code%s+review", "state%-of%-the%-art%s+model", "a%.b%s+c",
+    /* scrub.lua: "()(" .. pat .. ")" and the secret labels */
+    "()(%f[%w]sk%-[%w%-_]+)", "()(AKIA[%u%d]+)",
+    "(api[_%-]?key[\"']?%s*[:=]%s*[\"']?)([%w%-_%.%+/=]+)",
+    "(password[\"']?%s*[:=]%s*[\"']?)([%w%-_%.%+/=]+)",
+};
+
+/* From the manual (§6.4.1 and the examples of §6.4). */
+static const char *const MANUAL_PATTERNS[] = {
+    "(%w+)", "%w+", "(%w+)%s*(%w+)", "%$(%w+)", "%$(.-)%$", "%a+",
+    "(%w+)=(%w+)", "%b()", "%f[%w]%w+", "%f[%a]%a+", "%f[%A]", "[%w_]",
+    "[_%w]", "[0-7]", "[%a-z]", "[a-z]", "[%-]", "[%]]", "[]]", "[^]]",
+    "()aa()", "^(%w+)", "%d+", "[%w_]*", "(%w+)%s*=%s*(%w+)", "%s*(%S+)%s*",
+    "^%s*(.-)%s*$", "(h)(e)(l)(l)(o)", "%bxy", "%f[%l]", "%f[%z]", "%f[^%z]",
+    "[%x]+", "%u%l*", "%p+", "%c", "%g+", "(a*(.)%w(%s*))", "%1", "(%w)%1",
+    "^", "$", "^$", "", ".-", ".*", ".+", ".?", "a-b", "a*", "a+", "a?b",
+};
+
+/* Edge cases: errors, anchors, empty matches, odd classes. */
+static const char *const EDGE_PATTERNS[] = {
+    "%", "a%", "[", "[a", "[^", "[]", "[^]", "[%", "[%]", "[a-", "[a-]",
+    "[-a]", "[a-c-e]", "[%a-z]", "[a-%%]", "[%--/]", "[]-a]", "(", "(()",
+    ")", "a)", "(a", "((a)", "(a))", "%0", "%1", "(a)%2", "(a%1)", "()%1",
+    "(a)(b)%2%1", "%b", "%ba", "%b()x", "%b))", "%b\"\"", "%f", "%fa",
+    "%f[", "%f[a", "%f[%w", "%f[]", "%f[^a]", "%f[a-c]", "^^", "^a^",
+    "a$b", "$$", "%$", "a*$", "^a-$", "x*", "x-", "x?", "()", "()()",
+    "(())", "(()())", "((.)(.))", "%w*", "%W*", "%s-", "[^%s]*", "%d?%d?",
+    "[%w%.%-]+@[%w%.%-]+", "%d+%.%d+%.%d+%.%d+", "\"(.-)\"", "'([^']*)'",
+    ".-.-b", "(.-)(.-)", "a?a?a?aaa", "[%z]", "%z", "%Z+", "[\1-\37]",
+    "[\200-\377]+", ".%.", "%%", "%a%", "%x%X",
+    "[%]%-]", "[a%]]", "[%^]", "[^^]", "[ab-]", "[-]", "%-", "%*", "%+?",
+    "*", "+", "-", "?", "a**", "a++", "a--", "a??", "a-?", "(%a+)%s*",
+};
+
+/* A random pattern from pieces, malformed ones included. */
+static void random_pattern(uint64_t *st, char *buf, size_t cap, size_t *len) {
+  static const char *const pieces[] = {
+      "a", "b", "c", ".", "%a", "%d", "%s", "%w", "%A", "%S", "[ab]", "[^a]",
+      "[a-c]", "[%d_]", "(", ")", "()", "%b()", "%bab", "%f[%w]", "%f[a]",
+      "%1", "%2", "^", "$", "*", "+", "-", "?", "%", "[", "]", " ", "%%",
+      "%.", "x", "1", "%f[%W]", "[%a%-]", "(a", "b)"};
+  size_t n = 1 + diff_rand(st) % 6, o = 0;
+  for (size_t i = 0; i < n; i++) {
+    const char *pc = pieces[diff_rand(st) % ORCH__ARRAY_LEN(pieces)];
+    size_t l = strlen(pc);
+    if (o + l >= cap) break;
+    memcpy(buf + o, pc, l);
+    o += l;
+  }
+  *len = o;
+}
+
+/* A random subject over a small alphabet. */
+static void random_subject(uint64_t *st, char *buf, size_t cap, size_t *len) {
+  static const char alpha[] = "aabbc1 ()x.-_%\n";
+  size_t n = diff_rand(st) % (cap < 14 ? cap : 14);
+  for (size_t i = 0; i < n; i++)
+    buf[i] = alpha[diff_rand(st) % (sizeof alpha - 1)];
+  *len = n;
+}
+
+/* Subjects close to what the scripts see. */
+static const char *const SUBJECTS[] = {
+    "", " ", "a", "aa", "ab", "abc", "aaa", "hello world",
+    "hello world from Lua", "from=world, to=Lua", "THE (quick) fox",
+    "$name-$version.tar.gz", "home = $HOME, user = $USER",
+    "4+5 = $return 4+5$", "flaaap", "f(a(b)c)d)", "  trim me  \t\n",
+    "Task 1: Write the parser (depends on 2, 3)",
+    "- [x] **T2** | deps: t1, T3 | review", "1. Do it\n2) Then this\n",
+    "## Tasks\n\n1. First\n2. Second: depends on 1\n",
+    "{\"error\": {\"message\": \"bad key\", \"type\": \"auth\"}}",
+    "Authorization: Bearer abc.DEF-ghi_123~+/==",
+    "api_key = \"sk-1234567890abcdef\"",
+    "mail me at a.b-c@example.com or 10.0.0.1", "call +1 (555) 123-4567",
+    "a\0b\0", "\0", "x \xe2\x80\x94 y \xe2\x80\x93 z", "\357\273\277bom\r\nx\r",
+    "<think>no</think><plan>1. a</plan>", "none", "n/a", "find_users",
+    "__init__", "`code`", "*emph* and _this_", "3.14 is 3,14", "x\"q\"y",
+    "AKIAABCDEFGHIJKLMNOP", "password: hunter2", "(())", ")(", "%%", "%d",
+    "[]", "^$", "aXbXc", "ab12cd34", "\1\2\3 \177\200\377",
+};
+
+TEST(policy_patterns_match_the_stock_library) {
+  char err[512];
+  orch__config c;
+  orch__config_defaults(&c);
+  lua_State *S = orch__lua_new_sandbox(&c, err, sizeof err);
+  ASSERT(S);
+  lua_State *P = luaL_newstate();
+  luaL_openlibs(P);
+  ASSERT_EQ(orch__lua_load(S, DIFF_HARNESS, sizeof DIFF_HARNESS - 1,
+                           "harness", err, sizeof err),
+            ORCH_OK);
+  double t0 = now_ms();
+  strlist pats = {0};
+  size_t nlit = script_literals(P, &pats);
+  ASSERT_EQ(luaL_loadbuffer(P, DIFF_HARNESS, sizeof DIFF_HARNESS - 1,
+                            "=harness"),
+            LUA_OK);
+  size_t from_scripts = pats.n;
+  struct stat st;
+  if (stat("scripts/policies/gap.lua", &st) == 0) ASSERT(nlit > 300);
+  const char *const *lists[] = {BUILT_PATTERNS, MANUAL_PATTERNS,
+                                EDGE_PATTERNS};
+  size_t sizes[] = {ORCH__ARRAY_LEN(BUILT_PATTERNS),
+                    ORCH__ARRAY_LEN(MANUAL_PATTERNS),
+                    ORCH__ARRAY_LEN(EDGE_PATTERNS)};
+  for (size_t l = 0; l < 3; l++)
+    for (size_t i = 0; i < sizes[l]; i++) {
+      const char *p = lists[l][i];
+      strlist_add(&pats, p, strlen(p));
+    }
+  strlist_add(&pats, "\0", 1); /* and patterns with a NUL byte */
+  strlist_add(&pats, "a\0b", 3);
+  strlist_add(&pats, "[\0]", 3);
+  strlist_add(&pats, "%\0", 2);
+  strlist subj = {0};
+  for (size_t i = 0; i < ORCH__ARRAY_LEN(SUBJECTS); i++)
+    strlist_add(&subj, SUBJECTS[i], strlen(SUBJECTS[i]));
+  strlist_add(&subj, "a\0b\0", 4);
+  strlist_add(&subj, "\0", 1);
+  uint64_t seed = 0x9e3779b97f4a7c15u;
+  char buf[64];
+  size_t blen;
+  while (subj.n < ORCH__ARRAY_LEN(SUBJECTS) + 40) {
+    random_subject(&seed, buf, sizeof buf, &blen);
+    strlist_add(&subj, buf, blen);
+  }
+  differ d = {.sbx = S, .stock = P};
+  lua_pushvalue(S, -1); /* the harnesses to index 1 */
+  lua_replace(S, 1);
+  lua_settop(S, 1);
+  lua_settop(P, 1);
+  /* every pattern on every subject, by all four functions; the extra
+   * arguments vary from case to case */
+  static const lua_Integer inits[] = {1, 2, -1, -3, 0, 4, 100, -100};
+  static const char *const repls[] = {"<%0>", "%1-%1", "%2", "%%", "%",
+                                      "x%z", "fn()", "tbl()", ""};
+  for (size_t i = 0; i < pats.n; i++) {
+    darg p = D_STR(pats.s[i], pats.len[i]);
+    for (size_t j = 0; j < subj.n; j++) {
+      darg s = D_STR(subj.s[j], subj.len[j]);
+      uint64_t r = diff_rand(&seed);
+      darg init = r % 3 ? D_NIL() : D_INT(inits[(r >> 8) % 8]);
+      darg plain = (r >> 16) % 5 ? D_NIL() : (darg){.t = 'b', .i = 1};
+      darg maxn =
+          (r >> 24) % 4 ? D_NIL() : D_INT((lua_Integer)(r >> 32) % 4 - 1);
+      darg repl = D_CSTR(repls[(r >> 40) % ORCH__ARRAY_LEN(repls)]);
+      diff_run(&d, "find", s, p, init, plain, D_NIL());
+      diff_run(&d, "match", s, p, init, D_NIL(), D_NIL());
+      diff_run(&d, "gmatch", s, p, init, D_NIL(), D_NIL());
+      diff_run(&d, "gsub", s, p, maxn, D_NIL(), repl);
+    }
+  }
+  size_t corpus = d.runs;
+  /* random patterns on random subjects */
+  for (int i = 0; i < 6000; i++) {
+    char pb[64], sb[64];
+    size_t pl, sl;
+    random_pattern(&seed, pb, sizeof pb, &pl);
+    random_subject(&seed, sb, sizeof sb, &sl);
+    darg p = D_STR(pb, pl), s = D_STR(sb, sl);
+    uint64_t r = diff_rand(&seed);
+    darg init = r % 3 ? D_NIL() : D_INT(inits[(r >> 8) % 8]);
+    static const char *const ops[] = {"find", "match", "gmatch", "gsub"};
+    diff_run(&d, ops[(r >> 16) % 4], s, p, init, D_NIL(),
+             D_CSTR(repls[(r >> 40) % ORCH__ARRAY_LEN(repls)]));
+  }
+  /* every class letter and escape, on every byte */
+  char all[256];
+  for (int i = 0; i < 256; i++) all[i] = (char)i;
+  for (int i = 0; i < 256; i++) {
+    char p1[2] = {'%', (char)i}, p2[4] = {'[', '%', (char)i, ']'};
+    char p3[5] = {'[', '^', '%', (char)i, ']'}, p4[1] = {(char)i};
+    darg s = D_STR(all, sizeof all);
+    diff_run(&d, "gsub", s, D_STR(p1, 2), D_NIL(), D_NIL(), D_CSTR("#"));
+    diff_run(&d, "gsub", s, D_STR(p2, 4), D_NIL(), D_NIL(), D_CSTR("#"));
+    diff_run(&d, "gsub", s, D_STR(p3, 5), D_NIL(), D_NIL(), D_CSTR("#"));
+    diff_run(&d, "find", s, D_STR(p4, 1), D_NIL(), D_NIL(), D_NIL());
+  }
+  /* deep patterns: the depth where "pattern too complex" starts, and the
+   * capture count where "too many captures" does */
+  static const struct {
+    const char *piece;
+    int from, to;
+    const char *tail;
+  } deep[] = {{"a?", 195, 202, ""},   {"a*", 195, 202, ""},
+              {".-", 195, 202, "$"},  {"()", 29, 34, ""},
+              {"(a", 29, 34, ""},     {"(", 95, 102, ""},
+              {"(a)", 30, 33, "%9"},  {"%f[a]a?", 95, 101, ""},
+              {"a?(a)", 60, 70, ""}};
+  char sa[300];
+  memset(sa, 'a', sizeof sa);
+  for (size_t i = 0; i < ORCH__ARRAY_LEN(deep); i++)
+    for (int n = deep[i].from; n <= deep[i].to; n++) {
+      char pb[1024];
+      size_t o = 0, pl = strlen(deep[i].piece);
+      for (int k = 0; k < n && o + pl < sizeof pb - 8; k++, o += pl)
+        memcpy(pb + o, deep[i].piece, pl);
+      if (!strcmp(deep[i].piece, "("))
+        for (int k = 0; k < n && o < sizeof pb - 8; k++) pb[o++] = ')';
+      o += (size_t)snprintf(pb + o, sizeof pb - o, "%s", deep[i].tail);
+      for (size_t sl = 0; sl <= sizeof sa; sl += 150) {
+        darg s = D_STR(sa, sl), p = D_STR(pb, o);
+        diff_run(&d, "find", s, p, D_NIL(), D_NIL(), D_NIL());
+        diff_run(&d, "gsub", s, p, D_NIL(), D_NIL(), D_CSTR("%1"));
+      }
+    }
+  /* arguments of other types, and the odd numbers */
+  darg odd[] = {D_NIL(), D_INT(12), (darg){.t = 'f', .f = 1.5},
+                (darg){.t = 'f', .f = 2.0}, (darg){.t = 'b', .i = 1},
+                D_CSTR("2"), D_CSTR("x"), D_INT(LUA_MININTEGER),
+                D_INT(LUA_MAXINTEGER)};
+  for (size_t i = 0; i < ORCH__ARRAY_LEN(odd); i++)
+    for (size_t j = 0; j < ORCH__ARRAY_LEN(odd); j++) {
+      static const char *const ops[] = {"find", "match", "gmatch", "gsub"};
+      for (size_t k = 0; k < 4; k++) {
+        diff_run(&d, ops[k], odd[i], D_CSTR("%d"), odd[j], D_NIL(),
+                 D_CSTR("x"));
+        diff_run(&d, ops[k], D_CSTR("a1b22"), odd[i], odd[j], odd[i],
+                 odd[j]);
+        diff_run(&d, ops[k], D_INT(1234), D_CSTR("(%d)(%d)"), D_NIL(),
+                 odd[j], odd[i]);
+      }
+    }
+  double ms = now_ms() - t0;
+  fprintf(stderr, "  %ld comparisons (%zu patterns, %zu of them literals of "
+          "the scripts; %zu subjects; %zu of the corpus), %ld skipped "
+          "(budget), %ld differ: %.0f ms\n", d.runs, pats.n, from_scripts,
+          subj.n, corpus, d.skipped, d.mismatches, ms);
+  if (d.mismatches)
+    orch_test_fail(__FILE__, __LINE__, "%ld differ; the first: %s\n    %s",
+                   d.mismatches, d.first, d.detail);
+  ASSERT(d.runs > 50000);
+  ASSERT_EQ(d.skipped, 0);
+  strlist_free(&pats);
+  strlist_free(&subj);
+  lua_close(P);
+  orch__lua_close(S);
+  orch__config_deinit(&c);
 }
