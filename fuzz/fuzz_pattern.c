@@ -23,61 +23,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-/* Both states run it: (op, s, p, a, b, r) -> one string showing whether
- * the call raised and each value it gave, typed (test_policy.c's
- * harness). */
-static const char HARNESS[] =
-    "local op, s, p, a, b, r = ...\n"
-    "local function show(ok, ...)\n"
-    "  local t = {tostring(ok)}\n"
-    "  for i = 1, select('#', ...) do\n"
-    "    local v = select(i, ...)\n"
-    "    t[#t + 1] = type(v) .. ':' .. tostring(v)\n"
-    "  end\n"
-    "  return table.concat(t, '\\1')\n"
-    "end\n"
-    "local function fn(...)\n"
-    "  local n, first = select('#', ...), ...\n"
-    "  if first == 'b' then return false end\n"
-    "  if n == 2 then return nil end\n"
-    "  if first == 'c' then return {} end\n"
-    "  local t = {}\n"
-    "  for i = 1, n do t[i] = tostring((select(i, ...))) end\n"
-    "  return '[' .. table.concat(t, ',') .. ']'\n"
-    "end\n"
-    "local tbl = {a = 'A', b = false, ab = 7, [1] = 'one', x = true}\n"
-    "local function packed(...) return {n = select('#', ...), ...} end\n"
-    "if op == 'find' then\n"
-    "  return show(pcall(function()\n"
-    "    local t = packed(string.find(s, p, a, b))\n"
-    "    return table.unpack(t, 1, t.n)\n"
-    "  end))\n"
-    "elseif op == 'match' then\n"
-    "  return show(pcall(function()\n"
-    "    local t = packed(s:match(p, a))\n"
-    "    return table.unpack(t, 1, t.n)\n"
-    "  end))\n"
-    "elseif op == 'gmatch' then\n"
-    "  return show(pcall(function()\n"
-    "    local out, it = {}, string.gmatch(s, p, a)\n"
-    "    for _ = 1, 40 do\n"
-    "      local t = packed(it())\n"
-    "      if t.n == 0 then break end\n"
-    "      for i = 1, t.n do\n"
-    "        out[#out + 1] = type(t[i]) .. ':' .. tostring(t[i])\n"
-    "      end\n"
-    "      out[#out + 1] = '|'\n"
-    "    end\n"
-    "    return table.concat(out, ',')\n"
-    "  end))\n"
-    "else\n"
-    "  local repl = r\n"
-    "  if r == 'fn()' then repl = fn elseif r == 'tbl()' then repl = tbl end\n"
-    "  return show(pcall(function()\n"
-    "    local t = packed(string.gsub(s, p, repl, a))\n"
-    "    return table.unpack(t, 1, t.n)\n"
-    "  end))\n"
-    "end\n";
+#include "../test/pattern_harness.h" /* DIFF_HARNESS, as test_policy.c */
 
 static lua_State *S, *P; /* each holds the harness at index 1 */
 
@@ -88,14 +34,16 @@ static void setup(void) {
   c.lua_budget = 200; /* 200,000 steps: the stock library's time stays short */
   S = orch__lua_new_sandbox(&c, err, sizeof err);
   orch__config_deinit(&c);
-  if (!S || orch__lua_load(S, HARNESS, sizeof HARNESS - 1, "harness", err,
-                           sizeof err) != ORCH_OK) {
+  if (!S ||
+      orch__lua_load(S, DIFF_HARNESS, sizeof DIFF_HARNESS - 1, "harness",
+                     err, sizeof err) != ORCH_OK) {
     fprintf(stderr, "fuzz_pattern: %s\n", err);
     abort();
   }
   P = luaL_newstate();
   luaL_openlibs(P);
-  if (luaL_loadbuffer(P, HARNESS, sizeof HARNESS - 1, "=harness") != LUA_OK)
+  if (luaL_loadbuffer(P, DIFF_HARNESS, sizeof DIFF_HARNESS - 1,
+                      "=harness") != LUA_OK)
     abort();
 }
 
