@@ -1806,7 +1806,14 @@ static void http_done_rest(orch__llm_call *c, bool parsed) {
       body ? clean_text(l, body, blen < ERRBODY_MAX ? blen : ERRBODY_MAX,
                         ERRBODY_MAX)
            : NULL;
-  if (l->decider)
+  if (code == ORCH_ELIMIT) {
+    /* over the answer's size limit: asked again, the tier would send as
+     * much again; the next tier, if any, instead of a retry */
+    d.action = ORCH__LLM_FALLBACK;
+    d.delay_ms = 0;
+    snprintf(d.reason, sizeof d.reason, "%s (not retried)",
+             msg ? msg : "answer too large");
+  } else if (l->decider)
     l->decider(l->decider_ud, &l->retry, c->attempt, dstatus, msg,
                req->retry_after_ms, rbody, &d);
   else

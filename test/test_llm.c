@@ -1384,6 +1384,41 @@ TEST(llm_usage_counts_out_of_range_are_unknown) {
  * never ends (no line end, or data lines without the blank line) and an
  * answer's text that keeps growing both stop there with ELIMIT, instead
  * of buffering until memory or the total timeout runs out. */
+/* An answer over the size limit is not asked for again (the tier would
+ * send as much again): one attempt, then the fallback. */
+TEST(llm_an_answer_over_the_size_limit_is_not_retried) {
+  size_t n = ((size_t)64 << 20) + 4096;
+  char *big = malloc(n);
+  ASSERT(big);
+  memset(big, ' ', n);
+  memcpy(big, "{\"choices\":[", 12);
+  canned_srv *s = canned_start(200, "application/json", big, n);
+  free(big);
+  ASSERT(s);
+  char conf[1024];
+  snprintf(conf, sizeof conf,
+           "{\"llm\":{\"max_attempts\":3,\"backoff_base_ms\":1,"
+           "\"cooldown\":{\"failures\":0}},\"tiers\":{\"t\":{\"base_url\":"
+           "\"http://127.0.0.1:%d/v1\",\"model\":\"x\",\"api_key\":\"k\","
+           "\"fallback\":\"u\"},\"u\":{\"base_url\":"
+           "\"http://127.0.0.1:@PORT@/v1\",\"model\":\"ok\"}}}",
+           canned_port(s));
+  lctx c;
+  ASSERT_EQ(lctx_init(&c, conf), 0);
+  orch__llm_call *call = call1(&c, "t", "x", 0);
+  ASSERT(call);
+  const orch__llm_result *r = orch__llm_call_result(call);
+  ASSERT_EQ(r->code, ORCH_OK);
+  ASSERT_STR_EQ(r->tier, "u");
+  ASSERT_EQ(r->nattempts, 2);
+  ASSERT_EQ(r->attempts[0].code, ORCH_ELIMIT);
+  ASSERT_STR_EQ(r->attempts[0].action, "fallback");
+  ASSERT_CONTAINS(r->attempts[0].error, "larger than");
+  orch__llm_call_free(call);
+  ASSERT_EQ(lctx_deinit(&c), 0);
+  canned_stop(s);
+}
+
 TEST(llm_a_stream_holds_no_more_than_a_whole_answer_may) {
   size_t cap = (size_t)64 << 20, n = cap + (1 << 20);
   char *big = malloc(n + 1);
